@@ -1,0 +1,195 @@
+//! Request and response shapes with Livy's exact field names and order.
+
+use crate::engine::session::{SessionSnapshot, Statement};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// `POST /sessions` body (every field optional; unknown fields are refused, as Livy does).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateSessionRequest {
+    /// Session kind.
+    pub kind: Option<String>,
+    /// User to run as.
+    pub proxy_user: Option<String>,
+    /// Jars.
+    pub jars: Option<Vec<String>>,
+    /// Python files.
+    pub py_files: Option<Vec<String>>,
+    /// Files.
+    pub files: Option<Vec<String>>,
+    /// Archives.
+    pub archives: Option<Vec<String>>,
+    /// Driver memory, e.g. `1g`.
+    pub driver_memory: Option<String>,
+    /// Driver cores.
+    pub driver_cores: Option<u32>,
+    /// Executor memory.
+    pub executor_memory: Option<String>,
+    /// Executor cores.
+    pub executor_cores: Option<u32>,
+    /// Executors.
+    pub num_executors: Option<u32>,
+    /// YARN queue.
+    pub queue: Option<String>,
+    /// Unique session name.
+    pub name: Option<String>,
+    /// Spark conf; values may be strings, numbers or booleans.
+    pub conf: Option<BTreeMap<String, Value>>,
+    /// Heartbeat timeout in seconds (0 = off).
+    pub heartbeat_timeout_in_second: Option<u32>,
+    /// Time to live, e.g. `2h`.
+    pub ttl: Option<String>,
+    /// Idle timeout, e.g. `30m`.
+    pub idle_timeout: Option<String>,
+}
+
+/// Spark conf values as strings; nested values are refused with the key named.
+pub fn conf_to_strings(conf: BTreeMap<String, Value>) -> Result<BTreeMap<String, String>, String> {
+    conf.into_iter()
+        .map(|(key, value)| {
+            if key.trim().is_empty() || key.contains(['\n', '\r', '=']) {
+                return Err(format!("field `conf`: `{key}` is not a valid Spark configuration key"));
+            }
+            let text = match value {
+                Value::String(s) => s,
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(format!(
+                        "field `conf.{key}`: values must be strings, numbers or booleans, not {}",
+                        type_name(&other)
+                    ))
+                }
+            };
+            if text.contains(['\n', '\r']) {
+                return Err(format!("field `conf.{key}`: values must not contain line breaks"));
+            }
+            Ok((key, text))
+        })
+        .collect()
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// `POST /sessions/{id}/statements` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStatementRequest {
+    /// The code (required).
+    pub code: Option<String>,
+    /// The kind; defaults to the session's.
+    pub kind: Option<String>,
+}
+
+/// `POST /sessions/{id}/completion` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionRequest {
+    /// The code.
+    pub code: Option<String>,
+    /// The kind; defaults to the session's.
+    pub kind: Option<String>,
+    /// Cursor position (characters); defaults to the end of the code.
+    pub cursor: Option<usize>,
+}
+
+/// Livy's SessionInfo. `log` is the last lines; `conf` is shown only when `show_conf`.
+pub fn session_json(s: &SessionSnapshot, log: Vec<String>, show_conf: bool) -> Value {
+    let spec = &s.spec;
+    let conf: Map<String, Value> = if show_conf {
+        spec.conf.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()
+    } else {
+        Map::new()
+    };
+    json!({
+        "id": s.id,
+        "name": spec.name,
+        "appId": s.app_id,
+        "owner": spec.owner,
+        "proxyUser": spec.proxy_user,
+        "state": s.state.as_str(),
+        "kind": spec.kind.as_str(),
+        "appInfo": {"driverLogUrl": null, "sparkUiUrl": s.spark_ui_url},
+        "log": log,
+        "ttl": spec.ttl,
+        "idleTimeout": spec.idle_timeout,
+        "driverMemory": spec.driver_memory,
+        "driverCores": spec.driver_cores.unwrap_or(0),
+        "executorMemory": spec.executor_memory,
+        "executorCores": spec.executor_cores.unwrap_or(0),
+        "conf": conf,
+        "archives": spec.archives,
+        "files": spec.files,
+        "heartbeatTimeoutInSecond": spec.heartbeat_timeout_secs,
+        "jars": spec.jars,
+        "numExecutors": spec.num_executors.unwrap_or(0),
+        "pyFiles": spec.py_files,
+        "queue": spec.queue,
+    })
+}
+
+/// Livy's Statement.
+pub fn statement_json(s: &Statement) -> Value {
+    json!({
+        "id": s.id,
+        "code": s.code,
+        "state": s.state.as_str(),
+        "output": s.output,
+        "progress": s.progress,
+        "started": s.started,
+        "completed": s.completed,
+    })
+}
+
+/// A `from`/`size` window over `total` items.
+pub fn window(total: usize, from: usize, size: Option<usize>) -> std::ops::Range<usize> {
+    let start = from.min(total);
+    let end = size.map_or(total, |n| start.saturating_add(n).min(total));
+    start..end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conf_values_are_stringified_and_checked() {
+        let conf: BTreeMap<String, Value> =
+            serde_json::from_value(json!({"spark.a": "x", "spark.b": 2, "spark.c": true})).unwrap();
+        let out = conf_to_strings(conf).unwrap();
+        assert_eq!(out["spark.b"], "2");
+        assert_eq!(out["spark.c"], "true");
+        let bad: BTreeMap<String, Value> = serde_json::from_value(json!({"spark.a": {"x": 1}})).unwrap();
+        assert!(conf_to_strings(bad).unwrap_err().contains("conf.spark.a"));
+        let bad: BTreeMap<String, Value> = serde_json::from_value(json!({"a=b": "x"})).unwrap();
+        assert!(conf_to_strings(bad).is_err());
+    }
+
+    #[test]
+    fn windows() {
+        assert_eq!(window(10, 0, None), 0..10);
+        assert_eq!(window(10, 8, Some(5)), 8..10);
+        assert_eq!(window(10, 20, Some(5)), 10..10);
+        assert_eq!(window(10, 2, Some(3)), 2..5);
+    }
+
+    #[test]
+    fn unknown_request_fields_are_refused() {
+        let err = serde_json::from_value::<CreateSessionRequest>(json!({"knd": "pyspark"})).unwrap_err();
+        assert!(err.to_string().contains("knd"));
+        let ok: CreateSessionRequest =
+            serde_json::from_value(json!({"kind": "pyspark", "heartbeatTimeoutInSecond": 5, "pyFiles": []})).unwrap();
+        assert_eq!(ok.heartbeat_timeout_in_second, Some(5));
+    }
+}

@@ -1,0 +1,145 @@
+//! Request extractors that turn every malformed input into a 400/413 naming what is wrong.
+
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+
+/// A JSON body parsed like Livy does (any content type; an empty body is `{}`), with errors
+/// that name the offending field.
+#[derive(Debug)]
+pub struct LivyJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for LivyJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge("request body is larger than server.max_body_bytes".into())
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {rejection}"))
+            }
+        })?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+        let de = &mut serde_json::Deserializer::from_slice(text);
+        serde_path_to_error::deserialize(de).map(LivyJson).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            if path == "." || path.is_empty() {
+                ApiError::bad_request(format!("invalid JSON body: {inner}"))
+            } else {
+                ApiError::bad_request(format!("invalid JSON body: field `{path}`: {inner}"))
+            }
+        })
+    }
+}
+
+/// `from` / `size` query parameters, checked: negative or non-numeric values are a 400.
+#[derive(Debug, Clone, Default)]
+pub struct Paging {
+    /// `from`, if given.
+    pub from: Option<usize>,
+    /// `size`, if given; `Some(None)` is `size=-1` ("all", accepted where Livy accepts it).
+    pub size: Option<Option<usize>>,
+    /// `order=desc`.
+    pub descending: bool,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Paging {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        let pairs: HashMap<String, String> = serde_urlencoded_pairs(query);
+        let number = |name: &str, allow_all: bool| -> Result<Option<Option<usize>>, ApiError> {
+            let Some(raw) = pairs.get(name) else { return Ok(None) };
+            match raw.trim().parse::<i64>() {
+                Ok(-1) if allow_all => Ok(Some(None)),
+                Ok(n) if n >= 0 => Ok(Some(Some(usize::try_from(n).unwrap_or(usize::MAX)))),
+                Ok(n) => Err(ApiError::bad_request(format!("query parameter `{name}` must not be negative (got {n})"))),
+                Err(_) => Err(ApiError::bad_request(format!("query parameter `{name}` must be a number (got `{raw}`)"))),
+            }
+        };
+        let from = number("from", false)?.flatten();
+        let size = number("size", true)?;
+        let descending = match pairs.get("order").map(String::as_str) {
+            None | Some("asc") => false,
+            Some("desc") => true,
+            Some(other) => return Err(ApiError::bad_request(format!("query parameter `order` must be asc or desc (got `{other}`)"))),
+        };
+        Ok(Self { from, size, descending })
+    }
+}
+
+fn serde_urlencoded_pairs(query: &str) -> HashMap<String, String> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Request as HttpRequest;
+
+    async fn paging(uri: &str) -> Result<Paging, ApiError> {
+        let (mut parts, _) = HttpRequest::get(uri).body(()).unwrap().into_parts();
+        Paging::from_request_parts(&mut parts, &()).await
+    }
+
+    #[tokio::test]
+    async fn paging_accepts_numbers_and_minus_one_size() {
+        let p = paging("/s?from=2&size=5&order=desc").await.unwrap();
+        assert_eq!((p.from, p.size, p.descending), (Some(2), Some(Some(5)), true));
+        assert_eq!(paging("/s?size=-1").await.unwrap().size, Some(None));
+        assert_eq!(paging("/s").await.unwrap().from, None);
+    }
+
+    #[tokio::test]
+    async fn paging_refuses_negative_and_garbage() {
+        for uri in ["/s?from=-1", "/s?size=-2", "/s?from=abc", "/s?size=1.5", "/s?order=sideways"] {
+            let err = paging(uri).await.unwrap_err();
+            assert!(matches!(err, ApiError::BadRequest(_)), "{uri}");
+        }
+        let msg = paging("/s?from=x").await.unwrap_err().to_string();
+        assert!(msg.contains("from"), "{msg}");
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

@@ -1,0 +1,144 @@
+//! `/sessions` and `/version` handlers.
+
+use super::dto::{self, CreateSessionRequest};
+use super::{AppState, LivyJson, Paging};
+use crate::auth::Principal;
+use crate::engine::{SessionKind, SessionSpec, SessionState};
+use crate::error::ApiError;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+/// Lines of log shown inside SessionInfo (as Livy).
+const INFO_LOG_LINES: usize = 10;
+
+pub(super) async fn version(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        // Livy clients parse a Livy-style version; ours says which Livy API it speaks.
+        "version": format!("0.9.0+sparkgate.{}", env!("CARGO_PKG_VERSION")),
+        "user": "sparkgate",
+        "revision": option_env!("SPARKGATE_GIT_REVISION").unwrap_or("unknown"),
+        "branch": "main",
+        "date": option_env!("SPARKGATE_BUILD_DATE").unwrap_or("unknown"),
+        "url": "https://github.com/sparkgate/sparkgate",
+        "sparkgate": env!("CARGO_PKG_VERSION"),
+        "sparkVersion": state.manager.spark().map(|s| s.version.clone()),
+        "dangerous": state.config.dangerous_options(),
+    }))
+}
+
+pub(super) async fn list(State(state): State<AppState>, paging: Paging) -> Json<Value> {
+    let sessions = state.manager.list();
+    let total = sessions.len();
+    let range = dto::window(total, paging.from.unwrap_or(0), paging.size.unwrap_or(Some(100)));
+    let from = range.start;
+    let items: Vec<Value> = sessions[range]
+        .iter()
+        .map(|s| dto::session_json(&s.snapshot(), s.log.tail(INFO_LOG_LINES), true))
+        .collect();
+    Json(json!({"from": from, "total": total, "sessions": items}))
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    LivyJson(req): LivyJson<CreateSessionRequest>,
+) -> Result<Response, ApiError> {
+    let kind = match req.kind.as_deref() {
+        None => SessionKind::Shared,
+        Some(k) => SessionKind::parse(k).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "field `kind`: unknown session kind `{k}`; use one of spark, pyspark, sparkr, sql, shared"
+            ))
+        })?,
+    };
+    let conf = dto::conf_to_strings(req.conf.unwrap_or_default()).map_err(ApiError::BadRequest)?;
+    let non_empty = |field: &str, v: Option<String>| -> Result<Option<String>, ApiError> {
+        match v {
+            Some(s) if s.trim().is_empty() => Err(ApiError::bad_request(format!("field `{field}` must not be empty"))),
+            other => Ok(other),
+        }
+    };
+    let spec = SessionSpec {
+        owner: principal.name.clone(),
+        proxy_user: non_empty("proxyUser", req.proxy_user)?,
+        kind,
+        name: req.name,
+        jars: req.jars.unwrap_or_default(),
+        py_files: req.py_files.unwrap_or_default(),
+        files: req.files.unwrap_or_default(),
+        archives: req.archives.unwrap_or_default(),
+        driver_memory: non_empty("driverMemory", req.driver_memory)?,
+        driver_cores: req.driver_cores,
+        executor_memory: non_empty("executorMemory", req.executor_memory)?,
+        executor_cores: req.executor_cores,
+        num_executors: req.num_executors,
+        queue: non_empty("queue", req.queue)?,
+        conf,
+        heartbeat_timeout_secs: req.heartbeat_timeout_in_second.unwrap_or(0),
+        ttl: req.ttl,
+        idle_timeout: req.idle_timeout,
+    };
+    let session = state.manager.create(spec)?;
+    let body = dto::session_json(&session.snapshot(), session.log.tail(INFO_LOG_LINES), true);
+    let location = format!("/sessions/{}", session.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
+}
+
+pub(super) async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let session = state.manager.get(&id)?;
+    session.heartbeat();
+    Ok(Json(dto::session_json(&session.snapshot(), session.log.tail(INFO_LOG_LINES), true)))
+}
+
+pub(super) async fn state(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let session = state.manager.get(&id)?;
+    session.heartbeat();
+    Ok(Json(json!({"id": session.id, "state": session.state().as_str()})))
+}
+
+pub(super) async fn log(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    paging: Paging,
+) -> Result<Json<Value>, ApiError> {
+    let session = state.manager.get(&id)?;
+    session.heartbeat();
+    let lines = session.log.snapshot();
+    let total = lines.len();
+    // Livy: `size` defaults to 100, -1 means all; `from` defaults to the last `size` lines.
+    let size = paging.size.unwrap_or(Some(100));
+    let from = paging.from.unwrap_or_else(|| size.map_or(0, |n| total.saturating_sub(n)));
+    let range = dto::window(total, from, size);
+    let from = range.start;
+    Ok(Json(json!({"id": session.id, "from": from, "total": total, "log": lines[range].to_vec()})))
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let session = state.manager.get(&id)?;
+    state.manager.delete(&session, &principal.name).await;
+    Ok(Json(json!({"msg": "deleted"})))
+}
+
+pub(super) async fn stop(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let session = state.manager.get(&id)?;
+    state.manager.stop(&session, SessionState::Killed, &format!("stopped by {}", principal.name)).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn connect(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let session = state.manager.get(&id)?;
+    session.heartbeat();
+    session.record_activity();
+    Ok(Json(dto::session_json(&session.snapshot(), session.log.tail(INFO_LOG_LINES), true)))
+}

@@ -1,0 +1,83 @@
+//! `/sessions/{id}/statements` and completion handlers.
+
+use super::dto::{self, CompletionRequest, CreateStatementRequest};
+use super::{AppState, LivyJson, Paging};
+use crate::error::ApiError;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+fn statement_id(raw: &str) -> Result<u32, ApiError> {
+    raw.parse().map_err(|_| ApiError::bad_request(format!("statement id must be a non-negative integer (got `{raw}`)")))
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    paging: Paging,
+) -> Result<Json<Value>, ApiError> {
+    let session = state.manager.get(&id)?;
+    session.heartbeat();
+    let mut statements = session.statements();
+    if paging.descending {
+        statements.reverse();
+    }
+    let total = statements.len();
+    let range = dto::window(total, paging.from.unwrap_or(0), paging.size.unwrap_or(None));
+    let items: Vec<Value> = statements[range].iter().map(dto::statement_json).collect();
+    Ok(Json(json!({"total_statements": total, "statements": items})))
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    LivyJson(req): LivyJson<CreateStatementRequest>,
+) -> Result<Response, ApiError> {
+    let session = state.manager.get(&id)?;
+    session.heartbeat();
+    let code = req.code.ok_or_else(|| ApiError::bad_request("field `code` is required"))?;
+    let kind = session.spec.kind.resolve_statement(req.kind.as_deref()).map_err(ApiError::BadRequest)?;
+    let statement = session.submit(code, kind)?;
+    let location = format!("/sessions/{}/statements/{}", session.id, statement.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(dto::statement_json(&statement))).into_response())
+}
+
+pub(super) async fn show(
+    State(state): State<AppState>,
+    Path((id, sid)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let session = state.manager.get(&id)?;
+    session.heartbeat();
+    Ok(Json(dto::statement_json(&session.statement(statement_id(&sid)?)?)))
+}
+
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    Path((id, sid)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let session = state.manager.get(&id)?;
+    session.heartbeat();
+    session.cancel(statement_id(&sid)?)?;
+    Ok(Json(json!({"msg": "canceled"})))
+}
+
+pub(super) async fn complete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    LivyJson(req): LivyJson<CompletionRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let session = state.manager.get(&id)?;
+    session.heartbeat();
+    let code = req.code.ok_or_else(|| ApiError::bad_request("field `code` is required"))?;
+    let kind = session.spec.kind.resolve_statement(req.kind.as_deref()).map_err(ApiError::BadRequest)?;
+    let length = code.chars().count();
+    let cursor = req.cursor.unwrap_or(length);
+    if cursor > length {
+        return Err(ApiError::bad_request(format!("field `cursor` ({cursor}) is past the end of `code` ({length} characters)")));
+    }
+    let timeout = state.config.durations.completion_timeout;
+    let candidates = session.complete(kind, code, cursor, timeout).await?;
+    Ok(Json(json!({"candidates": candidates})))
+}

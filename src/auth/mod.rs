@@ -1,0 +1,179 @@
+//! Authentication: the `Authenticator` trait, the configured chain, and the layer that puts an
+//! immutable `Principal` into every authenticated request. Nothing below this layer reads
+//! credentials again, and no header a client sends can claim an identity.
+
+use crate::error::ApiError;
+use crate::server::ConnInfo;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+/// How a principal proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthMethod {
+    /// `auth.dangerous_allow_anonymous`: nobody proved anything.
+    DangerousAnonymous,
+}
+
+impl AuthMethod {
+    /// Name for logs and the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DangerousAnonymous => "dangerous-anonymous",
+        }
+    }
+}
+
+/// The authenticated caller. Immutable once the auth layer created it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Short user name.
+    pub name: String,
+    /// Groups, when the method provides them.
+    pub groups: Vec<String>,
+    /// How it was authenticated.
+    pub method: AuthMethod,
+}
+
+/// What one authenticator says about a request.
+#[derive(Debug)]
+pub enum AuthOutcome {
+    /// The request carries no credentials for this scheme; try the next one.
+    NotApplicable,
+    /// Credentials for this scheme were presented and are valid.
+    Authenticated(Principal),
+    /// Credentials for this scheme were presented and are not valid (the reason holds no secret).
+    Rejected(String),
+}
+
+/// One authentication scheme.
+pub trait Authenticator: Send + Sync + std::fmt::Debug {
+    /// The challenge for `WWW-Authenticate` when no scheme succeeds, if this scheme has one.
+    fn challenge(&self) -> Option<String>;
+    /// Looks at the request's headers and connection.
+    fn authenticate(&self, parts: &Parts, conn: Option<&ConnInfo>) -> AuthOutcome;
+}
+
+/// `auth.dangerous_allow_anonymous`: every loopback request is `anonymous`; anything else is
+/// refused (defence in depth: the configuration also refuses a non-loopback bind).
+#[derive(Debug)]
+pub struct DangerousAnonymous;
+
+impl Authenticator for DangerousAnonymous {
+    fn challenge(&self) -> Option<String> {
+        None
+    }
+
+    fn authenticate(&self, _parts: &Parts, conn: Option<&ConnInfo>) -> AuthOutcome {
+        match conn {
+            Some(c) if c.peer.ip().is_loopback() => AuthOutcome::Authenticated(Principal {
+                name: "anonymous".into(),
+                groups: Vec::new(),
+                method: AuthMethod::DangerousAnonymous,
+            }),
+            Some(_) => AuthOutcome::Rejected("anonymous access is only allowed from loopback".into()),
+            None => AuthOutcome::Rejected("no connection information".into()),
+        }
+    }
+}
+
+/// The configured authenticators, tried in order.
+#[derive(Debug, Clone, Default)]
+pub struct AuthChain {
+    authenticators: Arc<Vec<Box<dyn Authenticator>>>,
+}
+
+impl AuthChain {
+    /// A chain of the given authenticators.
+    pub fn new(authenticators: Vec<Box<dyn Authenticator>>) -> Self {
+        Self { authenticators: Arc::new(authenticators) }
+    }
+
+    /// Whether any authenticator is configured.
+    pub fn is_empty(&self) -> bool {
+        self.authenticators.is_empty()
+    }
+
+    /// Runs the chain: the first success wins; a rejection or no credentials at all is a 401
+    /// carrying every configured challenge.
+    pub fn authenticate(&self, parts: &Parts) -> Result<Principal, ApiError> {
+        let conn = parts.extensions.get::<ConnInfo>();
+        let mut rejection = None;
+        for authenticator in self.authenticators.iter() {
+            match authenticator.authenticate(parts, conn) {
+                AuthOutcome::Authenticated(principal) => return Ok(principal),
+                AuthOutcome::Rejected(reason) => {
+                    rejection.get_or_insert(reason);
+                }
+                AuthOutcome::NotApplicable => {}
+            }
+        }
+        Err(ApiError::Unauthorized {
+            msg: rejection.unwrap_or_else(|| "authentication required".into()),
+            challenges: self.authenticators.iter().filter_map(|a| a.challenge()).collect(),
+        })
+    }
+}
+
+/// The middleware: authenticates once and inserts the `Principal`.
+pub async fn authenticate(State(chain): State<AuthChain>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    match chain.authenticate(&parts) {
+        Ok(principal) => {
+            parts.extensions.insert(principal);
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // Missing means the router was wired without the auth layer: a server bug, not a 401.
+        parts
+            .extensions
+            .get::<Self>()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal("route is missing the authentication layer".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Request as HttpRequest;
+
+    fn parts_from(peer: &str) -> Parts {
+        let (mut parts, _) = HttpRequest::new(()).into_parts();
+        parts.extensions.insert(ConnInfo { peer: peer.parse().unwrap() });
+        parts
+    }
+
+    #[test]
+    fn anonymous_allows_loopback_only() {
+        let chain = AuthChain::new(vec![Box::new(DangerousAnonymous)]);
+        let p = chain.authenticate(&parts_from("127.0.0.1:5000")).unwrap();
+        assert_eq!(p.name, "anonymous");
+        assert!(matches!(chain.authenticate(&parts_from("10.1.2.3:5000")), Err(ApiError::Unauthorized { .. })));
+    }
+
+    #[test]
+    fn empty_chain_refuses_everyone() {
+        let chain = AuthChain::default();
+        assert!(matches!(chain.authenticate(&parts_from("127.0.0.1:1")), Err(ApiError::Unauthorized { .. })));
+    }
+
+    #[test]
+    fn identity_headers_are_not_trusted() {
+        let chain = AuthChain::new(vec![Box::new(DangerousAnonymous)]);
+        let mut parts = parts_from("127.0.0.1:5000");
+        parts.headers.insert("x-remote-user", "root".parse().unwrap());
+        parts.headers.insert("remote-user", "root".parse().unwrap());
+        assert_eq!(chain.authenticate(&parts).unwrap().name, "anonymous");
+    }
+}

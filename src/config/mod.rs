@@ -1,0 +1,464 @@
+//! The configuration tree: defaults → `conf/sparkgate.toml` → `SPARKGATE_*` environment →
+//! command-line `--set`, validated once at start-up with every problem reported together.
+
+mod duration;
+mod secret;
+
+pub use duration::parse_duration;
+pub use secret::Secret;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything that can go wrong while loading the configuration; each names the culprit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file or an override is not valid TOML, or a value has the wrong type.
+    #[error("invalid configuration: {0}")]
+    Syntax(String),
+    /// Keys that sparkgate does not know (typos are refused, not ignored).
+    #[error("unknown configuration key(s): {}", .0.join(", "))]
+    UnknownKeys(Vec<String>),
+    /// Values that are individually well-typed but not acceptable.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// The whole configuration. Field docs are the reference; `conf/sparkgate.toml` repeats them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// The HTTPS listener.
+    pub server: ServerConfig,
+    /// Server certificate and key.
+    pub tls: TlsConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// How Spark is found and launched.
+    pub spark: SparkConfig,
+    /// Interactive session limits and timeouts.
+    pub sessions: SessionsConfig,
+    /// The gateway ⇄ driver channel.
+    pub rpc: RpcConfig,
+}
+
+/// The HTTPS listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    pub bind: SocketAddr,
+    /// Where sparkgate keeps its state: generated certificates, session logs, the driver program.
+    pub data_dir: PathBuf,
+    /// A request that takes longer is answered 408.
+    pub request_timeout: String,
+    /// Largest accepted request body, in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// Requests served at once; more are shed with 503.
+    pub max_concurrent_requests: usize,
+    /// A client that has not finished the TLS handshake by then is dropped.
+    pub tls_handshake_timeout: String,
+    /// Serve plain HTTP instead of HTTPS. Never use outside a test on loopback.
+    pub dangerous_plain_http: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8998)),
+            data_dir: PathBuf::from("data"),
+            request_timeout: "120s".into(),
+            max_body_bytes: 10 * 1024 * 1024,
+            max_concurrent_requests: 512,
+            tls_handshake_timeout: "10s".into(),
+            dangerous_plain_http: false,
+        }
+    }
+}
+
+/// Server certificate and key (PEM). Both empty: development certificates are generated into
+/// `<data_dir>/tls/` on first start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert: Option<PathBuf>,
+    /// Private key, PEM.
+    pub key: Option<PathBuf>,
+}
+
+/// Authentication.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Accept every request from a loopback address as the user `anonymous`. Development only:
+    /// an unauthenticated Spark gateway is a remote-code-execution endpoint.
+    pub dangerous_allow_anonymous: bool,
+}
+
+/// How Spark is found and launched.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SparkConfig {
+    /// SPARK_HOME. Empty: the `pyspark` package inside `venv`.
+    pub home: Option<PathBuf>,
+    /// The Python virtual environment that holds pyspark (used when `home` or `python` is empty).
+    pub venv: PathBuf,
+    /// The Python the driver runs with. Empty: `<venv>/bin/python`.
+    pub python: Option<PathBuf>,
+    /// JAVA_HOME for spark-submit. Empty: inherited, or `java` on PATH.
+    pub java_home: Option<PathBuf>,
+    /// `--master` for every session.
+    pub master: String,
+    /// `--deploy-mode` (`client` or `cluster`).
+    pub deploy_mode: String,
+    /// Spark conf applied to every session before the request's own `conf`.
+    pub conf: BTreeMap<String, String>,
+    /// Environment variables passed through to spark-submit besides the built-in allow-list.
+    pub pass_env: Vec<String>,
+    /// How long `spark-submit --version` may take at the start-up check.
+    pub check_timeout: String,
+}
+
+impl Default for SparkConfig {
+    fn default() -> Self {
+        Self {
+            home: None,
+            venv: PathBuf::from(".venv"),
+            python: None,
+            java_home: None,
+            master: "local[*]".into(),
+            deploy_mode: "client".into(),
+            conf: BTreeMap::new(),
+            pass_env: Vec::new(),
+            check_timeout: "60s".into(),
+        }
+    }
+}
+
+/// Interactive session limits and timeouts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionsConfig {
+    /// Live (not finished) sessions at once; more are refused with 429.
+    pub max_sessions: usize,
+    /// Sessions starting at once (each is a JVM); more are refused with 429.
+    pub max_concurrent_launches: usize,
+    /// A session whose driver has not connected by then is killed and marked dead.
+    pub start_timeout: String,
+    /// An idle session (no statement running or queued) is stopped after this long without
+    /// activity. A request's `idleTimeout` overrides it. "0" disables it.
+    pub idle_timeout: String,
+    /// Maximum lifetime of a session since it was created; a request's `ttl` overrides it.
+    /// "0" disables it.
+    pub ttl: String,
+    /// Finished sessions (dead, killed, error) stay visible this long, then are forgotten.
+    pub retain_finished: String,
+    /// Statements kept per session; the oldest finished ones are forgotten beyond this.
+    pub statement_retention: usize,
+    /// Row cap for `sql` statement results.
+    pub sql_max_rows: usize,
+    /// Lines of spark-submit/driver output kept in memory per session for `/log`.
+    pub log_tail_lines: usize,
+    /// After asking a driver to shut down, how long to wait before killing its process group.
+    pub shutdown_grace: String,
+    /// How often timeouts are checked and finished sessions collected.
+    pub check_interval: String,
+    /// How long a completion request waits for the driver.
+    pub completion_timeout: String,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: 32,
+            max_concurrent_launches: 4,
+            start_timeout: "180s".into(),
+            idle_timeout: "1h".into(),
+            ttl: "0".into(),
+            retain_finished: "10m".into(),
+            statement_retention: 1000,
+            sql_max_rows: 1000,
+            log_tail_lines: 1000,
+            shutdown_grace: "5s".into(),
+            check_interval: "1s".into(),
+            completion_timeout: "10s".into(),
+        }
+    }
+}
+
+/// The gateway ⇄ driver channel (TLS, mutual HMAC handshake; see docs/driver-protocol.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RpcConfig {
+    /// Where the RPC server listens. Port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// The host drivers dial (and the name in the RPC certificate). Must be reachable from where
+    /// drivers run; loopback is right only for local and client deploy modes on this host.
+    pub advertise_host: String,
+    /// Largest frame accepted in either direction, in bytes.
+    pub max_frame_bytes: usize,
+    /// A connection that has not authenticated by then is closed.
+    pub handshake_timeout: String,
+    /// How long a driver keeps redialling after losing the connection before it shuts down, and
+    /// how long the gateway waits for it.
+    pub reconnect_window: String,
+    /// How often the gateway pings a connected driver.
+    pub ping_interval: String,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_host: "127.0.0.1".into(),
+            max_frame_bytes: 64 * 1024 * 1024,
+            handshake_timeout: "10s".into(),
+            reconnect_window: "60s".into(),
+            ping_interval: "10s".into(),
+        }
+    }
+}
+
+/// Durations parsed once, so the rest of the gateway never parses strings.
+#[derive(Debug, Clone, Copy)]
+pub struct Durations {
+    /// `server.request_timeout`
+    pub request_timeout: Duration,
+    /// `server.tls_handshake_timeout`
+    pub tls_handshake_timeout: Duration,
+    /// `sessions.start_timeout`
+    pub start_timeout: Duration,
+    /// `sessions.idle_timeout` (None = off)
+    pub idle_timeout: Option<Duration>,
+    /// `sessions.ttl` (None = off)
+    pub ttl: Option<Duration>,
+    /// `sessions.retain_finished`
+    pub retain_finished: Duration,
+    /// `sessions.shutdown_grace`
+    pub shutdown_grace: Duration,
+    /// `sessions.check_interval`
+    pub check_interval: Duration,
+    /// `sessions.completion_timeout`
+    pub completion_timeout: Duration,
+    /// `rpc.handshake_timeout`
+    pub rpc_handshake_timeout: Duration,
+    /// `rpc.reconnect_window`
+    pub reconnect_window: Duration,
+    /// `rpc.ping_interval`
+    pub ping_interval: Duration,
+    /// `spark.check_timeout`
+    pub spark_check_timeout: Duration,
+}
+
+/// A configuration that passed validation.
+#[derive(Debug, Clone)]
+pub struct ValidatedConfig {
+    /// The raw tree.
+    pub config: Config,
+    /// Its durations, parsed.
+    pub durations: Durations,
+}
+
+impl ValidatedConfig {
+    /// The names of every `dangerous_*` option that is on, for start-up warnings and /version.
+    pub fn dangerous_options(&self) -> Vec<&'static str> {
+        let mut on = Vec::new();
+        if self.config.server.dangerous_plain_http {
+            on.push("server.dangerous_plain_http");
+        }
+        if self.config.auth.dangerous_allow_anonymous {
+            on.push("auth.dangerous_allow_anonymous");
+        }
+        on
+    }
+}
+
+/// Where the configuration comes from. The environment is passed in (not read globally) so
+/// tests can supply their own.
+#[derive(Debug, Default)]
+pub struct Sources<'a> {
+    /// The TOML file, if any.
+    pub file: Option<&'a Path>,
+    /// `(name, value)` pairs of the process environment; only `SPARKGATE_*` are used.
+    pub env: Vec<(String, String)>,
+    /// `section.key=value` overrides from the command line.
+    pub overrides: Vec<String>,
+}
+
+/// Loads and validates the configuration from its layered sources.
+pub fn load(sources: &Sources<'_>) -> Result<ValidatedConfig, ConfigError> {
+    let mut tree = toml::Table::new();
+    if let Some(path) = sources.file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        tree = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Syntax(format!("{}: {e}", path.display())))?;
+    }
+    for (name, value) in &sources.env {
+        // SPARKGATE_SESSIONS__IDLE_TIMEOUT=30m sets sessions.idle_timeout.
+        if let Some(rest) = name.strip_prefix("SPARKGATE_") {
+            if rest.is_empty() || !rest.contains("__") {
+                continue; // not a configuration override (e.g. SPARKGATE_LOG)
+            }
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            set_path(&mut tree, &key, value)?;
+        }
+    }
+    for item in &sources.overrides {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Syntax(format!("override `{item}` is not key=value")))?;
+        set_path(&mut tree, key.trim(), value.trim())?;
+    }
+    from_table(tree)
+}
+
+/// Deserialises a merged table, collecting every unknown key, then validates.
+fn from_table(tree: toml::Table) -> Result<ValidatedConfig, ConfigError> {
+    let mut unknown = Vec::new();
+    let config: Config = serde_ignored::deserialize(toml::Value::Table(tree), |path| {
+        unknown.push(path.to_string());
+    })
+    .map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    if !unknown.is_empty() {
+        return Err(ConfigError::UnknownKeys(unknown));
+    }
+    validate(config)
+}
+
+/// Sets `a.b.c` in a table. The value is read as a TOML literal when it is one (numbers,
+/// booleans, arrays), otherwise taken as a string.
+fn set_path(tree: &mut toml::Table, key: &str, raw: &str) -> Result<(), ConfigError> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::Syntax(format!("bad configuration key `{key}`")));
+    }
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let mut table = tree;
+    for part in &parts[..parts.len() - 1] {
+        let entry = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Syntax(format!("`{part}` in `{key}` is not a section")))?;
+    }
+    if let Some(last) = parts.last() {
+        table.insert((*last).to_string(), value);
+    }
+    Ok(())
+}
+
+fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
+    let mut problems = Vec::new();
+    let mut dur = |key: &str, value: &str| -> Duration {
+        match parse_duration(value) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("{key}: {e}"));
+                Duration::ZERO
+            }
+        }
+    };
+    let optional = |d: Duration| (!d.is_zero()).then_some(d);
+    let s = &config.sessions;
+    let durations = Durations {
+        request_timeout: dur("server.request_timeout", &config.server.request_timeout),
+        tls_handshake_timeout: dur("server.tls_handshake_timeout", &config.server.tls_handshake_timeout),
+        start_timeout: dur("sessions.start_timeout", &s.start_timeout),
+        idle_timeout: optional(dur("sessions.idle_timeout", &s.idle_timeout)),
+        ttl: optional(dur("sessions.ttl", &s.ttl)),
+        retain_finished: dur("sessions.retain_finished", &s.retain_finished),
+        shutdown_grace: dur("sessions.shutdown_grace", &s.shutdown_grace),
+        check_interval: dur("sessions.check_interval", &s.check_interval),
+        completion_timeout: dur("sessions.completion_timeout", &s.completion_timeout),
+        rpc_handshake_timeout: dur("rpc.handshake_timeout", &config.rpc.handshake_timeout),
+        reconnect_window: dur("rpc.reconnect_window", &config.rpc.reconnect_window),
+        ping_interval: dur("rpc.ping_interval", &config.rpc.ping_interval),
+        spark_check_timeout: dur("spark.check_timeout", &config.spark.check_timeout),
+    };
+    for (key, d) in [
+        ("server.request_timeout", durations.request_timeout),
+        ("sessions.start_timeout", durations.start_timeout),
+        ("sessions.check_interval", durations.check_interval),
+        ("rpc.handshake_timeout", durations.rpc_handshake_timeout),
+        ("rpc.ping_interval", durations.ping_interval),
+    ] {
+        if d.is_zero() {
+            problems.push(format!("{key} must be greater than zero"));
+        }
+    }
+    if s.max_sessions == 0 {
+        problems.push("sessions.max_sessions must be at least 1".into());
+    }
+    if s.max_concurrent_launches == 0 {
+        problems.push("sessions.max_concurrent_launches must be at least 1".into());
+    }
+    if s.sql_max_rows == 0 {
+        problems.push("sessions.sql_max_rows must be at least 1".into());
+    }
+    if config.server.max_body_bytes < 1024 {
+        problems.push("server.max_body_bytes must be at least 1024".into());
+    }
+    if config.server.max_concurrent_requests == 0 {
+        problems.push("server.max_concurrent_requests must be at least 1".into());
+    }
+    if config.rpc.max_frame_bytes < 4096 {
+        problems.push("rpc.max_frame_bytes must be at least 4096".into());
+    }
+    if !matches!(config.spark.deploy_mode.as_str(), "client" | "cluster") {
+        problems.push(format!(
+            "spark.deploy_mode must be `client` or `cluster`, not `{}`",
+            config.spark.deploy_mode
+        ));
+    }
+    if config.spark.master.trim().is_empty() {
+        problems.push("spark.master must not be empty".into());
+    }
+    if config.rpc.advertise_host.trim().is_empty() {
+        problems.push("rpc.advertise_host must not be empty".into());
+    }
+    if config.tls.cert.is_some() != config.tls.key.is_some() {
+        problems.push("tls.cert and tls.key must be given together".into());
+    }
+    if config.auth.dangerous_allow_anonymous && !config.server.bind.ip().is_loopback() {
+        problems.push(format!(
+            "auth.dangerous_allow_anonymous is only allowed on a loopback address, but server.bind is {}",
+            config.server.bind
+        ));
+    }
+    if config.server.dangerous_plain_http && !config.server.bind.ip().is_loopback() {
+        problems.push(format!(
+            "server.dangerous_plain_http is only allowed on a loopback address, but server.bind is {}",
+            config.server.bind
+        ));
+    }
+    if problems.is_empty() {
+        Ok(ValidatedConfig { config, durations })
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,84 @@
+use super::*;
+
+fn load_str(text: &str, env: &[(&str, &str)], overrides: &[&str]) -> Result<ValidatedConfig, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    load(&Sources {
+        file: Some(&path),
+        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        overrides: overrides.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+#[test]
+fn defaults_are_safe() {
+    let c = load(&Sources::default()).unwrap();
+    assert!(!c.config.server.dangerous_plain_http);
+    assert!(!c.config.auth.dangerous_allow_anonymous);
+    assert!(c.config.server.bind.ip().is_loopback());
+    assert!(c.dangerous_options().is_empty());
+    assert_eq!(c.durations.idle_timeout, Some(Duration::from_secs(3600)));
+    assert_eq!(c.durations.ttl, None);
+}
+
+#[test]
+fn unknown_keys_are_all_named() {
+    let err = load_str("[server]\nbnid = \"x\"\n[sesions]\nx = 1\n", &[], &[]).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("server.bnid"), "{msg}");
+    assert!(msg.contains("sesions"), "{msg}");
+}
+
+#[test]
+fn layers_override_in_order() {
+    let c = load_str(
+        "[sessions]\nmax_sessions = 5\nidle_timeout = \"5m\"\n",
+        &[("SPARKGATE_SESSIONS__MAX_SESSIONS", "7"), ("SPARKGATE_LOG", "debug")],
+        &["sessions.idle_timeout=30s"],
+    )
+    .unwrap();
+    assert_eq!(c.config.sessions.max_sessions, 7);
+    assert_eq!(c.durations.idle_timeout, Some(Duration::from_secs(30)));
+}
+
+#[test]
+fn unknown_env_keys_are_refused() {
+    let err = load_str("", &[("SPARKGATE_SESSIONS__MAX_SESIONS", "7")], &[]).unwrap_err();
+    assert!(err.to_string().contains("sessions.max_sesions"), "{err}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let err = load_str(
+        "[sessions]\nidle_timeout = \"soon\"\nmax_sessions = 0\n[spark]\ndeploy_mode = \"remote\"\n",
+        &[],
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("sessions.idle_timeout"), "{err}");
+    assert!(err.contains("max_sessions"), "{err}");
+    assert!(err.contains("deploy_mode"), "{err}");
+}
+
+#[test]
+fn anonymous_and_plain_http_only_on_loopback() {
+    let err = load_str(
+        "[server]\nbind = \"0.0.0.0:8998\"\ndangerous_plain_http = true\n[auth]\ndangerous_allow_anonymous = true\n",
+        &[],
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("dangerous_allow_anonymous"), "{err}");
+    assert!(err.contains("dangerous_plain_http"), "{err}");
+    let ok = load_str("[auth]\ndangerous_allow_anonymous = true\n", &[], &[]).unwrap();
+    assert_eq!(ok.dangerous_options(), vec!["auth.dangerous_allow_anonymous"]);
+}
+
+#[test]
+fn wrong_types_are_reported() {
+    let err = load_str("[sessions]\nmax_sessions = \"many\"\n", &[], &[]).unwrap_err();
+    assert!(err.to_string().contains("max_sessions") || err.to_string().contains("invalid type"), "{err}");
+}

@@ -1,0 +1,127 @@
+//! Session and statement kinds with Livy's names and aliases.
+
+use std::fmt;
+
+/// The kind of an interactive session. `Shared` lets each statement choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionKind {
+    /// Scala (`spark`, alias `scala`).
+    Spark,
+    /// Python (`pyspark`, alias `python`).
+    PySpark,
+    /// R (`sparkr`, alias `r`).
+    SparkR,
+    /// SQL.
+    Sql,
+    /// Any; each statement says which.
+    Shared,
+}
+
+impl SessionKind {
+    /// Parses Livy's session kind names and aliases.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "spark" | "scala" => Self::Spark,
+            "pyspark" | "python" => Self::PySpark,
+            "sparkr" | "r" => Self::SparkR,
+            "sql" => Self::Sql,
+            "shared" => Self::Shared,
+            _ => return None,
+        })
+    }
+
+    /// The name Livy shows in a session's `kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Spark => "spark",
+            Self::PySpark => "pyspark",
+            Self::SparkR => "sparkr",
+            Self::Sql => "sql",
+            Self::Shared => "shared",
+        }
+    }
+
+    /// The interpreter a statement runs in, from its own kind (if any) and the session's.
+    pub fn resolve_statement(self, statement_kind: Option<&str>) -> Result<CodeKind, String> {
+        match statement_kind {
+            Some(k) => CodeKind::parse(k).ok_or_else(|| {
+                format!("unknown statement kind `{k}`; use one of spark, scala, pyspark, python, sparkr, r, sql")
+            }),
+            None => match self {
+                Self::Spark => Ok(CodeKind::Scala),
+                Self::PySpark => Ok(CodeKind::PySpark),
+                Self::SparkR => Ok(CodeKind::SparkR),
+                Self::Sql => Ok(CodeKind::Sql),
+                Self::Shared => Err(
+                    "field `kind` is required for statements in a session of kind `shared` \
+                     (spark, pyspark, sparkr or sql)"
+                        .into(),
+                ),
+            },
+        }
+    }
+}
+
+impl fmt::Display for SessionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The interpreter that runs one statement (the protocol's `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CodeKind {
+    /// Scala REPL.
+    Scala,
+    /// Python.
+    PySpark,
+    /// R.
+    SparkR,
+    /// Spark SQL.
+    Sql,
+}
+
+impl CodeKind {
+    /// Parses Livy's code kind names and aliases.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "spark" | "scala" => Self::Scala,
+            "pyspark" | "python" => Self::PySpark,
+            "sparkr" | "r" => Self::SparkR,
+            "sql" => Self::Sql,
+            _ => return None,
+        })
+    }
+
+    /// The protocol name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scala => "scala",
+            Self::PySpark => "pyspark",
+            Self::SparkR => "sparkr",
+            Self::Sql => "sql",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases() {
+        assert_eq!(SessionKind::parse("python"), Some(SessionKind::PySpark));
+        assert_eq!(SessionKind::parse("scala"), Some(SessionKind::Spark));
+        assert_eq!(SessionKind::parse("r"), Some(SessionKind::SparkR));
+        assert_eq!(SessionKind::parse("cobol"), None);
+        assert_eq!(CodeKind::parse("spark"), Some(CodeKind::Scala));
+    }
+
+    #[test]
+    fn statement_kind_resolution() {
+        assert_eq!(SessionKind::PySpark.resolve_statement(None), Ok(CodeKind::PySpark));
+        assert_eq!(SessionKind::PySpark.resolve_statement(Some("sql")), Ok(CodeKind::Sql));
+        assert!(SessionKind::Shared.resolve_statement(None).unwrap_err().contains("kind"));
+        assert!(SessionKind::Shared.resolve_statement(Some("cobol")).unwrap_err().contains("cobol"));
+    }
+}

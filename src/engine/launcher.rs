@@ -1,0 +1,543 @@
+//! Builds and runs `spark-submit`: an argument vector (never a shell string), an environment
+//! from an allow-list, its own process group, output into a bounded tail and a log file.
+//! Secrets never go on the command line.
+
+use crate::config::SparkConfig;
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+/// Where Spark is, as found and checked at start-up.
+#[derive(Debug, Clone)]
+pub struct SparkEnv {
+    /// SPARK_HOME.
+    pub home: PathBuf,
+    /// `<home>/bin/spark-submit`.
+    pub spark_submit: PathBuf,
+    /// The Python drivers and workers run with.
+    pub python: PathBuf,
+    /// JAVA_HOME to pass, if configured.
+    pub java_home: Option<PathBuf>,
+    /// What `spark-submit --version` reported.
+    pub version: String,
+}
+
+/// Why Spark could not be found or checked.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SparkCheckError(pub String);
+
+/// Variables passed to spark-submit from the gateway's own environment when set.
+const PASS_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "JAVA_HOME", "HADOOP_CONF_DIR",
+    "YARN_CONF_DIR", "SPARK_CONF_DIR", "KRB5_CONFIG", "KRB5CCNAME",
+];
+
+impl SparkEnv {
+    /// Finds Spark: `spark.home`, else the pyspark package in `spark.venv`, and checks it by
+    /// running `spark-submit --version`. Every message says what to do.
+    pub async fn discover(config: &SparkConfig, timeout: Duration) -> Result<Self, SparkCheckError> {
+        let python = match &config.python {
+            Some(p) => p.clone(),
+            None => config.venv.join("bin").join("python"),
+        };
+        if !python.exists() {
+            return Err(SparkCheckError(format!(
+                "Python not found at {} — run scripts/setup.sh to create the virtual environment with pyspark, \
+                 or set spark.python / spark.venv",
+                python.display()
+            )));
+        }
+        let home = match &config.home {
+            Some(h) => h.clone(),
+            None => {
+                let out = Command::new(&python)
+                    .args(["-c", "import os, pyspark; print(os.path.dirname(pyspark.__file__))"])
+                    .kill_on_drop(true)
+                    .output()
+                    .await
+                    .map_err(|e| SparkCheckError(format!("cannot run {}: {e}", python.display())))?;
+                if !out.status.success() {
+                    return Err(SparkCheckError(format!(
+                        "pyspark is not installed for {} — run scripts/setup.sh, or set spark.home to a Spark \
+                         distribution",
+                        python.display()
+                    )));
+                }
+                PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+            }
+        };
+        let spark_submit = home.join("bin").join("spark-submit");
+        if !spark_submit.exists() {
+            return Err(SparkCheckError(format!(
+                "spark-submit not found at {} — is spark.home ({}) a Spark distribution?",
+                spark_submit.display(),
+                home.display()
+            )));
+        }
+        let mut env = Self { home, spark_submit, python, java_home: config.java_home.clone(), version: String::new() };
+        let mut cmd = Command::new(&env.spark_submit);
+        cmd.arg("--version").env_clear().envs(env.base_env(&config.pass_env)).kill_on_drop(true);
+        let out = tokio::time::timeout(timeout, cmd.output())
+            .await
+            .map_err(|_| SparkCheckError(format!("`spark-submit --version` did not finish within {timeout:?}")))?
+            .map_err(|e| SparkCheckError(format!("cannot run {}: {e}", env.spark_submit.display())))?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            let hint = if text.contains("JAVA_HOME") || text.to_lowercase().contains("java") {
+                " (is Java 17 installed? scripts/setup.sh installs it)"
+            } else {
+                ""
+            };
+            return Err(SparkCheckError(format!(
+                "`spark-submit --version` failed with {}{hint}: {}",
+                out.status,
+                last_lines(&text, 5)
+            )));
+        }
+        env.version = text
+            .split_whitespace()
+            .skip_while(|w| *w != "version")
+            .nth(1)
+            .unwrap_or("unknown")
+            .to_string();
+        Ok(env)
+    }
+
+    /// The environment every spark-submit gets: the allow-list from the gateway's own
+    /// environment, plus SPARK_HOME and the Python to use. Nothing else is inherited.
+    pub fn base_env(&self, extra: &[String]) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        for name in PASS_ENV.iter().copied().chain(extra.iter().map(String::as_str)) {
+            if let Ok(value) = std::env::var(name) {
+                env.insert(name.to_string(), value);
+            }
+        }
+        env.entry("PATH".into()).or_insert_with(|| "/usr/local/bin:/usr/bin:/bin".into());
+        if let Some(java_home) = &self.java_home {
+            env.insert("JAVA_HOME".into(), java_home.display().to_string());
+        }
+        env.insert("SPARK_HOME".into(), self.home.display().to_string());
+        env.insert("PYSPARK_PYTHON".into(), self.python.display().to_string());
+        env.insert("PYSPARK_DRIVER_PYTHON".into(), self.python.display().to_string());
+        env.insert("PYTHONUNBUFFERED".into(), "1".into());
+        env
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// What one launch asks for, from the request and the configuration.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LaunchSpec {
+    /// `--name`.
+    pub name: String,
+    /// `--proxy-user`: the effective user when it differs from the gateway's own.
+    pub proxy_user: Option<String>,
+    /// `--queue`.
+    pub queue: Option<String>,
+    /// `spark.driver.memory`.
+    pub driver_memory: Option<String>,
+    /// `spark.driver.cores`.
+    pub driver_cores: Option<u32>,
+    /// `spark.executor.memory`.
+    pub executor_memory: Option<String>,
+    /// `spark.executor.cores`.
+    pub executor_cores: Option<u32>,
+    /// `spark.executor.instances`.
+    pub num_executors: Option<u32>,
+    /// `--jars`.
+    pub jars: Vec<String>,
+    /// `--py-files`.
+    pub py_files: Vec<String>,
+    /// `--files`.
+    pub files: Vec<String>,
+    /// `--archives`.
+    pub archives: Vec<String>,
+    /// The request's Spark conf (applied over the configured defaults).
+    pub conf: BTreeMap<String, String>,
+    /// The application (the driver program, or a batch's file).
+    pub app: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+/// The spark-submit argument vector (without the program itself).
+pub fn build_args(config: &SparkConfig, spec: &LaunchSpec) -> Vec<OsString> {
+    let mut args: Vec<String> = vec![
+        "--master".into(),
+        config.master.clone(),
+        "--deploy-mode".into(),
+        config.deploy_mode.clone(),
+        "--name".into(),
+        spec.name.clone(),
+    ];
+    if let Some(user) = &spec.proxy_user {
+        args.extend(["--proxy-user".into(), user.clone()]);
+    }
+    if let Some(queue) = &spec.queue {
+        args.extend(["--queue".into(), queue.clone()]);
+    }
+    for (flag, list) in [("--jars", &spec.jars), ("--py-files", &spec.py_files), ("--files", &spec.files), ("--archives", &spec.archives)] {
+        if !list.is_empty() {
+            args.extend([flag.to_string(), list.join(",")]);
+        }
+    }
+    let mut conf = config.conf.clone();
+    conf.extend(spec.conf.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let resources = [
+        ("spark.driver.memory", spec.driver_memory.clone()),
+        ("spark.driver.cores", spec.driver_cores.map(|n| n.to_string())),
+        ("spark.executor.memory", spec.executor_memory.clone()),
+        ("spark.executor.cores", spec.executor_cores.map(|n| n.to_string())),
+        ("spark.executor.instances", spec.num_executors.map(|n| n.to_string())),
+    ];
+    for (key, value) in resources {
+        if let Some(value) = value {
+            conf.insert(key.to_string(), value);
+        }
+    }
+    for (key, value) in conf {
+        args.extend(["--conf".into(), format!("{key}={value}")]);
+    }
+    args.push(spec.app.clone());
+    args.extend(spec.args.iter().cloned());
+    args.into_iter().map(OsString::from).collect()
+}
+
+/// A bounded tail of a process's output, mirrored to a log file.
+#[derive(Debug)]
+pub struct LogBuffer {
+    inner: Mutex<LogInner>,
+}
+
+#[derive(Debug)]
+struct LogInner {
+    lines: VecDeque<String>,
+    cap: usize,
+    file: Option<std::fs::File>,
+}
+
+impl LogBuffer {
+    /// A buffer keeping `cap` lines, appending to `file` if given.
+    pub fn new(cap: usize, file: Option<&Path>) -> Arc<Self> {
+        let file = file.and_then(|p| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(p).ok()
+        });
+        Arc::new(Self { inner: Mutex::new(LogInner { lines: VecDeque::new(), cap: cap.max(1), file }) })
+    }
+
+    /// Appends one line.
+    pub fn push(&self, line: impl Into<String>) {
+        let line = line.into();
+        let Ok(mut inner) = self.inner.lock() else { return };
+        if let Some(file) = inner.file.as_mut() {
+            let _ = writeln!(file, "{line}");
+        }
+        if inner.lines.len() == inner.cap {
+            inner.lines.pop_front();
+        }
+        inner.lines.push_back(line);
+    }
+
+    /// A copy of the retained lines.
+    pub fn snapshot(&self) -> Vec<String> {
+        self.inner.lock().map(|i| i.lines.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The last `n` retained lines.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        self.inner
+            .lock()
+            .map(|i| i.lines.iter().skip(i.lines.len().saturating_sub(n)).cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A launched spark-submit: its process group and a way to learn when it exits.
+#[derive(Debug, Clone)]
+pub struct ProcessHandle {
+    /// The process group id (= spark-submit's pid).
+    pub pgid: i32,
+    exited: tokio::sync::watch::Receiver<Option<i32>>,
+}
+
+/// How spark-submit ended: its exit code, or 128+signal.
+pub type ExitCode = i32;
+
+impl ProcessHandle {
+    /// Waits until the process has exited (returns immediately if it has).
+    pub async fn wait(&self) -> ExitCode {
+        let mut rx = self.exited.clone();
+        loop {
+            if let Some(code) = *rx.borrow_and_update() {
+                return code;
+            }
+            if rx.changed().await.is_err() {
+                return -1;
+            }
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&self) -> bool {
+        self.exited.borrow().is_some()
+    }
+
+    /// Sends `signal` to the whole process group (the JVM, the Python driver, anything they
+    /// started). Errors (e.g. the group is already gone) are ignored.
+    pub fn signal_group(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pgid), signal);
+    }
+
+    /// Whether any process of the group is still alive.
+    pub fn group_alive(&self) -> bool {
+        group_alive(self.pgid)
+    }
+
+    /// Stops the group: SIGTERM, then SIGKILL after `grace`, then waits (bounded) until no
+    /// process of the group is left.
+    pub async fn kill_group(&self, grace: Duration) {
+        use nix::sys::signal::Signal;
+        self.signal_group(Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline && self.group_alive() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.signal_group(Signal::SIGKILL);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline && self.group_alive() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Whether any non-zombie process is in process group `pgid` (read from /proc, because
+/// `kill(-pgid, 0)` also succeeds for zombies nobody has reaped yet).
+pub fn group_alive(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok();
+    };
+    entries.flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
+        // Fields after the parenthesised command: state ppid pgrp ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return false };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.len() > 2 && fields[0] != "Z" && fields[0] != "X" && fields[2] == pgid.to_string()
+    })
+}
+
+/// Starts spark-submit in its own process group. Output lines go to `log`; `on_line` sees each
+/// line too (to find the application id); `exited` is set when it ends.
+pub fn spawn(
+    env: &SparkEnv,
+    pass_env: &[String],
+    args: Vec<OsString>,
+    extra_env: BTreeMap<String, String>,
+    log: Arc<LogBuffer>,
+    on_line: Arc<dyn Fn(&str) + Send + Sync>,
+) -> std::io::Result<ProcessHandle> {
+    let mut cmd = Command::new(&env.spark_submit);
+    cmd.args(&args)
+        .env_clear()
+        .envs(env.base_env(pass_env))
+        .envs(extra_env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(read_lines(out, log.clone(), on_line.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(read_lines(err, log.clone(), on_line));
+    }
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        let code = match child.wait().await {
+            Ok(status) => {
+                use std::os::unix::process::ExitStatusExt;
+                status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1)
+            }
+            Err(_) => -1,
+        };
+        let _ = tx.send(Some(code));
+    });
+    Ok(ProcessHandle { pgid, exited: rx })
+}
+
+async fn read_lines(stream: impl AsyncRead + Unpin, log: Arc<LogBuffer>, on_line: Arc<dyn Fn(&str) + Send + Sync>) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        on_line(&line);
+        log.push(line);
+    }
+}
+
+/// Finds a Spark application id in a line of output (`local-…`, `app-…`, `application_…`).
+pub fn find_app_id(line: &str) -> Option<String> {
+    line.split(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | ',' | '(' | ')' | '[' | ']'))
+        .find(|word| is_app_id(word))
+        .map(str::to_string)
+}
+
+fn is_app_id(word: &str) -> bool {
+    let digits_or = |s: &str, extra: char| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == extra);
+    if let Some(rest) = word.strip_prefix("local-") {
+        return rest.len() >= 10 && digits_or(rest, '\0');
+    }
+    if let Some(rest) = word.strip_prefix("app-") {
+        return rest.len() >= 10 && digits_or(rest, '-');
+    }
+    if let Some(rest) = word.strip_prefix("application_") {
+        return rest.contains('_') && digits_or(rest, '_');
+    }
+    false
+}
+
+/// Finds the Spark UI address in Spark's "Bound SparkUI to …, and started at http://…" line.
+pub fn find_spark_ui(line: &str) -> Option<String> {
+    if !line.contains("SparkUI") {
+        return None;
+    }
+    line.split_whitespace()
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+        .map(|w| w.trim_end_matches(['.', ',']).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: Vec<OsString>) -> Vec<String> {
+        args.into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn argument_vector_from_request_and_config() {
+        let mut config = SparkConfig::default();
+        config.conf.insert("spark.ui.enabled".into(), "false".into());
+        let spec = LaunchSpec {
+            name: "etl".into(),
+            proxy_user: Some("bob".into()),
+            queue: Some("prod".into()),
+            driver_memory: Some("2g".into()),
+            executor_cores: Some(3),
+            num_executors: Some(4),
+            jars: vec!["a.jar".into(), "b.jar".into()],
+            py_files: vec!["m.py".into()],
+            conf: [("spark.ui.enabled".to_string(), "true".to_string())].into(),
+            app: "/data/driver.py".into(),
+            args: vec!["--x".into(), "a b; rm -rf /".into()],
+            ..LaunchSpec::default()
+        };
+        let args = strings(build_args(&config, &spec));
+        assert_eq!(
+            args,
+            vec![
+                "--master", "local[*]", "--deploy-mode", "client", "--name", "etl", "--proxy-user", "bob",
+                "--queue", "prod", "--jars", "a.jar,b.jar", "--py-files", "m.py",
+                "--conf", "spark.driver.memory=2g",
+                "--conf", "spark.executor.cores=3",
+                "--conf", "spark.executor.instances=4",
+                "--conf", "spark.ui.enabled=true",
+                "/data/driver.py", "--x", "a b; rm -rf /",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_proxy_user_flag_without_an_effective_user() {
+        let spec = LaunchSpec { name: "n".into(), app: "x.py".into(), ..LaunchSpec::default() };
+        let args = strings(build_args(&SparkConfig::default(), &spec));
+        assert!(!args.contains(&"--proxy-user".to_string()));
+        assert!(!args.contains(&"--jars".to_string()));
+        assert_eq!(args.last().unwrap(), "x.py");
+    }
+
+    #[test]
+    fn environment_is_an_allow_list() {
+        let env = SparkEnv {
+            home: "/spark".into(),
+            spark_submit: "/spark/bin/spark-submit".into(),
+            python: "/venv/bin/python".into(),
+            java_home: Some("/jdk".into()),
+            version: "4.0.1".into(),
+        };
+        let vars = env.base_env(&[]);
+        assert_eq!(vars["SPARK_HOME"], "/spark");
+        assert_eq!(vars["PYSPARK_PYTHON"], "/venv/bin/python");
+        assert_eq!(vars["JAVA_HOME"], "/jdk");
+        for key in vars.keys() {
+            assert!(
+                PASS_ENV.contains(&key.as_str())
+                    || ["SPARK_HOME", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "PYTHONUNBUFFERED"].contains(&key.as_str()),
+                "unexpected variable {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn app_ids_and_ui_are_found() {
+        assert_eq!(find_app_id("INFO Submitted application local-1716000000000"), Some("local-1716000000000".into()));
+        assert_eq!(find_app_id("Connected to app-20240101120000-0003 ok"), Some("app-20240101120000-0003".into()));
+        assert_eq!(
+            find_app_id("Submitted application application_1700000000000_0042"),
+            Some("application_1700000000000_0042".into())
+        );
+        assert_eq!(find_app_id("local-mode is nice"), None);
+        assert_eq!(
+            find_spark_ui("INFO Utils: Bound SparkUI to 0.0.0.0, and started at http://host:4040"),
+            Some("http://host:4040".into())
+        );
+        assert_eq!(find_spark_ui("nothing here http://x"), None);
+    }
+
+    #[test]
+    fn log_buffer_is_bounded_and_mirrored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let log = LogBuffer::new(3, Some(&path));
+        for i in 0..5 {
+            log.push(format!("line {i}"));
+        }
+        assert_eq!(log.snapshot(), vec!["line 2", "line 3", "line 4"]);
+        assert_eq!(log.tail(2), vec!["line 3", "line 4"]);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 5);
+    }
+
+    #[tokio::test]
+    async fn process_group_is_killed_whole() {
+        // A shell that starts a grandchild in the same group stands in for spark-submit's JVM
+        // and its Python driver.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 300 & sleep 300"]).process_group(0).kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        let pgid = child.id().unwrap() as i32;
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+            let _ = tx.send(Some(0));
+        });
+        let handle = ProcessHandle { pgid, exited: rx };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(handle.group_alive());
+        handle.kill_group(Duration::from_secs(2)).await;
+        assert!(!handle.group_alive());
+        handle.wait().await;
+        assert!(handle.has_exited());
+    }
+}

@@ -1,0 +1,360 @@
+//! The SessionManager: owns every interactive session, launches their drivers, enforces the
+//! caps, runs the timeout checker and collects finished sessions.
+
+use super::launcher::{self, LaunchSpec, LogBuffer, SparkEnv};
+use super::session::{Session, SessionLimits, SessionSpec};
+use super::state::SessionState;
+use super::EngineError;
+use crate::config::{parse_duration, ValidatedConfig};
+use crate::rpc::{DriverLink, DriverRegistry, FromDriver, SessionSecret};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Where drivers dial back to, and how they recognise the gateway.
+#[derive(Debug, Clone)]
+pub struct RpcEndpoint {
+    /// Host drivers dial.
+    pub host: String,
+    /// Port drivers dial.
+    pub port: u16,
+    /// Name to check in the RPC certificate.
+    pub server_name: String,
+    /// PEM the driver trusts for the RPC certificate.
+    pub ca_pem: String,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    by_id: BTreeMap<u32, Arc<Session>>,
+    by_name: HashMap<String, u32>,
+    next_id: u32,
+}
+
+/// Owns every interactive session.
+#[derive(Debug)]
+pub struct SessionManager {
+    config: Arc<ValidatedConfig>,
+    spark: Option<Arc<SparkEnv>>,
+    driver_program: PathBuf,
+    rpc: OnceLock<RpcEndpoint>,
+    registry: Mutex<Registry>,
+    rpc_auth_failures: std::sync::atomic::AtomicU64,
+}
+
+impl SessionManager {
+    /// A manager. `spark` None means launching is impossible (sessions die at once with a
+    /// clear reason), which is how router tests run without Spark.
+    pub fn new(config: Arc<ValidatedConfig>, spark: Option<SparkEnv>, driver_program: PathBuf) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            spark: spark.map(Arc::new),
+            driver_program,
+            rpc: OnceLock::new(),
+            registry: Mutex::new(Registry::default()),
+            rpc_auth_failures: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Tells the manager where the RPC server listens (once it is bound).
+    pub fn set_rpc_endpoint(&self, endpoint: RpcEndpoint) {
+        let _ = self.rpc.set(endpoint);
+    }
+
+    /// The Spark found at start-up.
+    pub fn spark(&self) -> Option<&SparkEnv> {
+        self.spark.as_deref()
+    }
+
+    /// RPC connections that failed to authenticate so far.
+    pub fn rpc_auth_failures(&self) -> u64 {
+        self.rpc_auth_failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A session by id (all digits) or by name.
+    pub fn get(&self, key: &str) -> Result<Arc<Session>, EngineError> {
+        let reg = self.lock();
+        let id = if !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) {
+            key.parse::<u32>().ok()
+        } else {
+            reg.by_name.get(key).copied()
+        };
+        id.and_then(|id| reg.by_id.get(&id).cloned()).ok_or_else(|| EngineError::SessionNotFound(key.to_string()))
+    }
+
+    /// Every session, by id.
+    pub fn list(&self) -> Vec<Arc<Session>> {
+        self.lock().by_id.values().cloned().collect()
+    }
+
+    /// Creates a session and starts its driver. Caps are checked before anything is launched.
+    pub fn create(self: &Arc<Self>, spec: SessionSpec) -> Result<Arc<Session>, EngineError> {
+        let cfg = &self.config;
+        if let Some(name) = &spec.name {
+            if name.is_empty() || name.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(EngineError::InvalidRequest(format!(
+                    "field `name` must not be empty or all digits (got `{name}`): names share the path with numeric ids"
+                )));
+            }
+        }
+        let per_session = |field: &str, value: &Option<String>, default: Option<Duration>| match value {
+            None => Ok(default),
+            Some(text) => parse_duration(text)
+                .map(|d| (!d.is_zero()).then_some(d))
+                .map_err(|e| EngineError::InvalidRequest(format!("field `{field}`: {e}"))),
+        };
+        let limits = SessionLimits {
+            idle_timeout: per_session("idleTimeout", &spec.idle_timeout, cfg.durations.idle_timeout)?,
+            ttl: per_session("ttl", &spec.ttl, cfg.durations.ttl)?,
+            heartbeat_timeout: (spec.heartbeat_timeout_secs > 0)
+                .then(|| Duration::from_secs(u64::from(spec.heartbeat_timeout_secs))),
+            statement_retention: cfg.config.sessions.statement_retention.max(1),
+        };
+        let session = {
+            let mut reg = self.lock();
+            if let Some(name) = &spec.name {
+                if let Some(existing) = reg.by_name.get(name) {
+                    return Err(EngineError::DuplicateName(format!("`{name}` is used by session {existing}")));
+                }
+            }
+            let sessions = &cfg.config.sessions;
+            let live: Vec<SessionState> = reg.by_id.values().map(|s| s.state()).filter(|s| s.is_live()).collect();
+            if live.len() >= sessions.max_sessions {
+                return Err(EngineError::TooManySessions { limit: sessions.max_sessions });
+            }
+            let launching = live.iter().filter(|s| matches!(s, SessionState::NotStarted | SessionState::Starting)).count();
+            if launching >= sessions.max_concurrent_launches {
+                return Err(EngineError::TooManyLaunches { limit: sessions.max_concurrent_launches });
+            }
+            let id = reg.next_id;
+            reg.next_id += 1;
+            let dir = cfg.config.server.data_dir.join("sessions").join(id.to_string());
+            crate::tls::create_private_dir(&dir).map_err(|e| EngineError::Launch(e.to_string()))?;
+            let log = LogBuffer::new(sessions.log_tail_lines, Some(&dir.join("session.log")));
+            let session = Arc::new(Session::new(id, spec, limits, SessionSecret::generate(), log, dir));
+            if let Some(name) = &session.spec.name {
+                reg.by_name.insert(name.clone(), id);
+            }
+            reg.by_id.insert(id, session.clone());
+            session
+        };
+        if let Err(e) = self.launch(&session) {
+            session.log.push(format!("sparkgate: {e}"));
+            session.finish(SessionState::Dead, &format!("could not start: {e}"));
+        }
+        Ok(session)
+    }
+
+    fn launch(&self, session: &Arc<Session>) -> Result<(), EngineError> {
+        let spark = self.spark.as_ref().ok_or_else(|| EngineError::Launch("Spark is not configured on this gateway".into()))?;
+        let rpc = self.rpc.get().ok_or_else(|| EngineError::Launch("the driver RPC server is not running".into()))?;
+        let cfg = &self.config.config;
+        let spec = &session.spec;
+        let repl_dir = session.dir.join("repl-classes");
+        crate::tls::create_private_dir(&repl_dir).map_err(|e| EngineError::Launch(e.to_string()))?;
+        // The secret travels in an owner-only file named by an environment variable, never argv.
+        let driver_conf = json!({
+            "session_id": session.id,
+            "rpc_host": rpc.host,
+            "rpc_port": rpc.port,
+            "rpc_server_name": rpc.server_name,
+            "ca_pem": rpc.ca_pem,
+            "secret": session.secret.to_hex(),
+            "kind": spec.kind.as_str(),
+            "sql_max_rows": cfg.sessions.sql_max_rows,
+            "reconnect_window_secs": self.config.durations.reconnect_window.as_secs().max(1),
+            "max_frame_bytes": cfg.rpc.max_frame_bytes,
+            "repl_class_dir": repl_dir.canonicalize().unwrap_or(repl_dir.clone()),
+        });
+        let conf_path = session.dir.join("driver-conf.json");
+        crate::tls::write_file(&conf_path, driver_conf.to_string().as_bytes(), 0o600)
+            .map_err(|e| EngineError::Launch(e.to_string()))?;
+        let launch = LaunchSpec {
+            name: spec.name.clone().unwrap_or_else(|| format!("sparkgate-session-{}", session.id)),
+            proxy_user: spec.proxy_user.clone(),
+            queue: spec.queue.clone(),
+            driver_memory: spec.driver_memory.clone(),
+            driver_cores: spec.driver_cores,
+            executor_memory: spec.executor_memory.clone(),
+            executor_cores: spec.executor_cores,
+            num_executors: spec.num_executors,
+            jars: spec.jars.clone(),
+            py_files: spec.py_files.clone(),
+            files: spec.files.clone(),
+            archives: spec.archives.clone(),
+            conf: spec.conf.clone(),
+            app: self.driver_program.display().to_string(),
+            args: Vec::new(),
+        };
+        let args = launcher::build_args(&cfg.spark, &launch);
+        let absolute_conf = conf_path.canonicalize().unwrap_or(conf_path);
+        let env = BTreeMap::from([("SPARKGATE_DRIVER_CONF".to_string(), absolute_conf.display().to_string())]);
+        let weak = Arc::downgrade(session);
+        let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {
+            let (app, ui) = (launcher::find_app_id(line), launcher::find_spark_ui(line));
+            if app.is_some() || ui.is_some() {
+                if let Some(s) = weak.upgrade() {
+                    s.note_app_info(app, ui);
+                }
+            }
+        });
+        session.transition(SessionState::Starting)?;
+        let handle = launcher::spawn(spark, &cfg.spark.pass_env, args, env, session.log.clone(), on_line)
+            .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
+        tracing::info!(session = session.id, pgid = handle.pgid, owner = %spec.owner, "session launched");
+        session.set_process(handle.clone());
+        let watched = session.clone();
+        tokio::spawn(async move {
+            let code = handle.wait().await;
+            watched.process_exited(code);
+            // Whatever the JVM left behind (the Python driver, its workers) goes too.
+            handle.kill_group(Duration::from_secs(2)).await;
+        });
+        Ok(())
+    }
+
+    /// Stops a session: asks the driver to shut down, waits the grace period, then kills the
+    /// whole process group and waits until none of it is left. Ends in `final_state`.
+    pub async fn stop(&self, session: &Arc<Session>, final_state: SessionState, reason: &str) {
+        let grace = self.config.durations.shutdown_grace;
+        if session.begin_shutdown() {
+            session.log.push(format!("sparkgate: stopping: {reason}"));
+            tracing::info!(session = session.id, reason, "stopping session");
+            session.request_driver_shutdown();
+        }
+        if let Some(process) = session.process() {
+            if tokio::time::timeout(grace, process.wait()).await.is_err() {
+                session.log.push("sparkgate: the driver did not exit in time; killing its process group".to_string());
+            }
+            process.kill_group(Duration::from_secs(3)).await;
+            process.wait().await;
+        }
+        session.finish(final_state, reason);
+    }
+
+    /// DELETE: stops the session and forgets it.
+    pub async fn delete(&self, session: &Arc<Session>, by: &str) {
+        self.stop(session, SessionState::Killed, &format!("deleted by {by}")).await;
+        self.forget(session.id);
+    }
+
+    fn forget(&self, id: u32) {
+        let removed = {
+            let mut reg = self.lock();
+            let removed = reg.by_id.remove(&id);
+            if let Some(name) = removed.as_ref().and_then(|s| s.spec.name.clone()) {
+                reg.by_name.remove(&name);
+            }
+            removed
+        };
+        if let Some(session) = removed {
+            let _ = std::fs::remove_dir_all(&session.dir);
+        }
+    }
+
+    /// Stops every session (gateway shutdown).
+    pub async fn shutdown_all(&self) {
+        let sessions = self.list();
+        let stops = sessions.iter().map(|s| self.stop(s, SessionState::Killed, "the gateway is shutting down"));
+        futures_util::future::join_all(stops).await;
+    }
+
+    /// Runs the timeout checker and collector until the manager is dropped.
+    pub fn start_background(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let interval = self.config.durations.check_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(manager) = weak.upgrade() else { return };
+                manager.check_timeouts().await;
+            }
+        });
+    }
+
+    /// One pass of the timeout checker.
+    pub async fn check_timeouts(self: &Arc<Self>) {
+        let now = Instant::now();
+        let d = self.config.durations;
+        for session in self.list() {
+            let t = session.timers();
+            if t.state.is_terminal() {
+                if t.finished_at.is_some_and(|f| now.duration_since(f) >= d.retain_finished) {
+                    self.forget(session.id);
+                }
+                continue;
+            }
+            if t.state == SessionState::ShuttingDown {
+                continue;
+            }
+            let verdict: Option<(SessionState, String, bool)> = if let Some(hb) = session.limits.heartbeat_timeout.filter(|hb| now.duration_since(t.last_heartbeat) >= *hb) {
+                Some((SessionState::Killed, format!("no client heartbeat for {}s (heartbeatTimeoutInSecond)", hb.as_secs()), true))
+            } else if session.limits.ttl.is_some_and(|ttl| now.duration_since(session.created) >= ttl) {
+                Some((SessionState::Killed, "its time to live (ttl) expired".into(), false))
+            } else if matches!(t.state, SessionState::Starting | SessionState::NotStarted)
+                && now.duration_since(session.created) >= d.start_timeout
+            {
+                Some((SessionState::Dead, format!("the driver did not become ready within {}s", d.start_timeout.as_secs()), false))
+            } else if t.disconnected_since.is_some_and(|since| now.duration_since(since) >= d.reconnect_window) {
+                Some((SessionState::Dead, format!("the driver connection was lost and not re-established within {}s", d.reconnect_window.as_secs()), false))
+            } else if t.state == SessionState::Idle
+                && !t.has_work
+                && session.limits.idle_timeout.is_some_and(|idle| now.duration_since(t.last_activity) >= idle)
+            {
+                Some((SessionState::Killed, "it was idle longer than its idle timeout".into(), false))
+            } else {
+                None
+            };
+            if let Some((final_state, reason, forget)) = verdict {
+                let manager = self.clone();
+                tokio::spawn(async move {
+                    manager.stop(&session, final_state, &reason).await;
+                    if forget {
+                        manager.forget(session.id);
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl DriverRegistry for SessionManager {
+    fn secret(&self, session_id: u32) -> Option<SessionSecret> {
+        let session = self.lock().by_id.get(&session_id).cloned()?;
+        let state = session.state();
+        (!state.is_terminal() && state != SessionState::ShuttingDown).then(|| session.secret.clone())
+    }
+
+    fn attach(&self, session_id: u32, link: DriverLink) {
+        if let Some(session) = self.lock().by_id.get(&session_id).cloned() {
+            session.attach(link);
+        }
+    }
+
+    fn deliver(&self, session_id: u32, conn_id: u64, msg: FromDriver) {
+        if let Some(session) = self.lock().by_id.get(&session_id).cloned() {
+            session.on_driver_message(conn_id, msg);
+        }
+    }
+
+    fn detach(&self, session_id: u32, conn_id: u64) {
+        if let Some(session) = self.lock().by_id.get(&session_id).cloned() {
+            session.detach(conn_id);
+        }
+    }
+
+    fn auth_failed(&self, peer: SocketAddr, session_id: Option<u32>, reason: &str) {
+        self.rpc_auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(%peer, session_id, reason, "driver RPC authentication failed");
+    }
+}

@@ -1,0 +1,637 @@
+//! One interactive session: its state machine, its FIFO statement queue, and what happens when
+//! its driver connects, reports, disconnects or its process exits. The gateway, not the
+//! driver, is the source of truth for statements.
+
+use super::kind::{CodeKind, SessionKind};
+use super::launcher::{LogBuffer, ProcessHandle};
+use super::state::{SessionState, StatementState};
+use super::EngineError;
+use crate::rpc::{DriverLink, FromDriver, SessionSecret, ToDriver};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// What a session was created with; never changes.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    /// The authenticated user who created it.
+    pub owner: String,
+    /// The user the Spark application runs as, when impersonating.
+    pub proxy_user: Option<String>,
+    /// Session kind.
+    pub kind: SessionKind,
+    /// Unique name, if given.
+    pub name: Option<String>,
+    /// `jars`.
+    pub jars: Vec<String>,
+    /// `pyFiles`.
+    pub py_files: Vec<String>,
+    /// `files`.
+    pub files: Vec<String>,
+    /// `archives`.
+    pub archives: Vec<String>,
+    /// `driverMemory`.
+    pub driver_memory: Option<String>,
+    /// `driverCores`.
+    pub driver_cores: Option<u32>,
+    /// `executorMemory`.
+    pub executor_memory: Option<String>,
+    /// `executorCores`.
+    pub executor_cores: Option<u32>,
+    /// `numExecutors`.
+    pub num_executors: Option<u32>,
+    /// `queue`.
+    pub queue: Option<String>,
+    /// `conf`.
+    pub conf: BTreeMap<String, String>,
+    /// `heartbeatTimeoutInSecond` (0 = off).
+    pub heartbeat_timeout_secs: u32,
+    /// `ttl` as given.
+    pub ttl: Option<String>,
+    /// `idleTimeout` as given.
+    pub idle_timeout: Option<String>,
+}
+
+/// One statement, as the API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    /// Id, from 0 per session.
+    pub id: u32,
+    /// The code.
+    pub code: String,
+    /// The interpreter it runs in.
+    pub kind: CodeKind,
+    /// Its state.
+    pub state: StatementState,
+    /// Livy's output object, once finished.
+    pub output: Option<Value>,
+    /// 0.0 ..= 1.0
+    pub progress: f64,
+    /// Epoch ms when it started running (0 = not yet).
+    pub started: i64,
+    /// Epoch ms when it finished (0 = not yet).
+    pub completed: i64,
+}
+
+/// A point-in-time copy of a session for the API.
+#[derive(Debug, Clone)]
+pub struct SessionSnapshot {
+    /// Id.
+    pub id: u32,
+    /// What it was created with.
+    pub spec: Arc<SessionSpec>,
+    /// Current state.
+    pub state: SessionState,
+    /// Spark application id.
+    pub app_id: Option<String>,
+    /// Spark UI URL.
+    pub spark_ui_url: Option<String>,
+}
+
+/// Timeouts that apply to one session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Idle timeout (None = off).
+    pub idle_timeout: Option<Duration>,
+    /// Lifetime (None = off).
+    pub ttl: Option<Duration>,
+    /// Heartbeat timeout (None = off).
+    pub heartbeat_timeout: Option<Duration>,
+    /// Statements kept.
+    pub statement_retention: usize,
+}
+
+/// An interactive session.
+#[derive(Debug)]
+pub struct Session {
+    /// Id.
+    pub id: u32,
+    /// What it was created with.
+    pub spec: Arc<SessionSpec>,
+    /// Its timeouts.
+    pub limits: SessionLimits,
+    /// The driver's secret (for the RPC handshake).
+    pub(crate) secret: SessionSecret,
+    /// spark-submit output and gateway notes about this session.
+    pub log: Arc<LogBuffer>,
+    /// Where its files live.
+    pub dir: PathBuf,
+    /// When it was created.
+    pub created: Instant,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: SessionState,
+    app_id: Option<String>,
+    spark_ui_url: Option<String>,
+    statements: BTreeMap<u32, Statement>,
+    queue: VecDeque<u32>,
+    running: Option<u32>,
+    next_statement_id: u32,
+    driver: Option<DriverLink>,
+    disconnected_since: Option<Instant>,
+    last_activity: Instant,
+    last_heartbeat: Instant,
+    finished_at: Option<Instant>,
+    process: Option<ProcessHandle>,
+    next_request_id: u64,
+    completions: HashMap<u64, oneshot::Sender<Vec<String>>>,
+    file_adds: HashMap<u64, oneshot::Sender<Result<(), String>>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The error output Livy clients understand, for statements the gateway itself ends.
+pub fn error_output(execution_count: u32, ename: &str, evalue: &str) -> Value {
+    json!({"status": "error", "execution_count": execution_count, "ename": ename, "evalue": evalue, "traceback": []})
+}
+
+impl Session {
+    /// A new session in `not_started`.
+    pub fn new(
+        id: u32,
+        spec: SessionSpec,
+        limits: SessionLimits,
+        secret: SessionSecret,
+        log: Arc<LogBuffer>,
+        dir: PathBuf,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            id,
+            spec: Arc::new(spec),
+            limits,
+            secret,
+            log,
+            dir,
+            created: now,
+            inner: Mutex::new(Inner {
+                state: SessionState::NotStarted,
+                app_id: None,
+                spark_ui_url: None,
+                statements: BTreeMap::new(),
+                queue: VecDeque::new(),
+                running: None,
+                next_statement_id: 0,
+                driver: None,
+                disconnected_since: None,
+                last_activity: now,
+                last_heartbeat: now,
+                finished_at: None,
+                process: None,
+                next_request_id: 1,
+                completions: HashMap::new(),
+                file_adds: HashMap::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means a panic happened while holding it; the data is still usable
+        // (every update is a small, self-contained assignment).
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Current state.
+    pub fn state(&self) -> SessionState {
+        self.lock().state
+    }
+
+    /// A copy for the API.
+    pub fn snapshot(&self) -> SessionSnapshot {
+        let inner = self.lock();
+        SessionSnapshot {
+            id: self.id,
+            spec: self.spec.clone(),
+            state: inner.state,
+            app_id: inner.app_id.clone(),
+            spark_ui_url: inner.spark_ui_url.clone(),
+        }
+    }
+
+    /// Moves to `next` if that is a legal transition.
+    pub fn transition(&self, next: SessionState) -> Result<(), EngineError> {
+        let mut inner = self.lock();
+        Self::transition_locked(&mut inner, self.id, next)
+    }
+
+    fn transition_locked(inner: &mut Inner, id: u32, next: SessionState) -> Result<(), EngineError> {
+        if !inner.state.can_become(next) {
+            return Err(EngineError::IllegalTransition { id, from: inner.state, to: next });
+        }
+        if next.is_terminal() && !inner.state.is_terminal() {
+            inner.finished_at = Some(Instant::now());
+        }
+        inner.state = next;
+        Ok(())
+    }
+
+    /// Records the launched process.
+    pub fn set_process(&self, process: ProcessHandle) {
+        self.lock().process = Some(process);
+    }
+
+    /// The launched process, if any.
+    pub fn process(&self) -> Option<ProcessHandle> {
+        self.lock().process.clone()
+    }
+
+    /// Records the application id / UI found in spark-submit's output, unless already known.
+    pub fn note_app_info(&self, app_id: Option<String>, ui: Option<String>) {
+        let mut inner = self.lock();
+        if inner.app_id.is_none() {
+            inner.app_id = app_id;
+        }
+        if inner.spark_ui_url.is_none() {
+            inner.spark_ui_url = ui;
+        }
+    }
+
+    /// A client touched `/sessions/{id}…` (heartbeat).
+    pub fn heartbeat(&self) {
+        self.lock().last_heartbeat = Instant::now();
+    }
+
+    /// Something counts as activity (statements, cancel, completion, a busy→idle change).
+    pub fn record_activity(&self) {
+        self.lock().last_activity = Instant::now();
+    }
+
+    // === statements ===
+
+    /// Queues a statement; it runs when the driver is ready and the statements before it ended.
+    pub fn submit(&self, code: String, kind: CodeKind) -> Result<Statement, EngineError> {
+        let mut inner = self.lock();
+        if !inner.state.accepts_statements() {
+            return Err(EngineError::NotAccepting { id: self.id, state: inner.state });
+        }
+        let id = inner.next_statement_id;
+        inner.next_statement_id += 1;
+        let statement = Statement {
+            id,
+            code,
+            kind,
+            state: StatementState::Waiting,
+            output: None,
+            progress: 0.0,
+            started: 0,
+            completed: 0,
+        };
+        inner.statements.insert(id, statement.clone());
+        inner.queue.push_back(id);
+        inner.last_activity = Instant::now();
+        self.evict_locked(&mut inner);
+        self.dispatch_locked(&mut inner);
+        let current = inner.statements.get(&id).cloned().unwrap_or(statement);
+        Ok(current)
+    }
+
+    /// Forgets the oldest finished statements beyond the retention limit.
+    fn evict_locked(&self, inner: &mut Inner) {
+        while inner.statements.len() > self.limits.statement_retention {
+            let oldest_final = inner.statements.iter().find(|(_, s)| s.state.is_final()).map(|(id, _)| *id);
+            match oldest_final {
+                Some(id) => {
+                    inner.statements.remove(&id);
+                }
+                None => break, // everything retained is still pending: keep it all
+            }
+        }
+    }
+
+    /// One statement.
+    pub fn statement(&self, sid: u32) -> Result<Statement, EngineError> {
+        self.lock()
+            .statements
+            .get(&sid)
+            .cloned()
+            .ok_or(EngineError::StatementNotFound { session: self.id, statement: sid })
+    }
+
+    /// All retained statements, oldest first.
+    pub fn statements(&self) -> Vec<Statement> {
+        self.lock().statements.values().cloned().collect()
+    }
+
+    /// Cancels a statement: a waiting one at once; a running one by asking the driver.
+    pub fn cancel(&self, sid: u32) -> Result<(), EngineError> {
+        let mut inner = self.lock();
+        let state = inner
+            .statements
+            .get(&sid)
+            .map(|s| s.state)
+            .ok_or(EngineError::StatementNotFound { session: self.id, statement: sid })?;
+        inner.last_activity = Instant::now();
+        match state {
+            StatementState::Waiting => {
+                inner.queue.retain(|q| *q != sid);
+                if let Some(s) = inner.statements.get_mut(&sid) {
+                    s.state = StatementState::Cancelled;
+                    s.output = Some(error_output(sid, "Cancelled", "the statement was cancelled before it started"));
+                    s.completed = now_ms();
+                }
+            }
+            StatementState::Running | StatementState::Cancelling => {
+                if let Some(s) = inner.statements.get_mut(&sid) {
+                    s.state = StatementState::Cancelling;
+                }
+                if let Some(driver) = &inner.driver {
+                    driver.send(ToDriver::Cancel { id: sid });
+                }
+            }
+            StatementState::Available | StatementState::Cancelled => {}
+        }
+        Ok(())
+    }
+
+    /// Sends the next queued statement if the driver is free.
+    fn dispatch_locked(&self, inner: &mut Inner) {
+        if inner.running.is_some() || !matches!(inner.state, SessionState::Idle | SessionState::Busy) {
+            return;
+        }
+        let Some(driver) = inner.driver.clone() else { return };
+        while let Some(sid) = inner.queue.pop_front() {
+            let Some(statement) = inner.statements.get_mut(&sid) else { continue };
+            if statement.state != StatementState::Waiting {
+                continue;
+            }
+            statement.state = StatementState::Running;
+            statement.started = now_ms();
+            let msg = ToDriver::Execute { id: sid, kind: statement.kind.as_str().into(), code: statement.code.clone() };
+            inner.running = Some(sid);
+            inner.state = SessionState::Busy;
+            driver.send(msg);
+            return;
+        }
+        if inner.state == SessionState::Busy {
+            inner.state = SessionState::Idle;
+            inner.last_activity = Instant::now(); // busy → idle counts as activity (LIVY-633)
+        }
+    }
+
+    /// Ends every pending statement because the session can no longer run them.
+    fn fail_pending_locked(inner: &mut Inner, reason: &str) {
+        let now = now_ms();
+        inner.queue.clear();
+        inner.running = None;
+        for s in inner.statements.values_mut() {
+            match s.state {
+                StatementState::Waiting => {
+                    s.state = StatementState::Cancelled;
+                    s.output = Some(error_output(s.id, "SessionStopped", reason));
+                    s.completed = now;
+                }
+                StatementState::Running | StatementState::Cancelling => {
+                    s.state = if s.state == StatementState::Cancelling {
+                        StatementState::Cancelled
+                    } else {
+                        StatementState::Available
+                    };
+                    s.output = Some(error_output(s.id, "SessionStopped", reason));
+                    s.progress = 1.0;
+                    s.completed = now;
+                }
+                StatementState::Available | StatementState::Cancelled => {}
+            }
+        }
+        for (_, tx) in inner.completions.drain() {
+            let _ = tx.send(Vec::new());
+        }
+        for (_, tx) in inner.file_adds.drain() {
+            let _ = tx.send(Err(reason.to_string()));
+        }
+    }
+
+    // === the driver ===
+
+    /// A driver authenticated for this session.
+    pub fn attach(&self, link: DriverLink) {
+        let mut inner = self.lock();
+        if inner.state.is_terminal() || inner.state == SessionState::ShuttingDown {
+            link.send(ToDriver::Shutdown);
+            return;
+        }
+        inner.disconnected_since = None;
+        if let Some(sid) = inner.running {
+            // Executing is idempotent per id: a driver that already ran it re-sends the result.
+            if let Some(s) = inner.statements.get(&sid) {
+                link.send(ToDriver::Execute { id: sid, kind: s.kind.as_str().into(), code: s.code.clone() });
+                if s.state == StatementState::Cancelling {
+                    link.send(ToDriver::Cancel { id: sid });
+                }
+            }
+        }
+        inner.driver = Some(link);
+        self.log.push(format!("sparkgate: driver connected to session {}", self.id));
+        self.dispatch_locked(&mut inner);
+    }
+
+    /// The driver connection `conn_id` closed.
+    pub fn detach(&self, conn_id: u64) {
+        let mut inner = self.lock();
+        if inner.driver.as_ref().map(|d| d.conn_id) == Some(conn_id) {
+            inner.driver = None;
+            if !inner.state.is_terminal() && inner.state != SessionState::ShuttingDown {
+                inner.disconnected_since = Some(Instant::now());
+                self.log.push("sparkgate: driver connection lost; waiting for it to reconnect".to_string());
+            }
+        }
+    }
+
+    /// Whether a driver is connected.
+    pub fn driver_connected(&self) -> bool {
+        self.lock().driver.is_some()
+    }
+
+    /// Asks the driver to stop (no-op if none is connected). Returns whether it was asked.
+    pub fn request_driver_shutdown(&self) -> bool {
+        self.lock().driver.as_ref().is_some_and(|d| d.send(ToDriver::Shutdown))
+    }
+
+    /// Handles a message from the driver connection `conn_id`.
+    pub fn on_driver_message(&self, conn_id: u64, msg: FromDriver) {
+        let mut inner = self.lock();
+        let Some(driver) = inner.driver.clone() else { return };
+        if driver.conn_id != conn_id {
+            return; // a replaced connection's late message
+        }
+        match msg {
+            FromDriver::State { state, message } => match state.as_str() {
+                "idle" if matches!(inner.state, SessionState::Starting | SessionState::Recovering | SessionState::NotStarted) => {
+                    inner.state = SessionState::Idle;
+                    inner.last_activity = Instant::now();
+                    self.log.push(format!("sparkgate: session {} is ready", self.id));
+                    self.dispatch_locked(&mut inner);
+                }
+                "error" => {
+                    let why = message.unwrap_or_else(|| "the driver reported an error".into());
+                    self.log.push(format!("sparkgate: driver error: {why}"));
+                    if Self::transition_locked(&mut inner, self.id, SessionState::Error).is_ok() {
+                        Self::fail_pending_locked(&mut inner, &format!("the session failed: {why}"));
+                    }
+                }
+                _ => {}
+            },
+            FromDriver::AppInfo { app_id, spark_ui_url } => {
+                if app_id.is_some() {
+                    inner.app_id = app_id;
+                }
+                if spark_ui_url.is_some() {
+                    inner.spark_ui_url = spark_ui_url;
+                }
+            }
+            FromDriver::StatementUpdate { id, progress, .. } => {
+                if let Some(s) = inner.statements.get_mut(&id) {
+                    if matches!(s.state, StatementState::Running | StatementState::Cancelling) {
+                        s.progress = progress.clamp(0.0, 1.0);
+                    }
+                }
+            }
+            FromDriver::StatementResult { id, state, output } => {
+                // Always acknowledge, even a duplicate, so the driver can forget it.
+                driver.send(ToDriver::Ack { id });
+                let next = if state == "cancelled" { StatementState::Cancelled } else { StatementState::Available };
+                if let Some(s) = inner.statements.get_mut(&id) {
+                    if s.state.can_become(next) {
+                        s.state = next;
+                        s.output = Some(output);
+                        s.progress = 1.0;
+                        s.completed = now_ms();
+                    }
+                }
+                if inner.running == Some(id) {
+                    inner.running = None;
+                    self.dispatch_locked(&mut inner);
+                }
+            }
+            FromDriver::Completion { request_id, candidates } => {
+                if let Some(tx) = inner.completions.remove(&request_id) {
+                    let _ = tx.send(candidates);
+                }
+            }
+            FromDriver::AddFileResult { request_id, ok, error } => {
+                if let Some(tx) = inner.file_adds.remove(&request_id) {
+                    let _ = tx.send(if ok { Ok(()) } else { Err(error.unwrap_or_else(|| "failed".into())) });
+                }
+            }
+            FromDriver::Hello { .. } | FromDriver::Proof { .. } | FromDriver::Pong => {}
+        }
+    }
+
+    /// Asks the driver for completion candidates.
+    pub async fn complete(
+        &self,
+        kind: CodeKind,
+        code: String,
+        cursor: usize,
+        timeout: Duration,
+    ) -> Result<Vec<String>, EngineError> {
+        let rx = {
+            let mut inner = self.lock();
+            inner.last_activity = Instant::now();
+            let driver = inner
+                .driver
+                .clone()
+                .ok_or_else(|| EngineError::DriverUnavailable(format!("session {} has no connected driver (state {})", self.id, inner.state)))?;
+            let request_id = inner.next_request_id;
+            inner.next_request_id += 1;
+            let (tx, rx) = oneshot::channel();
+            inner.completions.insert(request_id, tx);
+            driver.send(ToDriver::Complete { request_id, kind: kind.as_str().into(), code, cursor });
+            rx
+        };
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(candidates)) => Ok(candidates),
+            _ => Err(EngineError::DriverTimeout(format!("session {} did not answer the completion request in time", self.id))),
+        }
+    }
+
+    // === lifecycle ===
+
+    /// The launched process exited with `code`.
+    pub fn process_exited(&self, code: i32) {
+        let mut inner = self.lock();
+        inner.driver = None;
+        if inner.state.is_terminal() {
+            return;
+        }
+        let (next, reason) = if inner.state == SessionState::ShuttingDown {
+            (SessionState::Killed, format!("spark-submit exited with status {code} after shutdown was requested"))
+        } else {
+            (SessionState::Dead, format!("spark-submit exited unexpectedly with status {code}{}", signal_hint(code)))
+        };
+        self.log.push(format!("sparkgate: {reason}"));
+        let _ = Self::transition_locked(&mut inner, self.id, next);
+        Self::fail_pending_locked(&mut inner, &format!("the session ended: {reason}"));
+    }
+
+    /// Ends the session in a terminal state with a reason (after its process was stopped).
+    pub fn finish(&self, next: SessionState, reason: &str) {
+        let mut inner = self.lock();
+        inner.driver = None;
+        if inner.state.is_terminal() {
+            return;
+        }
+        self.log.push(format!("sparkgate: {reason}"));
+        let _ = Self::transition_locked(&mut inner, self.id, next);
+        Self::fail_pending_locked(&mut inner, &format!("the session ended: {reason}"));
+    }
+
+    /// Begins a stop: moves to `shutting_down` unless already stopping or finished. Returns
+    /// false if another stop is already under way or the session is finished.
+    pub fn begin_shutdown(&self) -> bool {
+        let mut inner = self.lock();
+        if inner.state.is_terminal() || inner.state == SessionState::ShuttingDown {
+            return false;
+        }
+        inner.state = SessionState::ShuttingDown;
+        inner.queue.clear();
+        true
+    }
+
+    /// What the timeout checker needs to know, taken under one lock.
+    pub(crate) fn timers(&self) -> Timers {
+        let inner = self.lock();
+        Timers {
+            state: inner.state,
+            last_activity: inner.last_activity,
+            last_heartbeat: inner.last_heartbeat,
+            disconnected_since: inner.disconnected_since,
+            finished_at: inner.finished_at,
+            has_work: inner.running.is_some() || !inner.queue.is_empty(),
+        }
+    }
+}
+
+/// A session's clocks, for the timeout checker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timers {
+    pub(crate) state: SessionState,
+    pub(crate) last_activity: Instant,
+    pub(crate) last_heartbeat: Instant,
+    pub(crate) disconnected_since: Option<Instant>,
+    pub(crate) finished_at: Option<Instant>,
+    pub(crate) has_work: bool,
+}
+
+fn signal_hint(code: i32) -> &'static str {
+    match code {
+        137 => " (killed by SIGKILL: out of memory, or killed by an operator)",
+        143 => " (terminated by SIGTERM)",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+use super::*;
+use tokio::sync::mpsc;
+
+fn spec(kind: SessionKind) -> SessionSpec {
+    SessionSpec {
+        owner: "alice".into(),
+        proxy_user: None,
+        kind,
+        name: None,
+        jars: vec![],
+        py_files: vec![],
+        files: vec![],
+        archives: vec![],
+        driver_memory: None,
+        driver_cores: None,
+        executor_memory: None,
+        executor_cores: None,
+        num_executors: None,
+        queue: None,
+        conf: BTreeMap::new(),
+        heartbeat_timeout_secs: 0,
+        ttl: None,
+        idle_timeout: None,
+    }
+}
+
+fn session() -> Session {
+    let limits = SessionLimits { idle_timeout: None, ttl: None, heartbeat_timeout: None, statement_retention: 3 };
+    let s = Session::new(0, spec(SessionKind::PySpark), limits, SessionSecret::generate(), LogBuffer::new(10, None), PathBuf::new());
+    s.transition(SessionState::Starting).unwrap();
+    s
+}
+
+fn connect(s: &Session, conn: u64) -> mpsc::UnboundedReceiver<ToDriver> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    s.attach(DriverLink::for_test(conn, tx));
+    rx
+}
+
+fn result(id: u32, state: &str) -> FromDriver {
+    FromDriver::StatementResult {
+        id,
+        state: state.into(),
+        output: json!({"status":"ok","execution_count":id,"data":{"text/plain":"2"}}),
+    }
+}
+
+#[test]
+fn statements_posted_while_starting_are_queued_then_run_in_order() {
+    let s = session();
+    let a = s.submit("1+1".into(), CodeKind::PySpark).unwrap();
+    let b = s.submit("2+2".into(), CodeKind::PySpark).unwrap();
+    assert_eq!((a.id, a.state), (0, StatementState::Waiting));
+    assert_eq!(b.id, 1);
+    let mut rx = connect(&s, 1);
+    assert!(rx.try_recv().is_err(), "nothing runs before the driver says it is ready");
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    assert_eq!(rx.try_recv().unwrap(), ToDriver::Execute { id: 0, kind: "pyspark".into(), code: "1+1".into() });
+    assert!(rx.try_recv().is_err(), "one statement at a time");
+    assert_eq!(s.state(), SessionState::Busy);
+    s.on_driver_message(1, result(0, "available"));
+    assert_eq!(rx.try_recv().unwrap(), ToDriver::Ack { id: 0 });
+    assert!(matches!(rx.try_recv().unwrap(), ToDriver::Execute { id: 1, .. }));
+    s.on_driver_message(1, result(1, "available"));
+    assert_eq!(s.state(), SessionState::Idle);
+    let done = s.statement(0).unwrap();
+    assert_eq!(done.state, StatementState::Available);
+    assert_eq!(done.progress, 1.0);
+    assert!(done.completed >= done.started && done.started > 0);
+}
+
+#[test]
+fn cancel_waiting_is_immediate_and_running_asks_the_driver() {
+    let s = session();
+    let mut rx = connect(&s, 1);
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    s.submit("sleep".into(), CodeKind::PySpark).unwrap();
+    s.submit("later".into(), CodeKind::PySpark).unwrap();
+    let _ = rx.try_recv();
+    s.cancel(1).unwrap();
+    assert_eq!(s.statement(1).unwrap().state, StatementState::Cancelled);
+    s.cancel(0).unwrap();
+    assert_eq!(s.statement(0).unwrap().state, StatementState::Cancelling);
+    assert_eq!(rx.try_recv().unwrap(), ToDriver::Cancel { id: 0 });
+    s.on_driver_message(1, result(0, "cancelled"));
+    assert_eq!(s.statement(0).unwrap().state, StatementState::Cancelled);
+    assert_eq!(s.state(), SessionState::Idle);
+    assert!(matches!(s.cancel(9), Err(EngineError::StatementNotFound { .. })));
+}
+
+#[test]
+fn reconnect_resends_the_running_statement_and_ignores_the_old_connection() {
+    let s = session();
+    let mut first = connect(&s, 1);
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    s.submit("x".into(), CodeKind::PySpark).unwrap();
+    assert!(matches!(first.try_recv().unwrap(), ToDriver::Execute { id: 0, .. }));
+    s.detach(1);
+    assert!(!s.driver_connected());
+    let mut second = connect(&s, 2);
+    assert!(matches!(second.try_recv().unwrap(), ToDriver::Execute { id: 0, .. }));
+    s.on_driver_message(1, result(0, "available")); // stale connection: ignored
+    assert_eq!(s.statement(0).unwrap().state, StatementState::Running);
+    s.on_driver_message(2, result(0, "available"));
+    assert_eq!(s.statement(0).unwrap().state, StatementState::Available);
+    // A duplicate result (re-sent after a reconnect) is acknowledged and changes nothing.
+    s.on_driver_message(2, FromDriver::StatementResult { id: 0, state: "available".into(), output: json!(null) });
+    assert_eq!(s.statement(0).unwrap().output.unwrap()["status"], "ok");
+}
+
+#[test]
+fn process_death_ends_pending_statements_visibly() {
+    let s = session();
+    let _rx = connect(&s, 1);
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    s.submit("running".into(), CodeKind::PySpark).unwrap();
+    s.submit("queued".into(), CodeKind::PySpark).unwrap();
+    s.process_exited(137);
+    assert_eq!(s.state(), SessionState::Dead);
+    let running = s.statement(0).unwrap();
+    assert_eq!(running.state, StatementState::Available);
+    assert_eq!(running.output.unwrap()["status"], "error");
+    assert_eq!(s.statement(1).unwrap().state, StatementState::Cancelled);
+    assert!(s.log.snapshot().iter().any(|l| l.contains("137") && l.contains("SIGKILL")));
+    assert!(matches!(s.submit("more".into(), CodeKind::PySpark), Err(EngineError::NotAccepting { .. })));
+}
+
+#[test]
+fn driver_error_state_refuses_statements() {
+    let s = session();
+    let _rx = connect(&s, 1);
+    s.submit("x".into(), CodeKind::PySpark).unwrap();
+    s.on_driver_message(1, FromDriver::State { state: "error".into(), message: Some("no memory".into()) });
+    assert_eq!(s.state(), SessionState::Error);
+    assert_eq!(s.statement(0).unwrap().state, StatementState::Cancelled);
+    assert!(s.submit("y".into(), CodeKind::PySpark).is_err());
+}
+
+#[test]
+fn retention_forgets_only_finished_statements() {
+    let s = session();
+    let _rx = connect(&s, 1);
+    for i in 0..5 {
+        s.submit(format!("{i}"), CodeKind::PySpark).unwrap();
+    }
+    // Driver never became idle: all five are waiting and nothing is dropped.
+    assert_eq!(s.statements().len(), 5);
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    for i in 0..5 {
+        s.on_driver_message(1, result(i, "available"));
+    }
+    s.submit("next".into(), CodeKind::PySpark).unwrap();
+    let ids: Vec<u32> = s.statements().iter().map(|st| st.id).collect();
+    assert_eq!(ids, vec![3, 4, 5]);
+}
+
+#[test]
+fn illegal_transitions_are_refused() {
+    let s = session();
+    s.finish(SessionState::Killed, "test");
+    assert!(matches!(s.transition(SessionState::Idle), Err(EngineError::IllegalTransition { .. })));
+    assert!(!s.begin_shutdown());
+}
+
+#[tokio::test]
+async fn completion_round_trip_and_timeout() {
+    let s = Arc::new(session());
+    let mut rx = connect(&s, 1);
+    let s2 = s.clone();
+    let task = tokio::spawn(async move { s2.complete(CodeKind::PySpark, "im".into(), 2, Duration::from_secs(5)).await });
+    let request_id = loop {
+        if let Ok(ToDriver::Complete { request_id, .. }) = rx.try_recv() {
+            break request_id;
+        }
+        tokio::task::yield_now().await;
+    };
+    s.on_driver_message(1, FromDriver::Completion { request_id, candidates: vec!["import".into()] });
+    assert_eq!(task.await.unwrap().unwrap(), vec!["import".to_string()]);
+    let err = s.complete(CodeKind::PySpark, "x".into(), 1, Duration::from_millis(20)).await.unwrap_err();
+    assert!(matches!(err, EngineError::DriverTimeout(_)));
+}

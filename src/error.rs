@@ -1,0 +1,156 @@
+//! The one place where errors become HTTP responses: every status code the API returns is
+//! chosen here, and every body has Livy's `{"msg": ...}` shape.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// An error an API handler (or a middleware in front of it) answers with.
+///
+/// Client errors carry a message that names what was wrong; server errors carry no internals
+/// (the cause is logged, and the body gives the request id to quote).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The request is malformed: bad JSON, a wrong type, a missing or invalid field.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No credentials, or credentials that were not accepted.
+    #[error("{msg}")]
+    Unauthorized {
+        /// What failed, without any secret.
+        msg: String,
+        /// The `WWW-Authenticate` challenges to send, one per configured scheme.
+        challenges: Vec<String>,
+    },
+    /// Authenticated, but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The session, statement or route does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is valid but the resource's state does not allow it (e.g. a dead session).
+    #[error("{0}")]
+    Conflict(String),
+    /// The body is larger than the configured limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// A configured limit (sessions, launches) is reached; try again later.
+    #[error("{0}")]
+    TooManyRequests(String),
+    /// The gateway is overloaded or a dependency is not available right now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request took longer than the configured timeout.
+    #[error("request timed out")]
+    Timeout,
+    /// Something failed inside the gateway; details are logged, not returned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A 400 naming the problem.
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        Self::BadRequest(msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            Self::Internal(cause) => {
+                // The cause stays in the log; the client gets a reference it can quote.
+                tracing::error!(error = %cause, "internal error");
+                json!({"msg": "internal error; see the gateway log (the request id is in the x-request-id header)"})
+            }
+            other => json!({ "msg": other.to_string() }),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Self::Unauthorized { challenges, .. } = &self {
+            for challenge in challenges {
+                if let Ok(value) = HeaderValue::from_str(challenge) {
+                    response.headers_mut().append(header::WWW_AUTHENTICATE, value);
+                }
+            }
+        }
+        response
+    }
+}
+
+impl From<crate::engine::EngineError> for ApiError {
+    fn from(err: crate::engine::EngineError) -> Self {
+        use crate::engine::EngineError as E;
+        match err {
+            E::SessionNotFound(_) | E::StatementNotFound { .. } => Self::NotFound(err.to_string()),
+            E::DuplicateName(_) | E::InvalidRequest(_) => Self::BadRequest(err.to_string()),
+            E::TooManySessions { .. } | E::TooManyLaunches { .. } => {
+                Self::TooManyRequests(err.to_string())
+            }
+            E::NotAccepting { .. } | E::IllegalTransition { .. } => Self::Conflict(err.to_string()),
+            E::DriverUnavailable(_) => Self::Unavailable(err.to_string()),
+            E::DriverTimeout(_) => Self::Unavailable(err.to_string()),
+            E::Launch(_) | E::Io(_) => Self::Internal(err.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_of(err: ApiError) -> (StatusCode, serde_json::Value) {
+        let response = err.into_response();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn client_errors_name_the_problem() {
+        let (status, body) = body_of(ApiError::bad_request("field `code` is required")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body, json!({"msg": "field `code` is required"}));
+        let (status, _) = body_of(ApiError::TooManyRequests("x".into())).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        let (status, _) = body_of(ApiError::PayloadTooLarge("x".into())).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn internal_errors_hide_the_cause() {
+        let (status, body) = body_of(ApiError::Internal("secret path /etc/x".into())).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!body["msg"].as_str().unwrap().contains("/etc/x"));
+    }
+
+    #[tokio::test]
+    async fn unauthorized_carries_every_challenge() {
+        let response = ApiError::Unauthorized {
+            msg: "no credentials".into(),
+            challenges: vec!["Negotiate".into(), "Bearer realm=\"sparkgate\"".into()],
+        }
+        .into_response();
+        let values: Vec<_> = response.headers().get_all(header::WWW_AUTHENTICATE).iter().collect();
+        assert_eq!(values.len(), 2);
+    }
+}

@@ -1,0 +1,3 @@
+//! HTTP assembly: the middleware stack around the API router.
+
+pub mod stack;

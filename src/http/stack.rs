@@ -1,0 +1,78 @@
+//! THE middleware stack, outer → inner, one *why* per layer. Reading this file tells the whole
+//! path of a request.
+
+use crate::api::{self, AppState};
+use crate::auth::{self, AuthChain};
+use crate::error::ApiError;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{middleware, BoxError, Router};
+use std::any::Any;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::{SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer};
+use tower_http::trace::TraceLayer;
+
+/// Builds the whole service: routes, authentication and every cross-cutting layer.
+pub fn build(state: AppState, auth: AuthChain) -> Router {
+    let config = state.config.clone();
+    let protected = api::router()
+        // Authentication on the routes only (route_layer), so an unknown path stays a 404.
+        .route_layer(middleware::from_fn_with_state(auth, auth::authenticate))
+        .with_state(state);
+
+    Router::new().merge(protected).fallback(not_found).method_not_allowed_fallback(method_not_allowed).layer(
+        ServiceBuilder::new()
+            // Mark credentials sensitive first, so no later layer (trace) can print them.
+            .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE]))
+            // Every request gets an id before its span exists, so logs and errors can quote it.
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            // One span per request: method, path, request id — never headers or bodies.
+            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }))
+            // The client sees the id too (quote it in a bug report).
+            .layer(PropagateRequestIdLayer::x_request_id())
+            // Cookies we set are secrets as well.
+            .layer(SetSensitiveResponseHeadersLayer::new([SET_COOKIE]))
+            // A panic in a handler is a JSON 500 for that request, never a dropped connection.
+            .layer(CatchPanicLayer::custom(panic_response))
+            // Turns the errors of the next three layers into JSON responses.
+            .layer(HandleErrorLayer::new(overload_response))
+            // A request that takes too long ends with 408 instead of holding resources.
+            .timeout(config.durations.request_timeout)
+            // Beyond the concurrency limit, shed load with 503 rather than queueing forever.
+            .load_shed()
+            .concurrency_limit(config.config.server.max_concurrent_requests)
+            // Bodies over the limit are refused (413) before they are buffered.
+            .layer(DefaultBodyLimit::max(config.config.server.max_body_bytes)),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+async fn method_not_allowed() -> Response {
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"msg": "method not allowed on this endpoint"})))
+        .into_response()
+}
+
+fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response {
+    ApiError::Internal("a request handler panicked".into()).into_response()
+}
+
+async fn overload_response(err: BoxError) -> ApiError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::Timeout
+    } else if err.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Unavailable("the gateway is overloaded; try again shortly".into())
+    } else {
+        ApiError::Internal(format!("middleware error: {err}"))
+    }
+}

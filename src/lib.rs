@@ -1,0 +1,170 @@
+//! sparkgate: a security-first, Livy-compatible REST gateway for Apache Spark.
+//!
+//! [`Gateway::start`] wires everything: TLS listener → middleware stack → API → engine, and
+//! the driver RPC server the Spark drivers dial back to.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod driver;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod rpc;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+
+use config::ValidatedConfig;
+use engine::launcher::SparkEnv;
+use engine::{RpcEndpoint, SessionManager};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Why the gateway could not start; each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Spark is missing or broken.
+    #[error("Spark check failed: {0}")]
+    Spark(#[from] engine::launcher::SparkCheckError),
+    /// TLS material is missing or invalid.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// No way to authenticate anyone.
+    #[error("{0}")]
+    NoAuthentication(String),
+    /// A listener could not be bound, or the data directory not written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
+/// Options for tests and tools; production uses the defaults.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// Find and check Spark (turn off only for tests that never launch a session).
+    pub discover_spark: bool,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self { discover_spark: true }
+    }
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The HTTPS (or plain) address.
+    pub addr: SocketAddr,
+    /// The driver RPC address.
+    pub rpc_addr: SocketAddr,
+    /// The session engine.
+    pub manager: Arc<SessionManager>,
+    /// The development CA, when dev certificates are in use.
+    pub dev_ca: Option<PathBuf>,
+    /// The RPC server's CA (tests use it to speak to the RPC server as a driver would).
+    pub rpc_ca_pem: String,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Gateway {
+    /// Starts everything and returns once the listeners are bound.
+    pub async fn start(config: ValidatedConfig, options: StartOptions) -> Result<Self, StartError> {
+        let config = Arc::new(config);
+        let cfg = &config.config;
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| StartError::Io { what, source }
+        };
+        for name in config.dangerous_options() {
+            tracing::warn!(option = name, "DANGEROUS option enabled: this gateway is not secure; never use it outside local development");
+        }
+        tls::create_private_dir(&cfg.server.data_dir)?;
+
+        let mut authenticators: Vec<Box<dyn auth::Authenticator>> = Vec::new();
+        if cfg.auth.dangerous_allow_anonymous {
+            tracing::warn!("auth.dangerous_allow_anonymous: every loopback client is accepted as `anonymous` without credentials");
+            authenticators.push(Box::new(auth::DangerousAnonymous));
+        }
+        let auth_chain = auth::AuthChain::new(authenticators);
+        if auth_chain.is_empty() {
+            return Err(StartError::NoAuthentication(
+                "no authentication method is configured, so nobody could use the gateway; \
+                 for local development set auth.dangerous_allow_anonymous = true"
+                    .into(),
+            ));
+        }
+
+        let (transport, dev_ca) = if cfg.server.dangerous_plain_http {
+            tracing::warn!("server.dangerous_plain_http: serving plain HTTP; credentials and code travel in clear text");
+            (server::Transport::DangerousPlain, None)
+        } else {
+            let (pair, dev_ca) = match (&cfg.tls.cert, &cfg.tls.key) {
+                (Some(cert), Some(key)) => (tls::read_pem_files(cert, key)?, None),
+                _ => {
+                    let paths = tls::DevCertPaths::in_dir(&cfg.server.data_dir);
+                    if tls::ensure_dev_certs(&paths)? {
+                        tracing::info!(ca = %paths.ca.display(), "generated development TLS certificates");
+                    }
+                    (tls::read_pem_files(&paths.cert, &paths.key)?, Some(paths.ca))
+                }
+            };
+            (server::Transport::Tls(tls::server_config(&pair, tls::HTTP_ALPN)?), dev_ca)
+        };
+
+        let spark = if options.discover_spark {
+            let env = SparkEnv::discover(&cfg.spark, config.durations.spark_check_timeout).await?;
+            tracing::info!(spark_home = %env.home.display(), version = %env.version, "Spark found");
+            Some(env)
+        } else {
+            None
+        };
+        let driver_program = driver::install(&cfg.server.data_dir).map_err(io("installing the driver program"))?;
+        let manager = SessionManager::new(config.clone(), spark, driver_program);
+
+        // The RPC channel has its own private CA, generated at every start: drivers receive it
+        // in their 0600 configuration file and trust nothing else.
+        let host = cfg.rpc.advertise_host.clone();
+        let rpc_pki = tls::generate_pki("sparkgate driver RPC CA", &[host.clone(), "localhost".into()])?;
+        let rpc_tls = tls::server_config(&rpc_pki.server, &[])?;
+        let settings = rpc::RpcSettings {
+            max_frame_bytes: cfg.rpc.max_frame_bytes,
+            handshake_timeout: config.durations.rpc_handshake_timeout,
+            ping_interval: config.durations.ping_interval,
+        };
+        let rpc_server = rpc::server::start(cfg.rpc.bind, rpc_tls, settings, manager.clone())
+            .await
+            .map_err(io("binding the driver RPC listener"))?;
+        manager.set_rpc_endpoint(RpcEndpoint {
+            host: host.clone(),
+            port: rpc_server.local_addr.port(),
+            server_name: host,
+            ca_pem: rpc_pki.ca_pem.clone(),
+        });
+        manager.start_background();
+
+        let listener = tokio::net::TcpListener::bind(cfg.server.bind).await.map_err(io("binding the HTTP listener"))?;
+        let addr = listener.local_addr().map_err(io("reading the listener address"))?;
+        let app = http::stack::build(api::AppState { manager: manager.clone(), config: config.clone() }, auth_chain);
+        let (shutdown, rx) = watch::channel(false);
+        tokio::spawn(server::serve(listener, app, transport, config.durations.tls_handshake_timeout, rx));
+        tracing::info!(%addr, rpc = %rpc_server.local_addr, "sparkgate listening");
+        Ok(Self { addr, rpc_addr: rpc_server.local_addr, manager, dev_ca, rpc_ca_pem: rpc_pki.ca_pem, shutdown })
+    }
+
+    /// Stops accepting requests and stops every session (no driver outlives the gateway).
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        self.manager.shutdown_all().await;
+    }
+}

@@ -1,0 +1,78 @@
+//! The `sparkgate` command: `serve` (default) and `check`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sparkgate::config::{self, Sources};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "sparkgate", version, about = "A security-first, Livy-compatible REST gateway for Apache Spark")]
+struct Cli {
+    /// Configuration file (default: conf/sparkgate.toml if it exists).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Override a configuration key, e.g. --set sessions.idle_timeout=30m (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Check the configuration and the Spark installation, then exit.
+    Check,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    sparkgate::telemetry::init(cli.log_json);
+    let default_path = PathBuf::from("conf/sparkgate.toml");
+    let file = cli.config.clone().or_else(|| default_path.exists().then_some(default_path));
+    let sources = Sources { file: file.as_deref(), env: std::env::vars().collect(), overrides: cli.overrides.clone() };
+    let validated = config::load(&sources).context("configuration")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Check => {
+            let spark = sparkgate::engine::launcher::SparkEnv::discover(
+                &validated.config.spark,
+                validated.durations.spark_check_timeout,
+            )
+            .await?;
+            println!("configuration ok; Spark {} at {}", spark.version, spark.home.display());
+            Ok(())
+        }
+        Command::Serve => {
+            let scheme = if validated.config.server.dangerous_plain_http { "http" } else { "https" };
+            let gateway = sparkgate::Gateway::start(validated, sparkgate::StartOptions::default()).await?;
+            println!("sparkgate listening on {scheme}://{}", gateway.addr);
+            if let Some(ca) = &gateway.dev_ca {
+                println!("development CA: {}   try: curl --cacert {} https://{}/sessions", ca.display(), ca.display(), gateway.addr);
+            }
+            wait_for_signal().await;
+            tracing::info!("shutting down: stopping every session");
+            gateway.shutdown().await;
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The RPC server drivers dial back to: TLS, the mutual handshake under a timeout, then framed
+//! JSON messages routed to the session that owns the connection.
+
+use super::handshake::{fresh_nonce, valid_nonce, Role, SessionSecret};
+use super::protocol::{FromDriver, ToDriver, PROTOCOL_VERSION};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+/// The engine side of the RPC server: who may connect, and where their messages go.
+pub trait DriverRegistry: Send + Sync + 'static {
+    /// The secret of a session still waiting for (or owning) a driver; None refuses the connection.
+    fn secret(&self, session_id: u32) -> Option<SessionSecret>;
+    /// A driver authenticated; messages to it go through `link`.
+    fn attach(&self, session_id: u32, link: DriverLink);
+    /// A message from an authenticated driver.
+    fn deliver(&self, session_id: u32, conn_id: u64, msg: FromDriver);
+    /// The connection `conn_id` of a session closed.
+    fn detach(&self, session_id: u32, conn_id: u64);
+    /// A connection failed to authenticate (for logs and the audit trail; no secret in `reason`).
+    fn auth_failed(&self, peer: SocketAddr, session_id: Option<u32>, reason: &str);
+}
+
+/// The sending half of an authenticated driver connection.
+#[derive(Debug, Clone)]
+pub struct DriverLink {
+    /// Distinguishes this connection from a later one of the same session.
+    pub conn_id: u64,
+    tx: mpsc::UnboundedSender<ToDriver>,
+}
+
+impl DriverLink {
+    /// Queues a message; false when the connection is already gone.
+    pub fn send(&self, msg: ToDriver) -> bool {
+        self.tx.send(msg).is_ok()
+    }
+
+    /// A link whose messages go to `tx` (tests).
+    pub fn for_test(conn_id: u64, tx: mpsc::UnboundedSender<ToDriver>) -> Self {
+        Self { conn_id, tx }
+    }
+}
+
+/// Settings of the RPC server.
+#[derive(Debug, Clone)]
+pub struct RpcSettings {
+    /// Largest frame, both directions.
+    pub max_frame_bytes: usize,
+    /// Time allowed for TLS plus the handshake.
+    pub handshake_timeout: Duration,
+    /// How often to ping; a peer silent for three intervals is dropped.
+    pub ping_interval: Duration,
+}
+
+/// Counters the gateway exposes.
+#[derive(Debug, Default)]
+pub struct RpcStats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections that failed TLS or the handshake.
+    pub auth_failures: AtomicU64,
+    /// Connections that authenticated.
+    pub authenticated: AtomicU64,
+}
+
+/// A running RPC server.
+#[derive(Debug)]
+pub struct RpcServer {
+    /// The address it listens on.
+    pub local_addr: SocketAddr,
+    /// Its counters.
+    pub stats: Arc<RpcStats>,
+}
+
+/// Binds and starts serving; returns once the listener is bound.
+pub async fn start(
+    bind: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    settings: RpcSettings,
+    registry: Arc<dyn DriverRegistry>,
+) -> std::io::Result<RpcServer> {
+    let listener = TcpListener::bind(bind).await?;
+    let local_addr = listener.local_addr()?;
+    let stats = Arc::new(RpcStats::default());
+    let acceptor = TlsAcceptor::from(tls);
+    let next_conn = Arc::new(AtomicU64::new(1));
+    let task_stats = stats.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "rpc accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            task_stats.connections.fetch_add(1, Ordering::Relaxed);
+            let conn_id = next_conn.fetch_add(1, Ordering::Relaxed);
+            let (acceptor, settings, registry, stats) =
+                (acceptor.clone(), settings.clone(), registry.clone(), task_stats.clone());
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                serve_connection(tcp, peer, conn_id, acceptor, settings, registry, stats).await;
+            });
+        }
+    });
+    tracing::info!(%local_addr, "driver RPC server listening (TLS)");
+    Ok(RpcServer { local_addr, stats })
+}
+
+/// Why a handshake failed (logged and audited; never contains a secret).
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("connection closed during the handshake")]
+    Closed,
+    #[error("handshake timed out")]
+    Timeout,
+    #[error("frame error: {0}")]
+    Frame(std::io::Error),
+    #[error("unexpected or malformed message: {0}")]
+    Protocol(String),
+    #[error("unsupported protocol version {0}")]
+    Version(u32),
+    #[error("no session {0} is expecting a driver")]
+    UnknownSession(u32),
+    #[error("wrong proof for session {0}")]
+    BadProof(u32),
+}
+
+impl HandshakeError {
+    fn session(&self) -> Option<u32> {
+        match self {
+            Self::UnknownSession(id) | Self::BadProof(id) => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    acceptor: TlsAcceptor,
+    settings: RpcSettings,
+    registry: Arc<dyn DriverRegistry>,
+    stats: Arc<RpcStats>,
+) {
+    let codec = || LengthDelimitedCodec::builder().length_field_length(4).max_frame_length(settings.max_frame_bytes).new_codec();
+    let opened = tokio::time::timeout(settings.handshake_timeout, async {
+        let tls = acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?;
+        let mut framed = Framed::new(tls, codec());
+        let session_id = handshake(&mut framed, registry.as_ref()).await?;
+        Ok::<_, HandshakeError>((framed, session_id))
+    })
+    .await
+    .unwrap_or(Err(HandshakeError::Timeout));
+    let (framed, session_id) = match opened {
+        Ok(pair) => pair,
+        Err(e) => {
+            stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+            registry.auth_failed(peer, e.session(), &e.to_string());
+            return; // dropping the stream closes the connection without a reason
+        }
+    };
+    stats.authenticated.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(session_id, %peer, conn_id, "driver authenticated");
+    let (tx, rx) = mpsc::unbounded_channel();
+    registry.attach(session_id, DriverLink { conn_id, tx });
+    let reason = pump(framed, rx, &settings, session_id, conn_id, registry.as_ref()).await;
+    tracing::info!(session_id, conn_id, %reason, "driver connection closed");
+    registry.detach(session_id, conn_id);
+}
+
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, LengthDelimitedCodec>,
+    registry: &dyn DriverRegistry,
+) -> Result<u32, HandshakeError> {
+    let (session_id, client_nonce) = match next_message(framed).await? {
+        FromDriver::Hello { protocol_version, session_id, client_nonce } => {
+            if protocol_version != PROTOCOL_VERSION {
+                return Err(HandshakeError::Version(protocol_version));
+            }
+            if !valid_nonce(&client_nonce) {
+                return Err(HandshakeError::Protocol("client nonce is not 32 hex-encoded bytes".into()));
+            }
+            (session_id, client_nonce)
+        }
+        other => return Err(HandshakeError::Protocol(format!("expected hello, got {}", kind_of(&other)))),
+    };
+    let secret = registry.secret(session_id).ok_or(HandshakeError::UnknownSession(session_id))?;
+    let server_nonce = fresh_nonce();
+    send_message(framed, &ToDriver::Challenge { server_nonce: server_nonce.clone() }).await?;
+    match next_message(framed).await? {
+        FromDriver::Proof { mac } => {
+            if !secret.verify(Role::Driver, session_id, &client_nonce, &server_nonce, &mac) {
+                return Err(HandshakeError::BadProof(session_id));
+            }
+        }
+        other => return Err(HandshakeError::Protocol(format!("expected proof, got {}", kind_of(&other)))),
+    }
+    let mac = secret.mac(Role::Gateway, session_id, &client_nonce, &server_nonce);
+    send_message(framed, &ToDriver::Ok { mac }).await?;
+    Ok(session_id)
+}
+
+async fn next_message<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, LengthDelimitedCodec>,
+) -> Result<FromDriver, HandshakeError> {
+    let frame = framed.next().await.ok_or(HandshakeError::Closed)?.map_err(HandshakeError::Frame)?;
+    serde_json::from_slice(&frame).map_err(|e| HandshakeError::Protocol(e.to_string()))
+}
+
+async fn send_message<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, LengthDelimitedCodec>,
+    msg: &ToDriver,
+) -> Result<(), HandshakeError> {
+    let bytes = serde_json::to_vec(msg).map_err(|e| HandshakeError::Protocol(e.to_string()))?;
+    framed.send(Bytes::from(bytes)).await.map_err(HandshakeError::Frame)
+}
+
+fn kind_of(msg: &FromDriver) -> &'static str {
+    match msg {
+        FromDriver::Hello { .. } => "hello",
+        FromDriver::Proof { .. } => "proof",
+        FromDriver::State { .. } => "state",
+        FromDriver::AppInfo { .. } => "app_info",
+        FromDriver::StatementUpdate { .. } => "statement_update",
+        FromDriver::StatementResult { .. } => "statement_result",
+        FromDriver::Completion { .. } => "completion",
+        FromDriver::AddFileResult { .. } => "add_file_result",
+        FromDriver::Pong => "pong",
+    }
+}
+
+/// Moves messages both ways until either side closes; returns why it ended.
+async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: Framed<S, LengthDelimitedCodec>,
+    mut rx: mpsc::UnboundedReceiver<ToDriver>,
+    settings: &RpcSettings,
+    session_id: u32,
+    conn_id: u64,
+    registry: &dyn DriverRegistry,
+) -> String {
+    let (mut sink, mut stream) = framed.split();
+    let mut ping = tokio::time::interval(settings.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                let frame = match frame {
+                    None => return "closed by the driver".into(),
+                    Some(Err(e)) => return format!("frame error: {e}"),
+                    Some(Ok(frame)) => frame,
+                };
+                last_heard = tokio::time::Instant::now();
+                match serde_json::from_slice::<FromDriver>(&frame) {
+                    Ok(FromDriver::Hello { .. } | FromDriver::Proof { .. }) => {
+                        return "handshake message after the handshake".into();
+                    }
+                    Ok(FromDriver::Pong) => {}
+                    Ok(msg) => registry.deliver(session_id, conn_id, msg),
+                    Err(e) => return format!("malformed message: {e}"),
+                }
+            }
+            out = rx.recv() => {
+                let Some(msg) = out else { return "replaced or closed by the gateway".into() };
+                let bytes = match serde_json::to_vec(&msg) {
+                    Ok(b) => b,
+                    Err(e) => return format!("cannot encode a message: {e}"),
+                };
+                if let Err(e) = sink.send(Bytes::from(bytes)).await {
+                    return format!("write failed: {e}");
+                }
+                if matches!(msg, ToDriver::Shutdown) {
+                    let _ = sink.flush().await;
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > settings.ping_interval * 3 {
+                    return "driver stopped answering pings".into();
+                }
+                if let Ok(bytes) = serde_json::to_vec(&ToDriver::Ping) {
+                    if let Err(e) = sink.send(Bytes::from(bytes)).await {
+                        return format!("write failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+}

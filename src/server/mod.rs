@@ -1,0 +1,93 @@
+//! The listener: accepts TCP, terminates TLS (rustls) under a handshake timeout, records the
+//! connection's facts in request extensions and serves HTTP/1.1 and h2 with hyper.
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+/// Facts about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
+/// How the listener talks to clients.
+#[derive(Clone)]
+pub enum Transport {
+    /// HTTPS.
+    Tls(Arc<rustls::ServerConfig>),
+    /// `server.dangerous_plain_http`.
+    DangerousPlain,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tls(_) => "Tls",
+            Self::DangerousPlain => "DangerousPlain",
+        })
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    transport: Transport,
+    handshake_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = match &transport {
+        Transport::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(config.clone())),
+        Transport::DangerousPlain => None,
+    };
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let info = ConnInfo { peer };
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(info.clone());
+                app.clone().oneshot(req)
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let result = match acceptor {
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                None => builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,215 @@
+//! TLS for the HTTPS listener and the driver RPC channel: rustls server configurations
+//! (TLS 1.2+, ALPN h2 and http/1.1) and generated development certificates.
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What can go wrong setting up TLS.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A certificate or key file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The PEM holds no usable certificate or key.
+    #[error("{0}")]
+    Pem(String),
+    /// Certificate generation failed.
+    #[error("generating a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// rustls refused the certificate/key pair.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A certificate chain and key as PEM text.
+#[derive(Clone)]
+pub struct PemPair {
+    /// Leaf first, then intermediates.
+    pub cert_pem: String,
+    /// PKCS#8 private key.
+    pub key_pem: crate::config::Secret<String>,
+}
+
+impl std::fmt::Debug for PemPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PemPair").field("key_pem", &self.key_pem).finish_non_exhaustive()
+    }
+}
+
+/// A private CA and a server certificate it signed.
+#[derive(Debug, Clone)]
+pub struct GeneratedPki {
+    /// The CA certificate (what clients trust).
+    pub ca_pem: String,
+    /// The CA's key (kept to sign more certificates, e.g. client certificates in tests).
+    pub ca_key_pem: crate::config::Secret<String>,
+    /// The server certificate and key.
+    pub server: PemPair,
+}
+
+/// Generates a CA and a server certificate for `names` (DNS names or IP literals).
+pub fn generate_pki(ca_name: &str, names: &[String]) -> Result<GeneratedPki, TlsError> {
+    let now = time::OffsetDateTime::now_utc();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.distinguished_name.push(DnType::CommonName, ca_name);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.not_before = now - time::Duration::hours(1);
+    ca_params.not_after = now + time::Duration::days(825);
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+
+    let mut leaf_params = CertificateParams::new(names.to_vec())?;
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, names.first().map(String::as_str).unwrap_or("sparkgate"));
+    leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf_params.not_before = now - time::Duration::hours(1);
+    leaf_params.not_after = now + time::Duration::days(397);
+    let leaf_key = KeyPair::generate()?;
+    let leaf = leaf_params.signed_by(&leaf_key, &ca_cert, &ca_key)?;
+
+    Ok(GeneratedPki {
+        ca_pem: ca_cert.pem(),
+        ca_key_pem: crate::config::Secret::new(ca_key.serialize_pem()),
+        server: PemPair {
+            cert_pem: leaf.pem(),
+            key_pem: crate::config::Secret::new(leaf_key.serialize_pem()),
+        },
+    })
+}
+
+/// Paths of the development certificates inside the data directory.
+#[derive(Debug, Clone)]
+pub struct DevCertPaths {
+    /// The dev CA certificate (give it to clients: `curl --cacert`).
+    pub ca: PathBuf,
+    /// The server certificate.
+    pub cert: PathBuf,
+    /// The server key (mode 0600).
+    pub key: PathBuf,
+}
+
+impl DevCertPaths {
+    /// The paths under `<data_dir>/tls/`.
+    pub fn in_dir(data_dir: &Path) -> Self {
+        let dir = data_dir.join("tls");
+        Self { ca: dir.join("dev-ca.pem"), cert: dir.join("server.pem"), key: dir.join("server-key.pem") }
+    }
+}
+
+/// Creates development certificates for localhost and 127.0.0.1 unless they already exist.
+/// Returns true when new files were written.
+pub fn ensure_dev_certs(paths: &DevCertPaths) -> Result<bool, TlsError> {
+    if paths.cert.exists() && paths.key.exists() {
+        return Ok(false);
+    }
+    let pki = generate_pki("sparkgate development CA", &["localhost".into(), "127.0.0.1".into(), "::1".into()])?;
+    if let Some(dir) = paths.cert.parent() {
+        create_private_dir(dir)?;
+    }
+    write_file(&paths.ca, pki.ca_pem.as_bytes(), 0o644)?;
+    write_file(&paths.cert, pki.server.cert_pem.as_bytes(), 0o644)?;
+    write_file(&paths.key, pki.server.key_pem.expose().as_bytes(), 0o600)?;
+    Ok(true)
+}
+
+/// Creates a directory (and parents) readable only by its owner.
+pub fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| TlsError::Io { path: dir.to_path_buf(), source })
+}
+
+/// Writes a file atomically with the given mode (the mode is set before any byte is written).
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| TlsError::Io { path: path.to_path_buf(), source };
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Reads a PEM certificate chain and private key from files.
+pub fn read_pem_files(cert: &Path, key: &Path) -> Result<PemPair, TlsError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })
+    };
+    Ok(PemPair { cert_pem: read(cert)?, key_pem: crate::config::Secret::new(read(key)?) })
+}
+
+fn parse_pair(pair: &PemPair) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let certs = rustls_pemfile::certs(&mut pair.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem(format!("certificate PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem("the certificate file holds no certificate".into()));
+    }
+    let key = rustls_pemfile::private_key(&mut pair.key_pem.expose().as_bytes())
+        .map_err(|e| TlsError::Pem(format!("key PEM: {e}")))?
+        .ok_or_else(|| TlsError::Pem("the key file holds no private key".into()))?;
+    Ok((certs, key))
+}
+
+/// A rustls server configuration: TLS 1.2 and 1.3 only, with the given ALPN protocols.
+pub fn server_config(pair: &PemPair, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let (certs, key) = parse_pair(pair)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// ALPN for the HTTPS listener.
+pub const HTTP_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_pki_builds_a_server_config() {
+        let pki = generate_pki("test CA", &["localhost".into(), "127.0.0.1".into()]).unwrap();
+        assert!(pki.ca_pem.contains("BEGIN CERTIFICATE"));
+        let config = server_config(&pki.server, HTTP_ALPN).unwrap();
+        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+    }
+
+    #[test]
+    fn dev_certs_are_created_once_with_a_private_key_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let paths = DevCertPaths::in_dir(dir.path());
+        assert!(ensure_dev_certs(&paths).unwrap());
+        assert!(!ensure_dev_certs(&paths).unwrap());
+        let mode = std::fs::metadata(&paths.key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let pair = read_pem_files(&paths.cert, &paths.key).unwrap();
+        server_config(&pair, HTTP_ALPN).unwrap();
+    }
+
+    #[test]
+    fn garbage_pem_is_refused() {
+        let pair = PemPair { cert_pem: "nope".into(), key_pem: crate::config::Secret::new("nope".into()) };
+        assert!(matches!(server_config(&pair, HTTP_ALPN), Err(TlsError::Pem(_))));
+    }
+}
