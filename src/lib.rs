@@ -87,13 +87,18 @@ impl Gateway {
             move |source| StartError::Io { what, source }
         };
         for name in config.dangerous_options() {
-            tracing::warn!(option = name, "DANGEROUS option enabled: this gateway is not secure; never use it outside local development");
+            tracing::warn!(
+                option = name,
+                "DANGEROUS option enabled: this gateway is not secure; never use it outside local development"
+            );
         }
         tls::create_private_dir(&cfg.server.data_dir)?;
 
         let mut authenticators: Vec<Box<dyn auth::Authenticator>> = Vec::new();
         if cfg.auth.dangerous_allow_anonymous {
-            tracing::warn!("auth.dangerous_allow_anonymous: every loopback client is accepted as `anonymous` without credentials");
+            tracing::warn!(
+                "auth.dangerous_allow_anonymous: every loopback client is accepted as `anonymous` without credentials"
+            );
             authenticators.push(Box::new(auth::DangerousAnonymous));
         }
         let auth_chain = auth::AuthChain::new(authenticators);
@@ -106,7 +111,9 @@ impl Gateway {
         }
 
         let (transport, dev_ca) = if cfg.server.dangerous_plain_http {
-            tracing::warn!("server.dangerous_plain_http: serving plain HTTP; credentials and code travel in clear text");
+            tracing::warn!(
+                "server.dangerous_plain_http: serving plain HTTP; credentials and code travel in clear text"
+            );
             (server::Transport::DangerousPlain, None)
         } else {
             let (pair, dev_ca) = match (&cfg.tls.cert, &cfg.tls.key) {

@@ -52,7 +52,12 @@ async fn main() -> anyhow::Result<()> {
             let gateway = sparkgate::Gateway::start(validated, sparkgate::StartOptions::default()).await?;
             println!("sparkgate listening on {scheme}://{}", gateway.addr);
             if let Some(ca) = &gateway.dev_ca {
-                println!("development CA: {}   try: curl --cacert {} https://{}/sessions", ca.display(), ca.display(), gateway.addr);
+                println!(
+                    "development CA: {}   try: curl --cacert {} https://{}/sessions",
+                    ca.display(),
+                    ca.display(),
+                    gateway.addr
+                );
             }
             wait_for_signal().await;
             tracing::info!("shutting down: stopping every session");

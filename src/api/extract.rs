@@ -60,7 +60,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Paging {
                 Ok(-1) if allow_all => Ok(Some(None)),
                 Ok(n) if n >= 0 => Ok(Some(Some(usize::try_from(n).unwrap_or(usize::MAX)))),
                 Ok(n) => Err(ApiError::bad_request(format!("query parameter `{name}` must not be negative (got {n})"))),
-                Err(_) => Err(ApiError::bad_request(format!("query parameter `{name}` must be a number (got `{raw}`)"))),
+                Err(_) => {
+                    Err(ApiError::bad_request(format!("query parameter `{name}` must be a number (got `{raw}`)")))
+                }
             }
         };
         let from = number("from", false)?.flatten();
@@ -68,7 +70,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Paging {
         let descending = match pairs.get("order").map(String::as_str) {
             None | Some("asc") => false,
             Some("desc") => true,
-            Some(other) => return Err(ApiError::bad_request(format!("query parameter `order` must be asc or desc (got `{other}`)"))),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "query parameter `order` must be asc or desc (got `{other}`)"
+                )))
+            }
         };
         Ok(Self { from, size, descending })
     }

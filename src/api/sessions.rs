@@ -34,10 +34,8 @@ pub(super) async fn list(State(state): State<AppState>, paging: Paging) -> Json<
     let total = sessions.len();
     let range = dto::window(total, paging.from.unwrap_or(0), paging.size.unwrap_or(Some(100)));
     let from = range.start;
-    let items: Vec<Value> = sessions[range]
-        .iter()
-        .map(|s| dto::session_json(&s.snapshot(), s.log.tail(INFO_LOG_LINES), true))
-        .collect();
+    let items: Vec<Value> =
+        sessions[range].iter().map(|s| dto::session_json(&s.snapshot(), s.log.tail(INFO_LOG_LINES), true)).collect();
     Json(json!({"from": from, "total": total, "sessions": items}))
 }
 

@@ -75,7 +75,9 @@ pub(super) async fn complete(
     let length = code.chars().count();
     let cursor = req.cursor.unwrap_or(length);
     if cursor > length {
-        return Err(ApiError::bad_request(format!("field `cursor` ({cursor}) is past the end of `code` ({length} characters)")));
+        return Err(ApiError::bad_request(format!(
+            "field `cursor` ({cursor}) is past the end of `code` ({length} characters)"
+        )));
     }
     let timeout = state.config.durations.completion_timeout;
     let candidates = session.complete(kind, code, cursor, timeout).await?;

@@ -11,9 +11,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a time such as 30s, 10m, 1h or 500ms"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a time such as 30s, 10m, 1h or 500ms"))?;
     let millis_per_unit: u64 = match unit.trim() {
         "" | "ms" => 1,
         "us" => return Ok(Duration::from_micros(n)),
@@ -21,15 +19,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" | "min" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        other => {
-            return Err(format!(
-                "`{text}` has an unknown unit `{other}` (use us, ms, s, m, min, h or d)"
-            ))
-        }
+        other => return Err(format!("`{text}` has an unknown unit `{other}` (use us, ms, s, m, min, h or d)")),
     };
-    n.checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    n.checked_mul(millis_per_unit).map(Duration::from_millis).ok_or_else(|| format!("`{text}` is too large"))
 }
 
 #[cfg(test)]

@@ -302,13 +302,9 @@ pub struct Sources<'a> {
 pub fn load(sources: &Sources<'_>) -> Result<ValidatedConfig, ConfigError> {
     let mut tree = toml::Table::new();
     if let Some(path) = sources.file {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        tree = text
-            .parse::<toml::Table>()
-            .map_err(|e| ConfigError::Syntax(format!("{}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        tree = text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax(format!("{}: {e}", path.display())))?;
     }
     for (name, value) in &sources.env {
         // SPARKGATE_SESSIONS__IDLE_TIMEOUT=30m sets sessions.idle_timeout.
@@ -321,9 +317,8 @@ pub fn load(sources: &Sources<'_>) -> Result<ValidatedConfig, ConfigError> {
         }
     }
     for item in &sources.overrides {
-        let (key, value) = item
-            .split_once('=')
-            .ok_or_else(|| ConfigError::Syntax(format!("override `{item}` is not key=value")))?;
+        let (key, value) =
+            item.split_once('=').ok_or_else(|| ConfigError::Syntax(format!("override `{item}` is not key=value")))?;
         set_path(&mut tree, key.trim(), value.trim())?;
     }
     from_table(tree)
@@ -356,12 +351,9 @@ fn set_path(tree: &mut toml::Table, key: &str, raw: &str) -> Result<(), ConfigEr
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
     let mut table = tree;
     for part in &parts[..parts.len() - 1] {
-        let entry = table
-            .entry(part.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        table = entry
-            .as_table_mut()
-            .ok_or_else(|| ConfigError::Syntax(format!("`{part}` in `{key}` is not a section")))?;
+        let entry = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table =
+            entry.as_table_mut().ok_or_else(|| ConfigError::Syntax(format!("`{part}` in `{key}` is not a section")))?;
     }
     if let Some(last) = parts.last() {
         table.insert((*last).to_string(), value);
@@ -427,10 +419,7 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
         problems.push("rpc.max_frame_bytes must be at least 4096".into());
     }
     if !matches!(config.spark.deploy_mode.as_str(), "client" | "cluster") {
-        problems.push(format!(
-            "spark.deploy_mode must be `client` or `cluster`, not `{}`",
-            config.spark.deploy_mode
-        ));
+        problems.push(format!("spark.deploy_mode must be `client` or `cluster`, not `{}`", config.spark.deploy_mode));
     }
     if config.spark.master.trim().is_empty() {
         problems.push("spark.master must not be empty".into());

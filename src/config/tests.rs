@@ -82,3 +82,11 @@ fn wrong_types_are_reported() {
     let err = load_str("[sessions]\nmax_sessions = \"many\"\n", &[], &[]).unwrap_err();
     assert!(err.to_string().contains("max_sessions") || err.to_string().contains("invalid type"), "{err}");
 }
+
+#[test]
+fn shipped_configuration_file_loads_with_safe_defaults() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/sparkgate.toml");
+    let c = load(&Sources { file: Some(&path), ..Sources::default() }).unwrap();
+    assert!(c.dangerous_options().is_empty());
+    assert_eq!(c.config.server.bind.port(), 8998);
+}

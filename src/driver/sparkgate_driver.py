@@ -527,7 +527,6 @@ def _java_error_parts(exc):
         if jexc is not None:
             try:
                 message = jexc.getMessage()
-                jvm = exc.java_exception._gateway_client and None
                 from pyspark import SparkContext
                 stack = getattr(SparkContext._jvm, "org.apache.spark.util.Utils").exceptionString(jexc)
             except Exception:

@@ -52,11 +52,9 @@ impl SessionKind {
                 Self::PySpark => Ok(CodeKind::PySpark),
                 Self::SparkR => Ok(CodeKind::SparkR),
                 Self::Sql => Ok(CodeKind::Sql),
-                Self::Shared => Err(
-                    "field `kind` is required for statements in a session of kind `shared` \
+                Self::Shared => Err("field `kind` is required for statements in a session of kind `shared` \
                      (spark, pyspark, sparkr or sql)"
-                        .into(),
-                ),
+                    .into()),
             },
         }
     }

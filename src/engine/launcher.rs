@@ -35,8 +35,20 @@ pub struct SparkCheckError(pub String);
 
 /// Variables passed to spark-submit from the gateway's own environment when set.
 const PASS_ENV: &[&str] = &[
-    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "JAVA_HOME", "HADOOP_CONF_DIR",
-    "YARN_CONF_DIR", "SPARK_CONF_DIR", "KRB5_CONFIG", "KRB5CCNAME",
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "JAVA_HOME",
+    "HADOOP_CONF_DIR",
+    "YARN_CONF_DIR",
+    "SPARK_CONF_DIR",
+    "KRB5_CONFIG",
+    "KRB5CCNAME",
 ];
 
 impl SparkEnv {
@@ -101,12 +113,7 @@ impl SparkEnv {
                 last_lines(&text, 5)
             )));
         }
-        env.version = text
-            .split_whitespace()
-            .skip_while(|w| *w != "version")
-            .nth(1)
-            .unwrap_or("unknown")
-            .to_string();
+        env.version = text.split_whitespace().skip_while(|w| *w != "version").nth(1).unwrap_or("unknown").to_string();
         Ok(env)
     }
 
@@ -187,7 +194,12 @@ pub fn build_args(config: &SparkConfig, spec: &LaunchSpec) -> Vec<OsString> {
     if let Some(queue) = &spec.queue {
         args.extend(["--queue".into(), queue.clone()]);
     }
-    for (flag, list) in [("--jars", &spec.jars), ("--py-files", &spec.py_files), ("--files", &spec.files), ("--archives", &spec.archives)] {
+    for (flag, list) in [
+        ("--jars", &spec.jars),
+        ("--py-files", &spec.py_files),
+        ("--files", &spec.files),
+        ("--archives", &spec.archives),
+    ] {
         if !list.is_empty() {
             args.extend([flag.to_string(), list.join(",")]);
         }
@@ -448,13 +460,31 @@ mod tests {
         assert_eq!(
             args,
             vec![
-                "--master", "local[*]", "--deploy-mode", "client", "--name", "etl", "--proxy-user", "bob",
-                "--queue", "prod", "--jars", "a.jar,b.jar", "--py-files", "m.py",
-                "--conf", "spark.driver.memory=2g",
-                "--conf", "spark.executor.cores=3",
-                "--conf", "spark.executor.instances=4",
-                "--conf", "spark.ui.enabled=true",
-                "/data/driver.py", "--x", "a b; rm -rf /",
+                "--master",
+                "local[*]",
+                "--deploy-mode",
+                "client",
+                "--name",
+                "etl",
+                "--proxy-user",
+                "bob",
+                "--queue",
+                "prod",
+                "--jars",
+                "a.jar,b.jar",
+                "--py-files",
+                "m.py",
+                "--conf",
+                "spark.driver.memory=2g",
+                "--conf",
+                "spark.executor.cores=3",
+                "--conf",
+                "spark.executor.instances=4",
+                "--conf",
+                "spark.ui.enabled=true",
+                "/data/driver.py",
+                "--x",
+                "a b; rm -rf /",
             ]
         );
     }
@@ -484,7 +514,8 @@ mod tests {
         for key in vars.keys() {
             assert!(
                 PASS_ENV.contains(&key.as_str())
-                    || ["SPARK_HOME", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "PYTHONUNBUFFERED"].contains(&key.as_str()),
+                    || ["SPARK_HOME", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "PYTHONUNBUFFERED"]
+                        .contains(&key.as_str()),
                 "unexpected variable {key}"
             );
         }

@@ -130,7 +130,8 @@ impl SessionManager {
             if live.len() >= sessions.max_sessions {
                 return Err(EngineError::TooManySessions { limit: sessions.max_sessions });
             }
-            let launching = live.iter().filter(|s| matches!(s, SessionState::NotStarted | SessionState::Starting)).count();
+            let launching =
+                live.iter().filter(|s| matches!(s, SessionState::NotStarted | SessionState::Starting)).count();
             if launching >= sessions.max_concurrent_launches {
                 return Err(EngineError::TooManyLaunches { limit: sessions.max_concurrent_launches });
             }
@@ -154,7 +155,8 @@ impl SessionManager {
     }
 
     fn launch(&self, session: &Arc<Session>) -> Result<(), EngineError> {
-        let spark = self.spark.as_ref().ok_or_else(|| EngineError::Launch("Spark is not configured on this gateway".into()))?;
+        let spark =
+            self.spark.as_ref().ok_or_else(|| EngineError::Launch("Spark is not configured on this gateway".into()))?;
         let rpc = self.rpc.get().ok_or_else(|| EngineError::Launch("the driver RPC server is not running".into()))?;
         let cfg = &self.config.config;
         let spec = &session.spec;
@@ -297,16 +299,33 @@ impl SessionManager {
             if t.state == SessionState::ShuttingDown {
                 continue;
             }
-            let verdict: Option<(SessionState, String, bool)> = if let Some(hb) = session.limits.heartbeat_timeout.filter(|hb| now.duration_since(t.last_heartbeat) >= *hb) {
-                Some((SessionState::Killed, format!("no client heartbeat for {}s (heartbeatTimeoutInSecond)", hb.as_secs()), true))
+            let verdict: Option<(SessionState, String, bool)> = if let Some(hb) =
+                session.limits.heartbeat_timeout.filter(|hb| now.duration_since(t.last_heartbeat) >= *hb)
+            {
+                Some((
+                    SessionState::Killed,
+                    format!("no client heartbeat for {}s (heartbeatTimeoutInSecond)", hb.as_secs()),
+                    true,
+                ))
             } else if session.limits.ttl.is_some_and(|ttl| now.duration_since(session.created) >= ttl) {
                 Some((SessionState::Killed, "its time to live (ttl) expired".into(), false))
             } else if matches!(t.state, SessionState::Starting | SessionState::NotStarted)
                 && now.duration_since(session.created) >= d.start_timeout
             {
-                Some((SessionState::Dead, format!("the driver did not become ready within {}s", d.start_timeout.as_secs()), false))
+                Some((
+                    SessionState::Dead,
+                    format!("the driver did not become ready within {}s", d.start_timeout.as_secs()),
+                    false,
+                ))
             } else if t.disconnected_since.is_some_and(|since| now.duration_since(since) >= d.reconnect_window) {
-                Some((SessionState::Dead, format!("the driver connection was lost and not re-established within {}s", d.reconnect_window.as_secs()), false))
+                Some((
+                    SessionState::Dead,
+                    format!(
+                        "the driver connection was lost and not re-established within {}s",
+                        d.reconnect_window.as_secs()
+                    ),
+                    false,
+                ))
             } else if t.state == SessionState::Idle
                 && !t.has_work
                 && session.limits.idle_timeout.is_some_and(|idle| now.duration_since(t.last_activity) >= idle)

@@ -39,7 +39,9 @@ pub enum EngineError {
         limit: usize,
     },
     /// The concurrent-launch cap is reached.
-    #[error("Rejected: too many sessions are being started ({limit} at once is the limit); try again in a few seconds")]
+    #[error(
+        "Rejected: too many sessions are being started ({limit} at once is the limit); try again in a few seconds"
+    )]
     TooManyLaunches {
         /// The cap.
         limit: usize,

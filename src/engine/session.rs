@@ -146,10 +146,7 @@ struct Inner {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// The error output Livy clients understand, for statements the gateway itself ends.
@@ -468,7 +465,12 @@ impl Session {
         }
         match msg {
             FromDriver::State { state, message } => match state.as_str() {
-                "idle" if matches!(inner.state, SessionState::Starting | SessionState::Recovering | SessionState::NotStarted) => {
+                "idle"
+                    if matches!(
+                        inner.state,
+                        SessionState::Starting | SessionState::Recovering | SessionState::NotStarted
+                    ) =>
+                {
                     inner.state = SessionState::Idle;
                     inner.last_activity = Instant::now();
                     self.log.push(format!("sparkgate: session {} is ready", self.id));
@@ -540,10 +542,12 @@ impl Session {
         let rx = {
             let mut inner = self.lock();
             inner.last_activity = Instant::now();
-            let driver = inner
-                .driver
-                .clone()
-                .ok_or_else(|| EngineError::DriverUnavailable(format!("session {} has no connected driver (state {})", self.id, inner.state)))?;
+            let driver = inner.driver.clone().ok_or_else(|| {
+                EngineError::DriverUnavailable(format!(
+                    "session {} has no connected driver (state {})",
+                    self.id, inner.state
+                ))
+            })?;
             let request_id = inner.next_request_id;
             inner.next_request_id += 1;
             let (tx, rx) = oneshot::channel();
@@ -553,7 +557,10 @@ impl Session {
         };
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(candidates)) => Ok(candidates),
-            _ => Err(EngineError::DriverTimeout(format!("session {} did not answer the completion request in time", self.id))),
+            _ => Err(EngineError::DriverTimeout(format!(
+                "session {} did not answer the completion request in time",
+                self.id
+            ))),
         }
     }
 

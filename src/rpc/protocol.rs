@@ -146,10 +146,7 @@ mod tests {
     #[test]
     fn wire_shapes() {
         let m = ToDriver::Execute { id: 3, kind: "pyspark".into(), code: "1+1".into() };
-        assert_eq!(
-            serde_json::to_value(&m).unwrap(),
-            json!({"type":"execute","id":3,"kind":"pyspark","code":"1+1"})
-        );
+        assert_eq!(serde_json::to_value(&m).unwrap(), json!({"type":"execute","id":3,"kind":"pyspark","code":"1+1"}));
         assert_eq!(serde_json::to_value(ToDriver::Ping).unwrap(), json!({"type":"ping"}));
         let r: FromDriver = serde_json::from_value(json!({
             "type":"statement_result","id":1,"state":"available",

@@ -156,7 +156,9 @@ async fn serve_connection(
     registry: Arc<dyn DriverRegistry>,
     stats: Arc<RpcStats>,
 ) {
-    let codec = || LengthDelimitedCodec::builder().length_field_length(4).max_frame_length(settings.max_frame_bytes).new_codec();
+    let codec = || {
+        LengthDelimitedCodec::builder().length_field_length(4).max_frame_length(settings.max_frame_bytes).new_codec()
+    };
     let opened = tokio::time::timeout(settings.handshake_timeout, async {
         let tls = acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?;
         let mut framed = Framed::new(tls, codec());

@@ -62,16 +62,15 @@ pub fn generate_pki(ca_name: &str, names: &[String]) -> Result<GeneratedPki, Tls
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.distinguished_name.push(DnType::CommonName, ca_name);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     ca_params.not_before = now - time::Duration::hours(1);
     ca_params.not_after = now + time::Duration::days(825);
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
 
     let mut leaf_params = CertificateParams::new(names.to_vec())?;
-    leaf_params
-        .distinguished_name
-        .push(DnType::CommonName, names.first().map(String::as_str).unwrap_or("sparkgate"));
+    leaf_params.distinguished_name.push(DnType::CommonName, names.first().map(String::as_str).unwrap_or("sparkgate"));
     leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf_params.not_before = now - time::Duration::hours(1);
@@ -82,10 +81,7 @@ pub fn generate_pki(ca_name: &str, names: &[String]) -> Result<GeneratedPki, Tls
     Ok(GeneratedPki {
         ca_pem: ca_cert.pem(),
         ca_key_pem: crate::config::Secret::new(ca_key.serialize_pem()),
-        server: PemPair {
-            cert_pem: leaf.pem(),
-            key_pem: crate::config::Secret::new(leaf_key.serialize_pem()),
-        },
+        server: PemPair { cert_pem: leaf.pem(), key_pem: crate::config::Secret::new(leaf_key.serialize_pem()) },
     })
 }
 
@@ -148,9 +144,8 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> 
 
 /// Reads a PEM certificate chain and private key from files.
 pub fn read_pem_files(cert: &Path, key: &Path) -> Result<PemPair, TlsError> {
-    let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })
-    };
+    let read =
+        |path: &Path| std::fs::read_to_string(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source });
     Ok(PemPair { cert_pem: read(cert)?, key_pem: crate::config::Secret::new(read(key)?) })
 }
 

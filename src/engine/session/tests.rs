@@ -26,7 +26,14 @@ fn spec(kind: SessionKind) -> SessionSpec {
 
 fn session() -> Session {
     let limits = SessionLimits { idle_timeout: None, ttl: None, heartbeat_timeout: None, statement_retention: 3 };
-    let s = Session::new(0, spec(SessionKind::PySpark), limits, SessionSecret::generate(), LogBuffer::new(10, None), PathBuf::new());
+    let s = Session::new(
+        0,
+        spec(SessionKind::PySpark),
+        limits,
+        SessionSecret::generate(),
+        LogBuffer::new(10, None),
+        PathBuf::new(),
+    );
     s.transition(SessionState::Starting).unwrap();
     s
 }
@@ -167,7 +174,8 @@ async fn completion_round_trip_and_timeout() {
     let s = Arc::new(session());
     let mut rx = connect(&s, 1);
     let s2 = s.clone();
-    let task = tokio::spawn(async move { s2.complete(CodeKind::PySpark, "im".into(), 2, Duration::from_secs(5)).await });
+    let task =
+        tokio::spawn(async move { s2.complete(CodeKind::PySpark, "im".into(), 2, Duration::from_secs(5)).await });
     let request_id = loop {
         if let Ok(ToDriver::Complete { request_id, .. }) = rx.try_recv() {
             break request_id;
