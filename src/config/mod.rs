@@ -340,8 +340,8 @@ fn from_table(tree: toml::Table) -> Result<ValidatedConfig, ConfigError> {
 /// Sets `a.b.c` in a table. The value is read as a TOML literal when it is one (numbers,
 /// booleans, arrays), otherwise taken as a string.
 fn set_path(tree: &mut toml::Table, key: &str, raw: &str) -> Result<(), ConfigError> {
-    let parts: Vec<&str> = key.split('.').collect();
-    if parts.iter().any(|p| p.is_empty()) {
+    let parts = split_key(key);
+    if parts.is_empty() || parts.iter().any(|p| p.is_empty()) {
         return Err(ConfigError::Syntax(format!("bad configuration key `{key}`")));
     }
     let value = format!("v = {raw}")
@@ -356,9 +356,25 @@ fn set_path(tree: &mut toml::Table, key: &str, raw: &str) -> Result<(), ConfigEr
             entry.as_table_mut().ok_or_else(|| ConfigError::Syntax(format!("`{part}` in `{key}` is not a section")))?;
     }
     if let Some(last) = parts.last() {
-        table.insert((*last).to_string(), value);
+        table.insert(last.clone(), value);
     }
     Ok(())
+}
+
+/// Splits a dotted key; a quoted part may contain dots (`spark.conf."spark.ui.enabled"`).
+fn split_key(key: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    for c in key.trim().chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(std::mem::take(&mut current)),
+            c => current.push(c),
+        }
+    }
+    parts.push(current);
+    parts
 }
 
 fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {

@@ -90,3 +90,9 @@ fn shipped_configuration_file_loads_with_safe_defaults() {
     assert!(c.dangerous_options().is_empty());
     assert_eq!(c.config.server.bind.port(), 8998);
 }
+
+#[test]
+fn quoted_keys_may_contain_dots() {
+    let c = load_str("", &[], &["spark.conf.\"spark.ui.enabled\"=\"false\""]).unwrap();
+    assert_eq!(c.config.spark.conf["spark.ui.enabled"], "false");
+}

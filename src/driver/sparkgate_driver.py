@@ -237,7 +237,7 @@ class _CaptureIO(io.StringIO):
         return super().write(s)
 
 
-class _UnknownMagic(Exception):
+class UnknownMagic(Exception):
     pass
 
 
@@ -275,10 +275,10 @@ class _MagicNode:
 
     def execute(self, shell):
         if not self.magic:
-            raise _UnknownMagic("magic command not specified")
+            raise UnknownMagic("magic command not specified")
         handler = shell.magics.get(self.magic)
         if handler is None:
-            raise _UnknownMagic("unknown magic command '%s'" % self.magic)
+            raise UnknownMagic("unknown magic command '%s'" % self.magic)
         return handler(self.rest)
 
 
@@ -391,7 +391,7 @@ class PythonInterpreter:
                     result = node.execute(self)
             except StatementCancelled:
                 raise
-            except _UnknownMagic as e:
+            except UnknownMagic as e:
                 return _exc_body(e)
             except _MagicError as e:
                 return e.body
@@ -542,6 +542,17 @@ def _java_error_parts(exc):
     return message, frames
 
 
+def describe_error(exc):
+    """'Type: message' for logs and replies; JVM errors without their (long) stack trace."""
+    jexc = getattr(exc, "java_exception", None) or getattr(exc, "_origin", None)
+    if jexc is not None:
+        try:
+            return short(jexc.toString(), 2000)
+        except Exception:
+            pass
+    return short("%s: %s" % (type(exc).__name__, exc), 2000)
+
+
 def _sql_value(value):
     """One result cell as JSON, mirroring what Livy's json4s encoding produces."""
     if value is None or isinstance(value, (bool, int, str)):
@@ -641,7 +652,7 @@ class ScalaInterpreter:
             except StatementCancelled:
                 raise
             except Exception as e:
-                self.start_error = short("%s: %s" % (type(e).__name__, e), 2000)
+                self.start_error = describe_error(e)
                 raise ScalaStartError(self.start_error)
             log("Scala interpreter started in %.1f s" % (time.monotonic() - started))
 
@@ -803,6 +814,10 @@ class ScalaInterpreter:
             return "ok", ok_body({"text/plain": output})
         if result == "Incomplete":
             return "incomplete", None
+        if not output.strip():
+            # Scala 2.13 reports blank and comment-only input as a silent Error (2.12 said
+            # Incomplete and Livy then treated it as empty): it is not a failure.
+            return "ok", ok_body({"text/plain": ""})
         return "error", self._parse_error(output)
 
     @staticmethod
@@ -1326,7 +1341,7 @@ class Driver:
                 % (time.monotonic() - started, self.sc.applicationId))
             self.set_state("idle")
         except Exception as e:
-            self.start_failure = short("%s: %s" % (type(e).__name__, e), 2000)
+            self.start_failure = describe_error(e)
             log("Spark failed to start: %s" % self.start_failure)
             self.set_state("error", self.start_failure)
         finally:
@@ -1558,7 +1573,7 @@ class Driver:
             else:
                 raise ValueError("unknown file kind %r" % (what,))
         except Exception as e:
-            error = short("%s: %s" % (type(e).__name__, e), 2000)
+            error = describe_error(e)
             log("add_file %s failed: %s" % (what, short(error, 300)))
         self.link.send({"type": "add_file_result", "request_id": msg.get("request_id"),
                         "ok": error is None, "error": error})

@@ -1,0 +1,10 @@
+//! The one integration test binary: a real gateway on loopback, real TLS, real Spark.
+// Tests may unwrap and panic; the support module is shared by several test modules, so
+// "unreachable pub" and per-module dead code are expected.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, unreachable_pub, dead_code)]
+
+mod support;
+
+mod api;
+mod rpc;
+mod spark;

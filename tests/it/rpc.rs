@@ -1,0 +1,210 @@
+//! The driver RPC channel under attack: a raw client that skips, fakes or replays the
+//! handshake, sends oversized frames or garbage. Each is refused and the connection closed,
+//! and the gateway goes on serving its real drivers.
+
+use crate::support::{gateway, shared_session};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use sparkgate::rpc::handshake::{fresh_nonce, Role, SessionSecret};
+use sparkgate::rpc::{DriverLink, DriverRegistry, FromDriver, RpcSettings, ToDriver};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+type Conn = Framed<TlsStream<TcpStream>, LengthDelimitedCodec>;
+
+async fn tls_connect(addr: SocketAddr, ca_pem: &str) -> TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    connector.connect("127.0.0.1".try_into().unwrap(), tcp).await.unwrap()
+}
+
+async fn connect(addr: SocketAddr, ca_pem: &str) -> Conn {
+    Framed::new(tls_connect(addr, ca_pem).await, LengthDelimitedCodec::new())
+}
+
+async fn send(conn: &mut Conn, v: Value) {
+    conn.send(Bytes::from(serde_json::to_vec(&v).unwrap())).await.unwrap();
+}
+
+/// The next frame, or None when the server closed the connection (or failed it).
+async fn recv(conn: &mut Conn) -> Option<Value> {
+    match tokio::time::timeout(Duration::from_secs(15), conn.next()).await {
+        Ok(Some(Ok(frame))) => Some(serde_json::from_slice(&frame).unwrap()),
+        Ok(_) => None,
+        Err(_) => panic!("the server neither answered nor closed the connection"),
+    }
+}
+
+fn hello(session_id: u64, nonce: &str) -> Value {
+    json!({"type": "hello", "protocol_version": 1, "session_id": session_id, "client_nonce": nonce})
+}
+
+async fn gateway_still_serves_its_driver(before: u64) {
+    let gw = gateway();
+    let session = shared_session().await;
+    let st = gw.run(session, "pyspark", "21 * 2").await;
+    assert_eq!(st["output"]["data"]["text/plain"], "42", "{st}");
+    assert!(gw.manager.rpc_auth_failures() > before);
+}
+
+#[tokio::test]
+async fn unknown_session_is_refused_without_a_challenge() {
+    let gw = gateway();
+    let before = gw.manager.rpc_auth_failures();
+    let mut conn = connect(gw.rpc_addr, &gw.rpc_ca_pem).await;
+    send(&mut conn, hello(424_242, &fresh_nonce())).await;
+    assert_eq!(recv(&mut conn).await, None);
+    gateway_still_serves_its_driver(before).await;
+}
+
+#[tokio::test]
+async fn wrong_secret_is_refused() {
+    let gw = gateway();
+    let session = shared_session().await;
+    let before = gw.manager.rpc_auth_failures();
+    let mut conn = connect(gw.rpc_addr, &gw.rpc_ca_pem).await;
+    let cn = fresh_nonce();
+    send(&mut conn, hello(session, &cn)).await;
+    let challenge = recv(&mut conn).await.expect("a live session gets a challenge");
+    assert_eq!(challenge["type"], "challenge");
+    let sn = challenge["server_nonce"].as_str().unwrap();
+    let forged = SessionSecret::generate().mac(Role::Driver, session as u32, &cn, sn);
+    send(&mut conn, json!({"type": "proof", "mac": forged})).await;
+    assert_eq!(recv(&mut conn).await, None, "no `ok` for a wrong secret");
+    gateway_still_serves_its_driver(before).await;
+}
+
+#[tokio::test]
+async fn messages_before_the_handshake_are_refused() {
+    let gw = gateway();
+    let before = gw.manager.rpc_auth_failures();
+    let mut conn = connect(gw.rpc_addr, &gw.rpc_ca_pem).await;
+    send(&mut conn, json!({"type": "statement_result", "id": 0, "state": "available", "output": {}})).await;
+    assert_eq!(recv(&mut conn).await, None);
+    let mut conn = connect(gw.rpc_addr, &gw.rpc_ca_pem).await;
+    send(&mut conn, json!({"type": "hello", "protocol_version": 99, "session_id": 0, "client_nonce": fresh_nonce()}))
+        .await;
+    assert_eq!(recv(&mut conn).await, None, "unsupported protocol version");
+    gateway_still_serves_its_driver(before).await;
+}
+
+#[tokio::test]
+async fn oversized_frames_and_garbage_close_the_connection() {
+    let gw = gateway();
+    let before = gw.manager.rpc_auth_failures();
+    // A length prefix far beyond rpc.max_frame_bytes.
+    let mut tls = tls_connect(gw.rpc_addr, &gw.rpc_ca_pem).await;
+    tls.write_all(&0x7fff_ffffu32.to_be_bytes()).await.unwrap();
+    tls.write_all(&[b'{'; 1024]).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(15), tls.read(&mut buf)).await.unwrap().unwrap_or(0);
+    assert_eq!(n, 0);
+    // A well-sized frame that is not JSON.
+    let mut conn = connect(gw.rpc_addr, &gw.rpc_ca_pem).await;
+    conn.send(Bytes::from_static(b"\x00\xffnot json at all")).await.unwrap();
+    assert_eq!(recv(&mut conn).await, None);
+    // Not even TLS.
+    let mut tcp = TcpStream::connect(gw.rpc_addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut buf)).await.unwrap();
+    assert!(!String::from_utf8_lossy(&buf).contains("challenge"));
+    gateway_still_serves_its_driver(before).await;
+}
+
+#[tokio::test]
+async fn silent_clients_are_dropped_after_the_handshake_timeout() {
+    let gw = gateway();
+    let mut conn = connect(gw.rpc_addr, &gw.rpc_ca_pem).await;
+    // rpc.handshake_timeout is 3s in the test gateway.
+    let started = tokio::time::Instant::now();
+    assert_eq!(recv(&mut conn).await, None);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}
+
+/// A registry with one session whose secret the test knows, so the test can act as an honest
+/// driver and then try to replay what it sent.
+#[derive(Debug, Default)]
+struct KnownSecret {
+    attached: Mutex<Vec<u64>>,
+    failures: Mutex<Vec<String>>,
+}
+
+const SECRET: [u8; 32] = [42u8; 32];
+
+impl DriverRegistry for KnownSecret {
+    fn secret(&self, session_id: u32) -> Option<SessionSecret> {
+        (session_id == 7).then(|| SessionSecret::from_bytes(SECRET))
+    }
+    fn attach(&self, _session_id: u32, link: DriverLink) {
+        self.attached.lock().unwrap().push(link.conn_id);
+        link.send(ToDriver::Ping);
+    }
+    fn deliver(&self, _session_id: u32, _conn_id: u64, _msg: FromDriver) {}
+    fn detach(&self, _session_id: u32, _conn_id: u64) {}
+    fn auth_failed(&self, _peer: SocketAddr, _session_id: Option<u32>, reason: &str) {
+        self.failures.lock().unwrap().push(reason.to_string());
+    }
+}
+
+#[tokio::test]
+async fn mutual_handshake_and_replayed_proof() {
+    let pki = sparkgate::tls::generate_pki("test rpc CA", &["127.0.0.1".into()]).unwrap();
+    let tls = sparkgate::tls::server_config(&pki.server, &[]).unwrap();
+    let registry = Arc::new(KnownSecret::default());
+    let settings = RpcSettings {
+        max_frame_bytes: 1 << 20,
+        handshake_timeout: Duration::from_secs(5),
+        ping_interval: Duration::from_secs(30),
+    };
+    let server =
+        sparkgate::rpc::server::start("127.0.0.1:0".parse().unwrap(), tls, settings, registry.clone()).await.unwrap();
+    let secret = SessionSecret::from_bytes(SECRET);
+
+    // An honest driver: the gateway's answer proves it knows the secret too.
+    let mut conn = connect(server.local_addr, &pki.ca_pem).await;
+    let cn = fresh_nonce();
+    send(&mut conn, hello(7, &cn)).await;
+    let challenge = recv(&mut conn).await.unwrap();
+    let sn = challenge["server_nonce"].as_str().unwrap().to_string();
+    let proof = secret.mac(Role::Driver, 7, &cn, &sn);
+    send(&mut conn, json!({"type": "proof", "mac": proof})).await;
+    let ok = recv(&mut conn).await.unwrap();
+    assert_eq!(ok["type"], "ok");
+    assert!(secret.verify(Role::Gateway, 7, &cn, &sn, ok["mac"].as_str().unwrap()));
+    assert_eq!(recv(&mut conn).await.unwrap(), json!({"type": "ping"}), "messages flow after the handshake");
+    assert_eq!(registry.attached.lock().unwrap().len(), 1);
+
+    // An eavesdropper replays the same hello and proof on a new connection: the server's
+    // fresh nonce makes the old proof worthless.
+    let mut replay = connect(server.local_addr, &pki.ca_pem).await;
+    send(&mut replay, hello(7, &cn)).await;
+    let challenge2 = recv(&mut replay).await.unwrap();
+    assert_ne!(challenge2["server_nonce"].as_str().unwrap(), sn, "nonces are fresh");
+    send(&mut replay, json!({"type": "proof", "mac": proof})).await;
+    assert_eq!(recv(&mut replay).await, None);
+    assert_eq!(registry.attached.lock().unwrap().len(), 1);
+    assert!(registry.failures.lock().unwrap().iter().any(|f| f.contains("wrong proof")));
+
+    // A proof for another session id does not transfer either.
+    let mut other = connect(server.local_addr, &pki.ca_pem).await;
+    send(&mut other, hello(8, &cn)).await;
+    assert_eq!(recv(&mut other).await, None);
+    assert_eq!(server.stats.authenticated.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

@@ -1,0 +1,1 @@
+//! Real Spark sessions (local mode): statements in every interpreter, cancel, delete, death.

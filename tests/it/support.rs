@@ -1,0 +1,203 @@
+//! Test harness: gateways started on 127.0.0.1:0 in their own runtime threads (so tests with
+//! their own runtimes can share them), HTTPS clients trusting the generated dev CA, and
+//! helpers to wait for Spark sessions.
+
+use serde_json::Value;
+use sparkgate::config::{self, Sources};
+use sparkgate::engine::SessionManager;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// A gateway running in a background thread for the whole test run.
+pub struct TestGateway {
+    pub base: String,
+    pub ca_pem: Vec<u8>,
+    pub rpc_addr: std::net::SocketAddr,
+    pub rpc_ca_pem: String,
+    pub manager: Arc<SessionManager>,
+    pub data_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl TestGateway {
+    /// Starts a gateway with real Spark and `overrides` (section.key=value) on top of the test
+    /// defaults.
+    pub fn start(overrides: &[&str]) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let venv = repo_root().join(".venv");
+        let mut all: Vec<String> = vec![
+            "server.bind=\"127.0.0.1:0\"".into(),
+            format!("server.data_dir=\"{}\"", data_dir.display()),
+            "auth.dangerous_allow_anonymous=true".into(),
+            format!("spark.venv=\"{}\"", venv.display()),
+            "spark.conf.\"spark.driver.memory\"=\"768m\"".into(),
+            "spark.conf.\"spark.sql.shuffle.partitions\"=\"2\"".into(),
+            "spark.conf.\"spark.ui.showConsoleProgress\"=\"false\"".into(),
+            "sessions.check_interval=\"200ms\"".into(),
+            "sessions.shutdown_grace=\"3s\"".into(),
+            "rpc.handshake_timeout=\"3s\"".into(),
+        ];
+        all.extend(overrides.iter().map(|s| s.to_string()));
+        let cfg = config::load(&Sources { file: None, env: vec![], overrides: all }).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let gw = sparkgate::Gateway::start(cfg, sparkgate::StartOptions::default()).await;
+                let gw = match gw {
+                    Ok(gw) => gw,
+                    Err(e) => {
+                        tx.send(Err(e.to_string())).unwrap();
+                        return;
+                    }
+                };
+                tx.send(Ok((
+                    gw.addr,
+                    gw.dev_ca.clone().unwrap(),
+                    gw.rpc_addr,
+                    gw.rpc_ca_pem.clone(),
+                    gw.manager.clone(),
+                )))
+                .unwrap();
+                // Serve until the test process exits; then stop every session's processes.
+                std::future::pending::<()>().await;
+            });
+        });
+        let (addr, ca, rpc_addr, rpc_ca_pem, manager) = rx.recv().unwrap().expect("gateway start");
+        TestGateway {
+            base: format!("https://127.0.0.1:{}", addr.port()),
+            ca_pem: std::fs::read(ca).unwrap(),
+            rpc_addr,
+            rpc_ca_pem,
+            manager,
+            data_dir,
+            _dir: dir,
+        }
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&self.ca_pem).unwrap())
+            .tls_built_in_root_certs(false)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.client().get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self.client().post(self.url(path)).json(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = self
+            .client()
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = self.client().delete(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls a session until its state is one of `states`, or panics with its log after `limit`.
+    pub async fn wait_state(&self, id: u64, states: &[&str], limit: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (code, body) = self.get(&format!("/sessions/{id}/state")).await;
+            if code == 200 {
+                let state = body["state"].as_str().unwrap().to_string();
+                if states.contains(&state.as_str()) {
+                    return state;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                let (_, log) = self.get(&format!("/sessions/{id}/log?size=-1")).await;
+                panic!("session {id} did not reach {states:?} (last {code} {body}); log: {log:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Runs a statement and waits for its final form.
+    pub async fn run(&self, session: u64, kind: &str, code: &str) -> Value {
+        let (status, st) = self
+            .post(&format!("/sessions/{session}/statements"), serde_json::json!({"kind": kind, "code": code}))
+            .await;
+        assert_eq!(status, 201, "{st}");
+        self.wait_statement(session, st["id"].as_u64().unwrap(), Duration::from_secs(180)).await
+    }
+
+    pub async fn wait_statement(&self, session: u64, sid: u64, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (_, st) = self.get(&format!("/sessions/{session}/statements/{sid}")).await;
+            if matches!(st["state"].as_str(), Some("available" | "cancelled")) {
+                return st;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "statement {session}/{sid} did not finish: {st}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The gateway most tests share.
+pub fn gateway() -> &'static TestGateway {
+    static GW: OnceLock<TestGateway> = OnceLock::new();
+    GW.get_or_init(|| TestGateway::start(&[]))
+}
+
+/// A `shared`-kind Spark session on the shared gateway, created once and reused by the tests
+/// that only run statements in it.
+pub async fn shared_session() -> u64 {
+    static ID: tokio::sync::OnceCell<u64> = tokio::sync::OnceCell::const_new();
+    *ID.get_or_init(|| async {
+        let gw = gateway();
+        let (status, body) = gw.post("/sessions", serde_json::json!({"kind": "shared", "name": "shared-test"})).await;
+        assert_eq!(status, 201, "{body}");
+        let id = body["id"].as_u64().unwrap();
+        gw.wait_state(id, &["idle"], Duration::from_secs(240)).await;
+        id
+    })
+    .await
+}
+
+/// Pids of live (non-zombie) processes in process group `pgid`.
+pub fn processes_in_group(pgid: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 2 && f[0] != "Z" && f[2] == pgid.to_string() {
+            pids.push(pid);
+        }
+    }
+    pids
+}
