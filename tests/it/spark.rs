@@ -1,1 +1,243 @@
-//! Real Spark sessions (local mode): statements in every interpreter, cancel, delete, death.
+//! Real Spark sessions (local mode): statements in every interpreter with Livy's exact shapes,
+//! cancel that really stops work, delete and driver death leaving no process behind.
+//!
+//! Spark start-up costs a JVM and several seconds, so most tests share one `shared` session;
+//! the tests that change a session's life (cancel, delete, kill -9) have their own.
+
+use crate::support::{gateway, processes_in_group, shared_session, TestGateway};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const START: Duration = Duration::from_secs(240);
+
+fn text(st: &Value) -> &str {
+    st["output"]["data"]["text/plain"].as_str().unwrap_or_else(|| panic!("no text/plain in {st}"))
+}
+
+#[tokio::test]
+async fn pyspark_statements_have_livy_shapes() {
+    let gw = gateway();
+    let id = shared_session().await;
+    let st = gw.run(id, "pyspark", "1+1").await;
+    let keys: Vec<&str> = st.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["id", "code", "state", "output", "progress", "started", "completed"]);
+    assert_eq!(st["state"], "available");
+    assert_eq!(st["progress"], 1.0);
+    assert_eq!(st["output"], json!({"status": "ok", "execution_count": st["id"], "data": {"text/plain": "2"}}));
+    assert!(st["completed"].as_i64().unwrap() >= st["started"].as_i64().unwrap());
+
+    let st = gw.run(id, "pyspark", "print('hello')\nprint('world')").await;
+    assert_eq!(text(&st), "hello\nworld");
+
+    let st = gw.run(id, "pyspark", "1/0").await;
+    assert_eq!(st["state"], "available");
+    let out = &st["output"];
+    assert_eq!(out["status"], "error");
+    assert_eq!(out["ename"], "ZeroDivisionError");
+    assert_eq!(out["evalue"], "division by zero");
+    assert!(out["traceback"].is_array());
+
+    let st = gw.run(id, "pyspark", "spark.range(1000).selectExpr('sum(id) as s').collect()[0].s").await;
+    assert_eq!(text(&st), "499500");
+
+    gw.run(id, "pyspark", "j = {'a': [1, 2], 'b': None}\nt = [{'n': 1, 's': 'x'}, {'n': 2, 's': 'y'}]").await;
+    let st = gw.run(id, "pyspark", "%json j").await;
+    assert_eq!(st["output"]["data"]["application/json"], json!({"a": [1, 2], "b": null}), "{st}");
+    let st = gw.run(id, "pyspark", "%table t").await;
+    let table = &st["output"]["data"]["application/vnd.livy.table.v1+json"];
+    assert_eq!(table["data"], json!([[1, "x"], [2, "y"]]), "{st}");
+    let names: Vec<&str> = table["headers"].as_array().unwrap().iter().map(|h| h["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["n", "s"]);
+
+    let st = gw.run(id, "pyspark", "%nosuchmagic x").await;
+    assert_eq!(st["output"]["ename"], "UnknownMagic", "{st}");
+}
+
+#[tokio::test]
+async fn scala_statements_run_in_the_repl_and_reach_executors() {
+    let gw = gateway();
+    let id = shared_session().await;
+    let st = gw.run(id, "spark", "1+1").await;
+    assert_eq!(st["output"]["status"], "ok", "{st}");
+    assert!(text(&st).contains("Int = 2"), "{st}");
+    let st = gw.run(id, "scala", "println(\"from scala\")").await;
+    assert!(text(&st).contains("from scala"), "{st}");
+    // A closure defined in the REPL runs in tasks: the REPL's classes reach the executors.
+    let st = gw.run(id, "spark", "sc.parallelize(1 to 10).map(_ * 2).sum").await;
+    assert!(text(&st).contains("110.0"), "{st}");
+    let st = gw.run(id, "spark", "val broken: Int = \"text\"").await;
+    assert_eq!(st["output"]["status"], "error", "{st}");
+    assert_eq!(st["output"]["ename"], "Error");
+}
+
+#[tokio::test]
+async fn sql_statements_return_schema_and_rows() {
+    let gw = gateway();
+    let id = shared_session().await;
+    let st = gw.run(id, "sql", "select 1 as a, 'x' as b").await;
+    let data = &st["output"]["data"]["application/json"];
+    assert_eq!(data["data"], json!([[1, "x"]]), "{st}");
+    assert_eq!(data["schema"]["type"], "struct");
+    let fields: Vec<(&str, &str)> = data["schema"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap(), f["type"].as_str().unwrap()))
+        .collect();
+    assert_eq!(fields, [("a", "integer"), ("b", "string")]);
+    let st = gw.run(id, "sql", "select * from no_such_table").await;
+    assert_eq!(st["output"]["status"], "error");
+    assert_eq!(st["output"]["ename"], "Error");
+}
+
+#[tokio::test]
+async fn sparkr_without_r_is_a_clear_error() {
+    let gw = gateway();
+    let id = shared_session().await;
+    let st = gw.run(id, "sparkr", "1 + 1").await;
+    assert_eq!(st["output"]["status"], "error", "{st}");
+    assert!(st["output"]["evalue"].as_str().unwrap().contains("R"), "{st}");
+}
+
+#[tokio::test]
+async fn completion_for_python_and_scala() {
+    let gw = gateway();
+    let id = shared_session().await;
+    let path = format!("/sessions/{id}/completion");
+    let (status, body) = gw.post(&path, json!({"code": "spark.ran", "kind": "pyspark", "cursor": 9})).await;
+    assert_eq!(status, 200, "{body}");
+    let candidates: Vec<&str> = body["candidates"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert!(candidates.iter().any(|c| c.contains("range")), "{candidates:?}");
+    let (status, body) = gw.post(&path, json!({"code": "sc.paralle", "kind": "spark", "cursor": 10})).await;
+    assert_eq!(status, 200, "{body}");
+    let candidates: Vec<&str> = body["candidates"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert!(candidates.iter().any(|c| c.contains("parallelize")), "{candidates:?}");
+}
+
+#[tokio::test]
+async fn session_info_matches_livy() {
+    let gw = gateway();
+    let id = shared_session().await;
+    let (status, info) = gw.get(&format!("/sessions/{id}")).await;
+    assert_eq!(status, 200);
+    let keys: Vec<&str> = info.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "id", "name", "appId", "owner", "proxyUser", "state", "kind", "appInfo", "log", "ttl", "idleTimeout",
+            "driverMemory", "driverCores", "executorMemory", "executorCores", "conf", "archives", "files",
+            "heartbeatTimeoutInSecond", "jars", "numExecutors", "pyFiles", "queue"
+        ]
+    );
+    assert_eq!(info["kind"], "shared");
+    assert_eq!(info["owner"], "anonymous");
+    assert_eq!(info["name"], "shared-test");
+    assert_eq!(info["driverCores"], 0);
+    assert!(info["appId"].as_str().unwrap().starts_with("local-"), "{info}");
+    assert!(info["appInfo"]["sparkUiUrl"].as_str().unwrap().starts_with("http"), "{info}");
+    // By name too.
+    let (status, by_name) = gw.get("/sessions/shared-test").await;
+    assert_eq!((status, &by_name["id"]), (200, &info["id"]));
+    let (_, list) = gw.get("/sessions").await;
+    assert!(list["sessions"].as_array().unwrap().iter().any(|s| s["id"] == info["id"]));
+    // The log pages with from/size/total.
+    let (_, log) = gw.get(&format!("/sessions/{id}/log?from=0&size=3")).await;
+    assert_eq!(log["from"], 0);
+    assert!(log["total"].as_u64().unwrap() >= 3);
+    assert_eq!(log["log"].as_array().unwrap().len(), 3);
+    // Statements list, newest first with order=desc.
+    gw.run(id, "pyspark", "'listed'").await;
+    let (_, all) = gw.get(&format!("/sessions/{id}/statements?order=desc&size=1")).await;
+    assert!(all["total_statements"].as_u64().unwrap() >= 1);
+    assert_eq!(all["statements"].as_array().unwrap().len(), 1);
+}
+
+async fn wait_running(gw: &TestGateway, id: u64, sid: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, st) = gw.get(&format!("/sessions/{id}/statements/{sid}")).await;
+        if st["state"] == "running" {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ran: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Cancels a running statement and returns how long it took to end `cancelled`.
+async fn cancel_and_time(gw: &TestGateway, id: u64, code: &str) -> Duration {
+    let (status, st) = gw.post(&format!("/sessions/{id}/statements"), json!({"code": code})).await;
+    assert_eq!(status, 201);
+    let sid = st["id"].as_u64().unwrap();
+    wait_running(gw, id, sid).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // really inside the sleep / the job
+    let started = tokio::time::Instant::now();
+    let (status, body) = gw.post(&format!("/sessions/{id}/statements/{sid}/cancel"), json!({})).await;
+    assert_eq!((status, body), (200, json!({"msg": "canceled"})));
+    let st = gw.wait_statement(id, sid, Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    assert_eq!(st["state"], "cancelled", "{st}");
+    took
+}
+
+#[tokio::test]
+async fn cancel_really_stops_work_then_delete_leaves_no_process() {
+    let gw = gateway();
+    let (status, body) = gw.post("/sessions", json!({"kind": "pyspark"})).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_u64().unwrap();
+    // A statement posted while the session is still starting is queued, not refused.
+    let (status, early) = gw.post(&format!("/sessions/{id}/statements"), json!({"code": "6 * 7"})).await;
+    assert_eq!(status, 201, "{early}");
+    assert_eq!(early["state"], "waiting");
+    assert_eq!(early["output"], Value::Null);
+    let early = gw.wait_statement(id, early["id"].as_u64().unwrap(), START).await;
+    assert_eq!(text(&early), "42");
+
+    // Plain Python code (Livy cannot stop this).
+    let took = cancel_and_time(gw, id, "import time\ntime.sleep(600)").await;
+    assert!(took < Duration::from_secs(2), "cancel of time.sleep took {took:?}");
+    gw.wait_state(id, &["idle"], Duration::from_secs(5)).await;
+    // A long Spark job.
+    let job = "sc.parallelize(range(100000), 2).map(lambda x: __import__('time').sleep(0.01) or x).count()";
+    let took = cancel_and_time(gw, id, job).await;
+    assert!(took < Duration::from_secs(2), "cancel of a Spark job took {took:?}");
+    gw.wait_state(id, &["idle"], Duration::from_secs(5)).await;
+    // The session is healthy afterwards, Spark included.
+    let st = gw.run(id, "pyspark", "sc.parallelize(range(10)).sum()").await;
+    assert_eq!(text(&st), "45");
+
+    let pgid = gw.manager.get(&id.to_string()).unwrap().process().unwrap().pgid;
+    assert!(processes_in_group(pgid).len() >= 2, "the JVM and the Python driver run in the session's group");
+    let (status, body) = gw.delete(&format!("/sessions/{id}")).await;
+    assert_eq!((status, body), (200, json!({"msg": "deleted"})));
+    assert_eq!(processes_in_group(pgid), Vec::<i32>::new(), "no process of a deleted session survives");
+    assert_eq!(gw.get(&format!("/sessions/{id}")).await.0, 404);
+}
+
+#[tokio::test]
+async fn a_killed_driver_jvm_makes_the_session_dead_with_the_reason() {
+    let gw = gateway();
+    let (status, body) = gw.post("/sessions", json!({"kind": "pyspark", "name": "doomed"})).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_u64().unwrap();
+    gw.wait_state(id, &["idle"], START).await;
+    let st = gw.run(id, "pyspark", "'alive'").await;
+    assert_eq!(text(&st), "'alive'");
+    let pgid = gw.manager.get(&id.to_string()).unwrap().process().unwrap().pgid;
+    // spark-submit execs the JVM, so the group leader is the driver JVM itself.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let killed_at = tokio::time::Instant::now();
+    gw.wait_state(id, &["dead"], Duration::from_secs(10)).await;
+    assert!(killed_at.elapsed() < Duration::from_secs(10));
+    let (_, log) = gw.get(&format!("/sessions/{id}/log?size=-1")).await;
+    let log = log["log"].to_string();
+    assert!(log.contains("status 137"), "{log}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !processes_in_group(pgid).is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "left behind: {:?}", processes_in_group(pgid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = gw.post(&format!("/sessions/{id}/statements"), json!({"code": "1"})).await;
+    assert_eq!(status, 409);
+}
