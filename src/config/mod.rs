@@ -194,7 +194,7 @@ impl Default for SessionsConfig {
             log_tail_lines: 1000,
             shutdown_grace: "5s".into(),
             check_interval: "1s".into(),
-            completion_timeout: "10s".into(),
+            completion_timeout: "30s".into(),
         }
     }
 }

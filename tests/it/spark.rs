@@ -124,9 +124,29 @@ async fn session_info_matches_livy() {
     assert_eq!(
         keys,
         [
-            "id", "name", "appId", "owner", "proxyUser", "state", "kind", "appInfo", "log", "ttl", "idleTimeout",
-            "driverMemory", "driverCores", "executorMemory", "executorCores", "conf", "archives", "files",
-            "heartbeatTimeoutInSecond", "jars", "numExecutors", "pyFiles", "queue"
+            "id",
+            "name",
+            "appId",
+            "owner",
+            "proxyUser",
+            "state",
+            "kind",
+            "appInfo",
+            "log",
+            "ttl",
+            "idleTimeout",
+            "driverMemory",
+            "driverCores",
+            "executorMemory",
+            "executorCores",
+            "conf",
+            "archives",
+            "files",
+            "heartbeatTimeoutInSecond",
+            "jars",
+            "numExecutors",
+            "pyFiles",
+            "queue"
         ]
     );
     assert_eq!(info["kind"], "shared");
