@@ -64,6 +64,8 @@ PROGRESS_INTERVAL_SECS = 0.25
 CANCEL_RETRY_INTERVAL_SECS = 0.1
 CANCEL_FORCE_TIMEOUT_SECS = 30.0
 MAX_COMPLETIONS = 1000
+SCALA_SIGNAL_AFTER_SECS = 1.0   # give an interrupted REPL thread this long before abandoning it
+ABANDONED_GRACE_SECS = 2.0
 MAX_ERROR_MESSAGE_CHARS = 4000
 
 # User code may replace sys.stdout/sys.stderr; diagnostics always go to the real stderr.
@@ -547,7 +549,12 @@ def describe_error(exc):
     jexc = getattr(exc, "java_exception", None) or getattr(exc, "_origin", None)
     if jexc is not None:
         try:
-            return short(jexc.toString(), 2000)
+            parts = [jexc.toString()]
+            cause = jexc.getCause()
+            while cause is not None and len(parts) < 4:  # the root cause is often the useful bit
+                parts.append(cause.toString())
+                cause = cause.getCause()
+            return short("; caused by: ".join(parts), 2000)
         except Exception:
             pass
     return short("%s: %s" % (type(exc).__name__, exc), 2000)
@@ -727,7 +734,7 @@ class ScalaInterpreter:
                 self.ensure_started()
             except ScalaStartError as e:
                 return error_body("InterpreterError", "Fail to start interpreter", [str(e)])
-            self._wait_for_abandoned()
+            self.reap_abandoned()
             jvm = self.jvm
             thread = jvm.java.lang.Thread.currentThread()
             jvm.java.lang.Thread.interrupted()  # clear a flag left by an earlier cancel
@@ -751,12 +758,17 @@ class ScalaInterpreter:
                     except Exception:
                         pass
 
-    def _wait_for_abandoned(self):
-        """IMain must not run two requests at once: wait for a cancelled one to unwind."""
+    def reap_abandoned(self, grace=ABANDONED_GRACE_SECS):
+        """IMain must not run two requests at once: wait for a cancelled one to unwind.
+
+        The JVM thread was interrupted and its Spark jobs cancelled; code that ignores
+        both (a busy loop) is stopped with Thread.stop, the last resort that Java 17 still
+        offers, so the REPL stays usable and the cores are freed.
+        """
         thread = self.abandoned_thread
         if thread is None:
             return
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + grace
         stopped = False
         while thread.isAlive():
             if time.monotonic() > deadline:
@@ -764,13 +776,14 @@ class ScalaInterpreter:
                     raise RuntimeError("the Scala interpreter is still busy with a cancelled statement")
                 log("the cancelled Scala statement is still running; stopping its thread")
                 try:
-                    thread.stop()  # last resort for runaway REPL code (works on Java 17)
+                    thread.stop()
                 except Exception as e:
                     log("Thread.stop failed: %s" % short(e, 200))
                 stopped = True
                 deadline = time.monotonic() + 5.0
             time.sleep(0.1)
-        self.abandoned_thread = None
+        if self.abandoned_thread is thread:
+            self.abandoned_thread = None
 
     def _execute_lines(self, lines):
         """Livy's executeLines: line by line, joining lines while the code is incomplete."""
@@ -1099,8 +1112,13 @@ class Link:
 
     def _dial(self):
         conf = self.conf
+        # Trust exactly ca_pem (no system roots) and check rpc_server_name against it.
         context = ssl.create_default_context(cadata=conf.ca_pem)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        # ca_pem may be the gateway's own leaf certificate: let it anchor the chain, and do
+        # not apply Python 3.13's RFC 5280 strictness to a certificate we pin explicitly.
+        context.verify_flags |= getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0)
+        context.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
         raw = socket.create_connection((conf.rpc_host, conf.rpc_port), timeout=DIAL_TIMEOUT_SECS)
         try:
             sock = context.wrap_socket(raw, server_hostname=conf.rpc_server_name)
@@ -1484,7 +1502,7 @@ class Driver:
         # Scala runs inside the JVM: interrupt its thread and let IMain unwind normally;
         # abandoning the call from Python is only the fallback.
         jvm_interrupted = kind == "scala" and scala is not None and scala.interrupt()
-        signal_after = 1.5 if jvm_interrupted else 0.0
+        signal_after = SCALA_SIGNAL_AFTER_SECS if jvm_interrupted else 0.0
         started = time.monotonic()
         last_signal = None
         while self.current == sid and time.monotonic() - started < CANCEL_FORCE_TIMEOUT_SECS:
@@ -1497,6 +1515,11 @@ class Driver:
                 self._cancel_jobs(sid)  # jobs started after the first cancel (like Livy's loop)
         if self.current == sid:
             log("statement %d did not stop within %d s" % (sid, CANCEL_FORCE_TIMEOUT_SECS))
+        elif kind == "scala" and scala is not None:
+            try:
+                scala.reap_abandoned()
+            except Exception as e:
+                log("could not stop the cancelled Scala statement: %s" % short(e, 200))
 
     # -- progress ---------------------------------------------------------------
 

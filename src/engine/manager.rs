@@ -347,6 +347,16 @@ impl SessionManager {
     }
 }
 
+#[cfg(test)]
+impl SessionManager {
+    /// Registers a session without launching anything (unit tests drive it by hand).
+    pub(crate) fn insert_for_test(&self, session: Arc<Session>) {
+        let mut reg = self.lock();
+        reg.next_id = reg.next_id.max(session.id + 1);
+        reg.by_id.insert(session.id, session);
+    }
+}
+
 impl DriverRegistry for SessionManager {
     fn secret(&self, session_id: u32) -> Option<SessionSecret> {
         let session = self.lock().by_id.get(&session_id).cloned()?;
@@ -377,3 +387,6 @@ impl DriverRegistry for SessionManager {
         tracing::warn!(%peer, session_id, reason, "driver RPC authentication failed");
     }
 }
+
+#[cfg(test)]
+mod tests;

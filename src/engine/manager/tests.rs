@@ -1,0 +1,196 @@
+use super::*;
+use crate::config::{self, Sources};
+use crate::engine::kind::{CodeKind, SessionKind};
+use crate::engine::session::SessionSpec;
+use crate::rpc::ToDriver;
+use tokio::sync::mpsc;
+
+fn manager(overrides: &[&str]) -> (Arc<SessionManager>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = vec![format!("server.data_dir=\"{}\"", dir.path().display())];
+    all.extend(overrides.iter().map(|s| s.to_string()));
+    let cfg = config::load(&Sources { file: None, env: vec![], overrides: all }).unwrap();
+    (SessionManager::new(Arc::new(cfg), None, PathBuf::from("driver.py")), dir)
+}
+
+fn spec() -> SessionSpec {
+    SessionSpec {
+        owner: "alice".into(),
+        proxy_user: None,
+        kind: SessionKind::PySpark,
+        name: None,
+        jars: vec![],
+        py_files: vec![],
+        files: vec![],
+        archives: vec![],
+        driver_memory: None,
+        driver_cores: None,
+        executor_memory: None,
+        executor_cores: None,
+        num_executors: None,
+        queue: None,
+        conf: BTreeMap::new(),
+        heartbeat_timeout_secs: 0,
+        ttl: None,
+        idle_timeout: None,
+    }
+}
+
+/// A session registered with the manager, with a fake driver link, already idle.
+fn idle_session(
+    m: &SessionManager,
+    id: u32,
+    limits: SessionLimits,
+) -> (Arc<Session>, mpsc::UnboundedReceiver<ToDriver>) {
+    let s =
+        Arc::new(Session::new(id, spec(), limits, SessionSecret::generate(), LogBuffer::new(50, None), PathBuf::new()));
+    s.transition(SessionState::Starting).unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    s.attach(DriverLink::for_test(1, tx));
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    m.insert_for_test(s.clone());
+    (s, rx)
+}
+
+fn limits() -> SessionLimits {
+    SessionLimits { idle_timeout: None, ttl: None, heartbeat_timeout: None, statement_retention: 100 }
+}
+
+/// Lets the stop tasks spawned by the checker run.
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_never_kills_a_busy_session() {
+    let (m, _dir) = manager(&["sessions.shutdown_grace=\"1s\""]);
+    let l = SessionLimits { idle_timeout: Some(Duration::from_secs(60)), ..limits() };
+    let (busy, _rx1) = idle_session(&m, 0, l);
+    let (idle, _rx2) = idle_session(&m, 1, l);
+    busy.submit("import time; time.sleep(3600)".into(), CodeKind::PySpark).unwrap();
+    assert_eq!(busy.state(), SessionState::Busy);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    m.check_timeouts().await;
+    settle().await;
+    assert_eq!(idle.state(), SessionState::Killed);
+    assert!(idle.log.snapshot().iter().any(|l| l.contains("idle")));
+    assert_eq!(busy.state(), SessionState::Busy, "a busy session is not idle");
+}
+
+#[tokio::test(start_paused = true)]
+async fn activity_postpones_the_idle_timeout() {
+    let (m, _dir) = manager(&[]);
+    let l = SessionLimits { idle_timeout: Some(Duration::from_secs(60)), ..limits() };
+    let (s, _rx) = idle_session(&m, 0, l);
+    tokio::time::advance(Duration::from_secs(40)).await;
+    s.record_activity();
+    tokio::time::advance(Duration::from_secs(40)).await;
+    m.check_timeouts().await;
+    settle().await;
+    assert_eq!(s.state(), SessionState::Idle);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttl_ends_even_a_busy_session() {
+    let (m, _dir) = manager(&["sessions.shutdown_grace=\"1s\""]);
+    let l = SessionLimits { ttl: Some(Duration::from_secs(30)), ..limits() };
+    let (s, mut rx) = idle_session(&m, 0, l);
+    s.submit("work".into(), CodeKind::PySpark).unwrap();
+    tokio::time::advance(Duration::from_secs(31)).await;
+    m.check_timeouts().await;
+    settle().await;
+    assert_eq!(s.state(), SessionState::Killed);
+    // The driver was asked to shut down, and the running statement ended visibly.
+    let mut saw_shutdown = false;
+    while let Ok(msg) = rx.try_recv() {
+        saw_shutdown |= msg == ToDriver::Shutdown;
+    }
+    assert!(saw_shutdown);
+    assert_eq!(s.statement(0).unwrap().output.unwrap()["status"], "error");
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeat_timeout_deletes_the_session() {
+    let (m, _dir) = manager(&[]);
+    let l = SessionLimits { heartbeat_timeout: Some(Duration::from_secs(10)), ..limits() };
+    let (s, _rx) = idle_session(&m, 0, l);
+    tokio::time::advance(Duration::from_secs(6)).await;
+    s.heartbeat();
+    tokio::time::advance(Duration::from_secs(6)).await;
+    m.check_timeouts().await;
+    settle().await;
+    assert_eq!(s.state(), SessionState::Idle, "a heartbeat came in time");
+    tokio::time::advance(Duration::from_secs(11)).await;
+    m.check_timeouts().await;
+    settle().await;
+    assert!(matches!(m.get("0"), Err(EngineError::SessionNotFound(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_driver_that_does_not_return_makes_the_session_dead() {
+    let (m, _dir) = manager(&["rpc.reconnect_window=\"20s\""]);
+    let (s, _rx) = idle_session(&m, 0, limits());
+    s.detach(1);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    m.check_timeouts().await;
+    settle().await;
+    assert_eq!(s.state(), SessionState::Idle, "still inside the reconnect window");
+    tokio::time::advance(Duration::from_secs(11)).await;
+    m.check_timeouts().await;
+    settle().await;
+    assert_eq!(s.state(), SessionState::Dead);
+    assert!(s.log.snapshot().iter().any(|l| l.contains("not re-established")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_timeout_and_retention() {
+    let (m, _dir) = manager(&["sessions.start_timeout=\"30s\"", "sessions.retain_finished=\"60s\""]);
+    let s = Arc::new(Session::new(
+        0,
+        spec(),
+        limits(),
+        SessionSecret::generate(),
+        LogBuffer::new(50, None),
+        PathBuf::new(),
+    ));
+    s.transition(SessionState::Starting).unwrap();
+    m.insert_for_test(s.clone());
+    tokio::time::advance(Duration::from_secs(31)).await;
+    m.check_timeouts().await;
+    settle().await;
+    assert_eq!(s.state(), SessionState::Dead);
+    assert!(m.get("0").is_ok(), "finished sessions stay visible for a while");
+    tokio::time::advance(Duration::from_secs(61)).await;
+    m.check_timeouts().await;
+    assert!(m.get("0").is_err(), "…and are collected after the retention time");
+}
+
+#[tokio::test]
+async fn sessions_are_found_by_id_or_name_and_caps_are_enforced() {
+    let (m, _dir) = manager(&["sessions.max_sessions=2", "sessions.max_concurrent_launches=5"]);
+    m.set_rpc_endpoint(RpcEndpoint {
+        host: "127.0.0.1".into(),
+        port: 1,
+        server_name: "127.0.0.1".into(),
+        ca_pem: String::new(),
+    });
+    let (a, _rxa) = idle_session(&m, 0, limits());
+    let (_b, _rxb) = idle_session(&m, 1, limits());
+    assert_eq!(m.get("0").unwrap().id, a.id);
+    assert!(m.get("nobody").is_err());
+    let err = m.create(spec()).unwrap_err();
+    assert!(matches!(err, EngineError::TooManySessions { limit: 2 }), "{err}");
+    // Finished sessions do not count.
+    a.finish(SessionState::Killed, "test");
+    let created = m.create(SessionSpec { name: Some("etl".into()), ..spec() }).unwrap();
+    // Without Spark the launch fails visibly: the session is dead with the reason in its log.
+    assert_eq!(created.state(), SessionState::Dead);
+    assert!(created.log.snapshot().iter().any(|l| l.contains("Spark is not configured")));
+    assert_eq!(m.get("etl").unwrap().id, created.id);
+    let dup = m.create(SessionSpec { name: Some("etl".into()), ..spec() }).unwrap_err();
+    assert!(matches!(dup, EngineError::DuplicateName(_)));
+    let bad = m.create(SessionSpec { ttl: Some("soon".into()), ..spec() }).unwrap_err();
+    assert!(bad.to_string().contains("ttl"));
+}
