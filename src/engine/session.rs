@@ -446,6 +446,16 @@ impl Session {
         }
     }
 
+    /// Closes the driver connection from the gateway's side (the driver redials and re-sends
+    /// what it has not had acknowledged). Used to recover a wedged connection, and by tests.
+    pub fn drop_driver_connection(&self) -> bool {
+        let mut inner = self.lock();
+        let Some(link) = inner.driver.take() else { return false };
+        inner.disconnected_since = Some(Instant::now());
+        drop(link); // the connection's writer sees its channel close and ends the connection
+        true
+    }
+
     /// Whether a driver is connected.
     pub fn driver_connected(&self) -> bool {
         self.lock().driver.is_some()

@@ -261,3 +261,37 @@ async fn a_killed_driver_jvm_makes_the_session_dead_with_the_reason() {
     let (status, _) = gw.post(&format!("/sessions/{id}/statements"), json!({"code": "1"})).await;
     assert_eq!(status, 409);
 }
+
+#[tokio::test]
+async fn results_survive_a_dropped_driver_connection_and_idle_timeout_spares_busy_sessions() {
+    let gw = gateway();
+    let (status, body) = gw.post("/sessions", json!({"kind": "pyspark", "idleTimeout": "5s"})).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_u64().unwrap();
+    gw.wait_state(id, &["idle"], START).await;
+    let pgid = gw.manager.get(&id.to_string()).unwrap().process().unwrap().pgid;
+
+    // Busy for longer than the idle timeout, and the connection drops in the middle.
+    let (status, st) =
+        gw.post(&format!("/sessions/{id}/statements"), json!({"code": "import time\ntime.sleep(8)\n6 * 7"})).await;
+    assert_eq!(status, 201);
+    let sid = st["id"].as_u64().unwrap();
+    wait_running(gw, id, sid).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let session = gw.manager.get(&id.to_string()).unwrap();
+    assert!(session.drop_driver_connection());
+    let st = gw.wait_statement(id, sid, Duration::from_secs(60)).await;
+    assert_eq!(text(&st), "42", "the result was re-sent after the reconnect: {st}");
+    assert!(session.driver_connected(), "the driver dialled back");
+
+    // Now idle: stopped after the idle timeout, with the reason, and nothing left running.
+    let state = gw.wait_state(id, &["killed", "dead"], Duration::from_secs(30)).await;
+    assert_eq!(state, "killed");
+    let (_, log) = gw.get(&format!("/sessions/{id}/log?size=-1")).await;
+    assert!(log["log"].to_string().contains("idle"), "{log}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !processes_in_group(pgid).is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "left behind: {:?}", processes_in_group(pgid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
