@@ -400,10 +400,12 @@ class PythonInterpreter:
             except BaseException as e:  # SystemExit, user KeyboardInterrupt, ... are errors too
                 return format_python_error(type(e), e, e.__traceback__)
             data = dict(result or {})
+            magic_text = "text/plain" in data
             text = data.pop("text/plain", "") + out.getvalue() + err.getvalue()
             text = text.rstrip()
-            # Like Livy: text/plain only if there is text or no other mime type.
-            if text or not data:
+            # Like Livy: text/plain only if there is text or no other mime type
+            # (or a magic asked for it: %matplot answers {"image/png": ..., "text/plain": ""}).
+            if text or not data or magic_text:
                 data["text/plain"] = text
             return ok_body(data)
         finally:
@@ -432,7 +434,8 @@ class PythonInterpreter:
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError, OverflowError, RecursionError):
-            raise _MagicError(error_body("ValueError", short("cannot json-ify %r" % (value,), 500), []))
+            message = short("cannot json-ify %r" % (value,), 500)
+            raise _MagicError(error_body("ValueError", message, []))
         return {"application/json": value}
 
     def _magic_table(self, rest):
@@ -506,7 +509,7 @@ class PythonInterpreter:
             if match is None:
                 break
             state += 1
-            # Return bare names like the Scala completer does ("parallelize", not "sc.parallelize(").
+            # Bare names like the Scala completer gives ("parallelize", not "sc.parallelize(").
             name = match.rstrip("(: ").rsplit(".", 1)[-1]
             if name and name not in seen:
                 seen.add(name)
@@ -530,7 +533,8 @@ def _java_error_parts(exc):
             try:
                 message = jexc.getMessage()
                 from pyspark import SparkContext
-                stack = getattr(SparkContext._jvm, "org.apache.spark.util.Utils").exceptionString(jexc)
+                utils = getattr(SparkContext._jvm, "org.apache.spark.util.Utils")
+                stack = utils.exceptionString(jexc)
             except Exception:
                 pass
     if message is None:
@@ -567,8 +571,8 @@ def _sql_value(value):
     if isinstance(value, float):
         return json_safe(value)
     if isinstance(value, decimal.Decimal):
-        if value.is_finite() and value == value.to_integral_value() and value.as_tuple().exponent >= 0:
-            return int(value)
+        if value.is_finite() and value.as_tuple().exponent >= 0:
+            return int(value)  # an integral decimal such as decimal(10,0)
         return json_safe(float(value))
     if isinstance(value, datetime.datetime):
         # json4s DefaultFormats: UTC, millisecond precision, 'Z' suffix.
@@ -638,6 +642,7 @@ class ScalaInterpreter:
         self.pending_jars = []
         self.exec_thread = None      # JVM thread running the current statement
         self.abandoned_thread = None  # JVM thread still running a cancelled statement
+        self.starting_async = False
 
     # -- start-up ---------------------------------------------------------
 
@@ -663,6 +668,20 @@ class ScalaInterpreter:
                 raise ScalaStartError(self.start_error)
             log("Scala interpreter started in %.1f s" % (time.monotonic() - started))
 
+    def start_async(self):
+        """Build the REPL in the background (it takes several seconds)."""
+        with self.lock:
+            if self.intp is not None or self.start_error is not None or self.starting_async:
+                return
+            self.starting_async = True
+
+        def run():
+            try:
+                self.ensure_started()
+            except Exception as e:
+                log("Scala interpreter failed to start: %s" % short(e, 300))
+        threading.Thread(target=run, name="sparkgate-scala-init", daemon=True).start()
+
     def _start(self):
         jvm = self.jvm
         os.makedirs(self.repl_class_dir, exist_ok=True)
@@ -682,7 +701,7 @@ class ScalaInterpreter:
         if not intp.initializeCompiler():
             writer.flush()
             raise RuntimeError("the Scala compiler failed to initialise: " + out.toString("UTF-8"))
-        self.out, self.writer, self.stream, self.intp_candidate = out, writer, stream, intp
+        self.out, self.writer, self.stream = out, writer, stream
 
         transient = self._scala_list(["@transient"])
         jspark = self.spark._jsparkSession
@@ -711,7 +730,10 @@ class ScalaInterpreter:
         # Jars from --jars / spark.jars and from add_file before the REPL existed.
         jars = [j for j in self.sc.getConf().get("spark.jars", "").split(",") if j]
         for jar in jars + self.pending_jars:
-            self._add_jar_to_repl(jar)
+            try:
+                self._add_jar_to_repl(jar)
+            except Exception as e:
+                log("could not add %s to the Scala REPL: %s" % (jar, describe_error(e)))
         self.pending_jars = []
         self._read_output(out)  # drop the bind/import echo
 
@@ -773,7 +795,8 @@ class ScalaInterpreter:
         while thread.isAlive():
             if time.monotonic() > deadline:
                 if stopped:
-                    raise RuntimeError("the Scala interpreter is still busy with a cancelled statement")
+                    raise RuntimeError(
+                        "the Scala interpreter is still busy with a cancelled statement")
                 log("the cancelled Scala statement is still running; stopping its thread")
                 try:
                     thread.stop()
@@ -932,10 +955,13 @@ class ScalaInterpreter:
             return False
 
     def complete(self, code, cursor):
+        if self.intp is None:
+            # Do not keep the gateway waiting for the REPL to start; it will be ready later.
+            self.start_async()
+            return []
         if not self.lock.acquire(timeout=5.0):
             return []  # a statement holds the REPL
         try:
-            self.ensure_started()
             jvm = self.jvm
             shell = jvm.scala.tools.nsc.interpreter.shell
             completer = shell.ReplCompletion(self.intp, shell.Accumulator())
@@ -1369,11 +1395,16 @@ class Driver:
 
     def serve_statements(self):
         while True:
+            sid, kind, code = self.statements.get()  # the SIGINT handler is inert while idle
             try:
-                sid, kind, code = self.statements.get()
                 self._run_statement(sid, kind, code)
             except StatementCancelled:
-                log("ignoring a late cancellation signal")
+                # The signal landed outside the guarded window: still answer the statement.
+                log("late cancellation signal for statement %d" % sid)
+                self.exec_sid = None
+                with self.lock:
+                    if sid not in self.results:
+                        self._finish(sid, "cancelled", cancelled_body())
 
     def _run_statement(self, sid, kind, code):
         with self.lock:
@@ -1477,9 +1508,12 @@ class Driver:
             raise StatementCancelled()
 
     def _interrupt_main(self, sid):
+        """SIGINT the main thread if it is inside statement sid; True if signalled."""
         with self.lock:
             if self.current == sid and self.exec_sid == sid:
                 signal.pthread_kill(self.main_ident, signal.SIGINT)
+                return True
+            return False
 
     def _cancel_jobs(self, sid):
         try:
@@ -1508,8 +1542,8 @@ class Driver:
         while self.current == sid and time.monotonic() - started < CANCEL_FORCE_TIMEOUT_SECS:
             elapsed = time.monotonic() - started
             if elapsed >= signal_after and (last_signal is None or elapsed - last_signal >= 1.0):
-                self._interrupt_main(sid)
-                last_signal = elapsed
+                if self._interrupt_main(sid):
+                    last_signal = elapsed
             time.sleep(CANCEL_RETRY_INTERVAL_SECS)
             if self.current == sid:
                 self._cancel_jobs(sid)  # jobs started after the first cancel (like Livy's loop)
@@ -1641,15 +1675,8 @@ class Driver:
     def prewarm_scala(self):
         """Scala sessions: build the REPL in the background so the first statement is quick."""
         scala = self.interpreters.get("scala")
-        if scala is None:
-            return
-
-        def warm():
-            try:
-                scala.ensure_started()
-            except Exception as e:
-                log("Scala interpreter failed to start: %s" % short(e, 300))
-        threading.Thread(target=warm, name="sparkgate-scala-init", daemon=True).start()
+        if scala is not None:
+            scala.start_async()
 
 
 class _Py4jNoiseFilter(logging.Filter):
