@@ -62,6 +62,12 @@ BACKOFF_START_SECS = 0.2
 BACKOFF_MAX_SECS = 2.0
 PROGRESS_INTERVAL_SECS = 0.25
 CANCEL_RETRY_INTERVAL_SECS = 0.1
+# How long the Scala completer waits for a running statement or the REPL's start-up.
+COMPLETION_WAIT_SECS = 25.0
+# After a statement was cancelled, its job group is watched this long: a job that reached the
+# scheduler only after the cancel (the Python side was interrupted while the JVM was still
+# submitting it) is cancelled as soon as it shows up instead of holding the cores.
+CANCELLED_GROUP_WATCH_SECS = 60.0
 CANCEL_FORCE_TIMEOUT_SECS = 30.0
 MAX_COMPLETIONS = 1000
 SCALA_SIGNAL_AFTER_SECS = 1.0   # give an interrupted REPL thread this long before abandoning it
@@ -955,13 +961,15 @@ class ScalaInterpreter:
             return False
 
     def complete(self, code, cursor):
-        if self.intp is None:
-            # Do not keep the gateway waiting for the REPL to start; it will be ready later.
-            self.start_async()
+        # The first completion may have to start the REPL (several seconds); the gateway
+        # waits for it up to its completion timeout. A running statement holds the lock.
+        if not self.lock.acquire(timeout=COMPLETION_WAIT_SECS):
             return []
-        if not self.lock.acquire(timeout=5.0):
-            return []  # a statement holds the REPL
         try:
+            try:
+                self.ensure_started()
+            except ScalaStartError:
+                return []
             jvm = self.jvm
             shell = jvm.scala.tools.nsc.interpreter.shell
             completer = shell.ReplCompletion(self.intp, shell.Accumulator())
@@ -1282,6 +1290,7 @@ class Driver:
         self.current_progress = 0.0
         self.exec_sid = None           # set while user code runs: SIGINT may interrupt it
         self.cancel_target = None      # id whose cancellation SIGINT should raise
+        self.cancelled_groups = {}     # statement id -> watch deadline (see _reap_cancelled)
         self.statements = queue.Queue()
         self.control = queue.Queue()
         self.spark_ready = threading.Event()
@@ -1531,6 +1540,8 @@ class Driver:
             self.cancel_target = sid
             kind = self.current_kind
         log("cancelling statement %d" % sid)
+        with self.lock:
+            self.cancelled_groups[sid] = time.monotonic() + CANCELLED_GROUP_WATCH_SECS
         self._cancel_jobs(sid)
         scala = self.interpreters.get("scala")
         # Scala runs inside the JVM: interrupt its thread and let IMain unwind normally;
@@ -1557,9 +1568,34 @@ class Driver:
 
     # -- progress ---------------------------------------------------------------
 
+    def _reap_cancelled(self):
+        """Cancels jobs of cancelled statements that reached the scheduler after the cancel."""
+        now = time.monotonic()
+        with self.lock:
+            watched = [(sid, deadline) for sid, deadline in self.cancelled_groups.items()]
+        for sid, deadline in watched:
+            if now > deadline:
+                with self.lock:
+                    self.cancelled_groups.pop(sid, None)
+                continue
+            if sid == self.current:
+                continue  # the cancel loop itself is still at work
+            try:
+                tracker = self.sc.statusTracker()
+                for job_id in tracker.getJobIdsForGroup(str(sid)):
+                    job = tracker.getJobInfo(job_id)
+                    if job is not None and job.status == "RUNNING":
+                        log("cancelling a late job %d of cancelled statement %d" % (job_id, sid))
+                        self._cancel_jobs(sid)
+                        break
+            except Exception:
+                continue
+
     def _progress_loop(self):
         while True:
             time.sleep(PROGRESS_INTERVAL_SECS)
+            if self.cancelled_groups and self.sc is not None:
+                self._reap_cancelled()
             sid = self.current
             if sid is None or self.sc is None:
                 continue
