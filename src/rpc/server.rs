@@ -245,60 +245,73 @@ fn kind_of(msg: &FromDriver) -> &'static str {
     }
 }
 
-/// Moves messages both ways until either side closes; returns why it ended.
-async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
+/// Moves messages both ways until either side closes; returns why it ended. Reading and
+/// writing run concurrently, so a large frame in one direction never blocks the other.
+async fn pump<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     framed: Framed<S, LengthDelimitedCodec>,
-    mut rx: mpsc::UnboundedReceiver<ToDriver>,
+    rx: mpsc::UnboundedReceiver<ToDriver>,
     settings: &RpcSettings,
     session_id: u32,
     conn_id: u64,
     registry: &dyn DriverRegistry,
 ) -> String {
-    let (mut sink, mut stream) = framed.split();
-    let mut ping = tokio::time::interval(settings.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = tokio::time::Instant::now();
+    let (sink, stream) = framed.split();
+    let mut writer = tokio::spawn(write_loop(sink, rx, settings.ping_interval));
+    let reason = tokio::select! {
+        reason = read_loop(stream, settings.ping_interval * 3, session_id, conn_id, registry) => reason,
+        reason = &mut writer => reason.unwrap_or_else(|e| format!("writer failed: {e}")),
+    };
+    writer.abort();
+    reason
+}
+
+async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: futures_util::stream::SplitStream<Framed<S, LengthDelimitedCodec>>,
+    silence_limit: std::time::Duration,
+    session_id: u32,
+    conn_id: u64,
+    registry: &dyn DriverRegistry,
+) -> String {
     loop {
-        tokio::select! {
-            frame = stream.next() => {
-                let frame = match frame {
-                    None => return "closed by the driver".into(),
-                    Some(Err(e)) => return format!("frame error: {e}"),
-                    Some(Ok(frame)) => frame,
-                };
-                last_heard = tokio::time::Instant::now();
-                match serde_json::from_slice::<FromDriver>(&frame) {
-                    Ok(FromDriver::Hello { .. } | FromDriver::Proof { .. }) => {
-                        return "handshake message after the handshake".into();
-                    }
-                    Ok(FromDriver::Pong) => {}
-                    Ok(msg) => registry.deliver(session_id, conn_id, msg),
-                    Err(e) => return format!("malformed message: {e}"),
-                }
+        // The driver answers every ping, so three ping intervals of silence mean it is gone.
+        let frame = match tokio::time::timeout(silence_limit, stream.next()).await {
+            Err(_) => return "driver stopped answering pings".into(),
+            Ok(None) => return "closed by the driver".into(),
+            Ok(Some(Err(e))) => return format!("frame error: {e}"),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        match serde_json::from_slice::<FromDriver>(&frame) {
+            Ok(FromDriver::Hello { .. } | FromDriver::Proof { .. }) => {
+                return "handshake message after the handshake".into();
             }
-            out = rx.recv() => {
-                let Some(msg) = out else { return "replaced or closed by the gateway".into() };
-                let bytes = match serde_json::to_vec(&msg) {
-                    Ok(b) => b,
-                    Err(e) => return format!("cannot encode a message: {e}"),
-                };
-                if let Err(e) = sink.send(Bytes::from(bytes)).await {
-                    return format!("write failed: {e}");
-                }
-                if matches!(msg, ToDriver::Shutdown) {
-                    let _ = sink.flush().await;
-                }
-            }
-            _ = ping.tick() => {
-                if last_heard.elapsed() > settings.ping_interval * 3 {
-                    return "driver stopped answering pings".into();
-                }
-                if let Ok(bytes) = serde_json::to_vec(&ToDriver::Ping) {
-                    if let Err(e) = sink.send(Bytes::from(bytes)).await {
-                        return format!("write failed: {e}");
-                    }
-                }
-            }
+            Ok(FromDriver::Pong) => {}
+            Ok(msg) => registry.deliver(session_id, conn_id, msg),
+            Err(e) => return format!("malformed message: {e}"),
+        }
+    }
+}
+
+async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    mut sink: futures_util::stream::SplitSink<Framed<S, LengthDelimitedCodec>, Bytes>,
+    mut rx: mpsc::UnboundedReceiver<ToDriver>,
+    ping_interval: std::time::Duration,
+) -> String {
+    let mut ping = tokio::time::interval(ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let msg = tokio::select! {
+            out = rx.recv() => match out {
+                Some(msg) => msg,
+                None => return "replaced or closed by the gateway".into(),
+            },
+            _ = ping.tick() => ToDriver::Ping,
+        };
+        let bytes = match serde_json::to_vec(&msg) {
+            Ok(b) => b,
+            Err(e) => return format!("cannot encode a message: {e}"),
+        };
+        if let Err(e) = sink.send(Bytes::from(bytes)).await {
+            return format!("write failed: {e}");
         }
     }
 }
