@@ -537,6 +537,22 @@ mod tests {
         assert_eq!(find_spark_ui("nothing here http://x"), None);
     }
 
+    #[tokio::test]
+    async fn a_missing_spark_is_reported_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SparkConfig { venv: dir.path().join("no-venv"), ..SparkConfig::default() };
+        let err = SparkEnv::discover(&config, Duration::from_secs(5)).await.unwrap_err().to_string();
+        assert!(err.contains("scripts/setup.sh"), "{err}");
+        // A Python without pyspark.
+        let config = SparkConfig { python: Some("/bin/true".into()), ..SparkConfig::default() };
+        let err = SparkEnv::discover(&config, Duration::from_secs(5)).await.unwrap_err().to_string();
+        assert!(err.contains("spark-submit not found"), "{err}");
+        let config =
+            SparkConfig { home: Some(dir.path().into()), python: Some("/bin/true".into()), ..SparkConfig::default() };
+        let err = SparkEnv::discover(&config, Duration::from_secs(5)).await.unwrap_err().to_string();
+        assert!(err.contains("is spark.home"), "{err}");
+    }
+
     #[test]
     fn log_buffer_is_bounded_and_mirrored() {
         let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 
 use crate::api::{self, AppState};
 use crate::auth::{self, AuthChain};
+use crate::config::ValidatedConfig;
 use crate::error::ApiError;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
@@ -25,7 +26,15 @@ pub fn build(state: AppState, auth: AuthChain) -> Router {
         .route_layer(middleware::from_fn_with_state(auth, auth::authenticate))
         .with_state(state);
 
-    Router::new().merge(protected).fallback(not_found).method_not_allowed_fallback(method_not_allowed).layer(
+    with_middleware(Router::new().merge(protected), &config)
+}
+
+/// Wraps any router in the cross-cutting layers (tests use it with their own routes).
+pub fn with_middleware(router: Router, config: &ValidatedConfig) -> Router {
+    let routes = router.fallback(not_found).method_not_allowed_fallback(method_not_allowed);
+    // Router::layer wraps each route separately; wrapping one fallback service instead makes
+    // the limits below global (one concurrency budget for the whole gateway, not per route).
+    Router::new().fallback_service(routes).layer(
         ServiceBuilder::new()
             // Mark credentials sensitive first, so no later layer (trace) can print them.
             .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE]))
@@ -76,3 +85,6 @@ async fn overload_response(err: BoxError) -> ApiError {
         ApiError::Internal(format!("middleware error: {err}"))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -157,3 +157,21 @@ async fn caps_answer_429_with_a_reason() {
     assert!(b4["msg"].as_str().unwrap().contains("Duplicate session name"));
     gw.delete(&format!("/sessions/{}", b3["id"])).await;
 }
+
+#[tokio::test]
+async fn https_negotiates_h2_and_http1() {
+    let gw = gateway();
+    let r = gw.client().get(gw.url("/version")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let http1 = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&gw.ca_pem).unwrap())
+        .tls_built_in_root_certs(false)
+        .http1_only()
+        .build()
+        .unwrap();
+    let r = http1.get(gw.url("/version")).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.version()), (200, reqwest::Version::HTTP_11));
+    // A client that does not trust the gateway's CA cannot talk to it.
+    let untrusting = reqwest::Client::builder().tls_built_in_root_certs(false).build().unwrap();
+    assert!(untrusting.get(gw.url("/version")).send().await.is_err());
+}

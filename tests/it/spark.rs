@@ -165,6 +165,27 @@ async fn session_info_matches_livy() {
     assert_eq!(log["from"], 0);
     assert!(log["total"].as_u64().unwrap() >= 3);
     assert_eq!(log["log"].as_array().unwrap().len(), 3);
+    // Progress comes from Spark's status tracker while a multi-task job runs.
+    let (_, st) = gw
+        .post(
+            &format!("/sessions/{id}/statements"),
+            json!({"kind": "pyspark", "code": "sc.parallelize(range(8), 8).map(lambda x: __import__('time').sleep(0.7) or x).sum()"}),
+        )
+        .await;
+    let sid = st["id"].as_u64().unwrap();
+    let mut seen = Vec::new();
+    let finished = loop {
+        let (_, st) = gw.get(&format!("/sessions/{id}/statements/{sid}")).await;
+        let p = st["progress"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p), "{st}");
+        if st["state"] == "available" {
+            break st;
+        }
+        seen.push(p);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(text(&finished), "28");
+    assert!(seen.iter().any(|p| *p > 0.0 && *p < 1.0), "no partial progress seen: {seen:?}");
     // Statements list, newest first with order=desc.
     gw.run(id, "pyspark", "'listed'").await;
     let (_, all) = gw.get(&format!("/sessions/{id}/statements?order=desc&size=1")).await;
