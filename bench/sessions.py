@@ -84,6 +84,12 @@ def main():
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "gateway.log"), "w"))
     try:
         ca = os.path.join(work, "data", "tls", "dev-ca.pem")
+        for _ in range(600):  # the gateway writes its dev CA on first start
+            if os.path.exists(ca) or gw.poll() is not None:
+                break
+            time.sleep(0.1)
+        if gw.poll() is not None:
+            raise SystemExit("the gateway exited; see " + os.path.join(work, "gateway.log"))
         c = Client(f"https://127.0.0.1:{port}", ca)
         for _ in range(600):
             try:

@@ -1154,6 +1154,8 @@ class Link:
         context.verify_flags |= getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0)
         context.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
         raw = socket.create_connection((conf.rpc_host, conf.rpc_port), timeout=DIAL_TIMEOUT_SECS)
+        # Small frames (results, acks) must not wait for Nagle's algorithm.
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock = context.wrap_socket(raw, server_hostname=conf.rpc_server_name)
         except BaseException:
