@@ -6,6 +6,7 @@ use crate::error::ApiError;
 use crate::server::ConnInfo;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
@@ -14,6 +15,14 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AuthMethod {
+    /// A JWT bearer token.
+    Jwt,
+    /// A SPNEGO/Kerberos handshake.
+    Spnego,
+    /// The signed cookie issued after a SPNEGO handshake.
+    SpnegoCookie,
+    /// A client certificate.
+    ClientCert,
     /// `auth.dangerous_allow_anonymous`: nobody proved anything.
     DangerousAnonymous,
 }
@@ -22,6 +31,10 @@ impl AuthMethod {
     /// Name for logs and the audit trail.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Jwt => "jwt",
+            Self::Spnego => "spnego",
+            Self::SpnegoCookie => "spnego-cookie",
+            Self::ClientCert => "client-cert",
             Self::DangerousAnonymous => "dangerous-anonymous",
         }
     }
@@ -44,9 +57,34 @@ pub enum AuthOutcome {
     /// The request carries no credentials for this scheme; try the next one.
     NotApplicable,
     /// Credentials for this scheme were presented and are valid.
-    Authenticated(Principal),
-    /// Credentials for this scheme were presented and are not valid (the reason holds no secret).
+    Authenticated {
+        /// Who it is.
+        principal: Principal,
+        /// Headers to add to the response (SPNEGO's mutual-authentication token, a cookie).
+        response_headers: Vec<(HeaderName, HeaderValue)>,
+    },
+    /// Credentials for this scheme were presented and are not valid (the reason holds no
+    /// secret). The request is refused; later schemes are not tried.
     Rejected(String),
+    /// The scheme needs another round trip: answer 401 with exactly this challenge.
+    Continue(String),
+}
+
+impl AuthOutcome {
+    /// Success without extra response headers.
+    pub fn authenticated(principal: Principal) -> Self {
+        Self::Authenticated { principal, response_headers: Vec::new() }
+    }
+}
+
+/// Recorded in the response extensions so the audit layer (outside authentication) can tell
+/// who was authenticated, or why not.
+#[derive(Debug, Clone)]
+pub enum AuthRecord {
+    /// Authenticated.
+    Principal(Principal),
+    /// Refused, with the reason.
+    Refused(String),
 }
 
 /// One authentication scheme.
@@ -69,7 +107,7 @@ impl Authenticator for DangerousAnonymous {
 
     fn authenticate(&self, _parts: &Parts, conn: Option<&ConnInfo>) -> AuthOutcome {
         match conn {
-            Some(c) if c.peer.ip().is_loopback() => AuthOutcome::Authenticated(Principal {
+            Some(c) if c.peer.ip().is_loopback() => AuthOutcome::authenticated(Principal {
                 name: "anonymous".into(),
                 groups: Vec::new(),
                 method: AuthMethod::DangerousAnonymous,
@@ -97,24 +135,28 @@ impl AuthChain {
         self.authenticators.is_empty()
     }
 
-    /// Runs the chain: the first success wins; a rejection or no credentials at all is a 401
-    /// carrying every configured challenge.
-    pub fn authenticate(&self, parts: &Parts) -> Result<Principal, ApiError> {
+    /// Runs the chain: the first success wins. Credentials that are presented and wrong end
+    /// it at once (a bad token is never rescued by a weaker scheme); no credentials at all is
+    /// a 401 carrying every configured challenge.
+    pub fn authenticate(&self, parts: &Parts) -> Result<(Principal, Vec<(HeaderName, HeaderValue)>), ApiError> {
         let conn = parts.extensions.get::<ConnInfo>();
-        let mut rejection = None;
+        let challenges = || self.authenticators.iter().filter_map(|a| a.challenge()).collect::<Vec<_>>();
         for authenticator in self.authenticators.iter() {
             match authenticator.authenticate(parts, conn) {
-                AuthOutcome::Authenticated(principal) => return Ok(principal),
+                AuthOutcome::Authenticated { principal, response_headers } => return Ok((principal, response_headers)),
                 AuthOutcome::Rejected(reason) => {
-                    rejection.get_or_insert(reason);
+                    return Err(ApiError::Unauthorized { msg: reason, challenges: challenges() });
+                }
+                AuthOutcome::Continue(challenge) => {
+                    return Err(ApiError::Unauthorized {
+                        msg: "authentication continues".into(),
+                        challenges: vec![challenge],
+                    });
                 }
                 AuthOutcome::NotApplicable => {}
             }
         }
-        Err(ApiError::Unauthorized {
-            msg: rejection.unwrap_or_else(|| "authentication required".into()),
-            challenges: self.authenticators.iter().filter_map(|a| a.challenge()).collect(),
-        })
+        Err(ApiError::Unauthorized { msg: "authentication required".into(), challenges: challenges() })
     }
 }
 
@@ -122,11 +164,21 @@ impl AuthChain {
 pub async fn authenticate(State(chain): State<AuthChain>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     match chain.authenticate(&parts) {
-        Ok(principal) => {
-            parts.extensions.insert(principal);
-            next.run(Request::from_parts(parts, body)).await
+        Ok((principal, headers)) => {
+            parts.extensions.insert(principal.clone());
+            let mut response = next.run(Request::from_parts(parts, body)).await;
+            for (name, value) in headers {
+                response.headers_mut().append(name, value);
+            }
+            response.extensions_mut().insert(AuthRecord::Principal(principal));
+            response
         }
-        Err(err) => err.into_response(),
+        Err(err) => {
+            let reason = err.to_string();
+            let mut response = err.into_response();
+            response.extensions_mut().insert(AuthRecord::Refused(reason));
+            response
+        }
     }
 }
 
@@ -157,7 +209,7 @@ mod tests {
     #[test]
     fn anonymous_allows_loopback_only() {
         let chain = AuthChain::new(vec![Box::new(DangerousAnonymous)]);
-        let p = chain.authenticate(&parts_from("127.0.0.1:5000")).unwrap();
+        let (p, _) = chain.authenticate(&parts_from("127.0.0.1:5000")).unwrap();
         assert_eq!(p.name, "anonymous");
         assert!(matches!(chain.authenticate(&parts_from("10.1.2.3:5000")), Err(ApiError::Unauthorized { .. })));
     }
@@ -174,6 +226,6 @@ mod tests {
         let mut parts = parts_from("127.0.0.1:5000");
         parts.headers.insert("x-remote-user", "root".parse().unwrap());
         parts.headers.insert("remote-user", "root".parse().unwrap());
-        assert_eq!(chain.authenticate(&parts).unwrap().name, "anonymous");
+        assert_eq!(chain.authenticate(&parts).unwrap().0.name, "anonymous");
     }
 }

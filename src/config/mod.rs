@@ -13,6 +13,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { cert: None, key: None, reload_interval: "5s".into() }
+    }
+}
+
 /// Everything that can go wrong while loading the configuration; each names the culprit.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -52,6 +58,12 @@ pub struct Config {
     pub sessions: SessionsConfig,
     /// The gateway ⇄ driver channel.
     pub rpc: RpcConfig,
+    /// The access manager.
+    pub acl: AclConfig,
+    /// CSRF protection.
+    pub csrf: CsrfConfig,
+    /// The audit trail.
+    pub audit: AuditConfig,
 }
 
 /// The HTTPS listener.
@@ -90,22 +102,191 @@ impl Default for ServerConfig {
 
 /// Server certificate and key (PEM). Both empty: development certificates are generated into
 /// `<data_dir>/tls/` on first start.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TlsConfig {
     /// Certificate chain, PEM.
     pub cert: Option<PathBuf>,
     /// Private key, PEM.
     pub key: Option<PathBuf>,
+    /// How often the certificate and key files are checked for changes (reloaded without a
+    /// restart or dropped connections).
+    pub reload_interval: String,
 }
 
 /// Authentication.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AuthConfig {
+    /// The schemes tried, in order: any of `client_cert`, `spnego`, `jwt`.
+    pub methods: Vec<String>,
     /// Accept every request from a loopback address as the user `anonymous`. Development only:
     /// an unauthenticated Spark gateway is a remote-code-execution endpoint.
     pub dangerous_allow_anonymous: bool,
+    /// JWT bearer tokens.
+    pub jwt: JwtConfig,
+    /// SPNEGO / Kerberos.
+    pub spnego: SpnegoConfig,
+    /// Client certificates (mTLS).
+    pub client_cert: ClientCertConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            methods: vec!["jwt".into()],
+            dangerous_allow_anonymous: false,
+            jwt: JwtConfig::default(),
+            spnego: SpnegoConfig::default(),
+            client_cert: ClientCertConfig::default(),
+        }
+    }
+}
+
+/// JWT bearer authentication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JwtConfig {
+    /// A PEM public key that verifies tokens. With neither this nor `jwks`, a development RSA
+    /// key pair is generated into `<data_dir>/jwt/` on first start (`sparkgate token` signs
+    /// with it).
+    pub public_key: Option<PathBuf>,
+    /// A JWKS document (file); keys are picked by the token's `kid`.
+    pub jwks: Option<PathBuf>,
+    /// Accepted algorithms (RS256, RS384, RS512, PS256, ES256, ES384, EdDSA). `none` and HMAC
+    /// algorithms are never accepted.
+    pub algorithms: Vec<String>,
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required `aud`.
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: String,
+    /// The claim that names the user.
+    pub user_claim: String,
+    /// The claim that lists the user's groups (an array of strings, or a comma-separated string).
+    pub groups_claim: String,
+    /// How often the key files are checked for changes.
+    pub reload_interval: String,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            public_key: None,
+            jwks: None,
+            algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+            issuer: "sparkgate".into(),
+            audience: "sparkgate".into(),
+            leeway: "30s".into(),
+            user_claim: "sub".into(),
+            groups_claim: "groups".into(),
+            reload_interval: "2s".into(),
+        }
+    }
+}
+
+/// SPNEGO / Kerberos authentication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpnegoConfig {
+    /// The keytab holding the service key (e.g. `HTTP/host@REALM`).
+    pub keytab: Option<PathBuf>,
+    /// The service principal to accept for; unset: any principal in the keytab.
+    pub principal: Option<String>,
+    /// Principal → short user name rules, tried in order; a principal no rule maps is refused.
+    pub rules: Vec<NameRule>,
+    /// Lifetime of the signed cookie issued after a successful handshake ("0" = no cookie).
+    pub cookie_ttl: String,
+}
+
+impl Default for SpnegoConfig {
+    fn default() -> Self {
+        Self { keytab: None, principal: None, rules: Vec::new(), cookie_ttl: "10m".into() }
+    }
+}
+
+/// One auth_to_local-style rule: a regular expression over the whole principal
+/// (`user@REALM` or `svc/host@REALM`) and the user it maps to (`$1`… are capture groups).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameRule {
+    /// Regular expression matched against the whole principal.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// The short name, with `$1`… for capture groups.
+    pub user: String,
+}
+
+/// Client certificate (mTLS) authentication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientCertConfig {
+    /// PEM CA(s) that issue client certificates. Setting it makes the TLS listener ask for one.
+    pub ca: Option<PathBuf>,
+    /// Refuse TLS connections without a valid client certificate (otherwise other methods may
+    /// still authenticate the request).
+    pub required: bool,
+    /// Where the user name comes from: `subject_cn`, `san_email`, `san_dns` or `san_uri`.
+    pub user_from: String,
+    /// Optional regular expression with one capture group applied to that value
+    /// (e.g. `^([^@]+)@example\.com$`); a value that does not match is refused.
+    pub user_pattern: Option<String>,
+}
+
+impl Default for ClientCertConfig {
+    fn default() -> Self {
+        Self { ca: None, required: false, user_from: "subject_cn".into(), user_pattern: None }
+    }
+}
+
+/// The access manager.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AclConfig {
+    /// Directory of `*.toml` policy files (policies/README.md is the grammar).
+    pub policy_dir: PathBuf,
+    /// Optional groups file: `[groups]` table of group = [users].
+    pub groups_file: Option<PathBuf>,
+    /// How often policy files are checked for changes.
+    pub reload_interval: String,
+}
+
+impl Default for AclConfig {
+    fn default() -> Self {
+        Self { policy_dir: PathBuf::from("policies"), groups_file: None, reload_interval: "2s".into() }
+    }
+}
+
+/// CSRF protection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CsrfConfig {
+    /// `auto`: `X-Requested-By` is required on unsafe methods for requests that carry the auth
+    /// cookie or come from a browser; `strict`: always; `off`: never.
+    pub mode: String,
+}
+
+impl Default for CsrfConfig {
+    fn default() -> Self {
+        Self { mode: "auto".into() }
+    }
+}
+
+/// The audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuditConfig {
+    /// The current audit file. Unset: `<data_dir>/audit/audit.log`.
+    pub path: Option<PathBuf>,
+    /// Size at which the file is rotated (the chain continues in the next file).
+    pub max_file_bytes: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { path: None, max_file_bytes: 16 * 1024 * 1024 }
+    }
 }
 
 /// How Spark is found and launched.
@@ -261,6 +442,16 @@ pub struct Durations {
     pub ping_interval: Duration,
     /// `spark.check_timeout`
     pub spark_check_timeout: Duration,
+    /// `auth.jwt.leeway`
+    pub jwt_leeway: Duration,
+    /// `auth.jwt.reload_interval`
+    pub jwt_reload_interval: Duration,
+    /// `auth.spnego.cookie_ttl` (None = no cookie)
+    pub spnego_cookie_ttl: Option<Duration>,
+    /// `acl.reload_interval`
+    pub acl_reload_interval: Duration,
+    /// `tls.reload_interval`
+    pub tls_reload_interval: Duration,
 }
 
 /// A configuration that passed validation.
@@ -404,6 +595,11 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
         reconnect_window: dur("rpc.reconnect_window", &config.rpc.reconnect_window),
         ping_interval: dur("rpc.ping_interval", &config.rpc.ping_interval),
         spark_check_timeout: dur("spark.check_timeout", &config.spark.check_timeout),
+        jwt_leeway: dur("auth.jwt.leeway", &config.auth.jwt.leeway),
+        jwt_reload_interval: dur("auth.jwt.reload_interval", &config.auth.jwt.reload_interval),
+        spnego_cookie_ttl: optional(dur("auth.spnego.cookie_ttl", &config.auth.spnego.cookie_ttl)),
+        acl_reload_interval: dur("acl.reload_interval", &config.acl.reload_interval),
+        tls_reload_interval: dur("tls.reload_interval", &config.tls.reload_interval),
     };
     for (key, d) in [
         ("server.request_timeout", durations.request_timeout),
@@ -415,6 +611,68 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
         if d.is_zero() {
             problems.push(format!("{key} must be greater than zero"));
         }
+    }
+    for (key, d) in [
+        ("auth.jwt.reload_interval", durations.jwt_reload_interval),
+        ("acl.reload_interval", durations.acl_reload_interval),
+        ("tls.reload_interval", durations.tls_reload_interval),
+    ] {
+        if d.is_zero() {
+            problems.push(format!("{key} must be greater than zero"));
+        }
+    }
+    let auth = &config.auth;
+    let mut seen = Vec::new();
+    for method in &auth.methods {
+        if !matches!(method.as_str(), "client_cert" | "spnego" | "jwt") {
+            problems.push(format!("auth.methods: unknown method `{method}` (use client_cert, spnego or jwt)"));
+        } else if seen.contains(method) {
+            problems.push(format!("auth.methods: `{method}` is listed twice"));
+        }
+        seen.push(method.clone());
+    }
+    if auth.methods.is_empty() && !auth.dangerous_allow_anonymous {
+        problems
+            .push("auth.methods is empty: nobody could use the gateway (list client_cert, spnego and/or jwt)".into());
+    }
+    if auth.jwt.public_key.is_some() && auth.jwt.jwks.is_some() {
+        problems.push("auth.jwt.public_key and auth.jwt.jwks are exclusive: set one".into());
+    }
+    for alg in &auth.jwt.algorithms {
+        if !matches!(
+            alg.as_str(),
+            "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "EdDSA"
+        ) {
+            problems.push(format!(
+                "auth.jwt.algorithms: `{alg}` is not accepted (asymmetric algorithms only: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"
+            ));
+        }
+    }
+    if auth.methods.iter().any(|m| m == "jwt") && (auth.jwt.issuer.is_empty() || auth.jwt.audience.is_empty()) {
+        problems.push("auth.jwt.issuer and auth.jwt.audience must be set: both are required claims".into());
+    }
+    if auth.methods.iter().any(|m| m == "spnego") {
+        if auth.spnego.keytab.is_none() {
+            problems.push("auth.spnego.keytab is required when spnego is in auth.methods".into());
+        }
+        if auth.spnego.rules.is_empty() {
+            problems.push("auth.spnego.rules is empty: no principal could be mapped to a user".into());
+        }
+    }
+    if auth.methods.iter().any(|m| m == "client_cert") && auth.client_cert.ca.is_none() {
+        problems.push("auth.client_cert.ca is required when client_cert is in auth.methods".into());
+    }
+    if !matches!(auth.client_cert.user_from.as_str(), "subject_cn" | "san_email" | "san_dns" | "san_uri") {
+        problems.push(format!(
+            "auth.client_cert.user_from must be subject_cn, san_email, san_dns or san_uri, not `{}`",
+            auth.client_cert.user_from
+        ));
+    }
+    if !matches!(config.csrf.mode.as_str(), "auto" | "strict" | "off") {
+        problems.push(format!("csrf.mode must be auto, strict or off, not `{}`", config.csrf.mode));
+    }
+    if config.audit.max_file_bytes < 4096 {
+        problems.push("audit.max_file_bytes must be at least 4096".into());
     }
     if s.max_sessions == 0 {
         problems.push("sessions.max_sessions must be at least 1".into());
