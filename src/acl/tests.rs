@@ -1,0 +1,175 @@
+use super::*;
+use crate::auth::AuthMethod;
+
+fn who(name: &str, groups: &[&str]) -> Principal {
+    Principal { name: name.into(), groups: groups.iter().map(|g| g.to_string()).collect(), method: AuthMethod::Jwt }
+}
+
+const POLICY: &str = r#"
+[superusers]
+users = ["root"]
+
+[create]
+groups = ["analysts"]
+
+[view]
+users = ["auditor"]
+
+[modify]
+groups = ["operators"]
+
+[groups]
+analysts = ["alice", "bob"]
+operators = ["olga"]
+
+[[impersonation]]
+callers = { users = ["hue"] }
+targets = { groups = ["analysts"] }
+hosts = ["10.1.0.0/16", "127.0.0.1"]
+
+[conf]
+deny = ["spark.sql.warehouse.dir"]
+deny_prefixes = ["spark.hadoop."]
+
+[quotas]
+default = { max_sessions = 2, max_concurrent_launches = 1 }
+users.alice = { max_sessions = 5 }
+"#;
+
+fn manager() -> (Arc<AccessManager>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("acl.toml"), POLICY).unwrap();
+    (AccessManager::load(dir.path(), None).unwrap(), dir)
+}
+
+#[test]
+fn an_empty_policy_denies_everyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = AccessManager::load(dir.path(), None).unwrap();
+    for action in [Action::UseGateway, Action::Create, Action::View, Action::Modify, Action::Admin] {
+        assert!(!m.check(&who("alice", &["admins"]), action, None).allowed, "{action:?}");
+    }
+}
+
+#[test]
+fn rights_from_users_and_groups() {
+    let (m, _d) = manager();
+    let alice = who("alice", &[]);
+    assert!(m.check(&alice, Action::UseGateway, None).allowed);
+    assert!(m.check(&alice, Action::Create, None).allowed, "alice is an analyst through the policy's groups");
+    assert!(m.check(&who("carol", &["analysts"]), Action::Create, None).allowed, "…or through the token's groups");
+    let stranger = who("mallory", &[]);
+    let d = m.check(&stranger, Action::UseGateway, None);
+    assert!(!d.allowed);
+    assert!(d.reason.contains("mallory"), "{}", d.reason);
+    assert!(!m.check(&who("auditor", &[]), Action::Create, None).allowed);
+    assert!(m.check(&who("auditor", &[]), Action::UseGateway, None).allowed);
+}
+
+#[test]
+fn session_rights_for_owner_effective_user_viewers_and_modifiers() {
+    let (m, _d) = manager();
+    let s = Ownership { owner: "hue", effective_user: "alice", id: 3 };
+    assert!(m.check(&who("hue", &[]), Action::Modify, Some(s)).allowed, "owner");
+    assert!(m.check(&who("alice", &[]), Action::Modify, Some(s)).allowed, "effective user");
+    assert!(!m.check(&who("bob", &[]), Action::View, Some(s)).allowed, "another analyst");
+    assert!(!m.check(&who("bob", &[]), Action::Modify, Some(s)).allowed);
+    assert!(m.check(&who("auditor", &[]), Action::View, Some(s)).allowed, "view-only user views");
+    assert!(!m.check(&who("auditor", &[]), Action::Modify, Some(s)).allowed, "…but does not modify");
+    assert!(m.check(&who("olga", &[]), Action::Modify, Some(s)).allowed, "operators modify");
+    assert!(m.check(&who("olga", &[]), Action::View, Some(s)).allowed, "…and so view");
+    assert!(m.check(&who("root", &[]), Action::Admin, None).allowed, "superuser");
+    assert!(m.check(&who("root", &[]), Action::Modify, Some(s)).allowed);
+    assert!(!m.check(&who("olga", &[]), Action::Admin, None).allowed);
+}
+
+#[test]
+fn impersonation_follows_proxy_rules() {
+    let (m, _d) = manager();
+    let hue = who("hue", &[]);
+    let inside: IpAddr = "10.1.2.3".parse().unwrap();
+    let outside: IpAddr = "10.2.0.1".parse().unwrap();
+    assert!(m.check_impersonation(&hue, "alice", Some(inside)).allowed);
+    let d = m.check_impersonation(&hue, "alice", Some(outside));
+    assert!(!d.allowed && d.reason.contains("hosts"), "{}", d.reason);
+    assert!(!m.check_impersonation(&hue, "olga", Some(inside)).allowed, "olga is not an analyst");
+    assert!(!m.check_impersonation(&who("alice", &[]), "bob", Some(inside)).allowed, "alice is no proxy");
+    assert!(m.check_impersonation(&who("alice", &[]), "alice", None).allowed, "acting as oneself");
+    let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+    assert!(m.check_impersonation(&hue, "bob", Some(mapped)).allowed, "IPv4-mapped loopback");
+}
+
+#[test]
+fn conf_deny_list() {
+    let (m, _d) = manager();
+    let conf: BTreeMap<String, String> = [
+        ("spark.master", "yarn"),
+        ("spark.executor.memory", "2g"),
+        ("spark.driver.extraJavaOptions", "-javaagent:/etc/shadow"),
+        ("spark.executorEnv.LD_PRELOAD", "/tmp/x.so"),
+        ("spark.sql.warehouse.dir", "/x"),
+        ("spark.hadoop.fs.defaultFS", "file:///"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let denied = m.denied_conf_keys(&who("alice", &[]), &conf);
+    assert_eq!(
+        denied,
+        vec![
+            "spark.driver.extraJavaOptions",
+            "spark.executorEnv.LD_PRELOAD",
+            "spark.hadoop.fs.defaultFS",
+            "spark.master",
+            "spark.sql.warehouse.dir"
+        ]
+    );
+    assert!(m.denied_conf_keys(&who("root", &[]), &conf).is_empty(), "superusers are trusted");
+}
+
+#[test]
+fn quotas_default_and_per_user() {
+    let (m, _d) = manager();
+    assert_eq!(m.quota("bob"), Quota { max_sessions: Some(2), max_concurrent_launches: Some(1) });
+    assert_eq!(m.quota("alice"), Quota { max_sessions: Some(5), max_concurrent_launches: None });
+}
+
+#[test]
+fn reload_applies_valid_files_and_keeps_the_old_policy_on_errors() {
+    let (m, dir) = manager();
+    assert_eq!(m.reload_if_changed(), None);
+    let path = dir.path().join("acl.toml");
+    std::fs::write(&path, POLICY.replace("users = [\"auditor\"]", "users = [\"auditor\", \"eve\"]")).unwrap();
+    bump(&path);
+    assert_eq!(m.reload_if_changed(), Some(Ok(())));
+    assert!(m.check(&who("eve", &[]), Action::UseGateway, None).allowed);
+    // A broken file: the error names it, and eve keeps her rights.
+    std::fs::write(&path, "[superusers\nusers = [").unwrap();
+    bump(&path);
+    let err = m.reload_if_changed().unwrap().unwrap_err();
+    assert!(err.contains("acl.toml"), "{err}");
+    assert!(m.check(&who("eve", &[]), Action::UseGateway, None).allowed);
+    assert_eq!(m.reload_if_changed(), None, "reported once");
+    std::fs::write(&path, POLICY).unwrap();
+    bump(&path);
+    assert_eq!(m.reload_if_changed(), Some(Ok(())));
+    // Unknown keys are errors too (a typo must not silently open or close access).
+    std::fs::write(dir.path().join("more.toml"), "[supreusers]\nusers = [\"x\"]\n").unwrap();
+    let err = m.reload_if_changed().unwrap().unwrap_err();
+    assert!(err.contains("more.toml"), "{err}");
+}
+
+fn bump(path: &Path) {
+    let later = SystemTime::now() + std::time::Duration::from_secs(2);
+    std::fs::File::options().write(true).open(path).unwrap().set_modified(later).unwrap();
+}
+
+#[test]
+fn host_patterns() {
+    let p = HostPattern::parse("192.168.0.0/16").unwrap();
+    assert!(p.contains("192.168.4.5".parse().unwrap()));
+    assert!(!p.contains("192.169.0.1".parse().unwrap()));
+    assert!(HostPattern::parse("::1").unwrap().contains("::1".parse().unwrap()));
+    assert!(HostPattern::parse("10.0.0.0/33").is_none());
+    assert!(HostPattern::parse("example.com").is_none());
+}
