@@ -102,7 +102,9 @@ impl From<crate::engine::EngineError> for ApiError {
         match err {
             E::SessionNotFound(_) | E::StatementNotFound { .. } => Self::NotFound(err.to_string()),
             E::DuplicateName(_) | E::InvalidRequest(_) => Self::BadRequest(err.to_string()),
-            E::TooManySessions { .. } | E::TooManyLaunches { .. } => Self::TooManyRequests(err.to_string()),
+            E::TooManySessions { .. } | E::TooManyLaunches { .. } | E::UserQuota { .. } => {
+                Self::TooManyRequests(err.to_string())
+            }
             E::NotAccepting { .. } | E::IllegalTransition { .. } => Self::Conflict(err.to_string()),
             E::DriverUnavailable(_) => Self::Unavailable(err.to_string()),
             E::DriverTimeout(_) => Self::Unavailable(err.to_string()),

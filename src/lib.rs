@@ -5,13 +5,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod csrf;
 pub mod driver;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod impersonation;
 pub mod rpc;
 pub mod server;
 pub mod telemetry;
@@ -38,6 +42,12 @@ pub enum StartError {
     /// No way to authenticate anyone.
     #[error("{0}")]
     NoAuthentication(String),
+    /// The access policy could not be loaded.
+    #[error("access policy: {0}")]
+    Policy(String),
+    /// An authenticator could not be set up.
+    #[error("{0}")]
+    Auth(#[from] auth::AuthSetupError),
     /// A listener could not be bound, or the data directory not written.
     #[error("{what}: {source}")]
     Io {
@@ -46,6 +56,26 @@ pub enum StartError {
         /// Why it failed.
         source: std::io::Error,
     },
+}
+
+/// Checks the policy files for changes and reloads them; a bad file keeps the old policy.
+fn start_policy_reloader(acl: Arc<acl::AccessManager>, every: std::time::Duration) {
+    let weak = Arc::downgrade(&acl);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(acl) = weak.upgrade() else { return };
+            match acl.reload_if_changed() {
+                None => {}
+                Some(Ok(())) => tracing::info!("access policy reloaded"),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "access policy NOT reloaded; the previous policy stays in force")
+                }
+            }
+        }
+    });
 }
 
 /// Options for tests and tools; production uses the defaults.
@@ -94,14 +124,12 @@ impl Gateway {
         }
         tls::create_private_dir(&cfg.server.data_dir)?;
 
-        let mut authenticators: Vec<Box<dyn auth::Authenticator>> = Vec::new();
         if cfg.auth.dangerous_allow_anonymous {
             tracing::warn!(
-                "auth.dangerous_allow_anonymous: every loopback client is accepted as `anonymous` without credentials"
+                "auth.dangerous_allow_anonymous: every loopback client without credentials is accepted as `anonymous`"
             );
-            authenticators.push(Box::new(auth::DangerousAnonymous));
         }
-        let auth_chain = auth::AuthChain::new(authenticators);
+        let auth_chain = auth::build_chain(&config)?;
         if auth_chain.is_empty() {
             return Err(StartError::NoAuthentication(
                 "no authentication method is configured, so nobody could use the gateway; \
@@ -162,7 +190,11 @@ impl Gateway {
 
         let listener = tokio::net::TcpListener::bind(cfg.server.bind).await.map_err(io("binding the HTTP listener"))?;
         let addr = listener.local_addr().map_err(io("reading the listener address"))?;
-        let app = http::stack::build(api::AppState { manager: manager.clone(), config: config.clone() }, auth_chain);
+        let acl = acl::AccessManager::load(&cfg.acl.policy_dir, cfg.acl.groups_file.as_deref())
+            .map_err(StartError::Policy)?;
+        start_policy_reloader(acl.clone(), config.durations.acl_reload_interval);
+        let state = api::AppState { manager: manager.clone(), config: config.clone(), acl };
+        let app = http::stack::build(state, auth_chain);
         let (shutdown, rx) = watch::channel(false);
         tokio::spawn(server::serve(listener, app, transport, config.durations.tls_handshake_timeout, rx));
         tracing::info!(%addr, rpc = %rpc_server.local_addr, "sparkgate listening");

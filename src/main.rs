@@ -27,6 +27,21 @@ enum Command {
     Serve,
     /// Check the configuration and the Spark installation, then exit.
     Check,
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check that audit files form one unbroken hash chain; exit status 1 if they do not.
+    Verify {
+        /// The files, oldest first: rotated files (audit.log.<seq>) in order, then audit.log.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -45,6 +60,14 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             println!("configuration ok; Spark {} at {}", spark.version, spark.home.display());
+            Ok(())
+        }
+        Command::Audit { command: AuditCommand::Verify { files } } => {
+            let report = sparkgate::audit::verify_files(&files)?;
+            println!("{report}");
+            if !report.is_intact() {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Serve => {

@@ -7,8 +7,11 @@ mod statements;
 
 pub use extract::{LivyJson, Paging};
 
+use crate::acl::{AccessManager, Action, Ownership};
 use crate::config::ValidatedConfig;
-use crate::engine::SessionManager;
+use crate::engine::{Session, SessionManager};
+use crate::error::ApiError;
+use crate::impersonation::Caller;
 use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
@@ -20,6 +23,29 @@ pub struct AppState {
     pub manager: Arc<SessionManager>,
     /// The validated configuration.
     pub config: Arc<ValidatedConfig>,
+    /// Who may do what.
+    pub acl: Arc<AccessManager>,
+}
+
+impl AppState {
+    /// Whether the caller may `action` this session.
+    pub(crate) fn allowed(&self, caller: &Caller, action: Action, session: &Session) -> bool {
+        let ownership =
+            Ownership { owner: &session.spec.owner, effective_user: &session.spec.effective_user, id: session.id };
+        self.acl.check(&caller.acting, action, Some(ownership)).allowed
+    }
+
+    /// 403 with the reason unless the caller may `action` this session.
+    pub(crate) fn authorize(&self, caller: &Caller, action: Action, session: &Session) -> Result<(), ApiError> {
+        let ownership =
+            Ownership { owner: &session.spec.owner, effective_user: &session.spec.effective_user, id: session.id };
+        let decision = self.acl.check(&caller.acting, action, Some(ownership));
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(decision.reason))
+        }
+    }
 }
 
 /// Every authenticated route.

@@ -2,9 +2,10 @@
 
 use super::dto::{self, CreateSessionRequest};
 use super::{AppState, LivyJson, Paging};
-use crate::auth::Principal;
+use crate::acl::Action;
 use crate::engine::{SessionKind, SessionSpec, SessionState};
 use crate::error::ApiError;
+use crate::impersonation::Caller;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +14,13 @@ use serde_json::{json, Value};
 
 /// Lines of log shown inside SessionInfo (as Livy).
 const INFO_LOG_LINES: usize = 10;
+
+/// SessionInfo as this caller may see it: `conf` and `log` only for those who may view it.
+fn info_for(state: &AppState, caller: &Caller, session: &crate::engine::Session) -> Value {
+    let viewer = state.allowed(caller, Action::View, session);
+    let log = if viewer { session.log.tail(INFO_LOG_LINES) } else { Vec::new() };
+    dto::session_json(&session.snapshot(), log, viewer)
+}
 
 pub(super) async fn version(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
@@ -29,8 +37,10 @@ pub(super) async fn version(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-pub(super) async fn list(State(state): State<AppState>, paging: Paging) -> Json<Value> {
-    let sessions = state.manager.list();
+pub(super) async fn list(State(state): State<AppState>, caller: Caller, paging: Paging) -> Json<Value> {
+    // Only what the caller may view is listed (Livy lists everything to everyone).
+    let sessions: Vec<_> =
+        state.manager.list().into_iter().filter(|s| state.allowed(&caller, Action::View, s)).collect();
     let total = sessions.len();
     let range = dto::window(total, paging.from.unwrap_or(0), paging.size.unwrap_or(Some(100)));
     let from = range.start;
@@ -41,9 +51,13 @@ pub(super) async fn list(State(state): State<AppState>, paging: Paging) -> Json<
 
 pub(super) async fn create(
     State(state): State<AppState>,
-    principal: Principal,
+    caller: Caller,
     LivyJson(req): LivyJson<CreateSessionRequest>,
 ) -> Result<Response, ApiError> {
+    let decision = state.acl.check(&caller.acting, Action::Create, None);
+    if !decision.allowed {
+        return Err(ApiError::Forbidden(decision.reason));
+    }
     let kind = match req.kind.as_deref() {
         None => SessionKind::Shared,
         Some(k) => SessionKind::parse(k).ok_or_else(|| {
@@ -53,15 +67,25 @@ pub(super) async fn create(
         })?,
     };
     let conf = dto::conf_to_strings(req.conf.unwrap_or_default()).map_err(ApiError::BadRequest)?;
+    let denied = state.acl.denied_conf_keys(&caller.acting, &conf);
+    if !denied.is_empty() {
+        return Err(ApiError::Forbidden(format!(
+            "Rejected: these Spark configuration keys may not be set by users: {}",
+            denied.join(", ")
+        )));
+    }
     let non_empty = |field: &str, v: Option<String>| -> Result<Option<String>, ApiError> {
         match v {
             Some(s) if s.trim().is_empty() => Err(ApiError::bad_request(format!("field `{field}` must not be empty"))),
             other => Ok(other),
         }
     };
+    let proxy_user = non_empty("proxyUser", req.proxy_user)?;
+    let effective_user = caller.effective_user_for(&state.acl, proxy_user.as_deref())?;
     let spec = SessionSpec {
-        owner: principal.name.clone(),
-        proxy_user: non_empty("proxyUser", req.proxy_user)?,
+        owner: caller.real.name.clone(),
+        proxy_user: launch_as(&effective_user),
+        effective_user: effective_user.clone(),
         kind,
         name: req.name,
         jars: req.jars.unwrap_or_default(),
@@ -79,16 +103,27 @@ pub(super) async fn create(
         ttl: req.ttl,
         idle_timeout: req.idle_timeout,
     };
-    let session = state.manager.create(spec)?;
+    let session = state.manager.create(spec, state.acl.quota(&effective_user))?;
     let body = dto::session_json(&session.snapshot(), session.log.tail(INFO_LOG_LINES), true);
     let location = format!("/sessions/{}", session.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
 }
 
-pub(super) async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+/// The Spark application runs as the effective user (`--proxy-user`), unless that is the
+/// account the gateway itself runs under.
+fn launch_as(effective_user: &str) -> Option<String> {
+    let own = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name);
+    (own.as_deref() != Some(effective_user)).then(|| effective_user.to_string())
+}
+
+pub(super) async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let session = state.manager.get(&id)?;
     session.heartbeat();
-    Ok(Json(dto::session_json(&session.snapshot(), session.log.tail(INFO_LOG_LINES), true)))
+    Ok(Json(info_for(&state, &caller, &session)))
 }
 
 pub(super) async fn state(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -99,10 +134,12 @@ pub(super) async fn state(State(state): State<AppState>, Path(id): Path<String>)
 
 pub(super) async fn log(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     paging: Paging,
 ) -> Result<Json<Value>, ApiError> {
     let session = state.manager.get(&id)?;
+    state.authorize(&caller, Action::View, &session)?;
     session.heartbeat();
     let lines = session.log.snapshot();
     let total = lines.len();
@@ -116,27 +153,34 @@ pub(super) async fn log(
 
 pub(super) async fn delete(
     State(state): State<AppState>,
-    principal: Principal,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let session = state.manager.get(&id)?;
-    state.manager.delete(&session, &principal.name).await;
+    state.authorize(&caller, Action::Modify, &session)?;
+    state.manager.delete(&session, &caller.real.name).await;
     Ok(Json(json!({"msg": "deleted"})))
 }
 
 pub(super) async fn stop(
     State(state): State<AppState>,
-    principal: Principal,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let session = state.manager.get(&id)?;
-    state.manager.stop(&session, SessionState::Killed, &format!("stopped by {}", principal.name)).await;
+    state.authorize(&caller, Action::Modify, &session)?;
+    state.manager.stop(&session, SessionState::Killed, &format!("stopped by {}", caller.real.name)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub(super) async fn connect(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn connect(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let session = state.manager.get(&id)?;
+    state.authorize(&caller, Action::Modify, &session)?;
     session.heartbeat();
     session.record_activity();
-    Ok(Json(dto::session_json(&session.snapshot(), session.log.tail(INFO_LOG_LINES), true)))
+    Ok(Json(info_for(&state, &caller, &session)))
 }

@@ -2,7 +2,9 @@
 
 use super::dto::{self, CompletionRequest, CreateStatementRequest};
 use super::{AppState, LivyJson, Paging};
+use crate::acl::Action;
 use crate::error::ApiError;
+use crate::impersonation::Caller;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,10 +17,12 @@ fn statement_id(raw: &str) -> Result<u32, ApiError> {
 
 pub(super) async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     paging: Paging,
 ) -> Result<Json<Value>, ApiError> {
     let session = state.manager.get(&id)?;
+    state.authorize(&caller, Action::View, &session)?;
     session.heartbeat();
     let mut statements = session.statements();
     if paging.descending {
@@ -32,10 +36,12 @@ pub(super) async fn list(
 
 pub(super) async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     LivyJson(req): LivyJson<CreateStatementRequest>,
 ) -> Result<Response, ApiError> {
     let session = state.manager.get(&id)?;
+    state.authorize(&caller, Action::Modify, &session)?;
     session.heartbeat();
     let code = req.code.ok_or_else(|| ApiError::bad_request("field `code` is required"))?;
     let kind = session.spec.kind.resolve_statement(req.kind.as_deref()).map_err(ApiError::BadRequest)?;
@@ -46,18 +52,22 @@ pub(super) async fn create(
 
 pub(super) async fn show(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, sid)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let session = state.manager.get(&id)?;
+    state.authorize(&caller, Action::View, &session)?;
     session.heartbeat();
     Ok(Json(dto::statement_json(&session.statement(statement_id(&sid)?)?)))
 }
 
 pub(super) async fn cancel(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, sid)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let session = state.manager.get(&id)?;
+    state.authorize(&caller, Action::Modify, &session)?;
     session.heartbeat();
     session.cancel(statement_id(&sid)?)?;
     Ok(Json(json!({"msg": "canceled"})))
@@ -65,10 +75,12 @@ pub(super) async fn cancel(
 
 pub(super) async fn complete(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     LivyJson(req): LivyJson<CompletionRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let session = state.manager.get(&id)?;
+    state.authorize(&caller, Action::Modify, &session)?;
     session.heartbeat();
     let code = req.code.ok_or_else(|| ApiError::bad_request("field `code` is required"))?;
     let kind = session.spec.kind.resolve_statement(req.kind.as_deref()).map_err(ApiError::BadRequest)?;

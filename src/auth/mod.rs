@@ -2,6 +2,11 @@
 //! immutable `Principal` into every authenticated request. Nothing below this layer reads
 //! credentials again, and no header a client sends can claim an identity.
 
+pub mod cookie;
+pub mod jwt;
+pub mod spnego;
+
+use crate::config::ValidatedConfig;
 use crate::error::ApiError;
 use crate::server::ConnInfo;
 use axum::extract::{FromRequestParts, Request, State};
@@ -158,6 +163,29 @@ impl AuthChain {
         }
         Err(ApiError::Unauthorized { msg: "authentication required".into(), challenges: challenges() })
     }
+}
+
+/// Why the authenticators could not be built at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("authentication setup: {0}")]
+pub struct AuthSetupError(pub String);
+
+/// Builds the configured chain, in `auth.methods` order; the dangerous anonymous mode, when on,
+/// comes last so that presented credentials are still checked.
+pub fn build_chain(config: &ValidatedConfig) -> Result<AuthChain, AuthSetupError> {
+    let mut list: Vec<Box<dyn Authenticator>> = Vec::new();
+    for method in &config.config.auth.methods {
+        match method.as_str() {
+            "jwt" => list.push(Box::new(jwt::JwtAuthenticator::from_config(config)?)),
+            // The signed cookie (when auth.spnego.cookie_ttl is not "0"), then the SPNEGO acceptor.
+            "spnego" => list.extend(spnego::authenticators(config)?),
+            other => return Err(AuthSetupError(format!("authentication method `{other}` is not available"))),
+        }
+    }
+    if config.config.auth.dangerous_allow_anonymous {
+        list.push(Box::new(DangerousAnonymous));
+    }
+    Ok(AuthChain::new(list))
 }
 
 /// The middleware: authenticates once and inserts the `Principal`.

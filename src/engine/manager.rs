@@ -5,6 +5,7 @@ use super::launcher::{self, LaunchSpec, LogBuffer, SparkEnv};
 use super::session::{Session, SessionLimits, SessionSpec};
 use super::state::SessionState;
 use super::EngineError;
+use crate::acl::policy::Quota;
 use crate::config::{parse_duration, ValidatedConfig};
 use crate::rpc::{DriverLink, DriverRegistry, FromDriver, SessionSecret};
 use serde_json::json;
@@ -96,7 +97,7 @@ impl SessionManager {
     }
 
     /// Creates a session and starts its driver. Caps are checked before anything is launched.
-    pub fn create(self: &Arc<Self>, spec: SessionSpec) -> Result<Arc<Session>, EngineError> {
+    pub fn create(self: &Arc<Self>, spec: SessionSpec, quota: Quota) -> Result<Arc<Session>, EngineError> {
         let cfg = &self.config;
         if let Some(name) = &spec.name {
             if name.is_empty() || name.bytes().all(|b| b.is_ascii_digit()) {
@@ -134,6 +135,25 @@ impl SessionManager {
                 live.iter().filter(|s| matches!(s, SessionState::NotStarted | SessionState::Starting)).count();
             if launching >= sessions.max_concurrent_launches {
                 return Err(EngineError::TooManyLaunches { limit: sessions.max_concurrent_launches });
+            }
+            let mine: Vec<SessionState> = reg
+                .by_id
+                .values()
+                .filter(|s| s.spec.effective_user == spec.effective_user)
+                .map(|s| s.state())
+                .filter(|s| s.is_live())
+                .collect();
+            if let Some(limit) = quota.max_sessions.filter(|l| mine.len() >= *l) {
+                return Err(EngineError::UserQuota { user: spec.effective_user.clone(), limit, what: "live sessions" });
+            }
+            let mine_launching =
+                mine.iter().filter(|s| matches!(s, SessionState::NotStarted | SessionState::Starting)).count();
+            if let Some(limit) = quota.max_concurrent_launches.filter(|l| mine_launching >= *l) {
+                return Err(EngineError::UserQuota {
+                    user: spec.effective_user.clone(),
+                    limit,
+                    what: "sessions starting",
+                });
             }
             let id = reg.next_id;
             reg.next_id += 1;

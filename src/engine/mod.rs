@@ -46,6 +46,16 @@ pub enum EngineError {
         /// The cap.
         limit: usize,
     },
+    /// A per-user quota is reached.
+    #[error("Rejected: {user} already has {limit} {what} (the per-user quota); delete one or try again later")]
+    UserQuota {
+        /// The user.
+        user: String,
+        /// The quota.
+        limit: usize,
+        /// `live sessions` or `sessions starting`.
+        what: &'static str,
+    },
     /// The session's state does not allow this.
     #[error("Session {id} is {state}: it does not accept statements")]
     NotAccepting {

@@ -20,8 +20,11 @@ use tokio::time::Instant;
 pub struct SessionSpec {
     /// The authenticated user who created it.
     pub owner: String,
-    /// The user the Spark application runs as, when impersonating.
+    /// `--proxy-user` for spark-submit: the effective user, unless that is the gateway's own
+    /// OS user.
     pub proxy_user: Option<String>,
+    /// The user the session acts as (owner, or the impersonated user): ACLs and quotas use it.
+    pub effective_user: String,
     /// Session kind.
     pub kind: SessionKind,
     /// Unique name, if given.

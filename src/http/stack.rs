@@ -4,11 +4,13 @@
 use crate::api::{self, AppState};
 use crate::auth::{self, AuthChain};
 use crate::config::ValidatedConfig;
+use crate::csrf::{self, CsrfMode};
 use crate::error::ApiError;
+use crate::{acl, impersonation};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
-use axum::http::{Request, StatusCode};
+use axum::http::{header, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{middleware, BoxError, Router};
 use std::any::Any;
@@ -16,13 +18,25 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::{SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 /// Builds the whole service: routes, authentication and every cross-cutting layer.
 pub fn build(state: AppState, auth: AuthChain) -> Router {
     let config = state.config.clone();
+    let acl = state.acl.clone();
+    let csrf_mode = CsrfMode::parse(&config.config.csrf.mode);
+    // route_layer: the last one added runs first. These apply to known routes only, so an
+    // unknown path stays a 404 instead of becoming a 401.
     let protected = api::router()
-        // Authentication on the routes only (route_layer), so an unknown path stays a 404.
+        // 4. May this caller (as impersonated) use the gateway at all? Finer checks need the
+        //    session and happen in the handlers.
+        .route_layer(middleware::from_fn_with_state(acl.clone(), acl::gate))
+        // 3. doAs: act as another user only where a proxy-user rule allows it.
+        .route_layer(middleware::from_fn_with_state(acl, impersonation::impersonate))
+        // 2. Browser-borne requests must prove they are not cross-site forgeries.
+        .route_layer(middleware::from_fn_with_state(csrf_mode, csrf::protect))
+        // 1. Authenticate once: the Principal every later step relies on.
         .route_layer(middleware::from_fn_with_state(auth, auth::authenticate))
         .with_state(state);
 
@@ -49,6 +63,22 @@ pub fn with_middleware(router: Router, config: &ValidatedConfig) -> Router {
             .layer(PropagateRequestIdLayer::x_request_id())
             // Cookies we set are secrets as well.
             .layer(SetSensitiveResponseHeadersLayer::new([SET_COOKIE]))
+            // Security headers on every response, errors included.
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+            ))
+            .layer(SetResponseHeaderLayer::overriding(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ))
+            .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+            ))
+            .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
+            .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
             // A panic in a handler is a JSON 500 for that request, never a dropped connection.
             .layer(CatchPanicLayer::custom(panic_response))
             // Turns the errors of the next three layers into JSON responses.

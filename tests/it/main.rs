@@ -3,8 +3,11 @@
 // "unreachable pub" and per-module dead code are expected.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, unreachable_pub, dead_code)]
 
+mod kdc;
 mod support;
 
 mod api;
 mod rpc;
+mod security;
 mod spark;
+mod spnego;

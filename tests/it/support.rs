@@ -17,6 +17,8 @@ pub struct TestGateway {
     pub rpc_ca_pem: String,
     pub manager: Arc<SessionManager>,
     pub data_dir: PathBuf,
+    pub policy_dir: PathBuf,
+    pub config: sparkgate::config::ValidatedConfig,
     _dir: tempfile::TempDir,
 }
 
@@ -26,15 +28,26 @@ pub fn repo_root() -> PathBuf {
 
 impl TestGateway {
     /// Starts a gateway with real Spark and `overrides` (section.key=value) on top of the test
-    /// defaults.
+    /// defaults, in the development anonymous mode with a policy that lets `anonymous` work.
     pub fn start(overrides: &[&str]) -> TestGateway {
+        let mut all = vec!["auth.dangerous_allow_anonymous=true"];
+        all.extend_from_slice(overrides);
+        Self::start_with_policy(&all, ANONYMOUS_POLICY)
+    }
+
+    /// Starts a gateway with the given policy file (policies/acl.toml) and overrides.
+    pub fn start_with_policy(overrides: &[&str], policy: &str) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
+        let policy_dir = dir.path().join("policies");
+        std::fs::create_dir_all(&policy_dir).unwrap();
+        std::fs::write(policy_dir.join("acl.toml"), policy).unwrap();
         let venv = repo_root().join(".venv");
         let mut all: Vec<String> = vec![
             "server.bind=\"127.0.0.1:0\"".into(),
             format!("server.data_dir=\"{}\"", data_dir.display()),
-            "auth.dangerous_allow_anonymous=true".into(),
+            format!("acl.policy_dir=\"{}\"", policy_dir.display()),
+            "acl.reload_interval=\"200ms\"".into(),
             format!("spark.venv=\"{}\"", venv.display()),
             "spark.conf.\"spark.driver.memory\"=\"768m\"".into(),
             "spark.conf.\"spark.sql.shuffle.partitions\"=\"2\"".into(),
@@ -45,6 +58,7 @@ impl TestGateway {
         ];
         all.extend(overrides.iter().map(|s| s.to_string()));
         let cfg = config::load(&Sources { file: None, env: vec![], overrides: all }).unwrap();
+        let config = cfg.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -77,8 +91,37 @@ impl TestGateway {
             rpc_ca_pem,
             manager,
             data_dir,
+            policy_dir,
+            config,
             _dir: dir,
         }
+    }
+
+    /// A development JWT for `user` signed by this gateway's generated key.
+    pub fn token(&self, user: &str, groups: &[&str]) -> String {
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        sparkgate::auth::jwt::mint_dev_token(&self.config, user, &groups, Duration::from_secs(3600)).unwrap()
+    }
+
+    /// A request with an optional bearer token; returns status, headers and JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = self.client().request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        (status, headers, r.json().await.unwrap_or(Value::Null))
     }
 
     pub fn client(&self) -> reqwest::Client {
@@ -165,6 +208,10 @@ impl TestGateway {
         }
     }
 }
+
+/// The policy of the anonymous test gateways: `anonymous` may create sessions (and, as their
+/// owner, do everything with them).
+pub const ANONYMOUS_POLICY: &str = "[create]\nusers = [\"anonymous\"]\n";
 
 /// The gateway most tests share.
 pub fn gateway() -> &'static TestGateway {

@@ -17,6 +17,7 @@ fn spec() -> SessionSpec {
     SessionSpec {
         owner: "alice".into(),
         proxy_user: None,
+        effective_user: "alice".into(),
         kind: SessionKind::PySpark,
         name: None,
         jars: vec![],
@@ -180,17 +181,29 @@ async fn sessions_are_found_by_id_or_name_and_caps_are_enforced() {
     let (_b, _rxb) = idle_session(&m, 1, limits());
     assert_eq!(m.get("0").unwrap().id, a.id);
     assert!(m.get("nobody").is_err());
-    let err = m.create(spec()).unwrap_err();
+    let err = m.create(spec(), Quota::default()).unwrap_err();
     assert!(matches!(err, EngineError::TooManySessions { limit: 2 }), "{err}");
     // Finished sessions do not count.
     a.finish(SessionState::Killed, "test");
-    let created = m.create(SessionSpec { name: Some("etl".into()), ..spec() }).unwrap();
+    let created = m.create(SessionSpec { name: Some("etl".into()), ..spec() }, Quota::default()).unwrap();
     // Without Spark the launch fails visibly: the session is dead with the reason in its log.
     assert_eq!(created.state(), SessionState::Dead);
     assert!(created.log.snapshot().iter().any(|l| l.contains("Spark is not configured")));
     assert_eq!(m.get("etl").unwrap().id, created.id);
-    let dup = m.create(SessionSpec { name: Some("etl".into()), ..spec() }).unwrap_err();
+    let dup = m.create(SessionSpec { name: Some("etl".into()), ..spec() }, Quota::default()).unwrap_err();
     assert!(matches!(dup, EngineError::DuplicateName(_)));
-    let bad = m.create(SessionSpec { ttl: Some("soon".into()), ..spec() }).unwrap_err();
+    let bad = m.create(SessionSpec { ttl: Some("soon".into()), ..spec() }, Quota::default()).unwrap_err();
     assert!(bad.to_string().contains("ttl"));
+}
+
+#[tokio::test]
+async fn per_user_quotas() {
+    let (m, _dir) = manager(&[]);
+    let (_a, _rx) = idle_session(&m, 0, limits()); // alice's live session
+    let quota = Quota { max_sessions: Some(1), max_concurrent_launches: None };
+    let err = m.create(spec(), quota).unwrap_err();
+    assert!(matches!(&err, EngineError::UserQuota { user, limit: 1, .. } if user == "alice"), "{err}");
+    // Another user is not affected by alice's quota.
+    let bob = SessionSpec { owner: "bob".into(), effective_user: "bob".into(), ..spec() };
+    assert!(m.create(bob, quota).is_ok());
 }

@@ -5,6 +5,7 @@ fn spec(kind: SessionKind) -> SessionSpec {
     SessionSpec {
         owner: "alice".into(),
         proxy_user: None,
+        effective_user: "alice".into(),
         kind,
         name: None,
         jars: vec![],

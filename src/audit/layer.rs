@@ -1,0 +1,121 @@
+//! The middleware that records one `request` event per HTTP request, after its response, from
+//! typed facts only: method, matched path, request id, peer address, status, latency, what the
+//! auth layer recorded ([`AuthRecord`]) and what the handler added ([`Annotation`]). It never
+//! reads other headers, the query string or a body, so none of them can reach the trail.
+//!
+//! Place it inside the request-id layer (so `x-request-id` is set) and outside authentication
+//! (so 401 and 403 are recorded too).
+
+use super::{Annotation, AuditEvent, AuditLog, Decision};
+use crate::auth::AuthRecord;
+use crate::server::ConnInfo;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// Records one `request` event per request. Layer it with
+/// `axum::middleware::from_fn_with_state(log, audit_requests)`.
+///
+/// The action is `"METHOD /path"` with the route's pattern (`/sessions/{id}`) when the
+/// [`MatchedPath`] is known — in the request when this runs inside the router, or in the
+/// response when [`expose_matched_path`] copied it there — and the raw path otherwise; never
+/// the query string.
+pub async fn audit_requests(State(log): State<Arc<AuditLog>>, request: Request, next: Next) -> Response {
+    // tokio's clock, so tests can pause time (clippy.toml bans std's Instant for that reason).
+    let started = Instant::now();
+    let method = request.method().clone();
+    let matched = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let raw_path = request.uri().path().to_owned();
+    let mut event =
+        AuditEvent::request(format!("{method} {}", matched.as_deref().unwrap_or(&raw_path)), Decision::Error);
+    if let Some(id) = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+        event = event.request_id(id);
+    }
+    if let Some(conn) = request.extensions().get::<ConnInfo>() {
+        event = event.remote_addr(conn.peer);
+    }
+    // If the response never comes (the client went away and the future was dropped, or a
+    // handler panicked through this layer), the guard still records the request.
+    let mut pending = Pending { log: &log, event: Some(event), started };
+
+    let mut response = next.run(request).await;
+
+    let Some(mut event) = pending.event.take() else { return response };
+    let status = response.status().as_u16();
+    event = event.status(status).decision(Decision::for_status(status)).latency_ms(elapsed_ms(started));
+    if matched.is_none() {
+        if let Some(m) = response.extensions().get::<MatchedPath>() {
+            event = event.action(format!("{method} {}", m.as_str()));
+        }
+    }
+    match response.extensions().get::<AuthRecord>() {
+        Some(AuthRecord::Principal(principal)) => event = event.principal(principal),
+        Some(AuthRecord::Refused(reason)) => event = event.decision(Decision::Deny).reason(reason.as_str()),
+        None => {}
+    }
+    if let Some(annotation) = response.extensions_mut().remove::<Annotation>() {
+        event = annotate(event, annotation);
+    }
+    log.record(event);
+    response
+}
+
+/// Copies the route's [`MatchedPath`] into the response so that [`audit_requests`], layered
+/// outside the router, can name the route rather than the raw path. Layer it on the router
+/// with `Router::layer(axum::middleware::from_fn(expose_matched_path))`.
+pub async fn expose_matched_path(request: Request, next: Next) -> Response {
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let mut response = next.run(request).await;
+    if let Some(matched) = matched {
+        response.extensions_mut().insert(matched);
+    }
+    response
+}
+
+fn annotate(mut event: AuditEvent, annotation: Annotation) -> AuditEvent {
+    let Annotation { action, resource, effective_user, decision, reason } = annotation;
+    if let Some(action) = action {
+        event = event.action(action);
+    }
+    if let Some(resource) = resource {
+        event = event.resource(resource);
+    }
+    if let Some(user) = effective_user {
+        event = event.effective_user(user);
+    }
+    if let Some(decision) = decision {
+        match decision.parse::<Decision>() {
+            Ok(decision) => event = event.decision(decision),
+            // A handler bug; the decision derived from the status stays.
+            Err(e) => tracing::warn!(error = %e, "ignoring an invalid audit annotation"),
+        }
+    }
+    if let Some(reason) = reason {
+        event = event.reason(reason);
+    }
+    event
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Records the request as cancelled if it is dropped before the response is known.
+struct Pending<'a> {
+    log: &'a AuditLog,
+    event: Option<AuditEvent>,
+    started: Instant,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(event) = self.event.take() {
+            let event = event
+                .latency_ms(elapsed_ms(self.started))
+                .reason("no response: the request was cancelled (client gone) or its handler panicked");
+            self.log.record(event);
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! [`AuditLog`]: appends hash-chained records from one writer thread, rotates files by size
+//! and resumes the chain where the previous run left it.
+//!
+//! Line format (one JSON object per line, keys in this order, absent optional fields omitted):
+//!
+//! ```text
+//! {"seq":N,"time":"2025-01-31T12:00:00.123Z","prev":"<64 hex>",<event fields>,"hash":"<64 hex>"}
+//! ```
+//!
+//! `hash` is the lowercase hex SHA-256 of the line's bytes up to but excluding `,"hash":` —
+//! i.e. everything from the opening `{` to the end of the last event field. `prev` is the
+//! `hash` of the record before it ([`GENESIS_PREV`] for seq 0). The bytes are hashed exactly
+//! as written, so no JSON canonicalisation is involved.
+
+use super::verify::{check_line, LineRecord};
+use super::{now_rfc3339_ms, sha256_hex, AuditError, AuditEvent, Decision, GENESIS_PREV};
+use serde::Serialize;
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Events that may wait for the writer; beyond this they are counted as lost (see
+/// [`AuditLog::record`]). About 2 MB of events at most.
+const QUEUE_CAPACITY: usize = 4096;
+
+/// How much of a file's end is read first when looking for its last record; records are
+/// bounded by field clipping to well under this.
+const TAIL_WINDOW: u64 = 64 * 1024;
+
+/// Longest first line read when resuming (a record is far smaller; anything longer is damage).
+const MAX_LINE_BYTES: u64 = 1024 * 1024;
+
+/// Width of the sequence number in rotated file names (`u64::MAX` has 20 digits), so that
+/// sorting the names as text sorts them by sequence.
+const ROTATED_DIGITS: usize = 20;
+
+/// The audit trail. Share it as `Arc<AuditLog>`.
+///
+/// Why a writer thread and a bounded queue rather than a mutex around the file: `record` runs
+/// on tokio worker threads, and a write to a slow or hung disk (NFS, a device at its limit)
+/// would stall every worker queued on the mutex — and with them the whole gateway, driver
+/// heartbeats included. With the queue, `record` never waits. If the writer falls
+/// [`QUEUE_CAPACITY`] events behind, further events are counted as lost and, as soon as the
+/// writer can write again, an `audit_records_lost` record saying how many goes into the chain,
+/// so a gap never passes silently. One writer assigns every `seq` and `prev`, so the chain's
+/// order is simply the queue's order.
+pub struct AuditLog {
+    path: PathBuf,
+    /// `None` only while dropping.
+    queue: Option<SyncSender<Command>>,
+    /// `None` only while dropping.
+    thread: Option<JoinHandle<()>>,
+    losses: Arc<Losses>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("path", &self.path).field("lost_events", &self.lost_events()).finish()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Losses {
+    /// Lost since the last `audit_records_lost` record was written.
+    unreported: AtomicU64,
+    /// Lost since the log was opened.
+    total: AtomicU64,
+}
+
+impl Losses {
+    /// Counts one lost event; returns how many were unreported before it.
+    fn lose(&self) -> u64 {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.unreported.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+enum Command {
+    Record { time: String, event: Box<AuditEvent> },
+    Flush(mpsc::Sender<Result<(), AuditError>>),
+}
+
+impl AuditLog {
+    /// Opens (or creates: directory 0700, file 0600) the audit file at `path` and continues the
+    /// chain from its last record — or, when it is missing or empty, from the newest rotated
+    /// file next to it — so a restart never breaks the chain. Refuses to continue after a
+    /// damaged last record rather than hide the damage behind new records.
+    pub fn open(path: &Path, max_file_bytes: u64) -> Result<Arc<Self>, AuditError> {
+        let file_name =
+            path.file_name().ok_or_else(|| AuditError::InvalidPath { path: path.to_path_buf() })?.to_os_string();
+        let dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        create_private_dir(&dir)?;
+        let file = open_private_append(path)?;
+        let len = file.metadata().map_err(io_at(path))?.len();
+        let (first_seq, last) = if len > 0 {
+            (Some(read_first_record(path)?.seq), Some(read_last_record(path, len)?))
+        } else {
+            (None, newest_rotated_last_record(&dir, &file_name)?)
+        };
+        let (next_seq, prev) = match last {
+            Some(record) => (record.seq.saturating_add(1), record.hash),
+            None => (0, GENESIS_PREV.to_string()),
+        };
+        tracing::info!(path = %path.display(), next_seq, "audit trail open");
+
+        let writer = Writer {
+            path: path.to_path_buf(),
+            dir,
+            file_name,
+            file,
+            len,
+            first_seq,
+            next_seq,
+            prev,
+            max_file_bytes,
+            write_failing: false,
+            rotate_failing: false,
+        };
+        let losses = Arc::new(Losses::default());
+        let (queue, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name("sparkgate-audit".into())
+            .spawn({
+                let losses = losses.clone();
+                move || writer.run(&receiver, &losses)
+            })
+            .map_err(io_at(path))?;
+        Ok(Arc::new(Self { path: path.to_path_buf(), queue: Some(queue), thread: Some(thread), losses }))
+    }
+
+    /// Queues `event`; it gets its `time` now and its `seq` from the writer. Never blocks and
+    /// never fails: when the queue is full the event is counted as lost and the loss is
+    /// recorded in the chain later (see the type's documentation).
+    pub fn record(&self, event: AuditEvent) {
+        let command = Command::Record { time: now_rfc3339_ms(), event: Box::new(event) };
+        let queued = match &self.queue {
+            Some(queue) => match queue.try_send(command) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            },
+            None => false,
+        };
+        if !queued && self.losses.lose() == 0 {
+            // Logged once per burst; the total is in `lost_events` and the trail itself.
+            tracing::error!(path = %self.path.display(), "audit events are being lost: the audit writer is not keeping up");
+        }
+    }
+
+    /// Waits until every event recorded before this call is written and synced to disk.
+    /// Blocking: from async code call it through `tokio::task::spawn_blocking`. Fails when the
+    /// sync fails or the last write failed.
+    pub fn flush(&self) -> Result<(), AuditError> {
+        let queue = self.queue.as_ref().ok_or(AuditError::WriterStopped)?;
+        let (reply, answer) = mpsc::channel();
+        queue.send(Command::Flush(reply)).map_err(|_| AuditError::WriterStopped)?;
+        answer.recv().map_err(|_| AuditError::WriterStopped)?
+    }
+
+    /// Counts `n` events as lost, as a full queue would (tests cannot fill it reliably).
+    #[cfg(test)]
+    pub(super) fn simulate_losses(&self, n: u64) {
+        for _ in 0..n {
+            self.losses.lose();
+        }
+    }
+
+    /// The current audit file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Events lost since the log was opened (queue full or a failed write); for health and
+    /// metrics. Each loss is also recorded in the chain once writing works.
+    pub fn lost_events(&self) -> u64 {
+        self.losses.total.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer drain it, sync and exit; joining guarantees that
+        // every record is on disk and nobody else writes to the file once the log is gone, so
+        // the same file can be opened again (a restart, a test).
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The files of the chain that ends in `current`, oldest first: the rotated siblings
+/// (`<name>.<20-digit seq>`) sorted by sequence, then `current` itself if it exists. Ready to
+/// pass to [`super::verify_files`].
+pub fn chain_files(current: &Path) -> Result<Vec<PathBuf>, AuditError> {
+    let file_name = current.file_name().ok_or_else(|| AuditError::InvalidPath { path: current.to_path_buf() })?;
+    let dir = match current.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let mut files: Vec<PathBuf> = rotated_files(dir, file_name)?.into_iter().map(|(_, path)| path).collect();
+    // After a crash between the two steps of a rotation, `current` and the newest rotated file
+    // are the same file; listing it twice would look like duplicated records.
+    let duplicate = files.last().is_some_and(|last| same_file(last, current));
+    if current.exists() && !duplicate {
+        files.push(current.to_path_buf());
+    }
+    Ok(files)
+}
+
+/// Owned by the writer thread: the open file and where the chain stands.
+struct Writer {
+    path: PathBuf,
+    dir: PathBuf,
+    file_name: OsString,
+    file: File,
+    /// Bytes in `file`; everything up to here is whole records.
+    len: u64,
+    /// Seq of the first record in the current file (names it when it is rotated).
+    first_seq: Option<u64>,
+    next_seq: u64,
+    /// Hash of the last record written (`GENESIS_PREV` before the first).
+    prev: String,
+    max_file_bytes: u64,
+    /// Whether the last write failed (errors are logged once per outage, not per event).
+    write_failing: bool,
+    /// Whether the last rotation failed.
+    rotate_failing: bool,
+}
+
+impl Writer {
+    fn run(mut self, commands: &Receiver<Command>, losses: &Losses) {
+        while let Ok(command) = commands.recv() {
+            self.report_losses(losses);
+            match command {
+                Command::Record { time, event } => {
+                    if !self.append(&time, &event) {
+                        losses.lose();
+                    }
+                }
+                Command::Flush(reply) => {
+                    let _ = reply.send(self.sync());
+                }
+            }
+        }
+        // Every `AuditLog` handle is gone: make what was written durable.
+        if let Err(e) = self.sync() {
+            tracing::error!(error = %e, "syncing the audit trail at close failed");
+        }
+    }
+
+    /// Writes an `audit_records_lost` record for losses not yet in the chain.
+    fn report_losses(&mut self, losses: &Losses) {
+        let lost = losses.unreported.swap(0, Ordering::Relaxed);
+        if lost == 0 {
+            return;
+        }
+        let event = AuditEvent::security("audit_records_lost", Decision::Error).reason(format!(
+            "{lost} audit event(s) could not be written (queue full or write error); the gateway log has details"
+        ));
+        if !self.append(&now_rfc3339_ms(), &event) {
+            losses.unreported.fetch_add(lost, Ordering::Relaxed);
+        }
+    }
+
+    /// Appends one record, rotating first if it would overflow the file. Returns whether the
+    /// record was written; a failed record does not advance the chain.
+    fn append(&mut self, time: &str, event: &AuditEvent) -> bool {
+        let (line, hash) = match render(self.next_seq, time, &self.prev, event) {
+            Ok(rendered) => rendered,
+            Err(e) => {
+                tracing::error!(error = %e, action = %event.action, "an audit event could not be encoded");
+                return false;
+            }
+        };
+        let line_len = line.len() as u64;
+        if self.len > 0 && self.len.saturating_add(line_len) > self.max_file_bytes {
+            match self.rotate() {
+                Ok(()) => self.rotate_failing = false,
+                Err(e) => {
+                    // Keep appending to the full file: an oversized file is better than lost
+                    // records.
+                    if !self.rotate_failing {
+                        tracing::error!(error = %e, "rotating the audit file failed; it keeps growing");
+                    }
+                    self.rotate_failing = true;
+                }
+            }
+        }
+        match self.file.write_all(line.as_bytes()) {
+            Ok(()) => {
+                self.len += line_len;
+                self.first_seq.get_or_insert(self.next_seq);
+                self.next_seq = self.next_seq.saturating_add(1);
+                self.prev = hash;
+                if self.write_failing {
+                    tracing::warn!(path = %self.path.display(), "audit writes succeed again");
+                }
+                self.write_failing = false;
+                true
+            }
+            Err(e) => {
+                // Cut off whatever part of the line reached the file so that the file still
+                // ends with a whole record and the next one starts on its own line.
+                let _ = self.file.set_len(self.len);
+                if !self.write_failing {
+                    tracing::error!(path = %self.path.display(), error = %e, "writing the audit trail failed");
+                }
+                self.write_failing = true;
+                false
+            }
+        }
+    }
+
+    /// Moves the current file to `<name>.<seq of its first record>` and starts a fresh one.
+    fn rotate(&mut self) -> Result<(), AuditError> {
+        let first = self.first_seq.unwrap_or(self.next_seq);
+        let rotated = rotated_path(&self.dir, &self.file_name, first);
+        // What the old file holds must be durable before it gets its final name.
+        self.file.sync_data().map_err(io_at(&self.path))?;
+        // A hard link rather than a rename: it never replaces an existing file, and the current
+        // name keeps existing throughout, so a crash at any step leaves a state `open` resumes.
+        match std::fs::hard_link(&self.path, &rotated) {
+            Ok(()) => {}
+            // A previous rotation was interrupted after this step: the link is already there.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && same_file(&self.path, &rotated) => {}
+            Err(e) => return Err(AuditError::Io { path: rotated, source: e }),
+        }
+        let mut fresh_name = OsString::from(".");
+        fresh_name.push(&self.file_name);
+        fresh_name.push(".new");
+        let fresh_path = self.dir.join(fresh_name);
+        let fresh = open_private_append(&fresh_path)?;
+        // A leftover from an interrupted rotation holds nothing that is not also elsewhere.
+        fresh.set_len(0).map_err(io_at(&fresh_path))?;
+        std::fs::rename(&fresh_path, &self.path).map_err(io_at(&self.path))?;
+        // Best effort: make the new names durable too.
+        if let Ok(dir) = File::open(&self.dir) {
+            let _ = dir.sync_all();
+        }
+        self.file = fresh;
+        self.len = 0;
+        self.first_seq = None;
+        tracing::info!(rotated = %rotated.display(), "audit file rotated");
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), AuditError> {
+        self.file.sync_data().map_err(io_at(&self.path))?;
+        if self.write_failing {
+            return Err(AuditError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other("the last audit write failed"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One record line (with its newline) and its hash.
+pub(super) fn render(seq: u64, time: &str, prev: &str, event: &AuditEvent) -> Result<(String, String), AuditError> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        seq: u64,
+        time: &'a str,
+        prev: &'a str,
+        #[serde(flatten)]
+        event: &'a AuditEvent,
+    }
+    let json =
+        serde_json::to_string(&Body { seq, time, prev, event }).map_err(|e| AuditError::Encode(e.to_string()))?;
+    let body = json.strip_suffix('}').ok_or_else(|| AuditError::Encode("not a JSON object".into()))?;
+    let hash = sha256_hex(body);
+    Ok((format!("{body},\"hash\":\"{hash}\"}}\n"), hash))
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io { path: path.to_path_buf(), source }
+}
+
+/// Creates the directory (and missing parents) as 0700. An existing directory is left as it
+/// is: the path may be a shared one such as `/var/log`, whose mode is not ours to change.
+fn create_private_dir(dir: &Path) -> Result<(), AuditError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_at(dir))
+}
+
+/// Opens for appending, creating as 0600; an existing file is tightened to 0600 as well.
+fn open_private_append(path: &Path) -> Result<File, AuditError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = OpenOptions::new().append(true).create(true).mode(0o600).open(path).map_err(io_at(path))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io_at(path))?;
+    Ok(file)
+}
+
+fn rotated_path(dir: &Path, file_name: &OsStr, first_seq: u64) -> PathBuf {
+    let mut name = file_name.to_os_string();
+    name.push(format!(".{first_seq:0ROTATED_DIGITS$}"));
+    dir.join(name)
+}
+
+/// Rotated siblings of `file_name` in `dir` with their first seq, oldest first.
+fn rotated_files(dir: &Path, file_name: &OsStr) -> Result<Vec<(u64, PathBuf)>, AuditError> {
+    let prefix = format!("{}.", file_name.to_string_lossy());
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(AuditError::Io { path: dir.to_path_buf(), source: e }),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_at(dir))?;
+        let name = entry.file_name();
+        let Some(digits) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+        if digits.len() != ROTATED_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(seq) = digits.parse::<u64>() {
+            found.push((seq, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+fn damaged(path: &Path, detail: impl Into<String>) -> AuditError {
+    AuditError::Damaged { path: path.to_path_buf(), detail: detail.into() }
+}
+
+fn checked(path: &Path, which: &str, line: &[u8]) -> Result<LineRecord, AuditError> {
+    check_line(line)
+        .map_err(|problem| damaged(path, format!("its {which} record is {}: {}", problem.kind, problem.detail)))
+}
+
+fn read_first_record(path: &Path) -> Result<LineRecord, AuditError> {
+    let file = File::open(path).map_err(io_at(path))?;
+    let mut line = Vec::new();
+    BufReader::new(file).take(MAX_LINE_BYTES).read_until(b'\n', &mut line).map_err(io_at(path))?;
+    match line.strip_suffix(b"\n") {
+        Some(line) => checked(path, "first", line),
+        None => Err(damaged(path, "its first line is unterminated or too long")),
+    }
+}
+
+/// The last record of a non-empty file of `len` bytes, read from the end.
+fn read_last_record(path: &Path, len: u64) -> Result<LineRecord, AuditError> {
+    let mut file = File::open(path).map_err(io_at(path))?;
+    let mut window = TAIL_WINDOW;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start)).map_err(io_at(path))?;
+        let mut tail = Vec::new();
+        (&mut file).take(len - start).read_to_end(&mut tail).map_err(io_at(path))?;
+        let Some(body) = tail.strip_suffix(b"\n") else {
+            return Err(damaged(path, "it ends in the middle of a record (an interrupted write?)"));
+        };
+        match body.iter().rposition(|&b| b == b'\n') {
+            Some(newline) => return checked(path, "last", &body[newline + 1..]),
+            None if start == 0 => return checked(path, "last", body),
+            None => window = window.saturating_mul(2),
+        }
+    }
+}
+
+/// The last record of the newest non-empty rotated sibling, if any: the chain continues from
+/// there when the current file is missing or empty (e.g. a crash right after a rotation).
+fn newest_rotated_last_record(dir: &Path, file_name: &OsStr) -> Result<Option<LineRecord>, AuditError> {
+    for (_, path) in rotated_files(dir, file_name)?.into_iter().rev() {
+        let len = std::fs::metadata(&path).map_err(io_at(&path))?.len();
+        if len > 0 {
+            tracing::info!(from = %path.display(), "continuing the audit chain from the newest rotated file");
+            return read_last_record(&path, len).map(Some);
+        }
+    }
+    Ok(None)
+}
