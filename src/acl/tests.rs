@@ -173,3 +173,14 @@ fn host_patterns() {
     assert!(HostPattern::parse("10.0.0.0/33").is_none());
     assert!(HostPattern::parse("example.com").is_none());
 }
+
+#[test]
+fn the_shipped_policy_loads_and_denies_by_default() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let m = AccessManager::load(&dir, None).unwrap();
+    assert!(!m.check(&who("mallory", &[]), Action::UseGateway, None).allowed);
+    assert!(!m.is_superuser(&who("root", &[])));
+    assert!(m.check(&who("dev", &["sparkgate-users"]), Action::Create, None).allowed);
+    let other = Ownership { owner: "x", effective_user: "x", id: 1 };
+    assert!(!m.check(&who("dev", &["sparkgate-users"]), Action::View, Some(other)).allowed);
+}
