@@ -364,6 +364,13 @@ fn an_edited_field_is_altered_at_its_line() {
 }
 
 #[test]
+fn a_reformatted_line_is_altered() {
+    let (_, report) = tampered(|lines| lines[2] = lines[2].replace(",\"hash\":\"", ", \"hash\": \""));
+    let p = problem(&report);
+    assert_eq!((p.kind, p.line, p.seq), (ProblemKind::Altered, 3, Some(2)));
+}
+
+#[test]
 fn two_swapped_lines_are_reordered_at_the_first_of_them() {
     let (_, report) = tampered(|lines| lines.swap(3, 4));
     let p = problem(&report);

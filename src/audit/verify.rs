@@ -167,7 +167,12 @@ pub(super) fn check_line(line: &[u8]) -> Result<LineRecord, LineProblem> {
     }
     let suffix = format!(",\"hash\":\"{}\"}}", head.hash);
     let Some(body) = text.strip_suffix(suffix.as_str()) else {
-        return Err(broken(seq, "hash is not the record's last field"));
+        // It parses, so it was a record; only an edit (or reformatting) moves the hash.
+        return Err(LineProblem {
+            kind: ProblemKind::Altered,
+            seq,
+            detail: "the line is not byte for byte as written (`hash` must be its last field, without spaces)".into(),
+        });
     };
     if sha256_hex(body) != head.hash {
         return Err(LineProblem {

@@ -20,7 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -123,6 +123,7 @@ impl AuditLog {
             max_file_bytes,
             write_failing: false,
             rotate_failing: false,
+            sync_failing: false,
         };
         let losses = Arc::new(Losses::default());
         let (queue, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
@@ -233,41 +234,66 @@ struct Writer {
     write_failing: bool,
     /// Whether the last rotation failed.
     rotate_failing: bool,
+    /// Whether the last background sync failed.
+    sync_failing: bool,
 }
 
 impl Writer {
     fn run(mut self, commands: &Receiver<Command>, losses: &Losses) {
-        while let Ok(command) = commands.recv() {
-            self.report_losses(losses);
+        // Written but not yet synced. Syncing whenever the queue runs dry makes every burst
+        // durable as soon as it ends, without an fsync per record while busy (the records that
+        // queue up during one sync are written together and covered by the next).
+        let mut unsynced = false;
+        loop {
+            let command = match commands.try_recv() {
+                Ok(command) => command,
+                Err(TryRecvError::Empty) => {
+                    if unsynced {
+                        self.sync_quietly();
+                        unsynced = false;
+                    }
+                    match commands.recv() {
+                        Ok(command) => command,
+                        Err(_) => break,
+                    }
+                }
+                Err(TryRecvError::Disconnected) => break,
+            };
+            unsynced |= self.report_losses(losses);
             match command {
                 Command::Record { time, event } => {
-                    if !self.append(&time, &event) {
+                    if self.append(&time, &event) {
+                        unsynced = true;
+                    } else {
                         losses.lose();
                     }
                 }
                 Command::Flush(reply) => {
                     let _ = reply.send(self.sync());
+                    unsynced = false;
                 }
             }
         }
-        // Every `AuditLog` handle is gone: make what was written durable.
-        if let Err(e) = self.sync() {
-            tracing::error!(error = %e, "syncing the audit trail at close failed");
-        }
+        // Every `AuditLog` handle is gone: record any last losses and make it all durable.
+        self.report_losses(losses);
+        self.sync_quietly();
     }
 
-    /// Writes an `audit_records_lost` record for losses not yet in the chain.
-    fn report_losses(&mut self, losses: &Losses) {
+    /// Writes an `audit_records_lost` record for losses not yet in the chain; returns whether
+    /// it wrote one.
+    fn report_losses(&mut self, losses: &Losses) -> bool {
         let lost = losses.unreported.swap(0, Ordering::Relaxed);
         if lost == 0 {
-            return;
+            return false;
         }
         let event = AuditEvent::security("audit_records_lost", Decision::Error).reason(format!(
             "{lost} audit event(s) could not be written (queue full or write error); the gateway log has details"
         ));
-        if !self.append(&now_rfc3339_ms(), &event) {
+        let written = self.append(&now_rfc3339_ms(), &event);
+        if !written {
             losses.unreported.fetch_add(lost, Ordering::Relaxed);
         }
+        written
     }
 
     /// Appends one record, rotating first if it would overflow the file. Returns whether the
@@ -350,6 +376,19 @@ impl Writer {
         self.first_seq = None;
         tracing::info!(rotated = %rotated.display(), "audit file rotated");
         Ok(())
+    }
+
+    /// Syncs in the background of the queue: failures are logged once per outage.
+    fn sync_quietly(&mut self) {
+        match self.file.sync_data() {
+            Ok(()) => self.sync_failing = false,
+            Err(e) => {
+                if !self.sync_failing {
+                    tracing::error!(path = %self.path.display(), error = %e, "syncing the audit trail failed");
+                }
+                self.sync_failing = true;
+            }
+        }
     }
 
     fn sync(&self) -> Result<(), AuditError> {
