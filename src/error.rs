@@ -85,6 +85,12 @@ impl IntoResponse for ApiError {
             other => json!({ "msg": other.to_string() }),
         };
         let mut response = (status, Json(body)).into_response();
+        if !matches!(self, Self::Internal(_)) {
+            // The audit record says why (client-facing messages never hold credentials).
+            response
+                .extensions_mut()
+                .insert(crate::audit::Annotation { reason: Some(self.to_string()), ..Default::default() });
+        }
         if let Self::Unauthorized { challenges, .. } = &self {
             for challenge in challenges {
                 if let Ok(value) = HeaderValue::from_str(challenge) {

@@ -4,6 +4,7 @@
 //! Identity headers a client sends are never consulted.
 
 use crate::acl::AccessManager;
+use crate::audit::{AuditEvent, AuditLog, Decision};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::server::ConnInfo;
@@ -28,7 +29,12 @@ pub struct Caller {
 impl Caller {
     /// Resolves the effective user of a new session from `proxyUser` (the request acts as
     /// `acting` already, so `doAs` has been applied and wins).
-    pub fn effective_user_for(&self, acl: &AccessManager, proxy_user: Option<&str>) -> Result<String, ApiError> {
+    pub fn effective_user_for(
+        &self,
+        acl: &AccessManager,
+        audit: &AuditLog,
+        proxy_user: Option<&str>,
+    ) -> Result<String, ApiError> {
         if self.acting.name != self.real.name {
             // doAs given: it decides; a different proxyUser in the body is a conflict.
             if let Some(p) = proxy_user.filter(|p| *p != self.acting.name) {
@@ -43,6 +49,7 @@ impl Caller {
             None => Ok(self.real.name.clone()),
             Some(target) => {
                 let decision = acl.check_impersonation(&self.real, target, self.peer);
+                audit.record(impersonation_event(&self.real, target, self.peer, &decision.reason, decision.allowed));
                 if decision.allowed {
                     tracing::info!(caller = %self.real.name, target, reason = %decision.reason, "impersonation granted");
                     Ok(target.to_string())
@@ -63,8 +70,34 @@ pub fn do_as(query: Option<&str>) -> Option<String> {
     })
 }
 
+fn impersonation_event(
+    real: &Principal,
+    target: &str,
+    peer: Option<IpAddr>,
+    reason: &str,
+    allowed: bool,
+) -> AuditEvent {
+    let (action, decision) =
+        if allowed { ("impersonation_granted", Decision::Allow) } else { ("impersonation_denied", Decision::Deny) };
+    let mut event = AuditEvent::security(action, decision).principal(real).effective_user(target).reason(reason);
+    if let Some(ip) = peer {
+        event = event.remote_addr(std::net::SocketAddr::new(ip, 0));
+    }
+    event
+}
+
+/// What the impersonation middleware needs.
+#[derive(Debug, Clone)]
+pub struct ImpersonationState {
+    /// The policy.
+    pub acl: Arc<AccessManager>,
+    /// Where grants and denials are recorded.
+    pub audit: Arc<AuditLog>,
+}
+
 /// The middleware: checks `doAs` and inserts the `Caller`.
-pub async fn impersonate(State(acl): State<Arc<AccessManager>>, request: Request, next: Next) -> Response {
+pub async fn impersonate(State(st): State<ImpersonationState>, request: Request, next: Next) -> Response {
+    let acl = &st.acl;
     let (mut parts, body) = request.into_parts();
     let Some(real) = parts.extensions.get::<Principal>().cloned() else {
         return ApiError::Internal("impersonation runs before authentication".into()).into_response();
@@ -75,6 +108,7 @@ pub async fn impersonate(State(acl): State<Arc<AccessManager>>, request: Request
         Some(target) if target == real.name => real.clone(),
         Some(target) => {
             let decision = acl.check_impersonation(&real, &target, peer);
+            st.audit.record(impersonation_event(&real, &target, peer, &decision.reason, decision.allowed));
             if !decision.allowed {
                 tracing::warn!(caller = %real.name, %target, reason = %decision.reason, "impersonation denied");
                 return ApiError::Forbidden(decision.reason).into_response();
@@ -85,8 +119,26 @@ pub async fn impersonate(State(acl): State<Arc<AccessManager>>, request: Request
             Principal { name: target, groups: Vec::new(), method: real.method }
         }
     };
+    let effective = acting.name.clone();
+    let resource = parts.uri.path().to_string();
     parts.extensions.insert(Caller { real, acting, peer });
-    next.run(Request::from_parts(parts, body)).await
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    // The audit record names who the request acted as and the concrete resource.
+    let annotation = response.extensions_mut().get_mut::<crate::audit::Annotation>();
+    match annotation {
+        Some(a) => {
+            a.effective_user.get_or_insert(effective);
+            a.resource.get_or_insert(resource);
+        }
+        None => {
+            response.extensions_mut().insert(crate::audit::Annotation {
+                effective_user: Some(effective),
+                resource: Some(resource),
+                ..Default::default()
+            });
+        }
+    }
+    response
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {

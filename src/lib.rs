@@ -59,7 +59,7 @@ pub enum StartError {
 }
 
 /// Checks the policy files for changes and reloads them; a bad file keeps the old policy.
-fn start_policy_reloader(acl: Arc<acl::AccessManager>, every: std::time::Duration) {
+fn start_policy_reloader(acl: Arc<acl::AccessManager>, audit: Arc<audit::AuditLog>, every: std::time::Duration) {
     let weak = Arc::downgrade(&acl);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -69,9 +69,16 @@ fn start_policy_reloader(acl: Arc<acl::AccessManager>, every: std::time::Duratio
             let Some(acl) = weak.upgrade() else { return };
             match acl.reload_if_changed() {
                 None => {}
-                Some(Ok(())) => tracing::info!("access policy reloaded"),
+                Some(Ok(())) => {
+                    tracing::info!("access policy reloaded");
+                    audit.record(audit::AuditEvent::security("policy_reloaded", audit::Decision::Info));
+                }
                 Some(Err(e)) => {
-                    tracing::error!(error = %e, "access policy NOT reloaded; the previous policy stays in force")
+                    tracing::error!(error = %e, "access policy NOT reloaded; the previous policy stays in force");
+                    audit.record(
+                        audit::AuditEvent::security("policy_reloaded", audit::Decision::Error)
+                            .reason(format!("kept the previous policy: {e}")),
+                    );
                 }
             }
         }
@@ -104,6 +111,8 @@ pub struct Gateway {
     pub dev_ca: Option<PathBuf>,
     /// The RPC server's CA (tests use it to speak to the RPC server as a driver would).
     pub rpc_ca_pem: String,
+    /// The audit trail.
+    pub audit: Arc<audit::AuditLog>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -165,7 +174,11 @@ impl Gateway {
             None
         };
         let driver_program = driver::install(&cfg.server.data_dir).map_err(io("installing the driver program"))?;
+        let audit_path = cfg.audit.path.clone().unwrap_or_else(|| cfg.server.data_dir.join("audit").join("audit.log"));
+        let audit_log = audit::AuditLog::open(&audit_path, cfg.audit.max_file_bytes)
+            .map_err(|e| StartError::Io { what: "opening the audit log".into(), source: std::io::Error::other(e) })?;
         let manager = SessionManager::new(config.clone(), spark, driver_program);
+        manager.set_audit(audit_log.clone());
 
         // The RPC channel has its own private CA, generated at every start: drivers receive it
         // in their 0600 configuration file and trust nothing else.
@@ -192,18 +205,28 @@ impl Gateway {
         let addr = listener.local_addr().map_err(io("reading the listener address"))?;
         let acl = acl::AccessManager::load(&cfg.acl.policy_dir, cfg.acl.groups_file.as_deref())
             .map_err(StartError::Policy)?;
-        start_policy_reloader(acl.clone(), config.durations.acl_reload_interval);
-        let state = api::AppState { manager: manager.clone(), config: config.clone(), acl };
+        start_policy_reloader(acl.clone(), audit_log.clone(), config.durations.acl_reload_interval);
+        let state = api::AppState { manager: manager.clone(), config: config.clone(), acl, audit: audit_log.clone() };
         let app = http::stack::build(state, auth_chain);
         let (shutdown, rx) = watch::channel(false);
         tokio::spawn(server::serve(listener, app, transport, config.durations.tls_handshake_timeout, rx));
         tracing::info!(%addr, rpc = %rpc_server.local_addr, "sparkgate listening");
-        Ok(Self { addr, rpc_addr: rpc_server.local_addr, manager, dev_ca, rpc_ca_pem: rpc_pki.ca_pem, shutdown })
+        Ok(Self {
+            addr,
+            rpc_addr: rpc_server.local_addr,
+            manager,
+            dev_ca,
+            rpc_ca_pem: rpc_pki.ca_pem,
+            audit: audit_log,
+            shutdown,
+        })
     }
 
     /// Stops accepting requests and stops every session (no driver outlives the gateway).
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         self.manager.shutdown_all().await;
+        let audit = self.audit.clone();
+        let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
     }
 }

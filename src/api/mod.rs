@@ -25,6 +25,8 @@ pub struct AppState {
     pub config: Arc<ValidatedConfig>,
     /// Who may do what.
     pub acl: Arc<AccessManager>,
+    /// The audit trail (security events; requests are recorded by the stack).
+    pub audit: Arc<crate::audit::AuditLog>,
 }
 
 impl AppState {

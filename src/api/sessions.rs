@@ -81,7 +81,7 @@ pub(super) async fn create(
         }
     };
     let proxy_user = non_empty("proxyUser", req.proxy_user)?;
-    let effective_user = caller.effective_user_for(&state.acl, proxy_user.as_deref())?;
+    let effective_user = caller.effective_user_for(&state.acl, &state.audit, proxy_user.as_deref())?;
     let spec = SessionSpec {
         owner: caller.real.name.clone(),
         proxy_user: launch_as(&effective_user),

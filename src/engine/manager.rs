@@ -6,6 +6,7 @@ use super::session::{Session, SessionLimits, SessionSpec};
 use super::state::SessionState;
 use super::EngineError;
 use crate::acl::policy::Quota;
+use crate::audit::{AuditEvent, AuditLog, Decision};
 use crate::config::{parse_duration, ValidatedConfig};
 use crate::rpc::{DriverLink, DriverRegistry, FromDriver, SessionSecret};
 use serde_json::json;
@@ -43,6 +44,7 @@ pub struct SessionManager {
     spark: Option<Arc<SparkEnv>>,
     driver_program: PathBuf,
     rpc: OnceLock<RpcEndpoint>,
+    audit: OnceLock<Arc<AuditLog>>,
     registry: Mutex<Registry>,
     rpc_auth_failures: std::sync::atomic::AtomicU64,
 }
@@ -56,6 +58,7 @@ impl SessionManager {
             spark: spark.map(Arc::new),
             driver_program,
             rpc: OnceLock::new(),
+            audit: OnceLock::new(),
             registry: Mutex::new(Registry::default()),
             rpc_auth_failures: std::sync::atomic::AtomicU64::new(0),
         })
@@ -64,6 +67,17 @@ impl SessionManager {
     /// Tells the manager where the RPC server listens (once it is bound).
     pub fn set_rpc_endpoint(&self, endpoint: RpcEndpoint) {
         let _ = self.rpc.set(endpoint);
+    }
+
+    /// Where engine security events go.
+    pub fn set_audit(&self, log: Arc<AuditLog>) {
+        let _ = self.audit.set(log);
+    }
+
+    fn audit(&self, event: AuditEvent) {
+        if let Some(log) = self.audit.get() {
+            log.record(event);
+        }
     }
 
     /// The Spark found at start-up.
@@ -232,6 +246,13 @@ impl SessionManager {
         let handle = launcher::spawn(spark, &cfg.spark.pass_env, args, env, session.log.clone(), on_line)
             .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
         tracing::info!(session = session.id, pgid = handle.pgid, owner = %spec.owner, "session launched");
+        self.audit(
+            AuditEvent::security("session_launched", Decision::Info)
+                .principal_name(spec.owner.clone())
+                .effective_user(spec.effective_user.clone())
+                .resource(format!("session:{}", session.id))
+                .reason(format!("spark-submit started (process group {})", handle.pgid)),
+        );
         session.set_process(handle.clone());
         let watched = session.clone();
         tokio::spawn(async move {
@@ -355,6 +376,15 @@ impl SessionManager {
                 None
             };
             if let Some((final_state, reason, forget)) = verdict {
+                let action =
+                    if final_state == SessionState::Dead { "session_dead" } else { "session_killed_by_timeout" };
+                self.audit(
+                    AuditEvent::security(action, Decision::Info)
+                        .principal_name(session.spec.owner.clone())
+                        .effective_user(session.spec.effective_user.clone())
+                        .resource(format!("session:{}", session.id))
+                        .reason(reason.clone()),
+                );
                 let manager = self.clone();
                 tokio::spawn(async move {
                     manager.stop(&session, final_state, &reason).await;
@@ -386,6 +416,11 @@ impl DriverRegistry for SessionManager {
 
     fn attach(&self, session_id: u32, link: DriverLink) {
         if let Some(session) = self.lock().by_id.get(&session_id).cloned() {
+            self.audit(
+                AuditEvent::security("driver_authenticated", Decision::Allow)
+                    .effective_user(session.spec.effective_user.clone())
+                    .resource(format!("session:{session_id}")),
+            );
             session.attach(link);
         }
     }
@@ -405,6 +440,11 @@ impl DriverRegistry for SessionManager {
     fn auth_failed(&self, peer: SocketAddr, session_id: Option<u32>, reason: &str) {
         self.rpc_auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(%peer, session_id, reason, "driver RPC authentication failed");
+        let mut event = AuditEvent::security("rpc_auth_failed", Decision::Deny).remote_addr(peer).reason(reason);
+        if let Some(id) = session_id {
+            event = event.resource(format!("session:{id}"));
+        }
+        self.audit(event);
     }
 }
 

@@ -6,7 +6,7 @@ use crate::auth::{self, AuthChain};
 use crate::config::ValidatedConfig;
 use crate::csrf::{self, CsrfMode};
 use crate::error::ApiError;
-use crate::{acl, impersonation};
+use crate::{acl, audit, impersonation};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
@@ -14,8 +14,10 @@ use axum::http::{header, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{middleware, BoxError, Router};
 use std::any::Any;
+use std::sync::Arc;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::map_response_body::MapResponseBodyLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::{SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -25,6 +27,7 @@ use tower_http::trace::TraceLayer;
 pub fn build(state: AppState, auth: AuthChain) -> Router {
     let config = state.config.clone();
     let acl = state.acl.clone();
+    let audit_log = state.audit.clone();
     let csrf_mode = CsrfMode::parse(&config.config.csrf.mode);
     // route_layer: the last one added runs first. These apply to known routes only, so an
     // unknown path stays a 404 instead of becoming a 401.
@@ -33,18 +36,23 @@ pub fn build(state: AppState, auth: AuthChain) -> Router {
         //    session and happen in the handlers.
         .route_layer(middleware::from_fn_with_state(acl.clone(), acl::gate))
         // 3. doAs: act as another user only where a proxy-user rule allows it.
-        .route_layer(middleware::from_fn_with_state(acl, impersonation::impersonate))
+        .route_layer(middleware::from_fn_with_state(
+            impersonation::ImpersonationState { acl, audit: audit_log.clone() },
+            impersonation::impersonate,
+        ))
         // 2. Browser-borne requests must prove they are not cross-site forgeries.
         .route_layer(middleware::from_fn_with_state(csrf_mode, csrf::protect))
         // 1. Authenticate once: the Principal every later step relies on.
         .route_layer(middleware::from_fn_with_state(auth, auth::authenticate))
+        // Lets the audit layer (outside the router) record `/sessions/{id}`, not raw paths.
+        .layer(middleware::from_fn(audit::expose_matched_path))
         .with_state(state);
 
-    with_middleware(Router::new().merge(protected), &config)
+    with_middleware(Router::new().merge(protected), &config, Some(audit_log))
 }
 
 /// Wraps any router in the cross-cutting layers (tests use it with their own routes).
-pub fn with_middleware(router: Router, config: &ValidatedConfig) -> Router {
+pub fn with_middleware(router: Router, config: &ValidatedConfig, audit_log: Option<Arc<audit::AuditLog>>) -> Router {
     let routes = router.fallback(not_found).method_not_allowed_fallback(method_not_allowed);
     // Router::layer wraps each route separately; wrapping one fallback service instead makes
     // the limits below global (one concurrency budget for the whole gateway, not per route).
@@ -79,6 +87,11 @@ pub fn with_middleware(router: Router, config: &ValidatedConfig) -> Router {
             ))
             .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
             .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+            // One audit record per request, outside authentication so 401s and 403s are
+            // recorded too, and outside the panic handler so a 500 is recorded as well.
+            .option_layer(audit_log.map(|log| middleware::from_fn_with_state(log, audit::audit_requests)))
+            // (The audit middleware wants axum's body type from the layers below it.)
+            .layer(MapResponseBodyLayer::new(axum::body::Body::new))
             // A panic in a handler is a JSON 500 for that request, never a dropped connection.
             .layer(CatchPanicLayer::custom(panic_response))
             // Turns the errors of the next three layers into JSON responses.

@@ -7,6 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod reload;
+
 /// What can go wrong setting up TLS.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -172,6 +174,98 @@ pub fn server_config(pair: &PemPair, alpn: &[&[u8]]) -> Result<Arc<rustls::Serve
         .with_single_cert(certs, key)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// How the HTTPS listener treats client certificates.
+#[derive(Debug, Clone)]
+pub enum ClientAuth {
+    /// Not asked for.
+    None,
+    /// Asked for and verified against these CA certificates (PEM); `required` refuses
+    /// connections without one. Expired or untrusted certificates always fail the handshake.
+    Verify {
+        /// Trusted CA certificates.
+        ca_pem: String,
+        /// Whether a certificate is mandatory.
+        required: bool,
+    },
+}
+
+/// The HTTPS configuration: TLS 1.2+, h2 and http/1.1, a certificate that can be reloaded,
+/// and optional client certificate verification.
+pub fn https_config(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    client_auth: &ClientAuth,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Verify { ca_pem, required } => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+                let cert = cert.map_err(|e| TlsError::Pem(format!("client CA PEM: {e}")))?;
+                roots.add(cert).map_err(TlsError::Rustls)?;
+            }
+            if roots.is_empty() {
+                return Err(TlsError::Pem("the client CA file holds no certificate".into()));
+            }
+            let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if !required {
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier.build().map_err(|e| TlsError::Pem(format!("client CA: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = HTTP_ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A client certificate to generate (tests and development).
+#[derive(Debug, Clone, Default)]
+pub struct ClientCertSpec {
+    /// Subject common name.
+    pub common_name: String,
+    /// An rfc822Name SAN, if any.
+    pub email: Option<String>,
+    /// Already expired.
+    pub expired: bool,
+}
+
+/// Generates a client CA and client certificates it signed: `(ca_pem, [(cert_pem, key_pem)])`.
+pub fn generate_client_pki(ca_name: &str, clients: &[ClientCertSpec]) -> Result<(String, Vec<PemPair>), TlsError> {
+    let now = time::OffsetDateTime::now_utc();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.distinguished_name.push(DnType::CommonName, ca_name);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.not_before = now - time::Duration::hours(1);
+    ca_params.not_after = now + time::Duration::days(30);
+    let ca_key = KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+    let mut out = Vec::new();
+    for spec in clients {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, spec.common_name.as_str());
+        if let Some(email) = &spec.email {
+            params.subject_alt_names.push(rcgen::SanType::Rfc822Name(email.as_str().try_into()?));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if spec.expired {
+            params.not_before = now - time::Duration::days(10);
+            params.not_after = now - time::Duration::days(1);
+        } else {
+            params.not_before = now - time::Duration::hours(1);
+            params.not_after = now + time::Duration::days(30);
+        }
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &ca, &ca_key)?;
+        out.push(PemPair { cert_pem: cert.pem(), key_pem: crate::config::Secret::new(key.serialize_pem()) });
+    }
+    Ok((ca.pem(), out))
 }
 
 /// ALPN for the HTTPS listener.

@@ -1,14 +1,13 @@
 //! A real MIT Kerberos KDC for tests: a temporary realm (`SPARKGATE.TEST`) on 127.0.0.1 with its
 //! own krb5.conf, kdc.conf and database in a temp dir — every tool runs with `KRB5_CONFIG` and
 //! `KRB5_KDC_PROFILE` pointing there, so `/etc` is never read or written. `krb5kdc -n` runs in
-//! the foreground in its own process group and is killed when the `Kdc` is dropped. Needs the
-//! Debian packages krb5-kdc, krb5-admin-server and krb5-user (`scripts/setup.sh`).
+//! the foreground and is killed when the `Kdc` is dropped. Needs the Debian packages krb5-kdc,
+//! krb5-admin-server and krb5-user (`scripts/setup.sh`).
 
 use rand::distributions::{Alphanumeric, DistString};
 use std::ffi::OsString;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -112,7 +111,8 @@ impl Kdc {
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
-                .process_group(0)
+                // Deliberately in the test's process group: Ctrl-C on `cargo test` stops the
+                // KDC too (Drop, which also stops it, does not run then).
                 .spawn()
                 .expect("cannot run krb5kdc (run scripts/setup.sh)");
             let deadline = Instant::now() + Duration::from_secs(10);

@@ -305,3 +305,64 @@ async fn wait_for_status(gw: &TestGateway, token: &str, want: u16) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn requests_and_security_events_are_audited_in_a_verifiable_chain() {
+    let gw = gateway();
+    let id = impersonated_session().await;
+    let hue = gw.token("hue", &[]);
+    let bob = gw.token("bob", &[]);
+    assert_eq!(gw.call(Method::GET, "/sessions", None, None).await.0, 401);
+    assert_eq!(gw.call(Method::GET, &format!("/sessions/{id}/log"), Some(&bob), None).await.0, 403);
+    assert_eq!(gw.call(Method::GET, "/sessions?doAs=root", Some(&hue), None).await.0, 403);
+    assert_eq!(gw.call(Method::GET, "/sessions?doAs=alice", Some(&hue), None).await.0, 200);
+    let flushed = gw.audit.clone();
+    tokio::task::spawn_blocking(move || flushed.flush()).await.unwrap().unwrap();
+    let path = gw.audit.path().to_path_buf();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains(&hue) && !text.contains(&bob), "no token reaches the audit trail");
+    let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let has = |pred: &dyn Fn(&Value) -> bool| records.iter().any(pred);
+    assert!(has(&|r| r["status"] == 401 && r["decision"] == "deny" && r["action"] == "GET /sessions"), "a 401");
+    assert!(has(&|r| r["status"] == 403
+        && r["principal"] == "bob"
+        && r["action"] == "GET /sessions/{id}/log"
+        && r["reason"].as_str().is_some_and(|x| x.contains("not allowed"))));
+    assert!(has(&|r| r["action"] == "impersonation_denied"
+        && r["principal"] == "hue"
+        && r["effective_user"] == "root"));
+    assert!(has(&|r| r["action"] == "impersonation_granted" && r["effective_user"] == "alice"));
+    assert!(has(&|r| r["action"] == "session_launched" && r["resource"] == format!("session:{id}")));
+    assert!(has(&|r| r["action"] == "driver_authenticated" && r["resource"] == format!("session:{id}")));
+    assert!(has(&|r| r["kind"] == "request" && r["auth_method"] == "jwt" && r["latency_ms"].is_u64()));
+
+    // The real command verifies the chain, and catches an edited record.
+    let verify = |file: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sparkgate"))
+            .args(["audit", "verify"])
+            .arg(file)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap()
+    };
+    let out = verify(&path);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let copy = gw.data_dir.join("tampered.log");
+    let deny_line = text.lines().position(|l| l.contains("\"decision\":\"deny\"")).unwrap();
+    let edited: Vec<String> =
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| {
+                if i == deny_line {
+                    l.replace("\"decision\":\"deny\"", "\"decision\":\"allow\"")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+    std::fs::write(&copy, edited.join("\n") + "\n").unwrap();
+    let out = verify(&copy);
+    assert!(!out.status.success());
+    let report = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(report.to_lowercase().contains("altered"), "{report}");
+}

@@ -16,6 +16,7 @@ pub struct TestGateway {
     pub rpc_addr: std::net::SocketAddr,
     pub rpc_ca_pem: String,
     pub manager: Arc<SessionManager>,
+    pub audit: Arc<sparkgate::audit::AuditLog>,
     pub data_dir: PathBuf,
     pub policy_dir: PathBuf,
     pub config: sparkgate::config::ValidatedConfig,
@@ -77,19 +78,21 @@ impl TestGateway {
                     gw.rpc_addr,
                     gw.rpc_ca_pem.clone(),
                     gw.manager.clone(),
+                    gw.audit.clone(),
                 )))
                 .unwrap();
                 // Serve until the test process exits; then stop every session's processes.
                 std::future::pending::<()>().await;
             });
         });
-        let (addr, ca, rpc_addr, rpc_ca_pem, manager) = rx.recv().unwrap().expect("gateway start");
+        let (addr, ca, rpc_addr, rpc_ca_pem, manager, audit) = rx.recv().unwrap().expect("gateway start");
         TestGateway {
             base: format!("https://127.0.0.1:{}", addr.port()),
             ca_pem: std::fs::read(ca).unwrap(),
             rpc_addr,
             rpc_ca_pem,
             manager,
+            audit,
             data_dir,
             policy_dir,
             config,
