@@ -153,17 +153,30 @@ impl Gateway {
             );
             (server::Transport::DangerousPlain, None)
         } else {
-            let (pair, dev_ca) = match (&cfg.tls.cert, &cfg.tls.key) {
-                (Some(cert), Some(key)) => (tls::read_pem_files(cert, key)?, None),
+            let (cert, key, dev_ca) = match (&cfg.tls.cert, &cfg.tls.key) {
+                (Some(cert), Some(key)) => (cert.clone(), key.clone(), None),
                 _ => {
                     let paths = tls::DevCertPaths::in_dir(&cfg.server.data_dir);
                     if tls::ensure_dev_certs(&paths)? {
                         tracing::info!(ca = %paths.ca.display(), "generated development TLS certificates");
                     }
-                    (tls::read_pem_files(&paths.cert, &paths.key)?, Some(paths.ca))
+                    (paths.cert, paths.key, Some(paths.ca))
                 }
             };
-            (server::Transport::Tls(tls::server_config(&pair, tls::HTTP_ALPN)?), dev_ca)
+            // The certificate is reloaded when its files change: no restart, no dropped connection.
+            let resolver = tls::reload::ReloadingResolver::new(&cert, &key)?;
+            resolver.watch(config.durations.tls_reload_interval);
+            let client_auth = match &cfg.auth.client_cert.ca {
+                None => tls::ClientAuth::None,
+                Some(ca) => tls::ClientAuth::Verify {
+                    ca_pem: std::fs::read_to_string(ca).map_err(|source| StartError::Io {
+                        what: format!("reading auth.client_cert.ca {}", ca.display()),
+                        source,
+                    })?,
+                    required: cfg.auth.client_cert.required,
+                },
+            };
+            (server::Transport::Tls(tls::https_config(resolver, &client_auth)?), dev_ca)
         };
 
         let spark = if options.discover_spark {

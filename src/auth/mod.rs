@@ -4,6 +4,7 @@
 
 pub mod cookie;
 pub mod jwt;
+pub mod mtls;
 pub mod spnego;
 
 use crate::config::ValidatedConfig;
@@ -177,6 +178,9 @@ pub fn build_chain(config: &ValidatedConfig) -> Result<AuthChain, AuthSetupError
     for method in &config.config.auth.methods {
         match method.as_str() {
             "jwt" => list.push(Box::new(jwt::JwtAuthenticator::from_config(config)?)),
+            "client_cert" => {
+                list.push(Box::new(mtls::ClientCertAuthenticator::from_config(&config.config.auth.client_cert)?));
+            }
             // The signed cookie (when auth.spnego.cookie_ttl is not "0"), then the SPNEGO acceptor.
             "spnego" => list.extend(spnego::authenticators(config)?),
             other => return Err(AuthSetupError(format!("authentication method `{other}` is not available"))),
@@ -230,7 +234,7 @@ mod tests {
 
     fn parts_from(peer: &str) -> Parts {
         let (mut parts, _) = HttpRequest::new(()).into_parts();
-        parts.extensions.insert(ConnInfo { peer: peer.parse().unwrap() });
+        parts.extensions.insert(ConnInfo { peer: peer.parse().unwrap(), client_cert: None });
         parts
     }
 

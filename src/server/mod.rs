@@ -16,6 +16,8 @@ use tower::ServiceExt;
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client certificate (DER), already verified by TLS against the client CA.
+    pub client_cert: Option<Arc<Vec<u8>>>,
 }
 
 /// How the listener talks to clients.
@@ -65,15 +67,21 @@ pub async fn serve(
         let app = app.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let info = ConnInfo { peer };
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(info.clone());
-                app.clone().oneshot(req)
-            });
+            let service_for = |info: ConnInfo| {
+                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(info.clone());
+                    app.clone().oneshot(req)
+                })
+            };
             let builder = auto::Builder::new(TokioExecutor::new());
             let result = match acceptor {
                 Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await,
+                    Ok(Ok(tls)) => {
+                        let client_cert =
+                            tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.to_vec()));
+                        let service = service_for(ConnInfo { peer, client_cert });
+                        builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         return;
@@ -83,7 +91,10 @@ pub async fn serve(
                         return;
                     }
                 },
-                None => builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await,
+                None => {
+                    let service = service_for(ConnInfo { peer, client_cert: None });
+                    builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

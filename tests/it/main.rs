@@ -11,3 +11,4 @@ mod rpc;
 mod security;
 mod spark;
 mod spnego;
+mod tls;
