@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # The main job: install what is missing, build, and start sparkgate on https://127.0.0.1:8998
-# with Spark local[*]. Development certificates are generated into data/tls/ on first start.
+# with Spark local[*]. First start generates development TLS certificates (data/tls/) and a
+# JWT key pair (data/jwt/); a development token for the current user is written to
+# data/dev-token (mode 0600, never printed) and a ready-to-paste curl line is shown.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 cargo build --locked --release
-# Until token authentication lands (issue 3) the only authenticator is the loud, loopback-only
-# anonymous development mode; it is switched on here, never by the default configuration.
-exec ./target/release/sparkgate serve --config conf/sparkgate.toml \
-  --set auth.dangerous_allow_anonymous=true "$@"
+bin=./target/release/sparkgate
+# The shipped policy (policies/acl.toml) lets the group sparkgate-users create sessions.
+"$bin" token --config conf/sparkgate.toml --user "$(id -un)" --groups sparkgate-users --ttl 8h --out data/dev-token
+cat <<MSG
+
+sparkgate is starting on https://127.0.0.1:8998 — once it is up, try:
+
+  curl --cacert data/tls/dev-ca.pem -H "Authorization: Bearer \$(cat data/dev-token)" https://127.0.0.1:8998/sessions
+
+(new token: ./target/release/sparkgate token --user NAME --groups sparkgate-users --ttl 1h)
+MSG
+exec "$bin" serve --config conf/sparkgate.toml "$@"

@@ -1,4 +1,5 @@
-//! The `sparkgate` command: `serve` (default) and `check`.
+//! The `sparkgate` command: `serve` (default), `check`, `token` (development JWTs) and
+//! `audit verify`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -27,6 +28,21 @@ enum Command {
     Serve,
     /// Check the configuration and the Spark installation, then exit.
     Check,
+    /// Print (or write to a 0600 file) a development JWT signed with the generated key pair.
+    Token {
+        /// The user (the token's user claim).
+        #[arg(long)]
+        user: String,
+        /// Groups, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Lifetime, e.g. 30m, 1h, 8h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Write the token to this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Audit trail tools.
     Audit {
         #[command(subcommand)]
@@ -62,6 +78,18 @@ async fn main() -> anyhow::Result<()> {
             println!("configuration ok; Spark {} at {}", spark.version, spark.home.display());
             Ok(())
         }
+        Command::Token { user, groups, ttl, out } => {
+            let ttl = config::parse_duration(&ttl).map_err(anyhow::Error::msg).context("--ttl")?;
+            let token = sparkgate::auth::jwt::mint_dev_token(&validated, &user, &groups, ttl)?;
+            match out {
+                Some(path) => {
+                    sparkgate::tls::write_file(&path, token.as_bytes(), 0o600)?;
+                    eprintln!("wrote a token for {user} (valid {}s) to {}", ttl.as_secs(), path.display());
+                }
+                None => println!("{token}"),
+            }
+            Ok(())
+        }
         Command::Audit { command: AuditCommand::Verify { files } } => {
             let report = sparkgate::audit::verify_files(&files)?;
             println!("{report}");
@@ -76,7 +104,8 @@ async fn main() -> anyhow::Result<()> {
             println!("sparkgate listening on {scheme}://{}", gateway.addr);
             if let Some(ca) = &gateway.dev_ca {
                 println!(
-                    "development CA: {}   try: curl --cacert {} https://{}/sessions",
+                    "development CA: {} (curl --cacert {} -H \"Authorization: Bearer $TOKEN\" https://{}/sessions; \
+                     TOKEN from `sparkgate token --user NAME`)",
                     ca.display(),
                     ca.display(),
                     gateway.addr
