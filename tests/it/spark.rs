@@ -105,7 +105,10 @@ async fn completion_for_python_and_scala() {
     let id = shared_session().await;
     let path = format!("/sessions/{id}/completion");
     let (status, body) = gw.post(&path, json!({"code": "spark.ran", "kind": "pyspark", "cursor": 9})).await;
-    assert_eq!(status, 200, "{body}");
+    if status != 200 {
+        let (_, log) = gw.get(&format!("/sessions/{id}/log?size=-1")).await;
+        panic!("completion failed: {body}\nsession log: {log:#}");
+    }
     let candidates: Vec<&str> = body["candidates"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     assert!(candidates.iter().any(|c| c.contains("range")), "{candidates:?}");
     let (status, body) = gw.post(&path, json!({"code": "sc.paralle", "kind": "spark", "cursor": 10})).await;
