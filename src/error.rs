@@ -106,7 +106,9 @@ impl From<crate::engine::EngineError> for ApiError {
     fn from(err: crate::engine::EngineError) -> Self {
         use crate::engine::EngineError as E;
         match err {
-            E::SessionNotFound(_) | E::StatementNotFound { .. } => Self::NotFound(err.to_string()),
+            E::SessionNotFound(_) | E::BatchNotFound(_) | E::StatementNotFound { .. } => {
+                Self::NotFound(err.to_string())
+            }
             E::DuplicateName(_) | E::InvalidRequest(_) => Self::BadRequest(err.to_string()),
             E::TooManySessions { .. } | E::TooManyLaunches { .. } | E::UserQuota { .. } => {
                 Self::TooManyRequests(err.to_string())

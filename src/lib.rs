@@ -107,6 +107,8 @@ pub struct Gateway {
     pub rpc_addr: SocketAddr,
     /// The session engine.
     pub manager: Arc<SessionManager>,
+    /// The batches.
+    pub batches: Arc<engine::batch::BatchManager>,
     /// The development CA, when dev certificates are in use.
     pub dev_ca: Option<PathBuf>,
     /// The RPC server's CA (tests use it to speak to the RPC server as a driver would).
@@ -219,7 +221,16 @@ impl Gateway {
         let acl = acl::AccessManager::load(&cfg.acl.policy_dir, cfg.acl.groups_file.as_deref())
             .map_err(StartError::Policy)?;
         start_policy_reloader(acl.clone(), audit_log.clone(), config.durations.acl_reload_interval);
-        let state = api::AppState { manager: manager.clone(), config: config.clone(), acl, audit: audit_log.clone() };
+        let batches = engine::batch::BatchManager::new(config.clone(), manager.spark().cloned());
+        batches.set_audit(audit_log.clone());
+        batches.start_background();
+        let state = api::AppState {
+            manager: manager.clone(),
+            batches: batches.clone(),
+            config: config.clone(),
+            acl,
+            audit: audit_log.clone(),
+        };
         let app = http::stack::build(state, auth_chain);
         let (shutdown, rx) = watch::channel(false);
         tokio::spawn(server::serve(listener, app, transport, config.durations.tls_handshake_timeout, rx));
@@ -228,6 +239,7 @@ impl Gateway {
             addr,
             rpc_addr: rpc_server.local_addr,
             manager,
+            batches,
             dev_ca,
             rpc_ca_pem: rpc_pki.ca_pem,
             audit: audit_log,
@@ -239,6 +251,7 @@ impl Gateway {
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         self.manager.shutdown_all().await;
+        self.batches.shutdown_all().await;
         let audit = self.audit.clone();
         let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
     }

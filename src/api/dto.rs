@@ -82,6 +82,58 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
+/// `POST /batches` body (unknown fields are refused, as Livy does).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateBatchRequest {
+    /// The application (required): a .py file or a jar.
+    pub file: Option<String>,
+    /// User to run as.
+    pub proxy_user: Option<String>,
+    /// Main class of a jar.
+    pub class_name: Option<String>,
+    /// Application arguments.
+    pub args: Option<Vec<String>>,
+    /// Jars.
+    pub jars: Option<Vec<String>>,
+    /// Python files.
+    pub py_files: Option<Vec<String>>,
+    /// Files.
+    pub files: Option<Vec<String>>,
+    /// Archives.
+    pub archives: Option<Vec<String>>,
+    /// Driver memory.
+    pub driver_memory: Option<String>,
+    /// Driver cores.
+    pub driver_cores: Option<u32>,
+    /// Executor memory.
+    pub executor_memory: Option<String>,
+    /// Executor cores.
+    pub executor_cores: Option<u32>,
+    /// Executors.
+    pub num_executors: Option<u32>,
+    /// YARN queue.
+    pub queue: Option<String>,
+    /// Unique batch name.
+    pub name: Option<String>,
+    /// Spark conf.
+    pub conf: Option<BTreeMap<String, Value>>,
+}
+
+/// Livy's Batch JSON.
+pub fn batch_json(b: &crate::engine::batch::BatchSnapshot, log: Vec<String>) -> Value {
+    json!({
+        "id": b.id,
+        "name": b.spec.name,
+        "owner": b.spec.owner,
+        "proxyUser": b.spec.proxy_user,
+        "state": b.state.as_str(),
+        "appId": b.app_id,
+        "appInfo": {"driverLogUrl": null, "sparkUiUrl": b.spark_ui_url},
+        "log": log,
+    })
+}
+
 /// `POST /sessions/{id}/statements` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,5 +1,6 @@
 //! The Livy REST API: thin handlers that parse, call the engine and shape Livy's JSON.
 
+mod batches;
 pub mod dto;
 mod extract;
 mod sessions;
@@ -21,6 +22,8 @@ use std::sync::Arc;
 pub struct AppState {
     /// The session engine.
     pub manager: Arc<SessionManager>,
+    /// The batches.
+    pub batches: Arc<crate::engine::batch::BatchManager>,
     /// The validated configuration.
     pub config: Arc<ValidatedConfig>,
     /// Who may do what.
@@ -64,4 +67,8 @@ pub fn router() -> Router<AppState> {
         .route("/sessions/{id}/statements/{sid}", get(statements::show))
         .route("/sessions/{id}/statements/{sid}/cancel", post(statements::cancel))
         .route("/sessions/{id}/completion", post(statements::complete))
+        .route("/batches", get(batches::list).post(batches::create))
+        .route("/batches/{id}", get(batches::show).delete(batches::delete))
+        .route("/batches/{id}/state", get(batches::state))
+        .route("/batches/{id}/log", get(batches::log))
 }

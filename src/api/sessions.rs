@@ -3,7 +3,7 @@
 use super::dto::{self, CreateSessionRequest};
 use super::{AppState, LivyJson, Paging};
 use crate::acl::Action;
-use crate::engine::{SessionKind, SessionSpec, SessionState};
+use crate::engine::{paths, SessionKind, SessionSpec, SessionState};
 use crate::error::ApiError;
 use crate::impersonation::Caller;
 use axum::extract::{Path, State};
@@ -80,6 +80,16 @@ pub(super) async fn create(
             other => Ok(other),
         }
     };
+    let allowed = &state.config.config.spark.allowed_local_dirs;
+    let (jars, py_files, files, archives) = (
+        req.jars.unwrap_or_default(),
+        req.py_files.unwrap_or_default(),
+        req.files.unwrap_or_default(),
+        req.archives.unwrap_or_default(),
+    );
+    for (field, list) in [("jars", &jars), ("pyFiles", &py_files), ("files", &files), ("archives", &archives)] {
+        paths::check_all(field, list, allowed).map_err(ApiError::BadRequest)?;
+    }
     let proxy_user = non_empty("proxyUser", req.proxy_user)?;
     let effective_user = caller.effective_user_for(&state.acl, &state.audit, proxy_user.as_deref())?;
     let spec = SessionSpec {
@@ -88,10 +98,10 @@ pub(super) async fn create(
         effective_user: effective_user.clone(),
         kind,
         name: req.name,
-        jars: req.jars.unwrap_or_default(),
-        py_files: req.py_files.unwrap_or_default(),
-        files: req.files.unwrap_or_default(),
-        archives: req.archives.unwrap_or_default(),
+        jars,
+        py_files,
+        files,
+        archives,
         driver_memory: non_empty("driverMemory", req.driver_memory)?,
         driver_cores: req.driver_cores,
         executor_memory: non_empty("executorMemory", req.executor_memory)?,
@@ -111,7 +121,7 @@ pub(super) async fn create(
 
 /// The Spark application runs as the effective user (`--proxy-user`), unless that is the
 /// account the gateway itself runs under.
-fn launch_as(effective_user: &str) -> Option<String> {
+pub(super) fn launch_as(effective_user: &str) -> Option<String> {
     let own = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name);
     (own.as_deref() != Some(effective_user)).then(|| effective_user.to_string())
 }

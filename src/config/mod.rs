@@ -78,6 +78,8 @@ pub struct ServerConfig {
     pub request_timeout: String,
     /// Largest accepted request body, in bytes (413 above it).
     pub max_body_bytes: usize,
+    /// Largest accepted upload (`upload-jar`, `upload-pyfile`, `upload-file`), in bytes.
+    pub max_upload_bytes: usize,
     /// Requests served at once; more are shed with 503.
     pub max_concurrent_requests: usize,
     /// A client that has not finished the TLS handshake by then is dropped.
@@ -93,6 +95,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("data"),
             request_timeout: "120s".into(),
             max_body_bytes: 10 * 1024 * 1024,
+            max_upload_bytes: 100 * 1024 * 1024,
             max_concurrent_requests: 512,
             tls_handshake_timeout: "10s".into(),
             dangerous_plain_http: false,
@@ -309,6 +312,10 @@ pub struct SparkConfig {
     pub conf: BTreeMap<String, String>,
     /// Environment variables passed through to spark-submit besides the built-in allow-list.
     pub pass_env: Vec<String>,
+    /// Directories on the gateway host whose files users may name in `file`, `jars`,
+    /// `pyFiles`, `files` and `archives` (like Livy's local-dir whitelist). Empty: no local
+    /// path is accepted (remote URIs such as hdfs:// always are).
+    pub allowed_local_dirs: Vec<PathBuf>,
     /// How long `spark-submit --version` may take at the start-up check.
     pub check_timeout: String,
 }
@@ -324,6 +331,7 @@ impl Default for SparkConfig {
             deploy_mode: "client".into(),
             conf: BTreeMap::new(),
             pass_env: Vec::new(),
+            allowed_local_dirs: Vec::new(),
             check_timeout: "60s".into(),
         }
     }

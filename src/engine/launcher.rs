@@ -148,6 +148,8 @@ fn last_lines(text: &str, n: usize) -> String {
 pub struct LaunchSpec {
     /// `--name`.
     pub name: String,
+    /// `--class` (batches of a jar).
+    pub class_name: Option<String>,
     /// `--proxy-user`: the effective user when it differs from the gateway's own.
     pub proxy_user: Option<String>,
     /// `--queue`.
@@ -188,6 +190,9 @@ pub fn build_args(config: &SparkConfig, spec: &LaunchSpec) -> Vec<OsString> {
         "--name".into(),
         spec.name.clone(),
     ];
+    if let Some(class) = &spec.class_name {
+        args.extend(["--class".into(), class.clone()]);
+    }
     if let Some(user) = &spec.proxy_user {
         args.extend(["--proxy-user".into(), user.clone()]);
     }
@@ -420,6 +425,42 @@ fn is_app_id(word: &str) -> bool {
     false
 }
 
+/// The port in Spark's "Successfully started service 'SparkUI' on port N." line.
+pub fn find_spark_ui_port(line: &str) -> Option<u16> {
+    let rest = line.split("started service 'SparkUI' on port ").nth(1)?;
+    rest.trim().trim_end_matches('.').parse().ok()
+}
+
+/// Whether a line shows that the driver's SparkContext is up (the application runs).
+pub fn driver_started(line: &str) -> bool {
+    line.contains("Successfully started service 'sparkDriver'") || line.contains("Submitted application:")
+}
+
+/// Asks a Spark UI on this host for its application id (`GET /api/v1/applications`); local
+/// mode does not print it. Plain HTTP on loopback, a few tries while the UI comes up.
+pub async fn fetch_app_id_from_ui(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..20 {
+        let attempt = async {
+            let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            tcp.write_all(b"GET /api/v1/applications HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n")
+                .await
+                .ok()?;
+            let mut buf = Vec::new();
+            tcp.read_to_end(&mut buf).await.ok()?;
+            let text = String::from_utf8_lossy(&buf);
+            let body = text.split_once("\r\n\r\n")?.1;
+            let apps: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+            apps.get(0)?.get("id")?.as_str().map(str::to_string)
+        };
+        if let Ok(Some(id)) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            return Some(id);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    None
+}
+
 /// Finds the Spark UI address in Spark's "Bound SparkUI to …, and started at http://…" line.
 pub fn find_spark_ui(line: &str) -> Option<String> {
     if !line.contains("SparkUI") {
@@ -535,6 +576,9 @@ mod tests {
             Some("http://host:4040".into())
         );
         assert_eq!(find_spark_ui("nothing here http://x"), None);
+        assert_eq!(find_spark_ui_port("INFO Utils: Successfully started service 'SparkUI' on port 4041."), Some(4041));
+        assert_eq!(find_spark_ui_port("INFO Utils: Successfully started service 'sparkDriver' on port 4041."), None);
+        assert!(driver_started("INFO Utils: Successfully started service 'sparkDriver' on port 33245."));
     }
 
     #[tokio::test]

@@ -215,6 +215,7 @@ impl SessionManager {
             .map_err(|e| EngineError::Launch(e.to_string()))?;
         let launch = LaunchSpec {
             name: spec.name.clone().unwrap_or_else(|| format!("sparkgate-session-{}", session.id)),
+            class_name: None,
             proxy_user: spec.proxy_user.clone(),
             queue: spec.queue.clone(),
             driver_memory: spec.driver_memory.clone(),

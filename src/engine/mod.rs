@@ -1,8 +1,10 @@
 //! The engine: interactive sessions, their statements, their Spark drivers and timeouts.
 
+pub mod batch;
 pub mod kind;
 pub mod launcher;
 pub mod manager;
+pub mod paths;
 pub mod session;
 pub mod state;
 
@@ -18,6 +20,9 @@ pub enum EngineError {
     /// No session with this id or name.
     #[error("Session '{0}' not found.")]
     SessionNotFound(String),
+    /// No batch with this id or name.
+    #[error("Batch '{0}' not found.")]
+    BatchNotFound(String),
     /// No such statement in the session.
     #[error("Statement {statement} not found in session {session}.")]
     StatementNotFound {

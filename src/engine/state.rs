@@ -14,6 +14,8 @@ pub enum SessionState {
     Starting,
     /// Re-attaching to a driver after a gateway restart.
     Recovering,
+    /// A batch application runs (batches only; interactive sessions show idle/busy).
+    Running,
     /// Ready, nothing running.
     Idle,
     /// A statement is running.
@@ -46,6 +48,11 @@ impl SessionState {
         matches!(self, Self::NotStarted | Self::Starting | Self::Recovering | Self::Idle | Self::Busy)
     }
 
+    /// Whether a launch is still under way (counts against the concurrent-launch caps).
+    pub fn is_launching(self) -> bool {
+        matches!(self, Self::NotStarted | Self::Starting)
+    }
+
     /// Whether `self → next` is a legal move. Staying in the same state is always legal.
     pub fn can_become(self, next: Self) -> bool {
         use SessionState::*;
@@ -54,11 +61,15 @@ impl SessionState {
         }
         match self {
             NotStarted => matches!(next, Starting | ShuttingDown | Dead | Killed),
-            Starting | Recovering => matches!(next, Idle | Busy | Error | ShuttingDown | Dead | Killed),
+            // A batch may finish before it was ever seen running.
+            Starting | Recovering => {
+                matches!(next, Idle | Busy | Running | Error | ShuttingDown | Dead | Killed | Success)
+            }
+            Running => matches!(next, ShuttingDown | Dead | Killed | Success),
             Idle => matches!(next, Busy | Error | ShuttingDown | Dead | Killed),
             Busy => matches!(next, Idle | Error | ShuttingDown | Dead | Killed),
             Error => matches!(next, ShuttingDown | Dead | Killed),
-            ShuttingDown => matches!(next, Dead | Killed),
+            ShuttingDown => matches!(next, Dead | Killed | Success),
             Dead | Killed | Success => false,
         }
     }
@@ -69,6 +80,7 @@ impl SessionState {
             Self::NotStarted => "not_started",
             Self::Starting => "starting",
             Self::Recovering => "recovering",
+            Self::Running => "running",
             Self::Idle => "idle",
             Self::Busy => "busy",
             Self::ShuttingDown => "shutting_down",

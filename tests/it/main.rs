@@ -7,6 +7,7 @@ mod kdc;
 mod support;
 
 mod api;
+mod batches;
 mod rpc;
 mod security;
 mod spark;

@@ -17,8 +17,10 @@ pub struct TestGateway {
     pub rpc_ca_pem: String,
     pub manager: Arc<SessionManager>,
     pub audit: Arc<sparkgate::audit::AuditLog>,
+    pub batches: Arc<sparkgate::engine::batch::BatchManager>,
     pub data_dir: PathBuf,
     pub policy_dir: PathBuf,
+    pub jobs_dir: PathBuf,
     pub config: sparkgate::config::ValidatedConfig,
     _dir: tempfile::TempDir,
 }
@@ -43,12 +45,16 @@ impl TestGateway {
         let policy_dir = dir.path().join("policies");
         std::fs::create_dir_all(&policy_dir).unwrap();
         std::fs::write(policy_dir.join("acl.toml"), policy).unwrap();
+        // The only local directory users may name in file/jars/pyFiles/files/archives.
+        let jobs_dir = dir.path().join("jobs");
+        std::fs::create_dir_all(&jobs_dir).unwrap();
         let venv = repo_root().join(".venv");
         let mut all: Vec<String> = vec![
             "server.bind=\"127.0.0.1:0\"".into(),
             format!("server.data_dir=\"{}\"", data_dir.display()),
             format!("acl.policy_dir=\"{}\"", policy_dir.display()),
             "acl.reload_interval=\"200ms\"".into(),
+            format!("spark.allowed_local_dirs=[\"{}\"]", jobs_dir.display()),
             format!("spark.venv=\"{}\"", venv.display()),
             "spark.conf.\"spark.driver.memory\"=\"768m\"".into(),
             "spark.conf.\"spark.sql.shuffle.partitions\"=\"2\"".into(),
@@ -79,13 +85,14 @@ impl TestGateway {
                     gw.rpc_ca_pem.clone(),
                     gw.manager.clone(),
                     gw.audit.clone(),
+                    gw.batches.clone(),
                 )))
                 .unwrap();
                 // Serve until the test process exits; then stop every session's processes.
                 std::future::pending::<()>().await;
             });
         });
-        let (addr, ca, rpc_addr, rpc_ca_pem, manager, audit) = rx.recv().unwrap().expect("gateway start");
+        let (addr, ca, rpc_addr, rpc_ca_pem, manager, audit, batches) = rx.recv().unwrap().expect("gateway start");
         TestGateway {
             base: format!("https://127.0.0.1:{}", addr.port()),
             ca_pem: ca.map(|c| std::fs::read(c).unwrap()).unwrap_or_default(),
@@ -93,8 +100,10 @@ impl TestGateway {
             rpc_ca_pem,
             manager,
             audit,
+            batches,
             data_dir,
             policy_dir,
+            jobs_dir,
             config,
             _dir: dir,
         }

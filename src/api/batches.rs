@@ -1,0 +1,145 @@
+//! `/batches`: Livy's batch API (spark-submit over REST).
+
+use super::dto::{self, CreateBatchRequest};
+use super::{AppState, LivyJson, Paging};
+use crate::acl::{Action, Ownership};
+use crate::engine::batch::{Batch, BatchSpec};
+use crate::engine::paths;
+use crate::error::ApiError;
+use crate::impersonation::Caller;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+const INFO_LOG_LINES: usize = 10;
+
+fn decide(state: &AppState, caller: &Caller, action: Action, batch: &Batch) -> crate::acl::Decision {
+    let ownership = Ownership { owner: &batch.spec.owner, effective_user: &batch.spec.effective_user, id: batch.id };
+    state.acl.check(&caller.acting, action, Some(ownership))
+}
+
+fn authorize(state: &AppState, caller: &Caller, action: Action, batch: &Batch) -> Result<(), ApiError> {
+    let d = decide(state, caller, action, batch);
+    if d.allowed {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(d.reason.replace("session", "batch")))
+    }
+}
+
+fn info_for(state: &AppState, caller: &Caller, batch: &Batch) -> Value {
+    let viewer = decide(state, caller, Action::View, batch).allowed;
+    dto::batch_json(&batch.snapshot(), if viewer { batch.log.tail(INFO_LOG_LINES) } else { Vec::new() })
+}
+
+pub(super) async fn list(State(state): State<AppState>, caller: Caller, paging: Paging) -> Json<Value> {
+    let batches: Vec<_> =
+        state.batches.list().into_iter().filter(|b| decide(&state, &caller, Action::View, b).allowed).collect();
+    let total = batches.len();
+    let range = dto::window(total, paging.from.unwrap_or(0), paging.size.unwrap_or(Some(100)));
+    let from = range.start;
+    let items: Vec<Value> =
+        batches[range].iter().map(|b| dto::batch_json(&b.snapshot(), b.log.tail(INFO_LOG_LINES))).collect();
+    Json(json!({"from": from, "total": total, "sessions": items}))
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    LivyJson(req): LivyJson<CreateBatchRequest>,
+) -> Result<Response, ApiError> {
+    let decision = state.acl.check(&caller.acting, Action::Create, None);
+    if !decision.allowed {
+        return Err(ApiError::Forbidden(decision.reason.replace("sessions", "batches")));
+    }
+    let file =
+        req.file.filter(|f| !f.trim().is_empty()).ok_or_else(|| ApiError::bad_request("field `file` is required"))?;
+    let conf = dto::conf_to_strings(req.conf.unwrap_or_default()).map_err(ApiError::BadRequest)?;
+    let denied = state.acl.denied_conf_keys(&caller.acting, &conf);
+    if !denied.is_empty() {
+        return Err(ApiError::Forbidden(format!(
+            "Rejected: these Spark configuration keys may not be set by users: {}",
+            denied.join(", ")
+        )));
+    }
+    let allowed = &state.config.config.spark.allowed_local_dirs;
+    let (jars, py_files, files, archives) = (
+        req.jars.unwrap_or_default(),
+        req.py_files.unwrap_or_default(),
+        req.files.unwrap_or_default(),
+        req.archives.unwrap_or_default(),
+    );
+    paths::check("file", &file, allowed).map_err(ApiError::BadRequest)?;
+    for (field, list) in [("jars", &jars), ("pyFiles", &py_files), ("files", &files), ("archives", &archives)] {
+        paths::check_all(field, list, allowed).map_err(ApiError::BadRequest)?;
+    }
+    let effective_user = caller.effective_user_for(&state.acl, &state.audit, req.proxy_user.as_deref())?;
+    let spec = BatchSpec {
+        owner: caller.real.name.clone(),
+        proxy_user: super::sessions::launch_as(&effective_user),
+        effective_user: effective_user.clone(),
+        name: req.name,
+        file,
+        class_name: req.class_name.filter(|c| !c.trim().is_empty()),
+        args: req.args.unwrap_or_default(),
+        jars,
+        py_files,
+        files,
+        archives,
+        driver_memory: req.driver_memory,
+        driver_cores: req.driver_cores,
+        executor_memory: req.executor_memory,
+        executor_cores: req.executor_cores,
+        num_executors: req.num_executors,
+        queue: req.queue,
+        conf,
+    };
+    let batch = state.batches.create(spec, state.acl.quota(&effective_user))?;
+    let body = dto::batch_json(&batch.snapshot(), batch.log.tail(INFO_LOG_LINES));
+    Ok((StatusCode::CREATED, [(header::LOCATION, format!("/batches/{}", batch.id))], Json(body)).into_response())
+}
+
+pub(super) async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let batch = state.batches.get(&id)?;
+    Ok(Json(info_for(&state, &caller, &batch)))
+}
+
+pub(super) async fn state(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let batch = state.batches.get(&id)?;
+    Ok(Json(json!({"id": batch.id, "state": batch.state().as_str()})))
+}
+
+pub(super) async fn log(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    paging: Paging,
+) -> Result<Json<Value>, ApiError> {
+    let batch = state.batches.get(&id)?;
+    authorize(&state, &caller, Action::View, &batch)?;
+    // The whole output, from the log file (not just the in-memory tail).
+    let lines = batch.full_log();
+    let total = lines.len();
+    let size = paging.size.unwrap_or(Some(100));
+    let from = paging.from.unwrap_or_else(|| size.map_or(0, |n| total.saturating_sub(n)));
+    let range = dto::window(total, from, size);
+    let from = range.start;
+    Ok(Json(json!({"id": batch.id, "from": from, "total": total, "log": lines[range].to_vec()})))
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let batch = state.batches.get(&id)?;
+    authorize(&state, &caller, Action::Modify, &batch)?;
+    state.batches.delete(&batch, &caller.real.name).await;
+    Ok(Json(json!({"msg": "deleted"})))
+}

@@ -1,0 +1,430 @@
+//! Batches: a user's application run by spark-submit, watched until it ends. Integer ids from
+//! their own counter; states starting → running → success | dead | killed; never idle-timed
+//! out; the full output kept in a log file that `/log` pages.
+
+use super::launcher::{self, LaunchSpec, LogBuffer, ProcessHandle, SparkEnv};
+use super::state::SessionState;
+use super::EngineError;
+use crate::acl::policy::Quota;
+use crate::audit::{AuditEvent, AuditLog, Decision};
+use crate::config::ValidatedConfig;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What a batch was created with.
+#[derive(Debug, Clone, Default)]
+pub struct BatchSpec {
+    /// The authenticated creator.
+    pub owner: String,
+    /// `--proxy-user`, when the effective user is not the gateway's own account.
+    pub proxy_user: Option<String>,
+    /// The user it runs as (ACLs and quotas).
+    pub effective_user: String,
+    /// Unique name, if given.
+    pub name: Option<String>,
+    /// The application: a .py file or a jar.
+    pub file: String,
+    /// `--class` for a jar.
+    pub class_name: Option<String>,
+    /// Application arguments.
+    pub args: Vec<String>,
+    /// `jars`.
+    pub jars: Vec<String>,
+    /// `pyFiles`.
+    pub py_files: Vec<String>,
+    /// `files`.
+    pub files: Vec<String>,
+    /// `archives`.
+    pub archives: Vec<String>,
+    /// `driverMemory`.
+    pub driver_memory: Option<String>,
+    /// `driverCores`.
+    pub driver_cores: Option<u32>,
+    /// `executorMemory`.
+    pub executor_memory: Option<String>,
+    /// `executorCores`.
+    pub executor_cores: Option<u32>,
+    /// `numExecutors`.
+    pub num_executors: Option<u32>,
+    /// `queue`.
+    pub queue: Option<String>,
+    /// `conf`.
+    pub conf: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+struct BatchInner {
+    state: SessionState,
+    app_id: Option<String>,
+    spark_ui_url: Option<String>,
+    process: Option<ProcessHandle>,
+    finished_at: Option<Instant>,
+}
+
+/// One batch.
+#[derive(Debug)]
+pub struct Batch {
+    /// Id (separate counter from sessions).
+    pub id: u32,
+    /// What it was created with.
+    pub spec: Arc<BatchSpec>,
+    /// The last lines of output, mirrored to `log_path`.
+    pub log: Arc<LogBuffer>,
+    /// The whole output.
+    pub log_path: PathBuf,
+    dir: PathBuf,
+    inner: Mutex<BatchInner>,
+}
+
+/// A point-in-time copy for the API.
+#[derive(Debug, Clone)]
+pub struct BatchSnapshot {
+    /// Id.
+    pub id: u32,
+    /// Spec.
+    pub spec: Arc<BatchSpec>,
+    /// State.
+    pub state: SessionState,
+    /// Application id.
+    pub app_id: Option<String>,
+    /// Spark UI.
+    pub spark_ui_url: Option<String>,
+}
+
+impl Batch {
+    fn lock(&self) -> MutexGuard<'_, BatchInner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Current state.
+    pub fn state(&self) -> SessionState {
+        self.lock().state
+    }
+
+    /// A copy for the API.
+    pub fn snapshot(&self) -> BatchSnapshot {
+        let inner = self.lock();
+        BatchSnapshot {
+            id: self.id,
+            spec: self.spec.clone(),
+            state: inner.state,
+            app_id: inner.app_id.clone(),
+            spark_ui_url: inner.spark_ui_url.clone(),
+        }
+    }
+
+    /// The launched process.
+    pub fn process(&self) -> Option<ProcessHandle> {
+        self.lock().process.clone()
+    }
+
+    /// Every line of output so far (from the log file; the in-memory tail if it is unreadable).
+    pub fn full_log(&self) -> Vec<String> {
+        match std::fs::read_to_string(&self.log_path) {
+            Ok(text) => text.lines().map(str::to_string).collect(),
+            Err(_) => self.log.snapshot(),
+        }
+    }
+
+    fn move_to(&self, next: SessionState, why: Option<&str>) {
+        let mut inner = self.lock();
+        if inner.state == next || !inner.state.can_become(next) {
+            return;
+        }
+        if next.is_terminal() {
+            inner.finished_at = Some(Instant::now());
+        }
+        inner.state = next;
+        if let Some(why) = why {
+            self.log.push(format!("sparkgate: {why}"));
+        }
+    }
+
+    fn on_line(self: &Arc<Self>, line: &str) {
+        if launcher::driver_started(line) {
+            self.move_to(SessionState::Running, None);
+        }
+        if let Some(port) = launcher::find_spark_ui_port(line) {
+            // Local mode never prints its application id: ask the UI, which does know it.
+            let ui = format!("http://{}:{port}", self.driver_host());
+            self.lock().spark_ui_url.get_or_insert(ui);
+            let batch = Arc::downgrade(self);
+            tokio::spawn(async move {
+                if let Some(id) = launcher::fetch_app_id_from_ui(port).await {
+                    if let Some(b) = batch.upgrade() {
+                        b.lock().app_id.get_or_insert(id);
+                    }
+                }
+            });
+        }
+        let (app, ui) = (launcher::find_app_id(line), launcher::find_spark_ui(line));
+        if app.is_none() && ui.is_none() {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.app_id.is_none() && app.is_some() {
+            inner.app_id = app;
+            // The application exists: the batch runs.
+            if inner.state == SessionState::Starting {
+                inner.state = SessionState::Running;
+            }
+        }
+        if inner.spark_ui_url.is_none() {
+            inner.spark_ui_url = ui;
+        }
+    }
+
+    /// The host name the UI can be reached at (this host: local and client mode).
+    fn driver_host(&self) -> String {
+        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+    }
+
+    fn exited(&self, code: i32) {
+        let state = self.state();
+        match state {
+            SessionState::ShuttingDown => {
+                self.move_to(SessionState::Killed, Some(&format!("killed (exit status {code})")))
+            }
+            _ if code == 0 => self.move_to(SessionState::Success, Some("spark-submit exited with status 0")),
+            _ => self.move_to(SessionState::Dead, Some(&format!("spark-submit exited with status {code}"))),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    by_id: BTreeMap<u32, Arc<Batch>>,
+    by_name: HashMap<String, u32>,
+    next_id: u32,
+}
+
+/// Owns every batch.
+#[derive(Debug)]
+pub struct BatchManager {
+    config: Arc<ValidatedConfig>,
+    spark: Option<Arc<SparkEnv>>,
+    registry: Mutex<Registry>,
+    audit: OnceLock<Arc<AuditLog>>,
+}
+
+impl BatchManager {
+    /// A manager; `spark` None makes every launch fail visibly (tests without Spark).
+    pub fn new(config: Arc<ValidatedConfig>, spark: Option<SparkEnv>) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            spark: spark.map(Arc::new),
+            registry: Mutex::new(Registry::default()),
+            audit: OnceLock::new(),
+        })
+    }
+
+    /// Where security events go.
+    pub fn set_audit(&self, log: Arc<AuditLog>) {
+        let _ = self.audit.set(log);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A batch by id (all digits) or name.
+    pub fn get(&self, key: &str) -> Result<Arc<Batch>, EngineError> {
+        let reg = self.lock();
+        let id = if !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) {
+            key.parse::<u32>().ok()
+        } else {
+            reg.by_name.get(key).copied()
+        };
+        id.and_then(|id| reg.by_id.get(&id).cloned()).ok_or_else(|| EngineError::BatchNotFound(key.to_string()))
+    }
+
+    /// Every batch, by id.
+    pub fn list(&self) -> Vec<Arc<Batch>> {
+        self.lock().by_id.values().cloned().collect()
+    }
+
+    /// Creates a batch and runs spark-submit.
+    pub fn create(self: &Arc<Self>, spec: BatchSpec, quota: Quota) -> Result<Arc<Batch>, EngineError> {
+        if let Some(name) = &spec.name {
+            if name.is_empty() || name.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(EngineError::InvalidRequest(format!(
+                    "field `name` must not be empty or all digits (got `{name}`)"
+                )));
+            }
+        }
+        let limit = self.config.config.sessions.max_concurrent_launches;
+        let batch = {
+            let mut reg = self.lock();
+            if let Some(name) = &spec.name {
+                if let Some(existing) = reg.by_name.get(name) {
+                    return Err(EngineError::DuplicateName(format!("`{name}` is used by batch {existing}")));
+                }
+            }
+            let live: Vec<(SessionState, bool)> = reg
+                .by_id
+                .values()
+                .map(|b| (b.state(), b.spec.effective_user == spec.effective_user))
+                .filter(|(s, _)| s.is_live())
+                .collect();
+            if live.iter().filter(|(s, _)| s.is_launching()).count() >= limit {
+                return Err(EngineError::TooManyLaunches { limit });
+            }
+            let mine = live.iter().filter(|(_, m)| *m).count();
+            if let Some(limit) = quota.max_sessions.filter(|l| mine >= *l) {
+                return Err(EngineError::UserQuota { user: spec.effective_user.clone(), limit, what: "live batches" });
+            }
+            let id = reg.next_id;
+            reg.next_id += 1;
+            let dir = self.config.config.server.data_dir.join("batches").join(id.to_string());
+            crate::tls::create_private_dir(&dir).map_err(|e| EngineError::Launch(e.to_string()))?;
+            let log_path = dir.join("batch.log");
+            let log = LogBuffer::new(self.config.config.sessions.log_tail_lines, Some(&log_path));
+            let batch = Arc::new(Batch {
+                id,
+                spec: Arc::new(spec),
+                log,
+                log_path,
+                dir,
+                inner: Mutex::new(BatchInner {
+                    state: SessionState::Starting,
+                    app_id: None,
+                    spark_ui_url: None,
+                    process: None,
+                    finished_at: None,
+                }),
+            });
+            if let Some(name) = &batch.spec.name {
+                reg.by_name.insert(name.clone(), id);
+            }
+            reg.by_id.insert(id, batch.clone());
+            batch
+        };
+        if let Err(e) = self.launch(&batch) {
+            batch.move_to(SessionState::Dead, Some(&format!("could not start: {e}")));
+        }
+        Ok(batch)
+    }
+
+    fn launch(&self, batch: &Arc<Batch>) -> Result<(), EngineError> {
+        let spark =
+            self.spark.as_ref().ok_or_else(|| EngineError::Launch("Spark is not configured on this gateway".into()))?;
+        let cfg = &self.config.config;
+        let s = &batch.spec;
+        let launch = LaunchSpec {
+            name: s.name.clone().unwrap_or_else(|| format!("sparkgate-batch-{}", batch.id)),
+            class_name: s.class_name.clone(),
+            proxy_user: s.proxy_user.clone(),
+            queue: s.queue.clone(),
+            driver_memory: s.driver_memory.clone(),
+            driver_cores: s.driver_cores,
+            executor_memory: s.executor_memory.clone(),
+            executor_cores: s.executor_cores,
+            num_executors: s.num_executors,
+            jars: s.jars.clone(),
+            py_files: s.py_files.clone(),
+            files: s.files.clone(),
+            archives: s.archives.clone(),
+            conf: s.conf.clone(),
+            app: s.file.clone(),
+            args: s.args.clone(),
+        };
+        let args = launcher::build_args(&cfg.spark, &launch);
+        let weak = Arc::downgrade(batch);
+        let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {
+            if let Some(b) = weak.upgrade() {
+                b.on_line(line);
+            }
+        });
+        let handle = launcher::spawn(spark, &cfg.spark.pass_env, args, BTreeMap::new(), batch.log.clone(), on_line)
+            .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
+        tracing::info!(batch = batch.id, pgid = handle.pgid, owner = %s.owner, "batch launched");
+        if let Some(log) = self.audit.get() {
+            log.record(
+                AuditEvent::security("batch_launched", Decision::Info)
+                    .principal_name(s.owner.clone())
+                    .effective_user(s.effective_user.clone())
+                    .resource(format!("batch:{}", batch.id)),
+            );
+        }
+        batch.lock().process = Some(handle.clone());
+        let watched = batch.clone();
+        tokio::spawn(async move {
+            let code = handle.wait().await;
+            watched.exited(code);
+            handle.kill_group(Duration::from_secs(2)).await;
+        });
+        Ok(())
+    }
+
+    /// DELETE: kills the application's process group, then forgets the batch.
+    pub async fn delete(&self, batch: &Arc<Batch>, by: &str) {
+        let live = {
+            let mut inner = batch.lock();
+            let live = !inner.state.is_terminal();
+            if live {
+                inner.state = SessionState::ShuttingDown;
+            }
+            live
+        };
+        if live {
+            batch.log.push(format!("sparkgate: killed by {by}"));
+        }
+        if let Some(process) = batch.process() {
+            process.kill_group(self.config.durations.shutdown_grace).await;
+            process.wait().await;
+        }
+        batch.move_to(SessionState::Killed, None);
+        self.forget(batch.id);
+    }
+
+    fn forget(&self, id: u32) {
+        let removed = {
+            let mut reg = self.lock();
+            let removed = reg.by_id.remove(&id);
+            if let Some(name) = removed.as_ref().and_then(|b| b.spec.name.clone()) {
+                reg.by_name.remove(&name);
+            }
+            removed
+        };
+        if let Some(batch) = removed {
+            let _ = std::fs::remove_dir_all(&batch.dir);
+        }
+    }
+
+    /// Forgets finished batches after the retention time (batches are never idle-timed out).
+    pub fn collect_finished(&self) {
+        let retain = self.config.durations.retain_finished;
+        let expired: Vec<u32> = self
+            .list()
+            .iter()
+            .filter(|b| b.lock().finished_at.is_some_and(|f| f.elapsed() >= retain))
+            .map(|b| b.id)
+            .collect();
+        for id in expired {
+            self.forget(id);
+        }
+    }
+
+    /// Runs the collector until the manager is dropped.
+    pub fn start_background(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let every = self.config.durations.check_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(m) = weak.upgrade() else { return };
+                m.collect_finished();
+            }
+        });
+    }
+
+    /// Kills every batch (gateway shutdown).
+    pub async fn shutdown_all(&self) {
+        let all = self.list();
+        futures_util::future::join_all(all.iter().map(|b| self.delete(b, "the gateway shutting down"))).await;
+    }
+}
