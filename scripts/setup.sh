@@ -16,6 +16,10 @@ done
 if ! command -v java >/dev/null 2>&1 || ! java -version 2>&1 | grep -q '"17\|"2[0-9]'; then
   have openjdk-17-jre-headless || need_pkgs+=("openjdk-17-jre-headless")
 fi
+# The tests build small Spark job jars with javac and jar (nothing is downloaded).
+if ! command -v javac >/dev/null 2>&1 || ! command -v jar >/dev/null 2>&1; then
+  have openjdk-17-jdk-headless || need_pkgs+=("openjdk-17-jdk-headless")
+fi
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -3,6 +3,7 @@
 mod batches;
 pub mod dto;
 mod extract;
+mod files;
 mod sessions;
 mod statements;
 
@@ -54,7 +55,7 @@ impl AppState {
 }
 
 /// Every authenticated route.
-pub fn router() -> Router<AppState> {
+pub fn router(upload_limit: usize) -> Router<AppState> {
     Router::new()
         .route("/version", get(sessions::version))
         .route("/sessions", get(sessions::list).post(sessions::create))
@@ -67,6 +68,17 @@ pub fn router() -> Router<AppState> {
         .route("/sessions/{id}/statements/{sid}", get(statements::show))
         .route("/sessions/{id}/statements/{sid}/cancel", post(statements::cancel))
         .route("/sessions/{id}/completion", post(statements::complete))
+        .route("/sessions/{id}/add-jar", post(files::add_jar))
+        .route("/sessions/{id}/add-pyfile", post(files::add_pyfile))
+        .route("/sessions/{id}/add-file", post(files::add_file))
+        .merge(
+            Router::new()
+                .route("/sessions/{id}/upload-jar", post(files::upload_jar))
+                .route("/sessions/{id}/upload-pyfile", post(files::upload_pyfile))
+                .route("/sessions/{id}/upload-file", post(files::upload_file))
+                // Uploads have their own, larger limit (server.max_upload_bytes).
+                .layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
+        )
         .route("/batches", get(batches::list).post(batches::create))
         .route("/batches/{id}", get(batches::show).delete(batches::delete))
         .route("/batches/{id}/state", get(batches::state))

@@ -577,6 +577,32 @@ impl Session {
         }
     }
 
+    /// Asks the driver to add a jar, Python file or file (`what`: `jar`, `pyfile`, `file`) so
+    /// later statements can use it.
+    pub async fn add_file(&self, what: &str, uri: String, timeout: Duration) -> Result<(), EngineError> {
+        let rx = {
+            let mut inner = self.lock();
+            if !matches!(inner.state, SessionState::Idle | SessionState::Busy) {
+                return Err(EngineError::NotAccepting { id: self.id, state: inner.state });
+            }
+            inner.last_activity = Instant::now();
+            let driver = inner.driver.clone().ok_or_else(|| {
+                EngineError::DriverUnavailable(format!("session {} has no connected driver right now", self.id))
+            })?;
+            let request_id = inner.next_request_id;
+            inner.next_request_id += 1;
+            let (tx, rx) = oneshot::channel();
+            inner.file_adds.insert(request_id, tx);
+            driver.send(ToDriver::AddFile { request_id, what: what.to_string(), uri });
+            rx
+        };
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(why))) => Err(EngineError::InvalidRequest(format!("the driver could not add it: {why}"))),
+            _ => Err(EngineError::DriverTimeout(format!("session {} did not confirm the added file in time", self.id))),
+        }
+    }
+
     // === lifecycle ===
 
     /// The launched process exited with `code`.

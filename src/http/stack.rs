@@ -31,7 +31,7 @@ pub fn build(state: AppState, auth: AuthChain) -> Router {
     let csrf_mode = CsrfMode::parse(&config.config.csrf.mode);
     // route_layer: the last one added runs first. These apply to known routes only, so an
     // unknown path stays a 404 instead of becoming a 401.
-    let protected = api::router()
+    let protected = api::router(config.config.server.max_upload_bytes)
         // 4. May this caller (as impersonated) use the gateway at all? Finer checks need the
         //    session and happen in the handlers.
         .route_layer(middleware::from_fn_with_state(acl.clone(), acl::gate))

@@ -13,3 +13,4 @@ mod security;
 mod spark;
 mod spnego;
 mod tls;
+mod uploads;
