@@ -318,6 +318,17 @@ pub struct SparkConfig {
     pub allowed_local_dirs: Vec<PathBuf>,
     /// How long `spark-submit --version` may take at the start-up check.
     pub check_timeout: String,
+    /// Extra application tags (YARN `spark.yarn.tags`, Kubernetes labels); the gateway always
+    /// adds `sparkgate` and `sparkgate-<session|batch>-<id>` so it can find its applications.
+    pub application_tags: Vec<String>,
+    /// The Kerberos principal the gateway launches applications with (`--principal`; Spark
+    /// renews the application's tokens from the keytab for as long as it runs).
+    pub launch_principal: Option<String>,
+    /// The keytab for `launch_principal` (`--keytab`).
+    pub launch_keytab: Option<PathBuf>,
+    /// A standalone master's web UI (e.g. `http://master:8080`), used to find the application
+    /// id of batches whose driver runs in the cluster.
+    pub standalone_master_ui: Option<String>,
 }
 
 impl Default for SparkConfig {
@@ -333,6 +344,10 @@ impl Default for SparkConfig {
             pass_env: Vec::new(),
             allowed_local_dirs: Vec::new(),
             check_timeout: "60s".into(),
+            application_tags: Vec::new(),
+            launch_principal: None,
+            launch_keytab: None,
+            standalone_master_ui: None,
         }
     }
 }
@@ -702,6 +717,12 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
     }
     if !matches!(config.spark.deploy_mode.as_str(), "client" | "cluster") {
         problems.push(format!("spark.deploy_mode must be `client` or `cluster`, not `{}`", config.spark.deploy_mode));
+    }
+    if config.spark.launch_principal.is_some() != config.spark.launch_keytab.is_some() {
+        problems.push("spark.launch_principal and spark.launch_keytab must be given together".into());
+    }
+    if config.spark.application_tags.iter().any(|t| t.is_empty() || t.contains([',', ' '])) {
+        problems.push("spark.application_tags must be non-empty and contain no commas or spaces".into());
     }
     if config.spark.master.trim().is_empty() {
         problems.push("spark.master must not be empty".into());

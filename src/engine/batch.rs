@@ -62,6 +62,8 @@ struct BatchInner {
     spark_ui_url: Option<String>,
     process: Option<ProcessHandle>,
     finished_at: Option<Instant>,
+    /// A standalone cluster-mode driver's id (to kill it through the master).
+    driver_id: Option<String>,
 }
 
 /// One batch.
@@ -160,6 +162,11 @@ impl Batch {
                 }
             });
         }
+        if let Some(driver) = launcher::find_driver_id(line) {
+            self.lock().driver_id.get_or_insert(driver);
+            // The driver runs in the cluster: submitted means under way.
+            self.move_to(SessionState::Running, None);
+        }
         let (app, ui) = (launcher::find_app_id(line), launcher::find_spark_ui(line));
         if app.is_none() && ui.is_none() {
             return;
@@ -192,6 +199,11 @@ impl Batch {
             _ => self.move_to(SessionState::Dead, Some(&format!("spark-submit exited with status {code}"))),
         }
     }
+}
+
+/// The application name a batch is launched with (unique: the master's status is searched by it).
+fn launch_name(batch: &Batch) -> String {
+    batch.spec.name.clone().unwrap_or_else(|| format!("sparkgate-batch-{}", batch.id))
 }
 
 #[derive(Debug, Default)]
@@ -294,6 +306,7 @@ impl BatchManager {
                     spark_ui_url: None,
                     process: None,
                     finished_at: None,
+                    driver_id: None,
                 }),
             });
             if let Some(name) = &batch.spec.name {
@@ -314,7 +327,7 @@ impl BatchManager {
         let cfg = &self.config.config;
         let s = &batch.spec;
         let launch = LaunchSpec {
-            name: s.name.clone().unwrap_or_else(|| format!("sparkgate-batch-{}", batch.id)),
+            name: launch_name(batch),
             class_name: s.class_name.clone(),
             proxy_user: s.proxy_user.clone(),
             queue: s.queue.clone(),
@@ -328,6 +341,7 @@ impl BatchManager {
             files: s.files.clone(),
             archives: s.archives.clone(),
             conf: s.conf.clone(),
+            cluster_conf: launcher::cluster_conf(&cfg.spark, launcher::AppKind::Batch, batch.id),
             app: s.file.clone(),
             args: s.args.clone(),
         };
@@ -350,6 +364,28 @@ impl BatchManager {
             );
         }
         batch.lock().process = Some(handle.clone());
+        if let Some(ui) = cfg.spark.standalone_master_ui.clone() {
+            // The master knows the application id of drivers that run in the cluster.
+            let (weak, name, deadline) =
+                (Arc::downgrade(batch), launch_name(batch), Instant::now() + self.config.durations.start_timeout);
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let Some(b) = weak.upgrade() else { return };
+                    if b.lock().app_id.is_some() {
+                        return;
+                    }
+                    let url = format!("{}/json/", ui.trim_end_matches('/'));
+                    if let Some(id) =
+                        launcher::http_get_json(&url).await.and_then(|s| launcher::app_id_in_master_status(&s, &name))
+                    {
+                        b.lock().app_id.get_or_insert(id);
+                        return;
+                    }
+                    drop(b);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
         let watched = batch.clone();
         tokio::spawn(async move {
             let code = handle.wait().await;
@@ -372,12 +408,44 @@ impl BatchManager {
         if live {
             batch.log.push(format!("sparkgate: killed by {by}"));
         }
+        let driver_id = batch.lock().driver_id.clone();
+        if let (true, Some(driver)) = (live, driver_id) {
+            self.kill_cluster_driver(batch, &driver).await;
+        }
         if let Some(process) = batch.process() {
             process.kill_group(self.config.durations.shutdown_grace).await;
             process.wait().await;
         }
         batch.move_to(SessionState::Killed, None);
         self.forget(batch.id);
+    }
+
+    /// A driver running inside a standalone cluster outlives our spark-submit: ask the master
+    /// to kill it (`spark-submit --master … --kill <driver-id>`).
+    async fn kill_cluster_driver(&self, batch: &Batch, driver: &str) {
+        let Some(spark) = self.spark.as_ref() else { return };
+        let cfg = &self.config.config.spark;
+        if !cfg.master.starts_with("spark://") {
+            return;
+        }
+        let mut cmd = tokio::process::Command::new(&spark.spark_submit);
+        cmd.args(["--master", &cfg.master, "--kill", driver])
+            .env_clear()
+            .envs(spark.base_env(&cfg.pass_env))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        batch.log.push(format!("sparkgate: asking the master to kill {driver}"));
+        match tokio::time::timeout(Duration::from_secs(60), cmd.output()).await {
+            Ok(Ok(out)) => {
+                for line in
+                    String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines())
+                {
+                    batch.log.push(line.to_string());
+                }
+            }
+            Ok(Err(e)) => batch.log.push(format!("sparkgate: could not run spark-submit --kill: {e}")),
+            Err(_) => batch.log.push("sparkgate: spark-submit --kill did not finish within 60s".to_string()),
+        }
     }
 
     fn forget(&self, id: u32) {

@@ -174,10 +174,54 @@ pub struct LaunchSpec {
     pub archives: Vec<String>,
     /// The request's Spark conf (applied over the configured defaults).
     pub conf: BTreeMap<String, String>,
+    /// Conf the gateway adds last (tags, labels; see [`cluster_conf`]).
+    pub cluster_conf: BTreeMap<String, String>,
     /// The application (the driver program, or a batch's file).
     pub app: String,
     /// Its arguments.
     pub args: Vec<String>,
+}
+
+/// What a launch is, for the tags that let the gateway find (and kill) its applications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppKind {
+    /// An interactive session.
+    Session,
+    /// A batch.
+    Batch,
+}
+
+/// Conf the gateway adds for the cluster manager: application tags on YARN, labels on
+/// Kubernetes, waiting for the driver in standalone cluster mode.
+pub fn cluster_conf(config: &SparkConfig, kind: AppKind, id: u32) -> BTreeMap<String, String> {
+    let kind_name = match kind {
+        AppKind::Session => "session",
+        AppKind::Batch => "batch",
+    };
+    let tag = format!("sparkgate-{kind_name}-{id}");
+    let mut conf = BTreeMap::new();
+    let master = config.master.as_str();
+    let cluster_mode = config.deploy_mode == "cluster";
+    if master.starts_with("yarn") {
+        let mut tags = vec!["sparkgate".to_string(), tag];
+        tags.extend(config.application_tags.iter().cloned());
+        conf.insert("spark.yarn.tags".into(), tags.join(","));
+        // One attempt: a failed driver must not be restarted behind the gateway's back.
+        conf.insert("spark.yarn.maxAppAttempts".into(), "1".into());
+        // spark-submit stays until the application ends, so its exit status is the outcome.
+        conf.insert("spark.yarn.submit.waitAppCompletion".into(), "true".into());
+    } else if master.starts_with("k8s://") {
+        for role in ["driver", "executor"] {
+            conf.insert(format!("spark.kubernetes.{role}.label.sparkgate-app"), tag.clone());
+            for (i, extra) in config.application_tags.iter().enumerate() {
+                conf.insert(format!("spark.kubernetes.{role}.label.sparkgate-tag-{i}"), extra.clone());
+            }
+        }
+        conf.insert("spark.kubernetes.submission.waitAppCompletion".into(), "true".into());
+    } else if master.starts_with("spark://") && cluster_mode {
+        conf.insert("spark.standalone.submit.waitAppCompletion".into(), "true".into());
+    }
+    conf
 }
 
 /// The spark-submit argument vector (without the program itself).
@@ -199,6 +243,10 @@ pub fn build_args(config: &SparkConfig, spec: &LaunchSpec) -> Vec<OsString> {
     if let Some(queue) = &spec.queue {
         args.extend(["--queue".into(), queue.clone()]);
     }
+    if let (Some(principal), Some(keytab)) = (&config.launch_principal, &config.launch_keytab) {
+        // A path and a principal name, not secrets: the keytab's contents never leave the file.
+        args.extend(["--principal".into(), principal.clone(), "--keytab".into(), keytab.display().to_string()]);
+    }
     for (flag, list) in [
         ("--jars", &spec.jars),
         ("--py-files", &spec.py_files),
@@ -211,6 +259,7 @@ pub fn build_args(config: &SparkConfig, spec: &LaunchSpec) -> Vec<OsString> {
     }
     let mut conf = config.conf.clone();
     conf.extend(spec.conf.iter().map(|(k, v)| (k.clone(), v.clone())));
+    conf.extend(spec.cluster_conf.iter().map(|(k, v)| (k.clone(), v.clone())));
     let resources = [
         ("spark.driver.memory", spec.driver_memory.clone()),
         ("spark.driver.cores", spec.driver_cores.map(|n| n.to_string())),
@@ -436,29 +485,53 @@ pub fn driver_started(line: &str) -> bool {
     line.contains("Successfully started service 'sparkDriver'") || line.contains("Submitted application:")
 }
 
-/// Asks a Spark UI on this host for its application id (`GET /api/v1/applications`); local
-/// mode does not print it. Plain HTTP on loopback, a few tries while the UI comes up.
-pub async fn fetch_app_id_from_ui(port: u16) -> Option<String> {
+/// GETs a JSON document over plain HTTP (Spark's UIs: loopback or the cluster network).
+pub async fn http_get_json(url: &str) -> Option<serde_json::Value> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let attempt = async {
+        let mut tcp = tokio::net::TcpStream::connect(authority).await.ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        tcp.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        serde_json::from_str(text.split_once("\r\n\r\n")?.1.trim()).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(3), attempt).await.ok().flatten()
+}
+
+/// Asks a Spark UI on this host for its application id (`GET /api/v1/applications`); local
+/// mode does not print it. A few tries while the UI comes up.
+pub async fn fetch_app_id_from_ui(port: u16) -> Option<String> {
     for _ in 0..20 {
-        let attempt = async {
-            let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-            tcp.write_all(b"GET /api/v1/applications HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n")
-                .await
-                .ok()?;
-            let mut buf = Vec::new();
-            tcp.read_to_end(&mut buf).await.ok()?;
-            let text = String::from_utf8_lossy(&buf);
-            let body = text.split_once("\r\n\r\n")?.1;
-            let apps: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
-            apps.get(0)?.get("id")?.as_str().map(str::to_string)
-        };
-        if let Ok(Some(id)) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        let apps = http_get_json(&format!("http://127.0.0.1:{port}/api/v1/applications")).await;
+        if let Some(id) = apps.as_ref().and_then(|a| a.get(0)?.get("id")?.as_str().map(str::to_string)) {
             return Some(id);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     None
+}
+
+/// Finds the id of the application named `name` in a standalone master's `/json/` document.
+pub fn app_id_in_master_status(status: &serde_json::Value, name: &str) -> Option<String> {
+    ["activeapps", "completedapps"].iter().find_map(|list| {
+        status.get(list)?.as_array()?.iter().find_map(|app| {
+            (app.get("name")?.as_str()? == name).then(|| app.get("id")?.as_str().map(str::to_string)).flatten()
+        })
+    })
+}
+
+/// Finds a standalone cluster-mode driver id (`driver-20240101120000-0001`) in a line.
+pub fn find_driver_id(line: &str) -> Option<String> {
+    line.split(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | ',' | '.' | '(' | ')'))
+        .find(|w| {
+            w.strip_prefix("driver-")
+                .is_some_and(|rest| rest.len() >= 10 && rest.chars().all(|c| c.is_ascii_digit() || c == '-'))
+        })
+        .map(str::to_string)
 }
 
 /// Finds the Spark UI address in Spark's "Bound SparkUI to …, and started at http://…" line.
@@ -528,6 +601,82 @@ mod tests {
                 "a b; rm -rf /",
             ]
         );
+    }
+
+    #[test]
+    fn yarn_launches_carry_tags_one_attempt_and_the_gateway_identity() {
+        let config = SparkConfig {
+            master: "yarn".into(),
+            deploy_mode: "cluster".into(),
+            application_tags: vec!["team-a".into()],
+            launch_principal: Some("sparkgate/gw.example.com@EXAMPLE.COM".into()),
+            launch_keytab: Some("/etc/security/keytabs/sparkgate.keytab".into()),
+            ..SparkConfig::default()
+        };
+        let spec = LaunchSpec {
+            name: "etl".into(),
+            proxy_user: Some("alice".into()),
+            queue: Some("prod".into()),
+            cluster_conf: cluster_conf(&config, AppKind::Batch, 7),
+            app: "hdfs:///apps/etl.jar".into(),
+            class_name: Some("com.example.Etl".into()),
+            ..LaunchSpec::default()
+        };
+        let args = strings(build_args(&config, &spec));
+        assert_eq!(
+            args,
+            vec![
+                "--master",
+                "yarn",
+                "--deploy-mode",
+                "cluster",
+                "--name",
+                "etl",
+                "--class",
+                "com.example.Etl",
+                "--proxy-user",
+                "alice",
+                "--queue",
+                "prod",
+                "--principal",
+                "sparkgate/gw.example.com@EXAMPLE.COM",
+                "--keytab",
+                "/etc/security/keytabs/sparkgate.keytab",
+                "--conf",
+                "spark.yarn.maxAppAttempts=1",
+                "--conf",
+                "spark.yarn.submit.waitAppCompletion=true",
+                "--conf",
+                "spark.yarn.tags=sparkgate,sparkgate-batch-7,team-a",
+                "hdfs:///apps/etl.jar",
+            ]
+        );
+    }
+
+    #[test]
+    fn kubernetes_and_standalone_cluster_conf() {
+        let k8s = SparkConfig {
+            master: "k8s://https://api:6443".into(),
+            deploy_mode: "cluster".into(),
+            ..SparkConfig::default()
+        };
+        let conf = cluster_conf(&k8s, AppKind::Session, 3);
+        assert_eq!(conf["spark.kubernetes.driver.label.sparkgate-app"], "sparkgate-session-3");
+        assert_eq!(conf["spark.kubernetes.executor.label.sparkgate-app"], "sparkgate-session-3");
+        assert_eq!(conf["spark.kubernetes.submission.waitAppCompletion"], "true");
+        let standalone =
+            SparkConfig { master: "spark://m:7077".into(), deploy_mode: "cluster".into(), ..SparkConfig::default() };
+        assert_eq!(cluster_conf(&standalone, AppKind::Batch, 1)["spark.standalone.submit.waitAppCompletion"], "true");
+        assert!(cluster_conf(&SparkConfig::default(), AppKind::Batch, 1).is_empty(), "local mode needs nothing");
+        assert_eq!(
+            find_driver_id("Driver successfully submitted as driver-20261123204501-0003"),
+            Some("driver-20261123204501-0003".into())
+        );
+        assert_eq!(find_driver_id("driver-side code"), None);
+        let status = serde_json::json!({"activeapps": [{"id": "app-1-0001", "name": "other"}],
+                                        "completedapps": [{"id": "app-1-0000", "name": "sparkgate-batch-4"}]});
+        assert_eq!(app_id_in_master_status(&status, "sparkgate-batch-4"), Some("app-1-0000".into()));
+        assert_eq!(app_id_in_master_status(&status, "nope"), None);
     }
 
     #[test]

@@ -228,6 +228,7 @@ impl SessionManager {
             files: spec.files.clone(),
             archives: spec.archives.clone(),
             conf: spec.conf.clone(),
+            cluster_conf: launcher::cluster_conf(&cfg.spark, launcher::AppKind::Session, session.id),
             app: self.driver_program.display().to_string(),
             args: Vec::new(),
         };
