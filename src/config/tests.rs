@@ -96,3 +96,18 @@ fn quoted_keys_may_contain_dots() {
     let c = load_str("", &[], &["spark.conf.\"spark.ui.enabled\"=\"false\""]).unwrap();
     assert_eq!(c.config.spark.conf["spark.ui.enabled"], "false");
 }
+
+#[test]
+fn every_example_configuration_loads() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            load(&Sources { file: Some(&path), ..Sources::default() })
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4);
+}
