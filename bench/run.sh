@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Builds the release binary and prints the session benchmark's figures.
+# Builds the release binary and prints benchmark figures:
+#   bench/run.sh            sessions (cold start, 1+1 round trip)
+#   bench/run.sh batches    batches (submit -> running / success, local and standalone)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 cargo build --locked --release
-exec .venv/bin/python bench/sessions.py "$@"
+case "${1:-sessions}" in
+  batches) exec .venv/bin/python bench/batches.py ;;
+  *) exec .venv/bin/python bench/sessions.py ;;
+esac
