@@ -3,6 +3,7 @@
 // "unreachable pub" and per-module dead code are expected.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, unreachable_pub, dead_code)]
 
+mod cluster;
 mod kdc;
 mod support;
 
@@ -12,5 +13,6 @@ mod rpc;
 mod security;
 mod spark;
 mod spnego;
+mod standalone;
 mod tls;
 mod uploads;
