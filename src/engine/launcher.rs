@@ -371,21 +371,72 @@ impl ProcessHandle {
         group_alive(self.pgid)
     }
 
-    /// Stops the group: SIGTERM, then SIGKILL after `grace`, then waits (bounded) until no
-    /// process of the group is left.
+    /// Stops the group and everything it started: SIGTERM, then SIGKILL after `grace`, then
+    /// waits (bounded) until none of it is left. Descendants that left the group (PySpark's
+    /// worker daemon calls setpgid) are found through their parents and stopped too.
     pub async fn kill_group(&self, grace: Duration) {
-        use nix::sys::signal::Signal;
-        self.signal_group(Signal::SIGTERM);
+        use nix::sys::signal::{kill, Signal};
+        let escaped: Vec<i32> = descendants_of_group(self.pgid);
+        let signal_all = |signal: Signal| {
+            self.signal_group(signal);
+            for pid in &escaped {
+                let _ = kill(nix::unistd::Pid::from_raw(*pid), signal);
+            }
+        };
+        let alive = || self.group_alive() || escaped.iter().any(|p| pid_alive(*p));
+        signal_all(Signal::SIGTERM);
         let deadline = tokio::time::Instant::now() + grace;
-        while tokio::time::Instant::now() < deadline && self.group_alive() {
+        while tokio::time::Instant::now() < deadline && alive() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.signal_group(Signal::SIGKILL);
+        signal_all(Signal::SIGKILL);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while tokio::time::Instant::now() < deadline && self.group_alive() {
+        while tokio::time::Instant::now() < deadline && alive() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `(pid, state, ppid, pgrp)` of every process, from /proc.
+fn process_table() -> Vec<(i32, String, i32, i32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((pid, f.first()?.to_string(), f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Live processes descended from process group `pgid` that are no longer in it.
+pub fn descendants_of_group(pgid: i32) -> Vec<i32> {
+    let table = process_table();
+    let mut family: std::collections::HashSet<i32> =
+        table.iter().filter(|(_, state, _, g)| *g == pgid && state != "Z").map(|(p, ..)| *p).collect();
+    let members = family.clone();
+    loop {
+        let before = family.len();
+        for (pid, state, ppid, _) in &table {
+            if state != "Z" && family.contains(ppid) {
+                family.insert(*pid);
+            }
+        }
+        if family.len() == before {
+            break;
+        }
+    }
+    family.into_iter().filter(|p| !members.contains(p)).collect()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.split_whitespace().next().unwrap_or("Z").to_string()))
+        .is_some_and(|state| state != "Z" && state != "X")
 }
 
 /// Whether any non-zombie process is in process group `pgid` (read from /proc, because
@@ -763,8 +814,9 @@ mod tests {
     async fn process_group_is_killed_whole() {
         // A shell that starts a grandchild in the same group stands in for spark-submit's JVM
         // and its Python driver.
+        // The second grandchild leaves the group, as PySpark's worker daemon does.
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "sleep 300 & sleep 300"]).process_group(0).kill_on_drop(true);
+        cmd.args(["-c", "sleep 300 & setsid sleep 301 & sleep 300"]).process_group(0).kill_on_drop(true);
         let mut child = cmd.spawn().unwrap();
         let pgid = child.id().unwrap() as i32;
         let (tx, rx) = tokio::sync::watch::channel(None);
@@ -775,8 +827,11 @@ mod tests {
         let handle = ProcessHandle { pgid, exited: rx };
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(handle.group_alive());
+        let escaped = descendants_of_group(pgid);
+        assert_eq!(escaped.len(), 1, "the setsid child is found through its parent");
         handle.kill_group(Duration::from_secs(2)).await;
         assert!(!handle.group_alive());
+        assert!(!pid_alive(escaped[0]), "the escaped descendant is stopped too");
         handle.wait().await;
         assert!(handle.has_exited());
     }

@@ -253,9 +253,14 @@ async fn cancel_really_stops_work_then_delete_leaves_no_process() {
 
     let pgid = gw.manager.get(&id.to_string()).unwrap().process().unwrap().pgid;
     assert!(processes_in_group(pgid).len() >= 2, "the JVM and the Python driver run in the session's group");
+    // PySpark's worker daemon leaves the group (setpgid); it must go too.
+    let escaped = sparkgate::engine::launcher::descendants_of_group(pgid);
     let (status, body) = gw.delete(&format!("/sessions/{id}")).await;
     assert_eq!((status, body), (200, json!({"msg": "deleted"})));
     assert_eq!(processes_in_group(pgid), Vec::<i32>::new(), "no process of a deleted session survives");
+    let survivors: Vec<&i32> =
+        escaped.iter().filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists()).collect();
+    assert!(survivors.is_empty(), "descendants outside the group survived: {survivors:?} (of {escaped:?})");
     assert_eq!(gw.get(&format!("/sessions/{id}")).await.0, 404);
 }
 
