@@ -421,12 +421,22 @@ impl BatchManager {
     }
 
     /// A driver running inside a standalone cluster outlives our spark-submit: ask the master
-    /// to kill it (`spark-submit --master … --kill <driver-id>`).
+    /// to kill it — through its web UI when `spark.standalone_master_ui` is set (the REST
+    /// submission server that `spark-submit --kill` needs is off by default), otherwise with
+    /// `spark-submit --master … --kill <driver-id>`.
     async fn kill_cluster_driver(&self, batch: &Batch, driver: &str) {
         let Some(spark) = self.spark.as_ref() else { return };
         let cfg = &self.config.config.spark;
         if !cfg.master.starts_with("spark://") {
             return;
+        }
+        if let Some(ui) = &cfg.standalone_master_ui {
+            let url = format!("{}/driver/kill/", ui.trim_end_matches('/'));
+            let status = launcher::http_post_form(&url, &format!("id={driver}&terminate=true")).await;
+            batch.log.push(format!("sparkgate: asked the master ({url}) to kill {driver}: HTTP {status:?}"));
+            if status.is_some_and(|s| s < 400) {
+                return;
+            }
         }
         let mut cmd = tokio::process::Command::new(&spark.spark_submit);
         cmd.args(["--master", &cfg.master, "--kill", driver])

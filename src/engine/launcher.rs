@@ -553,6 +553,25 @@ pub async fn http_get_json(url: &str) -> Option<serde_json::Value> {
     tokio::time::timeout(Duration::from_secs(3), attempt).await.ok().flatten()
 }
 
+/// POSTs a form over plain HTTP; returns the status code.
+pub async fn http_post_form(url: &str, form: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let attempt = async {
+        let mut tcp = tokio::net::TcpStream::connect(authority).await.ok()?;
+        let request = format!(
+            "POST {path} HTTP/1.0\r\nHost: {authority}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        );
+        tcp.write_all(request.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        tcp.read_to_end(&mut buf).await.ok()?;
+        String::from_utf8_lossy(&buf).split_whitespace().nth(1)?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt).await.ok().flatten()
+}
+
 /// Asks a Spark UI on this host for its application id (`GET /api/v1/applications`); local
 /// mode does not print it. A few tries while the UI comes up.
 pub async fn fetch_app_id_from_ui(port: u16) -> Option<String> {

@@ -14,5 +14,6 @@ mod security;
 mod spark;
 mod spnego;
 mod standalone;
+mod standalone_batches;
 mod tls;
 mod uploads;
