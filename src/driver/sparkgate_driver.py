@@ -41,6 +41,7 @@ import signal
 import socket
 import ssl
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -1375,7 +1376,11 @@ class Driver:
         try:
             from pyspark import SparkConf
             from pyspark.sql import SparkSession
-            os.makedirs(self.conf.repl_class_dir, exist_ok=True)
+            try:
+                os.makedirs(self.conf.repl_class_dir, exist_ok=True)
+            except OSError:
+                # Cluster deploy mode: the gateway's directory does not exist on this host.
+                self.conf.repl_class_dir = tempfile.mkdtemp(prefix="sparkgate-repl-")
             spark_conf = SparkConf()
             # Must be set before the SparkContext exists: it makes Spark serve the Scala
             # REPL's generated classes to executors.

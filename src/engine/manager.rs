@@ -30,6 +30,30 @@ pub struct RpcEndpoint {
     pub ca_pem: String,
 }
 
+/// How the driver's 0600 configuration (with the secret) reaches the driver: in client mode it
+/// runs on this host and reads the file where it is; in cluster mode spark-submit ships the file
+/// with `--files` into the driver's working directory (YARN stages it in the application's
+/// private staging directory) and the driver's environment names it there. Never on argv.
+/// Returns the `--files` list, the conf to add and the value of SPARKGATE_DRIVER_CONF.
+fn driver_conf_delivery(
+    spark: &crate::config::SparkConfig,
+    user_files: &[String],
+    conf_file: &std::path::Path,
+    session_id: u32,
+) -> (Vec<String>, BTreeMap<String, String>, String) {
+    let mut conf = launcher::cluster_conf(spark, launcher::AppKind::Session, session_id);
+    if spark.deploy_mode != "cluster" {
+        return (user_files.to_vec(), conf, conf_file.display().to_string());
+    }
+    let mut files = user_files.to_vec();
+    files.push(conf_file.display().to_string());
+    let name = conf_file.file_name().map_or_else(|| "driver-conf.json".into(), |n| n.to_string_lossy().into_owned());
+    for key in ["spark.yarn.appMasterEnv.SPARKGATE_DRIVER_CONF", "spark.kubernetes.driverEnv.SPARKGATE_DRIVER_CONF"] {
+        conf.insert(key.to_string(), name.clone());
+    }
+    (files, conf, name)
+}
+
 #[derive(Debug, Default)]
 struct Registry {
     by_id: BTreeMap<u32, Arc<Session>>,
@@ -213,6 +237,9 @@ impl SessionManager {
         let conf_path = session.dir.join("driver-conf.json");
         crate::tls::write_file(&conf_path, driver_conf.to_string().as_bytes(), 0o600)
             .map_err(|e| EngineError::Launch(e.to_string()))?;
+        let absolute_conf = conf_path.canonicalize().unwrap_or(conf_path);
+        let (files, cluster_conf, driver_conf_env) =
+            driver_conf_delivery(&cfg.spark, &spec.files, &absolute_conf, session.id);
         let launch = LaunchSpec {
             name: spec.name.clone().unwrap_or_else(|| format!("sparkgate-session-{}", session.id)),
             class_name: None,
@@ -225,16 +252,15 @@ impl SessionManager {
             num_executors: spec.num_executors,
             jars: spec.jars.clone(),
             py_files: spec.py_files.clone(),
-            files: spec.files.clone(),
+            files,
             archives: spec.archives.clone(),
             conf: spec.conf.clone(),
-            cluster_conf: launcher::cluster_conf(&cfg.spark, launcher::AppKind::Session, session.id),
+            cluster_conf,
             app: self.driver_program.display().to_string(),
             args: Vec::new(),
         };
         let args = launcher::build_args(&cfg.spark, &launch);
-        let absolute_conf = conf_path.canonicalize().unwrap_or(conf_path);
-        let env = BTreeMap::from([("SPARKGATE_DRIVER_CONF".to_string(), absolute_conf.display().to_string())]);
+        let env = BTreeMap::from([("SPARKGATE_DRIVER_CONF".to_string(), driver_conf_env)]);
         let weak = Arc::downgrade(session);
         let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {
             let (app, ui) = (launcher::find_app_id(line), launcher::find_spark_ui(line));

@@ -207,3 +207,29 @@ async fn per_user_quotas() {
     let bob = SessionSpec { owner: "bob".into(), effective_user: "bob".into(), ..spec() };
     assert!(m.create(bob, quota).is_ok());
 }
+
+#[test]
+fn the_driver_configuration_travels_with_files_in_cluster_mode_and_never_on_argv() {
+    let conf_file = std::path::Path::new("/data/sessions/4/driver-conf.json");
+    let client = crate::config::SparkConfig::default();
+    let (files, conf, env) = driver_conf_delivery(&client, &["a.txt".into()], conf_file, 4);
+    assert_eq!((files, env.as_str()), (vec!["a.txt".to_string()], "/data/sessions/4/driver-conf.json"));
+    assert!(conf.is_empty());
+    let yarn =
+        crate::config::SparkConfig { master: "yarn".into(), deploy_mode: "cluster".into(), ..Default::default() };
+    let (files, conf, env) = driver_conf_delivery(&yarn, &[], conf_file, 4);
+    assert_eq!(files, vec!["/data/sessions/4/driver-conf.json".to_string()]);
+    assert_eq!(env, "driver-conf.json");
+    assert_eq!(conf["spark.yarn.appMasterEnv.SPARKGATE_DRIVER_CONF"], "driver-conf.json");
+    assert_eq!(conf["spark.yarn.tags"], "sparkgate,sparkgate-session-4");
+    // The argument vector names the file, never its contents.
+    let spec = launcher::LaunchSpec {
+        name: "s".into(),
+        files,
+        cluster_conf: conf,
+        app: "driver.py".into(),
+        ..Default::default()
+    };
+    let argv: Vec<String> = launcher::build_args(&yarn, &spec).into_iter().map(|a| a.into_string().unwrap()).collect();
+    assert!(argv.windows(2).any(|w| w[0] == "--files" && w[1] == "/data/sessions/4/driver-conf.json"), "{argv:?}");
+}
