@@ -64,6 +64,15 @@ async fn batches_run_on_a_standalone_cluster_in_client_and_cluster_mode() {
         .await;
     assert_eq!(status, 201, "{body}");
     let jar_id = body["id"].as_u64().unwrap();
+    // A jar batch that fails (the job exits with status 3).
+    let (status, body) = client
+        .post(
+            "/batches",
+            json!({"file": client_jar.display().to_string(), "className": "sparkgate.test.CountJob", "args": ["7", "3"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let fail_id = body["id"].as_u64().unwrap();
     let done = wait_batch(&client, &cluster, py_id, &["success", "dead"]).await;
     assert_eq!(done["state"], "success", "{done}\n{}", log_text(&client, py_id).await);
     let log = log_text(&client, py_id).await;
@@ -71,6 +80,10 @@ async fn batches_run_on_a_standalone_cluster_in_client_and_cluster_mode() {
     let done = wait_batch(&client, &cluster, jar_id, &["success", "dead"]).await;
     assert_eq!(done["state"], "success", "{done}");
     assert!(log_text(&client, jar_id).await.contains("COUNT=5"));
+    let failed = wait_batch(&client, &cluster, fail_id, &["success", "dead"]).await;
+    assert_eq!(failed["state"], "dead", "{failed}");
+    let log = log_text(&client, fail_id).await;
+    assert!(log.contains("COUNT=7") && log.contains("exited with status 3"), "the error is in the log: {log}");
 
     // Cluster deploy mode: spark-submit hands the driver to the master, which runs it in a worker.
     let ui = format!("spark.standalone_master_ui=\"{}\"", cluster.web_ui);
