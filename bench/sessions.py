@@ -75,12 +75,17 @@ def main():
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "JAVA_HOME", "TMPDIR")}
     env.update(SPARK_HOME=spark_home, PYSPARK_PYTHON=venv_py, PYSPARK_DRIVER_PYTHON=venv_py)
     work = tempfile.mkdtemp(prefix="sparkgate-bench-")
+    # The bench runs as the development `anonymous` user; this policy lets it create sessions.
+    os.makedirs(os.path.join(work, "policies"))
+    with open(os.path.join(work, "policies", "acl.toml"), "w") as f:
+        f.write('[create]\nusers = ["anonymous"]\n')
     port = free_port()
     gw = subprocess.Popen(
         [os.path.join(REPO, "target", "release", "sparkgate"), "serve",
          "--set", f'server.bind="127.0.0.1:{port}"', "--set", f'server.data_dir="{work}/data"',
          "--set", "auth.dangerous_allow_anonymous=true", "--set", f'spark.venv="{REPO}/.venv"',
-         "--set", 'spark.conf."spark.driver.memory"="768m"'],
+         "--set", 'spark.conf."spark.driver.memory"="768m"', "--set", f'acl.policy_dir="{work}/policies"',
+         "--set", "auth.methods=[]"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "gateway.log"), "w"))
     try:
         ca = os.path.join(work, "data", "tls", "dev-ca.pem")
