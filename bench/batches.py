@@ -67,6 +67,9 @@ class Gateway:
         self.proc.wait(timeout=60)
 
 
+POLL = float(os.environ.get("BENCH_POLL_SECONDS", "0.02"))
+
+
 def through_gateway(gw, job):
     t0 = time.monotonic()
     bid = gw.call("POST", "/batches", {"file": job})["id"]
@@ -80,7 +83,7 @@ def through_gateway(gw, job):
             if st != "success":
                 raise SystemExit(f"batch {bid} ended {st}")
             return (running if running is not None else now), now
-        time.sleep(0.02)
+        time.sleep(POLL)
 
 
 def bare(master, job):
