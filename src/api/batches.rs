@@ -124,13 +124,7 @@ pub(super) async fn log(
     let batch = state.batches.get(&id)?;
     authorize(&state, &caller, Action::View, &batch)?;
     // The whole output, from the log file (not just the in-memory tail).
-    let lines = batch.full_log();
-    let total = lines.len();
-    let size = paging.size.unwrap_or(Some(100));
-    let from = paging.from.unwrap_or_else(|| size.map_or(0, |n| total.saturating_sub(n)));
-    let range = dto::window(total, from, size);
-    let from = range.start;
-    Ok(Json(json!({"id": batch.id, "from": from, "total": total, "log": lines[range].to_vec()})))
+    Ok(Json(dto::log_page(batch.id, batch.full_log(), &paging)))
 }
 
 pub(super) async fn delete(

@@ -204,6 +204,16 @@ pub fn statement_json(s: &Statement) -> Value {
     })
 }
 
+/// Livy's `/log` answer: `size` defaults to 100 and -1 means all; `from` defaults to the last
+/// `size` lines; `total` is the number of lines there are.
+pub fn log_page(id: u32, lines: Vec<String>, paging: &super::Paging) -> Value {
+    let total = lines.len();
+    let size = paging.size.unwrap_or(Some(100));
+    let from = paging.from.unwrap_or_else(|| size.map_or(0, |n| total.saturating_sub(n)));
+    let range = window(total, from, size);
+    json!({"id": id, "from": range.start, "total": total, "log": lines[range].to_vec()})
+}
+
 /// A `from`/`size` window over `total` items.
 pub fn window(total: usize, from: usize, size: Option<usize>) -> std::ops::Range<usize> {
     let start = from.min(total);
@@ -226,6 +236,18 @@ mod tests {
         assert!(conf_to_strings(bad).unwrap_err().contains("conf.spark.a"));
         let bad: BTreeMap<String, Value> = serde_json::from_value(json!({"a=b": "x"})).unwrap();
         assert!(conf_to_strings(bad).is_err());
+    }
+
+    #[test]
+    fn log_pages_default_to_the_tail() {
+        let lines: Vec<String> = (0..150).map(|i| format!("l{i}")).collect();
+        let page = log_page(3, lines.clone(), &crate::api::Paging::default());
+        assert_eq!((page["from"].as_u64(), page["total"].as_u64()), (Some(50), Some(150)));
+        assert_eq!(page["log"][0], "l50");
+        let all = crate::api::Paging { size: Some(None), ..Default::default() };
+        assert_eq!(log_page(3, lines.clone(), &all)["log"].as_array().unwrap().len(), 150);
+        let window = crate::api::Paging { from: Some(10), size: Some(Some(2)), ..Default::default() };
+        assert_eq!(log_page(3, lines, &window)["log"], json!(["l10", "l11"]));
     }
 
     #[test]

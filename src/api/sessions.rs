@@ -151,14 +151,7 @@ pub(super) async fn log(
     let session = state.manager.get(&id)?;
     state.authorize(&caller, Action::View, &session)?;
     session.heartbeat();
-    let lines = session.log.snapshot();
-    let total = lines.len();
-    // Livy: `size` defaults to 100, -1 means all; `from` defaults to the last `size` lines.
-    let size = paging.size.unwrap_or(Some(100));
-    let from = paging.from.unwrap_or_else(|| size.map_or(0, |n| total.saturating_sub(n)));
-    let range = dto::window(total, from, size);
-    let from = range.start;
-    Ok(Json(json!({"id": session.id, "from": from, "total": total, "log": lines[range].to_vec()})))
+    Ok(Json(dto::log_page(session.id, session.log.snapshot(), &paging)))
 }
 
 pub(super) async fn delete(
