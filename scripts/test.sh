@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
+# The KDC tools (krb5kdc, kdb5_util, kadmin.local) live in /usr/sbin.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 # The integration tests mostly wait on Spark, so more threads than cores keeps them moving;
