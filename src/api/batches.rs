@@ -56,25 +56,10 @@ pub(super) async fn create(
     }
     let file =
         req.file.filter(|f| !f.trim().is_empty()).ok_or_else(|| ApiError::bad_request("field `file` is required"))?;
-    let conf = dto::conf_to_strings(req.conf.unwrap_or_default()).map_err(ApiError::BadRequest)?;
-    let denied = state.acl.denied_conf_keys(&caller.acting, &conf);
-    if !denied.is_empty() {
-        return Err(ApiError::Forbidden(format!(
-            "Rejected: these Spark configuration keys may not be set by users: {}",
-            denied.join(", ")
-        )));
-    }
-    let allowed = &state.config.config.spark.allowed_local_dirs;
-    let (jars, py_files, files, archives) = (
-        req.jars.unwrap_or_default(),
-        req.py_files.unwrap_or_default(),
-        req.files.unwrap_or_default(),
-        req.archives.unwrap_or_default(),
-    );
-    paths::check("file", &file, allowed).map_err(ApiError::BadRequest)?;
-    for (field, list) in [("jars", &jars), ("pyFiles", &py_files), ("files", &files), ("archives", &archives)] {
-        paths::check_all(field, list, allowed).map_err(ApiError::BadRequest)?;
-    }
+    let conf = state.checked_conf(&caller, req.conf)?;
+    paths::check("file", &file, &state.config.config.spark.allowed_local_dirs).map_err(ApiError::BadRequest)?;
+    let [jars, py_files, files, archives] =
+        state.checked_file_lists([req.jars, req.py_files, req.files, req.archives])?;
     let effective_user = caller.effective_user_for(&state.acl, &state.audit, req.proxy_user.as_deref())?;
     let spec = BatchSpec {
         owner: caller.real.name.clone(),

@@ -41,6 +41,36 @@ impl AppState {
         self.acl.check(&caller.acting, action, Some(ownership)).allowed
     }
 
+    /// A request's Spark conf as strings, refused (403, keys named) when it sets keys the
+    /// caller may not set.
+    pub(crate) fn checked_conf(
+        &self,
+        caller: &Caller,
+        raw: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    ) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+        let conf = dto::conf_to_strings(raw.unwrap_or_default()).map_err(ApiError::BadRequest)?;
+        let denied = self.acl.denied_conf_keys(&caller.acting, &conf);
+        if denied.is_empty() {
+            Ok(conf)
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "Rejected: these Spark configuration keys may not be set by users: {}",
+                denied.join(", ")
+            )))
+        }
+    }
+
+    /// The `jars`, `pyFiles`, `files` and `archives` of a request, each entry checked against
+    /// `spark.allowed_local_dirs` (400 naming the field and value otherwise).
+    pub(crate) fn checked_file_lists(&self, lists: [Option<Vec<String>>; 4]) -> Result<[Vec<String>; 4], ApiError> {
+        let allowed = &self.config.config.spark.allowed_local_dirs;
+        let [jars, py_files, files, archives] = lists.map(Option::unwrap_or_default);
+        for (field, list) in [("jars", &jars), ("pyFiles", &py_files), ("files", &files), ("archives", &archives)] {
+            crate::engine::paths::check_all(field, list, allowed).map_err(ApiError::BadRequest)?;
+        }
+        Ok([jars, py_files, files, archives])
+    }
+
     /// 403 with the reason unless the caller may `action` this session.
     pub(crate) fn authorize(&self, caller: &Caller, action: Action, session: &Session) -> Result<(), ApiError> {
         let ownership =

@@ -3,7 +3,7 @@
 use super::dto::{self, CreateSessionRequest};
 use super::{AppState, LivyJson, Paging};
 use crate::acl::Action;
-use crate::engine::{paths, SessionKind, SessionSpec, SessionState};
+use crate::engine::{SessionKind, SessionSpec, SessionState};
 use crate::error::ApiError;
 use crate::impersonation::Caller;
 use axum::extract::{Path, State};
@@ -66,30 +66,15 @@ pub(super) async fn create(
             ))
         })?,
     };
-    let conf = dto::conf_to_strings(req.conf.unwrap_or_default()).map_err(ApiError::BadRequest)?;
-    let denied = state.acl.denied_conf_keys(&caller.acting, &conf);
-    if !denied.is_empty() {
-        return Err(ApiError::Forbidden(format!(
-            "Rejected: these Spark configuration keys may not be set by users: {}",
-            denied.join(", ")
-        )));
-    }
+    let conf = state.checked_conf(&caller, req.conf)?;
     let non_empty = |field: &str, v: Option<String>| -> Result<Option<String>, ApiError> {
         match v {
             Some(s) if s.trim().is_empty() => Err(ApiError::bad_request(format!("field `{field}` must not be empty"))),
             other => Ok(other),
         }
     };
-    let allowed = &state.config.config.spark.allowed_local_dirs;
-    let (jars, py_files, files, archives) = (
-        req.jars.unwrap_or_default(),
-        req.py_files.unwrap_or_default(),
-        req.files.unwrap_or_default(),
-        req.archives.unwrap_or_default(),
-    );
-    for (field, list) in [("jars", &jars), ("pyFiles", &py_files), ("files", &files), ("archives", &archives)] {
-        paths::check_all(field, list, allowed).map_err(ApiError::BadRequest)?;
-    }
+    let [jars, py_files, files, archives] =
+        state.checked_file_lists([req.jars, req.py_files, req.files, req.archives])?;
     let proxy_user = non_empty("proxyUser", req.proxy_user)?;
     let effective_user = caller.effective_user_for(&state.acl, &state.audit, proxy_user.as_deref())?;
     let spec = SessionSpec {
