@@ -63,8 +63,6 @@ BACKOFF_START_SECS = 0.2
 BACKOFF_MAX_SECS = 2.0
 PROGRESS_INTERVAL_SECS = 0.25
 CANCEL_RETRY_INTERVAL_SECS = 0.1
-# How long the Scala completer waits for a running statement or the REPL's start-up.
-COMPLETION_WAIT_SECS = 25.0
 # After a statement was cancelled, its job group is watched this long: a job that reached the
 # scheduler only after the cancel (the Python side was interrupted while the JVM was still
 # submitting it) is cancelled as soon as it shows up instead of holding the cores.
@@ -127,6 +125,9 @@ class DriverConf:
         "reconnect_window_secs": int,
         "max_frame_bytes": int,
         "repl_class_dir": str,
+        # How long a completion may wait for a running statement or the REPL's start-up;
+        # the gateway sends a little less than its own completion timeout.
+        "completion_wait_secs": int,
     }
 
     def __init__(self, raw):
@@ -143,7 +144,7 @@ class DriverConf:
         self.secret = None
         if self.max_frame_bytes < 1024:
             raise ConfError("field 'max_frame_bytes' is too small")
-        if self.sql_max_rows < 0 or self.reconnect_window_secs < 0:
+        if self.sql_max_rows < 0 or self.reconnect_window_secs < 0 or self.completion_wait_secs < 0:
             raise ConfError("negative limits are not allowed")
 
     @classmethod
@@ -637,11 +638,12 @@ class ScalaStartError(Exception):
 class ScalaInterpreter:
     """The Scala REPL over the session's SparkContext, created on first use."""
 
-    def __init__(self, spark, sc, repl_class_dir):
+    def __init__(self, spark, sc, repl_class_dir, completion_wait_secs):
         self.spark = spark
         self.sc = sc
         self.jvm = sc._jvm
         self.repl_class_dir = repl_class_dir
+        self.completion_wait_secs = completion_wait_secs
         # IMain is not thread safe: statements, completion and addJar take this lock.
         self.lock = threading.RLock()
         self.intp = None
@@ -964,7 +966,7 @@ class ScalaInterpreter:
     def complete(self, code, cursor):
         # The first completion may have to start the REPL (several seconds); the gateway
         # waits for it up to its completion timeout. A running statement holds the lock.
-        if not self.lock.acquire(timeout=COMPLETION_WAIT_SECS):
+        if not self.lock.acquire(timeout=self.completion_wait_secs):
             return []
         try:
             try:
@@ -1393,7 +1395,8 @@ class Driver:
                 self.link.send(self.app_info)
             self.interpreters = {
                 "pyspark": PythonInterpreter(self.spark, self.sc),
-                "scala": ScalaInterpreter(self.spark, self.sc, self.conf.repl_class_dir),
+                "scala": ScalaInterpreter(self.spark, self.sc, self.conf.repl_class_dir,
+                                          self.conf.completion_wait_secs),
                 "sql": SqlInterpreter(self.spark, self.conf.sql_max_rows),
                 "sparkr": SparkRInterpreter(),
             }

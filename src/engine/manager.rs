@@ -233,6 +233,9 @@ impl SessionManager {
             "reconnect_window_secs": self.config.durations.reconnect_window.as_secs().max(1),
             "max_frame_bytes": cfg.rpc.max_frame_bytes,
             "repl_class_dir": repl_dir.canonicalize().unwrap_or(repl_dir.clone()),
+            // The driver gives up a little before the gateway does, so the answer (even an
+            // empty one) arrives within the request's timeout.
+            "completion_wait_secs": self.config.durations.completion_timeout.as_secs().saturating_sub(2).max(1),
         });
         let conf_path = session.dir.join("driver-conf.json");
         crate::tls::write_file(&conf_path, driver_conf.to_string().as_bytes(), 0o600)

@@ -61,6 +61,9 @@ impl TestGateway {
             "spark.conf.\"spark.ui.showConsoleProgress\"=\"false\"".into(),
             "sessions.check_interval=\"200ms\"".into(),
             "sessions.shutdown_grace=\"3s\"".into(),
+            // A completion may have to start the Scala REPL; on a loaded 2-core CI machine that
+            // has taken over 30 s (the default), and tests must not fail because a machine is slow.
+            "sessions.completion_timeout=\"240s\"".into(),
             "rpc.handshake_timeout=\"3s\"".into(),
         ];
         all.extend(overrides.iter().map(|s| s.to_string()));
