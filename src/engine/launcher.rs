@@ -536,53 +536,77 @@ pub fn driver_started(line: &str) -> bool {
     line.contains("Successfully started service 'sparkDriver'") || line.contains("Submitted application:")
 }
 
-/// GETs a JSON document over plain HTTP (Spark's UIs: loopback or the cluster network).
-pub async fn http_get_json(url: &str) -> Option<serde_json::Value> {
+/// One HTTP/1.0 exchange over plain TCP with Spark's UIs and standalone master (loopback or
+/// the cluster network): the status code and the body, or `None` if it failed or took longer
+/// than `limit`.
+async fn http_exchange(
+    url: &str,
+    limit: Duration,
+    request: impl FnOnce(&str, &str) -> String,
+) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://")?;
     let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let request = request(authority, &path);
     let attempt = async {
         let mut tcp = tokio::net::TcpStream::connect(authority).await.ok()?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n\r\n");
         tcp.write_all(request.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
         tcp.read_to_end(&mut buf).await.ok()?;
         let text = String::from_utf8_lossy(&buf);
-        serde_json::from_str(text.split_once("\r\n\r\n")?.1.trim()).ok()
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        Some((status, body.to_string()))
     };
-    tokio::time::timeout(Duration::from_secs(3), attempt).await.ok().flatten()
+    tokio::time::timeout(limit, attempt).await.ok().flatten()
 }
 
-/// POSTs a form over plain HTTP; returns the status code.
+/// GETs a page; its body if the answer was 200.
+async fn http_get(url: &str, accept: &str) -> Option<String> {
+    let request =
+        |authority: &str, path: &str| format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: {accept}\r\n\r\n");
+    match http_exchange(url, Duration::from_secs(3), request).await? {
+        (200, body) => Some(body),
+        _ => None,
+    }
+}
+
+/// GETs a JSON document.
+pub async fn http_get_json(url: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(http_get(url, "application/json").await?.trim()).ok()
+}
+
+/// POSTs a form; returns the status code.
 pub async fn http_post_form(url: &str, form: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://")?;
-    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-    let attempt = async {
-        let mut tcp = tokio::net::TcpStream::connect(authority).await.ok()?;
-        let request = format!(
+    let request = |authority: &str, path: &str| {
+        format!(
             "POST {path} HTTP/1.0\r\nHost: {authority}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
             form.len()
-        );
-        tcp.write_all(request.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        tcp.read_to_end(&mut buf).await.ok()?;
-        String::from_utf8_lossy(&buf).split_whitespace().nth(1)?.parse().ok()
+        )
     };
-    tokio::time::timeout(Duration::from_secs(10), attempt).await.ok().flatten()
+    Some(http_exchange(url, Duration::from_secs(10), request).await?.0)
 }
 
-/// Asks a Spark UI on this host for its application id (`GET /api/v1/applications`); local
-/// mode does not print it. A few tries while the UI comes up.
+/// Asks a Spark UI on this host for its application id, which local mode does not print. It
+/// reads the Environment page: the UI's REST API would do too, but its first call costs the
+/// driver JVM about 1.5 s of CPU (web-service start-up) taken from the user's job, the page
+/// about a tenth of that. A few tries while the UI comes up.
 pub async fn fetch_app_id_from_ui(port: u16) -> Option<String> {
     for _ in 0..20 {
-        let apps = http_get_json(&format!("http://127.0.0.1:{port}/api/v1/applications")).await;
-        if let Some(id) = apps.as_ref().and_then(|a| a.get(0)?.get("id")?.as_str().map(str::to_string)) {
+        let page = http_get(&format!("http://127.0.0.1:{port}/environment/"), "text/html").await;
+        if let Some(id) = page.as_deref().and_then(app_id_in_environment_page) {
             return Some(id);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     None
+}
+
+/// The value of the `spark.app.id` row of a Spark UI Environment page.
+pub fn app_id_in_environment_page(html: &str) -> Option<String> {
+    let rest = html.split("<td>spark.app.id</td>").nth(1)?;
+    let value = rest.trim_start().strip_prefix("<td>")?.split('<').next()?.trim();
+    is_app_id(value).then(|| value.to_string())
 }
 
 /// Finds the id of the application named `name` in a standalone master's `/json/` document.
@@ -798,6 +822,51 @@ mod tests {
         assert_eq!(find_spark_ui_port("INFO Utils: Successfully started service 'SparkUI' on port 4041."), Some(4041));
         assert_eq!(find_spark_ui_port("INFO Utils: Successfully started service 'sparkDriver' on port 4041."), None);
         assert!(driver_started("INFO Utils: Successfully started service 'sparkDriver' on port 33245."));
+    }
+
+    #[test]
+    fn the_app_id_is_read_from_the_environment_page() {
+        // As Spark 4.0's Environment page writes it.
+        let page =
+            "<tbody>\n        <tr><td>spark.app.id</td><td>local-1795472183861</td></tr><tr><td>spark.app.name</td>\
+                    <td>pyspark-shell</td></tr><tr><td>spark.app.startTime</td><td>1795472182978</td></tr>";
+        assert_eq!(app_id_in_environment_page(page), Some("local-1795472183861".into()));
+        assert_eq!(app_id_in_environment_page("<tr><td>spark.app.id</td><td>x<script></td>"), None);
+        assert_eq!(app_id_in_environment_page("<tr><td>spark.app.name</td><td>local-1795472183861</td>"), None);
+        assert_eq!(app_id_in_environment_page(""), None);
+    }
+
+    #[tokio::test]
+    async fn plain_http_exchanges_with_spark_uis() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let mut requests = Vec::new();
+            for answer in [
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n {\"a\": 1}\n",
+                "HTTP/1.1 404 Not Found\r\n\r\n{\"a\": 2}",
+                "HTTP/1.1 200 OK\r\n\r\n<tr><td>spark.app.id</td><td>local-1795472183861</td></tr>",
+                "HTTP/1.1 302 Found\r\nLocation: /\r\n\r\n",
+            ] {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                let n = tcp.read(&mut buf).await.unwrap();
+                requests.push(String::from_utf8_lossy(&buf[..n]).to_string());
+                tcp.write_all(answer.as_bytes()).await.unwrap();
+            }
+            requests
+        });
+        let base = format!("http://127.0.0.1:{port}");
+        assert_eq!(http_get_json(&format!("{base}/json/")).await, Some(serde_json::json!({"a": 1})));
+        assert_eq!(http_get_json(&format!("{base}/json/")).await, None, "only a 200 counts");
+        assert_eq!(fetch_app_id_from_ui(port).await, Some("local-1795472183861".into()));
+        assert_eq!(http_post_form(&format!("{base}/driver/kill/"), "id=d-1&terminate=true").await, Some(302));
+        let requests = server.await.unwrap();
+        assert!(requests[0].starts_with("GET /json/ HTTP/1.0\r\n"), "{requests:?}");
+        assert!(requests[2].starts_with("GET /environment/ HTTP/1.0\r\n"), "{requests:?}");
+        assert!(requests[3].starts_with("POST /driver/kill/ HTTP/1.0\r\n"), "{requests:?}");
+        assert!(requests[3].ends_with("\r\n\r\nid=d-1&terminate=true"), "{requests:?}");
     }
 
     #[tokio::test]
