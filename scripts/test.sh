@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
+# Real Livy client libraries the compatibility tests drive (tests/clients/), kept apart from the
+# venv the Spark drivers use.
+CLIENTS_VENV=.venv-clients
+PYLIVY_VERSION=0.8.0
+if ! "$CLIENTS_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('livy') != '$PYLIVY_VERSION')" 2>/dev/null; then
+  echo "test: installing livy==$PYLIVY_VERSION (pylivy) into $CLIENTS_VENV"
+  python3 -m venv "$CLIENTS_VENV"
+  "$CLIENTS_VENV/bin/pip" install -q --disable-pip-version-check "livy==$PYLIVY_VERSION"
+fi
 # The KDC tools (krb5kdc, kdb5_util, kadmin.local) live in /usr/sbin.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 cargo fmt --all -- --check

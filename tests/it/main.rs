@@ -9,6 +9,7 @@ mod support;
 
 mod api;
 mod batches;
+mod clients;
 mod rpc;
 mod security;
 mod spark;
