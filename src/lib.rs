@@ -16,6 +16,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod impersonation;
+pub mod metrics;
 pub mod rpc;
 pub mod server;
 pub mod telemetry;
@@ -230,6 +231,7 @@ impl Gateway {
             config: config.clone(),
             acl,
             audit: audit_log.clone(),
+            metrics: Arc::new(metrics::Metrics::new()),
         };
         let app = http::stack::build(state, auth_chain);
         let (shutdown, rx) = watch::channel(false);

@@ -14,6 +14,8 @@ use crate::config::ValidatedConfig;
 use crate::engine::{Session, SessionManager};
 use crate::error::ApiError;
 use crate::impersonation::Caller;
+use axum::extract::State;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
@@ -31,6 +33,8 @@ pub struct AppState {
     pub acl: Arc<AccessManager>,
     /// The audit trail (security events; requests are recorded by the stack).
     pub audit: Arc<crate::audit::AuditLog>,
+    /// Request counters for `/metrics` (fed by the stack).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -84,10 +88,20 @@ impl AppState {
     }
 }
 
+/// `GET /metrics`: every user's figures, so only for those with the `[admin]` right.
+async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let decision = state.acl.check(&caller.acting, Action::Admin, None);
+    if !decision.allowed {
+        return Err(ApiError::Forbidden(decision.reason));
+    }
+    Ok(crate::metrics::exposition(&state))
+}
+
 /// Every authenticated route.
 pub fn router(upload_limit: usize) -> Router<AppState> {
     Router::new()
         .route("/version", get(sessions::version))
+        .route("/metrics", get(metrics))
         .route("/sessions", get(sessions::list).post(sessions::create))
         .route("/sessions/{id}", get(sessions::show).delete(sessions::delete))
         .route("/sessions/{id}/state", get(sessions::state))

@@ -12,8 +12,33 @@ use crate::server::ConnInfo;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::time::Instant;
+
+/// Where the router writes the pattern of the route a request matched (`/sessions/{id}`), for
+/// layers outside the router (audit, metrics). A slot in the request rather than a response
+/// extension, so the route is known even when no response comes back from the router (a
+/// handler panicked and the panic layer answered).
+#[derive(Debug, Clone, Default)]
+pub struct RouteSlot(Arc<OnceLock<String>>);
+
+impl RouteSlot {
+    /// The request's slot, added if no outer layer added one yet.
+    pub fn attach(request: &mut Request) -> Self {
+        if let Some(slot) = request.extensions().get::<Self>() {
+            return slot.clone();
+        }
+        let slot = Self::default();
+        request.extensions_mut().insert(slot.clone());
+        slot
+    }
+
+    /// The route pattern, if the request matched a route: from the request when the caller
+    /// runs inside the router, else from the slot.
+    pub fn route(&self, request_matched: Option<&str>) -> Option<String> {
+        request_matched.map(str::to_owned).or_else(|| self.0.get().cloned())
+    }
+}
 
 /// Records one `request` event per request. Layer it with
 /// `axum::middleware::from_fn_with_state(log, audit_requests)`.
@@ -22,11 +47,12 @@ use tokio::time::Instant;
 /// [`MatchedPath`] is known — in the request when this runs inside the router, or in the
 /// response when [`expose_matched_path`] copied it there — and the raw path otherwise; never
 /// the query string.
-pub async fn audit_requests(State(log): State<Arc<AuditLog>>, request: Request, next: Next) -> Response {
+pub async fn audit_requests(State(log): State<Arc<AuditLog>>, mut request: Request, next: Next) -> Response {
     // tokio's clock, so tests can pause time (clippy.toml bans std's Instant for that reason).
     let started = Instant::now();
     let method = request.method().clone();
     let matched = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let slot = RouteSlot::attach(&mut request);
     let raw_path = request.uri().path().to_owned();
     let mut event =
         AuditEvent::request(format!("{method} {}", matched.as_deref().unwrap_or(&raw_path)), Decision::Error);
@@ -46,8 +72,8 @@ pub async fn audit_requests(State(log): State<Arc<AuditLog>>, request: Request, 
     let status = response.status().as_u16();
     event = event.status(status).decision(Decision::for_status(status)).latency_ms(elapsed_ms(started));
     if matched.is_none() {
-        if let Some(m) = response.extensions().get::<MatchedPath>() {
-            event = event.action(format!("{method} {}", m.as_str()));
+        if let Some(route) = slot.route(None) {
+            event = event.action(format!("{method} {route}"));
         }
     }
     match response.extensions().get::<AuthRecord>() {
@@ -62,16 +88,16 @@ pub async fn audit_requests(State(log): State<Arc<AuditLog>>, request: Request, 
     response
 }
 
-/// Copies the route's [`MatchedPath`] into the response so that [`audit_requests`], layered
-/// outside the router, can name the route rather than the raw path. Layer it on the router
-/// with `Router::layer(axum::middleware::from_fn(expose_matched_path))`.
+/// Writes the route's [`MatchedPath`] into the request's [`RouteSlot`] so that layers outside
+/// the router ([`audit_requests`], metrics) can name the route rather than the raw path. Layer
+/// it on the router with `Router::layer(axum::middleware::from_fn(expose_matched_path))`.
 pub async fn expose_matched_path(request: Request, next: Next) -> Response {
-    let matched = request.extensions().get::<MatchedPath>().cloned();
-    let mut response = next.run(request).await;
-    if let Some(matched) = matched {
-        response.extensions_mut().insert(matched);
+    if let (Some(matched), Some(slot)) =
+        (request.extensions().get::<MatchedPath>(), request.extensions().get::<RouteSlot>())
+    {
+        let _ = slot.0.set(matched.as_str().to_owned());
     }
-    response
+    next.run(request).await
 }
 
 fn annotate(mut event: AuditEvent, annotation: Annotation) -> AuditEvent {

@@ -10,7 +10,7 @@ pub mod layer;
 mod verify;
 mod writer;
 
-pub use layer::{audit_requests, expose_matched_path};
+pub use layer::{audit_requests, expose_matched_path, RouteSlot};
 pub use verify::{verify_files, Problem, ProblemKind, VerifyReport};
 pub use writer::{chain_files, AuditLog};
 

@@ -629,13 +629,33 @@ async fn an_invalid_annotated_decision_is_ignored_and_a_500_is_an_error() {
 }
 
 #[tokio::test]
-async fn outside_the_router_the_route_pattern_comes_from_the_response() {
+async fn outside_the_router_the_route_pattern_comes_from_the_router() {
     let dir = TempDir::new().unwrap();
     let path = audit_path(&dir);
     let log = AuditLog::open(&path, 1 << 20).unwrap();
     let (_, record) = audited(app_outside(&log), &log, &path, request("POST", "/sessions/7", Some(TOKEN))).await;
     assert_eq!(record["action"], "POST /sessions/{id}");
     assert_eq!(record["resource"], "session:7");
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_recorded_with_its_route() {
+    let dir = TempDir::new().unwrap();
+    let path = audit_path(&dir);
+    let log = AuditLog::open(&path, 1 << 20).unwrap();
+    // As in the stack: the panic layer sits between the audit layer and the router, so no
+    // response of the router's comes back; the route still reaches the record.
+    let routes = Router::new()
+        .route("/items/{id}", get(|| async { panic!("handler bug") as &'static str }))
+        .layer(from_fn(expose_matched_path));
+    let app = Router::new()
+        .fallback_service(routes)
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(from_fn_with_state(log.clone(), audit_requests));
+    let (status, record) = audited(app, &log, &path, request("GET", "/items/9", None)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(record["action"], "GET /items/{id}");
+    assert_eq!(record["status"], 500);
 }
 
 #[tokio::test]

@@ -13,15 +13,16 @@
 //! as written, so no JSON canonicalisation is involved.
 
 use super::verify::{check_line, LineRecord};
-use super::{now_rfc3339_ms, sha256_hex, AuditError, AuditEvent, Decision, GENESIS_PREV};
+use super::{now_rfc3339_ms, sha256_hex, AuditError, AuditEvent, Decision, EventKind, GENESIS_PREV};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// Events that may wait for the writer; beyond this they are counted as lost (see
@@ -56,6 +57,9 @@ pub struct AuditLog {
     /// `None` only while dropping.
     thread: Option<JoinHandle<()>>,
     losses: Arc<Losses>,
+    /// Security events recorded since the log was opened, by (event, decision), for metrics.
+    /// The event names are the gateway's own constants, so the map stays small.
+    security_counts: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -134,13 +138,24 @@ impl AuditLog {
                 move || writer.run(&receiver, &losses)
             })
             .map_err(io_at(path))?;
-        Ok(Arc::new(Self { path: path.to_path_buf(), queue: Some(queue), thread: Some(thread), losses }))
+        Ok(Arc::new(Self {
+            path: path.to_path_buf(),
+            queue: Some(queue),
+            thread: Some(thread),
+            losses,
+            security_counts: Mutex::default(),
+        }))
     }
 
     /// Queues `event`; it gets its `time` now and its `seq` from the writer. Never blocks and
     /// never fails: when the queue is full the event is counted as lost and the loss is
     /// recorded in the chain later (see the type's documentation).
     pub fn record(&self, event: AuditEvent) {
+        if event.kind == EventKind::Security {
+            let key = (event.action.clone(), event.decision.as_str());
+            *self.security_counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(key).or_insert(0) +=
+                1;
+        }
         let command = Command::Record { time: now_rfc3339_ms(), event: Box::new(event) };
         let queued = match &self.queue {
             Some(queue) => match queue.try_send(command) {
@@ -176,6 +191,12 @@ impl AuditLog {
     /// The current audit file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Security events recorded since the log was opened: `((event, decision), count)`.
+    pub fn security_event_counts(&self) -> Vec<((String, &'static str), u64)> {
+        let counts = self.security_counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts.iter().map(|(key, n)| (key.clone(), *n)).collect()
     }
 
     /// Events lost since the log was opened (queue full or a failed write); for health and

@@ -324,6 +324,15 @@ impl Session {
         self.lock().statements.values().cloned().collect()
     }
 
+    /// How many retained statements are in each state (without copying their outputs).
+    pub fn statement_state_counts(&self) -> BTreeMap<StatementState, usize> {
+        let mut counts = BTreeMap::new();
+        for statement in self.lock().statements.values() {
+            *counts.entry(statement.state).or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// Cancels a statement: a waiting one at once; a running one by asking the driver.
     pub fn cancel(&self, sid: u32) -> Result<(), EngineError> {
         let mut inner = self.lock();

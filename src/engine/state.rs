@@ -33,6 +33,21 @@ pub enum SessionState {
 }
 
 impl SessionState {
+    /// Every state, in declaration order (metrics list them all, zero or not).
+    pub const ALL: [Self; 11] = [
+        Self::NotStarted,
+        Self::Starting,
+        Self::Recovering,
+        Self::Running,
+        Self::Idle,
+        Self::Busy,
+        Self::ShuttingDown,
+        Self::Error,
+        Self::Dead,
+        Self::Killed,
+        Self::Success,
+    ];
+
     /// Livy's "finished" states: nothing will change any more.
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Dead | Self::Killed | Self::Success)
@@ -100,7 +115,7 @@ impl fmt::Display for SessionState {
 
 /// The state of a statement, with Livy's names (Livy has no `error` state: a failed statement
 /// is `available` with an error output).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StatementState {
     /// Queued.
@@ -116,6 +131,9 @@ pub enum StatementState {
 }
 
 impl StatementState {
+    /// Every state, in declaration order.
+    pub const ALL: [Self; 5] = [Self::Waiting, Self::Running, Self::Available, Self::Cancelling, Self::Cancelled];
+
     /// Whether `self → next` is legal. `cancelling → available` is allowed: a statement that
     /// finished before the cancel took effect keeps its real result.
     pub fn can_become(self, next: Self) -> bool {

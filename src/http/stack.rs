@@ -6,6 +6,7 @@ use crate::auth::{self, AuthChain};
 use crate::config::ValidatedConfig;
 use crate::csrf::{self, CsrfMode};
 use crate::error::ApiError;
+use crate::metrics::{self, Metrics};
 use crate::{acl, audit, impersonation};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
@@ -28,6 +29,7 @@ pub fn build(state: AppState, auth: AuthChain) -> Router {
     let config = state.config.clone();
     let acl = state.acl.clone();
     let audit_log = state.audit.clone();
+    let metrics = state.metrics.clone();
     let csrf_mode = CsrfMode::parse(&config.config.csrf.mode);
     // route_layer: the last one added runs first. These apply to known routes only, so an
     // unknown path stays a 404 instead of becoming a 401.
@@ -48,11 +50,16 @@ pub fn build(state: AppState, auth: AuthChain) -> Router {
         .layer(middleware::from_fn(audit::expose_matched_path))
         .with_state(state);
 
-    with_middleware(Router::new().merge(protected), &config, Some(audit_log))
+    with_middleware(Router::new().merge(protected), &config, Some(audit_log), Some(metrics))
 }
 
 /// Wraps any router in the cross-cutting layers (tests use it with their own routes).
-pub fn with_middleware(router: Router, config: &ValidatedConfig, audit_log: Option<Arc<audit::AuditLog>>) -> Router {
+pub fn with_middleware(
+    router: Router,
+    config: &ValidatedConfig,
+    audit_log: Option<Arc<audit::AuditLog>>,
+    metrics: Option<Arc<Metrics>>,
+) -> Router {
     let routes = router.fallback(not_found).method_not_allowed_fallback(method_not_allowed);
     // Router::layer wraps each route separately; wrapping one fallback service instead makes
     // the limits below global (one concurrency budget for the whole gateway, not per route).
@@ -90,7 +97,9 @@ pub fn with_middleware(router: Router, config: &ValidatedConfig, audit_log: Opti
             // One audit record per request, outside authentication so 401s and 403s are
             // recorded too, and outside the panic handler so a 500 is recorded as well.
             .option_layer(audit_log.map(|log| middleware::from_fn_with_state(log, audit::audit_requests)))
-            // (The audit middleware wants axum's body type from the layers below it.)
+            // Request counts and latencies for /metrics, with the final status (errors too).
+            .option_layer(metrics.map(|m| middleware::from_fn_with_state(m, metrics::record_requests)))
+            // (The audit and metrics middleware want axum's body type from the layers below.)
             .layer(MapResponseBodyLayer::new(axum::body::Body::new))
             // A panic in a handler is a JSON 500 for that request, never a dropped connection.
             .layer(CatchPanicLayer::custom(panic_response))

@@ -18,6 +18,9 @@ users = ["hue", "alice", "bob"]
 [view]
 users = ["viewer"]
 
+[admin]
+users = ["ops"]
+
 [[impersonation]]
 callers = { users = ["hue"] }
 targets = { users = ["alice", "bob"] }
@@ -103,6 +106,7 @@ async fn auth_matrix_over_every_route() {
     let routes: Vec<(Method, String, Option<Value>, [u16; 8])> = vec![
         (Method::GET, "/version".into(), None, [401, 401, 401, 200, 200, 200, 200, 200]),
         (Method::GET, "/sessions".into(), None, [401, 401, 401, 200, 200, 200, 200, 200]),
+        (Method::GET, "/metrics".into(), None, [401, 401, 401, 403, 403, 403, 403, 200]),
         (Method::GET, s.clone(), None, [401, 401, 401, 200, 200, 200, 200, 200]),
         (Method::GET, format!("{s}/state"), None, [401, 401, 401, 200, 200, 200, 200, 200]),
         (Method::GET, format!("{s}/log"), None, [401, 401, 401, 403, 200, 200, 200, 200]),
@@ -365,4 +369,52 @@ async fn requests_and_security_events_are_audited_in_a_verifiable_chain() {
     assert!(!out.status.success());
     let report = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(report.to_lowercase().contains("altered"), "{report}");
+}
+
+/// The value of the first exposition line that starts with `series` (0 when absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn metrics_are_for_admins_and_count_what_happened() {
+    let gw = gateway();
+    let _id = impersonated_session().await;
+    let ops = gw.token("ops", &[]);
+    let scrape = || async {
+        let r = gw.client().get(gw.url("/metrics")).bearer_auth(&ops).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let content_type = r.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+        r.text().await.unwrap()
+    };
+    let before = scrape().await;
+    let refused = r#"sparkgate_http_requests_total{method="GET",route="/sessions",status="401"}"#;
+    // An unauthenticated request is counted under its route, with its status.
+    assert_eq!(gw.call(Method::GET, "/sessions", None, None).await.0, 401);
+    let text = scrape().await;
+    assert!(metric(&text, refused) >= metric(&before, refused) + 1.0, "{text}");
+    // Unknown paths are one series, never their raw path.
+    assert_eq!(gw.call(Method::GET, "/no/such/thing", Some(&ops), None).await.0, 404);
+    let text = scrape().await;
+    assert!(text.contains(r#"route="unmatched",status="404"}"#), "{text}");
+    assert!(!text.contains("/no/such/thing"), "{text}");
+    // Engine figures: the impersonated session is live; every state has a series.
+    let live: f64 = ["idle", "busy", "starting"]
+        .iter()
+        .map(|s| metric(&text, &format!("sparkgate_sessions{{state=\"{s}\"}}")))
+        .sum();
+    assert!(live >= 1.0, "{text}");
+    assert!(text.contains("sparkgate_sessions{state=\"recovering\"} 0"), "{text}");
+    assert!(text.contains("sparkgate_batches{state=\"success\"}"), "{text}");
+    assert!(text.contains("sparkgate_statements{state=\"available\"}"), "{text}");
+    assert!(metric(&text, "sparkgate_drivers_connected") >= 1.0, "{text}");
+    assert!(text.contains("sparkgate_rpc_auth_failures_total "), "{text}");
+    assert!(text.contains(r#"sparkgate_security_events_total{event="session_launched""#), "{text}");
+    assert!(text.contains("sparkgate_audit_lost_events_total 0"), "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    // No user name, token or session detail reaches the figures.
+    for secret in ["alice", "hue", &ops] {
+        assert!(!text.contains(secret), "{secret} in the metrics: {text}");
+    }
 }

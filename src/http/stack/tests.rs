@@ -32,7 +32,7 @@ fn app(cfg: &ValidatedConfig) -> Router {
         .route("/ok", get(|| async { "ok" }))
         .route("/echo", post(|b: crate::api::LivyJson<serde_json::Value>| async move { b.0.to_string() }))
         .route("/raw", post(echo));
-    with_middleware(routes, cfg, None)
+    with_middleware(routes, cfg, None, None)
 }
 
 async fn json_of(response: Response) -> serde_json::Value {
