@@ -468,6 +468,10 @@ impl DriverRegistry for SessionManager {
         }
     }
 
+    fn statement_running(&self, session_id: u32) -> bool {
+        self.lock().by_id.get(&session_id).is_some_and(|s| s.statement_running())
+    }
+
     fn auth_failed(&self, peer: SocketAddr, session_id: Option<u32>, reason: &str) {
         self.rpc_auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(%peer, session_id, reason, "driver RPC authentication failed");

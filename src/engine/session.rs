@@ -324,6 +324,11 @@ impl Session {
         self.lock().statements.values().cloned().collect()
     }
 
+    /// Whether a statement is running in the driver now.
+    pub fn statement_running(&self) -> bool {
+        self.lock().running.is_some()
+    }
+
     /// How many retained statements are in each state (without copying their outputs).
     pub fn statement_state_counts(&self) -> BTreeMap<StatementState, usize> {
         let mut counts = BTreeMap::new();

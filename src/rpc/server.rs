@@ -27,7 +27,16 @@ pub trait DriverRegistry: Send + Sync + 'static {
     fn detach(&self, session_id: u32, conn_id: u64);
     /// A connection failed to authenticate (for logs and the audit trail; no secret in `reason`).
     fn auth_failed(&self, peer: SocketAddr, session_id: Option<u32>, reason: &str);
+    /// Whether the session is running a statement. A driver busy in a C call that holds
+    /// Python's GIL (`sum(range(10**10))`) cannot answer pings, so silence is not death then;
+    /// a dead process or host is still noticed (process exit, TCP keepalive, EOF).
+    fn statement_running(&self, _session_id: u32) -> bool {
+        false
+    }
 }
+
+/// The frame limit until a driver has proven its secret (handshake messages are far smaller).
+const HANDSHAKE_MAX_FRAME: usize = 16 * 1024;
 
 /// The sending half of an authenticated driver connection.
 #[derive(Debug, Clone)]
@@ -109,6 +118,13 @@ pub async fn start(
                 (acceptor.clone(), settings.clone(), registry.clone(), task_stats.clone());
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
+                // Notices a driver host that vanished without closing the connection (cluster
+                // mode) even while silence is tolerated for a busy driver.
+                let keepalive = socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(30))
+                    .with_interval(Duration::from_secs(10))
+                    .with_retries(6);
+                let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
                 serve_connection(tcp, peer, conn_id, acceptor, settings, registry, stats).await;
             });
         }
@@ -156,13 +172,15 @@ async fn serve_connection(
     registry: Arc<dyn DriverRegistry>,
     stats: Arc<RpcStats>,
 ) {
-    let codec = || {
-        LengthDelimitedCodec::builder().length_field_length(4).max_frame_length(settings.max_frame_bytes).new_codec()
-    };
+    // Until the peer has proven the secret, frames are small: the length header alone must not
+    // make the gateway reserve the full frame limit for an anonymous connection.
+    let codec =
+        LengthDelimitedCodec::builder().length_field_length(4).max_frame_length(HANDSHAKE_MAX_FRAME).new_codec();
     let opened = tokio::time::timeout(settings.handshake_timeout, async {
         let tls = acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?;
-        let mut framed = Framed::new(tls, codec());
+        let mut framed = Framed::new(tls, codec);
         let session_id = handshake(&mut framed, registry.as_ref()).await?;
+        framed.codec_mut().set_max_frame_length(settings.max_frame_bytes);
         Ok::<_, HandshakeError>((framed, session_id))
     })
     .await
@@ -275,6 +293,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         // The driver answers every ping, so three ping intervals of silence mean it is gone.
         let frame = match tokio::time::timeout(silence_limit, stream.next()).await {
+            Err(_) if registry.statement_running(session_id) => continue,
             Err(_) => return "driver stopped answering pings".into(),
             Ok(None) => return "closed by the driver".into(),
             Ok(Some(Err(e))) => return format!("frame error: {e}"),

@@ -115,6 +115,13 @@ async fn oversized_frames_and_garbage_close_the_connection() {
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(15), tls.read(&mut buf)).await.unwrap().unwrap_or(0);
     assert_eq!(n, 0);
+    // Before the proof, even a frame within rpc.max_frame_bytes is too big: an anonymous peer
+    // cannot make the gateway reserve large buffers.
+    let mut tls = tls_connect(gw.rpc_addr, &gw.rpc_ca_pem).await;
+    tls.write_all(&(64u32 * 1024).to_be_bytes()).await.unwrap();
+    tls.write_all(&[b'{'; 1024]).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(15), tls.read(&mut buf)).await.unwrap().unwrap_or(0);
+    assert_eq!(n, 0);
     // A well-sized frame that is not JSON.
     let mut conn = connect(gw.rpc_addr, &gw.rpc_ca_pem).await;
     conn.send(Bytes::from_static(b"\x00\xffnot json at all")).await.unwrap();
@@ -144,6 +151,9 @@ async fn silent_clients_are_dropped_after_the_handshake_timeout() {
 struct KnownSecret {
     attached: Mutex<Vec<u64>>,
     failures: Mutex<Vec<String>>,
+    running: std::sync::atomic::AtomicBool,
+    /// Kept so the connections stay open (dropping a link closes its connection).
+    links: Mutex<Vec<DriverLink>>,
 }
 
 const SECRET: [u8; 32] = [42u8; 32];
@@ -155,45 +165,88 @@ impl DriverRegistry for KnownSecret {
     fn attach(&self, _session_id: u32, link: DriverLink) {
         self.attached.lock().unwrap().push(link.conn_id);
         link.send(ToDriver::Ping);
+        self.links.lock().unwrap().push(link);
     }
     fn deliver(&self, _session_id: u32, _conn_id: u64, _msg: FromDriver) {}
     fn detach(&self, _session_id: u32, _conn_id: u64) {}
     fn auth_failed(&self, _peer: SocketAddr, _session_id: Option<u32>, reason: &str) {
         self.failures.lock().unwrap().push(reason.to_string());
     }
+    fn statement_running(&self, _session_id: u32) -> bool {
+        self.running.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Starts an RPC server for a [`KnownSecret`] registry.
+async fn known_secret_server(ping_interval: Duration) -> (sparkgate::rpc::server::RpcServer, Arc<KnownSecret>, String) {
+    let pki = sparkgate::tls::generate_pki("test rpc CA", &["127.0.0.1".into()]).unwrap();
+    let tls = sparkgate::tls::server_config(&pki.server, &[]).unwrap();
+    let registry = Arc::new(KnownSecret::default());
+    let settings = RpcSettings { max_frame_bytes: 1 << 20, handshake_timeout: Duration::from_secs(5), ping_interval };
+    let server =
+        sparkgate::rpc::server::start("127.0.0.1:0".parse().unwrap(), tls, settings, registry.clone()).await.unwrap();
+    (server, registry, pki.ca_pem)
+}
+
+/// Does the driver's side of the handshake for session 7, checking the gateway's proof;
+/// returns the client nonce, the server nonce and the driver's proof.
+async fn authenticate(conn: &mut Conn) -> (String, String, String) {
+    let secret = SessionSecret::from_bytes(SECRET);
+    let cn = fresh_nonce();
+    send(conn, hello(7, &cn)).await;
+    let challenge = recv(conn).await.unwrap();
+    let sn = challenge["server_nonce"].as_str().unwrap().to_string();
+    let proof = secret.mac(Role::Driver, 7, &cn, &sn);
+    send(conn, json!({"type": "proof", "mac": proof})).await;
+    let ok = recv(conn).await.unwrap();
+    assert_eq!(ok["type"], "ok");
+    assert!(secret.verify(Role::Gateway, 7, &cn, &sn, ok["mac"].as_str().unwrap()), "the gateway proved the secret");
+    (cn, sn, proof)
+}
+
+#[tokio::test]
+async fn a_busy_driver_may_be_silent_an_idle_one_may_not() {
+    // A statement stuck in a C call holds Python's GIL, so the driver cannot answer pings;
+    // that must not cost the session. Three ping intervals of silence end an idle driver.
+    let interval = Duration::from_millis(100);
+    let (server, registry, ca) = known_secret_server(interval).await;
+    let mut conn = connect(server.local_addr, &ca).await;
+    registry.running.store(true, std::sync::atomic::Ordering::SeqCst);
+    authenticate(&mut conn).await;
+    // Ten intervals without a pong: still open, pings still coming.
+    let quiet_until = tokio::time::Instant::now() + interval * 10;
+    while tokio::time::Instant::now() < quiet_until {
+        match tokio::time::timeout(interval, conn.next()).await {
+            Ok(Some(Ok(frame))) => assert_eq!(serde_json::from_slice::<Value>(&frame).unwrap()["type"], "ping"),
+            Ok(other) => panic!("the connection of a busy driver was closed: {other:?}"),
+            Err(_) => {}
+        }
+    }
+    // The statement ends; the driver stays silent: the gateway gives up on it.
+    registry.running.store(false, std::sync::atomic::Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "a silent idle driver was never dropped");
+        match tokio::time::timeout(Duration::from_secs(1), conn.next()).await {
+            Ok(Some(Ok(_))) | Err(_) => {}
+            Ok(_) => break,
+        }
+    }
 }
 
 #[tokio::test]
 async fn mutual_handshake_and_replayed_proof() {
-    let pki = sparkgate::tls::generate_pki("test rpc CA", &["127.0.0.1".into()]).unwrap();
-    let tls = sparkgate::tls::server_config(&pki.server, &[]).unwrap();
-    let registry = Arc::new(KnownSecret::default());
-    let settings = RpcSettings {
-        max_frame_bytes: 1 << 20,
-        handshake_timeout: Duration::from_secs(5),
-        ping_interval: Duration::from_secs(30),
-    };
-    let server =
-        sparkgate::rpc::server::start("127.0.0.1:0".parse().unwrap(), tls, settings, registry.clone()).await.unwrap();
-    let secret = SessionSecret::from_bytes(SECRET);
+    let (server, registry, ca) = known_secret_server(Duration::from_secs(30)).await;
 
     // An honest driver: the gateway's answer proves it knows the secret too.
-    let mut conn = connect(server.local_addr, &pki.ca_pem).await;
-    let cn = fresh_nonce();
-    send(&mut conn, hello(7, &cn)).await;
-    let challenge = recv(&mut conn).await.unwrap();
-    let sn = challenge["server_nonce"].as_str().unwrap().to_string();
-    let proof = secret.mac(Role::Driver, 7, &cn, &sn);
-    send(&mut conn, json!({"type": "proof", "mac": proof})).await;
-    let ok = recv(&mut conn).await.unwrap();
-    assert_eq!(ok["type"], "ok");
-    assert!(secret.verify(Role::Gateway, 7, &cn, &sn, ok["mac"].as_str().unwrap()));
+    let mut conn = connect(server.local_addr, &ca).await;
+    let (cn, sn, proof) = authenticate(&mut conn).await;
     assert_eq!(recv(&mut conn).await.unwrap(), json!({"type": "ping"}), "messages flow after the handshake");
     assert_eq!(registry.attached.lock().unwrap().len(), 1);
 
     // An eavesdropper replays the same hello and proof on a new connection: the server's
     // fresh nonce makes the old proof worthless.
-    let mut replay = connect(server.local_addr, &pki.ca_pem).await;
+    let mut replay = connect(server.local_addr, &ca).await;
     send(&mut replay, hello(7, &cn)).await;
     let challenge2 = recv(&mut replay).await.unwrap();
     assert_ne!(challenge2["server_nonce"].as_str().unwrap(), sn, "nonces are fresh");
@@ -203,7 +256,7 @@ async fn mutual_handshake_and_replayed_proof() {
     assert!(registry.failures.lock().unwrap().iter().any(|f| f.contains("wrong proof")));
 
     // A proof for another session id does not transfer either.
-    let mut other = connect(server.local_addr, &pki.ca_pem).await;
+    let mut other = connect(server.local_addr, &ca).await;
     send(&mut other, hello(8, &cn)).await;
     assert_eq!(recv(&mut other).await, None);
     assert_eq!(server.stats.authenticated.load(std::sync::atomic::Ordering::Relaxed), 1);
