@@ -119,6 +119,7 @@ pub(super) async fn delete(
 ) -> Result<Json<Value>, ApiError> {
     let batch = state.batches.get(&id)?;
     authorize(&state, &caller, Action::Modify, &batch)?;
-    state.batches.delete(&batch, &caller.real.name).await;
+    let (batches, by) = (state.batches.clone(), caller.real.name.clone());
+    super::run_detached(async move { batches.delete(&batch, &by).await }).await;
     Ok(Json(json!({"msg": "deleted"})))
 }

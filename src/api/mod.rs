@@ -88,6 +88,15 @@ impl AppState {
     }
 }
 
+/// Runs `work` in its own task and waits for it: a client that disconnects (which drops the
+/// handler's future) cannot abandon a shutdown halfway and leave a session or batch stuck in
+/// `shutting_down` with its processes alive.
+pub(crate) async fn run_detached(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Err(e) = tokio::spawn(work).await {
+        tracing::error!(error = %e, "a detached shutdown task failed");
+    }
+}
+
 /// `GET /metrics`: every user's figures, so only for those with the `[admin]` right.
 async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     let decision = state.acl.check(&caller.acting, Action::Admin, None);

@@ -146,7 +146,8 @@ pub(super) async fn delete(
 ) -> Result<Json<Value>, ApiError> {
     let session = state.manager.get(&id)?;
     state.authorize(&caller, Action::Modify, &session)?;
-    state.manager.delete(&session, &caller.real.name).await;
+    let (manager, by) = (state.manager.clone(), caller.real.name.clone());
+    super::run_detached(async move { manager.delete(&session, &by).await }).await;
     Ok(Json(json!({"msg": "deleted"})))
 }
 
@@ -157,7 +158,8 @@ pub(super) async fn stop(
 ) -> Result<StatusCode, ApiError> {
     let session = state.manager.get(&id)?;
     state.authorize(&caller, Action::Modify, &session)?;
-    state.manager.stop(&session, SessionState::Killed, &format!("stopped by {}", caller.real.name)).await;
+    let (manager, reason) = (state.manager.clone(), format!("stopped by {}", caller.real.name));
+    super::run_detached(async move { manager.stop(&session, SessionState::Killed, &reason).await }).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

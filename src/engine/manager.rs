@@ -371,7 +371,11 @@ impl SessionManager {
             if t.state == SessionState::ShuttingDown {
                 continue;
             }
-            let verdict: Option<(SessionState, String, bool)> = if let Some(hb) =
+            let verdict: Option<(SessionState, String, bool)> = if t.state == SessionState::Error {
+                // The driver could not start Spark (its reason is in the log): nothing will
+                // run here, so free its processes and slot at once, as Livy does.
+                Some((SessionState::Dead, "its driver failed (see the log for why)".into(), false))
+            } else if let Some(hb) =
                 session.limits.heartbeat_timeout.filter(|hb| now.duration_since(t.last_heartbeat) >= *hb)
             {
                 Some((

@@ -456,6 +456,10 @@ impl Session {
         let mut inner = self.lock();
         if inner.driver.as_ref().map(|d| d.conn_id) == Some(conn_id) {
             inner.driver = None;
+            // Requests sent on this connection will not be answered (completion and add-file
+            // are not re-sent after a reconnect): fail their waiters now instead of at their timeout.
+            inner.completions.clear();
+            inner.file_adds.clear();
             if !inner.state.is_terminal() && inner.state != SessionState::ShuttingDown {
                 inner.disconnected_since = Some(Instant::now());
                 self.log.push("sparkgate: driver connection lost; waiting for it to reconnect".to_string());
@@ -566,7 +570,7 @@ impl Session {
         cursor: usize,
         timeout: Duration,
     ) -> Result<Vec<String>, EngineError> {
-        let rx = {
+        let (request_id, rx) = {
             let mut inner = self.lock();
             inner.last_activity = Instant::now();
             let driver = inner.driver.clone().ok_or_else(|| {
@@ -580,21 +584,28 @@ impl Session {
             let (tx, rx) = oneshot::channel();
             inner.completions.insert(request_id, tx);
             driver.send(ToDriver::Complete { request_id, kind: kind.as_str().into(), code, cursor });
-            rx
+            (request_id, rx)
         };
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(candidates)) => Ok(candidates),
-            _ => Err(EngineError::DriverTimeout(format!(
-                "session {} did not answer the completion request in time",
+            Ok(Err(_)) => Err(EngineError::DriverUnavailable(format!(
+                "the driver connection of session {} closed before it answered the completion request",
                 self.id
             ))),
+            Err(_) => {
+                self.lock().completions.remove(&request_id);
+                Err(EngineError::DriverTimeout(format!(
+                    "session {} did not answer the completion request in time",
+                    self.id
+                )))
+            }
         }
     }
 
     /// Asks the driver to add a jar, Python file or file (`what`: `jar`, `pyfile`, `file`) so
     /// later statements can use it.
     pub async fn add_file(&self, what: &str, uri: String, timeout: Duration) -> Result<(), EngineError> {
-        let rx = {
+        let (request_id, rx) = {
             let mut inner = self.lock();
             if !matches!(inner.state, SessionState::Idle | SessionState::Busy) {
                 return Err(EngineError::NotAccepting { id: self.id, state: inner.state });
@@ -608,12 +619,19 @@ impl Session {
             let (tx, rx) = oneshot::channel();
             inner.file_adds.insert(request_id, tx);
             driver.send(ToDriver::AddFile { request_id, what: what.to_string(), uri });
-            rx
+            (request_id, rx)
         };
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(why))) => Err(EngineError::InvalidRequest(format!("the driver could not add it: {why}"))),
-            _ => Err(EngineError::DriverTimeout(format!("session {} did not confirm the added file in time", self.id))),
+            Ok(Err(_)) => Err(EngineError::DriverUnavailable(format!(
+                "the driver connection of session {} closed before it confirmed the added file",
+                self.id
+            ))),
+            Err(_) => {
+                self.lock().file_adds.remove(&request_id);
+                Err(EngineError::DriverTimeout(format!("session {} did not confirm the added file in time", self.id)))
+            }
         }
     }
 

@@ -146,6 +146,34 @@ async fn a_lost_driver_that_does_not_return_makes_the_session_dead() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_session_whose_driver_failed_is_stopped_and_dead() {
+    let (m, _dir) = manager(&["sessions.shutdown_grace=\"1s\""]);
+    let s = Arc::new(Session::new(
+        0,
+        spec(),
+        limits(),
+        SessionSecret::generate(),
+        LogBuffer::new(50, None),
+        PathBuf::new(),
+    ));
+    s.transition(SessionState::Starting).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    s.attach(DriverLink::for_test(1, tx));
+    m.insert_for_test(s.clone());
+    s.on_driver_message(1, FromDriver::State { state: "error".into(), message: Some("Spark failed: bad conf".into()) });
+    assert_eq!(s.state(), SessionState::Error);
+    m.check_timeouts().await;
+    settle().await;
+    assert_eq!(s.state(), SessionState::Dead, "an errored driver does not hold its slot and processes");
+    assert!(s.log.snapshot().iter().any(|l| l.contains("bad conf")));
+    let mut saw_shutdown = false;
+    while let Ok(msg) = rx.try_recv() {
+        saw_shutdown |= msg == ToDriver::Shutdown;
+    }
+    assert!(saw_shutdown, "the driver was told to shut down");
+}
+
+#[tokio::test(start_paused = true)]
 async fn start_timeout_and_retention() {
     let (m, _dir) = manager(&["sessions.start_timeout=\"30s\"", "sessions.retain_finished=\"60s\""]);
     let s = Arc::new(Session::new(

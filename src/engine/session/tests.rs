@@ -187,4 +187,29 @@ async fn completion_round_trip_and_timeout() {
     assert_eq!(task.await.unwrap().unwrap(), vec!["import".to_string()]);
     let err = s.complete(CodeKind::PySpark, "x".into(), 1, Duration::from_millis(20)).await.unwrap_err();
     assert!(matches!(err, EngineError::DriverTimeout(_)));
+    assert!(s.lock().completions.is_empty(), "a timed-out request leaves no waiter behind");
+}
+
+#[tokio::test]
+async fn requests_in_flight_fail_at_once_when_the_connection_drops() {
+    let s = Arc::new(session());
+    let mut rx = connect(&s, 1);
+    let (s2, s3) = (s.clone(), s.clone());
+    let completion =
+        tokio::spawn(async move { s2.complete(CodeKind::PySpark, "im".into(), 2, Duration::from_secs(3600)).await });
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    let file = tokio::spawn(async move { s3.add_file("pyfile", "/jobs/x.py".into(), Duration::from_secs(3600)).await });
+    let mut asked = 0;
+    while asked < 2 {
+        if let Ok(ToDriver::Complete { .. } | ToDriver::AddFile { .. }) = rx.try_recv() {
+            asked += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+    s.detach(1);
+    let err = tokio::time::timeout(Duration::from_secs(10), completion).await.unwrap().unwrap().unwrap_err();
+    assert!(matches!(err, EngineError::DriverUnavailable(_)), "{err}");
+    let err = tokio::time::timeout(Duration::from_secs(10), file).await.unwrap().unwrap().unwrap_err();
+    assert!(matches!(err, EngineError::DriverUnavailable(_)), "{err}");
+    assert!(s.lock().completions.is_empty() && s.lock().file_adds.is_empty());
 }
