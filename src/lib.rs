@@ -235,7 +235,14 @@ impl Gateway {
         };
         let app = http::stack::build(state, auth_chain);
         let (shutdown, rx) = watch::channel(false);
-        tokio::spawn(server::serve(listener, app, transport, config.durations.tls_handshake_timeout, rx));
+        tokio::spawn(server::serve(
+            listener,
+            app,
+            transport,
+            config.durations.tls_handshake_timeout,
+            config.config.server.max_connections,
+            rx,
+        ));
         tracing::info!(%addr, rpc = %rpc_server.local_addr, "sparkgate listening");
         Ok(Self {
             addr,

@@ -82,6 +82,8 @@ pub struct ServerConfig {
     pub max_upload_bytes: usize,
     /// Requests served at once; more are shed with 503.
     pub max_concurrent_requests: usize,
+    /// Client connections open at once; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
     /// A client that has not finished the TLS handshake by then is dropped.
     pub tls_handshake_timeout: String,
     /// Serve plain HTTP instead of HTTPS. Never use outside a test on loopback.
@@ -97,6 +99,7 @@ impl Default for ServerConfig {
             max_body_bytes: 10 * 1024 * 1024,
             max_upload_bytes: 100 * 1024 * 1024,
             max_concurrent_requests: 512,
+            max_connections: 4096,
             tls_handshake_timeout: "10s".into(),
             dangerous_plain_http: false,
         }
@@ -711,6 +714,9 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
     }
     if config.server.max_concurrent_requests == 0 {
         problems.push("server.max_concurrent_requests must be at least 1".into());
+    }
+    if config.server.max_connections == 0 {
+        problems.push("server.max_connections must be at least 1".into());
     }
     if config.rpc.max_frame_bytes < 4096 {
         problems.push("rpc.max_frame_bytes must be at least 4096".into());

@@ -2,7 +2,7 @@
 //! connection's facts in request extensions and serves HTTP/1.1 and h2 with hyper.
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,13 +44,23 @@ pub async fn serve(
     app: Router,
     transport: Transport,
     handshake_timeout: Duration,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Each connection holds a permit until it closes; at the cap the loop stops accepting.
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let acceptor = match &transport {
         Transport::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(config.clone())),
         Transport::DangerousPlain => None,
     };
     loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = shutdown.changed() => return,
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -67,13 +77,23 @@ pub async fn serve(
         let app = app.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service_for = |info: ConnInfo| {
                 hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());
                     app.clone().oneshot(req)
                 })
             };
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // Without a timer hyper applies no header timeout at all: a client trickling its
+            // headers (or sending none) would hold the connection for ever.
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(handshake_timeout);
+            // HTTP/2 peers that stop answering pings are dropped.
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(20));
             let result = match acceptor {
                 Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {

@@ -7,6 +7,7 @@ use sparkgate::tls::{generate_client_pki, generate_pki, ClientCertSpec, PemPair}
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const POLICY: &str = "[gateway]\nusers = [\"carol\", \"dave\"]\n";
 
@@ -84,8 +85,11 @@ async fn a_required_client_certificate_refuses_connections_without_one() {
     assert_eq!(r.status().as_u16(), 200, "carol, from the e-mail SAN");
 }
 
-/// The certificate the server presents to a fresh connection.
-async fn presented_cert(addr: std::net::SocketAddr, ca_pems: &[&str]) -> Vec<u8> {
+/// A TLS connection to `addr` trusting `ca_pems`.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    ca_pems: &[&str],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for pem in ca_pems {
         for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
@@ -98,9 +102,54 @@ async fn presented_cert(addr: std::net::SocketAddr, ca_pems: &[&str]) -> Vec<u8>
         .with_root_certificates(roots)
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls =
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect("127.0.0.1".try_into().unwrap(), tcp).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect("127.0.0.1".try_into().unwrap(), tcp).await.unwrap()
+}
+
+/// The certificate the server presents to a fresh connection.
+async fn presented_cert(addr: std::net::SocketAddr, ca_pems: &[&str]) -> Vec<u8> {
+    let tls = tls_connect(addr, ca_pems).await;
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn addr_of(gw: &TestGateway) -> std::net::SocketAddr {
+    gw.base.trim_start_matches("https://").parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_dropped() {
+    let gw = TestGateway::start(&["server.tls_handshake_timeout=\"2s\""]);
+    let ca = String::from_utf8(gw.ca_pem.clone()).unwrap();
+    let mut tls = tls_connect(addr_of(&gw), &[&ca]).await;
+    tls.write_all(b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
+    // The rest of the headers never comes: the gateway closes the connection.
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), tls.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was still open after a minute");
+    assert!(!String::from_utf8_lossy(&buf).contains("\"version\""), "{}", String::from_utf8_lossy(&buf));
+    assert_eq!(gw.get("/version").await.0, 200, "others are served");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let gw = TestGateway::start(&["server.max_connections=2", "server.tls_handshake_timeout=\"120s\""]);
+    let ca = String::from_utf8(gw.ca_pem.clone()).unwrap();
+    let first = tls_connect(addr_of(&gw), &[&ca]).await;
+    let _second = tls_connect(addr_of(&gw), &[&ca]).await;
+    // Two idle connections hold both slots: a third client is not served...
+    let client = |limit| {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&gw.ca_pem).unwrap())
+            .tls_built_in_root_certs(false)
+            .timeout(limit)
+            .build()
+            .unwrap()
+    };
+    let waiting = client(Duration::from_secs(2)).get(gw.url("/version")).send().await;
+    assert!(waiting.is_err(), "served beyond the connection cap: {waiting:?}");
+    // ...until one of them closes.
+    drop(first);
+    let served = client(Duration::from_secs(60)).get(gw.url("/version")).send().await.unwrap();
+    assert_eq!(served.status(), 200);
 }
 
 fn der(pem: &str) -> Vec<u8> {
