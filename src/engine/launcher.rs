@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
 /// Where Spark is, as found and checked at start-up.
@@ -496,11 +496,26 @@ pub fn spawn(
     Ok(ProcessHandle { pgid, exited: rx })
 }
 
+/// Longest line kept whole; a longer one (a program printing megabytes without a newline) is
+/// cut into pieces of this size instead of growing one buffer without bound.
+const MAX_LINE_BYTES: u64 = 64 * 1024;
+
+/// Reads a process's output line by line into `log`. Bytes that are not UTF-8 are replaced
+/// (one bad byte must not end the capture, and with it app-id and state detection).
 async fn read_lines(stream: impl AsyncRead + Unpin, log: Arc<LogBuffer>, on_line: Arc<dyn Fn(&str) + Send + Sync>) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        on_line(&line);
-        log.push(line);
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match (&mut reader).take(MAX_LINE_BYTES).read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf);
+                let line = text.trim_end_matches(['\n', '\r']);
+                on_line(line);
+                log.push(line.to_string());
+            }
+        }
     }
 }
 
@@ -544,7 +559,7 @@ async fn http_exchange(
     limit: Duration,
     request: impl FnOnce(&str, &str) -> String,
 ) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let rest = url.strip_prefix("http://")?;
     let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
     let request = request(authority, &path);
@@ -822,6 +837,26 @@ mod tests {
         assert_eq!(find_spark_ui_port("INFO Utils: Successfully started service 'SparkUI' on port 4041."), Some(4041));
         assert_eq!(find_spark_ui_port("INFO Utils: Successfully started service 'sparkDriver' on port 4041."), None);
         assert!(driver_started("INFO Utils: Successfully started service 'sparkDriver' on port 33245."));
+    }
+
+    #[tokio::test]
+    async fn output_capture_survives_bad_bytes_and_endless_lines() {
+        let log = LogBuffer::new(100, None);
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let on_line: Arc<dyn Fn(&str) + Send + Sync> = {
+            let seen = seen.clone();
+            Arc::new(move |l: &str| seen.lock().unwrap().push(l.len()))
+        };
+        let mut input: Vec<u8> = b"before \xff\xfe bad bytes\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 150 * 1024));
+        input.extend(b"\nINFO Submitted application: after\n");
+        read_lines(&input[..], log.clone(), on_line).await;
+        let lines = log.snapshot();
+        assert_eq!(lines[0], "before \u{fffd}\u{fffd} bad bytes");
+        assert!(lines.iter().all(|l| l.len() <= 64 * 1024), "no line grows past the cap");
+        assert_eq!(lines.iter().filter(|l| l.starts_with('x')).map(String::len).sum::<usize>(), 150 * 1024);
+        assert_eq!(lines.last().unwrap(), "INFO Submitted application: after", "capture goes on after both");
+        assert_eq!(seen.lock().unwrap().len(), lines.len());
     }
 
     #[test]
