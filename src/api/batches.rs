@@ -31,7 +31,7 @@ fn authorize(state: &AppState, caller: &Caller, action: Action, batch: &Batch) -
 
 fn info_for(state: &AppState, caller: &Caller, batch: &Batch) -> Value {
     let viewer = decide(state, caller, Action::View, batch).allowed;
-    dto::batch_json(&batch.snapshot(), if viewer { batch.log.tail(INFO_LOG_LINES) } else { Vec::new() })
+    dto::batch_json(&batch.snapshot(), if viewer { batch.log.tail(INFO_LOG_LINES) } else { Vec::new() }, viewer)
 }
 
 pub(super) async fn list(State(state): State<AppState>, caller: Caller, paging: Paging) -> Json<Value> {
@@ -41,7 +41,7 @@ pub(super) async fn list(State(state): State<AppState>, caller: Caller, paging: 
     let range = dto::window(total, paging.from.unwrap_or(0), paging.size.unwrap_or(Some(100)));
     let from = range.start;
     let items: Vec<Value> =
-        batches[range].iter().map(|b| dto::batch_json(&b.snapshot(), b.log.tail(INFO_LOG_LINES))).collect();
+        batches[range].iter().map(|b| dto::batch_json(&b.snapshot(), b.log.tail(INFO_LOG_LINES), true)).collect();
     Json(json!({"from": from, "total": total, "sessions": items}))
 }
 
@@ -82,7 +82,7 @@ pub(super) async fn create(
         conf,
     };
     let batch = state.batches.create(spec, state.acl.quota(&effective_user))?;
-    let body = dto::batch_json(&batch.snapshot(), batch.log.tail(INFO_LOG_LINES));
+    let body = dto::batch_json(&batch.snapshot(), batch.log.tail(INFO_LOG_LINES), true);
     Ok((StatusCode::CREATED, [(header::LOCATION, format!("/batches/{}", batch.id))], Json(body)).into_response())
 }
 

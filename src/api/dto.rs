@@ -120,8 +120,9 @@ pub struct CreateBatchRequest {
     pub conf: Option<BTreeMap<String, Value>>,
 }
 
-/// Livy's Batch JSON.
-pub fn batch_json(b: &crate::engine::batch::BatchSnapshot, log: Vec<String>) -> Value {
+/// Livy's Batch. Unless `viewer`, `log` should be empty and `sparkUiUrl` is null (the Spark UI
+/// usually has no login of its own).
+pub fn batch_json(b: &crate::engine::batch::BatchSnapshot, log: Vec<String>, viewer: bool) -> Value {
     json!({
         "id": b.id,
         "name": b.spec.name,
@@ -129,7 +130,7 @@ pub fn batch_json(b: &crate::engine::batch::BatchSnapshot, log: Vec<String>) -> 
         "proxyUser": b.spec.proxy_user,
         "state": b.state.as_str(),
         "appId": b.app_id,
-        "appInfo": {"driverLogUrl": null, "sparkUiUrl": b.spark_ui_url},
+        "appInfo": {"driverLogUrl": null, "sparkUiUrl": if viewer { b.spark_ui_url.clone() } else { None }},
         "log": log,
     })
 }
@@ -156,14 +157,18 @@ pub struct CompletionRequest {
     pub cursor: Option<usize>,
 }
 
-/// Livy's SessionInfo. `log` is the last lines; `conf` is shown only when `show_conf`.
-pub fn session_json(s: &SessionSnapshot, log: Vec<String>, show_conf: bool) -> Value {
+/// Livy's SessionInfo. `log` is the last lines. Unless `viewer` (the caller may view the
+/// session), what may carry credentials or lead to unauthenticated pages is left out, keeping
+/// Livy's shape: `conf` is `{}`, the file lists are `[]`, `sparkUiUrl` is null.
+pub fn session_json(s: &SessionSnapshot, log: Vec<String>, viewer: bool) -> Value {
     let spec = &s.spec;
-    let conf: Map<String, Value> = if show_conf {
+    let conf: Map<String, Value> = if viewer {
         spec.conf.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()
     } else {
         Map::new()
     };
+    let shown = |list: &Vec<String>| if viewer { list.clone() } else { Vec::new() };
+    let spark_ui_url = if viewer { s.spark_ui_url.clone() } else { None };
     json!({
         "id": s.id,
         "name": spec.name,
@@ -172,7 +177,7 @@ pub fn session_json(s: &SessionSnapshot, log: Vec<String>, show_conf: bool) -> V
         "proxyUser": spec.proxy_user,
         "state": s.state.as_str(),
         "kind": spec.kind.as_str(),
-        "appInfo": {"driverLogUrl": null, "sparkUiUrl": s.spark_ui_url},
+        "appInfo": {"driverLogUrl": null, "sparkUiUrl": spark_ui_url},
         "log": log,
         "ttl": spec.ttl,
         "idleTimeout": spec.idle_timeout,
@@ -181,12 +186,12 @@ pub fn session_json(s: &SessionSnapshot, log: Vec<String>, show_conf: bool) -> V
         "executorMemory": spec.executor_memory,
         "executorCores": spec.executor_cores.unwrap_or(0),
         "conf": conf,
-        "archives": spec.archives,
-        "files": spec.files,
+        "archives": shown(&spec.archives),
+        "files": shown(&spec.files),
         "heartbeatTimeoutInSecond": spec.heartbeat_timeout_secs,
-        "jars": spec.jars,
+        "jars": shown(&spec.jars),
         "numExecutors": spec.num_executors.unwrap_or(0),
-        "pyFiles": spec.py_files,
+        "pyFiles": shown(&spec.py_files),
         "queue": spec.queue,
     })
 }
@@ -248,6 +253,36 @@ mod tests {
         assert_eq!(log_page(3, lines.clone(), &all)["log"].as_array().unwrap().len(), 150);
         let window = crate::api::Paging { from: Some(10), size: Some(Some(2)), ..Default::default() };
         assert_eq!(log_page(3, lines, &window)["log"], json!(["l10", "l11"]));
+    }
+
+    #[test]
+    fn others_see_a_session_without_what_may_carry_credentials() {
+        let spec = crate::engine::SessionSpec {
+            owner: "alice".into(),
+            jars: vec!["https://user:token@repo.example/a.jar".into()],
+            files: vec!["s3a://bucket/f?X-Amz-Signature=abc".into()],
+            py_files: vec!["hdfs:///p.py".into()],
+            archives: vec!["hdfs:///a.zip".into()],
+            conf: BTreeMap::from([("spark.hadoop.fs.s3a.secret.key".into(), "s3cr3t".into())]),
+            ..Default::default()
+        };
+        let snapshot = SessionSnapshot {
+            id: 1,
+            spec: std::sync::Arc::new(spec),
+            state: crate::engine::SessionState::Idle,
+            app_id: Some("local-1".into()),
+            spark_ui_url: Some("http://host:4040".into()),
+        };
+        let viewer = session_json(&snapshot, vec![], true);
+        assert_eq!(viewer["jars"][0], "https://user:token@repo.example/a.jar");
+        assert_eq!(viewer["appInfo"]["sparkUiUrl"], "http://host:4040");
+        let other = session_json(&snapshot, vec![], false);
+        let text = other.to_string();
+        for secret in ["token", "Signature", "p.py", "a.zip", "s3cr3t", "4040"] {
+            assert!(!text.contains(secret), "{secret} shown to a non-viewer: {text}");
+        }
+        assert_eq!(other["jars"], json!([]), "Livy's shape is kept");
+        assert_eq!(other["appId"], "local-1");
     }
 
     #[test]

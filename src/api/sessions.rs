@@ -117,14 +117,26 @@ pub(super) async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let session = state.manager.get(&id)?;
-    session.heartbeat();
+    heartbeat_if_viewer(&state, &caller, &session);
     Ok(Json(info_for(&state, &caller, &session)))
 }
 
-pub(super) async fn state(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn state(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let session = state.manager.get(&id)?;
-    session.heartbeat();
+    heartbeat_if_viewer(&state, &caller, &session);
     Ok(Json(json!({"id": session.id, "state": session.state().as_str()})))
+}
+
+/// Livy's heartbeat side effect of `GET /sessions/{id}...`, for those who may view the session
+/// only: anyone else must not keep someone's abandoned session alive.
+fn heartbeat_if_viewer(state: &AppState, caller: &Caller, session: &crate::engine::Session) {
+    if state.allowed(caller, Action::View, session) {
+        session.heartbeat();
+    }
 }
 
 pub(super) async fn log(

@@ -2,8 +2,9 @@
 
 use std::fmt;
 
-/// The kind of an interactive session. `Shared` lets each statement choose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The kind of an interactive session. `Shared` lets each statement choose (and is what a
+/// request without `kind` gets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum SessionKind {
     /// Scala (`spark`, alias `scala`).
     Spark,
@@ -14,6 +15,7 @@ pub enum SessionKind {
     /// SQL.
     Sql,
     /// Any; each statement says which.
+    #[default]
     Shared,
 }
 
