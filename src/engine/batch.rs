@@ -345,7 +345,7 @@ impl BatchManager {
             app: s.file.clone(),
             args: s.args.clone(),
         };
-        let args = launcher::build_args(&cfg.spark, &launch);
+        let args = launcher::write_launch_files(&cfg.spark, &launch, &batch.dir).map_err(EngineError::Launch)?;
         let weak = Arc::downgrade(batch);
         let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {
             if let Some(b) = weak.upgrade() {

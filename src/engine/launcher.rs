@@ -225,7 +225,12 @@ pub fn cluster_conf(config: &SparkConfig, kind: AppKind, id: u32) -> BTreeMap<St
 }
 
 /// The spark-submit argument vector (without the program itself).
-pub fn build_args(config: &SparkConfig, spec: &LaunchSpec) -> Vec<OsString> {
+///
+/// Spark properties are not on it: they may hold secrets (`spark.hadoop.fs.s3a.secret.key`)
+/// and argv is readable by every local user (`/proc/*/cmdline`). They go into the owner-only
+/// `properties_file` (see [`write_launch_files`]); `--load-spark-defaults` keeps
+/// `conf/spark-defaults.conf` in force beneath them, as it would be without the file.
+pub fn build_args(config: &SparkConfig, spec: &LaunchSpec, properties_file: &Path) -> Vec<OsString> {
     let mut args: Vec<String> = vec![
         "--master".into(),
         config.master.clone(),
@@ -257,6 +262,15 @@ pub fn build_args(config: &SparkConfig, spec: &LaunchSpec) -> Vec<OsString> {
             args.extend([flag.to_string(), list.join(",")]);
         }
     }
+    args.extend(["--properties-file".into(), properties_file.display().to_string(), "--load-spark-defaults".into()]);
+    args.push(spec.app.clone());
+    args.extend(spec.args.iter().cloned());
+    args.into_iter().map(OsString::from).collect()
+}
+
+/// Every Spark property of a launch: the operator's `spark.conf`, the request's `conf`, the
+/// cluster bookkeeping (tags, labels) and the resource fields, later ones winning.
+pub fn spark_properties(config: &SparkConfig, spec: &LaunchSpec) -> BTreeMap<String, String> {
     let mut conf = config.conf.clone();
     conf.extend(spec.conf.iter().map(|(k, v)| (k.clone(), v.clone())));
     conf.extend(spec.cluster_conf.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -272,12 +286,42 @@ pub fn build_args(config: &SparkConfig, spec: &LaunchSpec) -> Vec<OsString> {
             conf.insert(key.to_string(), value);
         }
     }
-    for (key, value) in conf {
-        args.extend(["--conf".into(), format!("{key}={value}")]);
+    conf
+}
+
+/// `properties` in Java's properties-file format. Everything but plain ASCII letters, digits
+/// and a few safe punctuation marks is written as `\uXXXX`, so no key or value can break out
+/// of its line or change the parse (`=`, `:`, `#`, `\`, newlines, non-ASCII).
+pub fn properties_text(properties: &BTreeMap<String, String>) -> String {
+    fn escape(text: &str, out: &mut String) {
+        let mut units = [0u16; 2];
+        for c in text.chars() {
+            if c.is_ascii_alphanumeric() || "._-/,+@%()[]{};".contains(c) {
+                out.push(c);
+            } else {
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
     }
-    args.push(spec.app.clone());
-    args.extend(spec.args.iter().cloned());
-    args.into_iter().map(OsString::from).collect()
+    let mut out = String::from("# Written by sparkgate for one spark-submit (owner-only).\n");
+    for (key, value) in properties {
+        escape(key, &mut out);
+        out.push('=');
+        escape(value, &mut out);
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes a launch's Spark properties into `dir` (0600) and returns the spark-submit argv.
+pub fn write_launch_files(config: &SparkConfig, spec: &LaunchSpec, dir: &Path) -> Result<Vec<OsString>, String> {
+    let path = dir.join("spark-launch.properties");
+    crate::tls::write_file(&path, properties_text(&spark_properties(config, spec)).as_bytes(), 0o600)
+        .map_err(|e| e.to_string())?;
+    let path = path.canonicalize().unwrap_or(path);
+    Ok(build_args(config, spec, &path))
 }
 
 /// A bounded tail of a process's output, mirrored to a log file.
@@ -679,7 +723,7 @@ mod tests {
             args: vec!["--x".into(), "a b; rm -rf /".into()],
             ..LaunchSpec::default()
         };
-        let args = strings(build_args(&config, &spec));
+        let args = strings(build_args(&config, &spec, Path::new(PROPS)));
         assert_eq!(
             args,
             vec![
@@ -697,19 +741,53 @@ mod tests {
                 "a.jar,b.jar",
                 "--py-files",
                 "m.py",
-                "--conf",
-                "spark.driver.memory=2g",
-                "--conf",
-                "spark.executor.cores=3",
-                "--conf",
-                "spark.executor.instances=4",
-                "--conf",
-                "spark.ui.enabled=true",
+                "--properties-file",
+                PROPS,
+                "--load-spark-defaults",
                 "/data/driver.py",
                 "--x",
                 "a b; rm -rf /",
             ]
         );
+        let props = spark_properties(&config, &spec);
+        let props: Vec<(&str, &str)> = props.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            props,
+            vec![
+                ("spark.driver.memory", "2g"),
+                ("spark.executor.cores", "3"),
+                ("spark.executor.instances", "4"),
+                ("spark.ui.enabled", "true"),
+            ]
+        );
+    }
+
+    const PROPS: &str = "/data/sessions/1/spark-launch.properties";
+
+    #[test]
+    fn spark_properties_never_reach_argv_and_survive_any_text() {
+        let secret = "AKIA/sec=ret:#!\\ line\nnext é😀";
+        let spec = LaunchSpec {
+            name: "n".into(),
+            conf: [("spark.hadoop.fs.s3a.secret.key".to_string(), secret.to_string())].into(),
+            app: "x.py".into(),
+            ..LaunchSpec::default()
+        };
+        let args = strings(build_args(&SparkConfig::default(), &spec, Path::new(PROPS)));
+        assert!(!args.iter().any(|a| a.contains("AKIA") || a.contains("s3a")), "{args:?}");
+        let text = properties_text(&spark_properties(&SparkConfig::default(), &spec));
+        let line = text.lines().find(|l| l.starts_with("spark.hadoop.fs.s3a.secret.key=")).unwrap();
+        assert_eq!(
+            line,
+            "spark.hadoop.fs.s3a.secret.key=AKIA/sec\\u003dret\\u003a\\u0023\\u0021\\u005c\\u0020line\\u000anext\\u0020\\u00e9\\ud83d\\ude00"
+        );
+        assert_eq!(text.lines().count(), 2, "one comment and one property line: {text}");
+        let dir = tempfile::tempdir().unwrap();
+        let argv = strings(write_launch_files(&SparkConfig::default(), &spec, dir.path()).unwrap());
+        let file = dir.path().join("spark-launch.properties");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(argv.contains(&file.canonicalize().unwrap().display().to_string()), "{argv:?}");
     }
 
     #[test]
@@ -731,7 +809,7 @@ mod tests {
             class_name: Some("com.example.Etl".into()),
             ..LaunchSpec::default()
         };
-        let args = strings(build_args(&config, &spec));
+        let args = strings(build_args(&config, &spec, Path::new(PROPS)));
         assert_eq!(
             args,
             vec![
@@ -751,15 +829,16 @@ mod tests {
                 "sparkgate/gw.example.com@EXAMPLE.COM",
                 "--keytab",
                 "/etc/security/keytabs/sparkgate.keytab",
-                "--conf",
-                "spark.yarn.maxAppAttempts=1",
-                "--conf",
-                "spark.yarn.submit.waitAppCompletion=true",
-                "--conf",
-                "spark.yarn.tags=sparkgate,sparkgate-batch-7,team-a",
+                "--properties-file",
+                PROPS,
+                "--load-spark-defaults",
                 "hdfs:///apps/etl.jar",
             ]
         );
+        let props = spark_properties(&config, &spec);
+        assert_eq!(props["spark.yarn.maxAppAttempts"], "1");
+        assert_eq!(props["spark.yarn.submit.waitAppCompletion"], "true");
+        assert_eq!(props["spark.yarn.tags"], "sparkgate,sparkgate-batch-7,team-a");
     }
 
     #[test]
@@ -791,7 +870,7 @@ mod tests {
     #[test]
     fn no_proxy_user_flag_without_an_effective_user() {
         let spec = LaunchSpec { name: "n".into(), app: "x.py".into(), ..LaunchSpec::default() };
-        let args = strings(build_args(&SparkConfig::default(), &spec));
+        let args = strings(build_args(&SparkConfig::default(), &spec, Path::new(PROPS)));
         assert!(!args.contains(&"--proxy-user".to_string()));
         assert!(!args.contains(&"--jars".to_string()));
         assert_eq!(args.last().unwrap(), "x.py");

@@ -262,7 +262,7 @@ impl SessionManager {
             app: self.driver_program.display().to_string(),
             args: Vec::new(),
         };
-        let args = launcher::build_args(&cfg.spark, &launch);
+        let args = launcher::write_launch_files(&cfg.spark, &launch, &session.dir).map_err(EngineError::Launch)?;
         let env = BTreeMap::from([("SPARKGATE_DRIVER_CONF".to_string(), driver_conf_env)]);
         let weak = Arc::downgrade(session);
         let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {

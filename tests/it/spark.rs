@@ -4,7 +4,7 @@
 //! Spark start-up costs a JVM and several seconds, so most tests share one `shared` session;
 //! the tests that change a session's life (cancel, delete, kill -9) have their own.
 
-use crate::support::{gateway, processes_in_group, shared_session, TestGateway};
+use crate::support::{gateway, processes_in_group, shared_session, TestGateway, SHARED_NOTE};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -118,6 +118,26 @@ async fn complete(id: u64, request: serde_json::Value) -> Vec<String> {
         panic!("completion failed: {body}\nsession log: {log:#}");
     }
     body["candidates"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn spark_properties_reach_the_driver_and_stay_off_the_command_line() {
+    let gw = gateway();
+    let id = shared_session().await;
+    // The request's conf and the operator's spark.conf, through the owner-only properties file.
+    let st = gw.run(id, "pyspark", "print(spark.conf.get('spark.test.note'))").await;
+    assert_eq!(text(&st), SHARED_NOTE);
+    let st = gw.run(id, "pyspark", "print(spark.conf.get('spark.driver.memory'))").await;
+    assert_eq!(text(&st), "768m");
+    // No process of the session shows them in its argv (readable by every local user).
+    let pgid = gw.manager.get(&id.to_string()).unwrap().process().unwrap().pgid;
+    let pids = processes_in_group(pgid);
+    assert!(!pids.is_empty());
+    for pid in pids {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(!cmdline.contains("spark.test.note"), "{pid}: {cmdline}");
+    }
 }
 
 #[tokio::test]

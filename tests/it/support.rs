@@ -234,13 +234,22 @@ pub fn gateway() -> &'static TestGateway {
     GW.get_or_init(|| TestGateway::start(&[]))
 }
 
+/// A Spark property of the shared session whose value would break a naive properties file or
+/// command line.
+pub const SHARED_NOTE: &str = "a=b: c\\d #x !y é 😀";
+
 /// A `shared`-kind Spark session on the shared gateway, created once and reused by the tests
 /// that only run statements in it.
 pub async fn shared_session() -> u64 {
     static ID: tokio::sync::OnceCell<u64> = tokio::sync::OnceCell::const_new();
     *ID.get_or_init(|| async {
         let gw = gateway();
-        let (status, body) = gw.post("/sessions", serde_json::json!({"kind": "shared", "name": "shared-test"})).await;
+        let (status, body) = gw
+            .post(
+                "/sessions",
+                serde_json::json!({"kind": "shared", "name": "shared-test", "conf": {"spark.test.note": SHARED_NOTE}}),
+            )
+            .await;
         assert_eq!(status, 201, "{body}");
         let id = body["id"].as_u64().unwrap();
         gw.wait_state(id, &["idle"], Duration::from_secs(240)).await;

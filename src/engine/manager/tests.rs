@@ -258,6 +258,12 @@ fn the_driver_configuration_travels_with_files_in_cluster_mode_and_never_on_argv
         app: "driver.py".into(),
         ..Default::default()
     };
-    let argv: Vec<String> = launcher::build_args(&yarn, &spec).into_iter().map(|a| a.into_string().unwrap()).collect();
+    let argv: Vec<String> =
+        launcher::build_args(&yarn, &spec, std::path::Path::new("/data/sessions/4/spark-launch.properties"))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
     assert!(argv.windows(2).any(|w| w[0] == "--files" && w[1] == "/data/sessions/4/driver-conf.json"), "{argv:?}");
+    let props = launcher::spark_properties(&yarn, &spec);
+    assert_eq!(props["spark.yarn.appMasterEnv.SPARKGATE_DRIVER_CONF"], "driver-conf.json");
 }
