@@ -69,7 +69,8 @@ impl Decision {
 }
 
 /// Spark conf keys no user may set: they would move the application (master, deploy mode),
-/// change who it runs as, or load code or binaries from the gateway host.
+/// change who it runs as, mount secrets, read or write files on the gateway host, or load code
+/// or run binaries from it.
 pub const BUILTIN_CONF_DENY: &[&str] = &[
     "spark.master",
     "spark.submit.deployMode",
@@ -98,9 +99,23 @@ pub const BUILTIN_CONF_DENY: &[&str] = &[
     "spark.repl.class.outputDir",
     "spark.repl.class.uri",
     "spark.proxy.user",
+    // A pod template is read from the gateway host and can mount anything, run as anyone.
+    "spark.kubernetes.driver.podTemplateFile",
+    "spark.kubernetes.executor.podTemplateFile",
+    // spark-submit uploads local dependencies there, with the gateway's credentials.
+    "spark.kubernetes.file.upload.path",
+    // Ivy reads its settings file, and writes its cache, on the gateway host.
+    "spark.jars.ivySettings",
+    "spark.jars.ivy",
+    // Programs the driver runs, and the options and libraries YARN's application master loads.
+    "spark.r.command",
+    "spark.r.driver.command",
+    "spark.yarn.am.extraJavaOptions",
+    "spark.yarn.am.extraLibraryPath",
 ];
 
-/// Prefixes no user may set (environment of the driver/executors, gateway-internal keys).
+/// Prefixes no user may set (environment of the driver/executors, Kubernetes credentials and
+/// secrets, gateway-internal keys).
 pub const BUILTIN_CONF_DENY_PREFIXES: &[&str] = &[
     "spark.executorEnv.",
     "spark.yarn.appMasterEnv.",
@@ -108,6 +123,20 @@ pub const BUILTIN_CONF_DENY_PREFIXES: &[&str] = &[
     "spark.yarn.dist.",
     "spark.sparkgate.",
     "spark.__livy__.",
+    // The service account, token and key files spark-submit and the driver authenticate with.
+    "spark.kubernetes.authenticate.",
+    "spark.kubernetes.driver.secrets.",
+    "spark.kubernetes.executor.secrets.",
+    "spark.kubernetes.driver.secretKeyRef.",
+    "spark.kubernetes.executor.secretKeyRef.",
+];
+
+/// Keys no user may set, as (prefix, suffix): `spark.driver.resource.gpu.discoveryScript`
+/// names a script the driver, executor or worker host runs.
+pub const BUILTIN_CONF_DENY_PATTERNS: &[(&str, &str)] = &[
+    ("spark.driver.resource.", ".discoveryScript"),
+    ("spark.executor.resource.", ".discoveryScript"),
+    ("spark.worker.resource.", ".discoveryScript"),
 ];
 
 /// An IP address or CIDR block.
@@ -298,7 +327,8 @@ impl AccessManager {
     }
 
     /// Whether `caller` may act as `target` from `peer` (Hadoop's proxyuser model). Acting as
-    /// oneself is always allowed.
+    /// oneself is always allowed; otherwise any one rule that matches caller, target and host
+    /// allows it. A superuser is a target only of rules naming them in `targets.users`.
     pub fn check_impersonation(&self, principal: &Principal, target: &str, peer: Option<IpAddr>) -> Decision {
         let user = principal.name.as_str();
         if target == user {
@@ -307,10 +337,19 @@ impl AccessManager {
         let loaded = self.policy();
         let p = &loaded.policy;
         let caller_groups = Self::groups_of(p, principal);
+        // The target's groups come from the policy only, as for the acting principal later.
         let target_principal = Principal { name: target.to_string(), groups: Vec::new(), method: principal.method };
         let target_groups = Self::groups_of(p, &target_principal);
+        let target_is_superuser = p.superusers.contains(target, &target_groups);
+        // What the rules that came close said, for the reason of a denial.
+        let (mut wrong_host, mut superuser_not_named) = (false, false);
         for rule in &p.impersonation {
             if !rule.callers.contains(user, &caller_groups) || !rule.targets.contains(target, &target_groups) {
+                continue;
+            }
+            // `"*"` or a group must not hand out a superuser's rights by accident.
+            if target_is_superuser && !rule.targets.users.contains(target) {
+                superuser_not_named = true;
                 continue;
             }
             let host_ok = rule.hosts.iter().any(|h| {
@@ -319,12 +358,22 @@ impl AccessManager {
             if host_ok {
                 return Decision::allow(format!("{user} may impersonate {target} by policy"));
             }
-            return Decision::deny(format!(
+            // Not decisive: a later rule, perhaps from another file, may allow this host.
+            wrong_host = true;
+        }
+        if wrong_host {
+            Decision::deny(format!(
                 "{user} may impersonate {target} only from the hosts the policy lists, not from {}",
                 peer.map_or_else(|| "an unknown address".to_string(), |ip| ip.to_string())
-            ));
+            ))
+        } else if superuser_not_named {
+            Decision::deny(format!(
+                "{user} is not allowed to impersonate {target}: {target} is a superuser, and only a rule naming \
+                 them in `targets.users` allows that"
+            ))
+        } else {
+            Decision::deny(format!("{user} is not allowed to impersonate {target}"))
         }
-        Decision::deny(format!("{user} is not allowed to impersonate {target}"))
     }
 
     /// The Spark conf keys in `conf` that the principal may not set (empty = fine).
@@ -340,6 +389,7 @@ impl AccessManager {
                     || rules.deny.contains(k.as_str())
                     || BUILTIN_CONF_DENY_PREFIXES.iter().any(|p| k.starts_with(p))
                     || rules.deny_prefixes.iter().any(|p| k.starts_with(p.as_str()))
+                    || BUILTIN_CONF_DENY_PATTERNS.iter().any(|(p, s)| k.starts_with(p) && k.ends_with(s))
             })
             .cloned()
             .collect()

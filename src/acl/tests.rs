@@ -128,6 +128,110 @@ fn conf_deny_list() {
 }
 
 #[test]
+fn conf_deny_list_covers_identity_secrets_host_files_and_binaries() {
+    let (m, _d) = manager();
+    let denied = [
+        "spark.kubernetes.authenticate.driver.serviceAccountName",
+        "spark.kubernetes.authenticate.submission.oauthTokenFile",
+        "spark.kubernetes.driver.secrets.gateway-keytab",
+        "spark.kubernetes.executor.secrets.gateway-keytab",
+        "spark.kubernetes.driver.secretKeyRef.TOKEN",
+        "spark.kubernetes.executor.secretKeyRef.TOKEN",
+        "spark.kubernetes.driver.podTemplateFile",
+        "spark.kubernetes.executor.podTemplateFile",
+        "spark.kubernetes.file.upload.path",
+        "spark.jars.ivySettings",
+        "spark.jars.ivy",
+        "spark.r.command",
+        "spark.r.driver.command",
+        "spark.yarn.am.extraJavaOptions",
+        "spark.yarn.am.extraLibraryPath",
+        "spark.driver.resource.gpu.discoveryScript",
+        "spark.executor.resource.fpga.discoveryScript",
+        "spark.worker.resource.gpu.discoveryScript",
+    ];
+    let allowed = [
+        "spark.jars.packages",
+        "spark.jars.repositories",
+        "spark.driver.resource.gpu.amount",
+        "spark.executor.resource.gpu.vendor",
+        "spark.kubernetes.driver.label.team",
+        "spark.kubernetes.executor.request.cores",
+        "spark.sql.shuffle.partitions",
+    ];
+    let conf: BTreeMap<String, String> =
+        denied.iter().chain(allowed.iter()).map(|k| (k.to_string(), "x".to_string())).collect();
+    let mut expected: Vec<String> = denied.iter().map(|k| k.to_string()).collect();
+    expected.sort();
+    assert_eq!(m.denied_conf_keys(&who("alice", &[]), &conf), expected);
+    assert!(m.denied_conf_keys(&who("root", &[]), &conf).is_empty(), "superusers stay exempt");
+}
+
+/// A manager over several policy files, loaded and merged as in production.
+fn manager_of(files: &[(&str, &str)]) -> (Arc<AccessManager>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    (AccessManager::load(dir.path(), None).unwrap(), dir)
+}
+
+#[test]
+fn a_rule_for_other_hosts_does_not_hide_a_later_rule_that_allows() {
+    let (m, _d) = manager_of(&[
+        (
+            "a.toml",
+            "[groups]\nanalysts = [\"alice\"]\n[[impersonation]]\ncallers = { users = [\"hue\"] }\n\
+             targets = { groups = [\"analysts\"] }\nhosts = [\"10.1.0.0/16\"]\n",
+        ),
+        (
+            "b.toml",
+            "[[impersonation]]\ncallers = { users = [\"hue\"] }\ntargets = { users = [\"alice\"] }\n\
+             hosts = [\"192.168.0.0/16\"]\n",
+        ),
+    ]);
+    let hue = who("hue", &[]);
+    let d = m.check_impersonation(&hue, "alice", Some("192.168.4.5".parse().unwrap()));
+    assert!(d.allowed, "the second file's rule allows this host: {}", d.reason);
+    assert!(m.check_impersonation(&hue, "alice", Some("10.1.2.3".parse().unwrap())).allowed);
+    let d = m.check_impersonation(&hue, "alice", Some("172.16.0.1".parse().unwrap()));
+    assert!(!d.allowed && d.reason.contains("hosts") && d.reason.contains("172.16.0.1"), "{}", d.reason);
+    let d = m.check_impersonation(&hue, "alice", None);
+    assert!(!d.allowed && d.reason.contains("unknown address"), "{}", d.reason);
+}
+
+#[test]
+fn a_wildcard_or_group_target_does_not_cover_superusers() {
+    let policy = r#"
+[superusers]
+users = ["root"]
+groups = ["admins"]
+
+[groups]
+admins = ["ada"]
+
+[[impersonation]]
+callers = { users = ["hue", "ops"] }
+targets = { users = ["*"], groups = ["admins"] }
+hosts = ["*"]
+
+[[impersonation]]
+callers = { users = ["ops"] }
+targets = { users = ["root"] }
+hosts = ["*"]
+"#;
+    let (m, _d) = manager_of(&[("acl.toml", policy)]);
+    let (hue, ops) = (who("hue", &[]), who("ops", &[]));
+    assert!(m.check_impersonation(&hue, "alice", None).allowed, "\"*\" covers ordinary users");
+    for superuser in ["root", "ada"] {
+        let d = m.check_impersonation(&hue, superuser, None);
+        assert!(!d.allowed && d.reason.contains("superuser"), "{superuser}: {}", d.reason);
+    }
+    assert!(m.check_impersonation(&ops, "root", None).allowed, "a rule naming root allows it");
+    assert!(!m.check_impersonation(&ops, "ada", None).allowed, "ada is a superuser through a group only");
+}
+
+#[test]
 fn quotas_default_and_per_user() {
     let (m, _d) = manager();
     assert_eq!(m.quota("bob"), Quota { max_sessions: Some(2), max_concurrent_launches: Some(1) });

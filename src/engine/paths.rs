@@ -9,14 +9,53 @@ pub fn check_all(field: &str, values: &[String], allowed: &[PathBuf]) -> Result<
     values.iter().try_for_each(|v| check(field, v, allowed))
 }
 
-/// Checks one value. Remote URIs pass; local ones (`file:`, `local:` or a bare path) must be
-/// absolute, free of `..`, and inside an allowed directory, also after following symlinks.
+/// Checks one value. It must be a single entry: no comma, whitespace or control character.
+/// Remote URIs then pass; local ones (`file:`, `local:` in any case, or a bare path) must be
+/// absolute, free of `..`, `%` and `?`, inside an allowed directory, and exist there, also
+/// after following symlinks. A plain `#name` (Spark's link name) may follow the path.
 pub fn check(field: &str, value: &str, allowed: &[PathBuf]) -> Result<(), String> {
-    let Some(local) = local_path(value) else { return Ok(()) };
-    let refuse = |why: &str| Err(format!("field `{field}`: local path `{value}` {why}"));
     if value.trim().is_empty() {
         return Err(format!("field `{field}`: empty path"));
     }
+    // Shown escaped: a newline in the message must not forge a line in a log.
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "field `{field}`: `{}` contains whitespace or a control character, which is not accepted in a file \
+             name or URI",
+            value.escape_debug()
+        ));
+    }
+    // spark-submit receives each list joined with "," and splits it again, so a comma would
+    // smuggle a second entry (say `hdfs:///x,/etc/krb5.keytab`) past the checks below.
+    if value.contains(',') {
+        return Err(format!(
+            "field `{field}`: `{value}` contains a comma; Spark splits file lists on commas, so give each file as \
+             its own entry"
+        ));
+    }
+    let Some(uri_path) = local_path(value) else { return Ok(()) };
+    let refuse = |why: &str| Err(format!("field `{field}`: local path `{value}` {why}"));
+    let (path_part, fragment) = uri_path.split_once('#').map_or((uri_path, None), |(p, f)| (p, Some(f)));
+    // Spark decodes `%XX` and drops a `?query` from URIs, so it would read another file than
+    // the one checked here.
+    if path_part.contains(['%', '?']) {
+        return refuse("must not contain `%` or `?`: give the plain path");
+    }
+    // Spark reads the path before `#` and uses the fragment only as a link name
+    // (`env.tar.gz#env`), but only when the whole parses as a URI; otherwise it reads the
+    // whole text as a file name. Plain characters on both sides keep the two readings apart.
+    if let Some(name) = fragment {
+        let plain_name = !matches!(name, "" | "." | "..")
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        let plain_path = path_part.chars().all(|c| c.is_ascii_alphanumeric() || "/-._~!$&'()*+;=:@".contains(c));
+        if !plain_name || !plain_path {
+            return refuse(
+                "may carry a `#name` only after a path of plain URI characters, and the name must be letters, \
+                 digits, `.`, `_` or `-`",
+            );
+        }
+    }
+    let local = Path::new(path_part);
     if !local.is_absolute() {
         return refuse("must be absolute");
     }
@@ -29,75 +68,40 @@ pub fn check(field: &str, value: &str, allowed: &[PathBuf]) -> Result<(), String
             p.starts_with(&dir)
         })
     };
-    if !inside(&local) {
+    // Checked before existence, so the answer never tells whether a file outside exists.
+    if !inside(local) {
         return refuse("is not under one of spark.allowed_local_dirs, so it cannot be used");
     }
+    // A path that does not exist cannot be checked for symbolic links, so it is refused.
+    let real = match local.canonicalize() {
+        Ok(real) => real,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return refuse("does not exist on the gateway host"),
+        Err(e) => return refuse(&format!("cannot be read by the gateway ({e})")),
+    };
     // A symlink inside an allowed directory must not lead out of it.
-    if let Ok(real) = local.canonicalize() {
-        if !inside(&real) {
-            return refuse("leads (through a symbolic link) outside spark.allowed_local_dirs");
-        }
+    if !inside(&real) {
+        return refuse("leads (through a symbolic link) outside spark.allowed_local_dirs");
     }
     Ok(())
 }
 
-/// The path on this host a value names, or None for a remote URI.
-fn local_path(value: &str) -> Option<PathBuf> {
-    let v = value.trim();
-    for scheme in ["file://", "file:", "local://", "local:"] {
-        if let Some(rest) = v.strip_prefix(scheme) {
-            return Some(PathBuf::from(rest));
-        }
-    }
-    // `scheme:...` with a scheme of letters, digits, + - . is a URI for another filesystem.
-    if let Some((scheme, _)) = v.split_once(':') {
-        let looks_like_scheme = scheme.len() > 1
+/// The path on this host a value names (with any `#fragment`), or None for a remote URI.
+fn local_path(value: &str) -> Option<&str> {
+    // `scheme:...` with a scheme of letters, digits, + - . is a URI; schemes are
+    // case-insensitive (RFC 3986), so `FILE:` and `Local:` are local too.
+    let scheme = value.split_once(':').filter(|(scheme, _)| {
+        scheme.len() > 1
             && scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-        if looks_like_scheme {
-            return None;
+            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    match scheme {
+        None => Some(value),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("file") || scheme.eq_ignore_ascii_case("local") => {
+            Some(rest.strip_prefix("//").unwrap_or(rest))
         }
+        Some(_) => None,
     }
-    Some(PathBuf::from(v))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn remote_uris_pass_and_local_paths_need_an_allowed_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        let allowed = vec![dir.path().to_path_buf()];
-        let inside = dir.path().join("job.py");
-        std::fs::write(&inside, "print(1)").unwrap();
-        for ok in ["hdfs:///user/a/job.py", "s3a://b/x.jar", "https://repo/x.jar"] {
-            assert!(check("file", ok, &[]).is_ok(), "{ok}");
-        }
-        assert!(check("file", inside.to_str().unwrap(), &allowed).is_ok());
-        assert!(check("jars", &format!("file://{}", inside.display()), &allowed).is_ok());
-        assert!(check("jars", &format!("local:{}", inside.display()), &allowed).is_ok());
-        for bad in ["/etc/krb5.keytab", "file:///etc/shadow", "local:/root/.ssh/id_rsa", "job.py", "./x.py"] {
-            let err = check("pyFiles", bad, &allowed).unwrap_err();
-            assert!(err.contains("pyFiles") && err.contains(bad), "{err}");
-        }
-        let dotdot = format!("{}/../../etc/passwd", dir.path().display());
-        assert!(check("files", &dotdot, &allowed).unwrap_err().contains(".."));
-        assert!(check("files", inside.to_str().unwrap(), &[]).is_err(), "nothing allowed by default");
-    }
-
-    #[test]
-    fn symlinks_cannot_escape() {
-        let dir = tempfile::tempdir().unwrap();
-        let link = dir.path().join("innocent.jar");
-        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
-        let err = check("jars", link.to_str().unwrap(), &[dir.path().to_path_buf()]).unwrap_err();
-        assert!(err.contains("symbolic link"), "{err}");
-    }
-
-    #[test]
-    fn lists_name_the_offending_entry() {
-        let err = check_all("archives", &["hdfs:///a.zip".into(), "/secret.zip".into()], &[]).unwrap_err();
-        assert!(err.contains("/secret.zip"));
-    }
-}
+mod tests;
