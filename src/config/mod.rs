@@ -375,6 +375,8 @@ pub struct SessionsConfig {
     pub retain_finished: String,
     /// Statements kept per session; the oldest finished ones are forgotten beyond this.
     pub statement_retention: usize,
+    /// Largest statement output kept (its JSON, in bytes); a larger one is replaced by an error.
+    pub max_output_bytes: usize,
     /// Row cap for `sql` statement results.
     pub sql_max_rows: usize,
     /// Lines of spark-submit/driver output kept in memory per session for `/log`.
@@ -396,7 +398,8 @@ impl Default for SessionsConfig {
             idle_timeout: "1h".into(),
             ttl: "0".into(),
             retain_finished: "10m".into(),
-            statement_retention: 1000,
+            statement_retention: 100,
+            max_output_bytes: 8 * 1024 * 1024,
             sql_max_rows: 1000,
             log_tail_lines: 1000,
             shutdown_grace: "5s".into(),
@@ -705,6 +708,17 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
     }
     if s.max_concurrent_launches == 0 {
         problems.push("sessions.max_concurrent_launches must be at least 1".into());
+    }
+    if s.max_output_bytes < 1024 {
+        problems.push("sessions.max_output_bytes must be at least 1024".into());
+    }
+    if config.rpc.max_frame_bytes < config.server.max_body_bytes.saturating_add(64 * 1024) {
+        // A statement's code (up to a request body) travels in one frame to the driver.
+        problems.push(format!(
+            "rpc.max_frame_bytes ({}) must exceed server.max_body_bytes ({}) by at least 64 KiB, or a large \
+             statement could never reach its driver",
+            config.rpc.max_frame_bytes, config.server.max_body_bytes
+        ));
     }
     if s.sql_max_rows == 0 {
         problems.push("sessions.sql_max_rows must be at least 1".into());

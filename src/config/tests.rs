@@ -63,6 +63,17 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
+fn frames_must_carry_the_largest_statement_and_outputs_have_a_floor() {
+    let err = load_str("[server]\nmax_body_bytes = 10485760\n[rpc]\nmax_frame_bytes = 10485760\n", &[], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rpc.max_frame_bytes") && err.contains("server.max_body_bytes"), "{err}");
+    let err = load_str("[sessions]\nmax_output_bytes = 10\n", &[], &[]).unwrap_err().to_string();
+    assert!(err.contains("sessions.max_output_bytes"), "{err}");
+    assert!(load(&Sources::default()).is_ok(), "the defaults fit together");
+}
+
+#[test]
 fn anonymous_and_plain_http_only_on_loopback() {
     let err = load_str(
         "[server]\nbind = \"0.0.0.0:8998\"\ndangerous_plain_http = true\n[auth]\ndangerous_allow_anonymous = true\n",

@@ -156,6 +156,7 @@ impl SessionManager {
             heartbeat_timeout: (spec.heartbeat_timeout_secs > 0)
                 .then(|| Duration::from_secs(u64::from(spec.heartbeat_timeout_secs))),
             statement_retention: cfg.config.sessions.statement_retention.max(1),
+            max_output_bytes: cfg.config.sessions.max_output_bytes,
         };
         let session = {
             let mut reg = self.lock();

@@ -106,6 +106,8 @@ pub struct SessionLimits {
     pub heartbeat_timeout: Option<Duration>,
     /// Statements kept.
     pub statement_retention: usize,
+    /// Largest output kept (bytes of its JSON).
+    pub max_output_bytes: usize,
 }
 
 /// An interactive session.
@@ -157,7 +159,38 @@ pub fn error_output(execution_count: u32, ename: &str, evalue: &str) -> Value {
     json!({"status": "error", "execution_count": execution_count, "ename": ename, "evalue": evalue, "traceback": []})
 }
 
+/// Counts the bytes written through it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Session {
+    /// `output`, or an error in its place when it is larger than the session keeps.
+    fn bounded_output(&self, id: u32, output: Value) -> Value {
+        let mut size = ByteCount(0);
+        if serde_json::to_writer(&mut size, &output).is_err() || size.0 <= self.limits.max_output_bytes {
+            return output;
+        }
+        self.log.push(format!("sparkgate: the output of statement {id} ({} bytes) was too large to keep", size.0));
+        error_output(
+            id,
+            "OutputTooLarge",
+            &format!(
+                "the statement's output is {} bytes, more than this gateway keeps (sessions.max_output_bytes = {}); \
+                 write large results to storage, or bring back a sample (take(), limit())",
+                size.0, self.limits.max_output_bytes
+            ),
+        )
+    }
+
     /// A new session in `not_started`.
     pub fn new(
         id: u32,
@@ -535,6 +568,7 @@ impl Session {
                 // Always acknowledge, even a duplicate, so the driver can forget it.
                 driver.send(ToDriver::Ack { id });
                 let next = if state == "cancelled" { StatementState::Cancelled } else { StatementState::Available };
+                let output = self.bounded_output(id, output);
                 if let Some(s) = inner.statements.get_mut(&id) {
                     if s.state.can_become(next) {
                         s.state = next;

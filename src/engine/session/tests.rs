@@ -26,7 +26,7 @@ fn spec(kind: SessionKind) -> SessionSpec {
 }
 
 fn session() -> Session {
-    let limits = SessionLimits { idle_timeout: None, ttl: None, heartbeat_timeout: None, statement_retention: 3 };
+    let limits = SessionLimits { idle_timeout: None, ttl: None, heartbeat_timeout: None, statement_retention: 3, max_output_bytes: 1 << 20 };
     let s = Session::new(
         0,
         spec(SessionKind::PySpark),
@@ -212,4 +212,31 @@ async fn requests_in_flight_fail_at_once_when_the_connection_drops() {
     let err = tokio::time::timeout(Duration::from_secs(10), file).await.unwrap().unwrap().unwrap_err();
     assert!(matches!(err, EngineError::DriverUnavailable(_)), "{err}");
     assert!(s.lock().completions.is_empty() && s.lock().file_adds.is_empty());
+}
+
+#[test]
+fn an_output_larger_than_the_limit_is_replaced_by_a_clear_error() {
+    let s = session();
+    let _rx = connect(&s, 1);
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    s.submit("print('x' * 2**21)".into(), CodeKind::PySpark).unwrap();
+    s.submit("1+1".into(), CodeKind::PySpark).unwrap();
+    let huge = "x".repeat(2 << 20);
+    s.on_driver_message(
+        1,
+        FromDriver::StatementResult {
+            id: 0,
+            state: "available".into(),
+            output: json!({"status":"ok","execution_count":0,"data":{"text/plain": huge}}),
+        },
+    );
+    let big = s.statement(0).unwrap();
+    assert_eq!(big.state, StatementState::Available);
+    let output = big.output.unwrap();
+    assert_eq!(output["ename"], "OutputTooLarge", "{output}");
+    assert!(output["evalue"].as_str().unwrap().contains("sessions.max_output_bytes"), "{output}");
+    assert!(output.to_string().len() < 1024);
+    // The session goes on: the next statement runs and keeps its (small) output.
+    s.on_driver_message(1, result(1, "available"));
+    assert_eq!(s.statement(1).unwrap().output.unwrap()["data"]["text/plain"], "2");
 }
