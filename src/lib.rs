@@ -49,6 +49,9 @@ pub enum StartError {
     /// An authenticator could not be set up.
     #[error("{0}")]
     Auth(#[from] auth::AuthSetupError),
+    /// No Kerberos ticket could be obtained from `spark.launch_keytab`.
+    #[error("spark.launch_principal: {0}")]
+    LaunchTicket(String),
     /// A listener could not be bound, or the data directory not written.
     #[error("{what}: {source}")]
     Io {
@@ -57,6 +60,21 @@ pub enum StartError {
         /// Why it failed.
         source: std::io::Error,
     },
+}
+
+/// Renews the launch ticket every hour, well inside any usual ticket lifetime; a failure is
+/// logged and retried at the next tick (the previous ticket stays in the cache until it expires).
+fn start_ticket_renewal(ticket: engine::launcher::LaunchTicket, limit: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        tick.tick().await; // the first tick is now, and the ticket is fresh
+        loop {
+            tick.tick().await;
+            if let Err(e) = ticket.renew(limit).await {
+                tracing::error!(error = %e, "renewing the launch ticket failed");
+            }
+        }
+    });
 }
 
 /// Checks the policy files for changes and reloads them; a bad file keeps the old policy.
@@ -183,8 +201,15 @@ impl Gateway {
         };
 
         let spark = if options.discover_spark {
-            let env = SparkEnv::discover(&cfg.spark, config.durations.spark_check_timeout).await?;
+            let mut env = SparkEnv::discover(&cfg.spark, config.durations.spark_check_timeout).await?;
             tracing::info!(spark_home = %env.home.display(), version = %env.version, "Spark found");
+            if let (Some(principal), Some(keytab)) = (&cfg.spark.launch_principal, &cfg.spark.launch_keytab) {
+                let ticket = engine::launcher::LaunchTicket::new(principal, keytab, &cfg.server.data_dir);
+                ticket.renew(config.durations.spark_check_timeout).await.map_err(StartError::LaunchTicket)?;
+                tracing::info!(principal = %principal, "launch ticket obtained from spark.launch_keytab");
+                env.launch_ccache = Some(ticket.ccache_name());
+                start_ticket_renewal(ticket, config.durations.spark_check_timeout);
+            }
             Some(env)
         } else {
             None

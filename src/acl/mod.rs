@@ -139,6 +139,12 @@ pub const BUILTIN_CONF_DENY_PATTERNS: &[(&str, &str)] = &[
     ("spark.worker.resource.", ".discoveryScript"),
 ];
 
+/// The OS account the gateway runs under (None if it has no name).
+pub fn gateway_account() -> Option<String> {
+    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name)).clone()
+}
+
 /// An IP address or CIDR block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostPattern {
@@ -341,14 +347,17 @@ impl AccessManager {
         let target_principal = Principal { name: target.to_string(), groups: Vec::new(), method: principal.method };
         let target_groups = Self::groups_of(p, &target_principal);
         let target_is_superuser = p.superusers.contains(target, &target_groups);
+        // Acting as the gateway's own OS account launches without --proxy-user, i.e. with the
+        // gateway's own (Kerberos) identity: as privileged as a superuser.
+        let target_is_gateway = gateway_account().as_deref() == Some(target);
         // What the rules that came close said, for the reason of a denial.
         let (mut wrong_host, mut superuser_not_named) = (false, false);
         for rule in &p.impersonation {
             if !rule.callers.contains(user, &caller_groups) || !rule.targets.contains(target, &target_groups) {
                 continue;
             }
-            // `"*"` or a group must not hand out a superuser's rights by accident.
-            if target_is_superuser && !rule.targets.users.contains(target) {
+            // `"*"` or a group must not hand out a superuser's (or the gateway's) rights by accident.
+            if (target_is_superuser || target_is_gateway) && !rule.targets.users.contains(target) {
                 superuser_not_named = true;
                 continue;
             }
@@ -367,8 +376,9 @@ impl AccessManager {
                 peer.map_or_else(|| "an unknown address".to_string(), |ip| ip.to_string())
             ))
         } else if superuser_not_named {
+            let what = if target_is_superuser { "a superuser" } else { "the gateway's own account" };
             Decision::deny(format!(
-                "{user} is not allowed to impersonate {target}: {target} is a superuser, and only a rule naming \
+                "{user} is not allowed to impersonate {target}: {target} is {what}, and only a rule naming \
                  them in `targets.users` allows that"
             ))
         } else {

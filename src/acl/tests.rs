@@ -232,6 +232,20 @@ hosts = ["*"]
 }
 
 #[test]
+fn the_gateways_own_account_is_a_target_only_when_named() {
+    let me = gateway_account().expect("the test runs under a named account");
+    let policy = format!(
+        "[[impersonation]]\ncallers = {{ users = [\"hue\"] }}\ntargets = {{ users = [\"*\"] }}\nhosts = [\"*\"]\n\n\
+         [[impersonation]]\ncallers = {{ users = [\"ops\"] }}\ntargets = {{ users = [\"{me}\"] }}\nhosts = [\"*\"]\n"
+    );
+    let (m, _d) = manager_of(&[("acl.toml", &policy)]);
+    let d = m.check_impersonation(&who("hue", &[]), &me, None);
+    assert!(!d.allowed && d.reason.contains("gateway's own account"), "{}", d.reason);
+    assert!(m.check_impersonation(&who("hue", &[]), "alice", None).allowed);
+    assert!(m.check_impersonation(&who("ops", &[]), &me, None).allowed, "a rule naming it allows it");
+}
+
+#[test]
 fn quotas_default_and_per_user() {
     let (m, _d) = manager();
     assert_eq!(m.quota("bob"), Quota { max_sessions: Some(2), max_concurrent_launches: Some(1) });

@@ -107,8 +107,7 @@ pub(super) async fn create(
 /// The Spark application runs as the effective user (`--proxy-user`), unless that is the
 /// account the gateway itself runs under.
 pub(super) fn launch_as(effective_user: &str) -> Option<String> {
-    let own = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name);
-    (own.as_deref() != Some(effective_user)).then(|| effective_user.to_string())
+    (crate::acl::gateway_account().as_deref() != Some(effective_user)).then(|| effective_user.to_string())
 }
 
 pub(super) async fn show(

@@ -324,8 +324,8 @@ pub struct SparkConfig {
     /// Extra application tags (YARN `spark.yarn.tags`, Kubernetes labels); the gateway always
     /// adds `sparkgate` and `sparkgate-<session|batch>-<id>` so it can find its applications.
     pub application_tags: Vec<String>,
-    /// The Kerberos principal the gateway launches applications with (`--principal`; Spark
-    /// renews the application's tokens from the keytab for as long as it runs).
+    /// The Kerberos principal the gateway launches applications with: `--principal` for its
+    /// own launches, a ticket from `kinit` (in `KRB5CCNAME`) for `--proxy-user` launches.
     pub launch_principal: Option<String>,
     /// The keytab for `launch_principal` (`--keytab`).
     pub launch_keytab: Option<PathBuf>,

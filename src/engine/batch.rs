@@ -352,8 +352,15 @@ impl BatchManager {
                 b.on_line(line);
             }
         });
-        let handle = launcher::spawn(spark, &cfg.spark.pass_env, args, BTreeMap::new(), batch.log.clone(), on_line)
-            .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
+        let handle = launcher::spawn(
+            spark,
+            &cfg.spark.pass_env,
+            args,
+            launcher::launch_ticket_env(spark, &launch).into_iter().collect(),
+            batch.log.clone(),
+            on_line,
+        )
+        .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
         tracing::info!(batch = batch.id, pgid = handle.pgid, owner = %s.owner, "batch launched");
         if let Some(log) = self.audit.get() {
             log.record(

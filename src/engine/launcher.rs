@@ -26,6 +26,66 @@ pub struct SparkEnv {
     pub java_home: Option<PathBuf>,
     /// What `spark-submit --version` reported.
     pub version: String,
+    /// `KRB5CCNAME` of the gateway's own ticket from `spark.launch_keytab`, for launches with
+    /// `--proxy-user` (see [`LaunchTicket`]); None without a launch principal.
+    pub launch_ccache: Option<String>,
+}
+
+/// The gateway's Kerberos ticket for `spark.launch_principal`, obtained with `kinit` from
+/// `spark.launch_keytab` into an owner-only credential cache in the data directory.
+///
+/// Why: spark-submit refuses `--principal` together with `--proxy-user`. A launch for another
+/// user therefore runs with `--proxy-user` and this ticket in `KRB5CCNAME`, from which Spark
+/// obtains that user's delegation tokens (Hadoop's proxy-user model, as Livy does it). A launch
+/// as the gateway itself keeps `--principal`/`--keytab`, so Spark can renew its own tokens.
+#[derive(Debug, Clone)]
+pub struct LaunchTicket {
+    principal: String,
+    keytab: PathBuf,
+    ccache: PathBuf,
+}
+
+impl LaunchTicket {
+    /// The ticket for `principal` from `keytab`, cached in `data_dir/krb5cc_launch`.
+    pub fn new(principal: &str, keytab: &Path, data_dir: &Path) -> Self {
+        Self { principal: principal.to_string(), keytab: keytab.to_path_buf(), ccache: data_dir.join("krb5cc_launch") }
+    }
+
+    /// The `KRB5CCNAME` value for launches.
+    pub fn ccache_name(&self) -> String {
+        format!("FILE:{}", self.ccache.display())
+    }
+
+    /// Runs `kinit -k -t keytab -c ccache principal` (no password, nothing secret on argv).
+    pub async fn renew(&self, limit: Duration) -> Result<(), String> {
+        let mut cmd = Command::new("kinit");
+        cmd.arg("-k")
+            .arg("-t")
+            .arg(&self.keytab)
+            .arg("-c")
+            .arg(self.ccache_name())
+            .arg(&self.principal)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = match tokio::time::timeout(limit, cmd.output()).await {
+            Err(_) => return Err(format!("kinit for {} took longer than {limit:?}", self.principal)),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err("kinit not found: install the Kerberos client tools (Debian: krb5-user)".into());
+            }
+            Ok(Err(e)) => return Err(format!("running kinit: {e}")),
+            Ok(Ok(out)) => out,
+        };
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "kinit -k -t {} {} failed: {}",
+                self.keytab.display(),
+                self.principal,
+                last_lines(&String::from_utf8_lossy(&out.stderr), 3)
+            ))
+        }
+    }
 }
 
 /// Why Spark could not be found or checked.
@@ -93,7 +153,14 @@ impl SparkEnv {
                 home.display()
             )));
         }
-        let mut env = Self { home, spark_submit, python, java_home: config.java_home.clone(), version: String::new() };
+        let mut env = Self {
+            home,
+            spark_submit,
+            python,
+            java_home: config.java_home.clone(),
+            version: String::new(),
+            launch_ccache: None,
+        };
         let mut cmd = Command::new(&env.spark_submit);
         cmd.arg("--version").env_clear().envs(env.base_env(&config.pass_env)).kill_on_drop(true);
         let out = tokio::time::timeout(timeout, cmd.output())
@@ -248,8 +315,10 @@ pub fn build_args(config: &SparkConfig, spec: &LaunchSpec, properties_file: &Pat
     if let Some(queue) = &spec.queue {
         args.extend(["--queue".into(), queue.clone()]);
     }
-    if let (Some(principal), Some(keytab)) = (&config.launch_principal, &config.launch_keytab) {
+    if let (Some(principal), Some(keytab), None) = (&config.launch_principal, &config.launch_keytab, &spec.proxy_user) {
         // A path and a principal name, not secrets: the keytab's contents never leave the file.
+        // (With --proxy-user, which spark-submit refuses to combine with --principal, the
+        // gateway's ticket travels in KRB5CCNAME instead: see LaunchTicket.)
         args.extend(["--principal".into(), principal.clone(), "--keytab".into(), keytab.display().to_string()]);
     }
     for (flag, list) in [
@@ -313,6 +382,12 @@ pub fn properties_text(properties: &BTreeMap<String, String>) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `KRB5CCNAME` for a launch with `--proxy-user` when the gateway has a launch ticket.
+pub fn launch_ticket_env(env: &SparkEnv, spec: &LaunchSpec) -> Option<(String, String)> {
+    spec.proxy_user.as_ref()?;
+    env.launch_ccache.clone().map(|cc| ("KRB5CCNAME".to_string(), cc))
 }
 
 /// Writes a launch's Spark properties into `dir` (0600) and returns the spark-submit argv.
@@ -791,7 +866,7 @@ mod tests {
     }
 
     #[test]
-    fn yarn_launches_carry_tags_one_attempt_and_the_gateway_identity() {
+    fn yarn_launches_carry_tags_one_attempt_and_never_both_proxy_user_and_principal() {
         let config = SparkConfig {
             master: "yarn".into(),
             deploy_mode: "cluster".into(),
@@ -825,15 +900,25 @@ mod tests {
                 "alice",
                 "--queue",
                 "prod",
-                "--principal",
-                "sparkgate/gw.example.com@EXAMPLE.COM",
-                "--keytab",
-                "/etc/security/keytabs/sparkgate.keytab",
                 "--properties-file",
                 PROPS,
                 "--load-spark-defaults",
                 "hdfs:///apps/etl.jar",
             ]
+        );
+        // spark-submit refuses --principal with --proxy-user: the gateway's ticket goes in
+        // KRB5CCNAME instead (launch_ticket_env). Its own launches keep the keytab.
+        let own = LaunchSpec { proxy_user: None, ..spec.clone() };
+        let own_args = strings(build_args(&config, &own, Path::new(PROPS)));
+        assert!(
+            own_args.windows(4).any(|w| w
+                == [
+                    "--principal",
+                    "sparkgate/gw.example.com@EXAMPLE.COM",
+                    "--keytab",
+                    "/etc/security/keytabs/sparkgate.keytab"
+                ]),
+            "{own_args:?}"
         );
         let props = spark_properties(&config, &spec);
         assert_eq!(props["spark.yarn.maxAppAttempts"], "1");
@@ -884,8 +969,17 @@ mod tests {
             python: "/venv/bin/python".into(),
             java_home: Some("/jdk".into()),
             version: "4.0.1".into(),
+            launch_ccache: Some("FILE:/data/krb5cc_launch".into()),
         };
         let vars = env.base_env(&[]);
+        assert!(!vars.contains_key("KRB5CCNAME"), "the launch ticket goes only to proxied launches");
+        let mine = LaunchSpec { name: "n".into(), app: "x.py".into(), ..LaunchSpec::default() };
+        assert_eq!(launch_ticket_env(&env, &mine), None);
+        let theirs = LaunchSpec { proxy_user: Some("alice".into()), ..mine };
+        assert_eq!(
+            launch_ticket_env(&env, &theirs),
+            Some(("KRB5CCNAME".to_string(), "FILE:/data/krb5cc_launch".to_string()))
+        );
         assert_eq!(vars["SPARK_HOME"], "/spark");
         assert_eq!(vars["PYSPARK_PYTHON"], "/venv/bin/python");
         assert_eq!(vars["JAVA_HOME"], "/jdk");

@@ -264,7 +264,8 @@ impl SessionManager {
             args: Vec::new(),
         };
         let args = launcher::write_launch_files(&cfg.spark, &launch, &session.dir).map_err(EngineError::Launch)?;
-        let env = BTreeMap::from([("SPARKGATE_DRIVER_CONF".to_string(), driver_conf_env)]);
+        let mut env = BTreeMap::from([("SPARKGATE_DRIVER_CONF".to_string(), driver_conf_env)]);
+        env.extend(launcher::launch_ticket_env(spark, &launch));
         let weak = Arc::downgrade(session);
         let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {
             let (app, ui) = (launcher::find_app_id(line), launcher::find_spark_ui(line));

@@ -179,6 +179,14 @@ impl Kdc {
         assert!(!text.contains("while "), "kadmin.local: {text}");
     }
 
+    /// Adds the service principal `name@SPARKGATE.TEST` with a random key and returns the path of
+    /// a keytab holding it.
+    pub fn service_keytab(&self, name: &str) -> PathBuf {
+        let keytab = self.dir.path().join(format!("{}.keytab", name.replace(['/', '@'], "_")));
+        Self::kadmin_env(&self.env(), &format!("addprinc -randkey {name}\nktadd -k {} {name}\n", keytab.display()));
+        keytab
+    }
+
     /// Adds `name@SPARKGATE.TEST` with a random password, which it returns.
     pub fn add_user(&self, name: &str) -> String {
         let password = random_secret();

@@ -56,6 +56,10 @@ struct Options<'a> {
     cookie_ttl: &'a str,
     /// `auth.spnego.principal`; None accepts any principal in the keytab.
     principal: Option<&'a str>,
+    /// The access policy (policies/acl.toml).
+    policy: &'a str,
+    /// More keys of the `[spark]` section.
+    spark_extra: &'a str,
 }
 
 /// alice maps to `alice`; `svc-<x>/admin` maps to `<x>`; bob has a valid ticket but no rule
@@ -65,22 +69,24 @@ const DEFAULT: Options<'static> = Options {
             { match = 'svc-([a-z]+)/admin@SPARKGATE\\.TEST', user = '${1}' },",
     cookie_ttl: "10m",
     principal: Some("HTTP/localhost@SPARKGATE.TEST"),
+    policy: "[gateway]\nusers = [\"alice\", \"etl\"]\n",
+    spark_extra: "",
 };
 
 /// Writes the configuration file (and the access policy) into `dir`.
 fn write_config(dir: &Path, keytab: &Path, o: Options<'_>) -> PathBuf {
     let venv = crate::support::repo_root().join(".venv");
-    // The access policy lets the mapped users use the gateway (GET /sessions).
+    // The default policy lets the mapped users use the gateway (GET /sessions).
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(policies.join("acl.toml"), "[gateway]\nusers = [\"alice\", \"etl\"]\n").unwrap();
+    std::fs::write(policies.join("acl.toml"), o.policy).unwrap();
     let text = format!(
         "[server]\nbind = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n\
          [auth]\nmethods = [\"spnego\"]\n\n\
          [auth.spnego]\nkeytab = \"{kt}\"\n{principal}cookie_ttl = \"{ttl}\"\n\
          rules = [\n{rules}\n]\n\n\
          [acl]\npolicy_dir = \"{policies}\"\n\n\
-         [spark]\nvenv = \"{venv}\"\n",
+         [spark]\nvenv = \"{venv}\"\n{spark_extra}",
         data = dir.join("data").display(),
         policies = policies.display(),
         kt = keytab.display(),
@@ -88,6 +94,7 @@ fn write_config(dir: &Path, keytab: &Path, o: Options<'_>) -> PathBuf {
         ttl = o.cookie_ttl,
         rules = o.rules,
         venv = venv.display(),
+        spark_extra = o.spark_extra,
     );
     let path = dir.join("sparkgate.toml");
     std::fs::write(&path, text).unwrap();
@@ -461,4 +468,77 @@ fn spnego_start_up_errors_are_clear() {
     let config = write_config(dir.path(), &missing, DEFAULT);
     let err = run(&config, Some(&missing));
     assert!(err.contains("cannot read auth.spnego.keytab"), "{err}");
+}
+
+/// The JSON body of a response.
+fn json_of(r: &Resp) -> serde_json::Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {r:#?}"))
+}
+
+#[test]
+fn spnego_proxied_sessions_launch_with_the_gateways_kerberos_ticket() {
+    let w = world();
+    let principal = format!("sparkgate/localhost@{REALM}");
+    let keytab = w.kdc.service_keytab("sparkgate/localhost");
+    let dir = tempfile::tempdir().unwrap();
+    let spark_extra = format!("launch_principal = \"{principal}\"\nlaunch_keytab = \"{}\"\n", keytab.display());
+    let policy = "[create]\nusers = [\"alice\"]\n\n[[impersonation]]\ncallers = { users = [\"alice\"] }\n\
+                  targets = { users = [\"carol\"] }\nhosts = [\"*\"]\n";
+    let gw = GatewayProc::start(&w.kdc, dir.path(), Options { policy, spark_extra: &spark_extra, ..DEFAULT });
+    let log = || std::fs::read_to_string(&gw.log).unwrap_or_default();
+
+    // At start-up the gateway got its own ticket from the keytab, into an owner-only cache.
+    let ccache = dir.path().join("data").join("krb5cc_launch");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&ccache).unwrap().permissions().mode() & 0o077, 0, "{}", log());
+    let klist = Command::new("klist")
+        .arg("-c")
+        .arg(format!("FILE:{}", ccache.display()))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("KRB5_CONFIG", &w.kdc.krb5_conf)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&klist.stdout);
+    assert!(listed.contains(&format!("Default principal: {principal}")), "{listed}");
+
+    // alice asks for a session as carol: spark-submit gets --proxy-user and the ticket, not
+    // --principal (it refuses the two together), and the application runs as carol.
+    let negotiate = ["--negotiate", "-u", ":", "-H", "Content-Type: application/json"];
+    let post = |path: &str, body: &str| {
+        let mut args = negotiate.to_vec();
+        args.extend(["-X", "POST", "-d", body]);
+        w.curl_to(&gw, Some(&w.alice), &args, path)
+    };
+    let r = post("/sessions", r#"{"kind": "pyspark", "proxyUser": "carol"}"#);
+    assert_eq!(r.status, 201, "{r:#?}\n{}", log());
+    let id = json_of(&r)["id"].as_u64().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let r = w.curl_to(&gw, Some(&w.alice), &negotiate, &format!("/sessions/{id}"));
+        let info = json_of(&r);
+        match info["state"].as_str() {
+            Some("idle") => break,
+            Some("dead" | "error" | "killed") => panic!("the session failed: {info:#}\n{}", log()),
+            _ => {}
+        }
+        assert!(std::time::Instant::now() < deadline, "not idle in time: {info:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let r = post(&format!("/sessions/{id}/statements"), r#"{"code": "print(sc.sparkUser())"}"#);
+    assert_eq!(r.status, 201, "{r:#?}");
+    let sid = json_of(&r)["id"].as_u64().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let statement = loop {
+        let st = json_of(&w.curl_to(&gw, Some(&w.alice), &negotiate, &format!("/sessions/{id}/statements/{sid}")));
+        if st["state"] == "available" {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "statement not done: {st:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(statement["output"]["data"]["text/plain"], "carol", "{statement:#}");
+    let mut args = negotiate.to_vec();
+    args.extend(["-X", "DELETE"]);
+    assert_eq!(w.curl_to(&gw, Some(&w.alice), &args, &format!("/sessions/{id}")).status, 200);
 }

@@ -54,7 +54,13 @@ fn idle_session(
 }
 
 fn limits() -> SessionLimits {
-    SessionLimits { idle_timeout: None, ttl: None, heartbeat_timeout: None, statement_retention: 100, max_output_bytes: 1 << 20 }
+    SessionLimits {
+        idle_timeout: None,
+        ttl: None,
+        heartbeat_timeout: None,
+        statement_retention: 100,
+        max_output_bytes: 1 << 20,
+    }
 }
 
 /// Lets the stop tasks spawned by the checker run.

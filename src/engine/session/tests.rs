@@ -26,7 +26,13 @@ fn spec(kind: SessionKind) -> SessionSpec {
 }
 
 fn session() -> Session {
-    let limits = SessionLimits { idle_timeout: None, ttl: None, heartbeat_timeout: None, statement_retention: 3, max_output_bytes: 1 << 20 };
+    let limits = SessionLimits {
+        idle_timeout: None,
+        ttl: None,
+        heartbeat_timeout: None,
+        statement_retention: 3,
+        max_output_bytes: 1 << 20,
+    };
     let s = Session::new(
         0,
         spec(SessionKind::PySpark),
