@@ -301,7 +301,7 @@ impl SessionManager {
     /// whole process group and waits until none of it is left. Ends in `final_state`.
     pub async fn stop(&self, session: &Arc<Session>, final_state: SessionState, reason: &str) {
         let grace = self.config.durations.shutdown_grace;
-        if session.begin_shutdown() {
+        if session.begin_shutdown(final_state) {
             session.log.push(format!("sparkgate: stopping: {reason}"));
             tracing::info!(session = session.id, reason, "stopping session");
             session.request_driver_shutdown();

@@ -141,6 +141,9 @@ struct Inner {
     next_statement_id: u32,
     driver: Option<DriverLink>,
     disconnected_since: Option<Instant>,
+    /// While shutting down: the state the stop ends in (`killed` on request, `dead` when the
+    /// driver was lost or never came up), whichever of the exit and the stopper comes first.
+    stopping_as: Option<SessionState>,
     last_activity: Instant,
     last_heartbeat: Instant,
     finished_at: Option<Instant>,
@@ -219,6 +222,7 @@ impl Session {
                 next_statement_id: 0,
                 driver: None,
                 disconnected_since: None,
+                stopping_as: None,
                 last_activity: now,
                 last_heartbeat: now,
                 finished_at: None,
@@ -679,7 +683,10 @@ impl Session {
             return;
         }
         let (next, reason) = if inner.state == SessionState::ShuttingDown {
-            (SessionState::Killed, format!("spark-submit exited with status {code} after shutdown was requested"))
+            (
+                inner.stopping_as.unwrap_or(SessionState::Killed),
+                format!("spark-submit exited with status {code} after shutdown was requested"),
+            )
         } else {
             (SessionState::Dead, format!("spark-submit exited unexpectedly with status {code}{}", signal_hint(code)))
         };
@@ -700,14 +707,16 @@ impl Session {
         Self::fail_pending_locked(&mut inner, &format!("the session ended: {reason}"));
     }
 
-    /// Begins a stop: moves to `shutting_down` unless already stopping or finished. Returns
-    /// false if another stop is already under way or the session is finished.
-    pub fn begin_shutdown(&self) -> bool {
+    /// Begins a stop that ends in `final_state`: moves to `shutting_down` unless already
+    /// stopping or finished. Returns false if another stop is already under way or the session
+    /// is finished.
+    pub fn begin_shutdown(&self, final_state: SessionState) -> bool {
         let mut inner = self.lock();
         if inner.state.is_terminal() || inner.state == SessionState::ShuttingDown {
             return false;
         }
         inner.state = SessionState::ShuttingDown;
+        inner.stopping_as = Some(final_state);
         inner.queue.clear();
         true
     }

@@ -173,7 +173,7 @@ fn illegal_transitions_are_refused() {
     let s = session();
     s.finish(SessionState::Killed, "test");
     assert!(matches!(s.transition(SessionState::Idle), Err(EngineError::IllegalTransition { .. })));
-    assert!(!s.begin_shutdown());
+    assert!(!s.begin_shutdown(SessionState::Killed));
 }
 
 #[tokio::test]
@@ -245,4 +245,19 @@ fn an_output_larger_than_the_limit_is_replaced_by_a_clear_error() {
     // The session goes on: the next statement runs and keeps its (small) output.
     s.on_driver_message(1, result(1, "available"));
     assert_eq!(s.statement(1).unwrap().output.unwrap()["data"]["text/plain"], "2");
+}
+
+#[test]
+fn a_stop_ends_in_its_own_state_even_when_the_process_exits_first() {
+    // The start timeout or a lost driver stop a session as dead; its process usually exits
+    // (on the shutdown request) before the stopper records the end.
+    let s = session();
+    let _rx = connect(&s, 1);
+    assert!(s.begin_shutdown(SessionState::Dead));
+    s.process_exited(0);
+    assert_eq!(s.state(), SessionState::Dead);
+    let s = session();
+    assert!(s.begin_shutdown(SessionState::Killed));
+    s.process_exited(143);
+    assert_eq!(s.state(), SessionState::Killed);
 }
