@@ -111,7 +111,20 @@ impl Authenticator for DangerousAnonymous {
         None
     }
 
-    fn authenticate(&self, _parts: &Parts, conn: Option<&ConnInfo>) -> AuthOutcome {
+    fn authenticate(&self, parts: &Parts, conn: Option<&ConnInfo>) -> AuthOutcome {
+        // A web page whose DNS name is rebound to 127.0.0.1 would reach us from loopback, but
+        // its requests name that page's host: only loopback names are served anonymously.
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.host().to_string())
+            .or_else(|| parts.headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).map(host_of));
+        if !host.as_deref().is_some_and(is_loopback_host) {
+            return AuthOutcome::Rejected(format!(
+                "anonymous access needs a loopback host name (localhost, 127.0.0.1 or [::1]), not {}",
+                host.map_or_else(|| "none".to_string(), |h| format!("`{}`", h.escape_debug()))
+            ));
+        }
         match conn {
             Some(c) if c.peer.ip().is_loopback() => AuthOutcome::authenticated(Principal {
                 name: "anonymous".into(),
@@ -122,6 +135,21 @@ impl Authenticator for DangerousAnonymous {
             None => AuthOutcome::Rejected("no connection information".into()),
         }
     }
+}
+
+/// The host part of a `Host` header value (`localhost:8998`, `[::1]:8998` → `localhost`, `[::1]`).
+fn host_of(value: &str) -> String {
+    match value.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()) && !host.is_empty() => {
+            host.to_string()
+        }
+        _ => value.to_string(),
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The configured authenticators, tried in order.
@@ -235,7 +263,30 @@ mod tests {
     fn parts_from(peer: &str) -> Parts {
         let (mut parts, _) = HttpRequest::new(()).into_parts();
         parts.extensions.insert(ConnInfo { peer: peer.parse().unwrap(), client_cert: None });
+        parts.headers.insert(axum::http::header::HOST, "127.0.0.1:8998".parse().unwrap());
         parts
+    }
+
+    #[test]
+    fn anonymous_needs_a_loopback_host_name_against_dns_rebinding() {
+        let chain = AuthChain::new(vec![Box::new(DangerousAnonymous)]);
+        for host in ["localhost:8998", "LOCALHOST", "127.0.0.1", "[::1]:8998", "127.1.2.3:1"] {
+            let mut parts = parts_from("127.0.0.1:5000");
+            parts.headers.insert(axum::http::header::HOST, host.parse().unwrap());
+            assert!(chain.authenticate(&parts).is_ok(), "{host}");
+        }
+        for host in ["evil.example:8998", "127.0.0.1.evil.example", "localhost.evil.example"] {
+            let mut parts = parts_from("127.0.0.1:5000");
+            parts.headers.insert(axum::http::header::HOST, host.parse().unwrap());
+            assert!(matches!(chain.authenticate(&parts), Err(ApiError::Unauthorized { .. })), "{host}");
+        }
+        let mut parts = parts_from("127.0.0.1:5000");
+        parts.headers.remove(axum::http::header::HOST);
+        assert!(chain.authenticate(&parts).is_err(), "no host at all");
+        // HTTP/2: the authority in the URI.
+        let (mut parts, _) = HttpRequest::get("https://localhost:8998/sessions").body(()).unwrap().into_parts();
+        parts.extensions.insert(ConnInfo { peer: "127.0.0.1:5000".parse().unwrap(), client_cert: None });
+        assert!(chain.authenticate(&parts).is_ok());
     }
 
     #[test]
