@@ -100,6 +100,10 @@ pub(super) async fn state(State(state): State<AppState>, Path(id): Path<String>)
     Ok(Json(json!({"id": batch.id, "state": batch.state().as_str()})))
 }
 
+/// `GET /batches/{id}/log`: a page of the whole output (the log file, not just the in-memory
+/// tail), with Livy's `from`/`size` (see [`dto::log_page`]). The file is streamed: one pass
+/// counts the lines and a second collects the page, so only the lines answered are held in
+/// memory. `size=-1` is not capped: it answers every line, as Livy does.
 pub(super) async fn log(
     State(state): State<AppState>,
     caller: Caller,
@@ -108,8 +112,12 @@ pub(super) async fn log(
 ) -> Result<Json<Value>, ApiError> {
     let batch = state.batches.get(&id)?;
     authorize(&state, &caller, Action::View, &batch)?;
-    // The whole output, from the log file (not just the in-memory tail).
-    Ok(Json(dto::log_page(batch.id, batch.full_log(), &paging)))
+    let batch_id = batch.id;
+    // File reads block: keep them off the async workers.
+    let page = tokio::task::spawn_blocking(move || batch.log_window(|total| dto::log_range(total, &paging)))
+        .await
+        .map_err(|e| ApiError::Internal(format!("reading a batch log: {e}")))?;
+    Ok(Json(dto::log_json(batch_id, page.from, page.total, &page.lines)))
 }
 
 pub(super) async fn delete(

@@ -213,10 +213,21 @@ pub fn statement_json(s: &Statement) -> Value {
 /// `size` lines; `total` is the number of lines there are.
 pub fn log_page(id: u32, lines: Vec<String>, paging: &super::Paging) -> Value {
     let total = lines.len();
+    let range = log_range(total, paging);
+    log_json(id, range.start, total, &lines[range])
+}
+
+/// The lines of `0..total` a `/log` request asks for, with Livy's defaults (see [`log_page`]);
+/// for a source that reads only those lines.
+pub fn log_range(total: usize, paging: &super::Paging) -> std::ops::Range<usize> {
     let size = paging.size.unwrap_or(Some(100));
     let from = paging.from.unwrap_or_else(|| size.map_or(0, |n| total.saturating_sub(n)));
-    let range = window(total, from, size);
-    json!({"id": id, "from": range.start, "total": total, "log": lines[range].to_vec()})
+    window(total, from, size)
+}
+
+/// The `/log` answer's shape: `lines` are lines `from..` of `total`.
+pub fn log_json(id: u32, from: usize, total: usize, lines: &[String]) -> Value {
+    json!({"id": id, "from": from, "total": total, "log": lines})
 }
 
 /// A `from`/`size` window over `total` items.

@@ -1,7 +1,8 @@
 //! The middleware that records one `request` event per HTTP request, after its response, from
 //! typed facts only: method, matched path, request id, peer address, status, latency, what the
-//! auth layer recorded ([`AuthRecord`]) and what the handler added ([`Annotation`]). It never
-//! reads other headers, the query string or a body, so none of them can reach the trail.
+//! auth layer recorded ([`AuthRecord`], also in the request's [`AuthSlot`]) and what the handler
+//! added ([`Annotation`]). It never reads other headers, the query string or a body, so none of
+//! them can reach the trail.
 //!
 //! Place it inside the request-id layer (so `x-request-id` is set) and outside authentication
 //! (so 401 and 403 are recorded too).
@@ -40,6 +41,38 @@ impl RouteSlot {
     }
 }
 
+/// Where the auth layer writes what it decided ([`AuthRecord`]), for the audit layer outside
+/// it. A slot in the request rather than only a response extension, so the principal (or the
+/// refusal) is known even when no response comes back from the router: the request timed out
+/// (408), a handler panicked (500), or the client went away.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSlot(Arc<OnceLock<AuthRecord>>);
+
+impl AuthSlot {
+    /// The request's slot, added if no outer layer added one yet.
+    pub fn attach(request: &mut Request) -> Self {
+        if let Some(slot) = request.extensions().get::<Self>() {
+            return slot.clone();
+        }
+        let slot = Self::default();
+        request.extensions_mut().insert(slot.clone());
+        slot
+    }
+
+    /// Records the auth layer's result in the request's slot, when a layer outside attached
+    /// one. The first record wins: authentication happens once per request.
+    pub fn fill(extensions: &axum::http::Extensions, record: &AuthRecord) {
+        if let Some(slot) = extensions.get::<Self>() {
+            let _ = slot.0.set(record.clone());
+        }
+    }
+
+    /// What the auth layer recorded, if it ran.
+    pub fn get(&self) -> Option<&AuthRecord> {
+        self.0.get()
+    }
+}
+
 /// Records one `request` event per request. Layer it with
 /// `axum::middleware::from_fn_with_state(log, audit_requests)`.
 ///
@@ -53,6 +86,7 @@ pub async fn audit_requests(State(log): State<Arc<AuditLog>>, mut request: Reque
     let method = request.method().clone();
     let matched = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
     let slot = RouteSlot::attach(&mut request);
+    let auth = AuthSlot::attach(&mut request);
     let raw_path = request.uri().path().to_owned();
     let mut event =
         AuditEvent::request(format!("{method} {}", matched.as_deref().unwrap_or(&raw_path)), Decision::Error);
@@ -64,7 +98,7 @@ pub async fn audit_requests(State(log): State<Arc<AuditLog>>, mut request: Reque
     }
     // If the response never comes (the client went away and the future was dropped, or a
     // handler panicked through this layer), the guard still records the request.
-    let mut pending = Pending { log: &log, event: Some(event), started };
+    let mut pending = Pending { log: &log, event: Some(event), started, auth: auth.clone() };
 
     let mut response = next.run(request).await;
 
@@ -76,10 +110,10 @@ pub async fn audit_requests(State(log): State<Arc<AuditLog>>, mut request: Reque
             event = event.action(format!("{method} {route}"));
         }
     }
-    match response.extensions().get::<AuthRecord>() {
-        Some(AuthRecord::Principal(principal)) => event = event.principal(principal),
-        Some(AuthRecord::Refused(reason)) => event = event.decision(Decision::Deny).reason(reason.as_str()),
-        None => {}
+    // The response's record, else the slot's: a 408 or a panic's 500 is made outside the auth
+    // layer and carries none, though authentication did happen.
+    if let Some(record) = response.extensions().get::<AuthRecord>().or_else(|| auth.get()) {
+        event = authenticated(event, record);
     }
     if let Some(annotation) = response.extensions_mut().remove::<Annotation>() {
         event = annotate(event, annotation);
@@ -98,6 +132,13 @@ pub async fn expose_matched_path(request: Request, next: Next) -> Response {
         let _ = slot.0.set(matched.as_str().to_owned());
     }
     next.run(request).await
+}
+
+fn authenticated(event: AuditEvent, record: &AuthRecord) -> AuditEvent {
+    match record {
+        AuthRecord::Principal(principal) => event.principal(principal),
+        AuthRecord::Refused(reason) => event.decision(Decision::Deny).reason(reason.as_str()),
+    }
 }
 
 fn annotate(mut event: AuditEvent, annotation: Annotation) -> AuditEvent {
@@ -133,11 +174,15 @@ struct Pending<'a> {
     log: &'a AuditLog,
     event: Option<AuditEvent>,
     started: Instant,
+    auth: AuthSlot,
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        if let Some(event) = self.event.take() {
+        if let Some(mut event) = self.event.take() {
+            if let Some(record) = self.auth.get() {
+                event = authenticated(event, record);
+            }
             let event = event
                 .latency_ms(elapsed_ms(self.started))
                 .reason("no response: the request was cancelled (client gone) or its handler panicked");

@@ -1,5 +1,6 @@
 use super::writer::render;
 use super::*;
+use crate::audit::layer::AuthSlot;
 use crate::auth::{AuthMethod, AuthRecord, Principal};
 use crate::server::ConnInfo;
 use axum::body::Body;
@@ -473,17 +474,24 @@ fn an_unreadable_file_is_an_error_not_a_report() {
 
 const TOKEN: &str = "s3cr3t-t0ken";
 
+fn alice() -> Principal {
+    Principal { name: "alice".into(), groups: vec![], method: AuthMethod::Jwt }
+}
+
 /// Stands in for the auth layer: it records what the real one records.
 async fn fake_auth(request: axum::extract::Request, next: Next) -> Response {
     let good = format!("Bearer {TOKEN}");
     if request.headers().get("authorization").is_some_and(|v| v.as_bytes() == good.as_bytes()) {
-        let principal = Principal { name: "alice".into(), groups: vec![], method: AuthMethod::Jwt };
+        let record = AuthRecord::Principal(alice());
+        AuthSlot::fill(request.extensions(), &record);
         let mut response = next.run(request).await;
-        response.extensions_mut().insert(AuthRecord::Principal(principal));
+        response.extensions_mut().insert(record);
         response
     } else {
+        let record = AuthRecord::Refused("invalid bearer token".into());
+        AuthSlot::fill(request.extensions(), &record);
         let mut response = StatusCode::UNAUTHORIZED.into_response();
-        response.extensions_mut().insert(AuthRecord::Refused("invalid bearer token".into()));
+        response.extensions_mut().insert(record);
         response
     }
 }
@@ -683,6 +691,111 @@ async fn a_request_dropped_before_its_response_is_still_recorded() {
     let record = json(&all[0]);
     assert_eq!(record["action"], "GET /slow");
     assert_eq!(record["decision"], "error");
+    assert!(record.get("status").is_none());
+    assert!(record["reason"].as_str().unwrap().contains("cancelled"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// the principal when no response comes back through the real auth layer
+
+/// A bearer-token scheme, so these tests run the gateway's own auth layer
+/// ([`crate::auth::authenticate`]) rather than a stand-in.
+#[derive(Debug)]
+struct BearerToken;
+
+impl crate::auth::Authenticator for BearerToken {
+    fn challenge(&self) -> Option<String> {
+        Some("Bearer".into())
+    }
+
+    fn authenticate(&self, parts: &axum::http::request::Parts, _conn: Option<&ConnInfo>) -> crate::auth::AuthOutcome {
+        match parts.headers.get("authorization") {
+            None => crate::auth::AuthOutcome::NotApplicable,
+            Some(v) if v.as_bytes() == format!("Bearer {TOKEN}").as_bytes() => {
+                crate::auth::AuthOutcome::authenticated(alice())
+            }
+            Some(_) => crate::auth::AuthOutcome::Rejected("invalid bearer token".into()),
+        }
+    }
+}
+
+/// As in the gateway's stack: audit outermost, then the panic layer and the request timeout,
+/// then the router with the real auth layer on its routes. A panic's 500 and a timeout's 408
+/// are made outside the auth layer, so they carry no `AuthRecord` of their own.
+fn app_authenticated(log: &Arc<AuditLog>, timeout: Duration) -> Router {
+    let chain = crate::auth::AuthChain::new(vec![Box::new(BearerToken)]);
+    let routes = Router::new()
+        .route("/items/{id}", get(|| async { panic!("handler bug") as &'static str }))
+        .route("/slow", get(slow))
+        .route_layer(from_fn_with_state(chain, crate::auth::authenticate))
+        .layer(from_fn(expose_matched_path));
+    Router::new()
+        .fallback_service(routes)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(|_: axum::BoxError| async {
+                    StatusCode::REQUEST_TIMEOUT
+                }))
+                .timeout(timeout),
+        )
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(from_fn_with_state(log.clone(), audit_requests))
+}
+
+#[tokio::test]
+async fn a_panicking_handler_behind_authentication_is_recorded_with_its_principal() {
+    let dir = TempDir::new().unwrap();
+    let path = audit_path(&dir);
+    let log = AuditLog::open(&path, 1 << 20).unwrap();
+    let app = app_authenticated(&log, Duration::from_secs(3600));
+    let (status, record) = audited(app, &log, &path, request("GET", "/items/9", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(record["action"], "GET /items/{id}");
+    assert_eq!(record["principal"], "alice");
+    assert_eq!(record["auth_method"], "jwt");
+    assert_eq!(record["decision"], "error");
+    assert_eq!(record["status"], 500);
+}
+
+#[tokio::test]
+async fn a_refused_request_to_a_panicking_route_is_recorded_as_deny_without_a_principal() {
+    let dir = TempDir::new().unwrap();
+    let path = audit_path(&dir);
+    let log = AuditLog::open(&path, 1 << 20).unwrap();
+    let app = app_authenticated(&log, Duration::from_secs(3600));
+    let wrong = format!("{TOKEN}-wrong");
+    let (status, record) = audited(app.clone(), &log, &path, request("GET", "/items/9", Some(&wrong))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the handler never ran");
+    assert_eq!(record["decision"], "deny");
+    assert_eq!(record["reason"], "invalid bearer token");
+    assert!(record.get("principal").is_none());
+}
+
+#[tokio::test]
+async fn a_timed_out_request_is_recorded_with_its_principal() {
+    let dir = TempDir::new().unwrap();
+    let path = audit_path(&dir);
+    let log = AuditLog::open(&path, 1 << 20).unwrap();
+    let app = app_authenticated(&log, Duration::from_millis(50));
+    let (status, record) = audited(app, &log, &path, request("GET", "/slow", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(record["action"], "GET /slow");
+    assert_eq!(record["principal"], "alice");
+    assert_eq!(record["status"], 408);
+}
+
+#[tokio::test]
+async fn a_request_dropped_after_authentication_is_recorded_with_its_principal() {
+    let dir = TempDir::new().unwrap();
+    let path = audit_path(&dir);
+    let log = AuditLog::open(&path, 1 << 20).unwrap();
+    let call = app_authenticated(&log, Duration::from_secs(3600)).oneshot(request("GET", "/slow", Some(TOKEN)));
+    assert!(tokio::time::timeout(Duration::from_millis(50), call).await.is_err());
+    log.flush().unwrap();
+    let all = lines(&path);
+    assert_eq!(all.len(), 1);
+    let record = json(&all[0]);
+    assert_eq!(record["principal"], "alice");
     assert!(record.get("status").is_none());
     assert!(record["reason"].as_str().unwrap().contains("cancelled"));
 }

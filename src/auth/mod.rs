@@ -223,20 +223,25 @@ pub fn build_chain(config: &ValidatedConfig) -> Result<AuthChain, AuthSetupError
 /// The middleware: authenticates once and inserts the `Principal`.
 pub async fn authenticate(State(chain): State<AuthChain>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
+    // The record goes into the audit layer's slot in the request as well as into the
+    // response: a timeout, a panic or a client gone leaves no response of ours to carry it.
     match chain.authenticate(&parts) {
         Ok((principal, headers)) => {
-            parts.extensions.insert(principal.clone());
+            let record = AuthRecord::Principal(principal.clone());
+            crate::audit::layer::AuthSlot::fill(&parts.extensions, &record);
+            parts.extensions.insert(principal);
             let mut response = next.run(Request::from_parts(parts, body)).await;
             for (name, value) in headers {
                 response.headers_mut().append(name, value);
             }
-            response.extensions_mut().insert(AuthRecord::Principal(principal));
+            response.extensions_mut().insert(record);
             response
         }
         Err(err) => {
-            let reason = err.to_string();
+            let record = AuthRecord::Refused(err.to_string());
+            crate::audit::layer::AuthSlot::fill(&parts.extensions, &record);
             let mut response = err.into_response();
-            response.extensions_mut().insert(AuthRecord::Refused(reason));
+            response.extensions_mut().insert(record);
             response
         }
     }

@@ -96,6 +96,17 @@ pub struct BatchSnapshot {
     pub spark_ui_url: Option<String>,
 }
 
+/// One page of a batch's output (see [`Batch::log_window`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogWindow {
+    /// The index of the first line returned.
+    pub from: usize,
+    /// How many lines the whole output has.
+    pub total: usize,
+    /// The lines `from..from + lines.len()`.
+    pub lines: Vec<String>,
+}
+
 impl Batch {
     fn lock(&self) -> MutexGuard<'_, BatchInner> {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -123,12 +134,18 @@ impl Batch {
         self.lock().process.clone()
     }
 
-    /// Every line of output so far (from the log file; the in-memory tail if it is unreadable).
-    pub fn full_log(&self) -> Vec<String> {
-        match std::fs::read_to_string(&self.log_path) {
-            Ok(text) => text.lines().map(str::to_string).collect(),
-            Err(_) => self.log.snapshot(),
-        }
+    /// The lines `pick(total)` of the whole output, `total` being how many there are: from the
+    /// log file, read twice — once to count the lines, once to collect the window — so only the
+    /// lines returned are ever held in memory, however long the log (the in-memory tail if the
+    /// file is unreadable). Bytes that are not UTF-8 are replaced with U+FFFD. Lines end at
+    /// `\n` or `\r\n`, as [`str::lines`]. Blocking: from async code call it through
+    /// `tokio::task::spawn_blocking`.
+    pub fn log_window(&self, pick: impl Fn(usize) -> std::ops::Range<usize>) -> LogWindow {
+        read_log_window(&self.log_path, &pick).unwrap_or_else(|_| {
+            let lines = self.log.snapshot();
+            let range = clamp(pick(lines.len()), lines.len());
+            LogWindow { from: range.start, total: lines.len(), lines: lines.get(range).unwrap_or_default().to_vec() }
+        })
     }
 
     fn move_to(&self, next: SessionState, why: Option<&str>) {
@@ -511,5 +528,193 @@ impl BatchManager {
     pub async fn shutdown_all(&self) {
         let all = self.list();
         futures_util::future::join_all(all.iter().map(|b| self.delete(b, "the gateway shutting down"))).await;
+    }
+}
+
+/// [`Batch::log_window`] on the file. The second pass reads no further than the bytes the
+/// first one counted, so lines appended in between cannot shift the window.
+fn read_log_window(
+    path: &std::path::Path,
+    pick: &dyn Fn(usize) -> std::ops::Range<usize>,
+) -> std::io::Result<LogWindow> {
+    use std::io::{BufRead, BufReader, Read, Seek};
+    let mut file = std::fs::File::open(path)?;
+    let (mut total, mut counted) = (0usize, 0u64);
+    let mut reader = BufReader::new(&file);
+    loop {
+        // skip_until counts a last line without `\n` too, exactly as `str::lines` does.
+        let n = reader.skip_until(b'\n')?;
+        if n == 0 {
+            break;
+        }
+        total += 1;
+        counted += n as u64;
+    }
+    let range = clamp(pick(total), total);
+    file.rewind()?;
+    let mut reader = BufReader::new(file.take(counted));
+    for _ in 0..range.start {
+        reader.skip_until(b'\n')?;
+    }
+    let mut lines = Vec::new();
+    let mut buf = Vec::new();
+    while lines.len() < range.len() {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        lines.push(line_text(&buf));
+    }
+    Ok(LogWindow { from: range.start, total, lines })
+}
+
+/// One line as `str::lines` yields it: without its `\n` or `\r\n`; invalid UTF-8 replaced.
+fn line_text(raw: &[u8]) -> String {
+    let line = match raw.strip_suffix(b"\n") {
+        Some(line) => line.strip_suffix(b"\r").unwrap_or(line),
+        None => raw,
+    };
+    String::from_utf8_lossy(line).into_owned()
+}
+
+/// `range` inside `0..total` (a window never indexes past the end).
+fn clamp(range: std::ops::Range<usize>, total: usize) -> std::ops::Range<usize> {
+    let start = range.start.min(total);
+    start..range.end.clamp(start, total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{dto, Paging};
+    use serde_json::Value;
+    use std::io::Write;
+    use tempfile::TempDir;
+
+    /// A batch whose log file holds `content` and whose in-memory tail holds `tail`.
+    fn batch_with_log(dir: &TempDir, content: Option<&[u8]>, tail: &[&str]) -> Batch {
+        let log_path = dir.path().join("batch.log");
+        if let Some(content) = content {
+            std::fs::write(&log_path, content).unwrap();
+        }
+        let log = LogBuffer::new(100, None);
+        for line in tail {
+            log.push(*line);
+        }
+        Batch {
+            id: 7,
+            spec: Arc::new(BatchSpec::default()),
+            log,
+            log_path,
+            dir: dir.path().to_path_buf(),
+            inner: Mutex::new(BatchInner {
+                state: SessionState::Running,
+                app_id: None,
+                spark_ui_url: None,
+                process: None,
+                finished_at: None,
+                driver_id: None,
+            }),
+        }
+    }
+
+    /// `/log` as it was answered before the file was streamed: the whole file in memory.
+    fn whole_file_answer(batch: &Batch, paging: &Paging) -> Value {
+        let lines = match std::fs::read_to_string(&batch.log_path) {
+            Ok(text) => text.lines().map(str::to_string).collect(),
+            Err(_) => batch.log.snapshot(),
+        };
+        dto::log_page(batch.id, lines, paging)
+    }
+
+    /// `/log` as the handler answers it now.
+    fn streamed_answer(batch: &Batch, paging: &Paging) -> Value {
+        let page = batch.log_window(|total| dto::log_range(total, paging));
+        dto::log_json(batch.id, page.from, page.total, &page.lines)
+    }
+
+    fn paging(from: Option<usize>, size: Option<Option<usize>>) -> Paging {
+        Paging { from, size, ..Paging::default() }
+    }
+
+    #[test]
+    fn streamed_log_pages_answer_exactly_as_the_whole_file_did() {
+        let mut long = String::new();
+        for i in 0..250 {
+            // Blank lines, CRLF, a lone CR inside a line and non-ASCII text among plain lines.
+            let line = match i % 7 {
+                0 => String::new(),
+                1 => format!("crlf {i}\r"),
+                2 => format!("a\rb {i}"),
+                3 => format!("ünïcødé {i} ✓"),
+                _ => format!("line {i}"),
+            };
+            long.push_str(&line);
+            long.push('\n');
+        }
+        let unterminated = format!("{long}last line without newline");
+        let files: [(&str, &str); 6] = [
+            ("long", &long),
+            ("unterminated", &unterminated),
+            ("empty", ""),
+            ("one newline", "\n"),
+            ("blank lines", "\n\n\r\n"),
+            ("trailing cr", "a\nb\r"),
+        ];
+        let mut pagings = vec![paging(None, None), paging(None, Some(None)), paging(Some(0), Some(None))];
+        for from in [None, Some(0), Some(1), Some(3), Some(150), Some(249), Some(250), Some(251), Some(10_000)] {
+            for size in [Some(0), Some(1), Some(2), Some(100), Some(101), Some(500)] {
+                pagings.push(paging(from, Some(size)));
+            }
+            pagings.push(paging(from, None));
+            pagings.push(paging(from, Some(None)));
+        }
+        for (name, content) in files {
+            let dir = TempDir::new().unwrap();
+            let batch = batch_with_log(&dir, Some(content.as_bytes()), &["only in memory"]);
+            for p in &pagings {
+                assert_eq!(streamed_answer(&batch, p), whole_file_answer(&batch, p), "{name}: {p:?}");
+            }
+        }
+        let dir = TempDir::new().unwrap();
+        let batch = batch_with_log(&dir, Some(long.as_bytes()), &[]);
+        let default = streamed_answer(&batch, &Paging::default());
+        assert_eq!((default["from"].as_u64(), default["total"].as_u64()), (Some(150), Some(250)));
+        assert_eq!(default["log"].as_array().unwrap().len(), 100);
+        assert_eq!(streamed_answer(&batch, &paging(None, Some(None)))["log"].as_array().unwrap().len(), 250);
+    }
+
+    #[test]
+    fn a_log_that_is_not_utf8_is_paged_lossily_not_replaced_by_the_tail() {
+        let dir = TempDir::new().unwrap();
+        let batch = batch_with_log(&dir, Some(b"ok\n\xff\xfebad\r\nlast\n"), &["only in memory"]);
+        let page = batch.log_window(|total| 0..total);
+        assert_eq!(
+            page,
+            LogWindow { from: 0, total: 3, lines: vec!["ok".into(), "\u{fffd}\u{fffd}bad".into(), "last".into()] }
+        );
+    }
+
+    #[test]
+    fn an_unreadable_log_file_falls_back_to_the_in_memory_tail() {
+        let dir = TempDir::new().unwrap();
+        let batch = batch_with_log(&dir, None, &["a", "b", "c"]);
+        assert_eq!(batch.log_window(|_| 1..9), LogWindow { from: 1, total: 3, lines: vec!["b".into(), "c".into()] });
+        let p = paging(Some(1), Some(Some(1)));
+        assert_eq!(streamed_answer(&batch, &p), whole_file_answer(&batch, &p));
+    }
+
+    #[test]
+    fn output_appended_between_the_two_passes_does_not_change_the_page() {
+        let dir = TempDir::new().unwrap();
+        let batch = batch_with_log(&dir, Some(b"l0\nl1\npart"), &[]);
+        // The window is picked between the passes: grow the file right then, as the running
+        // batch would, completing the half-written last line.
+        let page = batch.log_window(|total| {
+            let mut file = std::fs::OpenOptions::new().append(true).open(&batch.log_path).unwrap();
+            file.write_all(b"ial\nmore\n").unwrap();
+            0..total
+        });
+        assert_eq!(page, LogWindow { from: 0, total: 3, lines: vec!["l0".into(), "l1".into(), "part".into()] });
     }
 }

@@ -11,11 +11,12 @@ use crate::{acl, audit, impersonation};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
-use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{middleware, BoxError, Router};
 use std::any::Any;
 use std::sync::Arc;
+use tower::util::MapRequestLayer;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::map_response_body::MapResponseBodyLayer;
@@ -67,7 +68,11 @@ pub fn with_middleware(
         ServiceBuilder::new()
             // Mark credentials sensitive first, so no later layer (trace) can print them.
             .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE]))
-            // Every request gets an id before its span exists, so logs and errors can quote it.
+            // A client's x-request-id is not trusted (it could reuse another request's id in the
+            // audit trail): it moves aside to x-client-request-id, for logs only...
+            .layer(MapRequestLayer::new(set_aside_client_request_id::<axum::body::Body>))
+            // ...so every request gets the gateway's own id before its span exists, and logs,
+            // errors and the audit trail quote that one.
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             // One span per request: method, path, request id — never headers or bodies.
             .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -113,6 +118,34 @@ pub fn with_middleware(
             // Bodies over the limit are refused (413) before they are buffered.
             .layer(DefaultBodyLimit::max(config.config.server.max_body_bytes)),
     )
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Where a client's own `x-request-id` is kept for logs.
+const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-client-request-id");
+
+/// The longest client request id kept; longer ones are clipped.
+const MAX_CLIENT_REQUEST_ID: usize = 128;
+
+/// Moves a client's `x-request-id` to `x-client-request-id`, clipped to
+/// [`MAX_CLIENT_REQUEST_ID`] characters and dropped unless it is all visible ASCII, so the id
+/// set next is the gateway's own. A client's `x-client-request-id` is dropped: only this
+/// function writes it.
+fn set_aside_client_request_id<B>(mut request: Request<B>) -> Request<B> {
+    let headers = request.headers_mut();
+    headers.remove(&CLIENT_REQUEST_ID);
+    let client_id = headers.remove(&X_REQUEST_ID).and_then(|value| {
+        let bytes = value.as_bytes();
+        if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_graphic) {
+            return None;
+        }
+        HeaderValue::from_bytes(&bytes[..bytes.len().min(MAX_CLIENT_REQUEST_ID)]).ok()
+    });
+    if let Some(id) = client_id {
+        headers.insert(CLIENT_REQUEST_ID, id);
+    }
+    request
 }
 
 async fn not_found() -> ApiError {

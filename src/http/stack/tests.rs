@@ -25,13 +25,23 @@ async fn echo(body: axum::body::Bytes) -> String {
     body.len().to_string()
 }
 
+/// The request ids as a handler (and so any log line or audit record) sees them.
+async fn ids(headers: axum::http::HeaderMap) -> axum::Json<serde_json::Value> {
+    let get = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+    axum::Json(serde_json::json!({
+        "request_id": get("x-request-id"),
+        "client_request_id": get("x-client-request-id"),
+    }))
+}
+
 fn app(cfg: &ValidatedConfig) -> Router {
     let routes = Router::new()
         .route("/boom", get(boom))
         .route("/slow", get(slow))
         .route("/ok", get(|| async { "ok" }))
         .route("/echo", post(|b: crate::api::LivyJson<serde_json::Value>| async move { b.0.to_string() }))
-        .route("/raw", post(echo));
+        .route("/raw", post(echo))
+        .route("/ids", get(ids));
     with_middleware(routes, cfg, None, None)
 }
 
@@ -96,11 +106,63 @@ async fn unknown_paths_and_methods_are_json() {
     assert!(json_of(response).await["msg"].is_string());
 }
 
+/// Sends `/ids` with these headers; returns the response's `x-request-id` and what the
+/// handler saw.
+async fn ids_seen(headers: &[(&str, &[u8])]) -> (String, serde_json::Value) {
+    let mut request = Request::get("/ids");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = app(&config(&[])).oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let echoed = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    (echoed, json_of(response).await)
+}
+
 #[tokio::test]
-async fn an_incoming_request_id_is_kept_and_echoed() {
-    let response = app(&config(&[]))
-        .oneshot(Request::get("/ok").header("x-request-id", "abc-123").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.headers()["x-request-id"], "abc-123");
+async fn a_client_request_id_is_replaced_by_the_gateways_and_kept_aside() {
+    let (echoed, seen) = ids_seen(&[("x-request-id", b"abc-123")]).await;
+    assert_ne!(echoed, "abc-123", "the client cannot choose the id the audit trail records");
+    assert!(uuid::Uuid::parse_str(&echoed).is_ok(), "{echoed}");
+    assert_eq!(seen["request_id"], echoed.as_str(), "handlers, logs and the response agree");
+    assert_eq!(seen["client_request_id"], "abc-123");
+}
+
+#[tokio::test]
+async fn without_a_client_request_id_there_is_none_aside() {
+    let (echoed, seen) = ids_seen(&[]).await;
+    assert!(uuid::Uuid::parse_str(&echoed).is_ok(), "{echoed}");
+    assert_eq!(seen["request_id"], echoed.as_str());
+    assert!(seen["client_request_id"].is_null());
+}
+
+#[tokio::test]
+async fn every_request_gets_a_fresh_id_even_when_the_client_repeats_one() {
+    let (first, _) = ids_seen(&[("x-request-id", b"same")]).await;
+    let (second, _) = ids_seen(&[("x-request-id", b"same")]).await;
+    assert_ne!(first, second);
+}
+
+#[tokio::test]
+async fn a_long_client_request_id_is_clipped_to_128_characters() {
+    let long = "a".repeat(500);
+    let (_, seen) = ids_seen(&[("x-request-id", long.as_bytes())]).await;
+    assert_eq!(seen["client_request_id"], "a".repeat(128));
+}
+
+#[tokio::test]
+async fn a_client_request_id_that_is_not_visible_ascii_is_dropped() {
+    for bad in [&b"has space"[..], b"tab\there", b"caf\xc3\xa9", b""] {
+        let (echoed, seen) = ids_seen(&[("x-request-id", bad)]).await;
+        assert!(seen["client_request_id"].is_null(), "{bad:?}: {seen}");
+        assert!(uuid::Uuid::parse_str(&echoed).is_ok(), "{echoed}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_cannot_set_the_client_request_id_itself() {
+    let (_, seen) = ids_seen(&[("x-client-request-id", b"forged")]).await;
+    assert!(seen["client_request_id"].is_null(), "{seen}");
+    let (_, seen) = ids_seen(&[("x-client-request-id", b"forged"), ("x-request-id", b"mine")]).await;
+    assert_eq!(seen["client_request_id"], "mine");
 }
