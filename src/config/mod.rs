@@ -332,6 +332,9 @@ pub struct SparkConfig {
     /// A standalone master's web UI (e.g. `http://master:8080`), used to find the application
     /// id of batches whose driver runs in the cluster.
     pub standalone_master_ui: Option<String>,
+    /// The `yarn` command that stops YARN cluster-mode applications on DELETE
+    /// (`yarn application -kill <id>`); a bare name is looked up on the gateway's PATH.
+    pub yarn_command: PathBuf,
 }
 
 impl Default for SparkConfig {
@@ -351,6 +354,7 @@ impl Default for SparkConfig {
             launch_principal: None,
             launch_keytab: None,
             standalone_master_ui: None,
+            yarn_command: PathBuf::from("yarn"),
         }
     }
 }

@@ -62,7 +62,8 @@ struct BatchInner {
     spark_ui_url: Option<String>,
     process: Option<ProcessHandle>,
     finished_at: Option<Instant>,
-    /// A standalone cluster-mode driver's id (to kill it through the master).
+    /// Where a cluster-mode driver runs, to kill it there: a standalone driver id, or on
+    /// Kubernetes `<namespace>:<driver pod>`.
     driver_id: Option<String>,
 }
 
@@ -362,6 +363,17 @@ impl BatchManager {
             app: s.file.clone(),
             args: s.args.clone(),
         };
+        let mut launch = launch;
+        if cfg.spark.master.starts_with("k8s://") && cfg.spark.deploy_mode == "cluster" {
+            // Name the driver pod, so DELETE can kill it (our spark-submit's death does not).
+            let pod = launcher::k8s_driver_pod(launcher::AppKind::Batch, batch.id);
+            let namespace = [&s.conf, &cfg.spark.conf]
+                .iter()
+                .find_map(|conf| conf.get("spark.kubernetes.namespace").cloned())
+                .unwrap_or_else(|| "default".into());
+            launch.cluster_conf.insert("spark.kubernetes.driver.pod.name".into(), pod.clone());
+            batch.lock().driver_id = Some(format!("{namespace}:{pod}"));
+        }
         let args = launcher::write_launch_files(&cfg.spark, &launch, &batch.dir).map_err(EngineError::Launch)?;
         let weak = Arc::downgrade(batch);
         let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {
@@ -432,9 +444,15 @@ impl BatchManager {
         if live {
             batch.log.push(format!("sparkgate: killed by {by}"));
         }
-        let driver_id = batch.lock().driver_id.clone();
-        if let (true, Some(driver)) = (live, driver_id) {
-            self.kill_cluster_driver(batch, &driver).await;
+        let (driver_id, app_id) = {
+            let inner = batch.lock();
+            (inner.driver_id.clone(), inner.app_id.clone())
+        };
+        if live {
+            let kill = launcher::cluster_kill(&self.config.config.spark, driver_id.as_deref(), app_id.as_deref());
+            if let Some(kill) = kill {
+                self.kill_in_cluster(batch, kill, driver_id.as_deref()).await;
+            }
         }
         if let Some(process) = batch.process() {
             process.kill_group(self.config.durations.shutdown_grace).await;
@@ -444,17 +462,17 @@ impl BatchManager {
         self.forget(batch.id);
     }
 
-    /// A driver running inside a standalone cluster outlives our spark-submit: ask the master
-    /// to kill it — through its web UI when `spark.standalone_master_ui` is set (the REST
-    /// submission server that `spark-submit --kill` needs is off by default), otherwise with
-    /// `spark-submit --master … --kill <driver-id>`.
-    async fn kill_cluster_driver(&self, batch: &Batch, driver: &str) {
+    /// A driver running inside the cluster outlives our spark-submit: stop it there. A
+    /// standalone driver through the master's web UI when `spark.standalone_master_ui` is set
+    /// (the REST submission server that `spark-submit --kill` needs is off by default),
+    /// otherwise with `spark-submit --kill`; a Kubernetes driver pod with `spark-submit --kill`;
+    /// a YARN application with `yarn application -kill`. What the command said goes to the log.
+    async fn kill_in_cluster(&self, batch: &Batch, kill: launcher::ClusterKill, driver_id: Option<&str>) {
         let Some(spark) = self.spark.as_ref() else { return };
         let cfg = &self.config.config.spark;
-        if !cfg.master.starts_with("spark://") {
-            return;
-        }
-        if let Some(ui) = &cfg.standalone_master_ui {
+        if let (Some(ui), Some(driver), true) =
+            (&cfg.standalone_master_ui, driver_id, cfg.master.starts_with("spark://"))
+        {
             let url = format!("{}/driver/kill/", ui.trim_end_matches('/'));
             let status = launcher::http_post_form(&url, &format!("id={driver}&terminate=true")).await;
             batch.log.push(format!("sparkgate: asked the master ({url}) to kill {driver}: HTTP {status:?}"));
@@ -462,13 +480,21 @@ impl BatchManager {
                 return;
             }
         }
-        let mut cmd = tokio::process::Command::new(&spark.spark_submit);
-        cmd.args(["--master", &cfg.master, "--kill", driver])
+        let (program, args) = match kill {
+            launcher::ClusterKill::SparkSubmit(args) => (spark.spark_submit.clone(), args),
+            launcher::ClusterKill::Yarn(args) => (cfg.yarn_command.clone(), args),
+        };
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(&args)
             .env_clear()
             .envs(spark.base_env(&cfg.pass_env))
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
-        batch.log.push(format!("sparkgate: asking the master to kill {driver}"));
+        batch.log.push(format!(
+            "sparkgate: stopping the application in the cluster: {} {}",
+            program.display(),
+            args.join(" ")
+        ));
         match tokio::time::timeout(Duration::from_secs(60), cmd.output()).await {
             Ok(Ok(out)) => {
                 for line in
@@ -476,9 +502,19 @@ impl BatchManager {
                 {
                     batch.log.push(line.to_string());
                 }
+                if !out.status.success() {
+                    batch.log.push(format!(
+                        "sparkgate: {} exited with {}: the application may still run in the cluster",
+                        program.display(),
+                        out.status
+                    ));
+                }
             }
-            Ok(Err(e)) => batch.log.push(format!("sparkgate: could not run spark-submit --kill: {e}")),
-            Err(_) => batch.log.push("sparkgate: spark-submit --kill did not finish within 60s".to_string()),
+            Ok(Err(e)) => batch.log.push(format!(
+                "sparkgate: could not run {}: {e}; the application may still run in the cluster",
+                program.display()
+            )),
+            Err(_) => batch.log.push(format!("sparkgate: {} did not finish within 60s", program.display())),
         }
     }
 
@@ -716,5 +752,118 @@ mod tests {
             0..total
         });
         assert_eq!(page, LogWindow { from: 0, total: 3, lines: vec!["l0".into(), "l1".into(), "part".into()] });
+    }
+
+    /// A gateway's batches on a cluster manager that cannot run on this machine (YARN,
+    /// Kubernetes): FAKE `spark-submit` and `yarn` scripts stand in for them. The submitting
+    /// spark-submit prints what the real one prints and then waits, as with
+    /// waitAppCompletion; every `--kill` or `yarn` call records its arguments.
+    struct FakeCluster {
+        dir: TempDir,
+        manager: Arc<BatchManager>,
+    }
+
+    impl FakeCluster {
+        fn new(master: &str) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let calls = dir.path().join("calls");
+            let script = |name: &str, body: &str| {
+                let path = dir.path().join(name);
+                std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+                path
+            };
+            let submit = script(
+                "spark-submit",
+                &format!(
+                    "case \"$*\" in *--kill*) echo \"spark-submit $*\" >> {calls}; exit 0;; esac\n\
+                     echo 'INFO Client: Submitted application application_1700000000000_0042'\n\
+                     exec sleep 600",
+                    calls = calls.display()
+                ),
+            );
+            let yarn = script("yarn", &format!("echo \"yarn $*\" >> {}", calls.display()));
+            let config = crate::config::load(&crate::config::Sources {
+                file: None,
+                env: vec![],
+                overrides: vec![
+                    format!("server.data_dir=\"{}\"", dir.path().join("data").display()),
+                    format!("spark.master=\"{master}\""),
+                    "spark.deploy_mode=\"cluster\"".into(),
+                    "spark.conf.\"spark.kubernetes.namespace\"=\"etl\"".into(),
+                    format!("spark.yarn_command=\"{}\"", yarn.display()),
+                    "sessions.shutdown_grace=\"1s\"".into(),
+                ],
+            })
+            .unwrap();
+            let env = SparkEnv {
+                home: dir.path().into(),
+                spark_submit: submit,
+                python: "/usr/bin/python3".into(),
+                java_home: None,
+                version: "fake".into(),
+                launch_ccache: None,
+            };
+            let manager = BatchManager::new(Arc::new(config), Some(env));
+            Self { dir, manager }
+        }
+
+        fn calls(&self) -> String {
+            std::fs::read_to_string(self.dir.path().join("calls")).unwrap_or_default()
+        }
+
+        async fn launch(&self) -> Arc<Batch> {
+            let spec = BatchSpec {
+                owner: "alice".into(),
+                effective_user: "alice".into(),
+                file: "hdfs:///jobs/etl.py".into(),
+                ..BatchSpec::default()
+            };
+            let batch = self.manager.create(spec, Quota::default()).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while batch.snapshot().app_id.is_none() {
+                assert!(Instant::now() < deadline, "no app id: {:?}", batch.log.snapshot());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            batch
+        }
+    }
+
+    #[tokio::test]
+    async fn deleting_a_yarn_cluster_batch_kills_the_application_in_yarn() {
+        let cluster = FakeCluster::new("yarn");
+        let batch = cluster.launch().await;
+        cluster.manager.delete(&batch, "alice").await;
+        assert_eq!(cluster.calls(), "yarn application -kill application_1700000000000_0042\n");
+        assert_eq!(batch.state(), SessionState::Killed);
+        assert!(batch.log.snapshot().iter().any(|l| l.contains("stopping the application in the cluster")));
+    }
+
+    #[tokio::test]
+    async fn deleting_a_kubernetes_cluster_batch_kills_its_named_driver_pod() {
+        let cluster = FakeCluster::new("k8s://https://api.example.com:6443");
+        let batch = cluster.launch().await;
+        let properties = std::fs::read_to_string(batch.dir.join("spark-launch.properties")).unwrap();
+        let pod_line = properties.lines().find(|l| l.starts_with("spark.kubernetes.driver.pod.name=")).unwrap();
+        let pod = pod_line.split_once('=').unwrap().1.to_string();
+        assert!(pod.starts_with("sparkgate-batch-0-"), "{pod}");
+        cluster.manager.delete(&batch, "alice").await;
+        assert_eq!(
+            cluster.calls(),
+            format!("spark-submit --master k8s://https://api.example.com:6443 --kill etl:{pod}\n")
+        );
+    }
+
+    #[test]
+    fn client_mode_and_local_mode_need_no_cluster_kill() {
+        let client = crate::config::SparkConfig { master: "yarn".into(), ..Default::default() };
+        assert_eq!(launcher::cluster_kill(&client, None, Some("application_1_2")), None);
+        let local = crate::config::SparkConfig { deploy_mode: "cluster".into(), ..Default::default() };
+        assert_eq!(launcher::cluster_kill(&local, Some("x"), Some("y")), None);
+        let yarn =
+            crate::config::SparkConfig { master: "yarn".into(), deploy_mode: "cluster".into(), ..Default::default() };
+        assert_eq!(launcher::cluster_kill(&yarn, None, None), None, "not before the application id is known");
+        assert_eq!(launcher::cluster_kill(&yarn, None, Some("local-123")), None);
     }
 }

@@ -291,6 +291,45 @@ pub fn cluster_conf(config: &SparkConfig, kind: AppKind, id: u32) -> BTreeMap<St
     conf
 }
 
+/// How to stop an application whose driver runs inside the cluster, where killing our
+/// spark-submit does not reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterKill {
+    /// `spark-submit` with these arguments: `--master <m> --kill <id>`, where the id is a
+    /// standalone driver id or, on Kubernetes, `<namespace>:<driver pod>`.
+    SparkSubmit(Vec<String>),
+    /// The `yarn` command with these arguments: `application -kill <application id>`.
+    Yarn(Vec<String>),
+}
+
+/// The cluster-side kill of a cluster-mode application, once its driver id (standalone,
+/// Kubernetes) or application id (YARN) is known; None in client mode or local mode.
+pub fn cluster_kill(config: &SparkConfig, driver_id: Option<&str>, app_id: Option<&str>) -> Option<ClusterKill> {
+    if config.deploy_mode != "cluster" {
+        return None;
+    }
+    let master = config.master.as_str();
+    if master.starts_with("spark://") || master.starts_with("k8s://") {
+        let id = driver_id?;
+        Some(ClusterKill::SparkSubmit(vec!["--master".into(), master.into(), "--kill".into(), id.into()]))
+    } else if master.starts_with("yarn") {
+        let id = app_id.filter(|a| a.starts_with("application_"))?;
+        Some(ClusterKill::Yarn(vec!["application".into(), "-kill".into(), id.into()]))
+    } else {
+        None
+    }
+}
+
+/// Kubernetes cluster mode: a driver pod name for this launch, unique across gateway restarts,
+/// set through `spark.kubernetes.driver.pod.name` so that DELETE can name the pod to kill.
+pub fn k8s_driver_pod(kind: AppKind, id: u32) -> String {
+    let kind = match kind {
+        AppKind::Session => "session",
+        AppKind::Batch => "batch",
+    };
+    format!("sparkgate-{kind}-{id}-{:08x}", rand::random::<u32>())
+}
+
 /// The spark-submit argument vector (without the program itself).
 ///
 /// Spark properties are not on it: they may hold secrets (`spark.hadoop.fs.s3a.secret.key`)
