@@ -16,39 +16,26 @@ use axum::response::Response;
 use std::sync::{Arc, OnceLock};
 use tokio::time::Instant;
 
-/// Where the router writes the pattern of the route a request matched (`/sessions/{id}`), for
-/// layers outside the router (audit, metrics). A slot in the request rather than a response
-/// extension, so the route is known even when no response comes back from the router (a
-/// handler panicked and the panic layer answered).
-#[derive(Debug, Clone, Default)]
-pub struct RouteSlot(Arc<OnceLock<String>>);
+/// A value that a layer inside the router writes for layers outside it (audit, metrics): a
+/// slot in the request rather than a response extension, so the value is known even when no
+/// response comes back from the router (the request timed out, a handler panicked, or the
+/// client went away). The first value written wins.
+#[derive(Debug)]
+pub struct RequestSlot<T>(Arc<OnceLock<T>>);
 
-impl RouteSlot {
-    /// The request's slot, added if no outer layer added one yet.
-    pub fn attach(request: &mut Request) -> Self {
-        if let Some(slot) = request.extensions().get::<Self>() {
-            return slot.clone();
-        }
-        let slot = Self::default();
-        request.extensions_mut().insert(slot.clone());
-        slot
-    }
-
-    /// The route pattern, if the request matched a route: from the request when the caller
-    /// runs inside the router, else from the slot.
-    pub fn route(&self, request_matched: Option<&str>) -> Option<String> {
-        request_matched.map(str::to_owned).or_else(|| self.0.get().cloned())
+impl<T> Clone for RequestSlot<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
     }
 }
 
-/// Where the auth layer writes what it decided ([`AuthRecord`]), for the audit layer outside
-/// it. A slot in the request rather than only a response extension, so the principal (or the
-/// refusal) is known even when no response comes back from the router: the request timed out
-/// (408), a handler panicked (500), or the client went away.
-#[derive(Debug, Clone, Default)]
-pub struct AuthSlot(Arc<OnceLock<AuthRecord>>);
+impl<T> Default for RequestSlot<T> {
+    fn default() -> Self {
+        Self(Arc::new(OnceLock::new()))
+    }
+}
 
-impl AuthSlot {
+impl<T: Clone + Send + Sync + 'static> RequestSlot<T> {
     /// The request's slot, added if no outer layer added one yet.
     pub fn attach(request: &mut Request) -> Self {
         if let Some(slot) = request.extensions().get::<Self>() {
@@ -59,19 +46,36 @@ impl AuthSlot {
         slot
     }
 
-    /// Records the auth layer's result in the request's slot, when a layer outside attached
-    /// one. The first record wins: authentication happens once per request.
-    pub fn fill(extensions: &axum::http::Extensions, record: &AuthRecord) {
+    /// Writes `value` into the request's slot, when a layer outside attached one.
+    pub fn fill(extensions: &axum::http::Extensions, value: &T) {
         if let Some(slot) = extensions.get::<Self>() {
-            let _ = slot.0.set(record.clone());
+            let _ = slot.0.set(value.clone());
         }
     }
 
-    /// What the auth layer recorded, if it ran.
-    pub fn get(&self) -> Option<&AuthRecord> {
+    /// What was written, if anything.
+    pub fn get(&self) -> Option<&T> {
         self.0.get()
     }
 }
+
+/// The pattern of the route a request matched (`/sessions/{id}`).
+#[derive(Debug, Clone)]
+pub struct MatchedRoute(pub String);
+
+/// Where the router writes the route a request matched ([`expose_matched_path`]).
+pub type RouteSlot = RequestSlot<MatchedRoute>;
+
+impl RouteSlot {
+    /// The route pattern, if the request matched a route: from the request when the caller
+    /// runs inside the router, else from the slot.
+    pub fn route(&self, request_matched: Option<&str>) -> Option<String> {
+        request_matched.map(str::to_owned).or_else(|| self.get().map(|r| r.0.clone()))
+    }
+}
+
+/// Where the auth layer writes what it decided ([`AuthRecord`]): the principal, or the refusal.
+pub type AuthSlot = RequestSlot<AuthRecord>;
 
 /// Records one `request` event per request. Layer it with
 /// `axum::middleware::from_fn_with_state(log, audit_requests)`.
@@ -126,10 +130,8 @@ pub async fn audit_requests(State(log): State<Arc<AuditLog>>, mut request: Reque
 /// the router ([`audit_requests`], metrics) can name the route rather than the raw path. Layer
 /// it on the router with `Router::layer(axum::middleware::from_fn(expose_matched_path))`.
 pub async fn expose_matched_path(request: Request, next: Next) -> Response {
-    if let (Some(matched), Some(slot)) =
-        (request.extensions().get::<MatchedPath>(), request.extensions().get::<RouteSlot>())
-    {
-        let _ = slot.0.set(matched.as_str().to_owned());
+    if let Some(matched) = request.extensions().get::<MatchedPath>() {
+        RouteSlot::fill(request.extensions(), &MatchedRoute(matched.as_str().to_owned()));
     }
     next.run(request).await
 }

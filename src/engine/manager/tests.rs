@@ -53,6 +53,20 @@ fn idle_session(
     (s, rx)
 }
 
+/// Session 0, starting, not yet registered with a manager.
+fn starting_session() -> Arc<Session> {
+    let s = Arc::new(Session::new(
+        0,
+        spec(),
+        limits(),
+        SessionSecret::generate(),
+        LogBuffer::new(50, None),
+        PathBuf::new(),
+    ));
+    s.transition(SessionState::Starting).unwrap();
+    s
+}
+
 fn limits() -> SessionLimits {
     SessionLimits {
         idle_timeout: None,
@@ -154,15 +168,7 @@ async fn a_lost_driver_that_does_not_return_makes_the_session_dead() {
 #[tokio::test(start_paused = true)]
 async fn a_session_whose_driver_failed_is_stopped_and_dead() {
     let (m, _dir) = manager(&["sessions.shutdown_grace=\"1s\""]);
-    let s = Arc::new(Session::new(
-        0,
-        spec(),
-        limits(),
-        SessionSecret::generate(),
-        LogBuffer::new(50, None),
-        PathBuf::new(),
-    ));
-    s.transition(SessionState::Starting).unwrap();
+    let s = starting_session();
     let (tx, mut rx) = mpsc::unbounded_channel();
     s.attach(DriverLink::for_test(1, tx));
     m.insert_for_test(s.clone());
@@ -182,15 +188,7 @@ async fn a_session_whose_driver_failed_is_stopped_and_dead() {
 #[tokio::test(start_paused = true)]
 async fn start_timeout_and_retention() {
     let (m, _dir) = manager(&["sessions.start_timeout=\"30s\"", "sessions.retain_finished=\"60s\""]);
-    let s = Arc::new(Session::new(
-        0,
-        spec(),
-        limits(),
-        SessionSecret::generate(),
-        LogBuffer::new(50, None),
-        PathBuf::new(),
-    ));
-    s.transition(SessionState::Starting).unwrap();
+    let s = starting_session();
     m.insert_for_test(s.clone());
     tokio::time::advance(Duration::from_secs(31)).await;
     m.check_timeouts().await;
