@@ -49,6 +49,17 @@ async fn upload(
         || ApiError::PayloadTooLarge(format!("upload is larger than server.max_upload_bytes ({limit} bytes)"));
     let dir = session.dir.join("uploads");
     crate::tls::create_private_dir(&dir).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // What this session's earlier uploads already take, against sessions.max_uploaded_bytes.
+    let total_limit = state.config.config.sessions.max_uploaded_bytes;
+    let stored: u64 = std::fs::read_dir(&dir)
+        .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0);
+    let over_total = || {
+        ApiError::PayloadTooLarge(format!(
+            "this session's uploads would exceed sessions.max_uploaded_bytes ({total_limit} bytes; \
+             {stored} already stored)"
+        ))
+    };
     while let Some(mut field) = multipart.next_field().await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large()
@@ -96,6 +107,10 @@ async fn upload(
             if written > limit {
                 let _ = std::fs::remove_file(&path);
                 return Err(too_large());
+            }
+            if stored.saturating_add(written as u64) > total_limit {
+                let _ = std::fs::remove_file(&path);
+                return Err(over_total());
             }
             file.write_all(&chunk).map_err(|e| ApiError::Internal(format!("storing an upload: {e}")))?;
         }

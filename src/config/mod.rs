@@ -381,6 +381,9 @@ pub struct SessionsConfig {
     pub statement_retention: usize,
     /// Largest statement output kept (its JSON, in bytes); a larger one is replaced by an error.
     pub max_output_bytes: usize,
+    /// Bytes all uploads to one session may take together (each upload is also limited by
+    /// `server.max_upload_bytes`).
+    pub max_uploaded_bytes: u64,
     /// Row cap for `sql` statement results.
     pub sql_max_rows: usize,
     /// Lines of spark-submit/driver output kept in memory per session for `/log`.
@@ -404,6 +407,7 @@ impl Default for SessionsConfig {
             retain_finished: "10m".into(),
             statement_retention: 100,
             max_output_bytes: 8 * 1024 * 1024,
+            max_uploaded_bytes: 1024 * 1024 * 1024,
             sql_max_rows: 1000,
             log_tail_lines: 1000,
             shutdown_grace: "5s".into(),

@@ -231,7 +231,8 @@ pub const ANONYMOUS_POLICY: &str = "[create]\nusers = [\"anonymous\"]\n";
 /// The gateway most tests share.
 pub fn gateway() -> &'static TestGateway {
     static GW: OnceLock<TestGateway> = OnceLock::new();
-    GW.get_or_init(|| TestGateway::start(&[]))
+    // Small upload limits, so the tests of both stay quick: 2 MiB per upload, 3 MiB per session.
+    GW.get_or_init(|| TestGateway::start(&["server.max_upload_bytes=2097152", "sessions.max_uploaded_bytes=3145728"]))
 }
 
 /// A Spark property of the shared session whose value would break a naive properties file or

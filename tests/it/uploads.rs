@@ -87,7 +87,7 @@ async fn added_files_are_checked_and_uploads_limited() {
     assert_eq!(status, 200, "{body}");
     let st = gw.run(id, "pyspark", "from pyspark import SparkFiles\nopen(SparkFiles.get('lookup.txt')).read()").await;
     assert_eq!(st["output"]["data"]["text/plain"], "'forty-two'", "{st}");
-    // The wrong multipart field, and a body over server.max_upload_bytes (100 MiB).
+    // The wrong multipart field, and a body over server.max_upload_bytes (2 MiB here).
     let r = gw
         .client()
         .post(gw.url(&format!("/sessions/{id}/upload-jar")))
@@ -96,7 +96,7 @@ async fn added_files_are_checked_and_uploads_limited() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
-    let big = vec![b'x'; 101 * 1024 * 1024];
+    let big = vec![b'x'; 3 * 1024 * 1024];
     let r = gw
         .client()
         .post(gw.url(&format!("/sessions/{id}/upload-file")))
@@ -108,5 +108,24 @@ async fn added_files_are_checked_and_uploads_limited() {
         Err(e) => panic!("expected a 413 answer, got {e}"),
     }
     assert!(!gw.data_dir.join(format!("sessions/{id}/uploads/big.bin")).exists(), "a refused upload is not kept");
+    // Uploads within the per-upload limit, until the session's total (3 MiB here) is reached.
+    let upload = |name: &'static str| async move {
+        let part = vec![b'y'; 1200 * 1024];
+        let r = gw
+            .client()
+            .post(gw.url(&format!("/sessions/{id}/upload-file")))
+            .multipart(multipart("file", name, part))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().await.unwrap_or_default())
+    };
+    assert_eq!(upload("part-1.bin").await.0, 200);
+    assert_eq!(upload("part-2.bin").await.0, 200);
+    let (status, body) = upload("part-3.bin").await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["msg"].as_str().unwrap().contains("sessions.max_uploaded_bytes"), "{body}");
+    assert!(!gw.data_dir.join(format!("sessions/{id}/uploads/part-3.bin")).exists());
     assert_eq!(gw.get("/version").await.0, 200);
 }
