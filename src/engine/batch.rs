@@ -364,15 +364,9 @@ impl BatchManager {
             args: s.args.clone(),
         };
         let mut launch = launch;
-        if cfg.spark.master.starts_with("k8s://") && cfg.spark.deploy_mode == "cluster" {
-            // Name the driver pod, so DELETE can kill it (our spark-submit's death does not).
-            let pod = launcher::k8s_driver_pod(launcher::AppKind::Batch, batch.id);
-            let namespace = [&s.conf, &cfg.spark.conf]
-                .iter()
-                .find_map(|conf| conf.get("spark.kubernetes.namespace").cloned())
-                .unwrap_or_else(|| "default".into());
-            launch.cluster_conf.insert("spark.kubernetes.driver.pod.name".into(), pod.clone());
-            batch.lock().driver_id = Some(format!("{namespace}:{pod}"));
+        // Kubernetes: name the driver pod, so DELETE can kill it (our spark-submit's death does not).
+        if let Some(pod) = launcher::name_k8s_driver_pod(&cfg.spark, &mut launch, launcher::AppKind::Batch, batch.id) {
+            batch.lock().driver_id = Some(pod);
         }
         let args = launcher::write_launch_files(&cfg.spark, &launch, &batch.dir).map_err(EngineError::Launch)?;
         let weak = Arc::downgrade(batch);
@@ -480,42 +474,7 @@ impl BatchManager {
                 return;
             }
         }
-        let (program, args) = match kill {
-            launcher::ClusterKill::SparkSubmit(args) => (spark.spark_submit.clone(), args),
-            launcher::ClusterKill::Yarn(args) => (cfg.yarn_command.clone(), args),
-        };
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&args)
-            .env_clear()
-            .envs(spark.base_env(&cfg.pass_env))
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        batch.log.push(format!(
-            "sparkgate: stopping the application in the cluster: {} {}",
-            program.display(),
-            args.join(" ")
-        ));
-        match tokio::time::timeout(Duration::from_secs(60), cmd.output()).await {
-            Ok(Ok(out)) => {
-                for line in
-                    String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines())
-                {
-                    batch.log.push(line.to_string());
-                }
-                if !out.status.success() {
-                    batch.log.push(format!(
-                        "sparkgate: {} exited with {}: the application may still run in the cluster",
-                        program.display(),
-                        out.status
-                    ));
-                }
-            }
-            Ok(Err(e)) => batch.log.push(format!(
-                "sparkgate: could not run {}: {e}; the application may still run in the cluster",
-                program.display()
-            )),
-            Err(_) => batch.log.push(format!("sparkgate: {} did not finish within 60s", program.display())),
-        }
+        launcher::run_cluster_kill(spark, cfg, kill, &batch.log).await;
     }
 
     fn forget(&self, id: u32) {

@@ -320,14 +320,50 @@ pub fn cluster_kill(config: &SparkConfig, driver_id: Option<&str>, app_id: Optio
     }
 }
 
-/// Kubernetes cluster mode: a driver pod name for this launch, unique across gateway restarts,
-/// set through `spark.kubernetes.driver.pod.name` so that DELETE can name the pod to kill.
-pub fn k8s_driver_pod(kind: AppKind, id: u32) -> String {
+/// Kubernetes cluster mode: names the driver pod of this launch (unique across gateway
+/// restarts) in `spec.cluster_conf`, so that a stop can kill it there, and returns the
+/// `<namespace>:<pod>` that `spark-submit --kill` takes. None elsewhere.
+pub fn name_k8s_driver_pod(config: &SparkConfig, spec: &mut LaunchSpec, kind: AppKind, id: u32) -> Option<String> {
+    if !(config.master.starts_with("k8s://") && config.deploy_mode == "cluster") {
+        return None;
+    }
     let kind = match kind {
         AppKind::Session => "session",
         AppKind::Batch => "batch",
     };
-    format!("sparkgate-{kind}-{id}-{:08x}", rand::random::<u32>())
+    let pod = format!("sparkgate-{kind}-{id}-{:08x}", rand::random::<u32>());
+    let namespace = [&spec.conf, &config.conf]
+        .iter()
+        .find_map(|conf| conf.get("spark.kubernetes.namespace").cloned())
+        .unwrap_or_else(|| "default".into());
+    spec.cluster_conf.insert("spark.kubernetes.driver.pod.name".into(), pod.clone());
+    Some(format!("{namespace}:{pod}"))
+}
+
+/// Runs a cluster-side kill (see [`cluster_kill`]), writing what it runs and what the command
+/// says into `log`; a failure says the application may still run.
+pub async fn run_cluster_kill(env: &SparkEnv, config: &SparkConfig, kill: ClusterKill, log: &LogBuffer) {
+    let (program, args) = match kill {
+        ClusterKill::SparkSubmit(args) => (env.spark_submit.clone(), args),
+        ClusterKill::Yarn(args) => (config.yarn_command.clone(), args),
+    };
+    let mut cmd = Command::new(&program);
+    cmd.args(&args).env_clear().envs(env.base_env(&config.pass_env)).stdin(Stdio::null()).kill_on_drop(true);
+    log.push(format!("sparkgate: stopping the application in the cluster: {} {}", program.display(), args.join(" ")));
+    let may_still_run = "the application may still run in the cluster";
+    match tokio::time::timeout(Duration::from_secs(60), cmd.output()).await {
+        Ok(Ok(out)) => {
+            for line in String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines())
+            {
+                log.push(line.to_string());
+            }
+            if !out.status.success() {
+                log.push(format!("sparkgate: {} exited with {}: {may_still_run}", program.display(), out.status));
+            }
+        }
+        Ok(Err(e)) => log.push(format!("sparkgate: could not run {}: {e}; {may_still_run}", program.display())),
+        Err(_) => log.push(format!("sparkgate: {} did not finish within 60s; {may_still_run}", program.display())),
+    }
 }
 
 /// The spark-submit argument vector (without the program itself).
@@ -1049,6 +1085,64 @@ mod tests {
         assert_eq!(find_spark_ui_port("INFO Utils: Successfully started service 'SparkUI' on port 4041."), Some(4041));
         assert_eq!(find_spark_ui_port("INFO Utils: Successfully started service 'sparkDriver' on port 4041."), None);
         assert!(driver_started("INFO Utils: Successfully started service 'sparkDriver' on port 33245."));
+    }
+
+    #[test]
+    fn kubernetes_cluster_drivers_get_a_pod_name_the_gateway_can_kill() {
+        let k8s = SparkConfig {
+            master: "k8s://https://api:6443".into(),
+            deploy_mode: "cluster".into(),
+            ..SparkConfig::default()
+        };
+        let mut spec = LaunchSpec {
+            conf: [("spark.kubernetes.namespace".to_string(), "etl".to_string())].into(),
+            ..LaunchSpec::default()
+        };
+        let id = name_k8s_driver_pod(&k8s, &mut spec, AppKind::Session, 3).unwrap();
+        let pod = spec.cluster_conf["spark.kubernetes.driver.pod.name"].clone();
+        assert_eq!(id, format!("etl:{pod}"));
+        assert!(pod.starts_with("sparkgate-session-3-") && pod.len() == "sparkgate-session-3-".len() + 8, "{pod}");
+        let other = name_k8s_driver_pod(&k8s, &mut LaunchSpec::default(), AppKind::Session, 3).unwrap();
+        assert!(other.starts_with("default:") && other != id, "unique, in the default namespace: {other}");
+        let client = SparkConfig { deploy_mode: "client".into(), ..k8s };
+        assert_eq!(name_k8s_driver_pod(&client, &mut LaunchSpec::default(), AppKind::Batch, 1), None);
+        assert_eq!(
+            cluster_kill(&SparkConfig { deploy_mode: "cluster".into(), ..client }, Some(&id), None),
+            Some(ClusterKill::SparkSubmit(
+                ["--master", "k8s://https://api:6443", "--kill", id.as_str()].map(String::from).to_vec()
+            ))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_cluster_kill_says_the_application_may_still_run() {
+        // YARN cannot run here: a FAKE yarn command that fails as the real one does.
+        let dir = tempfile::tempdir().unwrap();
+        let yarn = dir.path().join("yarn");
+        std::fs::write(&yarn, "#!/bin/sh\necho \"Application with id '$3' doesn't exist in RM.\" >&2\nexit 255\n")
+            .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&yarn, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = SparkConfig { yarn_command: yarn, ..SparkConfig::default() };
+        let env = SparkEnv {
+            home: dir.path().into(),
+            spark_submit: "/nonexistent/spark-submit".into(),
+            python: "/usr/bin/python3".into(),
+            java_home: None,
+            version: "fake".into(),
+            launch_ccache: None,
+        };
+        let log = LogBuffer::new(20, None);
+        let kill = ClusterKill::Yarn(["application", "-kill", "application_1_0001"].map(String::from).to_vec());
+        run_cluster_kill(&env, &config, kill, &log).await;
+        let lines = log.snapshot().join("\n");
+        assert!(lines.contains("application -kill application_1_0001"), "{lines}");
+        assert!(lines.contains("doesn't exist in RM"), "{lines}");
+        assert!(lines.contains("may still run in the cluster"), "{lines}");
+        // A command that cannot even start says so too.
+        let kill = ClusterKill::SparkSubmit(vec!["--kill".into(), "x".into()]);
+        run_cluster_kill(&env, &config, kill, &log).await;
+        assert!(log.snapshot().last().unwrap().contains("could not run /nonexistent/spark-submit"));
     }
 
     #[tokio::test]

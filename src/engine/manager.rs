@@ -263,6 +263,12 @@ impl SessionManager {
             app: self.driver_program.display().to_string(),
             args: Vec::new(),
         };
+        let mut launch = launch;
+        if let Some(pod) =
+            launcher::name_k8s_driver_pod(&cfg.spark, &mut launch, launcher::AppKind::Session, session.id)
+        {
+            session.set_cluster_driver(pod);
+        }
         let args = launcher::write_launch_files(&cfg.spark, &launch, &session.dir).map_err(EngineError::Launch)?;
         let mut env = BTreeMap::from([("SPARKGATE_DRIVER_CONF".to_string(), driver_conf_env)]);
         env.extend(launcher::launch_ticket_env(spark, &launch));
@@ -309,6 +315,15 @@ impl SessionManager {
         if let Some(process) = session.process() {
             if tokio::time::timeout(grace, process.wait()).await.is_err() {
                 session.log.push("sparkgate: the driver did not exit in time; killing its process group".to_string());
+                // In cluster mode the driver is not in that group: stop it in the cluster.
+                let kill = launcher::cluster_kill(
+                    &self.config.config.spark,
+                    session.cluster_driver().as_deref(),
+                    session.snapshot().app_id.as_deref(),
+                );
+                if let (Some(kill), Some(spark)) = (kill, self.spark.as_ref()) {
+                    launcher::run_cluster_kill(spark, &self.config.config.spark, kill, &session.log).await;
+                }
             }
             process.kill_group(Duration::from_secs(3)).await;
             process.wait().await;

@@ -144,6 +144,8 @@ struct Inner {
     /// While shutting down: the state the stop ends in (`killed` on request, `dead` when the
     /// driver was lost or never came up), whichever of the exit and the stopper comes first.
     stopping_as: Option<SessionState>,
+    /// Kubernetes cluster mode: the driver's `<namespace>:<pod>`, to kill it there.
+    cluster_driver: Option<String>,
     last_activity: Instant,
     last_heartbeat: Instant,
     finished_at: Option<Instant>,
@@ -223,6 +225,7 @@ impl Session {
                 driver: None,
                 disconnected_since: None,
                 stopping_as: None,
+                cluster_driver: None,
                 last_activity: now,
                 last_heartbeat: now,
                 finished_at: None,
@@ -359,6 +362,16 @@ impl Session {
     /// All retained statements, oldest first.
     pub fn statements(&self) -> Vec<Statement> {
         self.lock().statements.values().cloned().collect()
+    }
+
+    /// Records where a cluster-mode driver runs (Kubernetes `<namespace>:<pod>`).
+    pub fn set_cluster_driver(&self, id: String) {
+        self.lock().cluster_driver = Some(id);
+    }
+
+    /// Where a cluster-mode driver runs, if the gateway named it.
+    pub fn cluster_driver(&self) -> Option<String> {
+        self.lock().cluster_driver.clone()
     }
 
     /// Whether a statement is running in the driver now.
