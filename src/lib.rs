@@ -260,14 +260,13 @@ impl Gateway {
         };
         let app = http::stack::build(state, auth_chain);
         let (shutdown, rx) = watch::channel(false);
-        tokio::spawn(server::serve(
-            listener,
-            app,
-            transport,
-            config.durations.tls_handshake_timeout,
-            config.config.server.max_connections,
-            rx,
-        ));
+        let limits = server::ConnLimits {
+            max: config.config.server.max_connections,
+            per_ip: config.config.server.max_connections_per_ip,
+            handshake_timeout: config.durations.tls_handshake_timeout,
+            header_timeout: config.durations.header_timeout,
+        };
+        tokio::spawn(server::serve(listener, app, transport, limits, rx));
         tracing::info!(%addr, rpc = %rpc_server.local_addr, "sparkgate listening");
         Ok(Self {
             addr,

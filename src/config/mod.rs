@@ -84,8 +84,13 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     /// Client connections open at once; further ones wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Client connections open at once from one address; beyond it new ones are closed.
+    pub max_connections_per_ip: usize,
     /// A client that has not finished the TLS handshake by then is dropped.
     pub tls_handshake_timeout: String,
+    /// Time for a client to send a request's headers (from the end of the TLS handshake, or
+    /// from the previous response on a kept-alive connection); then the connection is closed.
+    pub header_timeout: String,
     /// Serve plain HTTP instead of HTTPS. Never use outside a test on loopback.
     pub dangerous_plain_http: bool,
 }
@@ -100,7 +105,9 @@ impl Default for ServerConfig {
             max_upload_bytes: 100 * 1024 * 1024,
             max_concurrent_requests: 512,
             max_connections: 4096,
+            max_connections_per_ip: 256,
             tls_handshake_timeout: "10s".into(),
+            header_timeout: "60s".into(),
             dangerous_plain_http: false,
         }
     }
@@ -457,6 +464,8 @@ pub struct Durations {
     pub request_timeout: Duration,
     /// `server.tls_handshake_timeout`
     pub tls_handshake_timeout: Duration,
+    /// `server.header_timeout`
+    pub header_timeout: Duration,
     /// `sessions.start_timeout`
     pub start_timeout: Duration,
     /// `sessions.idle_timeout` (None = off)
@@ -621,6 +630,7 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
     let durations = Durations {
         request_timeout: dur("server.request_timeout", &config.server.request_timeout),
         tls_handshake_timeout: dur("server.tls_handshake_timeout", &config.server.tls_handshake_timeout),
+        header_timeout: dur("server.header_timeout", &config.server.header_timeout),
         start_timeout: dur("sessions.start_timeout", &s.start_timeout),
         idle_timeout: optional(dur("sessions.idle_timeout", &s.idle_timeout)),
         ttl: optional(dur("sessions.ttl", &s.ttl)),
@@ -737,8 +747,8 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
     if config.server.max_concurrent_requests == 0 {
         problems.push("server.max_concurrent_requests must be at least 1".into());
     }
-    if config.server.max_connections == 0 {
-        problems.push("server.max_connections must be at least 1".into());
+    if config.server.max_connections == 0 || config.server.max_connections_per_ip == 0 {
+        problems.push("server.max_connections and server.max_connections_per_ip must be at least 1".into());
     }
     if config.rpc.max_frame_bytes < 4096 {
         problems.push("rpc.max_frame_bytes must be at least 4096".into());

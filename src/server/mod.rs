@@ -4,9 +4,12 @@
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
@@ -38,17 +41,120 @@ impl std::fmt::Debug for Transport {
     }
 }
 
+/// Limits on client connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Connections open at once; at the cap the accept loop waits for one to close.
+    pub max: usize,
+    /// Connections open at once from one client address; beyond it a new one is closed at once.
+    pub per_ip: usize,
+    /// Time for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time for a request's headers: after the handshake, and between requests.
+    pub header_timeout: Duration,
+}
+
+/// Connections open per client address; a guard gives its slot back when dropped.
+#[derive(Debug, Default)]
+struct PerIp(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+struct PerIpGuard {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn enter(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<PerIpGuard> {
+        let mut table = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = table.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(PerIpGuard { table: self.clone(), ip })
+    }
+}
+
+impl Drop for PerIpGuard {
+    fn drop(&mut self) {
+        let mut table = self.table.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = table.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                table.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A stream with some bytes already read from it put back in front.
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    read: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if self.read < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.read);
+            let start = self.read;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.read += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Waits (up to `limit`) for the client's first bytes. hyper first reads to tell HTTP/1 from
+/// h2 with no time limit of its own, so a client that connects and sends nothing would hold
+/// its connection for ever. None: nothing came in time, or the client closed.
+async fn first_bytes<S: AsyncRead + Unpin>(mut stream: S, limit: Duration) -> Option<Prefixed<S>> {
+    let mut prefix = vec![0u8; 64];
+    match tokio::time::timeout(limit, stream.read(&mut prefix)).await {
+        Ok(Ok(n)) if n > 0 => {
+            prefix.truncate(n);
+            Some(Prefixed { prefix, read: 0, inner: stream })
+        }
+        _ => None,
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     transport: Transport,
-    handshake_timeout: Duration,
-    max_connections: usize,
+    limits: ConnLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let (handshake_timeout, header_timeout) = (limits.handshake_timeout, limits.header_timeout);
     // Each connection holds a permit until it closes; at the cap the loop stops accepting.
-    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max));
+    let per_ip = Arc::new(PerIp::default());
     let acceptor = match &transport {
         Transport::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(config.clone())),
         Transport::DangerousPlain => None,
@@ -73,11 +179,16 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
+        // One address cannot take every connection slot.
+        let Some(ip_slot) = per_ip.enter(peer.ip(), limits.per_ip) else {
+            tracing::warn!(%peer, limit = limits.per_ip, "connection refused: too many from this address");
+            continue; // dropping the stream closes it
+        };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slots = (permit, ip_slot);
             let service_for = |info: ConnInfo| {
                 hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());
@@ -86,8 +197,9 @@ pub async fn serve(
             };
             let mut builder = auto::Builder::new(TokioExecutor::new());
             // Without a timer hyper applies no header timeout at all: a client trickling its
-            // headers (or sending none) would hold the connection for ever.
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(handshake_timeout);
+            // headers would hold the connection for ever. The timer also closes HTTP/1
+            // connections idle between requests for that long.
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
             // HTTP/2 peers that stop answering pings are dropped.
             builder
                 .http2()
@@ -99,8 +211,12 @@ pub async fn serve(
                     Ok(Ok(tls)) => {
                         let client_cert =
                             tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.to_vec()));
+                        let Some(io) = first_bytes(tls, header_timeout).await else {
+                            tracing::debug!(%peer, "no request after the TLS handshake");
+                            return;
+                        };
                         let service = service_for(ConnInfo { peer, client_cert });
-                        builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await
+                        builder.serve_connection_with_upgrades(TokioIo::new(io), service).await
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -112,8 +228,9 @@ pub async fn serve(
                     }
                 },
                 None => {
+                    let Some(io) = first_bytes(tcp, header_timeout).await else { return };
                     let service = service_for(ConnInfo { peer, client_cert: None });
-                    builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await
+                    builder.serve_connection_with_upgrades(TokioIo::new(io), service).await
                 }
             };
             if let Err(e) = result {

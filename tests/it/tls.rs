@@ -117,7 +117,7 @@ fn addr_of(gw: &TestGateway) -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn a_client_trickling_its_headers_is_dropped() {
-    let gw = TestGateway::start(&["server.tls_handshake_timeout=\"2s\""]);
+    let gw = TestGateway::start(&["server.header_timeout=\"2s\""]);
     let ca = String::from_utf8(gw.ca_pem.clone()).unwrap();
     let mut tls = tls_connect(addr_of(&gw), &[&ca]).await;
     tls.write_all(b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
@@ -126,12 +126,38 @@ async fn a_client_trickling_its_headers_is_dropped() {
     let read = tokio::time::timeout(Duration::from_secs(60), tls.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the connection was still open after a minute");
     assert!(!String::from_utf8_lossy(&buf).contains("\"version\""), "{}", String::from_utf8_lossy(&buf));
+    // A client that completes the handshake and then sends nothing at all is dropped too.
+    let mut silent = tls_connect(addr_of(&gw), &[&ca]).await;
+    let read = tokio::time::timeout(Duration::from_secs(60), silent.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a silent connection was still open after a minute");
     assert_eq!(gw.get("/version").await.0, 200, "others are served");
 }
 
 #[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let gw = TestGateway::start(&["server.max_connections_per_ip=2", "server.header_timeout=\"120s\""]);
+    let ca = String::from_utf8(gw.ca_pem.clone()).unwrap();
+    let first = tls_connect(addr_of(&gw), &[&ca]).await;
+    let _second = tls_connect(addr_of(&gw), &[&ca]).await;
+    // A third connection from the same address is closed at once, not queued.
+    let refused = gw.client().get(gw.url("/version")).send().await;
+    assert!(refused.is_err(), "served beyond the per-address cap: {refused:?}");
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // The gateway notices the closed connection and frees its slot.
+        if let Ok(r) = gw.client().get(gw.url("/version")).send().await {
+            assert_eq!(r.status(), 200);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the slot was never freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn connections_beyond_the_cap_wait_for_a_free_slot() {
-    let gw = TestGateway::start(&["server.max_connections=2", "server.tls_handshake_timeout=\"120s\""]);
+    let gw = TestGateway::start(&["server.max_connections=2", "server.header_timeout=\"120s\""]);
     let ca = String::from_utf8(gw.ca_pem.clone()).unwrap();
     let first = tls_connect(addr_of(&gw), &[&ca]).await;
     let _second = tls_connect(addr_of(&gw), &[&ca]).await;
