@@ -332,12 +332,11 @@ pub fn name_k8s_driver_pod(config: &SparkConfig, spec: &mut LaunchSpec, kind: Ap
         AppKind::Batch => "batch",
     };
     let pod = format!("sparkgate-{kind}-{id}-{:08x}", rand::random::<u32>());
-    let namespace = [&spec.conf, &config.conf]
-        .iter()
-        .find_map(|conf| conf.get("spark.kubernetes.namespace").cloned())
-        .unwrap_or_else(|| "default".into());
+    let namespace = [&spec.conf, &config.conf].iter().find_map(|conf| conf.get("spark.kubernetes.namespace").cloned());
     spec.cluster_conf.insert("spark.kubernetes.driver.pod.name".into(), pod.clone());
-    Some(format!("{namespace}:{pod}"))
+    // Without a namespace here (it may come from spark-defaults.conf), `--kill <pod>` lets
+    // spark-submit use the namespace its own configuration names.
+    Some(namespace.map_or(pod.clone(), |ns| format!("{ns}:{pod}")))
 }
 
 /// Runs a cluster-side kill (see [`cluster_kill`]), writing what it runs and what the command
@@ -349,6 +348,10 @@ pub async fn run_cluster_kill(env: &SparkEnv, config: &SparkConfig, kill: Cluste
     };
     let mut cmd = Command::new(&program);
     cmd.args(&args).env_clear().envs(env.base_env(&config.pass_env)).stdin(Stdio::null()).kill_on_drop(true);
+    // On a Kerberized cluster the kill needs the gateway's own ticket, as the launch did.
+    if let Some(ccache) = &env.launch_ccache {
+        cmd.env("KRB5CCNAME", ccache);
+    }
     log.push(format!("sparkgate: stopping the application in the cluster: {} {}", program.display(), args.join(" ")));
     let may_still_run = "the application may still run in the cluster";
     match tokio::time::timeout(Duration::from_secs(60), cmd.output()).await {
@@ -1103,7 +1106,7 @@ mod tests {
         assert_eq!(id, format!("etl:{pod}"));
         assert!(pod.starts_with("sparkgate-session-3-") && pod.len() == "sparkgate-session-3-".len() + 8, "{pod}");
         let other = name_k8s_driver_pod(&k8s, &mut LaunchSpec::default(), AppKind::Session, 3).unwrap();
-        assert!(other.starts_with("default:") && other != id, "unique, in the default namespace: {other}");
+        assert!(other.starts_with("sparkgate-session-3-") && other != id, "unique; spark-submit's namespace: {other}");
         let client = SparkConfig { deploy_mode: "client".into(), ..k8s };
         assert_eq!(name_k8s_driver_pod(&client, &mut LaunchSpec::default(), AppKind::Batch, 1), None);
         assert_eq!(
@@ -1119,8 +1122,9 @@ mod tests {
         // YARN cannot run here: a FAKE yarn command that fails as the real one does.
         let dir = tempfile::tempdir().unwrap();
         let yarn = dir.path().join("yarn");
-        std::fs::write(&yarn, "#!/bin/sh\necho \"Application with id '$3' doesn't exist in RM.\" >&2\nexit 255\n")
-            .unwrap();
+        let script = "#!/bin/sh\necho \"ticket: $KRB5CCNAME\"\n\
+                      echo \"Application with id '$3' doesn't exist in RM.\" >&2\nexit 255\n";
+        std::fs::write(&yarn, script).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&yarn, std::fs::Permissions::from_mode(0o755)).unwrap();
         let config = SparkConfig { yarn_command: yarn, ..SparkConfig::default() };
@@ -1130,7 +1134,7 @@ mod tests {
             python: "/usr/bin/python3".into(),
             java_home: None,
             version: "fake".into(),
-            launch_ccache: None,
+            launch_ccache: Some("FILE:/data/krb5cc_launch".into()),
         };
         let log = LogBuffer::new(20, None);
         let kill = ClusterKill::Yarn(["application", "-kill", "application_1_0001"].map(String::from).to_vec());
@@ -1138,6 +1142,7 @@ mod tests {
         let lines = log.snapshot().join("\n");
         assert!(lines.contains("application -kill application_1_0001"), "{lines}");
         assert!(lines.contains("doesn't exist in RM"), "{lines}");
+        assert!(lines.contains("ticket: FILE:/data/krb5cc_launch"), "the kill runs with the gateway's ticket: {lines}");
         assert!(lines.contains("may still run in the cluster"), "{lines}");
         // A command that cannot even start says so too.
         let kill = ClusterKill::SparkSubmit(vec!["--kill".into(), "x".into()]);

@@ -125,6 +125,9 @@ pub async fn start(
                     .with_interval(Duration::from_secs(10))
                     .with_retries(6);
                 let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+                // Keepalive probes stop while sent data waits for an acknowledgement (our pings
+                // do): unacknowledged data for 90 s also means the host is gone.
+                let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(Duration::from_secs(90)));
                 serve_connection(tcp, peer, conn_id, acceptor, settings, registry, stats).await;
             });
         }
