@@ -66,6 +66,14 @@ pub fn conf_to_strings(conf: BTreeMap<String, Value>) -> Result<BTreeMap<String,
             if text.contains(['\n', '\r']) {
                 return Err(format!("field `conf.{key}`: values must not contain line breaks"));
             }
+            // Spark trims property values it reads from a file (as the gateway passes them):
+            // refuse rather than change a value behind the user's back.
+            let edge = |c: char| c <= ' ';
+            if text.starts_with(edge) || text.ends_with(edge) {
+                return Err(format!(
+                    "field `conf.{key}`: values must not begin or end with whitespace (Spark would trim it)"
+                ));
+            }
             Ok((key, text))
         })
         .collect()
@@ -252,6 +260,12 @@ mod tests {
         assert!(conf_to_strings(bad).unwrap_err().contains("conf.spark.a"));
         let bad: BTreeMap<String, Value> = serde_json::from_value(json!({"a=b": "x"})).unwrap();
         assert!(conf_to_strings(bad).is_err());
+        for value in [" pass", "pass ", "\tpass"] {
+            let bad: BTreeMap<String, Value> = serde_json::from_value(json!({"spark.x": value})).unwrap();
+            assert!(conf_to_strings(bad).unwrap_err().contains("whitespace"), "{value:?}");
+        }
+        let inner: BTreeMap<String, Value> = serde_json::from_value(json!({"spark.x": "a b", "spark.y": ""})).unwrap();
+        assert!(conf_to_strings(inner).is_ok(), "inner spaces and empty values are fine");
     }
 
     #[test]

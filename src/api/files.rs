@@ -49,6 +49,8 @@ async fn upload(
         || ApiError::PayloadTooLarge(format!("upload is larger than server.max_upload_bytes ({limit} bytes)"));
     let dir = session.dir.join("uploads");
     crate::tls::create_private_dir(&dir).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // One upload at a time per session: the budget below counts what is already stored.
+    let _one_at_a_time = session.uploads.lock().await;
     // What this session's earlier uploads already take, against sessions.max_uploaded_bytes.
     let total_limit = state.config.config.sessions.max_uploaded_bytes;
     let stored: u64 = std::fs::read_dir(&dir)
@@ -115,8 +117,12 @@ async fn upload(
             file.write_all(&chunk).map_err(|e| ApiError::Internal(format!("storing an upload: {e}")))?;
         }
         file.sync_all().map_err(|e| ApiError::Internal(format!("storing an upload: {e}")))?;
-        let uri = path.canonicalize().unwrap_or(path).display().to_string();
-        session.add_file(what, uri, state.config.durations.completion_timeout).await?;
+        let uri = path.canonicalize().unwrap_or_else(|_| path.clone()).display().to_string();
+        if let Err(e) = session.add_file(what, uri, state.config.durations.completion_timeout).await {
+            // Not in use: it must not count against the session's budget.
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
+        }
         return Ok(StatusCode::OK);
     }
     Err(ApiError::bad_request(format!("multipart field `{field_name}` is required")))

@@ -33,7 +33,7 @@ pub fn check(field: &str, value: &str, allowed: &[PathBuf]) -> Result<(), String
              its own entry"
         ));
     }
-    let Some(uri_path) = local_path(value) else { return Ok(()) };
+    let Some((uri_path, node_local)) = local_path(value) else { return Ok(()) };
     let refuse = |why: &str| Err(format!("field `{field}`: local path `{value}` {why}"));
     let (path_part, fragment) = uri_path.split_once('#').map_or((uri_path, None), |(p, f)| (p, Some(f)));
     // Spark decodes `%XX` and drops a `?query` from URIs, so it would read another file than
@@ -72,9 +72,12 @@ pub fn check(field: &str, value: &str, allowed: &[PathBuf]) -> Result<(), String
     if !inside(local) {
         return refuse("is not under one of spark.allowed_local_dirs, so it cannot be used");
     }
-    // A path that does not exist cannot be checked for symbolic links, so it is refused.
+    // A path that does not exist cannot be checked for symbolic links, so it is refused;
+    // except `local:`, which names a file already on every cluster node (in the container
+    // image, say) that Spark never reads from the gateway host.
     let real = match local.canonicalize() {
         Ok(real) => real,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && node_local => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return refuse("does not exist on the gateway host"),
         Err(e) => return refuse(&format!("cannot be read by the gateway ({e})")),
     };
@@ -85,8 +88,9 @@ pub fn check(field: &str, value: &str, allowed: &[PathBuf]) -> Result<(), String
     Ok(())
 }
 
-/// The path on this host a value names (with any `#fragment`), or None for a remote URI.
-fn local_path(value: &str) -> Option<&str> {
+/// The path on this host a value names (with any `#fragment`) and whether it is a `local:`
+/// URI (a file on every node), or None for a remote URI.
+fn local_path(value: &str) -> Option<(&str, bool)> {
     // `scheme:...` with a scheme of letters, digits, + - . is a URI; schemes are
     // case-insensitive (RFC 3986), so `FILE:` and `Local:` are local too.
     let scheme = value.split_once(':').filter(|(scheme, _)| {
@@ -95,9 +99,9 @@ fn local_path(value: &str) -> Option<&str> {
             && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
     });
     match scheme {
-        None => Some(value),
+        None => Some((value, false)),
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("file") || scheme.eq_ignore_ascii_case("local") => {
-            Some(rest.strip_prefix("//").unwrap_or(rest))
+            Some((rest.strip_prefix("//").unwrap_or(rest), scheme.eq_ignore_ascii_case("local")))
         }
         Some(_) => None,
     }

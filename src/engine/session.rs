@@ -127,6 +127,9 @@ pub struct Session {
     pub dir: PathBuf,
     /// When it was created.
     pub created: Instant,
+    /// Held while an upload is stored, so concurrent uploads cannot overrun the session's
+    /// upload budget together.
+    pub uploads: tokio::sync::Mutex<()>,
     inner: Mutex<Inner>,
 }
 
@@ -214,6 +217,7 @@ impl Session {
             log,
             dir,
             created: now,
+            uploads: tokio::sync::Mutex::new(()),
             inner: Mutex::new(Inner {
                 state: SessionState::NotStarted,
                 app_id: None,

@@ -74,10 +74,17 @@ pub fn with_middleware(
             // ...so every request gets the gateway's own id before its span exists, and logs,
             // errors and the audit trail quote that one.
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            // One span per request: method, path, request id — never headers or bodies.
+            // One span per request: method, path, request ids — never other headers or bodies.
             .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                let (id, client_id) = (header("x-request-id"), header("x-client-request-id"));
+                tracing::info_span!(
+                    "request",
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    request_id = %id,
+                    client_request_id = %client_id
+                )
             }))
             // The client sees the id too (quote it in a bug report).
             .layer(PropagateRequestIdLayer::x_request_id())

@@ -81,10 +81,14 @@ fn local_paths_that_do_not_exist_are_refused() {
     // Without the file, the symbolic-link check cannot run.
     let (dir, allowed, _inside) = jobs_dir();
     let missing = dir.path().join("missing.py").display().to_string();
-    for bad in [missing.clone(), format!("file://{missing}"), format!("local:{missing}"), format!("FILE:{missing}")] {
+    for bad in [missing.clone(), format!("file://{missing}"), format!("FILE:{missing}")] {
         let err = check("file", &bad, &allowed).unwrap_err();
         assert!(err.contains("`file`") && err.contains(&bad) && err.contains("does not exist"), "{err}");
     }
+    // `local:` names a file on every cluster node (a container image), never read from the
+    // gateway host: it need not exist here, but must still be under an allowed directory.
+    assert!(check("file", &format!("local:{missing}"), &allowed).is_ok());
+    assert!(check("file", "local:///opt/spark/work-dir/job.py", &allowed).is_err());
     // Outside the allowed directories the answer does not reveal whether the file exists.
     let err = check("file", "/no/such/file.py", &allowed).unwrap_err();
     assert!(err.contains("allowed_local_dirs") && !err.contains("exist"), "{err}");
