@@ -65,6 +65,8 @@ struct BatchInner {
     /// Where a cluster-mode driver runs, to kill it there: a standalone driver id, or on
     /// Kubernetes `<namespace>:<driver pod>`.
     driver_id: Option<String>,
+    /// YARN cluster mode: this launch's unique application tag.
+    yarn_tag: Option<String>,
 }
 
 /// One batch.
@@ -325,6 +327,7 @@ impl BatchManager {
                     process: None,
                     finished_at: None,
                     driver_id: None,
+                    yarn_tag: None,
                 }),
             });
             if let Some(name) = &batch.spec.name {
@@ -368,6 +371,8 @@ impl BatchManager {
         if let Some(pod) = launcher::name_k8s_driver_pod(&cfg.spark, &mut launch, launcher::AppKind::Batch, batch.id) {
             batch.lock().driver_id = Some(pod);
         }
+        // YARN: a tag of its own, to find the application before its id is printed.
+        batch.lock().yarn_tag = launcher::tag_yarn_launch(&cfg.spark, &mut launch);
         let args = launcher::write_launch_files(&cfg.spark, &launch, &batch.dir).map_err(EngineError::Launch)?;
         let weak = Arc::downgrade(batch);
         let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {
@@ -438,19 +443,31 @@ impl BatchManager {
         if live {
             batch.log.push(format!("sparkgate: killed by {by}"));
         }
-        let (driver_id, app_id) = {
+        let (driver_id, app_id, yarn_tag) = {
             let inner = batch.lock();
-            (inner.driver_id.clone(), inner.app_id.clone())
+            (inner.driver_id.clone(), inner.app_id.clone(), inner.yarn_tag.clone())
         };
+        let spark_cfg = &self.config.config.spark;
+        let mut killed_in_cluster = false;
         if live {
-            let kill = launcher::cluster_kill(&self.config.config.spark, driver_id.as_deref(), app_id.as_deref());
-            if let Some(kill) = kill {
+            if let Some(kill) = launcher::cluster_kill(spark_cfg, driver_id.as_deref(), app_id.as_deref()) {
                 self.kill_in_cluster(batch, kill, driver_id.as_deref()).await;
+                killed_in_cluster = true;
             }
         }
         if let Some(process) = batch.process() {
             process.kill_group(self.config.durations.shutdown_grace).await;
             process.wait().await;
+        }
+        // YARN, before spark-submit printed the id: with our spark-submit gone nothing more
+        // is submitted, so whatever YARN has under this launch's tag is all there is to kill.
+        if let (true, false, Some(tag), Some(spark)) = (live, killed_in_cluster, yarn_tag, self.spark.as_ref()) {
+            if let Some(id) = launcher::yarn_app_by_tag(spark, spark_cfg, &tag, &batch.log).await {
+                let kill = launcher::cluster_kill(spark_cfg, None, Some(&id));
+                if let Some(kill) = kill {
+                    self.kill_in_cluster(batch, kill, None).await;
+                }
+            }
         }
         batch.move_to(SessionState::Killed, None);
         self.forget(batch.id);
@@ -609,6 +626,7 @@ mod tests {
                 process: None,
                 finished_at: None,
                 driver_id: None,
+                yarn_tag: None,
             }),
         }
     }
@@ -724,6 +742,11 @@ mod tests {
 
     impl FakeCluster {
         fn new(master: &str) -> Self {
+            Self::with_submit_output(master, "echo 'INFO Client: Submitted application application_1700000000000_0042'")
+        }
+
+        /// `submit_output`: what the submitting spark-submit prints before it waits.
+        fn with_submit_output(master: &str, submit_output: &str) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let calls = dir.path().join("calls");
             let script = |name: &str, body: &str| {
@@ -737,12 +760,22 @@ mod tests {
                 "spark-submit",
                 &format!(
                     "case \"$*\" in *--kill*) echo \"spark-submit $*\" >> {calls}; exit 0;; esac\n\
-                     echo 'INFO Client: Submitted application application_1700000000000_0042'\n\
+                     {submit_output}\n\
                      exec sleep 600",
                     calls = calls.display()
                 ),
             );
-            let yarn = script("yarn", &format!("echo \"yarn $*\" >> {}", calls.display()));
+            // `-list` answers as YARN does, with the application that carries the asked tag.
+            let yarn = script(
+                "yarn",
+                &format!(
+                    "echo \"yarn $*\" >> {calls}\n\
+                     [ \"$2\" = -list ] && printf 'Total number of applications:1\\n\
+                     application_1700000000000_0077\\tetl\\tSPARK\\talice\\tdefault\\tACCEPTED\\n'\n\
+                     exit 0",
+                    calls = calls.display()
+                ),
+            );
             let config = crate::config::load(&crate::config::Sources {
                 file: None,
                 env: vec![],
@@ -772,14 +805,18 @@ mod tests {
             std::fs::read_to_string(self.dir.path().join("calls")).unwrap_or_default()
         }
 
-        async fn launch(&self) -> Arc<Batch> {
+        fn submit(&self) -> Arc<Batch> {
             let spec = BatchSpec {
                 owner: "alice".into(),
                 effective_user: "alice".into(),
                 file: "hdfs:///jobs/etl.py".into(),
                 ..BatchSpec::default()
             };
-            let batch = self.manager.create(spec, Quota::default()).unwrap();
+            self.manager.create(spec, Quota::default()).unwrap()
+        }
+
+        async fn launch(&self) -> Arc<Batch> {
+            let batch = self.submit();
             let deadline = Instant::now() + Duration::from_secs(30);
             while batch.snapshot().app_id.is_none() {
                 assert!(Instant::now() < deadline, "no app id: {:?}", batch.log.snapshot());
@@ -797,6 +834,30 @@ mod tests {
         assert_eq!(cluster.calls(), "yarn application -kill application_1700000000000_0042\n");
         assert_eq!(batch.state(), SessionState::Killed);
         assert!(batch.log.snapshot().iter().any(|l| l.contains("stopping the application in the cluster")));
+    }
+
+    #[tokio::test]
+    async fn a_yarn_batch_deleted_before_its_id_is_known_is_found_by_its_launch_tag() {
+        let cluster = FakeCluster::with_submit_output("yarn", "echo 'INFO Client: Requesting a new application'");
+        let batch = cluster.submit();
+        // spark-submit is running, but has not printed the application id.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while batch.process().is_none() || !batch.log.snapshot().iter().any(|l| l.contains("Requesting")) {
+            assert!(Instant::now() < deadline, "{:?}", batch.log.snapshot());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let properties = std::fs::read_to_string(batch.dir.join("spark-launch.properties")).unwrap();
+        let tags = properties.lines().find_map(|l| l.strip_prefix("spark.yarn.tags=")).unwrap().to_string();
+        let tag = tags.split(',').find(|t| t.starts_with("sparkgate-launch-")).expect("a launch tag").to_string();
+        cluster.manager.delete(&batch, "alice").await;
+        assert_eq!(
+            cluster.calls(),
+            format!(
+                "yarn application -list -appStates ALL -appTags {tag}\n\
+                 yarn application -kill application_1700000000000_0077\n"
+            )
+        );
+        assert_eq!(batch.state(), SessionState::Killed);
     }
 
     #[tokio::test]

@@ -339,6 +339,44 @@ pub fn name_k8s_driver_pod(config: &SparkConfig, spec: &mut LaunchSpec, kind: Ap
     Some(namespace.map_or(pod.clone(), |ns| format!("{ns}:{pod}")))
 }
 
+/// YARN cluster mode: a tag unique to this launch, added to `spark.yarn.tags` in
+/// `spec.cluster_conf`, so that the application can be found (and killed) even before
+/// spark-submit has printed its id. None elsewhere.
+pub fn tag_yarn_launch(config: &SparkConfig, spec: &mut LaunchSpec) -> Option<String> {
+    if !(config.master.starts_with("yarn") && config.deploy_mode == "cluster") {
+        return None;
+    }
+    let tag = format!("sparkgate-launch-{:016x}", rand::random::<u64>());
+    let tags = spec.cluster_conf.entry("spark.yarn.tags".into()).or_default();
+    if !tags.is_empty() {
+        tags.push(',');
+    }
+    tags.push_str(&tag);
+    Some(tag)
+}
+
+/// Asks YARN (`yarn application -list -appStates ALL -appTags <tag>`) for the application that
+/// carries `tag`; its id, if YARN knows one.
+pub async fn yarn_app_by_tag(env: &SparkEnv, config: &SparkConfig, tag: &str, log: &LogBuffer) -> Option<String> {
+    let mut cmd = Command::new(&config.yarn_command);
+    cmd.args(["application", "-list", "-appStates", "ALL", "-appTags", tag])
+        .env_clear()
+        .envs(env.base_env(&config.pass_env))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(ccache) = &env.launch_ccache {
+        cmd.env("KRB5CCNAME", ccache);
+    }
+    match tokio::time::timeout(Duration::from_secs(60), cmd.output()).await {
+        Ok(Ok(out)) => String::from_utf8_lossy(&out.stdout).lines().find_map(find_app_id),
+        Ok(Err(e)) => {
+            log.push(format!("sparkgate: could not run {}: {e}", config.yarn_command.display()));
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 /// Runs a cluster-side kill (see [`cluster_kill`]), writing what it runs and what the command
 /// says into `log`; a failure says the application may still run.
 pub async fn run_cluster_kill(env: &SparkEnv, config: &SparkConfig, kill: ClusterKill, log: &LogBuffer) {
