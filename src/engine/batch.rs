@@ -69,6 +69,20 @@ struct BatchInner {
     yarn_tag: Option<String>,
 }
 
+impl BatchInner {
+    fn new(state: SessionState) -> Self {
+        Self {
+            state,
+            app_id: None,
+            spark_ui_url: None,
+            process: None,
+            finished_at: None,
+            driver_id: None,
+            yarn_tag: None,
+        }
+    }
+}
+
 /// One batch.
 #[derive(Debug)]
 pub struct Batch {
@@ -320,15 +334,7 @@ impl BatchManager {
                 log,
                 log_path,
                 dir,
-                inner: Mutex::new(BatchInner {
-                    state: SessionState::Starting,
-                    app_id: None,
-                    spark_ui_url: None,
-                    process: None,
-                    finished_at: None,
-                    driver_id: None,
-                    yarn_tag: None,
-                }),
+                inner: Mutex::new(BatchInner::new(SessionState::Starting)),
             });
             if let Some(name) = &batch.spec.name {
                 reg.by_name.insert(name.clone(), id);
@@ -619,15 +625,7 @@ mod tests {
             log,
             log_path,
             dir: dir.path().to_path_buf(),
-            inner: Mutex::new(BatchInner {
-                state: SessionState::Running,
-                app_id: None,
-                spark_ui_url: None,
-                process: None,
-                finished_at: None,
-                driver_id: None,
-                yarn_tag: None,
-            }),
+            inner: Mutex::new(BatchInner::new(SessionState::Running)),
         }
     }
 
