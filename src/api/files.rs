@@ -5,7 +5,7 @@
 
 use super::{AppState, LivyJson};
 use crate::acl::Action;
-use crate::engine::paths;
+use crate::engine::{paths, EngineError};
 use crate::error::ApiError;
 use crate::impersonation::Caller;
 use axum::extract::{Multipart, Path, State};
@@ -119,8 +119,11 @@ async fn upload(
         file.sync_all().map_err(|e| ApiError::Internal(format!("storing an upload: {e}")))?;
         let uri = path.canonicalize().unwrap_or_else(|_| path.clone()).display().to_string();
         if let Err(e) = session.add_file(what, uri, state.config.durations.completion_timeout).await {
-            // Not in use: it must not count against the session's budget.
-            let _ = std::fs::remove_file(&path);
+            // Refused for certain: not in use, so it must not count against the budget. (After
+            // a timeout or a dropped connection the driver may still add it: it stays.)
+            if matches!(e, EngineError::NotAccepting { .. } | EngineError::InvalidRequest(_)) {
+                let _ = std::fs::remove_file(&path);
+            }
             return Err(e.into());
         }
         return Ok(StatusCode::OK);
@@ -167,7 +170,8 @@ async fn add(
     session.heartbeat();
     let uri =
         req.uri.filter(|u| !u.trim().is_empty()).ok_or_else(|| ApiError::bad_request("field `uri` is required"))?;
-    paths::check("uri", &uri, &state.config.config.spark.allowed_local_dirs).map_err(ApiError::BadRequest)?;
+    paths::check_in("uri", &uri, &state.config.config.spark.allowed_local_dirs, state.driver_place())
+        .map_err(ApiError::BadRequest)?;
     session.add_file(what, uri, state.config.durations.completion_timeout).await?;
     Ok(StatusCode::OK)
 }

@@ -70,9 +70,15 @@ impl AppState {
         let allowed = &self.config.config.spark.allowed_local_dirs;
         let [jars, py_files, files, archives] = lists.map(Option::unwrap_or_default);
         for (field, list) in [("jars", &jars), ("pyFiles", &py_files), ("files", &files), ("archives", &archives)] {
-            crate::engine::paths::check_all(field, list, allowed).map_err(ApiError::BadRequest)?;
+            crate::engine::paths::check_all_in(field, list, allowed, self.driver_place())
+                .map_err(ApiError::BadRequest)?;
         }
         Ok([jars, py_files, files, archives])
+    }
+
+    /// Where drivers run, for the local-path checks.
+    pub(crate) fn driver_place(&self) -> crate::engine::paths::DriverPlace {
+        crate::engine::paths::DriverPlace::from_deploy_mode(&self.config.config.spark.deploy_mode)
     }
 
     /// 403 with the reason unless the caller may `action` this session.

@@ -374,7 +374,9 @@ impl BatchManager {
         };
         let mut launch = launch;
         // Kubernetes: name the driver pod, so DELETE can kill it (our spark-submit's death does not).
-        if let Some(pod) = launcher::name_k8s_driver_pod(&cfg.spark, &mut launch, launcher::AppKind::Batch, batch.id) {
+        if let Some(pod) =
+            launcher::name_k8s_driver_pod(&cfg.spark, Some(spark), &mut launch, launcher::AppKind::Batch, batch.id)
+        {
             batch.lock().driver_id = Some(pod);
         }
         // YARN: a tag of its own, to find the application before its id is printed.
@@ -468,7 +470,9 @@ impl BatchManager {
         // YARN, before spark-submit printed the id: with our spark-submit gone nothing more
         // is submitted, so whatever YARN has under this launch's tag is all there is to kill.
         if let (true, false, Some(tag), Some(spark)) = (live, killed_in_cluster, yarn_tag, self.spark.as_ref()) {
-            if let Some(id) = launcher::yarn_app_by_tag(spark, spark_cfg, &tag, &batch.log).await {
+            if let Some(id) =
+                launcher::yarn_app_by_tag(spark, spark_cfg, &tag, batch.spec.proxy_user.as_deref(), &batch.log).await
+            {
                 let kill = launcher::cluster_kill(spark_cfg, None, Some(&id));
                 if let Some(kill) = kill {
                     self.kill_in_cluster(batch, kill, None).await;
@@ -497,7 +501,7 @@ impl BatchManager {
                 return;
             }
         }
-        launcher::run_cluster_kill(spark, cfg, kill, &batch.log).await;
+        launcher::run_cluster_kill(spark, cfg, kill, batch.spec.proxy_user.as_deref(), &batch.log).await;
     }
 
     fn forget(&self, id: u32) {

@@ -323,7 +323,13 @@ pub fn cluster_kill(config: &SparkConfig, driver_id: Option<&str>, app_id: Optio
 /// Kubernetes cluster mode: names the driver pod of this launch (unique across gateway
 /// restarts) in `spec.cluster_conf`, so that a stop can kill it there, and returns the
 /// `<namespace>:<pod>` that `spark-submit --kill` takes. None elsewhere.
-pub fn name_k8s_driver_pod(config: &SparkConfig, spec: &mut LaunchSpec, kind: AppKind, id: u32) -> Option<String> {
+pub fn name_k8s_driver_pod(
+    config: &SparkConfig,
+    env: Option<&SparkEnv>,
+    spec: &mut LaunchSpec,
+    kind: AppKind,
+    id: u32,
+) -> Option<String> {
     if !(config.master.starts_with("k8s://") && config.deploy_mode == "cluster") {
         return None;
     }
@@ -332,11 +338,35 @@ pub fn name_k8s_driver_pod(config: &SparkConfig, spec: &mut LaunchSpec, kind: Ap
         AppKind::Batch => "batch",
     };
     let pod = format!("sparkgate-{kind}-{id}-{:08x}", rand::random::<u32>());
-    let namespace = [&spec.conf, &config.conf].iter().find_map(|conf| conf.get("spark.kubernetes.namespace").cloned());
+    // Where Spark will put the pod: the request's conf, the operator's, spark-defaults.conf,
+    // or Spark's own default.
+    const KEY: &str = "spark.kubernetes.namespace";
+    let namespace = [&spec.conf, &config.conf]
+        .iter()
+        .find_map(|conf| conf.get(KEY).cloned())
+        .or_else(|| env.and_then(|env| spark_defaults_value(env, KEY)))
+        .unwrap_or_else(|| "default".into());
     spec.cluster_conf.insert("spark.kubernetes.driver.pod.name".into(), pod.clone());
-    // Without a namespace here (it may come from spark-defaults.conf), `--kill <pod>` lets
-    // spark-submit use the namespace its own configuration names.
-    Some(namespace.map_or(pod.clone(), |ns| format!("{ns}:{pod}")))
+    Some(format!("{namespace}:{pod}"))
+}
+
+/// A key's value in the `spark-defaults.conf` spark-submit reads (`$SPARK_CONF_DIR`, else
+/// `<SPARK_HOME>/conf`), if set there.
+pub fn spark_defaults_value(env: &SparkEnv, key: &str) -> Option<String> {
+    let dir = std::env::var_os("SPARK_CONF_DIR").map_or_else(|| env.home.join("conf"), PathBuf::from);
+    let text = std::fs::read_to_string(dir.join("spark-defaults.conf")).ok()?;
+    properties_value(&text, key)
+}
+
+/// A key's value in properties text as spark-defaults.conf writes it (`key value`, `key=value`
+/// or `key: value`; `#` and `!` start comments), trimmed as Spark trims it.
+fn properties_value(text: &str, key: &str) -> Option<String> {
+    text.lines().map(str::trim_start).filter(|l| !l.starts_with(['#', '!'])).find_map(|line| {
+        let end = line.find(|c: char| c.is_whitespace() || c == '=' || c == ':')?;
+        let rest = line[end..].trim_start();
+        let rest = rest.strip_prefix(['=', ':']).unwrap_or(rest);
+        (&line[..end] == key).then(|| rest.trim().to_string())
+    })
 }
 
 /// YARN cluster mode: a tag unique to this launch, added to `spark.yarn.tags` in
@@ -355,55 +385,88 @@ pub fn tag_yarn_launch(config: &SparkConfig, spec: &mut LaunchSpec) -> Option<St
     Some(tag)
 }
 
-/// Asks YARN (`yarn application -list -appStates ALL -appTags <tag>`) for the application that
-/// carries `tag`; its id, if YARN knows one.
-pub async fn yarn_app_by_tag(env: &SparkEnv, config: &SparkConfig, tag: &str, log: &LogBuffer) -> Option<String> {
-    let mut cmd = Command::new(&config.yarn_command);
-    cmd.args(["application", "-list", "-appStates", "ALL", "-appTags", tag])
-        .env_clear()
-        .envs(env.base_env(&config.pass_env))
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+/// A command against the cluster on behalf of `as_user` (the application's proxy user, if
+/// any): the allow-listed environment, the gateway's Kerberos ticket as the launch had it, and
+/// `HADOOP_PROXY_USER`, so YARN's ACLs see the application's owner rather than the gateway.
+fn cluster_command(env: &SparkEnv, config: &SparkConfig, program: &Path, as_user: Option<&str>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear().envs(env.base_env(&config.pass_env)).stdin(Stdio::null()).kill_on_drop(true);
     if let Some(ccache) = &env.launch_ccache {
         cmd.env("KRB5CCNAME", ccache);
     }
+    if let Some(user) = as_user {
+        cmd.env("HADOOP_PROXY_USER", user);
+    }
+    cmd
+}
+
+/// The output of a cluster command that must finish within a minute, or why it did not.
+async fn run_within_a_minute(mut cmd: Command, program: &Path) -> Result<std::process::Output, String> {
     match tokio::time::timeout(Duration::from_secs(60), cmd.output()).await {
-        Ok(Ok(out)) => String::from_utf8_lossy(&out.stdout).lines().find_map(find_app_id),
-        Ok(Err(e)) => {
-            log.push(format!("sparkgate: could not run {}: {e}", config.yarn_command.display()));
-            None
-        }
-        Err(_) => None,
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(format!("could not run {}: {e}", program.display())),
+        Err(_) => Err(format!("{} did not finish within 60s", program.display())),
     }
 }
 
-/// Runs a cluster-side kill (see [`cluster_kill`]), writing what it runs and what the command
-/// says into `log`; a failure says the application may still run.
-pub async fn run_cluster_kill(env: &SparkEnv, config: &SparkConfig, kill: ClusterKill, log: &LogBuffer) {
+const MAY_STILL_RUN: &str = "the application may still run in the cluster";
+
+/// Asks YARN (`yarn application -list -appStates ALL -appTags <tag>`) for the application that
+/// carries `tag`; its id, if YARN knows one. A failed query is logged.
+pub async fn yarn_app_by_tag(
+    env: &SparkEnv,
+    config: &SparkConfig,
+    tag: &str,
+    as_user: Option<&str>,
+    log: &LogBuffer,
+) -> Option<String> {
+    let program = config.yarn_command.as_path();
+    let mut cmd = cluster_command(env, config, program, as_user);
+    cmd.args(["application", "-list", "-appStates", "ALL", "-appTags", tag]);
+    match run_within_a_minute(cmd, program).await {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).lines().find_map(find_app_id),
+        Ok(out) => {
+            log.push(format!(
+                "sparkgate: asking YARN for the application tagged {tag} failed ({}): {}; {MAY_STILL_RUN}",
+                out.status,
+                last_lines(&String::from_utf8_lossy(&out.stderr), 3)
+            ));
+            None
+        }
+        Err(why) => {
+            log.push(format!("sparkgate: {why}; {MAY_STILL_RUN}"));
+            None
+        }
+    }
+}
+
+/// Runs a cluster-side kill (see [`cluster_kill`]) on behalf of `as_user`, writing what it runs
+/// and what the command says into `log`; a failure says the application may still run.
+pub async fn run_cluster_kill(
+    env: &SparkEnv,
+    config: &SparkConfig,
+    kill: ClusterKill,
+    as_user: Option<&str>,
+    log: &LogBuffer,
+) {
     let (program, args) = match kill {
         ClusterKill::SparkSubmit(args) => (env.spark_submit.clone(), args),
         ClusterKill::Yarn(args) => (config.yarn_command.clone(), args),
     };
-    let mut cmd = Command::new(&program);
-    cmd.args(&args).env_clear().envs(env.base_env(&config.pass_env)).stdin(Stdio::null()).kill_on_drop(true);
-    // On a Kerberized cluster the kill needs the gateway's own ticket, as the launch did.
-    if let Some(ccache) = &env.launch_ccache {
-        cmd.env("KRB5CCNAME", ccache);
-    }
+    let mut cmd = cluster_command(env, config, &program, as_user);
+    cmd.args(&args);
     log.push(format!("sparkgate: stopping the application in the cluster: {} {}", program.display(), args.join(" ")));
-    let may_still_run = "the application may still run in the cluster";
-    match tokio::time::timeout(Duration::from_secs(60), cmd.output()).await {
-        Ok(Ok(out)) => {
+    match run_within_a_minute(cmd, &program).await {
+        Ok(out) => {
             for line in String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines())
             {
                 log.push(line.to_string());
             }
             if !out.status.success() {
-                log.push(format!("sparkgate: {} exited with {}: {may_still_run}", program.display(), out.status));
+                log.push(format!("sparkgate: {} exited with {}: {MAY_STILL_RUN}", program.display(), out.status));
             }
         }
-        Ok(Err(e)) => log.push(format!("sparkgate: could not run {}: {e}; {may_still_run}", program.display())),
-        Err(_) => log.push(format!("sparkgate: {} did not finish within 60s; {may_still_run}", program.display())),
+        Err(why) => log.push(format!("sparkgate: {why}; {MAY_STILL_RUN}")),
     }
 }
 
@@ -1139,14 +1202,37 @@ mod tests {
             conf: [("spark.kubernetes.namespace".to_string(), "etl".to_string())].into(),
             ..LaunchSpec::default()
         };
-        let id = name_k8s_driver_pod(&k8s, &mut spec, AppKind::Session, 3).unwrap();
+        let id = name_k8s_driver_pod(&k8s, None, &mut spec, AppKind::Session, 3).unwrap();
         let pod = spec.cluster_conf["spark.kubernetes.driver.pod.name"].clone();
         assert_eq!(id, format!("etl:{pod}"));
         assert!(pod.starts_with("sparkgate-session-3-") && pod.len() == "sparkgate-session-3-".len() + 8, "{pod}");
-        let other = name_k8s_driver_pod(&k8s, &mut LaunchSpec::default(), AppKind::Session, 3).unwrap();
-        assert!(other.starts_with("sparkgate-session-3-") && other != id, "unique; spark-submit's namespace: {other}");
+        let other = name_k8s_driver_pod(&k8s, None, &mut LaunchSpec::default(), AppKind::Session, 3).unwrap();
+        assert!(other.starts_with("default:sparkgate-session-3-") && other != id, "unique, Spark's default: {other}");
+        // A namespace set only in spark-defaults.conf is where Spark puts the pod.
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(home.path().join("conf")).unwrap();
+        std::fs::write(
+            home.path().join("conf/spark-defaults.conf"),
+            "# site settings\nspark.master  k8s://https://api:6443\nspark.kubernetes.namespace   analytics \n",
+        )
+        .unwrap();
+        let env = SparkEnv {
+            home: home.path().into(),
+            spark_submit: "/x".into(),
+            python: "/x".into(),
+            java_home: None,
+            version: String::new(),
+            launch_ccache: None,
+        };
+        if std::env::var_os("SPARK_CONF_DIR").is_none() {
+            let from_defaults =
+                name_k8s_driver_pod(&k8s, Some(&env), &mut LaunchSpec::default(), AppKind::Batch, 1).unwrap();
+            assert!(from_defaults.starts_with("analytics:sparkgate-batch-1-"), "{from_defaults}");
+        }
+        assert_eq!(properties_value("a=1\nkey: v w \n", "key"), Some("v w".into()));
+        assert_eq!(properties_value("keyx 1\n#key 2\n", "key"), None);
         let client = SparkConfig { deploy_mode: "client".into(), ..k8s };
-        assert_eq!(name_k8s_driver_pod(&client, &mut LaunchSpec::default(), AppKind::Batch, 1), None);
+        assert_eq!(name_k8s_driver_pod(&client, None, &mut LaunchSpec::default(), AppKind::Batch, 1), None);
         assert_eq!(
             cluster_kill(&SparkConfig { deploy_mode: "cluster".into(), ..client }, Some(&id), None),
             Some(ClusterKill::SparkSubmit(
@@ -1160,7 +1246,7 @@ mod tests {
         // YARN cannot run here: a FAKE yarn command that fails as the real one does.
         let dir = tempfile::tempdir().unwrap();
         let yarn = dir.path().join("yarn");
-        let script = "#!/bin/sh\necho \"ticket: $KRB5CCNAME\"\n\
+        let script = "#!/bin/sh\necho \"ticket: $KRB5CCNAME as $HADOOP_PROXY_USER\"\n\
                       echo \"Application with id '$3' doesn't exist in RM.\" >&2\nexit 255\n";
         std::fs::write(&yarn, script).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -1176,15 +1262,18 @@ mod tests {
         };
         let log = LogBuffer::new(20, None);
         let kill = ClusterKill::Yarn(["application", "-kill", "application_1_0001"].map(String::from).to_vec());
-        run_cluster_kill(&env, &config, kill, &log).await;
+        run_cluster_kill(&env, &config, kill, Some("carol"), &log).await;
         let lines = log.snapshot().join("\n");
         assert!(lines.contains("application -kill application_1_0001"), "{lines}");
         assert!(lines.contains("doesn't exist in RM"), "{lines}");
-        assert!(lines.contains("ticket: FILE:/data/krb5cc_launch"), "the kill runs with the gateway's ticket: {lines}");
+        assert!(
+            lines.contains("ticket: FILE:/data/krb5cc_launch as carol"),
+            "the kill runs with the gateway's ticket, for the application's owner: {lines}"
+        );
         assert!(lines.contains("may still run in the cluster"), "{lines}");
         // A command that cannot even start says so too.
         let kill = ClusterKill::SparkSubmit(vec!["--kill".into(), "x".into()]);
-        run_cluster_kill(&env, &config, kill, &log).await;
+        run_cluster_kill(&env, &config, kill, None, &log).await;
         assert!(log.snapshot().last().unwrap().contains("could not run /nonexistent/spark-submit"));
     }
 

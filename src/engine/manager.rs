@@ -265,7 +265,7 @@ impl SessionManager {
         };
         let mut launch = launch;
         if let Some(pod) =
-            launcher::name_k8s_driver_pod(&cfg.spark, &mut launch, launcher::AppKind::Session, session.id)
+            launcher::name_k8s_driver_pod(&cfg.spark, Some(spark), &mut launch, launcher::AppKind::Session, session.id)
         {
             session.set_cluster_driver(pod);
         }
@@ -322,7 +322,8 @@ impl SessionManager {
                     session.snapshot().app_id.as_deref(),
                 );
                 if let (Some(kill), Some(spark)) = (kill, self.spark.as_ref()) {
-                    launcher::run_cluster_kill(spark, &self.config.config.spark, kill, &session.log).await;
+                    let as_user = session.spec.proxy_user.as_deref();
+                    launcher::run_cluster_kill(spark, &self.config.config.spark, kill, as_user, &session.log).await;
                 }
             }
             process.kill_group(Duration::from_secs(3)).await;

@@ -4,9 +4,35 @@
 
 use std::path::{Component, Path, PathBuf};
 
+/// Where the drivers run (`spark.deploy_mode`): it decides whether a `local:` file, which
+/// names a file on every node, is read from this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverPlace {
+    /// `client` (and local mode): the driver reads `local:` files on this host.
+    Gateway,
+    /// `cluster`: `local:` files are on the cluster's nodes (in a container image, say).
+    Cluster,
+}
+
+impl DriverPlace {
+    /// From `spark.deploy_mode`.
+    pub fn from_deploy_mode(mode: &str) -> Self {
+        if mode == "cluster" {
+            Self::Cluster
+        } else {
+            Self::Gateway
+        }
+    }
+}
+
 /// Checks every entry of a request field; the error names the field and the value.
 pub fn check_all(field: &str, values: &[String], allowed: &[PathBuf]) -> Result<(), String> {
-    values.iter().try_for_each(|v| check(field, v, allowed))
+    check_all_in(field, values, allowed, DriverPlace::Gateway)
+}
+
+/// [`check_all`] for drivers that run at `place`.
+pub fn check_all_in(field: &str, values: &[String], allowed: &[PathBuf], place: DriverPlace) -> Result<(), String> {
+    values.iter().try_for_each(|v| check_in(field, v, allowed, place))
 }
 
 /// Checks one value. It must be a single entry: no comma, whitespace or control character.
@@ -14,6 +40,12 @@ pub fn check_all(field: &str, values: &[String], allowed: &[PathBuf]) -> Result<
 /// absolute, free of `..`, `%` and `?`, inside an allowed directory, and exist there, also
 /// after following symlinks. A plain `#name` (Spark's link name) may follow the path.
 pub fn check(field: &str, value: &str, allowed: &[PathBuf]) -> Result<(), String> {
+    check_in(field, value, allowed, DriverPlace::Gateway)
+}
+
+/// [`check`] for drivers that run at `place`: with drivers in the cluster, a `local:` file
+/// need not exist on this host.
+pub fn check_in(field: &str, value: &str, allowed: &[PathBuf], place: DriverPlace) -> Result<(), String> {
     if value.trim().is_empty() {
         return Err(format!("field `{field}`: empty path"));
     }
@@ -73,11 +105,17 @@ pub fn check(field: &str, value: &str, allowed: &[PathBuf]) -> Result<(), String
         return refuse("is not under one of spark.allowed_local_dirs, so it cannot be used");
     }
     // A path that does not exist cannot be checked for symbolic links, so it is refused;
-    // except `local:`, which names a file already on every cluster node (in the container
-    // image, say) that Spark never reads from the gateway host.
+    // except, with drivers in the cluster, `local:`, which names a file already on every node
+    // (in the container image, say) that Spark never reads from this host. A dangling
+    // symbolic link is refused everywhere: it could be pointed anywhere later.
+    let dangling = local.symlink_metadata().is_ok();
     let real = match local.canonicalize() {
         Ok(real) => real,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && node_local => return Ok(()),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound && node_local && place == DriverPlace::Cluster && !dangling =>
+        {
+            return Ok(())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return refuse("does not exist on the gateway host"),
         Err(e) => return refuse(&format!("cannot be read by the gateway ({e})")),
     };

@@ -129,18 +129,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-/// Waits (up to `limit`) for the client's first bytes. hyper first reads to tell HTTP/1 from
-/// h2 with no time limit of its own, so a client that connects and sends nothing would hold
-/// its connection for ever. None: nothing came in time, or the client closed.
+/// The bytes an HTTP/2 connection starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits (up to `limit`) for enough of the client's first bytes to tell HTTP/1 from h2, as
+/// hyper then does with no time limit of its own: a client that connects and sends nothing,
+/// or part of the h2 preface, would hold its connection for ever. None: not in time, or the
+/// client closed.
 async fn first_bytes<S: AsyncRead + Unpin>(mut stream: S, limit: Duration) -> Option<Prefixed<S>> {
-    let mut prefix = vec![0u8; 64];
-    match tokio::time::timeout(limit, stream.read(&mut prefix)).await {
-        Ok(Ok(n)) if n > 0 => {
-            prefix.truncate(n);
-            Some(Prefixed { prefix, read: 0, inner: stream })
+    let mut prefix = Vec::with_capacity(64);
+    let read = async {
+        let mut buf = [0u8; 64];
+        loop {
+            let n = stream.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            prefix.extend_from_slice(&buf[..n]);
+            let seen = prefix.len().min(H2_PREFACE.len());
+            // Decided: not h2 (differs from the preface), or the whole preface is here.
+            if prefix[..seen] != H2_PREFACE[..seen] || seen == H2_PREFACE.len() {
+                return Some(());
+            }
         }
-        _ => None,
-    }
+    };
+    tokio::time::timeout(limit, read).await.ok().flatten()?;
+    Some(Prefixed { prefix, read: 0, inner: stream })
 }
 
 /// Serves `app` on `listener` until `shutdown` turns true.

@@ -126,10 +126,15 @@ async fn a_client_trickling_its_headers_is_dropped() {
     let read = tokio::time::timeout(Duration::from_secs(60), tls.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the connection was still open after a minute");
     assert!(!String::from_utf8_lossy(&buf).contains("\"version\""), "{}", String::from_utf8_lossy(&buf));
-    // A client that completes the handshake and then sends nothing at all is dropped too.
+    // A client that completes the handshake and then sends nothing at all is dropped too, and
+    // so is one that sends only the start of the HTTP/2 preface.
     let mut silent = tls_connect(addr_of(&gw), &[&ca]).await;
     let read = tokio::time::timeout(Duration::from_secs(60), silent.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "a silent connection was still open after a minute");
+    let mut partial = tls_connect(addr_of(&gw), &[&ca]).await;
+    partial.write_all(b"PRI * HTTP").await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(60), partial.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a partial h2 preface held the connection for a minute");
     assert_eq!(gw.get("/version").await.0, 200, "others are served");
 }
 

@@ -85,10 +85,16 @@ fn local_paths_that_do_not_exist_are_refused() {
         let err = check("file", &bad, &allowed).unwrap_err();
         assert!(err.contains("`file`") && err.contains(&bad) && err.contains("does not exist"), "{err}");
     }
-    // `local:` names a file on every cluster node (a container image), never read from the
-    // gateway host: it need not exist here, but must still be under an allowed directory.
-    assert!(check("file", &format!("local:{missing}"), &allowed).is_ok());
-    assert!(check("file", "local:///opt/spark/work-dir/job.py", &allowed).is_err());
+    // With drivers in the cluster, `local:` names a file on every node (a container image),
+    // never read from this host: it need not exist here, but must still be under an allowed
+    // directory. With drivers here (client mode) it is read here, so it must exist.
+    let local = format!("local:{missing}");
+    assert!(check("file", &local, &allowed).unwrap_err().contains("does not exist"));
+    assert!(check_in("file", &local, &allowed, DriverPlace::Cluster).is_ok());
+    assert!(check_in("file", "local:///opt/spark/work-dir/job.py", &allowed, DriverPlace::Cluster).is_err());
+    let dangling_local = format!("local:{}", dir.path().join("later.jar").display());
+    std::os::unix::fs::symlink("/etc/hostname-not-yet", dir.path().join("later.jar")).unwrap();
+    assert!(check_in("jars", &dangling_local, &allowed, DriverPlace::Cluster).is_err(), "a dangling link");
     // Outside the allowed directories the answer does not reveal whether the file exists.
     let err = check("file", "/no/such/file.py", &allowed).unwrap_err();
     assert!(err.contains("allowed_local_dirs") && !err.contains("exist"), "{err}");
