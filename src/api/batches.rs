@@ -37,12 +37,7 @@ fn info_for(state: &AppState, caller: &Caller, batch: &Batch) -> Value {
 pub(super) async fn list(State(state): State<AppState>, caller: Caller, paging: Paging) -> Json<Value> {
     let batches: Vec<_> =
         state.batches.list().into_iter().filter(|b| decide(&state, &caller, Action::View, b).allowed).collect();
-    let total = batches.len();
-    let range = dto::window(total, paging.from.unwrap_or(0), paging.size.unwrap_or(Some(100)));
-    let from = range.start;
-    let items: Vec<Value> =
-        batches[range].iter().map(|b| dto::batch_json(&b.snapshot(), b.log.tail(INFO_LOG_LINES), true)).collect();
-    Json(json!({"from": from, "total": total, "sessions": items}))
+    Json(dto::list_page(&batches, &paging, |b| dto::batch_json(&b.snapshot(), b.log.tail(INFO_LOG_LINES), true)))
 }
 
 pub(super) async fn create(

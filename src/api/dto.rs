@@ -238,6 +238,15 @@ pub fn log_json(id: u32, from: usize, total: usize, lines: &[String]) -> Value {
     json!({"id": id, "from": from, "total": total, "log": lines})
 }
 
+/// Livy's list answer (`GET /sessions`, `GET /batches`: both use the key `sessions`): the
+/// `from`/`size` window of `items` (100 by default), each shown by `to_json`.
+pub fn list_page<T>(items: &[T], paging: &crate::api::Paging, to_json: impl Fn(&T) -> Value) -> Value {
+    let range = window(items.len(), paging.from.unwrap_or(0), paging.size.unwrap_or(Some(100)));
+    let from = range.start;
+    let shown: Vec<Value> = items[range].iter().map(to_json).collect();
+    json!({"from": from, "total": items.len(), "sessions": shown})
+}
+
 /// A `from`/`size` window over `total` items.
 pub fn window(total: usize, from: usize, size: Option<usize>) -> std::ops::Range<usize> {
     let start = from.min(total);

@@ -41,12 +41,7 @@ pub(super) async fn list(State(state): State<AppState>, caller: Caller, paging: 
     // Only what the caller may view is listed (Livy lists everything to everyone).
     let sessions: Vec<_> =
         state.manager.list().into_iter().filter(|s| state.allowed(&caller, Action::View, s)).collect();
-    let total = sessions.len();
-    let range = dto::window(total, paging.from.unwrap_or(0), paging.size.unwrap_or(Some(100)));
-    let from = range.start;
-    let items: Vec<Value> =
-        sessions[range].iter().map(|s| dto::session_json(&s.snapshot(), s.log.tail(INFO_LOG_LINES), true)).collect();
-    Json(json!({"from": from, "total": total, "sessions": items}))
+    Json(dto::list_page(&sessions, &paging, |s| dto::session_json(&s.snapshot(), s.log.tail(INFO_LOG_LINES), true)))
 }
 
 pub(super) async fn create(

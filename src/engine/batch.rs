@@ -791,14 +791,7 @@ mod tests {
                 ],
             })
             .unwrap();
-            let env = SparkEnv {
-                home: dir.path().into(),
-                spark_submit: submit,
-                python: "/usr/bin/python3".into(),
-                java_home: None,
-                version: "fake".into(),
-                launch_ccache: None,
-            };
+            let env = SparkEnv::for_test(dir.path(), &submit);
             let manager = BatchManager::new(Arc::new(config), Some(env));
             Self { dir, manager }
         }

@@ -111,6 +111,21 @@ const PASS_ENV: &[&str] = &[
     "KRB5CCNAME",
 ];
 
+#[cfg(test)]
+impl SparkEnv {
+    /// A Spark installation at `home` whose spark-submit is `spark_submit` (tests with fakes).
+    pub(crate) fn for_test(home: &Path, spark_submit: &Path) -> Self {
+        Self {
+            home: home.to_path_buf(),
+            spark_submit: spark_submit.to_path_buf(),
+            python: "/usr/bin/python3".into(),
+            java_home: None,
+            version: "test".into(),
+            launch_ccache: None,
+        }
+    }
+}
+
 impl SparkEnv {
     /// Finds Spark: `spark.home`, else the pyspark package in `spark.venv`, and checks it by
     /// running `spark-submit --version`. Every message says what to do.
@@ -1216,14 +1231,7 @@ mod tests {
             "# site settings\nspark.master  k8s://https://api:6443\nspark.kubernetes.namespace   analytics \n",
         )
         .unwrap();
-        let env = SparkEnv {
-            home: home.path().into(),
-            spark_submit: "/x".into(),
-            python: "/x".into(),
-            java_home: None,
-            version: String::new(),
-            launch_ccache: None,
-        };
+        let env = SparkEnv::for_test(home.path(), Path::new("/x"));
         if std::env::var_os("SPARK_CONF_DIR").is_none() {
             let from_defaults =
                 name_k8s_driver_pod(&k8s, Some(&env), &mut LaunchSpec::default(), AppKind::Batch, 1).unwrap();
@@ -1253,12 +1261,8 @@ mod tests {
         std::fs::set_permissions(&yarn, std::fs::Permissions::from_mode(0o755)).unwrap();
         let config = SparkConfig { yarn_command: yarn, ..SparkConfig::default() };
         let env = SparkEnv {
-            home: dir.path().into(),
-            spark_submit: "/nonexistent/spark-submit".into(),
-            python: "/usr/bin/python3".into(),
-            java_home: None,
-            version: "fake".into(),
             launch_ccache: Some("FILE:/data/krb5cc_launch".into()),
+            ..SparkEnv::for_test(dir.path(), Path::new("/nonexistent/spark-submit"))
         };
         let log = LogBuffer::new(20, None);
         let kill = ClusterKill::Yarn(["application", "-kill", "application_1_0001"].map(String::from).to_vec());
