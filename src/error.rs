@@ -30,6 +30,15 @@ pub enum ApiError {
     /// The session, statement or route does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The session or batch exists but the caller may not view it: answered exactly like one
+    /// that does not exist (`shown`), while the audit trail records the refusal and its reason.
+    #[error("{shown}")]
+    Hidden {
+        /// The not-found message the client sees.
+        shown: String,
+        /// Why the caller may not see it (audit trail only).
+        reason: String,
+    },
     /// The request is valid but the resource's state does not allow it (e.g. a dead session).
     #[error("{0}")]
     Conflict(String),
@@ -57,7 +66,7 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::Hidden { .. } => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -85,11 +94,22 @@ impl IntoResponse for ApiError {
             other => json!({ "msg": other.to_string() }),
         };
         let mut response = (status, Json(body)).into_response();
-        if !matches!(self, Self::Internal(_)) {
+        match &self {
+            Self::Internal(_) => {}
+            // A refusal, though it looks like a 404 to the client.
+            Self::Hidden { reason, .. } => {
+                response.extensions_mut().insert(crate::audit::Annotation {
+                    reason: Some(reason.clone()),
+                    decision: Some(crate::audit::Decision::Deny.as_str().to_string()),
+                    ..Default::default()
+                });
+            }
             // The audit record says why (client-facing messages never hold credentials).
-            response
-                .extensions_mut()
-                .insert(crate::audit::Annotation { reason: Some(self.to_string()), ..Default::default() });
+            _ => {
+                response
+                    .extensions_mut()
+                    .insert(crate::audit::Annotation { reason: Some(self.to_string()), ..Default::default() });
+            }
         }
         if let Self::Unauthorized { challenges, .. } = &self {
             for challenge in challenges {

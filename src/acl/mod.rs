@@ -11,13 +11,41 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
+/// What a decision is about: every message and audit reason names the right kind, so no
+/// caller ever rewrites one kind's text into another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceKind {
+    /// An interactive session.
+    Session,
+    /// A batch.
+    Batch,
+}
+
+impl ResourceKind {
+    /// `session` or `batch`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::Batch => "batch",
+        }
+    }
+
+    /// `sessions` or `batches`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Self::Session => "sessions",
+            Self::Batch => "batches",
+        }
+    }
+}
+
 /// What a caller wants to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// Use the gateway at all.
     UseGateway,
     /// Create a session or batch.
-    Create,
+    Create(ResourceKind),
     /// Read a session: statements, log, full info.
     View,
     /// Change a session: statements, cancel, completion, delete.
@@ -31,7 +59,8 @@ impl Action {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::UseGateway => "use the gateway",
-            Self::Create => "create sessions",
+            Self::Create(ResourceKind::Session) => "create sessions",
+            Self::Create(ResourceKind::Batch) => "create batches",
             Self::View => "view",
             Self::Modify => "modify",
             Self::Admin => "administer the gateway",
@@ -39,14 +68,16 @@ impl Action {
     }
 }
 
-/// Who owns a session, for per-session checks.
+/// Who owns a session or batch, for per-resource checks.
 #[derive(Debug, Clone, Copy)]
 pub struct Ownership<'a> {
+    /// A session or a batch.
+    pub kind: ResourceKind,
     /// The authenticated creator.
     pub owner: &'a str,
     /// The user it runs as.
     pub effective_user: &'a str,
-    /// For messages: `session 3`.
+    /// For messages: `session 3`, `batch 3`.
     pub id: u32,
 }
 
@@ -293,7 +324,7 @@ impl AccessManager {
         loaded.policy.superusers.contains(&principal.name, &groups)
     }
 
-    /// Decides an action, optionally on one session.
+    /// Decides an action, optionally on one session or batch.
     pub fn check(&self, principal: &Principal, action: Action, session: Option<Ownership<'_>>) -> Decision {
         let loaded = self.policy();
         let p = &loaded.policy;
@@ -303,16 +334,16 @@ impl AccessManager {
             return Decision::allow(format!("{user} is a superuser"));
         }
         let what = |a: Action| match session {
-            Some(s) => format!("{} session {}", a.as_str(), s.id),
+            Some(s) => format!("{} {} {}", a.as_str(), s.kind.as_str(), s.id),
             None => a.as_str().to_string(),
         };
         if let Some(s) = session {
             if matches!(action, Action::View | Action::Modify) {
                 if s.owner == user {
-                    return Decision::allow(format!("{user} owns session {}", s.id));
+                    return Decision::allow(format!("{user} owns {} {}", s.kind.as_str(), s.id));
                 }
                 if s.effective_user == user {
-                    return Decision::allow(format!("session {} runs as {user}", s.id));
+                    return Decision::allow(format!("{} {} runs as {user}", s.kind.as_str(), s.id));
                 }
             }
         }
@@ -320,7 +351,7 @@ impl AccessManager {
             Action::UseGateway => {
                 [&p.gateway, &p.create, &p.view, &p.modify, &p.admin].iter().any(|set| set.contains(user, &groups))
             }
-            Action::Create => p.create.contains(user, &groups),
+            Action::Create(_) => p.create.contains(user, &groups),
             Action::View => p.view.contains(user, &groups) || p.modify.contains(user, &groups),
             Action::Modify => p.modify.contains(user, &groups),
             Action::Admin => p.admin.contains(user, &groups),

@@ -46,7 +46,9 @@ fn manager() -> (Arc<AccessManager>, tempfile::TempDir) {
 fn an_empty_policy_denies_everyone() {
     let dir = tempfile::tempdir().unwrap();
     let m = AccessManager::load(dir.path(), None).unwrap();
-    for action in [Action::UseGateway, Action::Create, Action::View, Action::Modify, Action::Admin] {
+    for action in
+        [Action::UseGateway, Action::Create(ResourceKind::Session), Action::View, Action::Modify, Action::Admin]
+    {
         assert!(!m.check(&who("alice", &["admins"]), action, None).allowed, "{action:?}");
     }
 }
@@ -56,20 +58,26 @@ fn rights_from_users_and_groups() {
     let (m, _d) = manager();
     let alice = who("alice", &[]);
     assert!(m.check(&alice, Action::UseGateway, None).allowed);
-    assert!(m.check(&alice, Action::Create, None).allowed, "alice is an analyst through the policy's groups");
-    assert!(m.check(&who("carol", &["analysts"]), Action::Create, None).allowed, "…or through the token's groups");
+    assert!(
+        m.check(&alice, Action::Create(ResourceKind::Session), None).allowed,
+        "alice is an analyst through the policy's groups"
+    );
+    assert!(
+        m.check(&who("carol", &["analysts"]), Action::Create(ResourceKind::Session), None).allowed,
+        "…or through the token's groups"
+    );
     let stranger = who("mallory", &[]);
     let d = m.check(&stranger, Action::UseGateway, None);
     assert!(!d.allowed);
     assert!(d.reason.contains("mallory"), "{}", d.reason);
-    assert!(!m.check(&who("auditor", &[]), Action::Create, None).allowed);
+    assert!(!m.check(&who("auditor", &[]), Action::Create(ResourceKind::Session), None).allowed);
     assert!(m.check(&who("auditor", &[]), Action::UseGateway, None).allowed);
 }
 
 #[test]
 fn session_rights_for_owner_effective_user_viewers_and_modifiers() {
     let (m, _d) = manager();
-    let s = Ownership { owner: "hue", effective_user: "alice", id: 3 };
+    let s = Ownership { kind: ResourceKind::Session, owner: "hue", effective_user: "alice", id: 3 };
     assert!(m.check(&who("hue", &[]), Action::Modify, Some(s)).allowed, "owner");
     assert!(m.check(&who("alice", &[]), Action::Modify, Some(s)).allowed, "effective user");
     assert!(!m.check(&who("bob", &[]), Action::View, Some(s)).allowed, "another analyst");
@@ -298,7 +306,7 @@ fn the_shipped_policy_loads_and_denies_by_default() {
     let m = AccessManager::load(&dir, None).unwrap();
     assert!(!m.check(&who("mallory", &[]), Action::UseGateway, None).allowed);
     assert!(!m.is_superuser(&who("root", &[])));
-    assert!(m.check(&who("dev", &["sparkgate-users"]), Action::Create, None).allowed);
-    let other = Ownership { owner: "x", effective_user: "x", id: 1 };
+    assert!(m.check(&who("dev", &["sparkgate-users"]), Action::Create(ResourceKind::Session), None).allowed);
+    let other = Ownership { kind: ResourceKind::Session, owner: "x", effective_user: "x", id: 1 };
     assert!(!m.check(&who("dev", &["sparkgate-users"]), Action::View, Some(other)).allowed);
 }

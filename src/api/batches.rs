@@ -2,7 +2,7 @@
 
 use super::dto::{self, CreateBatchRequest};
 use super::{AppState, LivyJson, Paging};
-use crate::acl::{Action, Ownership};
+use crate::acl::{Action, ResourceKind};
 use crate::engine::batch::{Batch, BatchSpec};
 use crate::engine::paths;
 use crate::error::ApiError;
@@ -15,29 +15,15 @@ use serde_json::{json, Value};
 
 const INFO_LOG_LINES: usize = 10;
 
-fn decide(state: &AppState, caller: &Caller, action: Action, batch: &Batch) -> crate::acl::Decision {
-    let ownership = Ownership { owner: &batch.spec.owner, effective_user: &batch.spec.effective_user, id: batch.id };
-    state.acl.check(&caller.acting, action, Some(ownership))
-}
-
-fn authorize(state: &AppState, caller: &Caller, action: Action, batch: &Batch) -> Result<(), ApiError> {
-    let d = decide(state, caller, action, batch);
-    if d.allowed {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(d.reason.replace("session", "batch")))
-    }
-}
-
-fn info_for(state: &AppState, caller: &Caller, batch: &Batch) -> Value {
-    let viewer = decide(state, caller, Action::View, batch).allowed;
-    dto::batch_json(&batch.snapshot(), if viewer { batch.log.tail(INFO_LOG_LINES) } else { Vec::new() }, viewer)
+/// Livy's Batch for a caller who may view the batch (nobody else gets one).
+fn info(batch: &Batch) -> Value {
+    dto::batch_json(&batch.snapshot(), batch.log.tail(INFO_LOG_LINES), true)
 }
 
 pub(super) async fn list(State(state): State<AppState>, caller: Caller, paging: Paging) -> Json<Value> {
     let batches: Vec<_> =
-        state.batches.list().into_iter().filter(|b| decide(&state, &caller, Action::View, b).allowed).collect();
-    Json(dto::list_page(&batches, &paging, |b| dto::batch_json(&b.snapshot(), b.log.tail(INFO_LOG_LINES), true)))
+        state.batches.list().into_iter().filter(|b| state.allowed(&caller, Action::View, b.as_ref())).collect();
+    Json(dto::list_page(&batches, &paging, |b| info(b)))
 }
 
 pub(super) async fn create(
@@ -45,10 +31,7 @@ pub(super) async fn create(
     caller: Caller,
     LivyJson(req): LivyJson<CreateBatchRequest>,
 ) -> Result<Response, ApiError> {
-    let decision = state.acl.check(&caller.acting, Action::Create, None);
-    if !decision.allowed {
-        return Err(ApiError::Forbidden(decision.reason.replace("sessions", "batches")));
-    }
+    state.authorize_create(&caller, ResourceKind::Batch)?;
     let file =
         req.file.filter(|f| !f.trim().is_empty()).ok_or_else(|| ApiError::bad_request("field `file` is required"))?;
     let conf = state.checked_conf(&caller, req.conf)?;
@@ -78,7 +61,7 @@ pub(super) async fn create(
         conf,
     };
     let batch = state.batches.create(spec, state.acl.quota(&effective_user))?;
-    let body = dto::batch_json(&batch.snapshot(), batch.log.tail(INFO_LOG_LINES), true);
+    let body = info(&batch);
     Ok((StatusCode::CREATED, [(header::LOCATION, format!("/batches/{}", batch.id))], Json(body)).into_response())
 }
 
@@ -87,12 +70,16 @@ pub(super) async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let batch = state.batches.get(&id)?;
-    Ok(Json(info_for(&state, &caller, &batch)))
+    let batch = state.batch_for(&caller, &id, Action::View)?;
+    Ok(Json(info(&batch)))
 }
 
-pub(super) async fn state(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let batch = state.batches.get(&id)?;
+pub(super) async fn state(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let batch = state.batch_for(&caller, &id, Action::View)?;
     Ok(Json(json!({"id": batch.id, "state": batch.state().as_str()})))
 }
 
@@ -106,8 +93,7 @@ pub(super) async fn log(
     Path(id): Path<String>,
     paging: Paging,
 ) -> Result<Json<Value>, ApiError> {
-    let batch = state.batches.get(&id)?;
-    authorize(&state, &caller, Action::View, &batch)?;
+    let batch = state.batch_for(&caller, &id, Action::View)?;
     let batch_id = batch.id;
     // File reads block: keep them off the async workers.
     let page = tokio::task::spawn_blocking(move || batch.log_window(|total| dto::log_range(total, &paging)))
@@ -121,8 +107,7 @@ pub(super) async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let batch = state.batches.get(&id)?;
-    authorize(&state, &caller, Action::Modify, &batch)?;
+    let batch = state.batch_for(&caller, &id, Action::Modify)?;
     let (batches, by) = (state.batches.clone(), caller.real.name.clone());
     super::run_detached(async move { batches.delete(&batch, &by).await }).await;
     Ok(Json(json!({"msg": "deleted"})))

@@ -41,8 +41,7 @@ async fn upload(
     field_name: &str,
     what: &str,
 ) -> Result<StatusCode, ApiError> {
-    let session = state.manager.get(id)?;
-    state.authorize(caller, Action::Modify, &session)?;
+    let session = state.session_for(caller, id, Action::Modify)?;
     session.heartbeat();
     let limit = state.config.config.server.max_upload_bytes;
     let too_large =
@@ -165,8 +164,7 @@ async fn add(
     req: AddFileRequest,
     what: &str,
 ) -> Result<StatusCode, ApiError> {
-    let session = state.manager.get(id)?;
-    state.authorize(caller, Action::Modify, &session)?;
+    let session = state.session_for(caller, id, Action::Modify)?;
     session.heartbeat();
     let uri =
         req.uri.filter(|u| !u.trim().is_empty()).ok_or_else(|| ApiError::bad_request("field `uri` is required"))?;

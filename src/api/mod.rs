@@ -9,9 +9,10 @@ mod statements;
 
 pub use extract::{LivyJson, Paging};
 
-use crate::acl::{AccessManager, Action, Ownership};
+use crate::acl::{AccessManager, Action, Ownership, ResourceKind};
 use crate::config::ValidatedConfig;
-use crate::engine::{Session, SessionManager};
+use crate::engine::batch::Batch;
+use crate::engine::{EngineError, Session, SessionManager};
 use crate::error::ApiError;
 use crate::impersonation::Caller;
 use axum::extract::State;
@@ -37,12 +38,90 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// A session or a batch: what the access checks need to know about it.
+pub(crate) trait Owned {
+    /// Its kind, owner, effective user and id.
+    fn ownership(&self) -> Ownership<'_>;
+}
+
+impl Owned for Session {
+    fn ownership(&self) -> Ownership<'_> {
+        Ownership {
+            kind: ResourceKind::Session,
+            owner: &self.spec.owner,
+            effective_user: &self.spec.effective_user,
+            id: self.id,
+        }
+    }
+}
+
+impl Owned for Batch {
+    fn ownership(&self) -> Ownership<'_> {
+        Ownership {
+            kind: ResourceKind::Batch,
+            owner: &self.spec.owner,
+            effective_user: &self.spec.effective_user,
+            id: self.id,
+        }
+    }
+}
+
 impl AppState {
-    /// Whether the caller may `action` this session.
-    pub(crate) fn allowed(&self, caller: &Caller, action: Action, session: &Session) -> bool {
-        let ownership =
-            Ownership { owner: &session.spec.owner, effective_user: &session.spec.effective_user, id: session.id };
-        self.acl.check(&caller.acting, action, Some(ownership)).allowed
+    /// Whether the caller may `action` this session or batch.
+    pub(crate) fn allowed(&self, caller: &Caller, action: Action, resource: &impl Owned) -> bool {
+        self.acl.check(&caller.acting, action, Some(resource.ownership())).allowed
+    }
+
+    /// The session `key` (id or name) names, for a caller who may `action` it.
+    ///
+    /// A caller who may not view it gets exactly the 404 of a session that does not exist, on
+    /// every per-session route: neither its id, nor its name, nor its owner or state is
+    /// disclosed to someone who may not see it (`GET /sessions` does not list it either). A
+    /// caller who may view but not modify it gets a 403 with the reason.
+    pub(crate) fn session_for(&self, caller: &Caller, key: &str, action: Action) -> Result<Arc<Session>, ApiError> {
+        self.visible(caller, key, self.manager.get(key), action)
+    }
+
+    /// [`AppState::session_for`] for batches.
+    pub(crate) fn batch_for(&self, caller: &Caller, key: &str, action: Action) -> Result<Arc<Batch>, ApiError> {
+        self.visible(caller, key, self.batches.get(key), action)
+    }
+
+    fn visible<T: Owned>(
+        &self,
+        caller: &Caller,
+        key: &str,
+        found: Result<Arc<T>, EngineError>,
+        action: Action,
+    ) -> Result<Arc<T>, ApiError> {
+        let resource = found?;
+        let ownership = resource.ownership();
+        let view = self.acl.check(&caller.acting, Action::View, Some(ownership));
+        if !view.allowed {
+            // The same answer as for an unknown id; the audit trail keeps the real reason.
+            let not_found = match ownership.kind {
+                ResourceKind::Session => EngineError::SessionNotFound(key.to_string()),
+                ResourceKind::Batch => EngineError::BatchNotFound(key.to_string()),
+            };
+            return Err(ApiError::Hidden { shown: not_found.to_string(), reason: view.reason });
+        }
+        if action != Action::View {
+            let decision = self.acl.check(&caller.acting, action, Some(ownership));
+            if !decision.allowed {
+                return Err(ApiError::Forbidden(decision.reason));
+            }
+        }
+        Ok(resource)
+    }
+
+    /// 403 with the reason unless the caller may create sessions or batches.
+    pub(crate) fn authorize_create(&self, caller: &Caller, kind: ResourceKind) -> Result<(), ApiError> {
+        let decision = self.acl.check(&caller.acting, Action::Create(kind), None);
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(decision.reason))
+        }
     }
 
     /// A request's Spark conf as strings, refused (403, keys named) when it sets keys the
@@ -79,18 +158,6 @@ impl AppState {
     /// Where drivers run, for the local-path checks.
     pub(crate) fn driver_place(&self) -> crate::engine::paths::DriverPlace {
         crate::engine::paths::DriverPlace::from_deploy_mode(&self.config.config.spark.deploy_mode)
-    }
-
-    /// 403 with the reason unless the caller may `action` this session.
-    pub(crate) fn authorize(&self, caller: &Caller, action: Action, session: &Session) -> Result<(), ApiError> {
-        let ownership =
-            Ownership { owner: &session.spec.owner, effective_user: &session.spec.effective_user, id: session.id };
-        let decision = self.acl.check(&caller.acting, action, Some(ownership));
-        if decision.allowed {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(decision.reason))
-        }
     }
 }
 
@@ -143,3 +210,6 @@ pub fn router(upload_limit: usize) -> Router<AppState> {
         .route("/batches/{id}/state", get(batches::state))
         .route("/batches/{id}/log", get(batches::log))
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

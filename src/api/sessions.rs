@@ -2,7 +2,7 @@
 
 use super::dto::{self, CreateSessionRequest};
 use super::{AppState, LivyJson, Paging};
-use crate::acl::Action;
+use crate::acl::{Action, ResourceKind};
 use crate::engine::{SessionKind, SessionSpec, SessionState};
 use crate::error::ApiError;
 use crate::impersonation::Caller;
@@ -15,11 +15,9 @@ use serde_json::{json, Value};
 /// Lines of log shown inside SessionInfo (as Livy).
 const INFO_LOG_LINES: usize = 10;
 
-/// SessionInfo as this caller may see it: `conf` and `log` only for those who may view it.
-fn info_for(state: &AppState, caller: &Caller, session: &crate::engine::Session) -> Value {
-    let viewer = state.allowed(caller, Action::View, session);
-    let log = if viewer { session.log.tail(INFO_LOG_LINES) } else { Vec::new() };
-    dto::session_json(&session.snapshot(), log, viewer)
+/// SessionInfo for a caller who may view the session (nobody else gets one).
+fn info(session: &crate::engine::Session) -> Value {
+    dto::session_json(&session.snapshot(), session.log.tail(INFO_LOG_LINES), true)
 }
 
 pub(super) async fn version(State(state): State<AppState>) -> Json<Value> {
@@ -40,8 +38,8 @@ pub(super) async fn version(State(state): State<AppState>) -> Json<Value> {
 pub(super) async fn list(State(state): State<AppState>, caller: Caller, paging: Paging) -> Json<Value> {
     // Only what the caller may view is listed (Livy lists everything to everyone).
     let sessions: Vec<_> =
-        state.manager.list().into_iter().filter(|s| state.allowed(&caller, Action::View, s)).collect();
-    Json(dto::list_page(&sessions, &paging, |s| dto::session_json(&s.snapshot(), s.log.tail(INFO_LOG_LINES), true)))
+        state.manager.list().into_iter().filter(|s| state.allowed(&caller, Action::View, s.as_ref())).collect();
+    Json(dto::list_page(&sessions, &paging, |s| info(s)))
 }
 
 pub(super) async fn create(
@@ -49,10 +47,7 @@ pub(super) async fn create(
     caller: Caller,
     LivyJson(req): LivyJson<CreateSessionRequest>,
 ) -> Result<Response, ApiError> {
-    let decision = state.acl.check(&caller.acting, Action::Create, None);
-    if !decision.allowed {
-        return Err(ApiError::Forbidden(decision.reason));
-    }
+    state.authorize_create(&caller, ResourceKind::Session)?;
     let kind = match req.kind.as_deref() {
         None => SessionKind::Shared,
         Some(k) => SessionKind::parse(k).ok_or_else(|| {
@@ -94,7 +89,7 @@ pub(super) async fn create(
         idle_timeout: req.idle_timeout,
     };
     let session = state.manager.create(spec, state.acl.quota(&effective_user))?;
-    let body = dto::session_json(&session.snapshot(), session.log.tail(INFO_LOG_LINES), true);
+    let body = info(&session);
     let location = format!("/sessions/{}", session.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
 }
@@ -110,9 +105,9 @@ pub(super) async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let session = state.manager.get(&id)?;
-    heartbeat_if_viewer(&state, &caller, &session);
-    Ok(Json(info_for(&state, &caller, &session)))
+    let session = state.session_for(&caller, &id, Action::View)?;
+    session.heartbeat();
+    Ok(Json(info(&session)))
 }
 
 pub(super) async fn state(
@@ -120,17 +115,11 @@ pub(super) async fn state(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let session = state.manager.get(&id)?;
-    heartbeat_if_viewer(&state, &caller, &session);
+    // Livy's heartbeat side effect; only those who may view a session reach it, so nobody else
+    // can keep someone's abandoned session alive.
+    let session = state.session_for(&caller, &id, Action::View)?;
+    session.heartbeat();
     Ok(Json(json!({"id": session.id, "state": session.state().as_str()})))
-}
-
-/// Livy's heartbeat side effect of `GET /sessions/{id}...`, for those who may view the session
-/// only: anyone else must not keep someone's abandoned session alive.
-fn heartbeat_if_viewer(state: &AppState, caller: &Caller, session: &crate::engine::Session) {
-    if state.allowed(caller, Action::View, session) {
-        session.heartbeat();
-    }
 }
 
 pub(super) async fn log(
@@ -139,8 +128,7 @@ pub(super) async fn log(
     Path(id): Path<String>,
     paging: Paging,
 ) -> Result<Json<Value>, ApiError> {
-    let session = state.manager.get(&id)?;
-    state.authorize(&caller, Action::View, &session)?;
+    let session = state.session_for(&caller, &id, Action::View)?;
     session.heartbeat();
     Ok(Json(dto::log_page(session.id, session.log.snapshot(), &paging)))
 }
@@ -150,8 +138,7 @@ pub(super) async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let session = state.manager.get(&id)?;
-    state.authorize(&caller, Action::Modify, &session)?;
+    let session = state.session_for(&caller, &id, Action::Modify)?;
     let (manager, by) = (state.manager.clone(), caller.real.name.clone());
     super::run_detached(async move { manager.delete(&session, &by).await }).await;
     Ok(Json(json!({"msg": "deleted"})))
@@ -162,8 +149,7 @@ pub(super) async fn stop(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let session = state.manager.get(&id)?;
-    state.authorize(&caller, Action::Modify, &session)?;
+    let session = state.session_for(&caller, &id, Action::Modify)?;
     let (manager, reason) = (state.manager.clone(), format!("stopped by {}", caller.real.name));
     super::run_detached(async move { manager.stop(&session, SessionState::Killed, &reason).await }).await;
     Ok(StatusCode::NO_CONTENT)
@@ -174,9 +160,8 @@ pub(super) async fn connect(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let session = state.manager.get(&id)?;
-    state.authorize(&caller, Action::Modify, &session)?;
+    let session = state.session_for(&caller, &id, Action::Modify)?;
     session.heartbeat();
     session.record_activity();
-    Ok(Json(info_for(&state, &caller, &session)))
+    Ok(Json(info(&session)))
 }

@@ -21,8 +21,7 @@ pub(super) async fn list(
     Path(id): Path<String>,
     paging: Paging,
 ) -> Result<Json<Value>, ApiError> {
-    let session = state.manager.get(&id)?;
-    state.authorize(&caller, Action::View, &session)?;
+    let session = state.session_for(&caller, &id, Action::View)?;
     session.heartbeat();
     let mut statements = session.statements();
     if paging.descending {
@@ -40,8 +39,7 @@ pub(super) async fn create(
     Path(id): Path<String>,
     LivyJson(req): LivyJson<CreateStatementRequest>,
 ) -> Result<Response, ApiError> {
-    let session = state.manager.get(&id)?;
-    state.authorize(&caller, Action::Modify, &session)?;
+    let session = state.session_for(&caller, &id, Action::Modify)?;
     session.heartbeat();
     let code = req.code.ok_or_else(|| ApiError::bad_request("field `code` is required"))?;
     let kind = session.spec.kind.resolve_statement(req.kind.as_deref()).map_err(ApiError::BadRequest)?;
@@ -55,8 +53,7 @@ pub(super) async fn show(
     caller: Caller,
     Path((id, sid)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let session = state.manager.get(&id)?;
-    state.authorize(&caller, Action::View, &session)?;
+    let session = state.session_for(&caller, &id, Action::View)?;
     session.heartbeat();
     Ok(Json(dto::statement_json(&session.statement(statement_id(&sid)?)?)))
 }
@@ -66,8 +63,7 @@ pub(super) async fn cancel(
     caller: Caller,
     Path((id, sid)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let session = state.manager.get(&id)?;
-    state.authorize(&caller, Action::Modify, &session)?;
+    let session = state.session_for(&caller, &id, Action::Modify)?;
     session.heartbeat();
     session.cancel(statement_id(&sid)?)?;
     Ok(Json(json!({"msg": "canceled"})))
@@ -79,8 +75,7 @@ pub(super) async fn complete(
     Path(id): Path<String>,
     LivyJson(req): LivyJson<CompletionRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let session = state.manager.get(&id)?;
-    state.authorize(&caller, Action::Modify, &session)?;
+    let session = state.session_for(&caller, &id, Action::Modify)?;
     session.heartbeat();
     let code = req.code.ok_or_else(|| ApiError::bad_request("field `code` is required"))?;
     let kind = session.spec.kind.resolve_statement(req.kind.as_deref()).map_err(ApiError::BadRequest)?;

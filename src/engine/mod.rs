@@ -13,15 +13,30 @@ pub use manager::{RpcEndpoint, SessionManager};
 pub use session::{Session, SessionSnapshot, SessionSpec, Statement};
 pub use state::{SessionState, StatementState};
 
+/// Livy's `Session '<id>' not found.` for an id; a name is not repeated (what a client sends is
+/// never echoed: it could be anything).
+fn not_found(kind: &str, key: &str) -> String {
+    if is_id(key) {
+        format!("{kind} '{key}' not found.")
+    } else {
+        format!("{kind} not found: no {} has this name.", kind.to_ascii_lowercase())
+    }
+}
+
+/// Whether a path segment is a numeric id (anything else is a name).
+pub fn is_id(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 10 && key.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// What the engine refuses or fails at; `crate::error` maps each to an HTTP status.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
-    /// No session with this id or name.
-    #[error("Session '{0}' not found.")]
+    /// No session with this id or name (or none the caller may see).
+    #[error("{}", not_found("Session", .0))]
     SessionNotFound(String),
-    /// No batch with this id or name.
-    #[error("Batch '{0}' not found.")]
+    /// No batch with this id or name (or none the caller may see).
+    #[error("{}", not_found("Batch", .0))]
     BatchNotFound(String),
     /// No such statement in the session.
     #[error("Statement {statement} not found in session {session}.")]

@@ -107,25 +107,25 @@ async fn auth_matrix_over_every_route() {
         (Method::GET, "/version".into(), None, [401, 401, 401, 200, 200, 200, 200, 200]),
         (Method::GET, "/sessions".into(), None, [401, 401, 401, 200, 200, 200, 200, 200]),
         (Method::GET, "/metrics".into(), None, [401, 401, 401, 403, 403, 403, 403, 200]),
-        (Method::GET, s.clone(), None, [401, 401, 401, 200, 200, 200, 200, 200]),
-        (Method::GET, format!("{s}/state"), None, [401, 401, 401, 200, 200, 200, 200, 200]),
-        (Method::GET, format!("{s}/log"), None, [401, 401, 401, 403, 200, 200, 200, 200]),
-        (Method::GET, format!("{s}/statements"), None, [401, 401, 401, 403, 200, 200, 200, 200]),
+        (Method::GET, s.clone(), None, [401, 401, 401, 404, 200, 200, 200, 200]),
+        (Method::GET, format!("{s}/state"), None, [401, 401, 401, 404, 200, 200, 200, 200]),
+        (Method::GET, format!("{s}/log"), None, [401, 401, 401, 404, 200, 200, 200, 200]),
+        (Method::GET, format!("{s}/statements"), None, [401, 401, 401, 404, 200, 200, 200, 200]),
         (
             Method::POST,
             format!("{s}/statements"),
             Some(json!({"code": "1+1"})),
-            [401, 401, 401, 403, 201, 201, 403, 201],
+            [401, 401, 401, 404, 201, 201, 403, 201],
         ),
-        (Method::GET, format!("{s}/statements/0"), None, [401, 401, 401, 403, 200, 200, 200, 200]),
-        (Method::POST, format!("{s}/statements/0/cancel"), Some(json!({})), [401, 401, 401, 403, 200, 200, 403, 200]),
+        (Method::GET, format!("{s}/statements/0"), None, [401, 401, 401, 404, 200, 200, 200, 200]),
+        (Method::POST, format!("{s}/statements/0/cancel"), Some(json!({})), [401, 401, 401, 404, 200, 200, 403, 200]),
         (
             Method::POST,
             format!("{s}/completion"),
             Some(json!({"code": "spark.ran", "kind": "pyspark", "cursor": 9})),
-            [401, 401, 401, 403, 200, 200, 403, 200],
+            [401, 401, 401, 404, 200, 200, 403, 200],
         ),
-        (Method::POST, format!("{s}/connect"), Some(json!({})), [401, 401, 401, 403, 200, 200, 403, 200]),
+        (Method::POST, format!("{s}/connect"), Some(json!({})), [401, 401, 401, 404, 200, 200, 403, 200]),
         (
             Method::POST,
             "/sessions".into(),
@@ -149,11 +149,13 @@ async fn auth_matrix_over_every_route() {
             }
         }
     }
-    // Another user sees the session exists but not its conf or log, and does not list it.
+    // Another user learns nothing: the session answers exactly like an id that does not exist,
+    // by id and by name, and is not listed.
     let bob = gw.token("bob", &[]);
-    let (_, _, info) = gw.call(Method::GET, &s, Some(&bob), None).await;
-    assert_eq!((info["conf"].clone(), info["log"].clone()), (json!({}), json!([])));
-    assert_eq!(info["appInfo"]["sparkUiUrl"], Value::Null, "the Spark UI has no login of its own: {info}");
+    let missing = gw.call(Method::GET, "/sessions/424242", Some(&bob), None).await;
+    let hidden = gw.call(Method::GET, &s, Some(&bob), None).await;
+    assert_eq!((hidden.0, hidden.2.clone()), (404, json!({"msg": format!("Session '{id}' not found.")})));
+    assert_eq!((missing.0, missing.2), (404, json!({"msg": "Session '424242' not found."})));
     let (_, _, own) = gw.call(Method::GET, &s, Some(&gw.token("hue", &[])), None).await;
     assert!(own["appInfo"]["sparkUiUrl"].is_string(), "the owner sees it: {own}");
     let (_, _, list) = gw.call(Method::GET, "/sessions", Some(&bob), None).await;
@@ -170,7 +172,7 @@ async fn auth_matrix_over_every_route() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(r.status().as_u16(), 404);
 }
 
 /// A token signed by a key the gateway never saw.
@@ -221,7 +223,7 @@ async fn do_as_acts_as_the_target() {
     let hue = gw.token("hue", &[]);
     // hue acting as bob has bob's rights only: not alice's session.
     let (status, _, _) = gw.call(Method::GET, &format!("/sessions/{id}/log?doAs=bob"), Some(&hue), None).await;
-    assert_eq!(status, 403);
+    assert_eq!(status, 404);
     let (status, _, _) = gw.call(Method::GET, &format!("/sessions/{id}/log?doAs=alice"), Some(&hue), None).await;
     assert_eq!(status, 200);
     let (status, _, body) = gw.call(Method::GET, "/sessions?doAs=root", Some(&hue), None).await;
@@ -320,7 +322,7 @@ async fn requests_and_security_events_are_audited_in_a_verifiable_chain() {
     let hue = gw.token("hue", &[]);
     let bob = gw.token("bob", &[]);
     assert_eq!(gw.call(Method::GET, "/sessions", None, None).await.0, 401);
-    assert_eq!(gw.call(Method::GET, &format!("/sessions/{id}/log"), Some(&bob), None).await.0, 403);
+    assert_eq!(gw.call(Method::GET, &format!("/sessions/{id}/log"), Some(&bob), None).await.0, 404);
     assert_eq!(gw.call(Method::GET, "/sessions?doAs=root", Some(&hue), None).await.0, 403);
     assert_eq!(gw.call(Method::GET, "/sessions?doAs=alice", Some(&hue), None).await.0, 200);
     let flushed = gw.audit.clone();
@@ -331,10 +333,12 @@ async fn requests_and_security_events_are_audited_in_a_verifiable_chain() {
     let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let has = |pred: &dyn Fn(&Value) -> bool| records.iter().any(pred);
     assert!(has(&|r| r["status"] == 401 && r["decision"] == "deny" && r["action"] == "GET /sessions"), "a 401");
-    assert!(has(&|r| r["status"] == 403
+    // Answered 404, recorded as the refusal it is, with the real reason.
+    assert!(has(&|r| r["status"] == 404
+        && r["decision"] == "deny"
         && r["principal"] == "bob"
         && r["action"] == "GET /sessions/{id}/log"
-        && r["reason"].as_str().is_some_and(|x| x.contains("not allowed"))));
+        && r["reason"].as_str().is_some_and(|x| x.contains("not allowed to view session"))));
     assert!(has(&|r| r["action"] == "impersonation_denied"
         && r["principal"] == "hue"
         && r["effective_user"] == "root"));

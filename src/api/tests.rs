@@ -1,0 +1,188 @@
+//! The API through the whole middleware stack, without Spark: JWT callers, the real policy
+//! engine, sessions and batches that are registered but never launch (no Spark: they end
+//! `dead` at once, which is all these tests need of them).
+
+use super::AppState;
+use crate::config::{self, Sources, ValidatedConfig};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+/// A gateway's router over a policy, with its data in a temporary directory.
+pub(crate) struct Harness {
+    pub(crate) app: axum::Router,
+    pub(crate) state: AppState,
+    pub(crate) config: Arc<ValidatedConfig>,
+    /// Keeps the data directory alive as long as the harness.
+    pub(crate) _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    pub(crate) fn new(policy: &str, overrides: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let policy_dir = dir.path().join("policies");
+        std::fs::create_dir_all(&policy_dir).unwrap();
+        std::fs::write(policy_dir.join("acl.toml"), policy).unwrap();
+        let mut all = vec![
+            format!("server.data_dir=\"{}\"", dir.path().join("data").display()),
+            format!("acl.policy_dir=\"{}\"", policy_dir.display()),
+            "auth.methods=[\"jwt\"]".to_string(),
+        ];
+        all.extend(overrides.iter().map(|s| s.to_string()));
+        let config = Arc::new(config::load(&Sources { file: None, env: vec![], overrides: all }).unwrap());
+        let data_dir = &config.config.server.data_dir;
+        crate::tls::create_private_dir(data_dir).unwrap();
+        let audit = crate::audit::AuditLog::open(&data_dir.join("audit").join("audit.log"), 1 << 20).unwrap();
+        let manager = crate::engine::SessionManager::new(config.clone(), None, data_dir.join("driver.py"));
+        let batches = crate::engine::batch::BatchManager::new(config.clone(), None);
+        let acl = crate::acl::AccessManager::load(&policy_dir, None).unwrap();
+        let state = AppState {
+            manager,
+            batches,
+            config: config.clone(),
+            acl,
+            audit,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+        };
+        let chain = crate::auth::build_chain(&config).unwrap();
+        let app = crate::http::stack::build(state.clone(), chain);
+        Self { app, state, config, _dir: dir }
+    }
+
+    pub(crate) fn token(&self, user: &str) -> String {
+        crate::auth::jwt::mint_dev_token(&self.config, user, &[], Duration::from_secs(600)).unwrap()
+    }
+
+    /// `method path` as `user` (None: no credentials) with an optional JSON body.
+    pub(crate) async fn call(&self, user: Option<&str>, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(user) = user {
+            request = request.header("authorization", format!("Bearer {}", self.token(user)));
+        }
+        let body = match body {
+            Some(body) => {
+                request = request.header("content-type", "application/json");
+                Body::from(body.to_string())
+            }
+            None => Body::empty(),
+        };
+        let response = self.app.clone().oneshot(request.body(body).unwrap()).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// The audit records written so far.
+    pub(crate) async fn audit_records(&self) -> Vec<Value> {
+        let audit = self.state.audit.clone();
+        tokio::task::spawn_blocking(move || audit.flush()).await.unwrap().unwrap();
+        let text = std::fs::read_to_string(self.state.audit.path()).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+const POLICY: &str = r#"
+[create]
+users = ["alice", "bob"]
+
+[view]
+users = ["auditor"]
+"#;
+
+#[tokio::test]
+async fn a_session_or_batch_the_caller_may_not_view_answers_like_one_that_does_not_exist() {
+    let h = Harness::new(POLICY, &[]);
+    let (status, session) = h.call(Some("alice"), "POST", "/sessions", Some(json!({"name": "alice-etl"}))).await;
+    assert_eq!(status, 201, "{session}");
+    let id = session["id"].as_u64().unwrap();
+    let (status, batch) = h
+        .call(Some("alice"), "POST", "/batches", Some(json!({"file": "hdfs:///jobs/etl.py", "name": "nightly"})))
+        .await;
+    assert_eq!(status, 201, "{batch}");
+    let bid = batch["id"].as_u64().unwrap();
+    let unknown = 4242u64;
+    for (prefix, id, name) in [("/sessions", id, "alice-etl"), ("/batches", bid, "nightly")] {
+        let mut routes = vec![
+            ("GET", format!("{prefix}/{{}}"), None),
+            ("GET", format!("{prefix}/{{}}/state"), None),
+            ("GET", format!("{prefix}/{{}}/log"), None),
+            ("DELETE", format!("{prefix}/{{}}"), None),
+        ];
+        if prefix == "/sessions" {
+            routes.extend([
+                ("GET", format!("{prefix}/{{}}/statements"), None),
+                ("POST", format!("{prefix}/{{}}/statements"), Some(json!({"code": "1"}))),
+                ("GET", format!("{prefix}/{{}}/statements/0"), None),
+                ("POST", format!("{prefix}/{{}}/statements/0/cancel"), None),
+                ("POST", format!("{prefix}/{{}}/completion"), Some(json!({"code": "x"}))),
+                ("POST", format!("{prefix}/{{}}/connect"), None),
+                ("POST", format!("{prefix}/{{}}/stop"), None),
+                ("POST", format!("{prefix}/{{}}/add-file"), Some(json!({"uri": "hdfs:///x"}))),
+            ]);
+        }
+        for (method, pattern, body) in routes {
+            // bob sees exactly what he would see for an id or name that does not exist.
+            for (key, missing) in [(id.to_string(), unknown.to_string()), (name.to_string(), "no-such-name".into())] {
+                let hidden = h.call(Some("bob"), method, &pattern.replace("{}", &key), body.clone()).await;
+                let absent = h.call(Some("bob"), method, &pattern.replace("{}", &missing), body.clone()).await;
+                assert_eq!(hidden.0, 404, "{method} {pattern} with {key}: {hidden:?}");
+                assert_eq!(
+                    hidden.1.to_string().replace(&key, "KEY"),
+                    absent.1.to_string().replace(&missing, "KEY"),
+                    "{method} {pattern}: the same answer as for a missing one"
+                );
+            }
+        }
+        // A viewer may look but not change anything: that is a 403 with the reason.
+        let (status, _) = h.call(Some("auditor"), "GET", &format!("{prefix}/{id}"), None).await;
+        assert_eq!(status, 200);
+        let (status, body) = h.call(Some("auditor"), "DELETE", &format!("{prefix}/{id}"), None).await;
+        assert_eq!(status, 403, "{body}");
+    }
+    // The refusals are in the audit trail as the denials they are, naming the right kind.
+    let records = h.audit_records().await;
+    let denied = |action: &str, text: &str| {
+        records.iter().any(|r| {
+            r["action"] == action
+                && r["status"] == 404
+                && r["decision"] == "deny"
+                && r["principal"] == "bob"
+                && r["reason"].as_str().is_some_and(|x| x.contains(text))
+        })
+    };
+    assert!(denied("GET /sessions/{id}", &format!("bob is not allowed to view session {id}")), "{records:#?}");
+    assert!(denied("GET /batches/{id}/log", &format!("bob is not allowed to view batch {bid}")), "{records:#?}");
+    // The owner still reaches both.
+    assert_eq!(h.call(Some("alice"), "GET", &format!("/sessions/{id}"), None).await.0, 200);
+    assert_eq!(h.call(Some("alice"), "GET", "/batches/nightly", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn decisions_name_the_resource_kind_and_never_rewrite_user_names() {
+    let policy = "[create]\nusers = [\"session-admin\"]\n[view]\nusers = [\"session-viewer\"]\n";
+    let h = Harness::new(policy, &[]);
+    let (status, batch) =
+        h.call(Some("session-admin"), "POST", "/batches", Some(json!({"file": "hdfs:///a.py"}))).await;
+    assert_eq!(status, 201, "{batch}");
+    let id = batch["id"].as_u64().unwrap();
+    let (status, body) = h.call(Some("session-viewer"), "DELETE", &format!("/batches/{id}"), None).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["msg"], format!("session-viewer is not allowed to modify batch {id}"));
+    let (status, body) =
+        h.call(Some("session-viewer"), "POST", "/batches", Some(json!({"file": "hdfs:///a.py"}))).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["msg"], "session-viewer is not allowed to create batches");
+    let (status, body) = h.call(Some("session-viewer"), "POST", "/sessions", Some(json!({}))).await;
+    assert_eq!((status, body["msg"].as_str()), (403, Some("session-viewer is not allowed to create sessions")));
+}
+
+#[tokio::test]
+async fn a_request_without_credentials_is_still_401_on_every_route() {
+    let h = Harness::new(POLICY, &[]);
+    assert_eq!(h.call(None, "GET", "/sessions/0", None).await.0, StatusCode::UNAUTHORIZED.as_u16());
+    assert_eq!(h.call(None, "GET", "/batches/0/log", None).await.0, 401);
+}
