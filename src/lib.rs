@@ -218,7 +218,12 @@ impl Gateway {
         let audit_path = cfg.audit.path.clone().unwrap_or_else(|| cfg.server.data_dir.join("audit").join("audit.log"));
         let audit_log = audit::AuditLog::open(&audit_path, cfg.audit.max_file_bytes)
             .map_err(|e| StartError::Io { what: "opening the audit log".into(), source: std::io::Error::other(e) })?;
-        let manager = SessionManager::new(config.clone(), spark, driver_program);
+        // Ids continue where the last run stopped; its session and batch files are moved aside.
+        let ids = engine::ids::Ids::prepare(&cfg.server.data_dir).map_err(|e| StartError::Io {
+            what: "preparing session and batch ids".into(),
+            source: std::io::Error::other(e),
+        })?;
+        let manager = SessionManager::new(config.clone(), spark, driver_program, ids.sessions);
         manager.set_audit(audit_log.clone());
 
         // The RPC channel has its own private CA, generated at every start: drivers receive it
@@ -247,7 +252,7 @@ impl Gateway {
         let acl = acl::AccessManager::load(&cfg.acl.policy_dir, cfg.acl.groups_file.as_deref())
             .map_err(StartError::Policy)?;
         start_policy_reloader(acl.clone(), audit_log.clone(), config.durations.acl_reload_interval);
-        let batches = engine::batch::BatchManager::new(config.clone(), manager.spark().cloned());
+        let batches = engine::batch::BatchManager::new(config.clone(), manager.spark().cloned(), ids.batches);
         batches.set_audit(audit_log.clone());
         batches.start_background();
         let state = api::AppState {

@@ -18,14 +18,19 @@ pub(crate) struct Harness {
     pub(crate) state: AppState,
     pub(crate) config: Arc<ValidatedConfig>,
     /// Keeps the data directory alive as long as the harness.
-    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Harness {
     pub(crate) fn new(policy: &str, overrides: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::in_dir(tempfile::tempdir().unwrap(), policy, overrides)
+    }
+
+    /// A gateway over an existing directory: what a restart sees.
+    pub(crate) fn in_dir(dir: tempfile::TempDir, policy: &str, overrides: &[&str]) -> Self {
         let policy_dir = dir.path().join("policies");
         std::fs::create_dir_all(&policy_dir).unwrap();
+        let _ = std::fs::remove_file(policy_dir.join("acl.toml"));
         std::fs::write(policy_dir.join("acl.toml"), policy).unwrap();
         let mut all = vec![
             format!("server.data_dir=\"{}\"", dir.path().join("data").display()),
@@ -37,8 +42,10 @@ impl Harness {
         let data_dir = &config.config.server.data_dir;
         crate::tls::create_private_dir(data_dir).unwrap();
         let audit = crate::audit::AuditLog::open(&data_dir.join("audit").join("audit.log"), 1 << 20).unwrap();
-        let manager = crate::engine::SessionManager::new(config.clone(), None, data_dir.join("driver.py"));
-        let batches = crate::engine::batch::BatchManager::new(config.clone(), None);
+        let ids = crate::engine::ids::Ids::prepare(data_dir).unwrap();
+        let manager =
+            crate::engine::SessionManager::new(config.clone(), None, data_dir.join("driver.py"), ids.sessions);
+        let batches = crate::engine::batch::BatchManager::new(config.clone(), None, ids.batches);
         let acl = crate::acl::AccessManager::load(&policy_dir, None).unwrap();
         let state = AppState {
             manager,
@@ -50,7 +57,7 @@ impl Harness {
         };
         let chain = crate::auth::build_chain(&config).unwrap();
         let app = crate::http::stack::build(state.clone(), chain);
-        Self { app, state, config, _dir: dir }
+        Self { app, state, config, dir }
     }
 
     pub(crate) fn token(&self, user: &str) -> String {
@@ -74,6 +81,14 @@ impl Harness {
         let status = response.status().as_u16();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// Stops this gateway (its managers and audit log go) and starts another on the same
+    /// directory.
+    pub(crate) fn restart(self, policy: &str, overrides: &[&str]) -> Self {
+        let Self { app, state, config, dir } = self;
+        drop((app, state, config));
+        Self::in_dir(dir, policy, overrides)
     }
 
     /// The audit records written so far.
@@ -185,4 +200,36 @@ async fn a_request_without_credentials_is_still_401_on_every_route() {
     let h = Harness::new(POLICY, &[]);
     assert_eq!(h.call(None, "GET", "/sessions/0", None).await.0, StatusCode::UNAUTHORIZED.as_u16());
     assert_eq!(h.call(None, "GET", "/batches/0/log", None).await.0, 401);
+}
+
+#[tokio::test]
+async fn ids_never_repeat_across_a_restart_and_no_file_of_an_earlier_batch_is_served_again() {
+    let h = Harness::new(POLICY, &[]);
+    let (status, first) = h.call(Some("alice"), "POST", "/batches", Some(json!({"file": "hdfs:///alice.py"}))).await;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(first["id"], 0);
+    let (_, log) = h.call(Some("alice"), "GET", "/batches/0/log?size=-1", None).await;
+    let alice_lines = log["log"].as_array().unwrap().clone();
+    assert_eq!(alice_lines.len(), 1, "{log}");
+    let (status, session) = h.call(Some("alice"), "POST", "/sessions", Some(json!({}))).await;
+    assert_eq!((status, session["id"].as_u64()), (201, Some(0)));
+    let h = h.restart(POLICY, &[]);
+    // Bob's first batch after the restart is a new id, with a log of its own.
+    let (status, second) = h.call(Some("bob"), "POST", "/batches", Some(json!({"file": "hdfs:///bob.py"}))).await;
+    assert_eq!(status, 201, "{second}");
+    let id = second["id"].as_u64().unwrap();
+    assert!(id > 0, "ids continue: {second}");
+    let (_, log) = h.call(Some("bob"), "GET", &format!("/batches/{id}/log?size=-1"), None).await;
+    // (Without Spark each launch fails with one line of its own; two lines would be a reused file.)
+    assert_eq!(log["log"], json!(alice_lines), "exactly one launch's lines: {log}");
+    assert_eq!(h.call(Some("bob"), "GET", "/batches/0/log?size=-1", None).await.0, 404);
+    let (status, session) = h.call(Some("bob"), "POST", "/sessions", Some(json!({}))).await;
+    assert_eq!(status, 201, "{session}");
+    assert!(session["id"].as_u64().unwrap() > 0, "{session}");
+    // The earlier run's files are kept for the operator, away from every new session or batch.
+    let quarantine = h.dir.path().join("data/quarantine");
+    let runs: Vec<_> = std::fs::read_dir(&quarantine).unwrap().flatten().collect();
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].path().join("batches/0/batch.log").is_file());
+    assert!(runs[0].path().join("sessions/0").is_dir());
 }

@@ -2,6 +2,7 @@
 //! their own counter; states starting → running → success | dead | killed; never idle-timed
 //! out; the full output kept in a log file that `/log` pages.
 
+use super::ids::{self, IdCounter};
 use super::launcher::{self, LaunchSpec, LogBuffer, ProcessHandle, SparkEnv};
 use super::state::SessionState;
 use super::EngineError;
@@ -244,7 +245,6 @@ fn launch_name(batch: &Batch) -> String {
 struct Registry {
     by_id: BTreeMap<u32, Arc<Batch>>,
     by_name: HashMap<String, u32>,
-    next_id: u32,
 }
 
 /// Owns every batch.
@@ -254,12 +254,15 @@ pub struct BatchManager {
     spark: Option<Arc<SparkEnv>>,
     registry: Mutex<Registry>,
     audit: OnceLock<Arc<AuditLog>>,
+    /// Batch ids: durable, never repeated (see [`super::ids`]).
+    ids: IdCounter,
 }
 
 impl BatchManager {
     /// A manager; `spark` None makes every launch fail visibly (tests without Spark).
-    pub fn new(config: Arc<ValidatedConfig>, spark: Option<SparkEnv>) -> Arc<Self> {
+    pub fn new(config: Arc<ValidatedConfig>, spark: Option<SparkEnv>, ids: IdCounter) -> Arc<Self> {
         Arc::new(Self {
+            ids,
             config,
             spark: spark.map(Arc::new),
             registry: Mutex::new(Registry::default()),
@@ -322,12 +325,13 @@ impl BatchManager {
             if let Some(limit) = quota.max_sessions.filter(|l| mine >= *l) {
                 return Err(EngineError::UserQuota { user: spec.effective_user.clone(), limit, what: "live batches" });
             }
-            let id = reg.next_id;
-            reg.next_id += 1;
+            let id = self.ids.next().map_err(|e| EngineError::Launch(e.to_string()))?;
+            // Never a directory or file an earlier batch left: created exclusively, or refused.
             let dir = self.config.config.server.data_dir.join("batches").join(id.to_string());
-            crate::tls::create_private_dir(&dir).map_err(|e| EngineError::Launch(e.to_string()))?;
+            ids::create_fresh_dir(&dir).map_err(|e| EngineError::Launch(e.to_string()))?;
             let log_path = dir.join("batch.log");
-            let log = LogBuffer::new(self.config.config.sessions.log_tail_lines, Some(&log_path));
+            let log = LogBuffer::create(self.config.config.sessions.log_tail_lines, &log_path)
+                .map_err(|e| EngineError::Launch(format!("creating the log of batch {id}: {e}")))?;
             let batch = Arc::new(Batch {
                 id,
                 spec: Arc::new(spec),
@@ -792,7 +796,7 @@ mod tests {
             })
             .unwrap();
             let env = SparkEnv::for_test(dir.path(), &submit);
-            let manager = BatchManager::new(Arc::new(config), Some(env));
+            let manager = BatchManager::new(Arc::new(config), Some(env), IdCounter::in_memory("batches"));
             Self { dir, manager }
         }
 

@@ -607,6 +607,14 @@ struct LogInner {
 }
 
 impl LogBuffer {
+    /// A buffer keeping `cap` lines, mirrored to `file`, which must not exist yet: a new
+    /// session or batch never appends to a log an earlier one left behind.
+    pub fn create(cap: usize, file: &Path) -> std::io::Result<Arc<Self>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(file)?;
+        Ok(Arc::new(Self { inner: Mutex::new(LogInner { lines: VecDeque::new(), cap: cap.max(1), file: Some(file) }) }))
+    }
+
     /// A buffer keeping `cap` lines, appending to `file` if given.
     pub fn new(cap: usize, file: Option<&Path>) -> Arc<Self> {
         let file = file.and_then(|p| {

@@ -1,6 +1,7 @@
 //! The SessionManager: owns every interactive session, launches their drivers, enforces the
 //! caps, runs the timeout checker and collects finished sessions.
 
+use super::ids::{self, IdCounter};
 use super::launcher::{self, LaunchSpec, LogBuffer, SparkEnv};
 use super::session::{Session, SessionLimits, SessionSpec};
 use super::state::SessionState;
@@ -58,7 +59,6 @@ fn driver_conf_delivery(
 struct Registry {
     by_id: BTreeMap<u32, Arc<Session>>,
     by_name: HashMap<String, u32>,
-    next_id: u32,
 }
 
 /// Owns every interactive session.
@@ -71,13 +71,21 @@ pub struct SessionManager {
     audit: OnceLock<Arc<AuditLog>>,
     registry: Mutex<Registry>,
     rpc_auth_failures: std::sync::atomic::AtomicU64,
+    /// Session ids: durable, never repeated (see [`super::ids`]).
+    ids: IdCounter,
 }
 
 impl SessionManager {
     /// A manager. `spark` None means launching is impossible (sessions die at once with a
     /// clear reason), which is how router tests run without Spark.
-    pub fn new(config: Arc<ValidatedConfig>, spark: Option<SparkEnv>, driver_program: PathBuf) -> Arc<Self> {
+    pub fn new(
+        config: Arc<ValidatedConfig>,
+        spark: Option<SparkEnv>,
+        driver_program: PathBuf,
+        ids: IdCounter,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            ids,
             config,
             spark: spark.map(Arc::new),
             driver_program,
@@ -194,11 +202,12 @@ impl SessionManager {
                     what: "sessions starting",
                 });
             }
-            let id = reg.next_id;
-            reg.next_id += 1;
+            let id = self.ids.next().map_err(|e| EngineError::Launch(e.to_string()))?;
+            // Never a directory or file an earlier session left: created exclusively, or refused.
             let dir = cfg.config.server.data_dir.join("sessions").join(id.to_string());
-            crate::tls::create_private_dir(&dir).map_err(|e| EngineError::Launch(e.to_string()))?;
-            let log = LogBuffer::new(sessions.log_tail_lines, Some(&dir.join("session.log")));
+            ids::create_fresh_dir(&dir).map_err(|e| EngineError::Launch(e.to_string()))?;
+            let log = LogBuffer::create(sessions.log_tail_lines, &dir.join("session.log"))
+                .map_err(|e| EngineError::Launch(format!("creating the log of session {id}: {e}")))?;
             let session = Arc::new(Session::new(id, spec, limits, SessionSecret::generate(), log, dir));
             if let Some(name) = &session.spec.name {
                 reg.by_name.insert(name.clone(), id);
@@ -454,9 +463,7 @@ impl SessionManager {
 impl SessionManager {
     /// Registers a session without launching anything (unit tests drive it by hand).
     pub(crate) fn insert_for_test(&self, session: Arc<Session>) {
-        let mut reg = self.lock();
-        reg.next_id = reg.next_id.max(session.id + 1);
-        reg.by_id.insert(session.id, session);
+        self.lock().by_id.insert(session.id, session);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The engine: interactive sessions, their statements, their Spark drivers and timeouts.
 
 pub mod batch;
+pub mod ids;
 pub mod kind;
 pub mod launcher;
 pub mod manager;

@@ -10,7 +10,8 @@ fn manager(overrides: &[&str]) -> (Arc<SessionManager>, tempfile::TempDir) {
     let mut all = vec![format!("server.data_dir=\"{}\"", dir.path().display())];
     all.extend(overrides.iter().map(|s| s.to_string()));
     let cfg = config::load(&Sources { file: None, env: vec![], overrides: all }).unwrap();
-    (SessionManager::new(Arc::new(cfg), None, PathBuf::from("driver.py")), dir)
+    let ids = IdCounter::in_memory("sessions");
+    (SessionManager::new(Arc::new(cfg), None, PathBuf::from("driver.py"), ids), dir)
 }
 
 fn spec() -> SessionSpec {
