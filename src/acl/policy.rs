@@ -47,6 +47,9 @@ pub struct Quota {
     pub max_sessions: Option<usize>,
     /// Sessions starting at once per user.
     pub max_concurrent_launches: Option<usize>,
+    /// Creates refused because the name was taken, per hour (default
+    /// [`crate::engine::names::DEFAULT_MAX_NAME_CONFLICTS`]); beyond it named creates get 429.
+    pub max_name_conflicts: Option<usize>,
 }
 
 /// Quotas: a default and per-user overrides.

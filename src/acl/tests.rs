@@ -256,8 +256,8 @@ fn the_gateways_own_account_is_a_target_only_when_named() {
 #[test]
 fn quotas_default_and_per_user() {
     let (m, _d) = manager();
-    assert_eq!(m.quota("bob"), Quota { max_sessions: Some(2), max_concurrent_launches: Some(1) });
-    assert_eq!(m.quota("alice"), Quota { max_sessions: Some(5), max_concurrent_launches: None });
+    assert_eq!(m.quota("bob"), Quota { max_sessions: Some(2), max_concurrent_launches: Some(1), ..Quota::default() });
+    assert_eq!(m.quota("alice"), Quota { max_sessions: Some(5), ..Quota::default() });
 }
 
 #[test]

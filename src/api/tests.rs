@@ -233,3 +233,33 @@ async fn ids_never_repeat_across_a_restart_and_no_file_of_an_earlier_batch_is_se
     assert!(runs[0].path().join("batches/0/batch.log").is_file());
     assert!(runs[0].path().join("sessions/0").is_dir());
 }
+
+#[tokio::test]
+async fn names_stay_unique_without_telling_whose_they_are_and_probing_them_is_bounded() {
+    let policy =
+        "[create]\nusers = [\"alice\", \"bob\", \"carol\"]\n[quotas]\nusers.bob = { max_name_conflicts = 3 }\n";
+    let h = Harness::new(policy, &[]);
+    let (status, _) = h.call(Some("alice"), "POST", "/sessions", Some(json!({"name": "etl"}))).await;
+    assert_eq!(status, 201);
+    // Livy's unique names are kept; the refusal says neither whose nor which session it is.
+    let (status, body) = h.call(Some("bob"), "POST", "/sessions", Some(json!({"name": "etl"}))).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["msg"], "Duplicate session name: another session already has this name; choose another");
+    // bob may cause 3 refused duplicates an hour; then every named create is refused, taken or not,
+    // so the answer stops telling which names exist.
+    for _ in 0..2 {
+        assert_eq!(h.call(Some("bob"), "POST", "/sessions", Some(json!({"name": "etl"}))).await.0, 400);
+    }
+    let (status, body) = h.call(Some("bob"), "POST", "/sessions", Some(json!({"name": "etl"}))).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body["msg"].as_str().unwrap().contains("names refused as duplicates"), "{body}");
+    assert_eq!(h.call(Some("bob"), "POST", "/sessions", Some(json!({"name": "free"}))).await.0, 429);
+    assert_eq!(h.call(Some("bob"), "POST", "/sessions", Some(json!({}))).await.0, 201, "unnamed creates go on");
+    // Others are not affected; the default quota applies to them.
+    assert_eq!(h.call(Some("carol"), "POST", "/sessions", Some(json!({"name": "free"}))).await.0, 201);
+    // Names are checked without being repeated back.
+    let (status, body) =
+        h.call(Some("carol"), "POST", "/batches", Some(json!({"file": "hdfs:///a.py", "name": "a/b"}))).await;
+    assert_eq!(status, 400);
+    assert!(!body["msg"].as_str().unwrap().contains("a/b"), "{body}");
+}

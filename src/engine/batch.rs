@@ -4,6 +4,7 @@
 
 use super::ids::{self, IdCounter};
 use super::launcher::{self, LaunchSpec, LogBuffer, ProcessHandle, SparkEnv};
+use super::names::{self, NameConflicts};
 use super::state::SessionState;
 use super::EngineError;
 use crate::acl::policy::Quota;
@@ -256,6 +257,8 @@ pub struct BatchManager {
     audit: OnceLock<Arc<AuditLog>>,
     /// Batch ids: durable, never repeated (see [`super::ids`]).
     ids: IdCounter,
+    /// Refused duplicate names per user (a quota against probing and squatting).
+    name_conflicts: NameConflicts,
 }
 
 impl BatchManager {
@@ -263,6 +266,7 @@ impl BatchManager {
     pub fn new(config: Arc<ValidatedConfig>, spark: Option<SparkEnv>, ids: IdCounter) -> Arc<Self> {
         Arc::new(Self {
             ids,
+            name_conflicts: NameConflicts::default(),
             config,
             spark: spark.map(Arc::new),
             registry: Mutex::new(Registry::default()),
@@ -298,18 +302,17 @@ impl BatchManager {
     /// Creates a batch and runs spark-submit.
     pub fn create(self: &Arc<Self>, spec: BatchSpec, quota: Quota) -> Result<Arc<Batch>, EngineError> {
         if let Some(name) = &spec.name {
-            if name.is_empty() || name.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(EngineError::InvalidRequest(format!(
-                    "field `name` must not be empty or all digits (got `{name}`)"
-                )));
-            }
+            names::validate(name)?;
         }
         let limit = self.config.config.sessions.max_concurrent_launches;
         let batch = {
             let mut reg = self.lock();
             if let Some(name) = &spec.name {
-                if let Some(existing) = reg.by_name.get(name) {
-                    return Err(EngineError::DuplicateName(format!("`{name}` is used by batch {existing}")));
+                let limit = quota.max_name_conflicts.unwrap_or(names::DEFAULT_MAX_NAME_CONFLICTS);
+                self.name_conflicts.check(&spec.effective_user, limit)?;
+                if reg.by_name.contains_key(name) {
+                    self.name_conflicts.record(&spec.effective_user, limit);
+                    return Err(EngineError::DuplicateName("batch"));
                 }
             }
             let live: Vec<(SessionState, bool)> = reg

@@ -3,6 +3,7 @@
 
 use super::ids::{self, IdCounter};
 use super::launcher::{self, LaunchSpec, LogBuffer, SparkEnv};
+use super::names::{self, NameConflicts};
 use super::session::{Session, SessionLimits, SessionSpec};
 use super::state::SessionState;
 use super::EngineError;
@@ -73,6 +74,8 @@ pub struct SessionManager {
     rpc_auth_failures: std::sync::atomic::AtomicU64,
     /// Session ids: durable, never repeated (see [`super::ids`]).
     ids: IdCounter,
+    /// Refused duplicate names per user (a quota against probing and squatting).
+    name_conflicts: NameConflicts,
 }
 
 impl SessionManager {
@@ -86,6 +89,7 @@ impl SessionManager {
     ) -> Arc<Self> {
         Arc::new(Self {
             ids,
+            name_conflicts: NameConflicts::default(),
             config,
             spark: spark.map(Arc::new),
             driver_program,
@@ -146,11 +150,7 @@ impl SessionManager {
     pub fn create(self: &Arc<Self>, spec: SessionSpec, quota: Quota) -> Result<Arc<Session>, EngineError> {
         let cfg = &self.config;
         if let Some(name) = &spec.name {
-            if name.is_empty() || name.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(EngineError::InvalidRequest(format!(
-                    "field `name` must not be empty or all digits (got `{name}`): names share the path with numeric ids"
-                )));
-            }
+            names::validate(name)?;
         }
         let per_session = |field: &str, value: &Option<String>, default: Option<Duration>| match value {
             None => Ok(default),
@@ -169,8 +169,11 @@ impl SessionManager {
         let session = {
             let mut reg = self.lock();
             if let Some(name) = &spec.name {
-                if let Some(existing) = reg.by_name.get(name) {
-                    return Err(EngineError::DuplicateName(format!("`{name}` is used by session {existing}")));
+                let limit = quota.max_name_conflicts.unwrap_or(names::DEFAULT_MAX_NAME_CONFLICTS);
+                self.name_conflicts.check(&spec.effective_user, limit)?;
+                if reg.by_name.contains_key(name) {
+                    self.name_conflicts.record(&spec.effective_user, limit);
+                    return Err(EngineError::DuplicateName("session"));
                 }
             }
             let sessions = &cfg.config.sessions;

@@ -5,6 +5,7 @@ pub mod ids;
 pub mod kind;
 pub mod launcher;
 pub mod manager;
+pub mod names;
 pub mod paths;
 pub mod session;
 pub mod state;
@@ -47,9 +48,10 @@ pub enum EngineError {
         /// Statement id.
         statement: u32,
     },
-    /// The name is taken by a live session.
-    #[error("Duplicate session name: {0}")]
-    DuplicateName(String),
+    /// The name is taken (by a session or batch the caller may not even see: which one is not
+    /// said).
+    #[error("Duplicate {0} name: another {0} already has this name; choose another")]
+    DuplicateName(&'static str),
     /// A field of the request is not acceptable.
     #[error("{0}")]
     InvalidRequest(String),

@@ -233,7 +233,7 @@ async fn sessions_are_found_by_id_or_name_and_caps_are_enforced() {
 async fn per_user_quotas() {
     let (m, _dir) = manager(&[]);
     let (_a, _rx) = idle_session(&m, 0, limits()); // alice's live session
-    let quota = Quota { max_sessions: Some(1), max_concurrent_launches: None };
+    let quota = Quota { max_sessions: Some(1), ..Quota::default() };
     let err = m.create(spec(), quota).unwrap_err();
     assert!(matches!(&err, EngineError::UserQuota { user, limit: 1, .. } if user == "alice"), "{err}");
     // Another user is not affected by alice's quota.
