@@ -4,7 +4,6 @@ use super::dto::{self, CreateBatchRequest};
 use super::{AppState, LivyJson, Paging};
 use crate::acl::{Action, ResourceKind};
 use crate::engine::batch::{Batch, BatchSpec};
-use crate::engine::paths;
 use crate::error::ApiError;
 use crate::impersonation::Caller;
 use axum::extract::{Path, State};
@@ -35,8 +34,7 @@ pub(super) async fn create(
     let file =
         req.file.filter(|f| !f.trim().is_empty()).ok_or_else(|| ApiError::bad_request("field `file` is required"))?;
     let conf = state.checked_conf(&caller, req.conf)?;
-    paths::check_in("file", &file, &state.config.config.spark.allowed_local_dirs, state.driver_place())
-        .map_err(ApiError::BadRequest)?;
+    state.path_guard().check("file", &file).map_err(ApiError::BadRequest)?;
     let [jars, py_files, files, archives] =
         state.checked_file_lists([req.jars, req.py_files, req.files, req.archives])?;
     let effective_user = caller.effective_user_for(&state.acl, &state.audit, req.proxy_user.as_deref())?;

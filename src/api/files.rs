@@ -5,7 +5,7 @@
 
 use super::{AppState, LivyJson};
 use crate::acl::Action;
-use crate::engine::{paths, EngineError};
+use crate::engine::EngineError;
 use crate::error::ApiError;
 use crate::impersonation::Caller;
 use axum::extract::{Multipart, Path, State};
@@ -168,8 +168,7 @@ async fn add(
     session.heartbeat();
     let uri =
         req.uri.filter(|u| !u.trim().is_empty()).ok_or_else(|| ApiError::bad_request("field `uri` is required"))?;
-    paths::check_in("uri", &uri, &state.config.config.spark.allowed_local_dirs, state.driver_place())
-        .map_err(ApiError::BadRequest)?;
+    state.path_guard().check("uri", &uri).map_err(ApiError::BadRequest)?;
     session.add_file(what, uri, state.config.durations.completion_timeout).await?;
     Ok(StatusCode::OK)
 }

@@ -143,21 +143,20 @@ impl AppState {
         }
     }
 
-    /// The `jars`, `pyFiles`, `files` and `archives` of a request, each entry checked against
-    /// `spark.allowed_local_dirs` (400 naming the field and value otherwise).
+    /// The `jars`, `pyFiles`, `files` and `archives` of a request, each entry checked by the
+    /// path guard (400 naming the field and entry otherwise).
     pub(crate) fn checked_file_lists(&self, lists: [Option<Vec<String>>; 4]) -> Result<[Vec<String>; 4], ApiError> {
-        let allowed = &self.config.config.spark.allowed_local_dirs;
+        let guard = self.path_guard();
         let [jars, py_files, files, archives] = lists.map(Option::unwrap_or_default);
         for (field, list) in [("jars", &jars), ("pyFiles", &py_files), ("files", &files), ("archives", &archives)] {
-            crate::engine::paths::check_all_in(field, list, allowed, self.driver_place())
-                .map_err(ApiError::BadRequest)?;
+            guard.check_all(field, list).map_err(ApiError::BadRequest)?;
         }
         Ok([jars, py_files, files, archives])
     }
 
-    /// Where drivers run, for the local-path checks.
-    pub(crate) fn driver_place(&self) -> crate::engine::paths::DriverPlace {
-        crate::engine::paths::DriverPlace::from_deploy_mode(&self.config.config.spark.deploy_mode)
+    /// What decides whether a file a request names may be used.
+    pub(crate) fn path_guard(&self) -> crate::engine::paths::Guard<'_> {
+        crate::engine::paths::Guard::new(&self.config.config.spark)
     }
 }
 

@@ -326,6 +326,10 @@ pub struct SparkConfig {
     /// `pyFiles`, `files` and `archives` (like Livy's local-dir whitelist). Empty: no local
     /// path is accepted (remote URIs such as hdfs:// always are).
     pub allowed_local_dirs: Vec<PathBuf>,
+    /// URI schemes accepted as remote storage besides the built-in ones (hdfs, webhdfs,
+    /// swebhdfs, s3a, s3, s3n, abfs, abfss, wasb, wasbs, adl, gs, oss, cosn, http, https). Every
+    /// other scheme (viewfs, har, ...) is treated as a path on this host and refused.
+    pub extra_remote_schemes: Vec<String>,
     /// How long `spark-submit --version` may take at the start-up check.
     pub check_timeout: String,
     /// Extra application tags (YARN `spark.yarn.tags`, Kubernetes labels); the gateway always
@@ -356,6 +360,7 @@ impl Default for SparkConfig {
             conf: BTreeMap::new(),
             pass_env: Vec::new(),
             allowed_local_dirs: Vec::new(),
+            extra_remote_schemes: Vec::new(),
             check_timeout: "60s".into(),
             application_tags: Vec::new(),
             launch_principal: None,
@@ -761,6 +766,16 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
     }
     if config.spark.application_tags.iter().any(|t| t.is_empty() || t.contains([',', ' '])) {
         problems.push("spark.application_tags must be non-empty and contain no commas or spaces".into());
+    }
+    for scheme in &config.spark.extra_remote_schemes {
+        let well_formed = scheme.len() > 1
+            && scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        if !well_formed {
+            problems.push(format!("spark.extra_remote_schemes: `{scheme}` is not a URI scheme"));
+        } else if crate::engine::paths::LOCAL_SCHEMES.iter().any(|s| scheme.eq_ignore_ascii_case(s)) {
+            problems.push(format!("spark.extra_remote_schemes: `{scheme}` names files on this host"));
+        }
     }
     if config.spark.master.trim().is_empty() {
         problems.push("spark.master must not be empty".into());

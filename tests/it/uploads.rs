@@ -78,6 +78,14 @@ async fn added_files_are_checked_and_uploads_limited() {
     let (status, body) = gw.post(&format!("/sessions/{id}/add-file"), json!({"uri": "/etc/krb5.keytab"})).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["msg"].as_str().unwrap().contains("local path"), "{body}");
+    // A file system that configuration can mount onto this host's disk is not "remote" (the
+    // session could otherwise define the mount table itself: see the conf allow-list).
+    let policy = gw.policy_dir.join("acl.toml").display().to_string();
+    for uri in [format!("viewfs://x/k{policy}"), format!("har://{policy}"), "https://u:p@repo.example/a.jar".into()] {
+        let (status, body) = gw.post(&format!("/sessions/{id}/add-file"), json!({"uri": uri})).await;
+        assert_eq!(status, 400, "{uri}: {body}");
+        assert!(!body["msg"].as_str().unwrap().contains(&uri), "the value is not echoed: {body}");
+    }
     let (status, body) = gw.post(&format!("/sessions/{id}/add-pyfile"), json!({})).await;
     assert_eq!(status, 400, "{body}");
     // A file inside the allowed directory is added and readable through SparkFiles.
