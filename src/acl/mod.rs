@@ -1,11 +1,12 @@
 //! The AccessManager: decisions from `policies/*.toml`, deny by default, hot-reloaded (a bad
 //! file keeps the old policy and says why). Every decision carries a reason for the audit log.
 
+pub mod conf;
 pub mod policy;
 
 use crate::auth::Principal;
 use policy::{PolicyFile, Quota};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -98,77 +99,6 @@ impl Decision {
         Self { allowed: false, reason: reason.into() }
     }
 }
-
-/// Spark conf keys no user may set: they would move the application (master, deploy mode),
-/// change who it runs as, mount secrets, read or write files on the gateway host, or load code
-/// or run binaries from it.
-pub const BUILTIN_CONF_DENY: &[&str] = &[
-    "spark.master",
-    "spark.submit.deployMode",
-    "spark.yarn.jar",
-    "spark.yarn.jars",
-    "spark.yarn.archive",
-    "spark.submit.proxyUser.allowCustomClasspathInClusterMode",
-    "spark.driver.extraClassPath",
-    "spark.executor.extraClassPath",
-    "spark.driver.extraLibraryPath",
-    "spark.executor.extraLibraryPath",
-    "spark.driver.extraJavaOptions",
-    "spark.executor.extraJavaOptions",
-    "spark.driver.defaultJavaOptions",
-    "spark.executor.defaultJavaOptions",
-    "spark.pyspark.python",
-    "spark.pyspark.driver.python",
-    "spark.jars",
-    "spark.files",
-    "spark.archives",
-    "spark.submit.pyFiles",
-    "spark.kerberos.keytab",
-    "spark.kerberos.principal",
-    "spark.yarn.keytab",
-    "spark.yarn.principal",
-    "spark.repl.class.outputDir",
-    "spark.repl.class.uri",
-    "spark.proxy.user",
-    // A pod template is read from the gateway host and can mount anything, run as anyone.
-    "spark.kubernetes.driver.podTemplateFile",
-    "spark.kubernetes.executor.podTemplateFile",
-    // spark-submit uploads local dependencies there, with the gateway's credentials.
-    "spark.kubernetes.file.upload.path",
-    // Ivy reads its settings file, and writes its cache, on the gateway host.
-    "spark.jars.ivySettings",
-    "spark.jars.ivy",
-    // Programs the driver runs, and the options and libraries YARN's application master loads.
-    "spark.r.command",
-    "spark.r.driver.command",
-    "spark.yarn.am.extraJavaOptions",
-    "spark.yarn.am.extraLibraryPath",
-];
-
-/// Prefixes no user may set (environment of the driver/executors, Kubernetes credentials and
-/// secrets, gateway-internal keys).
-pub const BUILTIN_CONF_DENY_PREFIXES: &[&str] = &[
-    "spark.executorEnv.",
-    "spark.yarn.appMasterEnv.",
-    "spark.kubernetes.driverEnv.",
-    "spark.yarn.dist.",
-    "spark.sparkgate.",
-    "spark.__livy__.",
-    // The service account, token and key files spark-submit and the driver authenticate with.
-    "spark.kubernetes.authenticate.",
-    "spark.kubernetes.driver.secrets.",
-    "spark.kubernetes.executor.secrets.",
-    "spark.kubernetes.driver.secretKeyRef.",
-    "spark.kubernetes.executor.secretKeyRef.",
-];
-
-/// Keys no user may set, as (prefix, suffix): `spark.driver.resource.gpu.discoveryScript`
-/// names a script the driver, executor or worker host runs.
-pub const BUILTIN_CONF_DENY_PATTERNS: &[(&str, &str)] = &[
-    ("spark.driver.resource.", ".discoveryScript"),
-    ("spark.executor.resource.", ".discoveryScript"),
-    ("spark.worker.resource.", ".discoveryScript"),
-];
 
 /// The OS account the gateway runs under (None if it has no name).
 pub fn gateway_account() -> Option<String> {
@@ -417,22 +347,20 @@ impl AccessManager {
         }
     }
 
-    /// The Spark conf keys in `conf` that the principal may not set (empty = fine).
-    pub fn denied_conf_keys(&self, principal: &Principal, conf: &BTreeMap<String, String>) -> Vec<String> {
+    /// The Spark conf keys among `keys` that the principal may not set, with why (empty =
+    /// fine): anything not on the allow-list, and anything on the deny list. Superusers may set
+    /// any key.
+    pub fn refused_conf_keys<'k>(
+        &self,
+        principal: &Principal,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Vec<(String, conf::Refusal)> {
         if self.is_superuser(principal) {
             return Vec::new();
         }
         let loaded = self.policy();
-        let rules = &loaded.policy.conf;
-        conf.keys()
-            .filter(|k| {
-                BUILTIN_CONF_DENY.contains(&k.as_str())
-                    || rules.deny.contains(k.as_str())
-                    || BUILTIN_CONF_DENY_PREFIXES.iter().any(|p| k.starts_with(p))
-                    || rules.deny_prefixes.iter().any(|p| k.starts_with(p.as_str()))
-                    || BUILTIN_CONF_DENY_PATTERNS.iter().any(|(p, s)| k.starts_with(p) && k.ends_with(s))
-            })
-            .cloned()
+        keys.into_iter()
+            .filter_map(|key| conf::refusal(&loaded.policy.conf, key).map(|why| (key.to_string(), why)))
             .collect()
     }
 

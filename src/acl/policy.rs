@@ -62,10 +62,15 @@ pub struct Quotas {
     pub users: BTreeMap<String, Quota>,
 }
 
-/// Spark conf keys users may not set.
+/// Spark conf keys users may set beyond the built-in allow-list, and keys they may not set
+/// beyond the built-in deny list (see [`super::conf`]).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConfRules {
+    /// Exact keys allowed (in addition to the built-in allow-list).
+    pub allow: BTreeSet<String>,
+    /// Key prefixes allowed (in addition to the built-in allow-list).
+    pub allow_prefixes: BTreeSet<String>,
     /// Exact keys refused (in addition to the built-in list).
     pub deny: BTreeSet<String>,
     /// Key prefixes refused (in addition to the built-in list).
@@ -109,6 +114,8 @@ impl PolicyFile {
         self.modify.merge(other.modify);
         self.admin.merge(other.admin);
         self.impersonation.extend(other.impersonation);
+        self.conf.allow.extend(other.conf.allow);
+        self.conf.allow_prefixes.extend(other.conf.allow_prefixes);
         self.conf.deny.extend(other.conf.deny);
         self.conf.deny_prefixes.extend(other.conf.deny_prefixes);
         if other.quotas.default != Quota::default() {

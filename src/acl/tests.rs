@@ -107,32 +107,37 @@ fn impersonation_follows_proxy_rules() {
     assert!(m.check_impersonation(&hue, "bob", Some(mapped)).allowed, "IPv4-mapped loopback");
 }
 
+/// The keys of `conf` the principal may not set, with the reason.
+fn refused(m: &AccessManager, user: &str, keys: &[&str]) -> Vec<(String, conf::Refusal)> {
+    m.refused_conf_keys(&who(user, &[]), keys.iter().copied())
+}
+
 #[test]
-fn conf_deny_list() {
+fn conf_keys_are_allow_listed_with_the_deny_list_on_top() {
     let (m, _d) = manager();
-    let conf: BTreeMap<String, String> = [
-        ("spark.master", "yarn"),
-        ("spark.executor.memory", "2g"),
-        ("spark.driver.extraJavaOptions", "-javaagent:/etc/shadow"),
-        ("spark.executorEnv.LD_PRELOAD", "/tmp/x.so"),
-        ("spark.sql.warehouse.dir", "/x"),
-        ("spark.hadoop.fs.defaultFS", "file:///"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let denied = m.denied_conf_keys(&who("alice", &[]), &conf);
+    let keys = [
+        "spark.master",
+        "spark.executor.memory",
+        "spark.driver.extraJavaOptions",
+        "spark.executorEnv.LD_PRELOAD",
+        "spark.sql.warehouse.dir",
+        "spark.hadoop.fs.defaultFS",
+        "spark.sql.shuffle.partitions",
+        "spark.jars.packages",
+    ];
+    use conf::Refusal::{Denied, NotAllowed};
     assert_eq!(
-        denied,
+        refused(&m, "alice", &keys),
         vec![
-            "spark.driver.extraJavaOptions",
-            "spark.executorEnv.LD_PRELOAD",
-            "spark.hadoop.fs.defaultFS",
-            "spark.master",
-            "spark.sql.warehouse.dir"
+            ("spark.master".to_string(), Denied),
+            ("spark.driver.extraJavaOptions".to_string(), Denied),
+            ("spark.executorEnv.LD_PRELOAD".to_string(), Denied),
+            ("spark.sql.warehouse.dir".to_string(), Denied),
+            ("spark.hadoop.fs.defaultFS".to_string(), Denied),
+            ("spark.jars.packages".to_string(), NotAllowed),
         ]
     );
-    assert!(m.denied_conf_keys(&who("root", &[]), &conf).is_empty(), "superusers are trusted");
+    assert!(refused(&m, "root", &keys).is_empty(), "superusers are trusted");
 }
 
 #[test]
@@ -159,20 +164,34 @@ fn conf_deny_list_covers_identity_secrets_host_files_and_binaries() {
         "spark.worker.resource.gpu.discoveryScript",
     ];
     let allowed = [
-        "spark.jars.packages",
-        "spark.jars.repositories",
         "spark.driver.resource.gpu.amount",
         "spark.executor.resource.gpu.vendor",
-        "spark.kubernetes.driver.label.team",
         "spark.kubernetes.executor.request.cores",
         "spark.sql.shuffle.partitions",
     ];
-    let conf: BTreeMap<String, String> =
-        denied.iter().chain(allowed.iter()).map(|k| (k.to_string(), "x".to_string())).collect();
-    let mut expected: Vec<String> = denied.iter().map(|k| k.to_string()).collect();
-    expected.sort();
-    assert_eq!(m.denied_conf_keys(&who("alice", &[]), &conf), expected);
-    assert!(m.denied_conf_keys(&who("root", &[]), &conf).is_empty(), "superusers stay exempt");
+    // Not refused by the deny list, but not on the allow-list either: an operator decides.
+    let unlisted = ["spark.jars.packages", "spark.jars.repositories", "spark.kubernetes.driver.label.team"];
+    let all: Vec<&str> = denied.iter().chain(&allowed).chain(&unlisted).copied().collect();
+    let got = refused(&m, "alice", &all);
+    let expected: Vec<(String, conf::Refusal)> = denied
+        .iter()
+        .map(|k| (k.to_string(), conf::Refusal::Denied))
+        .chain(unlisted.iter().map(|k| (k.to_string(), conf::Refusal::NotAllowed)))
+        .collect();
+    assert_eq!(got, expected);
+    assert!(refused(&m, "root", &all).is_empty(), "superusers stay exempt");
+    // An operator's allow-list in a second policy file lets users set what it names.
+    let (m, _d) = manager_of(&[
+        ("a.toml", POLICY),
+        (
+            "b.toml",
+            "[conf]\nallow = [\"spark.jars.packages\"]\nallow_prefixes = [\"spark.kubernetes.driver.label.\"]\n",
+        ),
+    ]);
+    assert_eq!(
+        refused(&m, "alice", &unlisted),
+        vec![("spark.jars.repositories".to_string(), conf::Refusal::NotAllowed)]
+    );
 }
 
 /// A manager over several policy files, loaded and merged as in production.

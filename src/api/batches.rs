@@ -33,7 +33,15 @@ pub(super) async fn create(
     state.authorize_create(&caller, ResourceKind::Batch)?;
     let file =
         req.file.filter(|f| !f.trim().is_empty()).ok_or_else(|| ApiError::bad_request("field `file` is required"))?;
-    let conf = state.checked_conf(&caller, req.conf)?;
+    let resources = dto::resource_keys([
+        req.driver_memory.is_some(),
+        req.driver_cores.is_some(),
+        req.executor_memory.is_some(),
+        req.executor_cores.is_some(),
+        req.num_executors.is_some(),
+        req.queue.is_some(),
+    ]);
+    let conf = state.checked_conf(&caller, req.conf, &resources)?;
     state.path_guard().check("file", &file).map_err(ApiError::BadRequest)?;
     let [jars, py_files, files, archives] =
         state.checked_file_lists([req.jars, req.py_files, req.files, req.archives])?;

@@ -45,6 +45,22 @@ pub struct CreateSessionRequest {
     pub idle_timeout: Option<String>,
 }
 
+/// The Spark properties the Livy resource fields set, in this order: `driverMemory`,
+/// `driverCores`, `executorMemory`, `executorCores`, `numExecutors`, `queue`.
+pub const RESOURCE_KEYS: [&str; 6] = [
+    "spark.driver.memory",
+    "spark.driver.cores",
+    "spark.executor.memory",
+    "spark.executor.cores",
+    "spark.executor.instances",
+    "spark.yarn.queue",
+];
+
+/// The properties of [`RESOURCE_KEYS`] whose fields a request sets (`set`, in the same order).
+pub fn resource_keys(set: [bool; 6]) -> Vec<&'static str> {
+    RESOURCE_KEYS.iter().zip(set).filter_map(|(key, set)| set.then_some(*key)).collect()
+}
+
 /// Spark conf values as strings; nested values are refused with the key named.
 pub fn conf_to_strings(conf: BTreeMap<String, Value>) -> Result<BTreeMap<String, String>, String> {
     conf.into_iter()

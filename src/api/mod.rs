@@ -125,21 +125,54 @@ impl AppState {
     }
 
     /// A request's Spark conf as strings, refused (403, keys named) when it sets keys the
-    /// caller may not set.
+    /// caller may not set: keys outside the allow-list or on the deny list (see
+    /// [`crate::acl::conf`]), and keys the operator set in `spark.conf` without listing them in
+    /// `spark.overridable_conf`. `resources` are the keys the request's resource fields
+    /// (`driverMemory`, ...) set; they are held to the operator's values too. Superusers are
+    /// exempt.
     pub(crate) fn checked_conf(
         &self,
         caller: &Caller,
         raw: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+        resources: &[&str],
     ) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+        use crate::acl::conf::Refusal;
         let conf = dto::conf_to_strings(raw.unwrap_or_default()).map_err(ApiError::BadRequest)?;
-        let denied = self.acl.denied_conf_keys(&caller.acting, &conf);
-        if denied.is_empty() {
+        let refused = self.acl.refused_conf_keys(&caller.acting, conf.keys().map(String::as_str));
+        let listed = |why: Refusal| {
+            refused.iter().filter(|(_, w)| *w == why).map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
+        };
+        let mut problems = Vec::new();
+        let (denied, unlisted) = (listed(Refusal::Denied), listed(Refusal::NotAllowed));
+        if !denied.is_empty() {
+            problems.push(format!("these Spark configuration keys may not be set by users: {denied}"));
+        }
+        if !unlisted.is_empty() {
+            problems.push(format!(
+                "these Spark configuration keys are not on the list users may set: {unlisted} (an operator can allow \
+                 keys in the policy's [conf] allow)"
+            ));
+        }
+        if !self.acl.is_superuser(&caller.acting) {
+            let spark = &self.config.config.spark;
+            let fixed: Vec<&str> = conf
+                .keys()
+                .map(String::as_str)
+                .chain(resources.iter().copied())
+                .filter(|k| spark.conf.contains_key(*k) && !spark.overridable_conf.iter().any(|o| o == k))
+                .collect();
+            if !fixed.is_empty() {
+                problems.push(format!(
+                    "these Spark configuration keys are fixed by the operator: {} (spark.overridable_conf lists the \
+                     ones users may change)",
+                    fixed.join(", ")
+                ));
+            }
+        }
+        if problems.is_empty() {
             Ok(conf)
         } else {
-            Err(ApiError::Forbidden(format!(
-                "Rejected: these Spark configuration keys may not be set by users: {}",
-                denied.join(", ")
-            )))
+            Err(ApiError::Forbidden(format!("Rejected: {}", problems.join("; "))))
         }
     }
 

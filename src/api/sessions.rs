@@ -56,7 +56,15 @@ pub(super) async fn create(
             ))
         })?,
     };
-    let conf = state.checked_conf(&caller, req.conf)?;
+    let resources = dto::resource_keys([
+        req.driver_memory.is_some(),
+        req.driver_cores.is_some(),
+        req.executor_memory.is_some(),
+        req.executor_cores.is_some(),
+        req.num_executors.is_some(),
+        req.queue.is_some(),
+    ]);
+    let conf = state.checked_conf(&caller, req.conf, &resources)?;
     let non_empty = |field: &str, v: Option<String>| -> Result<Option<String>, ApiError> {
         match v {
             Some(s) if s.trim().is_empty() => Err(ApiError::bad_request(format!("field `{field}` must not be empty"))),

@@ -263,3 +263,56 @@ async fn names_stay_unique_without_telling_whose_they_are_and_probing_them_is_bo
     assert_eq!(status, 400);
     assert!(!body["msg"].as_str().unwrap().contains("a/b"), "{body}");
 }
+
+#[tokio::test]
+async fn users_set_only_allow_listed_conf_and_never_what_the_operator_fixed() {
+    let policy = "[create]\nusers = [\"alice\"]\n[superusers]\nusers = [\"root\"]\n[conf]\nallow = [\"spark.hadoop.fs.s3a.endpoint\"]\n";
+    let h = Harness::new(
+        policy,
+        &[
+            "spark.conf.\"spark.executor.memory\"=\"4g\"",
+            "spark.conf.\"spark.sql.shuffle.partitions\"=\"8\"",
+            "spark.overridable_conf=[\"spark.sql.shuffle.partitions\"]",
+        ],
+    );
+    let create = |user: &'static str, body: Value| {
+        let h = &h;
+        async move { h.call(Some(user), "POST", "/sessions", Some(body)).await }
+    };
+    // A mount table onto the gateway's disk, Ivy on the gateway host: not on the allow-list.
+    let (status, body) = create(
+        "alice",
+        json!({"conf": {"spark.hadoop.fs.viewfs.mounttable.x.link./k": "file:///etc", "spark.jars.packages": "a:b:1"}}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let msg = body["msg"].as_str().unwrap();
+    assert!(msg.contains("spark.hadoop.fs.viewfs.mounttable.x.link./k") && msg.contains("allow"), "{msg}");
+    assert!(!msg.contains("file:///etc"), "values are not echoed: {msg}");
+    let (status, body) =
+        create("alice", json!({"conf": {"spark.kubernetes.kerberos.krb5.path": "/etc/krb5.conf"}})).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["msg"].as_str().unwrap().contains("may not be set by users"), "{body}");
+    // The operator's own values stay, in conf and through the resource fields alike...
+    let (status, body) = create("alice", json!({"conf": {"spark.executor.memory": "64g"}})).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["msg"].as_str().unwrap().contains("fixed by the operator"), "{body}");
+    let (status, body) = create("alice", json!({"executorMemory": "64g"})).await;
+    assert_eq!(status, 403, "{body}");
+    // ...unless marked overridable; allow-listed and operator-allowed keys pass.
+    let (status, body) = create(
+        "alice",
+        json!({"conf": {"spark.sql.shuffle.partitions": "2", "spark.hadoop.fs.s3a.endpoint": "http://minio:9000",
+                        "spark.sql.adaptive.enabled": true}, "driverMemory": "1g"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    // A superuser may set anything.
+    let (status, body) =
+        create("root", json!({"conf": {"spark.jars.packages": "a:b:1"}, "executorMemory": "8g"})).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = h
+        .call(Some("alice"), "POST", "/batches", Some(json!({"file": "hdfs:///a.py", "conf": {"spark.x.y": "1"}})))
+        .await;
+    assert_eq!(status, 403, "batches are checked the same way: {body}");
+}

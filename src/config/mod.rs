@@ -318,8 +318,12 @@ pub struct SparkConfig {
     pub master: String,
     /// `--deploy-mode` (`client` or `cluster`).
     pub deploy_mode: String,
-    /// Spark conf applied to every session before the request's own `conf`.
+    /// Spark conf applied to every session and batch. Users cannot override these keys (in
+    /// `conf` or through `driverMemory` and the other resource fields) unless they are listed in
+    /// `overridable_conf`.
     pub conf: BTreeMap<String, String>,
+    /// Keys of `conf` that are only defaults: a request may set its own value.
+    pub overridable_conf: Vec<String>,
     /// Environment variables passed through to spark-submit besides the built-in allow-list.
     pub pass_env: Vec<String>,
     /// Directories on the gateway host whose files users may name in `file`, `jars`,
@@ -358,6 +362,7 @@ impl Default for SparkConfig {
             master: "local[*]".into(),
             deploy_mode: "client".into(),
             conf: BTreeMap::new(),
+            overridable_conf: Vec::new(),
             pass_env: Vec::new(),
             allowed_local_dirs: Vec::new(),
             extra_remote_schemes: Vec::new(),

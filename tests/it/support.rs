@@ -59,6 +59,8 @@ impl TestGateway {
             "spark.conf.\"spark.driver.memory\"=\"768m\"".into(),
             "spark.conf.\"spark.sql.shuffle.partitions\"=\"2\"".into(),
             "spark.conf.\"spark.ui.showConsoleProgress\"=\"false\"".into(),
+            // Defaults, not rules: tests (and pylivy) set their own.
+            "spark.overridable_conf=[\"spark.driver.memory\", \"spark.sql.shuffle.partitions\"]".into(),
             "sessions.check_interval=\"200ms\"".into(),
             "sessions.shutdown_grace=\"3s\"".into(),
             // A completion may have to start the Scala REPL; on a loaded 2-core CI machine that
@@ -226,7 +228,7 @@ impl TestGateway {
 
 /// The policy of the anonymous test gateways: `anonymous` may create sessions (and, as their
 /// owner, do everything with them).
-pub const ANONYMOUS_POLICY: &str = "[create]\nusers = [\"anonymous\"]\n";
+pub const ANONYMOUS_POLICY: &str = "[create]\nusers = [\"anonymous\"]\n[conf]\nallow = [\"spark.test.note\"]\n";
 
 /// The gateway most tests share.
 pub fn gateway() -> &'static TestGateway {
