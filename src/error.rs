@@ -130,9 +130,11 @@ impl From<crate::engine::EngineError> for ApiError {
                 Self::NotFound(err.to_string())
             }
             E::DuplicateName(_) | E::InvalidRequest(_) => Self::BadRequest(err.to_string()),
-            E::TooManySessions { .. } | E::TooManyLaunches { .. } | E::UserQuota { .. } => {
-                Self::TooManyRequests(err.to_string())
-            }
+            E::TooManySessions { .. }
+            | E::TooManyLaunches { .. }
+            | E::UserQuota { .. }
+            | E::StatementsQueued { .. }
+            | E::StatementsTooLarge { .. } => Self::TooManyRequests(err.to_string()),
             E::NotAccepting { .. } | E::IllegalTransition { .. } => Self::Conflict(err.to_string()),
             E::DriverUnavailable(_) => Self::Unavailable(err.to_string()),
             E::DriverTimeout(_) => Self::Unavailable(err.to_string()),

@@ -3,7 +3,7 @@
 use super::dto::{self, CreateBatchRequest};
 use super::{AppState, LivyJson, Paging};
 use crate::acl::{Action, ResourceKind};
-use crate::engine::batch::{Batch, BatchSpec};
+use crate::engine::batch::{render_log_json, Batch, BatchSpec};
 use crate::error::ApiError;
 use crate::impersonation::Caller;
 use axum::extract::{Path, State};
@@ -90,22 +90,26 @@ pub(super) async fn state(
 }
 
 /// `GET /batches/{id}/log`: a page of the whole output (the log file, not just the in-memory
-/// tail), with Livy's `from`/`size` (see [`dto::log_page`]). The file is streamed: one pass
-/// counts the lines and a second collects the page, so only the lines answered are held in
-/// memory. `size=-1` is not capped: it answers every line, as Livy does.
+/// tail), with Livy's `from`/`size` (see [`dto::log_page`]). `size=-1` answers every line, as
+/// Livy does — streamed: a blocking reader sends chunks of about 64 KiB through a channel of a
+/// few chunks as the client reads them, so the gateway never holds more than that, however
+/// long the log and however many clients read it.
 pub(super) async fn log(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     paging: Paging,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let batch = state.batch_for(&caller, &id, Action::View)?;
-    let batch_id = batch.id;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     // File reads block: keep them off the async workers.
-    let page = tokio::task::spawn_blocking(move || batch.log_window(|total| dto::log_range(total, &paging)))
-        .await
-        .map_err(|e| ApiError::Internal(format!("reading a batch log: {e}")))?;
-    Ok(Json(dto::log_json(batch_id, page.from, page.total, &page.lines)))
+    tokio::task::spawn_blocking(move || {
+        render_log_json(&batch, &|total| dto::log_range(total, &paging), &mut |chunk| tx.blocking_send(chunk).is_ok())
+    });
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)), rx))
+    });
+    Ok(([(header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(chunks)).into_response())
 }
 
 pub(super) async fn delete(

@@ -1,6 +1,9 @@
 //! Request and response shapes with Livy's exact field names and order.
 
-use crate::engine::session::{SessionSnapshot, Statement};
+use crate::engine::session::SessionSnapshot;
+use axum::body::{Body, Bytes};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -220,17 +223,26 @@ pub fn session_json(s: &SessionSnapshot, log: Vec<String>, viewer: bool) -> Valu
     })
 }
 
-/// Livy's Statement.
-pub fn statement_json(s: &Statement) -> Value {
-    json!({
-        "id": s.id,
-        "code": s.code,
-        "state": s.state.as_str(),
-        "output": s.output,
-        "progress": s.progress,
-        "started": s.started,
-        "completed": s.completed,
-    })
+/// A JSON response `head` + `items` (as a JSON array's elements) + `tail`, serialized one item
+/// at a time as the client reads: however large the items (statement outputs of megabytes),
+/// the gateway holds one serialized item per response, not the whole document.
+pub fn streamed_json<T: serde::Serialize + Send + 'static>(
+    head: String,
+    items: Vec<T>,
+    tail: &'static str,
+) -> Response {
+    let body = std::iter::once(Bytes::from(head))
+        .chain(items.into_iter().enumerate().map(|(i, item)| {
+            let mut chunk = if i == 0 { Vec::new() } else { b",".to_vec() };
+            // Serializing plain data into a Vec cannot fail; an error would leave the item out.
+            if serde_json::to_writer(&mut chunk, &item).is_err() {
+                chunk.extend_from_slice(b"null");
+            }
+            Bytes::from(chunk)
+        }))
+        .chain(std::iter::once(Bytes::from_static(tail.as_bytes())));
+    let stream = futures_util::stream::iter(body.map(Ok::<_, std::convert::Infallible>));
+    ([(header::CONTENT_TYPE, "application/json")], Body::from_stream(stream)).into_response()
 }
 
 /// Livy's `/log` answer: `size` defaults to 100 and -1 means all; `from` defaults to the last
@@ -333,6 +345,38 @@ mod tests {
         }
         assert_eq!(other["jars"], json!([]), "Livy's shape is kept");
         assert_eq!(other["appId"], "local-1");
+    }
+
+    #[tokio::test]
+    async fn streamed_json_is_one_document() {
+        use http_body_util::BodyExt;
+        let response =
+            streamed_json("{\"total\":3,\"items\":[".into(), vec![json!({"a": 1}), json!("x"), json!(null)], "]}");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let doc: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(doc, json!({"total": 3, "items": [{"a": 1}, "x", null]}));
+        let empty = streamed_json("[".into(), Vec::<Value>::new(), "]").into_body().collect().await.unwrap();
+        assert_eq!(&empty.to_bytes()[..], b"[]");
+    }
+
+    #[test]
+    fn statements_serialize_as_livy_shows_them() {
+        let statement = crate::engine::Statement {
+            id: 3,
+            code: "1+1".into(),
+            kind: crate::engine::CodeKind::PySpark,
+            state: crate::engine::StatementState::Available,
+            output: Some(crate::engine::session::Output::new(&json!({"status": "ok", "execution_count": 3}))),
+            progress: 1.0,
+            started: 10,
+            completed: 20,
+        };
+        let text = serde_json::to_string(&statement).unwrap();
+        assert_eq!(
+            text,
+            r#"{"id":3,"code":"1+1","state":"available","output":{"status":"ok","execution_count":3},"progress":1.0,"started":10,"completed":20}"#
+        );
     }
 
     #[test]

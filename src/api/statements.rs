@@ -20,17 +20,18 @@ pub(super) async fn list(
     caller: Caller,
     Path(id): Path<String>,
     paging: Paging,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let session = state.session_for(&caller, &id, Action::View)?;
     session.heartbeat();
+    // Cheap copies (code and outputs are shared), serialized one by one into the response.
     let mut statements = session.statements();
     if paging.descending {
         statements.reverse();
     }
     let total = statements.len();
     let range = dto::window(total, paging.from.unwrap_or(0), paging.size.unwrap_or(None));
-    let items: Vec<Value> = statements[range].iter().map(dto::statement_json).collect();
-    Ok(Json(json!({"total_statements": total, "statements": items})))
+    let page: Vec<_> = statements.drain(range).collect();
+    Ok(dto::streamed_json(format!("{{\"total_statements\":{total},\"statements\":["), page, "]}"))
 }
 
 pub(super) async fn create(
@@ -45,17 +46,17 @@ pub(super) async fn create(
     let kind = session.spec.kind.resolve_statement(req.kind.as_deref()).map_err(ApiError::BadRequest)?;
     let statement = session.submit(code, kind)?;
     let location = format!("/sessions/{}/statements/{}", session.id, statement.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(dto::statement_json(&statement))).into_response())
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(statement)).into_response())
 }
 
 pub(super) async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, sid)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::engine::Statement>, ApiError> {
     let session = state.session_for(&caller, &id, Action::View)?;
     session.heartbeat();
-    Ok(Json(dto::statement_json(&session.statement(statement_id(&sid)?)?)))
+    Ok(Json(session.statement(statement_id(&sid)?)?))
 }
 
 pub(super) async fn cancel(

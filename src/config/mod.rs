@@ -398,6 +398,12 @@ pub struct SessionsConfig {
     pub statement_retention: usize,
     /// Largest statement output kept (its JSON, in bytes); a larger one is replaced by an error.
     pub max_output_bytes: usize,
+    /// Statements waiting to run in one session at once; more are refused with 429.
+    pub max_queued_statements: usize,
+    /// Bytes of code and output one session's retained statements may hold together; beyond it
+    /// the oldest finished statements are forgotten (as beyond `statement_retention`), and code
+    /// that could not be held is refused with 429.
+    pub max_retained_bytes: usize,
     /// Bytes all uploads to one session may take together (each upload is also limited by
     /// `server.max_upload_bytes`).
     pub max_uploaded_bytes: u64,
@@ -424,6 +430,8 @@ impl Default for SessionsConfig {
             retain_finished: "10m".into(),
             statement_retention: 100,
             max_output_bytes: 8 * 1024 * 1024,
+            max_queued_statements: 20,
+            max_retained_bytes: 64 * 1024 * 1024,
             max_uploaded_bytes: 1024 * 1024 * 1024,
             sql_max_rows: 1000,
             log_tail_lines: 1000,
@@ -739,6 +747,12 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
     }
     if s.max_output_bytes < 1024 {
         problems.push("sessions.max_output_bytes must be at least 1024".into());
+    }
+    if s.max_retained_bytes < s.max_output_bytes {
+        problems.push("sessions.max_retained_bytes must be at least sessions.max_output_bytes".into());
+    }
+    if s.max_queued_statements == 0 {
+        problems.push("sessions.max_queued_statements must be at least 1".into());
     }
     if config.rpc.max_frame_bytes < config.server.max_body_bytes.saturating_add(64 * 1024) {
         // A statement's code (up to a request body) travels in one frame to the driver.

@@ -560,12 +560,44 @@ impl BatchManager {
     }
 }
 
-/// [`Batch::log_window`] on the file. The second pass reads no further than the bytes the
-/// first one counted, so lines appended in between cannot shift the window.
+/// Where [`read_log`] puts what it reads.
+trait LogSink {
+    /// The window is lines `from..` of `total`; called once, before any line.
+    fn start(&mut self, from: usize, total: usize);
+    /// The next line of the window; an error stops the reading.
+    fn line(&mut self, line: &str) -> std::io::Result<()>;
+}
+
+impl LogSink for LogWindow {
+    fn start(&mut self, from: usize, total: usize) {
+        (self.from, self.total) = (from, total);
+    }
+
+    fn line(&mut self, line: &str) -> std::io::Result<()> {
+        self.lines.push(line.to_string());
+        Ok(())
+    }
+}
+
+/// [`Batch::log_window`] on the file.
 fn read_log_window(
     path: &std::path::Path,
     pick: &dyn Fn(usize) -> std::ops::Range<usize>,
 ) -> std::io::Result<LogWindow> {
+    let mut window = LogWindow { from: 0, total: 0, lines: Vec::new() };
+    read_log(path, pick, &mut window)?;
+    Ok(window)
+}
+
+/// Reads lines `pick(total)` of the file at `path` in two passes — one counts the lines, the
+/// second hands over the window one line at a time — so only one line is held at a time,
+/// however long the log. The second pass reads no further than the bytes the first one
+/// counted, so lines appended in between cannot shift the window.
+fn read_log(
+    path: &std::path::Path,
+    pick: &dyn Fn(usize) -> std::ops::Range<usize>,
+    sink: &mut dyn LogSink,
+) -> std::io::Result<()> {
     use std::io::{BufRead, BufReader, Read, Seek};
     let mut file = std::fs::File::open(path)?;
     let (mut total, mut counted) = (0usize, 0u64);
@@ -580,21 +612,90 @@ fn read_log_window(
         counted += n as u64;
     }
     let range = clamp(pick(total), total);
+    sink.start(range.start, total);
     file.rewind()?;
     let mut reader = BufReader::new(file.take(counted));
     for _ in 0..range.start {
         reader.skip_until(b'\n')?;
     }
-    let mut lines = Vec::new();
     let mut buf = Vec::new();
-    while lines.len() < range.len() {
+    for _ in range {
         buf.clear();
         if reader.read_until(b'\n', &mut buf)? == 0 {
             break;
         }
-        lines.push(line_text(&buf));
+        sink.line(&line_text(&buf))?;
     }
-    Ok(LogWindow { from: range.start, total, lines })
+    Ok(())
+}
+
+/// Writes Livy's `/log` document in chunks of about [`LogJson::CHUNK`] bytes.
+struct LogJson<'a> {
+    id: u32,
+    buf: Option<Vec<u8>>,
+    first: bool,
+    /// `emit` refused a chunk: nobody reads any more.
+    gone: bool,
+    emit: &'a mut dyn FnMut(Vec<u8>) -> bool,
+}
+
+impl LogJson<'_> {
+    const CHUNK: usize = 64 * 1024;
+}
+
+impl LogSink for LogJson<'_> {
+    fn start(&mut self, from: usize, total: usize) {
+        let id = self.id;
+        self.buf = Some(format!("{{\"id\":{id},\"from\":{from},\"total\":{total},\"log\":[").into_bytes());
+    }
+
+    fn line(&mut self, line: &str) -> std::io::Result<()> {
+        let Some(buf) = self.buf.as_mut() else { return Ok(()) };
+        if !self.first {
+            buf.push(b',');
+        }
+        self.first = false;
+        // A string always serializes.
+        let _ = serde_json::to_writer(&mut *buf, line);
+        if buf.len() >= Self::CHUNK && !(self.emit)(std::mem::take(buf)) {
+            self.gone = true;
+            return Err(std::io::Error::other("the client went away"));
+        }
+        Ok(())
+    }
+}
+
+/// Livy's `/log` answer for lines `pick(total)` of a batch's whole output, written as chunks of
+/// about 64 KiB to `emit` (which returns false when nobody reads any more: the reading stops).
+/// The document is what [`crate::api::dto::log_json`] makes of [`Batch::log_window`], but no
+/// more than a chunk is ever held: `size=-1` on a log of gigabytes costs no memory.
+/// Blocking: run it through `tokio::task::spawn_blocking`.
+pub fn render_log_json(
+    batch: &Batch,
+    pick: &dyn Fn(usize) -> std::ops::Range<usize>,
+    emit: &mut dyn FnMut(Vec<u8>) -> bool,
+) {
+    let mut json = LogJson { id: batch.id, buf: None, first: true, gone: false, emit };
+    // A file that fails after the window was announced ends the list early; the document is
+    // still closed, so the client gets valid JSON.
+    let _ = read_log(&batch.log_path, pick, &mut json);
+    if json.gone {
+        return;
+    }
+    if json.buf.is_none() {
+        // No readable file: the in-memory tail answers, as `log_window` does.
+        let window = batch.log_window(pick);
+        json.start(window.from, window.total);
+        for line in &window.lines {
+            if json.line(line).is_err() {
+                return;
+            }
+        }
+    }
+    if let Some(mut buf) = json.buf.take() {
+        buf.extend_from_slice(b"]}");
+        (json.emit)(buf);
+    }
 }
 
 /// One line as `str::lines` yields it: without its `\n` or `\r\n`; invalid UTF-8 replaced.
@@ -649,10 +750,14 @@ mod tests {
         dto::log_page(batch.id, lines, paging)
     }
 
-    /// `/log` as the handler answers it now.
+    /// `/log` as the handler answers it now: streamed in chunks.
     fn streamed_answer(batch: &Batch, paging: &Paging) -> Value {
-        let page = batch.log_window(|total| dto::log_range(total, paging));
-        dto::log_json(batch.id, page.from, page.total, &page.lines)
+        let mut body = Vec::new();
+        render_log_json(batch, &|total| dto::log_range(total, paging), &mut |chunk| {
+            body.extend(chunk);
+            true
+        });
+        serde_json::from_slice(&body).unwrap()
     }
 
     fn paging(from: Option<usize>, size: Option<Option<usize>>) -> Paging {
@@ -704,6 +809,28 @@ mod tests {
         assert_eq!((default["from"].as_u64(), default["total"].as_u64()), (Some(150), Some(250)));
         assert_eq!(default["log"].as_array().unwrap().len(), 100);
         assert_eq!(streamed_answer(&batch, &paging(None, Some(None)))["log"].as_array().unwrap().len(), 250);
+    }
+
+    #[test]
+    fn a_whole_log_is_streamed_in_bounded_chunks_and_stops_when_the_client_goes() {
+        let dir = TempDir::new().unwrap();
+        let line = "x".repeat(1000);
+        let content = format!("{line}\n").repeat(2000); // 2 MB
+        let batch = batch_with_log(&dir, Some(content.as_bytes()), &[]);
+        let mut chunks = Vec::new();
+        render_log_json(&batch, &|total| 0..total, &mut |chunk| {
+            chunks.push(chunk.len());
+            true
+        });
+        assert!(chunks.len() > 20, "{chunks:?}");
+        assert!(chunks.iter().all(|n| *n < 70 * 1024), "no chunk holds much more than 64 KiB: {chunks:?}");
+        // A reader that goes away ends the reading at once.
+        let mut calls = 0;
+        render_log_json(&batch, &|total| 0..total, &mut |_| {
+            calls += 1;
+            false
+        });
+        assert_eq!(calls, 1);
     }
 
     #[test]

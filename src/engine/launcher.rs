@@ -593,6 +593,23 @@ pub fn write_launch_files(config: &SparkConfig, spec: &LaunchSpec, dir: &Path) -
     Ok(build_args(config, spec, &path))
 }
 
+/// Longest log line kept, in bytes; longer text is cut (output lines of a process are split
+/// at this size instead, see [`read_lines`]).
+pub const MAX_LOG_LINE_BYTES: usize = 64 * 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary, the cut marked with `…`.
+pub fn clip_text(text: &str, max: usize) -> String {
+    const MARK: &str = "…";
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &text[..end])
+}
+
 /// A bounded tail of a process's output, mirrored to a log file.
 #[derive(Debug)]
 pub struct LogBuffer {
@@ -624,17 +641,22 @@ impl LogBuffer {
         Arc::new(Self { inner: Mutex::new(LogInner { lines: VecDeque::new(), cap: cap.max(1), file }) })
     }
 
-    /// Appends one line.
+    /// Appends a line — or several, if the text holds line breaks: one entry never spans
+    /// lines, so no text can forge a line of its own in the log file. Each is cut at
+    /// [`MAX_LOG_LINE_BYTES`].
     pub fn push(&self, line: impl Into<String>) {
         let line = line.into();
         let Ok(mut inner) = self.inner.lock() else { return };
-        if let Some(file) = inner.file.as_mut() {
-            let _ = writeln!(file, "{line}");
+        for piece in line.split('\n') {
+            let piece = clip_text(piece.trim_end_matches('\r'), MAX_LOG_LINE_BYTES);
+            if let Some(file) = inner.file.as_mut() {
+                let _ = writeln!(file, "{piece}");
+            }
+            if inner.lines.len() == inner.cap {
+                inner.lines.pop_front();
+            }
+            inner.lines.push_back(piece);
         }
-        if inner.lines.len() == inner.cap {
-            inner.lines.pop_front();
-        }
-        inner.lines.push_back(line);
     }
 
     /// A copy of the retained lines.
@@ -819,7 +841,7 @@ pub fn spawn(
 
 /// Longest line kept whole; a longer one (a program printing megabytes without a newline) is
 /// cut into pieces of this size instead of growing one buffer without bound.
-const MAX_LINE_BYTES: u64 = 64 * 1024;
+const MAX_LINE_BYTES: u64 = MAX_LOG_LINE_BYTES as u64;
 
 /// Reads a process's output line by line into `log`. Bytes that are not UTF-8 are replaced
 /// (one bad byte must not end the capture, and with it app-id and state detection).
@@ -1368,6 +1390,22 @@ mod tests {
             SparkConfig { home: Some(dir.path().into()), python: Some("/bin/true".into()), ..SparkConfig::default() };
         let err = SparkEnv::discover(&config, Duration::from_secs(5)).await.unwrap_err().to_string();
         assert!(err.contains("is spark.home"), "{err}");
+    }
+
+    #[test]
+    fn log_lines_are_bounded_and_never_span_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let log = LogBuffer::new(10, Some(&path));
+        log.push(format!("sparkgate: driver error: {}", "é".repeat(100_000)));
+        log.push("first\nINFO forged line\r\nthird");
+        let lines = log.snapshot();
+        assert!(lines[0].len() <= MAX_LOG_LINE_BYTES && lines[0].ends_with('…'), "{}", lines[0].len());
+        assert_eq!(&lines[1..], ["first", "INFO forged line", "third"]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 4, "the file holds the same entries, one per line");
+        assert_eq!(clip_text("abc", 3), "abc");
+        assert_eq!(clip_text("abcdef", 5), "ab…");
     }
 
     #[test]

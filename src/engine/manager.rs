@@ -165,6 +165,8 @@ impl SessionManager {
                 .then(|| Duration::from_secs(u64::from(spec.heartbeat_timeout_secs))),
             statement_retention: cfg.config.sessions.statement_retention.max(1),
             max_output_bytes: cfg.config.sessions.max_output_bytes,
+            max_queued_statements: cfg.config.sessions.max_queued_statements,
+            max_retained_bytes: cfg.config.sessions.max_retained_bytes,
         };
         let session = {
             let mut reg = self.lock();

@@ -87,6 +87,28 @@ pub enum EngineError {
         /// Its state.
         state: SessionState,
     },
+    /// Too many statements are waiting in the session.
+    #[error(
+        "Rejected: session {id} already has {limit} statements waiting (sessions.max_queued_statements); wait for \
+         them to finish or cancel some"
+    )]
+    StatementsQueued {
+        /// Session id.
+        id: u32,
+        /// The cap.
+        limit: usize,
+    },
+    /// The statements that cannot be forgotten yet would hold too much code.
+    #[error(
+        "Rejected: the statements waiting or running in session {id} would hold more than {limit} bytes of code \
+         (sessions.max_retained_bytes)"
+    )]
+    StatementsTooLarge {
+        /// Session id.
+        id: u32,
+        /// The budget.
+        limit: usize,
+    },
     /// A state change that the state machine forbids.
     #[error("Session {id} cannot go from {from} to {to}")]
     IllegalTransition {

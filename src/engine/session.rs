@@ -3,10 +3,11 @@
 //! driver, is the source of truth for statements.
 
 use super::kind::{CodeKind, SessionKind};
-use super::launcher::{LogBuffer, ProcessHandle};
+use super::launcher::{clip_text, LogBuffer, ProcessHandle};
 use super::state::{SessionState, StatementState};
 use super::EngineError;
 use crate::rpc::{DriverLink, FromDriver, SessionSecret, ToDriver};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -59,19 +60,63 @@ pub struct SessionSpec {
     pub idle_timeout: Option<String>,
 }
 
-/// One statement, as the API shows it.
-#[derive(Debug, Clone, PartialEq)]
+/// A statement's output, Livy's JSON object serialized once and shared: listing or showing
+/// statements copies no output (the bytes go straight into the response), and what a session
+/// keeps is known to the byte.
+#[derive(Debug, Clone)]
+pub struct Output(Arc<RawValue>);
+
+impl Output {
+    /// `value` as the output kept and shown.
+    pub fn new(value: &Value) -> Self {
+        // Serializing a Value cannot fail (its map keys are strings); `null` is the fallback.
+        let raw = serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned());
+        Self(Arc::from(raw))
+    }
+
+    /// Its size in bytes, as JSON.
+    pub fn len(&self) -> usize {
+        self.0.get().len()
+    }
+
+    /// Whether it is empty (never: the smallest JSON is `null`).
+    pub fn is_empty(&self) -> bool {
+        self.0.get().is_empty()
+    }
+
+    /// As a JSON value (a copy; for the few places that look inside).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for Output {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl serde::Serialize for Output {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// One statement, as the API shows it. Cloning it is cheap: the code and the output are shared.
+/// Serializes as Livy's Statement, fields in Livy's order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Statement {
     /// Id, from 0 per session.
     pub id: u32,
     /// The code.
-    pub code: String,
+    pub code: Arc<str>,
     /// The interpreter it runs in.
+    #[serde(skip)]
     pub kind: CodeKind,
     /// Its state.
     pub state: StatementState,
     /// Livy's output object, once finished.
-    pub output: Option<Value>,
+    pub output: Option<Output>,
     /// 0.0 ..= 1.0
     pub progress: f64,
     /// Epoch ms when it started running (0 = not yet).
@@ -108,6 +153,11 @@ pub struct SessionLimits {
     pub statement_retention: usize,
     /// Largest output kept (bytes of its JSON).
     pub max_output_bytes: usize,
+    /// Statements waiting to run at once; more are refused.
+    pub max_queued_statements: usize,
+    /// Bytes of code and output all retained statements may hold together; the oldest
+    /// finished statements are forgotten beyond it.
+    pub max_retained_bytes: usize,
 }
 
 /// An interactive session.
@@ -158,6 +208,14 @@ struct Inner {
     file_adds: HashMap<u64, oneshot::Sender<Result<(), String>>>,
 }
 
+/// Longest error text taken from a driver (a reason, an add-file failure): it is shown to
+/// clients and logged.
+const MAX_DRIVER_MESSAGE_BYTES: usize = 4096;
+
+/// Most completion candidates passed on, and the longest one.
+const MAX_COMPLETIONS: usize = 1000;
+const MAX_COMPLETION_BYTES: usize = 1024;
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -167,36 +225,24 @@ pub fn error_output(execution_count: u32, ename: &str, evalue: &str) -> Value {
     json!({"status": "error", "execution_count": execution_count, "ename": ename, "evalue": evalue, "traceback": []})
 }
 
-/// Counts the bytes written through it.
-struct ByteCount(usize);
-
-impl std::io::Write for ByteCount {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 impl Session {
     /// `output`, or an error in its place when it is larger than the session keeps.
-    fn bounded_output(&self, id: u32, output: Value) -> Value {
-        let mut size = ByteCount(0);
-        if serde_json::to_writer(&mut size, &output).is_err() || size.0 <= self.limits.max_output_bytes {
-            return output;
+    fn bounded_output(&self, id: u32, output: &Value) -> Output {
+        let kept = Output::new(output);
+        if kept.len() <= self.limits.max_output_bytes {
+            return kept;
         }
-        self.log.push(format!("sparkgate: the output of statement {id} ({} bytes) was too large to keep", size.0));
-        error_output(
+        self.log.push(format!("sparkgate: the output of statement {id} ({} bytes) was too large to keep", kept.len()));
+        Output::new(&error_output(
             id,
             "OutputTooLarge",
             &format!(
                 "the statement's output is {} bytes, more than this gateway keeps (sessions.max_output_bytes = {}); \
                  write large results to storage, or bring back a sample (take(), limit())",
-                size.0, self.limits.max_output_bytes
+                kept.len(),
+                self.limits.max_output_bytes
             ),
-        )
+        ))
     }
 
     /// A new session in `not_started`.
@@ -315,16 +361,28 @@ impl Session {
     // === statements ===
 
     /// Queues a statement; it runs when the driver is ready and the statements before it ended.
+    /// Refused when [`SessionLimits::max_queued_statements`] are already waiting, or when the
+    /// statements that cannot be forgotten yet (waiting, running) would hold more than
+    /// [`SessionLimits::max_retained_bytes`].
     pub fn submit(&self, code: String, kind: CodeKind) -> Result<Statement, EngineError> {
         let mut inner = self.lock();
         if !inner.state.accepts_statements() {
             return Err(EngineError::NotAccepting { id: self.id, state: inner.state });
         }
+        let waiting = inner.queue.len();
+        if waiting >= self.limits.max_queued_statements {
+            return Err(EngineError::StatementsQueued { id: self.id, limit: self.limits.max_queued_statements });
+        }
+        let pending: usize =
+            inner.statements.values().filter(|s| !s.state.is_final()).map(|s| s.code.len()).sum::<usize>();
+        if pending.saturating_add(code.len()) > self.limits.max_retained_bytes {
+            return Err(EngineError::StatementsTooLarge { id: self.id, limit: self.limits.max_retained_bytes });
+        }
         let id = inner.next_statement_id;
         inner.next_statement_id += 1;
         let statement = Statement {
             id,
-            code,
+            code: Arc::from(code),
             kind,
             state: StatementState::Waiting,
             output: None,
@@ -341,14 +399,15 @@ impl Session {
         Ok(current)
     }
 
-    /// Forgets the oldest finished statements beyond the retention limit.
+    /// Forgets the oldest finished statements beyond the retention limit, and beyond the
+    /// bytes of code and output a session may hold.
     fn evict_locked(&self, inner: &mut Inner) {
-        while inner.statements.len() > self.limits.statement_retention {
+        let size = |s: &Statement| s.code.len() + s.output.as_ref().map_or(0, Output::len);
+        let mut held: usize = inner.statements.values().map(size).sum();
+        while inner.statements.len() > self.limits.statement_retention || held > self.limits.max_retained_bytes {
             let oldest_final = inner.statements.iter().find(|(_, s)| s.state.is_final()).map(|(id, _)| *id);
-            match oldest_final {
-                Some(id) => {
-                    inner.statements.remove(&id);
-                }
+            match oldest_final.and_then(|id| inner.statements.remove(&id)) {
+                Some(gone) => held = held.saturating_sub(size(&gone)),
                 None => break, // everything retained is still pending: keep it all
             }
         }
@@ -406,7 +465,11 @@ impl Session {
                 inner.queue.retain(|q| *q != sid);
                 if let Some(s) = inner.statements.get_mut(&sid) {
                     s.state = StatementState::Cancelled;
-                    s.output = Some(error_output(sid, "Cancelled", "the statement was cancelled before it started"));
+                    s.output = Some(Output::new(&error_output(
+                        sid,
+                        "Cancelled",
+                        "the statement was cancelled before it started",
+                    )));
                     s.completed = now_ms();
                 }
             }
@@ -436,7 +499,8 @@ impl Session {
             }
             statement.state = StatementState::Running;
             statement.started = now_ms();
-            let msg = ToDriver::Execute { id: sid, kind: statement.kind.as_str().into(), code: statement.code.clone() };
+            let msg =
+                ToDriver::Execute { id: sid, kind: statement.kind.as_str().into(), code: statement.code.to_string() };
             inner.running = Some(sid);
             inner.state = SessionState::Busy;
             driver.send(msg);
@@ -457,7 +521,7 @@ impl Session {
             match s.state {
                 StatementState::Waiting => {
                     s.state = StatementState::Cancelled;
-                    s.output = Some(error_output(s.id, "SessionStopped", reason));
+                    s.output = Some(Output::new(&error_output(s.id, "SessionStopped", reason)));
                     s.completed = now;
                 }
                 StatementState::Running | StatementState::Cancelling => {
@@ -466,7 +530,7 @@ impl Session {
                     } else {
                         StatementState::Available
                     };
-                    s.output = Some(error_output(s.id, "SessionStopped", reason));
+                    s.output = Some(Output::new(&error_output(s.id, "SessionStopped", reason)));
                     s.progress = 1.0;
                     s.completed = now;
                 }
@@ -494,7 +558,7 @@ impl Session {
         if let Some(sid) = inner.running {
             // Executing is idempotent per id: a driver that already ran it re-sends the result.
             if let Some(s) = inner.statements.get(&sid) {
-                link.send(ToDriver::Execute { id: sid, kind: s.kind.as_str().into(), code: s.code.clone() });
+                link.send(ToDriver::Execute { id: sid, kind: s.kind.as_str().into(), code: s.code.to_string() });
                 if s.state == StatementState::Cancelling {
                     link.send(ToDriver::Cancel { id: sid });
                 }
@@ -562,7 +626,11 @@ impl Session {
                     self.dispatch_locked(&mut inner);
                 }
                 "error" => {
-                    let why = message.unwrap_or_else(|| "the driver reported an error".into());
+                    // The driver's words (user code can send anything): bounded like a log line.
+                    let why = message.map_or_else(
+                        || "the driver reported an error".into(),
+                        |m| clip_text(&m, MAX_DRIVER_MESSAGE_BYTES),
+                    );
                     self.log.push(format!("sparkgate: driver error: {why}"));
                     if Self::transition_locked(&mut inner, self.id, SessionState::Error).is_ok() {
                         Self::fail_pending_locked(&mut inner, &format!("the session failed: {why}"));
@@ -589,15 +657,15 @@ impl Session {
                 // Always acknowledge, even a duplicate, so the driver can forget it.
                 driver.send(ToDriver::Ack { id });
                 let next = if state == "cancelled" { StatementState::Cancelled } else { StatementState::Available };
-                let output = self.bounded_output(id, output);
                 if let Some(s) = inner.statements.get_mut(&id) {
                     if s.state.can_become(next) {
                         s.state = next;
-                        s.output = Some(output);
+                        s.output = Some(self.bounded_output(id, &output));
                         s.progress = 1.0;
                         s.completed = now_ms();
                     }
                 }
+                self.evict_locked(&mut inner);
                 if inner.running == Some(id) {
                     inner.running = None;
                     self.dispatch_locked(&mut inner);
@@ -605,12 +673,18 @@ impl Session {
             }
             FromDriver::Completion { request_id, candidates } => {
                 if let Some(tx) = inner.completions.remove(&request_id) {
-                    let _ = tx.send(candidates);
+                    let bounded = candidates
+                        .into_iter()
+                        .filter(|c| c.len() <= MAX_COMPLETION_BYTES)
+                        .take(MAX_COMPLETIONS)
+                        .collect();
+                    let _ = tx.send(bounded);
                 }
             }
             FromDriver::AddFileResult { request_id, ok, error } => {
                 if let Some(tx) = inner.file_adds.remove(&request_id) {
-                    let _ = tx.send(if ok { Ok(()) } else { Err(error.unwrap_or_else(|| "failed".into())) });
+                    let error = error.map_or_else(|| "failed".into(), |e| clip_text(&e, MAX_DRIVER_MESSAGE_BYTES));
+                    let _ = tx.send(if ok { Ok(()) } else { Err(error) });
                 }
             }
             FromDriver::Hello { .. } | FromDriver::Proof { .. } | FromDriver::Pong => {}

@@ -75,6 +75,8 @@ fn limits() -> SessionLimits {
         heartbeat_timeout: None,
         statement_retention: 100,
         max_output_bytes: 1 << 20,
+        max_queued_statements: 20,
+        max_retained_bytes: 64 << 20,
     }
 }
 
@@ -130,7 +132,7 @@ async fn ttl_ends_even_a_busy_session() {
         saw_shutdown |= msg == ToDriver::Shutdown;
     }
     assert!(saw_shutdown);
-    assert_eq!(s.statement(0).unwrap().output.unwrap()["status"], "error");
+    assert_eq!(s.statement(0).unwrap().output.unwrap().value()["status"], "error");
 }
 
 #[tokio::test(start_paused = true)]

@@ -32,6 +32,8 @@ fn session() -> Session {
         heartbeat_timeout: None,
         statement_retention: 3,
         max_output_bytes: 1 << 20,
+        max_queued_statements: 8,
+        max_retained_bytes: 4 << 20,
     };
     let s = Session::new(
         0,
@@ -119,7 +121,7 @@ fn reconnect_resends_the_running_statement_and_ignores_the_old_connection() {
     assert_eq!(s.statement(0).unwrap().state, StatementState::Available);
     // A duplicate result (re-sent after a reconnect) is acknowledged and changes nothing.
     s.on_driver_message(2, FromDriver::StatementResult { id: 0, state: "available".into(), output: json!(null) });
-    assert_eq!(s.statement(0).unwrap().output.unwrap()["status"], "ok");
+    assert_eq!(s.statement(0).unwrap().output.unwrap().value()["status"], "ok");
 }
 
 #[test]
@@ -133,7 +135,7 @@ fn process_death_ends_pending_statements_visibly() {
     assert_eq!(s.state(), SessionState::Dead);
     let running = s.statement(0).unwrap();
     assert_eq!(running.state, StatementState::Available);
-    assert_eq!(running.output.unwrap()["status"], "error");
+    assert_eq!(running.output.unwrap().value()["status"], "error");
     assert_eq!(s.statement(1).unwrap().state, StatementState::Cancelled);
     assert!(s.log.snapshot().iter().any(|l| l.contains("137") && l.contains("SIGKILL")));
     assert!(matches!(s.submit("more".into(), CodeKind::PySpark), Err(EngineError::NotAccepting { .. })));
@@ -166,6 +168,89 @@ fn retention_forgets_only_finished_statements() {
     s.submit("next".into(), CodeKind::PySpark).unwrap();
     let ids: Vec<u32> = s.statements().iter().map(|st| st.id).collect();
     assert_eq!(ids, vec![3, 4, 5]);
+}
+
+#[test]
+fn waiting_statements_are_capped() {
+    // The driver is not ready: everything waits.
+    let s = session();
+    for i in 0..8 {
+        s.submit(format!("{i}"), CodeKind::PySpark).unwrap();
+    }
+    let err = s.submit("one more".into(), CodeKind::PySpark).unwrap_err();
+    assert!(matches!(err, EngineError::StatementsQueued { limit: 8, .. }), "{err}");
+    assert!(err.to_string().contains("max_queued_statements"), "{err}");
+    // Cancelling one makes room.
+    s.cancel(0).unwrap();
+    s.submit("now it fits".into(), CodeKind::PySpark).unwrap();
+}
+
+#[test]
+fn what_a_session_keeps_is_bounded_in_bytes_not_only_in_statements() {
+    let s = session(); // keeps 3 statements and 4 MiB
+    let _rx = connect(&s, 1);
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    let big = |id: u32| FromDriver::StatementResult {
+        id,
+        state: "available".into(),
+        // 0.9 MiB each, under the per-output limit (1 MiB here).
+        output: json!({"status": "ok", "execution_count": id, "data": {"text/plain": "y".repeat(900 << 10)}}),
+    };
+    for id in 0..3 {
+        s.submit(format!("{id}"), CodeKind::PySpark).unwrap();
+        s.on_driver_message(1, big(id));
+    }
+    assert_eq!(s.statements().len(), 3, "2.7 MiB: all kept");
+    s.submit("3".into(), CodeKind::PySpark).unwrap();
+    s.on_driver_message(1, big(3));
+    s.submit("4".into(), CodeKind::PySpark).unwrap();
+    s.on_driver_message(1, big(4));
+    let held: usize = s.statements().iter().map(|st| st.code.len() + st.output.as_ref().map_or(0, |o| o.len())).sum();
+    assert!(held <= 4 << 20, "{held}");
+    let ids: Vec<u32> = s.statements().iter().map(|st| st.id).collect();
+    assert_eq!(ids, vec![2, 3, 4], "the oldest finished ones go first");
+    // Code that cannot be held beside what still waits is refused, not accepted and dropped.
+    let err = s.submit("x".repeat(5 << 20), CodeKind::PySpark).unwrap_err();
+    assert!(matches!(err, EngineError::StatementsTooLarge { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn what_a_driver_says_is_bounded() {
+    // User code can send the gateway anything over its own session's channel.
+    let s = Arc::new(session());
+    let mut rx = connect(&s, 1);
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move { s.complete(CodeKind::PySpark, "x".into(), 1, Duration::from_secs(5)).await })
+    };
+    let request_id = loop {
+        if let Ok(ToDriver::Complete { request_id, .. }) = rx.try_recv() {
+            break request_id;
+        }
+        tokio::task::yield_now().await;
+    };
+    let mut candidates = vec!["y".repeat(1 << 20)];
+    candidates.extend((0..5000).map(|i| format!("c{i}")));
+    s.on_driver_message(1, FromDriver::Completion { request_id, candidates });
+    let got = waiter.await.unwrap().unwrap();
+    assert_eq!(got.len(), 1000, "at most 1000 candidates");
+    assert!(got.iter().all(|c| c.len() <= 1024));
+    s.on_driver_message(1, FromDriver::State { state: "error".into(), message: Some("z".repeat(4 << 20)) });
+    assert!(s.log.snapshot().iter().all(|l| l.len() <= 64 * 1024));
+}
+
+#[test]
+fn outputs_are_shared_not_copied() {
+    let s = session();
+    let _rx = connect(&s, 1);
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    s.submit("1+1".into(), CodeKind::PySpark).unwrap();
+    s.on_driver_message(1, result(0, "available"));
+    let (a, b) = (s.statement(0).unwrap(), s.statements().remove(0));
+    let (a, b) = (a.output.unwrap(), b.output.unwrap());
+    assert!(std::sync::Arc::ptr_eq(&a.0, &b.0), "both copies point at the one output");
+    assert!(std::sync::Arc::ptr_eq(&s.statement(0).unwrap().code, &s.statements()[0].code));
 }
 
 #[test]
@@ -238,13 +323,13 @@ fn an_output_larger_than_the_limit_is_replaced_by_a_clear_error() {
     );
     let big = s.statement(0).unwrap();
     assert_eq!(big.state, StatementState::Available);
-    let output = big.output.unwrap();
+    let output = big.output.unwrap().value();
     assert_eq!(output["ename"], "OutputTooLarge", "{output}");
     assert!(output["evalue"].as_str().unwrap().contains("sessions.max_output_bytes"), "{output}");
     assert!(output.to_string().len() < 1024);
     // The session goes on: the next statement runs and keeps its (small) output.
     s.on_driver_message(1, result(1, "available"));
-    assert_eq!(s.statement(1).unwrap().output.unwrap()["data"]["text/plain"], "2");
+    assert_eq!(s.statement(1).unwrap().output.unwrap().value()["data"]["text/plain"], "2");
 }
 
 #[test]
