@@ -37,11 +37,8 @@ impl Caller {
     ) -> Result<String, ApiError> {
         if self.acting.name != self.real.name {
             // doAs given: it decides; a different proxyUser in the body is a conflict.
-            if let Some(p) = proxy_user.filter(|p| *p != self.acting.name) {
-                return Err(ApiError::bad_request(format!(
-                    "doAs ({}) and proxyUser ({p}) name different users",
-                    self.acting.name
-                )));
+            if proxy_user.is_some_and(|p| p != self.acting.name) {
+                return Err(ApiError::bad_request("doAs and field `proxyUser` name different users"));
             }
             return Ok(self.acting.name.clone());
         }

@@ -69,7 +69,7 @@ pub fn conf_to_strings(conf: BTreeMap<String, Value>) -> Result<BTreeMap<String,
     conf.into_iter()
         .map(|(key, value)| {
             if key.trim().is_empty() || key.contains(['\n', '\r', '=']) {
-                return Err(format!("field `conf`: `{key}` is not a valid Spark configuration key"));
+                return Err("field `conf`: a key is empty or contains `=` or a line break".into());
             }
             let text = match value {
                 Value::String(s) => s,

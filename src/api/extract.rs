@@ -27,14 +27,52 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for LivyJson<T> {
         let de = &mut serde_json::Deserializer::from_slice(text);
         serde_path_to_error::deserialize(de).map(LivyJson).map_err(|err| {
             let path = err.path().to_string();
-            let inner = err.into_inner();
+            let problem = problem_of(err.inner());
             if path == "." || path.is_empty() {
-                ApiError::bad_request(format!("invalid JSON body: {inner}"))
+                ApiError::bad_request(format!("invalid JSON body: {problem}"))
             } else {
-                ApiError::bad_request(format!("invalid JSON body: field `{path}`: {inner}"))
+                ApiError::bad_request(format!("invalid JSON body: field `{path}`: {problem}"))
             }
         })
     }
+}
+
+/// What is wrong with a JSON body, without the submitted value: serde's own messages quote it
+/// (`invalid type: string "s3cr3t", expected u32`), and a value can hold a credential. The
+/// problem and what was expected stay; names of fields (`unknown field`, `missing field`) are
+/// the request's structure and stay too.
+fn problem_of(err: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let text = err.to_string();
+    // serde_json appends ` at line L column C`; the position is useful, the rest is rebuilt.
+    let (message, position) = match text.rfind(" at line ") {
+        Some(at) => (&text[..at], &text[at..]),
+        None => (text.as_str(), ""),
+    };
+    let expected = message.rsplit_once(", expected ").map(|(_, e)| e);
+    let problem = match err.classify() {
+        Category::Data if message.starts_with("invalid type:") => {
+            format!("wrong type, expected {}", expected.unwrap_or("another type"))
+        }
+        Category::Data if message.starts_with("invalid value:") => {
+            format!("invalid value, expected {}", expected.unwrap_or("another value"))
+        }
+        Category::Data if message.starts_with("unknown variant") => {
+            format!("unknown value, expected {}", expected.unwrap_or("another value"))
+        }
+        Category::Data
+            if message.starts_with("unknown field")
+                || message.starts_with("missing field")
+                || message.starts_with("duplicate field")
+                || message.starts_with("invalid length") =>
+        {
+            crate::engine::launcher::clip_text(message, 256)
+        }
+        Category::Data => "invalid value".to_string(),
+        // Syntax errors name the kind of token expected, never the input.
+        Category::Syntax | Category::Eof | Category::Io => message.to_string(),
+    };
+    format!("{problem}{position}")
 }
 
 /// `from` / `size` query parameters, checked: negative or non-numeric values are a 400.
@@ -59,10 +97,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Paging {
             match raw.trim().parse::<i64>() {
                 Ok(-1) if allow_all => Ok(Some(None)),
                 Ok(n) if n >= 0 => Ok(Some(Some(usize::try_from(n).unwrap_or(usize::MAX)))),
-                Ok(n) => Err(ApiError::bad_request(format!("query parameter `{name}` must not be negative (got {n})"))),
-                Err(_) => {
-                    Err(ApiError::bad_request(format!("query parameter `{name}` must be a number (got `{raw}`)")))
-                }
+                Ok(_) => Err(ApiError::bad_request(format!("query parameter `{name}` must not be negative"))),
+                Err(_) => Err(ApiError::bad_request(format!("query parameter `{name}` must be a number"))),
             }
         };
         let from = number("from", false)?.flatten();
@@ -70,11 +106,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Paging {
         let descending = match pairs.get("order").map(String::as_str) {
             None | Some("asc") => false,
             Some("desc") => true,
-            Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "query parameter `order` must be asc or desc (got `{other}`)"
-                )))
-            }
+            Some(_) => return Err(ApiError::bad_request("query parameter `order` must be asc or desc")),
         };
         Ok(Self { from, size, descending })
     }

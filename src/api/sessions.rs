@@ -51,9 +51,7 @@ pub(super) async fn create(
     let kind = match req.kind.as_deref() {
         None => SessionKind::Shared,
         Some(k) => SessionKind::parse(k).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "field `kind`: unknown session kind `{k}`; use one of spark, pyspark, sparkr, sql, shared"
-            ))
+            ApiError::bad_request("field `kind`: unknown session kind; use one of spark, pyspark, sparkr, sql, shared")
         })?,
     };
     let resources = dto::resource_keys([

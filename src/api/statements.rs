@@ -12,7 +12,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 fn statement_id(raw: &str) -> Result<u32, ApiError> {
-    raw.parse().map_err(|_| ApiError::bad_request(format!("statement id must be a non-negative integer (got `{raw}`)")))
+    raw.parse().map_err(|_| ApiError::bad_request("statement id must be a non-negative integer"))
 }
 
 pub(super) async fn list(
@@ -83,9 +83,7 @@ pub(super) async fn complete(
     let length = code.chars().count();
     let cursor = req.cursor.unwrap_or(length);
     if cursor > length {
-        return Err(ApiError::bad_request(format!(
-            "field `cursor` ({cursor}) is past the end of `code` ({length} characters)"
-        )));
+        return Err(ApiError::bad_request("field `cursor` is past the end of `code`"));
     }
     let timeout = state.config.durations.completion_timeout;
     let candidates = session.complete(kind, code, cursor, timeout).await?;

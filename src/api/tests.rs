@@ -316,3 +316,51 @@ async fn users_set_only_allow_listed_conf_and_never_what_the_operator_fixed() {
         .await;
     assert_eq!(status, 403, "batches are checked the same way: {body}");
 }
+
+#[tokio::test]
+async fn refusals_name_the_field_and_never_echo_what_was_sent() {
+    let h = Harness::new(POLICY, &[]);
+    let secret = "s3cr3t-AKIA-token";
+    let bodies = [
+        json!({"driverCores": secret}),
+        json!({"numExecutors": format!("{secret}")}),
+        json!({"kind": secret}),
+        json!({"ttl": secret}),
+        json!({"idleTimeout": secret}),
+        json!({"name": format!("{secret}/x")}),
+        json!({"jars": [format!("https://u:{secret}@repo/x.jar")]}),
+        json!({"jars": [format!("viewfs://{secret}/x.jar")]}),
+        json!({"pyFiles": [format!("/etc/{secret}.py")]}),
+        json!({"files": [format!("hdfs:///a,{secret}")]}),
+        json!({"conf": {format!("{secret}=x"): "1"}}),
+        json!({"conf": {"spark.sql.x": {"nested": secret}}}),
+        json!({"heartbeatTimeoutInSecond": secret}),
+    ];
+    for body in bodies {
+        let (status, reply) = h.call(Some("alice"), "POST", "/sessions", Some(body.clone())).await;
+        assert_eq!(status, 400, "{body} -> {reply}");
+        let msg = reply["msg"].as_str().unwrap();
+        assert!(!msg.contains(secret), "{body} echoed: {msg}");
+        assert!(msg.contains("field") || msg.contains("invalid JSON"), "{msg}");
+    }
+    let (status, session) = h.call(Some("alice"), "POST", "/sessions", Some(json!({}))).await;
+    assert_eq!(status, 201);
+    let id = session["id"].as_u64().unwrap();
+    for (method, path, body) in [
+        ("GET", format!("/sessions/{id}/statements/{secret}"), None),
+        ("GET", format!("/sessions?from={secret}"), None),
+        ("GET", format!("/sessions?order={secret}"), None),
+        ("POST", format!("/sessions/{id}/statements"), Some(json!({"code": "1", "kind": secret}))),
+        ("POST", format!("/sessions/{secret}x/statements"), Some(json!({"code": "1"}))),
+    ] {
+        let (status, reply) = h.call(Some("alice"), method, &path, body).await;
+        assert!(status == 400 || status == 404 || status == 409, "{path}: {status} {reply}");
+        assert!(!reply.to_string().contains(secret), "{path} echoed: {reply}");
+    }
+    // Nor does the audit trail repeat it in a reason (the path a request named is recorded as
+    // its resource: that is what was asked for).
+    let records = h.audit_records().await;
+    let leaks: Vec<&Value> =
+        records.iter().filter(|r| r["reason"].as_str().is_some_and(|x| x.contains(secret))).collect();
+    assert!(leaks.is_empty(), "the audit trail repeats a submitted value: {leaks:#?}");
+}

@@ -79,7 +79,7 @@ impl ClientCertAuthenticator {
             None => value,
             Some(re) => {
                 re.captures(&value).and_then(|c| c.get(1)).map(|m| m.as_str().to_string()).ok_or_else(|| {
-                    format!("the client certificate name `{value}` does not match auth.client_cert.user_pattern")
+                    "the client certificate's name does not match auth.client_cert.user_pattern".to_string()
                 })?
             }
         };

@@ -47,7 +47,7 @@ impl SessionKind {
     pub fn resolve_statement(self, statement_kind: Option<&str>) -> Result<CodeKind, String> {
         match statement_kind {
             Some(k) => CodeKind::parse(k).ok_or_else(|| {
-                format!("unknown statement kind `{k}`; use one of spark, scala, pyspark, python, sparkr, r, sql")
+                "field `kind`: unknown statement kind; use one of spark, scala, pyspark, python, sparkr, r, sql".into()
             }),
             None => match self {
                 Self::Spark => Ok(CodeKind::Scala),
@@ -122,6 +122,7 @@ mod tests {
         assert_eq!(SessionKind::PySpark.resolve_statement(None), Ok(CodeKind::PySpark));
         assert_eq!(SessionKind::PySpark.resolve_statement(Some("sql")), Ok(CodeKind::Sql));
         assert!(SessionKind::Shared.resolve_statement(None).unwrap_err().contains("kind"));
-        assert!(SessionKind::Shared.resolve_statement(Some("cobol")).unwrap_err().contains("cobol"));
+        let err = SessionKind::Shared.resolve_statement(Some("cobol")).unwrap_err();
+        assert!(err.contains("`kind`") && !err.contains("cobol"), "the field, not the value: {err}");
     }
 }

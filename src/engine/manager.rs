@@ -154,9 +154,9 @@ impl SessionManager {
         }
         let per_session = |field: &str, value: &Option<String>, default: Option<Duration>| match value {
             None => Ok(default),
-            Some(text) => parse_duration(text)
-                .map(|d| (!d.is_zero()).then_some(d))
-                .map_err(|e| EngineError::InvalidRequest(format!("field `{field}`: {e}"))),
+            Some(text) => parse_duration(text).map(|d| (!d.is_zero()).then_some(d)).map_err(|_| {
+                EngineError::InvalidRequest(format!("field `{field}` must be a time such as 30s, 10m, 1h or 500ms"))
+            }),
         };
         let limits = SessionLimits {
             idle_timeout: per_session("idleTimeout", &spec.idle_timeout, cfg.durations.idle_timeout)?,

@@ -44,7 +44,7 @@ async fn malformed_create_requests_name_the_problem() {
     let cases: Vec<(reqwest::Body, &str)> = vec![
         ("{not json".into(), "invalid JSON"),
         (r#"{"kind": 5}"#.into(), "kind"),
-        (r#"{"kind": "cobol"}"#.into(), "cobol"),
+        (r#"{"kind": "cobol"}"#.into(), "kind"),
         (r#"{"driverCores": "many"}"#.into(), "driverCores"),
         (r#"{"numExecutors": -1}"#.into(), "numExecutors"),
         (r#"{"knd": "pyspark"}"#.into(), "knd"),
