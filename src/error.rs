@@ -130,7 +130,7 @@ impl From<crate::engine::EngineError> for ApiError {
                 Self::NotFound(err.to_string())
             }
             E::DuplicateName(_) | E::InvalidRequest(_) => Self::BadRequest(err.to_string()),
-            E::TooManySessions { .. }
+            E::TooManyLive { .. }
             | E::TooManyLaunches { .. }
             | E::UserQuota { .. }
             | E::StatementsQueued { .. }

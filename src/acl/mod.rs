@@ -367,7 +367,10 @@ impl AccessManager {
     /// The quota for a user.
     pub fn quota(&self, user: &str) -> Quota {
         let loaded = self.policy();
-        loaded.policy.quotas.users.get(user).copied().unwrap_or(loaded.policy.quotas.default)
+        match loaded.policy.quotas.users.get(user) {
+            Some(own) => Quota { explicit: true, ..*own },
+            None => loaded.policy.quotas.default,
+        }
     }
 }
 

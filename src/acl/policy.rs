@@ -50,6 +50,10 @@ pub struct Quota {
     /// Creates refused because the name was taken, per hour (default
     /// [`crate::engine::names::DEFAULT_MAX_NAME_CONFLICTS`]); beyond it named creates get 429.
     pub max_name_conflicts: Option<usize>,
+    /// Whether this quota was written for the user by name (`[quotas] users.<name>`): only
+    /// those may reach the global caps (see [`crate::engine::limits`]).
+    #[serde(skip)]
+    pub explicit: bool,
 }
 
 /// Quotas: a default and per-user overrides.

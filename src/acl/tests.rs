@@ -276,7 +276,7 @@ fn the_gateways_own_account_is_a_target_only_when_named() {
 fn quotas_default_and_per_user() {
     let (m, _d) = manager();
     assert_eq!(m.quota("bob"), Quota { max_sessions: Some(2), max_concurrent_launches: Some(1), ..Quota::default() });
-    assert_eq!(m.quota("alice"), Quota { max_sessions: Some(5), ..Quota::default() });
+    assert_eq!(m.quota("alice"), Quota { max_sessions: Some(5), explicit: true, ..Quota::default() });
 }
 
 #[test]

@@ -56,6 +56,8 @@ pub struct Config {
     pub spark: SparkConfig,
     /// Interactive session limits and timeouts.
     pub sessions: SessionsConfig,
+    /// Batch limits.
+    pub batches: BatchesConfig,
     /// The gateway ⇄ driver channel.
     pub rpc: RpcConfig,
     /// The access manager.
@@ -442,6 +444,23 @@ impl Default for SessionsConfig {
     }
 }
 
+/// Batch limits (their own caps: batches never take interactive sessions' slots, nor the
+/// reverse).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BatchesConfig {
+    /// Live (not finished) batches at once; more are refused with 429.
+    pub max_batches: usize,
+    /// Batches starting at once (each is a JVM); more are refused with 429.
+    pub max_concurrent_launches: usize,
+}
+
+impl Default for BatchesConfig {
+    fn default() -> Self {
+        Self { max_batches: 32, max_concurrent_launches: 4 }
+    }
+}
+
 /// The gateway ⇄ driver channel (TLS, mutual HMAC handshake; see docs/driver-protocol.md).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -744,6 +763,9 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
     }
     if s.max_concurrent_launches == 0 {
         problems.push("sessions.max_concurrent_launches must be at least 1".into());
+    }
+    if config.batches.max_batches == 0 || config.batches.max_concurrent_launches == 0 {
+        problems.push("batches.max_batches and batches.max_concurrent_launches must be at least 1".into());
     }
     if s.max_output_bytes < 1024 {
         problems.push("sessions.max_output_bytes must be at least 1024".into());

@@ -4,6 +4,7 @@
 
 use super::ids::{self, IdCounter};
 use super::launcher::{self, LaunchSpec, LogBuffer, ProcessHandle, SparkEnv};
+use super::limits;
 use super::names::{self, NameConflicts};
 use super::state::SessionState;
 use super::EngineError;
@@ -304,7 +305,6 @@ impl BatchManager {
         if let Some(name) = &spec.name {
             names::validate(name)?;
         }
-        let limit = self.config.config.sessions.max_concurrent_launches;
         let batch = {
             let mut reg = self.lock();
             if let Some(name) = &spec.name {
@@ -315,19 +315,14 @@ impl BatchManager {
                     return Err(EngineError::DuplicateName("batch"));
                 }
             }
-            let live: Vec<(SessionState, bool)> = reg
-                .by_id
-                .values()
-                .map(|b| (b.state(), b.spec.effective_user == spec.effective_user))
-                .filter(|(s, _)| s.is_live())
-                .collect();
-            if live.iter().filter(|(s, _)| s.is_launching()).count() >= limit {
-                return Err(EngineError::TooManyLaunches { limit });
-            }
-            let mine = live.iter().filter(|(_, m)| *m).count();
-            if let Some(limit) = quota.max_sessions.filter(|l| mine >= *l) {
-                return Err(EngineError::UserQuota { user: spec.effective_user.clone(), limit, what: "live batches" });
-            }
+            let batches = &self.config.config.batches;
+            let counts = limits::Counts::of(reg.by_id.values().map(|b| {
+                let state = b.state();
+                (state.is_live(), state.is_launching(), b.spec.effective_user == spec.effective_user)
+            }));
+            let caps =
+                limits::Caps { kind: "batches", live: batches.max_batches, launches: batches.max_concurrent_launches };
+            limits::admit(counts, caps, &quota, &spec.effective_user)?;
             let id = self.ids.next().map_err(|e| EngineError::Launch(e.to_string()))?;
             // Never a directory or file an earlier batch left: created exclusively, or refused.
             let dir = self.config.config.server.data_dir.join("batches").join(id.to_string());

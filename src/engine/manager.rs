@@ -3,6 +3,7 @@
 
 use super::ids::{self, IdCounter};
 use super::launcher::{self, LaunchSpec, LogBuffer, SparkEnv};
+use super::limits;
 use super::names::{self, NameConflicts};
 use super::session::{Session, SessionLimits, SessionSpec};
 use super::state::SessionState;
@@ -179,34 +180,16 @@ impl SessionManager {
                 }
             }
             let sessions = &cfg.config.sessions;
-            let live: Vec<SessionState> = reg.by_id.values().map(|s| s.state()).filter(|s| s.is_live()).collect();
-            if live.len() >= sessions.max_sessions {
-                return Err(EngineError::TooManySessions { limit: sessions.max_sessions });
-            }
-            let launching =
-                live.iter().filter(|s| matches!(s, SessionState::NotStarted | SessionState::Starting)).count();
-            if launching >= sessions.max_concurrent_launches {
-                return Err(EngineError::TooManyLaunches { limit: sessions.max_concurrent_launches });
-            }
-            let mine: Vec<SessionState> = reg
-                .by_id
-                .values()
-                .filter(|s| s.spec.effective_user == spec.effective_user)
-                .map(|s| s.state())
-                .filter(|s| s.is_live())
-                .collect();
-            if let Some(limit) = quota.max_sessions.filter(|l| mine.len() >= *l) {
-                return Err(EngineError::UserQuota { user: spec.effective_user.clone(), limit, what: "live sessions" });
-            }
-            let mine_launching =
-                mine.iter().filter(|s| matches!(s, SessionState::NotStarted | SessionState::Starting)).count();
-            if let Some(limit) = quota.max_concurrent_launches.filter(|l| mine_launching >= *l) {
-                return Err(EngineError::UserQuota {
-                    user: spec.effective_user.clone(),
-                    limit,
-                    what: "sessions starting",
-                });
-            }
+            let counts = limits::Counts::of(reg.by_id.values().map(|s| {
+                let state = s.state();
+                (state.is_live(), state.is_launching(), s.spec.effective_user == spec.effective_user)
+            }));
+            let caps = limits::Caps {
+                kind: "sessions",
+                live: sessions.max_sessions,
+                launches: sessions.max_concurrent_launches,
+            };
+            limits::admit(counts, caps, &quota, &spec.effective_user)?;
             let id = self.ids.next().map_err(|e| EngineError::Launch(e.to_string()))?;
             // Never a directory or file an earlier session left: created exclusively, or refused.
             let dir = cfg.config.server.data_dir.join("sessions").join(id.to_string());

@@ -4,6 +4,7 @@ pub mod batch;
 pub mod ids;
 pub mod kind;
 pub mod launcher;
+pub mod limits;
 pub mod manager;
 pub mod names;
 pub mod paths;
@@ -55,17 +56,19 @@ pub enum EngineError {
     /// A field of the request is not acceptable.
     #[error("{0}")]
     InvalidRequest(String),
-    /// The live-session cap is reached.
-    #[error("Rejected: too many sessions ({limit} live sessions is the limit); delete one or try again later")]
-    TooManySessions {
+    /// The cap on live sessions (or batches) is reached.
+    #[error("Rejected: too many {kind} ({limit} live {kind} is the limit); delete one or try again later")]
+    TooManyLive {
+        /// `sessions` or `batches`.
+        kind: &'static str,
         /// The cap.
         limit: usize,
     },
-    /// The concurrent-launch cap is reached.
-    #[error(
-        "Rejected: too many sessions are being started ({limit} at once is the limit); try again in a few seconds"
-    )]
+    /// The cap on sessions (or batches) starting at once is reached.
+    #[error("Rejected: too many {kind} are being started ({limit} at once is the limit); try again in a few seconds")]
     TooManyLaunches {
+        /// `sessions` or `batches`.
+        kind: &'static str,
         /// The cap.
         limit: usize,
     },

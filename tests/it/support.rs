@@ -227,8 +227,9 @@ impl TestGateway {
 }
 
 /// The policy of the anonymous test gateways: `anonymous` may create sessions (and, as their
-/// owner, do everything with them).
-pub const ANONYMOUS_POLICY: &str = "[create]\nusers = [\"anonymous\"]\n[conf]\nallow = [\"spark.test.note\"]\n";
+/// owner, do everything with them), and, being every test at once, may use every slot.
+pub const ANONYMOUS_POLICY: &str = "[create]\nusers = [\"anonymous\"]\n[conf]\nallow = [\"spark.test.note\"]\n\
+                                    [quotas]\nusers.anonymous = { max_sessions = 1000, max_concurrent_launches = 1000 }\n";
 
 /// The gateway most tests share.
 pub fn gateway() -> &'static TestGateway {

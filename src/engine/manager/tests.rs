@@ -216,19 +216,24 @@ async fn sessions_are_found_by_id_or_name_and_caps_are_enforced() {
     let (_b, _rxb) = idle_session(&m, 1, limits());
     assert_eq!(m.get("0").unwrap().id, a.id);
     assert!(m.get("nobody").is_err());
-    let err = m.create(spec(), Quota::default()).unwrap_err();
-    assert!(matches!(err, EngineError::TooManySessions { limit: 2 }), "{err}");
+    // alice may use every slot here: a quota written for her by name.
+    let roomy = Quota { max_sessions: Some(10), explicit: true, ..Quota::default() };
+    let err = m.create(spec(), roomy).unwrap_err();
+    assert!(matches!(err, EngineError::TooManyLive { limit: 2, .. }), "{err}");
     // Finished sessions do not count.
     a.finish(SessionState::Killed, "test");
-    let created = m.create(SessionSpec { name: Some("etl".into()), ..spec() }, Quota::default()).unwrap();
+    let created = m.create(SessionSpec { name: Some("etl".into()), ..spec() }, roomy).unwrap();
     // Without Spark the launch fails visibly: the session is dead with the reason in its log.
     assert_eq!(created.state(), SessionState::Dead);
     assert!(created.log.snapshot().iter().any(|l| l.contains("Spark is not configured")));
     assert_eq!(m.get("etl").unwrap().id, created.id);
-    let dup = m.create(SessionSpec { name: Some("etl".into()), ..spec() }, Quota::default()).unwrap_err();
+    let dup = m.create(SessionSpec { name: Some("etl".into()), ..spec() }, roomy).unwrap_err();
     assert!(matches!(dup, EngineError::DuplicateName(_)));
-    let bad = m.create(SessionSpec { ttl: Some("soon".into()), ..spec() }, Quota::default()).unwrap_err();
+    let bad = m.create(SessionSpec { ttl: Some("soon".into()), ..spec() }, roomy).unwrap_err();
     assert!(bad.to_string().contains("ttl"));
+    // With the default quota, alice alone may not take both slots.
+    let err = m.create(spec(), Quota::default()).unwrap_err();
+    assert!(matches!(err, EngineError::UserQuota { limit: 1, .. }), "{err}");
 }
 
 #[tokio::test]

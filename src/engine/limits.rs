@@ -1,0 +1,115 @@
+//! Caps and per-user quotas on sessions and batches, checked the same way for both: how many
+//! may be live, and how many may be starting (each start is a JVM), in all and per user.
+//!
+//! A per-user quota that the policy does not set explicitly for that user (`[quotas] default`,
+//! or nothing) is always below the global cap, so one user alone can never take every slot and
+//! block everyone else's launches; a quota the operator wrote for a user by name is honoured.
+
+use super::EngineError;
+use crate::acl::policy::Quota;
+
+/// The global caps of one kind of resource.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// `sessions` or `batches`, for messages.
+    pub kind: &'static str,
+    /// Live at once.
+    pub live: usize,
+    /// Starting at once.
+    pub launches: usize,
+}
+
+/// What is live and starting now, in all and for the requesting user.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    /// Live, in all.
+    pub live: usize,
+    /// Starting, in all.
+    pub launching: usize,
+    /// Live, the user's.
+    pub mine_live: usize,
+    /// Starting, the user's.
+    pub mine_launching: usize,
+}
+
+impl Counts {
+    /// Counts `(live, starting, the user's)` entries.
+    pub fn of(entries: impl IntoIterator<Item = (bool, bool, bool)>) -> Self {
+        let mut counts = Self::default();
+        for (live, launching, mine) in entries {
+            if !live {
+                continue;
+            }
+            counts.live += 1;
+            counts.launching += usize::from(launching);
+            counts.mine_live += usize::from(mine);
+            counts.mine_launching += usize::from(mine && launching);
+        }
+        counts
+    }
+}
+
+/// The per-user limit for a global `cap`: an explicit per-user quota as written; otherwise the
+/// default quota (or half the cap when none is set), at most `cap - 1` while the cap leaves room
+/// for someone else.
+pub fn per_user(set: Option<usize>, explicit: bool, cap: usize) -> usize {
+    match set {
+        Some(n) if explicit => n,
+        _ if cap <= 1 => cap,
+        Some(n) => n.min(cap - 1),
+        None => (cap / 2).max(1),
+    }
+}
+
+/// Whether one more may be created now.
+pub fn admit(counts: Counts, caps: Caps, quota: &Quota, user: &str) -> Result<(), EngineError> {
+    if counts.live >= caps.live {
+        return Err(EngineError::TooManyLive { kind: caps.kind, limit: caps.live });
+    }
+    if counts.launching >= caps.launches {
+        return Err(EngineError::TooManyLaunches { kind: caps.kind, limit: caps.launches });
+    }
+    let live = per_user(quota.max_sessions, quota.explicit, caps.live);
+    if counts.mine_live >= live {
+        let what = if caps.kind == "batches" { "live batches" } else { "live sessions" };
+        return Err(EngineError::UserQuota { user: user.to_string(), limit: live, what });
+    }
+    let launches = per_user(quota.max_concurrent_launches, quota.explicit, caps.launches);
+    if counts.mine_launching >= launches {
+        let what = if caps.kind == "batches" { "batches starting" } else { "sessions starting" };
+        return Err(EngineError::UserQuota { user: user.to_string(), limit: launches, what });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_default_quota_never_reaches_the_global_cap() {
+        assert_eq!(per_user(None, false, 4), 2);
+        assert_eq!(per_user(Some(4), false, 4), 3, "the default quota stays below the cap");
+        assert_eq!(per_user(Some(9), false, 4), 3);
+        assert_eq!(per_user(Some(1), false, 4), 1);
+        assert_eq!(per_user(Some(4), true, 4), 4, "a quota written for the user is the operator's choice");
+        assert_eq!(per_user(None, false, 1), 1, "a cap of one is everyone's");
+    }
+
+    #[test]
+    fn one_user_cannot_take_every_launch_slot() {
+        let caps = Caps { kind: "sessions", live: 32, launches: 4 };
+        let quota = Quota { max_concurrent_launches: Some(4), ..Quota::default() };
+        let mine = |n: usize| Counts { live: n, launching: n, mine_live: n, mine_launching: n };
+        assert!(admit(mine(2), caps, &quota, "alice").is_ok());
+        let err = admit(mine(3), caps, &quota, "alice").unwrap_err();
+        assert!(matches!(err, EngineError::UserQuota { limit: 3, .. }), "{err}");
+        // Someone else still gets the last slot.
+        let others = Counts { live: 3, launching: 3, mine_live: 0, mine_launching: 0 };
+        assert!(admit(others, caps, &quota, "bob").is_ok());
+        let full = Counts { live: 4, launching: 4, ..Counts::default() };
+        assert!(matches!(admit(full, caps, &quota, "bob"), Err(EngineError::TooManyLaunches { limit: 4, .. })));
+        let counts = Counts::of([(true, true, true), (true, false, false), (false, false, true)]);
+        assert_eq!((counts.live, counts.launching, counts.mine_live, counts.mine_launching), (2, 1, 1, 1));
+    }
+}
