@@ -149,6 +149,17 @@ class DriverConf:
 
     @classmethod
     def load_and_delete(cls):
+        # Kubernetes: the configuration itself, in the pod's environment (never uploaded as a
+        # file); taken out of the environment at once so nothing started later inherits it.
+        inline = os.environ.pop("SPARKGATE_DRIVER_SECRET_CONF", None)
+        if inline is not None:
+            try:
+                raw = json.loads(inline)
+            except ValueError:
+                raise ConfError("SPARKGATE_DRIVER_SECRET_CONF is not JSON")
+            if not isinstance(raw, dict):
+                raise ConfError("SPARKGATE_DRIVER_SECRET_CONF is not a JSON object")
+            return cls(raw)
         path = os.environ.get("SPARKGATE_DRIVER_CONF")
         if not path:
             raise ConfError("SPARKGATE_DRIVER_CONF is not set")

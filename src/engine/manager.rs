@@ -33,28 +33,45 @@ pub struct RpcEndpoint {
     pub ca_pem: String,
 }
 
-/// How the driver's 0600 configuration (with the secret) reaches the driver: in client mode it
-/// runs on this host and reads the file where it is; in cluster mode spark-submit ships the file
-/// with `--files` into the driver's working directory (YARN stages it in the application's
-/// private staging directory) and the driver's environment names it there. Never on argv.
-/// Returns the `--files` list, the conf to add and the value of SPARKGATE_DRIVER_CONF.
+/// The environment variable that names the driver's configuration file.
+const CONF_FILE_VAR: &str = "SPARKGATE_DRIVER_CONF";
+
+/// The environment variable that holds the driver's configuration itself (Kubernetes). Its
+/// name contains `SECRET`, so Spark's default redaction hides it in the UI and event logs.
+const CONF_INLINE_VAR: &str = "SPARKGATE_DRIVER_SECRET_CONF";
+
+/// How the driver's configuration (with the RPC secret) reaches the driver — never on argv:
+/// - client mode: the driver runs on this host and reads the 0600 file where it is;
+/// - YARN cluster mode: spark-submit ships the file with `--files`, which YARN stages in the
+///   application's private staging directory, and the driver's environment names it there;
+/// - Kubernetes cluster mode: `--files` would upload it to `spark.kubernetes.file.upload.path`,
+///   a directory that may be shared by many applications; instead the configuration itself goes
+///   into the driver pod's environment (`spark.kubernetes.driverEnv.*`, in the owner-only
+///   properties file on this host), readable only by those who may read the pod's spec — as the
+///   driver itself is.
+///
+/// Returns the `--files` list, the conf to add and spark-submit's extra environment.
 fn driver_conf_delivery(
     spark: &crate::config::SparkConfig,
     user_files: &[String],
     conf_file: &std::path::Path,
+    conf_json: &str,
     session_id: u32,
-) -> (Vec<String>, BTreeMap<String, String>, String) {
+) -> (Vec<String>, BTreeMap<String, String>, BTreeMap<String, String>) {
     let mut conf = launcher::cluster_conf(spark, launcher::AppKind::Session, session_id);
     if spark.deploy_mode != "cluster" {
-        return (user_files.to_vec(), conf, conf_file.display().to_string());
+        let env = BTreeMap::from([(CONF_FILE_VAR.to_string(), conf_file.display().to_string())]);
+        return (user_files.to_vec(), conf, env);
+    }
+    if spark.master.starts_with("k8s://") {
+        conf.insert(format!("spark.kubernetes.driverEnv.{CONF_INLINE_VAR}"), conf_json.to_string());
+        return (user_files.to_vec(), conf, BTreeMap::new());
     }
     let mut files = user_files.to_vec();
     files.push(conf_file.display().to_string());
     let name = conf_file.file_name().map_or_else(|| "driver-conf.json".into(), |n| n.to_string_lossy().into_owned());
-    for key in ["spark.yarn.appMasterEnv.SPARKGATE_DRIVER_CONF", "spark.kubernetes.driverEnv.SPARKGATE_DRIVER_CONF"] {
-        conf.insert(key.to_string(), name.clone());
-    }
-    (files, conf, name)
+    conf.insert(format!("spark.yarn.appMasterEnv.{CONF_FILE_VAR}"), name);
+    (files, conf, BTreeMap::new())
 }
 
 #[derive(Debug, Default)]
@@ -239,8 +256,8 @@ impl SessionManager {
         crate::tls::write_file(&conf_path, driver_conf.to_string().as_bytes(), 0o600)
             .map_err(|e| EngineError::Launch(e.to_string()))?;
         let absolute_conf = conf_path.canonicalize().unwrap_or(conf_path);
-        let (files, cluster_conf, driver_conf_env) =
-            driver_conf_delivery(&cfg.spark, &spec.files, &absolute_conf, session.id);
+        let (files, cluster_conf, mut env) =
+            driver_conf_delivery(&cfg.spark, &spec.files, &absolute_conf, &driver_conf.to_string(), session.id);
         let launch = LaunchSpec {
             name: spec.name.clone().unwrap_or_else(|| format!("sparkgate-session-{}", session.id)),
             class_name: None,
@@ -267,7 +284,6 @@ impl SessionManager {
             session.set_cluster_driver(pod);
         }
         let args = launcher::write_launch_files(&cfg.spark, &launch, &session.dir).map_err(EngineError::Launch)?;
-        let mut env = BTreeMap::from([("SPARKGATE_DRIVER_CONF".to_string(), driver_conf_env)]);
         env.extend(launcher::launch_ticket_env(spark, &launch));
         let weak = Arc::downgrade(session);
         let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {

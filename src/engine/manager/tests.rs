@@ -251,16 +251,19 @@ async fn per_user_quotas() {
 #[test]
 fn the_driver_configuration_travels_with_files_in_cluster_mode_and_never_on_argv() {
     let conf_file = std::path::Path::new("/data/sessions/4/driver-conf.json");
+    let json = r#"{"secret":"0123abcd"}"#;
     let client = crate::config::SparkConfig::default();
-    let (files, conf, env) = driver_conf_delivery(&client, &["a.txt".into()], conf_file, 4);
-    assert_eq!((files, env.as_str()), (vec!["a.txt".to_string()], "/data/sessions/4/driver-conf.json"));
+    let (files, conf, env) = driver_conf_delivery(&client, &["a.txt".into()], conf_file, json, 4);
+    assert_eq!(files, vec!["a.txt".to_string()]);
+    assert_eq!(env, BTreeMap::from([("SPARKGATE_DRIVER_CONF".to_string(), conf_file.display().to_string())]));
     assert!(conf.is_empty());
     let yarn =
         crate::config::SparkConfig { master: "yarn".into(), deploy_mode: "cluster".into(), ..Default::default() };
-    let (files, conf, env) = driver_conf_delivery(&yarn, &[], conf_file, 4);
+    let (files, conf, env) = driver_conf_delivery(&yarn, &[], conf_file, json, 4);
     assert_eq!(files, vec!["/data/sessions/4/driver-conf.json".to_string()]);
-    assert_eq!(env, "driver-conf.json");
+    assert!(env.is_empty());
     assert_eq!(conf["spark.yarn.appMasterEnv.SPARKGATE_DRIVER_CONF"], "driver-conf.json");
+    assert!(conf.values().all(|v| !v.contains("0123abcd")), "YARN gets the file, not the secret");
     assert_eq!(conf["spark.yarn.tags"], "sparkgate,sparkgate-session-4");
     // The argument vector names the file, never its contents.
     let spec = launcher::LaunchSpec {
@@ -278,4 +281,28 @@ fn the_driver_configuration_travels_with_files_in_cluster_mode_and_never_on_argv
     assert!(argv.windows(2).any(|w| w[0] == "--files" && w[1] == "/data/sessions/4/driver-conf.json"), "{argv:?}");
     let props = launcher::spark_properties(&yarn, &spec);
     assert_eq!(props["spark.yarn.appMasterEnv.SPARKGATE_DRIVER_CONF"], "driver-conf.json");
+}
+
+#[test]
+fn on_kubernetes_the_driver_configuration_is_never_uploaded_as_a_file() {
+    // --files would put it in spark.kubernetes.file.upload.path, possibly shared.
+    let conf_file = std::path::Path::new("/data/sessions/4/driver-conf.json");
+    let json = r#"{"secret":"0123abcd"}"#;
+    let k8s = crate::config::SparkConfig {
+        master: "k8s://https://api:6443".into(),
+        deploy_mode: "cluster".into(),
+        ..Default::default()
+    };
+    let (files, conf, env) = driver_conf_delivery(&k8s, &["a.txt".into()], conf_file, json, 4);
+    assert_eq!(files, vec!["a.txt".to_string()], "only the user's files are uploaded");
+    assert!(env.is_empty());
+    assert_eq!(conf["spark.kubernetes.driverEnv.SPARKGATE_DRIVER_SECRET_CONF"], json);
+    // It travels in the owner-only properties file, not on argv.
+    let spec =
+        launcher::LaunchSpec { name: "s".into(), files, cluster_conf: conf, app: "d.py".into(), ..Default::default() };
+    let argv: Vec<String> = launcher::build_args(&k8s, &spec, std::path::Path::new("/p"))
+        .into_iter()
+        .map(|a| a.into_string().unwrap())
+        .collect();
+    assert!(!argv.iter().any(|a| a.contains("0123abcd") || a.contains("driver-conf.json")), "{argv:?}");
 }
