@@ -513,7 +513,7 @@ fn spnego_proxied_sessions_launch_with_the_gateways_kerberos_ticket() {
     let r = post("/sessions", r#"{"kind": "pyspark", "proxyUser": "carol"}"#);
     assert_eq!(r.status, 201, "{r:#?}\n{}", log());
     let id = json_of(&r)["id"].as_u64().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
         let r = w.curl_to(&gw, Some(&w.alice), &negotiate, &format!("/sessions/{id}"));
         let info = json_of(&r);
@@ -522,19 +522,19 @@ fn spnego_proxied_sessions_launch_with_the_gateways_kerberos_ticket() {
             Some("dead" | "error" | "killed") => panic!("the session failed: {info:#}\n{}", log()),
             _ => {}
         }
-        assert!(std::time::Instant::now() < deadline, "not idle in time: {info:#}");
+        assert!(tokio::time::Instant::now() < deadline, "not idle in time: {info:#}");
         std::thread::sleep(Duration::from_millis(500));
     }
     let r = post(&format!("/sessions/{id}/statements"), r#"{"code": "print(sc.sparkUser())"}"#);
     assert_eq!(r.status, 201, "{r:#?}");
     let sid = json_of(&r)["id"].as_u64().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let statement = loop {
         let st = json_of(&w.curl_to(&gw, Some(&w.alice), &negotiate, &format!("/sessions/{id}/statements/{sid}")));
         if st["state"] == "available" {
             break st;
         }
-        assert!(std::time::Instant::now() < deadline, "statement not done: {st:#}");
+        assert!(tokio::time::Instant::now() < deadline, "statement not done: {st:#}");
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(statement["output"]["data"]["text/plain"], "carol", "{statement:#}");

@@ -11,7 +11,8 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// A driver JVM, Python and two executors on a loaded 2-core machine.
 const START: Duration = Duration::from_secs(240);
