@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod impersonation;
 pub mod metrics;
+pub mod net;
 pub mod rpc;
 pub mod server;
 pub mod telemetry;

@@ -1,10 +1,11 @@
 //! The listener: accepts TCP, terminates TLS (rustls) under a handshake timeout, records the
 //! connection's facts in request extensions and serves HTTP/1.1 and h2 with hyper.
 
+use crate::net::PerAddr;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -46,45 +47,13 @@ impl std::fmt::Debug for Transport {
 pub struct ConnLimits {
     /// Connections open at once; at the cap the accept loop waits for one to close.
     pub max: usize,
-    /// Connections open at once from one client address; beyond it a new one is closed at once.
+    /// Connections open at once from one client (an IPv6 client by its /64, see
+    /// [`crate::net::AddrKey`]); beyond it a new one is closed at once.
     pub per_ip: usize,
     /// Time for the TLS handshake.
     pub handshake_timeout: Duration,
     /// Time for a request's headers: after the handshake, and between requests.
     pub header_timeout: Duration,
-}
-
-/// Connections open per client address; a guard gives its slot back when dropped.
-#[derive(Debug, Default)]
-struct PerIp(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
-
-struct PerIpGuard {
-    table: Arc<PerIp>,
-    ip: IpAddr,
-}
-
-impl PerIp {
-    fn enter(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<PerIpGuard> {
-        let mut table = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = table.entry(ip).or_insert(0);
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(PerIpGuard { table: self.clone(), ip })
-    }
-}
-
-impl Drop for PerIpGuard {
-    fn drop(&mut self) {
-        let mut table = self.table.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = table.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                table.remove(&self.ip);
-            }
-        }
-    }
 }
 
 /// A stream with some bytes already read from it put back in front.
@@ -168,7 +137,7 @@ pub async fn serve(
     let (handshake_timeout, header_timeout) = (limits.handshake_timeout, limits.header_timeout);
     // Each connection holds a permit until it closes; at the cap the loop stops accepting.
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max));
-    let per_ip = Arc::new(PerIp::default());
+    let per_ip = Arc::new(PerAddr::default());
     let acceptor = match &transport {
         Transport::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(config.clone())),
         Transport::DangerousPlain => None,
