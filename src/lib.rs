@@ -217,7 +217,13 @@ impl Gateway {
         };
         let driver_program = driver::install(&cfg.server.data_dir).map_err(io("installing the driver program"))?;
         let audit_path = cfg.audit.path.clone().unwrap_or_else(|| cfg.server.data_dir.join("audit").join("audit.log"));
-        let audit_log = audit::AuditLog::open(&audit_path, cfg.audit.max_file_bytes)
+        let audit_options = audit::AuditOptions {
+            max_file_bytes: cfg.audit.max_file_bytes,
+            max_files: cfg.audit.max_files,
+            max_age: config.durations.audit_max_age,
+            repeat_window: config.durations.audit_repeat_window,
+        };
+        let audit_log = audit::AuditLog::open_with(&audit_path, &audit_options)
             .map_err(|e| StartError::Io { what: "opening the audit log".into(), source: std::io::Error::other(e) })?;
         let manager = SessionManager::new(config.clone(), spark, driver_program);
         manager.set_audit(audit_log.clone());
