@@ -236,6 +236,8 @@ impl Gateway {
         let settings = rpc::RpcSettings {
             max_frame_bytes: cfg.rpc.max_frame_bytes,
             handshake_timeout: config.durations.rpc_handshake_timeout,
+            max_pending: cfg.rpc.max_pending_handshakes,
+            max_pending_per_ip: cfg.rpc.max_pending_handshakes_per_ip,
             ping_interval: config.durations.ping_interval,
         };
         let rpc_server = rpc::server::start(cfg.rpc.bind, rpc_tls, settings, manager.clone())
