@@ -269,13 +269,16 @@ impl Gateway {
         };
         let app = http::stack::build(state, auth_chain);
         let (shutdown, rx) = watch::channel(false);
+        let (h1_max_buf, h2_max_header_list) = http::limits::hyper_ceilings(http::stack::head_limits(&config));
         let limits = server::ConnLimits {
             max: config.config.server.max_connections,
             per_ip: config.config.server.max_connections_per_ip,
             handshake_timeout: config.durations.tls_handshake_timeout,
             header_timeout: config.durations.header_timeout,
+            h1_max_buf,
+            h2_max_header_list,
         };
-        tokio::spawn(server::serve(listener, app, transport, limits, rx));
+        tokio::spawn(server::serve(listener, app, transport, limits, audit_log.clone(), rx));
         tracing::info!(%addr, rpc = %rpc_server.local_addr, "sparkgate listening");
         Ok(Self {
             addr,
