@@ -144,11 +144,8 @@ impl Coalescer {
         let counted: Vec<RepeatKey> =
             self.open.iter().filter(|(_, w)| w.suppressed > 0).map(|(k, _)| k.clone()).collect();
         for key in counted {
-            if let Some(window) = self.open.get(&key) {
-                let event = summary(&key, window, now);
-                self.ready.push(event);
-            }
             if let Some(window) = self.open.get_mut(&key) {
+                self.ready.push(summary(&key, window, now));
                 window.suppressed = 0;
                 window.since = now;
             }
@@ -175,16 +172,18 @@ impl Coalescer {
 
 fn summary(key: &RepeatKey, window: &Window, now: Instant) -> AuditEvent {
     let n = window.suppressed;
-    // Rounded up, so a count is never reported for a shorter time than it took.
-    let secs = now.saturating_duration_since(window.since).as_millis().div_ceil(1000).max(1);
+    // The span the count covers: from the window's start (or the previous summary) to its end,
+    // or to now when summarised early. Rounded up, so it is never reported shorter than it was.
+    let end = now.min(window.ends);
+    let secs = end.saturating_duration_since(window.since).as_millis().div_ceil(1000).max(1);
     let from = match (&key.source, key.overflow) {
         (Some(source), _) => format!(" from {source}"),
         (None, true) => " from addresses beyond the number tracked one by one".to_string(),
         (None, false) => String::new(),
     };
     let mut event = AuditEvent::security(key.action.clone(), key.decision).reason(format!(
-        "{n} more {} event(s) of kind `{}`{from} in the last {secs}s, counted instead of written one by one \
-         (the first was written in full)",
+        "{n} more {} event(s) of kind `{}`{from} within {secs}s, counted instead of written one by one \
+         (an earlier one of the same kind was written in full)",
         key.action, key.class
     ));
     event.repeated = Some(n);

@@ -119,7 +119,7 @@ pub async fn start(
     let acceptor = TlsAcceptor::from(tls);
     let next_conn = Arc::new(AtomicU64::new(1));
     let task_stats = stats.clone();
-    let pending_total = Arc::new(Semaphore::new(settings.max_pending));
+    let pending_total = Arc::new(Semaphore::new(settings.max_pending.min(Semaphore::MAX_PERMITS)));
     let pending_per_addr = Arc::new(PerAddr::default());
     tokio::spawn(async move {
         loop {
