@@ -45,6 +45,12 @@ pub enum ApiError {
     /// The body is larger than the configured limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The request target is longer than `server.max_uri_bytes`.
+    #[error("{0}")]
+    UriTooLong(String),
+    /// The header fields are larger than `server.max_header_bytes`.
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// A configured limit (sessions, launches) is reached; try again later.
     #[error("{0}")]
     TooManyRequests(String),
@@ -69,6 +75,8 @@ impl ApiError {
             Self::NotFound(_) | Self::Hidden { .. } => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,

@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod impersonation;
 pub mod metrics;
+pub mod net;
 pub mod rpc;
 pub mod server;
 pub mod telemetry;
@@ -216,7 +217,13 @@ impl Gateway {
         };
         let driver_program = driver::install(&cfg.server.data_dir).map_err(io("installing the driver program"))?;
         let audit_path = cfg.audit.path.clone().unwrap_or_else(|| cfg.server.data_dir.join("audit").join("audit.log"));
-        let audit_log = audit::AuditLog::open(&audit_path, cfg.audit.max_file_bytes)
+        let audit_options = audit::AuditOptions {
+            max_file_bytes: cfg.audit.max_file_bytes,
+            max_files: cfg.audit.max_files,
+            max_age: config.durations.audit_max_age,
+            repeat_window: config.durations.audit_repeat_window,
+        };
+        let audit_log = audit::AuditLog::open_with(&audit_path, &audit_options)
             .map_err(|e| StartError::Io { what: "opening the audit log".into(), source: std::io::Error::other(e) })?;
         // Ids continue where the last run stopped; its session and batch files are moved aside.
         let ids = engine::ids::Ids::prepare(&cfg.server.data_dir).map_err(|e| StartError::Io {
@@ -234,6 +241,8 @@ impl Gateway {
         let settings = rpc::RpcSettings {
             max_frame_bytes: cfg.rpc.max_frame_bytes,
             handshake_timeout: config.durations.rpc_handshake_timeout,
+            max_pending: cfg.rpc.max_pending_handshakes,
+            max_pending_per_ip: cfg.rpc.max_pending_handshakes_per_ip,
             ping_interval: config.durations.ping_interval,
         };
         let rpc_server = rpc::server::start(cfg.rpc.bind, rpc_tls, settings, manager.clone())
@@ -265,13 +274,16 @@ impl Gateway {
         };
         let app = http::stack::build(state, auth_chain);
         let (shutdown, rx) = watch::channel(false);
+        let (h1_max_buf, h2_max_header_list) = http::limits::hyper_ceilings(http::stack::head_limits(&config));
         let limits = server::ConnLimits {
             max: config.config.server.max_connections,
             per_ip: config.config.server.max_connections_per_ip,
             handshake_timeout: config.durations.tls_handshake_timeout,
             header_timeout: config.durations.header_timeout,
+            h1_max_buf,
+            h2_max_header_list,
         };
-        tokio::spawn(server::serve(listener, app, transport, limits, rx));
+        tokio::spawn(server::serve(listener, app, transport, limits, audit_log.clone(), rx));
         tracing::info!(%addr, rpc = %rpc_server.local_addr, "sparkgate listening");
         Ok(Self {
             addr,

@@ -6,13 +6,14 @@
 //! Every string is clipped to [`MAX_FIELD_BYTES`] so a client cannot bloat a record (a long
 //! path, a long request id) and every record stays small enough to resume from quickly.
 
+mod coalesce;
 pub mod layer;
 mod verify;
 mod writer;
 
 pub use layer::{audit_requests, expose_matched_path, RouteSlot};
 pub use verify::{verify_files, Problem, ProblemKind, VerifyReport};
-pub use writer::{chain_files, AuditLog};
+pub use writer::{chain_files, AuditLog, AuditOptions, Recorded};
 
 use crate::auth::{AuthMethod, Principal};
 use serde::Serialize;
@@ -38,7 +39,7 @@ pub enum EventKind {
 }
 
 /// What the gateway decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Decision {
@@ -121,6 +122,14 @@ pub struct AuditEvent {
     status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     latency_ms: Option<u64>,
+    /// Set only by the log itself on a counted summary: how many more events like the one
+    /// written in full were counted instead of written ([`AuditLog::record_coalesced`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repeated: Option<u64>,
+    /// Set only by the log itself on an `audit_files_retired` record: every record before this
+    /// seq is in files that retention deleted (`audit.max_files`, `audit.max_age`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retired_before: Option<u64>,
 }
 
 impl AuditEvent {
@@ -138,6 +147,8 @@ impl AuditEvent {
             reason: None,
             status: None,
             latency_ms: None,
+            repeated: None,
+            retired_before: None,
         }
     }
 

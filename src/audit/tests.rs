@@ -799,3 +799,208 @@ async fn a_request_dropped_after_authentication_is_recorded_with_its_principal()
     assert!(record.get("status").is_none());
     assert!(record["reason"].as_str().unwrap().contains("cancelled"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// repeated security events are counted, not written one by one
+
+fn options(max_file_bytes: u64, max_files: usize, repeat_window: Duration) -> AuditOptions {
+    AuditOptions { max_file_bytes, max_files, max_age: None, repeat_window }
+}
+
+fn failed_handshake(peer: &str) -> AuditEvent {
+    AuditEvent::security("rpc_auth_failed", Decision::Deny)
+        .remote_addr(peer.parse().unwrap())
+        .reason("TLS handshake failed: received corrupt message")
+}
+
+fn records_of(path: &Path, action: &str) -> Vec<serde_json::Value> {
+    lines(path).iter().map(|l| json(l)).filter(|r| r["action"] == action).collect()
+}
+
+/// Events a set of records stands for: each full record is one, a summary is `repeated`.
+fn represented(records: &[serde_json::Value]) -> u64 {
+    records.iter().map(|r| r["repeated"].as_u64().unwrap_or(1)).sum()
+}
+
+#[test]
+fn a_flood_of_identical_failures_costs_two_records_and_loses_no_count() {
+    let dir = TempDir::new().unwrap();
+    let path = audit_path(&dir);
+    let log = AuditLog::open_with(&path, &options(1 << 20, 0, Duration::from_secs(3600))).unwrap();
+    let peer = "192.0.2.7:40000".parse::<std::net::SocketAddr>().unwrap();
+    let mut outcomes = Vec::new();
+    for port in 0..1000u16 {
+        // Each connection comes from another port; the address is what counts.
+        let event = failed_handshake(&format!("192.0.2.7:{}", 40000 + port));
+        outcomes.push(log.record_coalesced(event, Some(peer.ip()), "tls"));
+    }
+    assert_eq!(outcomes[0], Recorded::Written);
+    assert!(outcomes[1..].iter().all(|o| *o == Recorded::Counted));
+    // Metrics see every event, written or counted.
+    let counted = log.security_event_counts();
+    assert_eq!(counted, vec![(("rpc_auth_failed".to_string(), "deny"), 1000)]);
+    // A flush writes the count without waiting for the window to end.
+    log.flush().unwrap();
+    let records = records_of(&path, "rpc_auth_failed");
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["remote_addr"], "192.0.2.7:40000");
+    assert!(records[0].get("repeated").is_none());
+    assert_eq!(records[1]["repeated"], 999);
+    assert_eq!(records[1]["remote_addr"], "192.0.2.7");
+    assert!(records[1]["reason"].as_str().unwrap().starts_with("999 more rpc_auth_failed event(s) of kind `tls`"));
+    assert_eq!(represented(&records), 1000);
+    drop(log);
+    assert!(verify_files(&[path]).unwrap().is_intact());
+}
+
+#[test]
+fn a_flood_from_one_address_hides_no_other_address_or_reason() {
+    let dir = TempDir::new().unwrap();
+    let path = audit_path(&dir);
+    let log = AuditLog::open_with(&path, &options(1 << 20, 0, Duration::from_secs(3600))).unwrap();
+    for _ in 0..100 {
+        log.record_coalesced(failed_handshake("192.0.2.7:1"), Some("192.0.2.7".parse().unwrap()), "tls");
+    }
+    // Another address, another kind of failure, another event: each written in full.
+    let other = log.record_coalesced(failed_handshake("198.51.100.1:1"), Some("198.51.100.1".parse().unwrap()), "tls");
+    let proof = log.record_coalesced(
+        AuditEvent::security("rpc_auth_failed", Decision::Deny)
+            .reason("wrong proof for session 3")
+            .resource("session:3"),
+        Some("192.0.2.7".parse().unwrap()),
+        "bad_proof",
+    );
+    log.record(AuditEvent::security("driver_authenticated", Decision::Allow).resource("session:3"));
+    assert_eq!((other, proof), (Recorded::Written, Recorded::Written));
+    drop(log); // shutdown writes what is still counted
+    let records: Vec<_> = lines(&path).iter().map(|l| json(l)).collect();
+    assert_eq!(records.len(), 5, "{records:#?}");
+    assert!(records.iter().any(|r| r["remote_addr"] == "198.51.100.1:1"));
+    assert!(records.iter().any(|r| r["resource"] == "session:3" && r["action"] == "rpc_auth_failed"));
+    assert!(records.iter().any(|r| r["action"] == "driver_authenticated"));
+    assert_eq!(represented(&records_of(&path, "rpc_auth_failed")), 102);
+}
+
+#[test]
+fn a_summary_is_written_when_its_window_ends_without_further_events() {
+    let dir = TempDir::new().unwrap();
+    let path = audit_path(&dir);
+    let log = AuditLog::open_with(&path, &options(1 << 20, 0, Duration::from_millis(300))).unwrap();
+    for _ in 0..50 {
+        log.record_coalesced(failed_handshake("192.0.2.7:1"), Some("192.0.2.7".parse().unwrap()), "tls");
+    }
+    // No flush, no new event: the writer wakes up for the window's end by itself. However
+    // slowly the machine ran the loop, every event is in a full record or a summary.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let records = records_of(&path, "rpc_auth_failed");
+        if represented(&records) == 50 {
+            assert!(records.len() < 50, "{records:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no summary after the window: {records:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The next event after the window is written in full again.
+    assert_eq!(
+        log.record_coalesced(failed_handshake("192.0.2.7:1"), Some("192.0.2.7".parse().unwrap()), "tls"),
+        Recorded::Written
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// retention: retired files, and what verify makes of what remains
+
+/// Two hundred records in files of about fifteen (4096 bytes, the smallest size the
+/// configuration allows), at most three rotated files kept.
+fn retained_chain() -> (TempDir, PathBuf) {
+    let dir = TempDir::new().unwrap();
+    let path = audit_path(&dir);
+    let log = AuditLog::open_with(&path, &options(4096, 3, Duration::from_secs(60))).unwrap();
+    write_events(&log, 0..200);
+    drop(log);
+    (dir, path)
+}
+
+#[test]
+fn retired_files_keep_the_disk_bounded_and_the_rest_verifies_as_retired_not_removed() {
+    let (_dir, path) = retained_chain();
+    let files = chain_files(&path).unwrap();
+    // Three rotated files and the current one, however many rotations there were.
+    assert_eq!(files.len(), 4, "{files:?}");
+    let on_disk = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
+    assert_eq!(on_disk, 4, "nothing else is left behind");
+    let report = verify_files(&files).unwrap();
+    assert!(report.is_intact(), "{report}");
+    assert!(report.starts_mid_chain && report.prefix_retired(), "{report}");
+    assert!(report.to_string().contains("retired by the gateway's retention"), "{report}");
+    // The retirements are records of the chain, naming where the kept part begins.
+    let retirements: Vec<_> = files.iter().flat_map(|f| records_of(f, "audit_files_retired")).collect();
+    assert!(!retirements.is_empty());
+    let last = retirements.last().unwrap();
+    assert_eq!(last["retired_before"].as_u64(), report.first_seq, "{last}");
+    assert_eq!(last["decision"], "info");
+    assert!(last["reason"].as_str().unwrap().contains("audit.max_files = 3"), "{last}");
+}
+
+#[test]
+fn a_gap_between_the_remaining_files_is_still_missing() {
+    let (_dir, path) = retained_chain();
+    let mut files = chain_files(&path).unwrap();
+    let removed = files.remove(1);
+    let removed_last = json(lines(&removed).last().unwrap())["seq"].as_u64().unwrap();
+    let report = verify_files(&files).unwrap();
+    let p = problem(&report);
+    assert_eq!((p.kind, &p.file, p.line, p.seq), (ProblemKind::Missing, &files[1], 1, Some(removed_last + 1)));
+}
+
+#[test]
+fn removing_more_than_retention_did_is_not_reported_as_retired() {
+    let (_dir, path) = retained_chain();
+    let files = chain_files(&path).unwrap();
+    // Someone deletes the oldest kept file as well: the retirement record does not cover it.
+    let report = verify_files(&files[1..]).unwrap();
+    assert!(report.starts_mid_chain, "{report}");
+    assert!(!report.prefix_retired(), "{report}");
+    assert!(report.to_string().contains("no retirement record in these files explains"), "{report}");
+}
+
+#[test]
+fn without_a_limit_every_rotated_file_is_kept() {
+    let dir = TempDir::new().unwrap();
+    let path = audit_path(&dir);
+    let log = AuditLog::open_with(&path, &options(700, 0, Duration::from_secs(60))).unwrap();
+    write_events(&log, 0..40);
+    drop(log);
+    let report = verify_files(&chain_files(&path).unwrap()).unwrap();
+    assert!(report.is_intact() && report.records == 40 && !report.starts_mid_chain, "{report}");
+}
+
+#[test]
+fn old_rotated_files_are_retired_by_age_at_start_up() {
+    let dir = TempDir::new().unwrap();
+    let path = audit_path(&dir);
+    let log = AuditLog::open(&path, 700).unwrap();
+    write_events(&log, 0..20);
+    drop(log);
+    let rotated = chain_files(&path).unwrap();
+    let rotated = &rotated[..rotated.len() - 1];
+    assert!(rotated.len() >= 3, "{rotated:?}");
+    // The two oldest rotated files were last written two days ago.
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86_400);
+    for file in &rotated[..2] {
+        std::fs::File::options().append(true).open(file).unwrap().set_modified(two_days_ago).unwrap();
+    }
+    let mut opts = AuditOptions::keep_all(700);
+    opts.max_age = Some(Duration::from_secs(86_400));
+    let log = AuditLog::open_with(&path, &opts).unwrap();
+    log.flush().unwrap();
+    drop(log);
+    let files = chain_files(&path).unwrap();
+    assert!(!files.contains(&rotated[0]) && !files.contains(&rotated[1]), "{files:?}");
+    assert!(files.contains(&rotated[2]), "a younger file stays: {files:?}");
+    let report = verify_files(&files).unwrap();
+    assert!(report.is_intact() && report.prefix_retired(), "{report}");
+    let retirement = files.iter().flat_map(|f| records_of(f, "audit_files_retired")).next().unwrap();
+    assert!(retirement["reason"].as_str().unwrap().contains("older than audit.max_age"), "{retirement}");
+}

@@ -79,6 +79,11 @@ pub struct VerifyReport {
     /// The first record is not seq 0: the chain's beginning is not in these files (older
     /// rotated files were deleted), so it was checked from that record on.
     pub starts_mid_chain: bool,
+    /// The highest "every record before this seq was retired" found in an intact
+    /// `audit_files_retired` record, and that record's own seq. When it covers
+    /// [`VerifyReport::first_seq`], the missing beginning is explained by the gateway's
+    /// retention ([`VerifyReport::prefix_retired`]).
+    pub retired_before: Option<(u64, u64)>,
     /// The first problem, or `None` when the chain is intact.
     pub problem: Option<Problem>,
 }
@@ -87,6 +92,15 @@ impl VerifyReport {
     /// Whether the files form one unbroken chain.
     pub fn is_intact(&self) -> bool {
         self.problem.is_none()
+    }
+
+    /// Whether the chain starts mid-way because the gateway retired the older files itself
+    /// (and said so in a record of the chain): a retired prefix, not a removed one.
+    pub fn prefix_retired(&self) -> bool {
+        match (self.starts_mid_chain, self.first_seq, self.retired_before) {
+            (true, Some(first), Some((before, _))) => first <= before,
+            _ => false,
+        }
     }
 }
 
@@ -100,11 +114,19 @@ impl fmt::Display for VerifyReport {
                         "OK: audit chain intact: {} record(s), seq {first} to {last}, in {} file(s); last hash {hash}",
                         self.records, self.files
                     )?;
-                    if self.starts_mid_chain {
+                    if self.prefix_retired() {
+                        let at = self.retired_before.map_or(0, |(_, at)| at);
+                        write!(
+                            f,
+                            "\nnote: the chain starts at seq {first}: the records before it were retired by the \
+                             gateway's retention (audit.max_files / audit.max_age), as record seq {at} says"
+                        )?;
+                    } else if self.starts_mid_chain {
                         write!(
                             f,
                             "\nnote: the chain starts mid-way, at seq {first}: the records before it are not in \
-                             these files (older rotated files deleted?) and were not checked"
+                             these files and were not checked; no retirement record in these files explains \
+                             their absence (older files given separately, moved away, or removed)"
                         )?;
                     }
                     Ok(())
@@ -132,6 +154,8 @@ pub(super) struct LineRecord {
     pub(super) seq: u64,
     pub(super) prev: String,
     pub(super) hash: String,
+    /// `retired_before` of an `audit_files_retired` record.
+    pub(super) retired_before: Option<u64>,
 }
 
 /// Why a single line is not a good record.
@@ -148,6 +172,10 @@ struct Head {
     seq: u64,
     prev: String,
     hash: String,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    retired_before: Option<u64>,
 }
 
 /// Checks one line (without its newline) on its own: it is a JSON object with `seq`, `prev`
@@ -181,7 +209,8 @@ pub(super) fn check_line(line: &[u8]) -> Result<LineRecord, LineProblem> {
             detail: "the record's content does not match its hash (it was edited)".into(),
         });
     }
-    Ok(LineRecord { seq: head.seq, prev: head.prev, hash: head.hash })
+    let retired_before = head.retired_before.filter(|_| head.action.as_deref() == Some("audit_files_retired"));
+    Ok(LineRecord { seq: head.seq, prev: head.prev, hash: head.hash, retired_before })
 }
 
 fn is_hex_sha256(s: &str) -> bool {
@@ -223,6 +252,7 @@ fn walk(paths: &[PathBuf], entries: &[Entry]) -> VerifyReport {
         last_seq: None,
         last_hash: None,
         starts_mid_chain: false,
+        retired_before: None,
         problem: None,
     };
     for (index, entry) in entries.iter().enumerate() {
@@ -287,6 +317,11 @@ fn walk(paths: &[PathBuf], entries: &[Entry]) -> VerifyReport {
         report.records += 1;
         report.last_seq = Some(found);
         report.last_hash = Some(record.hash.clone());
+        if let Some(before) = record.retired_before {
+            if report.retired_before.is_none_or(|(highest, _)| before > highest) {
+                report.retired_before = Some((before, found));
+            }
+        }
     }
     report
 }

@@ -1,5 +1,7 @@
-//! [`AuditLog`]: appends hash-chained records from one writer thread, rotates files by size
-//! and resumes the chain where the previous run left it.
+//! [`AuditLog`]: appends hash-chained records from one writer thread, rotates files by size,
+//! retires the oldest rotated files (by count or age) after recording that it does, counts
+//! repeated security events instead of writing each ([`super::coalesce`]) and resumes the chain
+//! where the previous run left it.
 //!
 //! Line format (one JSON object per line, keys in this order, absent optional fields omitted):
 //!
@@ -12,6 +14,7 @@
 //! `hash` of the record before it ([`GENESIS_PREV`] for seq 0). The bytes are hashed exactly
 //! as written, so no JSON canonicalisation is involved.
 
+use super::coalesce::{Coalescer, RepeatKey, Verdict};
 use super::verify::{check_line, LineRecord};
 use super::{now_rfc3339_ms, sha256_hex, AuditError, AuditEvent, Decision, EventKind, GENESIS_PREV};
 use serde::Serialize;
@@ -19,11 +22,13 @@ use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Events that may wait for the writer; beyond this they are counted as lost (see
 /// [`AuditLog::record`]). About 2 MB of events at most.
@@ -39,6 +44,36 @@ const MAX_LINE_BYTES: u64 = 1024 * 1024;
 /// Width of the sequence number in rotated file names (`u64::MAX` has 20 digits), so that
 /// sorting the names as text sorts them by sequence.
 const ROTATED_DIGITS: usize = 20;
+
+/// How the trail is kept (the `[audit]` configuration).
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// Size at which the current file is rotated.
+    pub max_file_bytes: u64,
+    /// Rotated files kept; the oldest beyond are retired after a rotation. 0 keeps all.
+    pub max_files: usize,
+    /// Rotated files older than this are retired too. `None`: no age limit.
+    pub max_age: Option<Duration>,
+    /// The window of [`AuditLog::record_coalesced`].
+    pub repeat_window: Duration,
+}
+
+impl AuditOptions {
+    /// Rotation at `max_file_bytes`, every file kept, a 60 s repeat window.
+    pub fn keep_all(max_file_bytes: u64) -> Self {
+        Self { max_file_bytes, max_files: 0, max_age: None, repeat_window: Duration::from_secs(60) }
+    }
+}
+
+/// What [`AuditLog::record_coalesced`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Recorded {
+    /// Queued to be written in full (the first of its kind in its window).
+    Written,
+    /// Counted into its window's summary record.
+    Counted,
+}
 
 /// The audit trail. Share it as `Arc<AuditLog>`.
 ///
@@ -60,6 +95,8 @@ pub struct AuditLog {
     /// Security events recorded since the log was opened, by (event, decision), for metrics.
     /// The event names are the gateway's own constants, so the map stays small.
     security_counts: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Windows of repeated events; shared with the writer thread, which writes the summaries.
+    coalescer: Arc<Mutex<Coalescer>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -95,6 +132,12 @@ impl AuditLog {
     /// file next to it — so a restart never breaks the chain. Refuses to continue after a
     /// damaged last record rather than hide the damage behind new records.
     pub fn open(path: &Path, max_file_bytes: u64) -> Result<Arc<Self>, AuditError> {
+        Self::open_with(path, &AuditOptions::keep_all(max_file_bytes))
+    }
+
+    /// [`AuditLog::open`] with retention and the repeat window: rotated files beyond
+    /// `max_files` or older than `max_age` are retired at start-up and after each rotation.
+    pub fn open_with(path: &Path, options: &AuditOptions) -> Result<Arc<Self>, AuditError> {
         let file_name =
             path.file_name().ok_or_else(|| AuditError::InvalidPath { path: path.to_path_buf() })?.to_os_string();
         let dir = match path.parent() {
@@ -124,18 +167,24 @@ impl AuditLog {
             first_seq,
             next_seq,
             prev,
-            max_file_bytes,
+            max_file_bytes: options.max_file_bytes,
+            max_files: options.max_files,
+            max_age: options.max_age,
+            // Start-up is a retirement point too: the limits may have been lowered.
+            retire_due: true,
             write_failing: false,
             rotate_failing: false,
             sync_failing: false,
         };
         let losses = Arc::new(Losses::default());
+        let coalescer = Arc::new(Mutex::new(Coalescer::new(options.repeat_window)));
         let (queue, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("sparkgate-audit".into())
             .spawn({
                 let losses = losses.clone();
-                move || writer.run(&receiver, &losses)
+                let coalescer = coalescer.clone();
+                move || writer.run(&receiver, &losses, &coalescer)
             })
             .map_err(io_at(path))?;
         Ok(Arc::new(Self {
@@ -144,6 +193,7 @@ impl AuditLog {
             thread: Some(thread),
             losses,
             security_counts: Mutex::default(),
+            coalescer,
         }))
     }
 
@@ -151,11 +201,37 @@ impl AuditLog {
     /// never fails: when the queue is full the event is counted as lost and the loss is
     /// recorded in the chain later (see the type's documentation).
     pub fn record(&self, event: AuditEvent) {
+        self.count(&event);
+        self.enqueue(event);
+    }
+
+    /// Records a security event that a peer can make the gateway repeat at will (a failed
+    /// driver handshake, a refused connection): the first of its kind within the repeat window
+    /// is written in full, further ones are counted, and one record with the count
+    /// (`"repeated": N`) follows when the window ends, at [`AuditLog::flush`] or at shutdown.
+    /// The kind is the event's action and decision, `source` (an IPv6 address by its /64) and
+    /// `class` — a fixed name for the kind of reason, never text a peer can vary. Metrics count
+    /// every event. Request events stay one per request: use [`AuditLog::record`] for them.
+    pub fn record_coalesced(&self, event: AuditEvent, source: Option<IpAddr>, class: &'static str) -> Recorded {
+        self.count(&event);
+        let key = RepeatKey::new(&event, source, class);
+        match lock(&self.coalescer).offer(key, Instant::now()) {
+            Verdict::Counted => Recorded::Counted,
+            Verdict::Write => {
+                self.enqueue(event);
+                Recorded::Written
+            }
+        }
+    }
+
+    fn count(&self, event: &AuditEvent) {
         if event.kind == EventKind::Security {
             let key = (event.action.clone(), event.decision.as_str());
-            *self.security_counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(key).or_insert(0) +=
-                1;
+            *lock(&self.security_counts).entry(key).or_insert(0) += 1;
         }
+    }
+
+    fn enqueue(&self, event: AuditEvent) {
         let command = Command::Record { time: now_rfc3339_ms(), event: Box::new(event) };
         let queued = match &self.queue {
             Some(queue) => match queue.try_send(command) {
@@ -170,8 +246,8 @@ impl AuditLog {
         }
     }
 
-    /// Waits until every event recorded before this call is written and synced to disk.
-    /// Blocking: from async code call it through `tokio::task::spawn_blocking`. Fails when the
+    /// Waits until every event recorded before this call is written and synced to disk, counted
+    /// repeats included (as summary records). Blocking: from async code call it through `tokio::task::spawn_blocking`. Fails when the
     /// sync fails or the last write failed.
     pub fn flush(&self) -> Result<(), AuditError> {
         let queue = self.queue.as_ref().ok_or(AuditError::WriterStopped)?;
@@ -195,7 +271,7 @@ impl AuditLog {
 
     /// Security events recorded since the log was opened: `((event, decision), count)`.
     pub fn security_event_counts(&self) -> Vec<((String, &'static str), u64)> {
-        let counts = self.security_counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let counts = lock(&self.security_counts);
         counts.iter().map(|(key, n)| (key.clone(), *n)).collect()
     }
 
@@ -208,9 +284,9 @@ impl AuditLog {
 
 impl Drop for AuditLog {
     fn drop(&mut self) {
-        // Closing the queue lets the writer drain it, sync and exit; joining guarantees that
-        // every record is on disk and nobody else writes to the file once the log is gone, so
-        // the same file can be opened again (a restart, a test).
+        // Closing the queue lets the writer drain it, write the counted repeats, sync and exit;
+        // joining guarantees that every record is on disk and nobody else writes to the file
+        // once the log is gone, so the same file can be opened again (a restart, a test).
         drop(self.queue.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -251,6 +327,12 @@ struct Writer {
     /// Hash of the last record written (`GENESIS_PREV` before the first).
     prev: String,
     max_file_bytes: u64,
+    /// Rotated files kept (0: all).
+    max_files: usize,
+    /// Rotated files older than this are retired.
+    max_age: Option<Duration>,
+    /// A rotation (or start-up) happened and retention has not run since.
+    retire_due: bool,
     /// Whether the last write failed (errors are logged once per outage, not per event).
     write_failing: bool,
     /// Whether the last rotation failed.
@@ -260,44 +342,86 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, commands: &Receiver<Command>, losses: &Losses) {
+    fn run(mut self, commands: &Receiver<Command>, losses: &Losses, coalescer: &Mutex<Coalescer>) {
         // Written but not yet synced. Syncing whenever the queue runs dry makes every burst
         // durable as soon as it ends, without an fsync per record while busy (the records that
         // queue up during one sync are written together and covered by the next).
-        let mut unsynced = false;
+        let mut unsynced = self.retire(losses);
         loop {
             let command = match commands.try_recv() {
-                Ok(command) => command,
+                Ok(command) => Some(command),
                 Err(TryRecvError::Empty) => {
                     if unsynced {
                         self.sync_quietly();
                         unsynced = false;
                     }
-                    match commands.recv() {
-                        Ok(command) => command,
-                        Err(_) => break,
+                    // Idle: wait for the next command, or until a window with counted repeats
+                    // ends and its summary is due.
+                    let due = lock(coalescer).next_due();
+                    match due {
+                        None => match commands.recv() {
+                            Ok(command) => Some(command),
+                            Err(_) => break,
+                        },
+                        Some(due) => match commands.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                            Ok(command) => Some(command),
+                            Err(RecvTimeoutError::Timeout) => None,
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        },
                     }
                 }
                 Err(TryRecvError::Disconnected) => break,
             };
             unsynced |= self.report_losses(losses);
+            // Summaries go before the command: they count events older than it, and one that
+            // a new occurrence closed must precede that occurrence's full record.
+            unsynced |= self.write_summaries(coalescer, losses, false);
             match command {
-                Command::Record { time, event } => {
-                    if self.append(&time, &event) {
+                None => {}
+                Some(Command::Record { time, event }) => {
+                    if self.append(&time, &event, losses) {
                         unsynced = true;
                     } else {
                         losses.lose();
                     }
                 }
-                Command::Flush(reply) => {
+                Some(Command::Flush(reply)) => {
+                    self.write_summaries(coalescer, losses, true);
                     let _ = reply.send(self.sync());
                     unsynced = false;
                 }
             }
         }
-        // Every `AuditLog` handle is gone: record any last losses and make it all durable.
+        // Every `AuditLog` handle is gone: record what is still counted and any last losses,
+        // and make it all durable.
+        self.write_summaries(coalescer, losses, true);
         self.report_losses(losses);
         self.sync_quietly();
+    }
+
+    /// Writes the summaries of repeat windows that ended (or, with `all`, of every window that
+    /// counted something); returns whether it wrote any. A summary that cannot be written is
+    /// counted as a lost event, so it still shows in the chain.
+    fn write_summaries(&mut self, coalescer: &Mutex<Coalescer>, losses: &Losses, all: bool) -> bool {
+        let ready = {
+            let mut coalescer = lock(coalescer);
+            let now = Instant::now();
+            if all {
+                coalescer.summarise_all(now);
+            } else if coalescer.next_due().is_some_and(|due| due <= now) {
+                coalescer.sweep(now);
+            }
+            coalescer.take_ready()
+        };
+        let mut wrote = false;
+        for event in ready {
+            if self.append(&now_rfc3339_ms(), &event, losses) {
+                wrote = true;
+            } else {
+                losses.lose();
+            }
+        }
+        wrote
     }
 
     /// Writes an `audit_records_lost` record for losses not yet in the chain; returns whether
@@ -310,16 +434,31 @@ impl Writer {
         let event = AuditEvent::security("audit_records_lost", Decision::Error).reason(format!(
             "{lost} audit event(s) could not be written (queue full or write error); the gateway log has details"
         ));
-        let written = self.append(&now_rfc3339_ms(), &event);
+        let written = self.append_record(&now_rfc3339_ms(), &event);
         if !written {
             losses.unreported.fetch_add(lost, Ordering::Relaxed);
         }
         written
     }
 
+    /// Appends one record (see [`Writer::append_record`]), then retires old files if a rotation
+    /// made that due.
+    fn append(&mut self, time: &str, event: &AuditEvent, losses: &Losses) -> bool {
+        let written = self.append_record(time, event);
+        // Twice at most: the retirement record itself may fill the file and rotate it (only
+        // with files a few records small); any later retirement waits for the next append.
+        for _ in 0..2 {
+            if !self.retire_due {
+                break;
+            }
+            self.retire(losses);
+        }
+        written
+    }
+
     /// Appends one record, rotating first if it would overflow the file. Returns whether the
     /// record was written; a failed record does not advance the chain.
-    fn append(&mut self, time: &str, event: &AuditEvent) -> bool {
+    fn append_record(&mut self, time: &str, event: &AuditEvent) -> bool {
         let (line, hash) = match render(self.next_seq, time, &self.prev, event) {
             Ok(rendered) => rendered,
             Err(e) => {
@@ -330,7 +469,10 @@ impl Writer {
         let line_len = line.len() as u64;
         if self.len > 0 && self.len.saturating_add(line_len) > self.max_file_bytes {
             match self.rotate() {
-                Ok(()) => self.rotate_failing = false,
+                Ok(()) => {
+                    self.rotate_failing = false;
+                    self.retire_due = true;
+                }
                 Err(e) => {
                     // Keep appending to the full file: an oversized file is better than lost
                     // records.
@@ -399,6 +541,70 @@ impl Writer {
         Ok(())
     }
 
+    /// Retention: deletes the oldest rotated files beyond `max_files` and those older than
+    /// `max_age`, always a prefix of the chain, so what remains is still one unbroken chain.
+    /// First it writes (and syncs) an `audit_files_retired` record naming the first seq that
+    /// is kept, so the retirement itself is in the chain and `verify` can tell a retired
+    /// prefix from a removed one; if that record cannot be written, nothing is deleted and the
+    /// next append tries again. Returns whether it wrote a record.
+    fn retire(&mut self, losses: &Losses) -> bool {
+        self.retire_due = false;
+        if self.max_files == 0 && self.max_age.is_none() {
+            return false;
+        }
+        let rotated = match rotated_files(&self.dir, &self.file_name) {
+            Ok(rotated) => rotated,
+            Err(e) => {
+                tracing::error!(error = %e, "listing rotated audit files for retention failed; keeping them");
+                return false;
+            }
+        };
+        // After an interrupted rotation the newest rotated name is the current file itself.
+        let rotated: Vec<(u64, PathBuf)> =
+            rotated.into_iter().filter(|(_, path)| !same_file(path, &self.path)).collect();
+        let by_count = if self.max_files > 0 { rotated.len().saturating_sub(self.max_files) } else { 0 };
+        let by_age = match self.max_age.and_then(|age| SystemTime::now().checked_sub(age)) {
+            Some(cutoff) => rotated.iter().take_while(|(_, path)| modified(path).is_some_and(|m| m < cutoff)).count(),
+            None => 0,
+        };
+        let n = by_count.max(by_age);
+        let (Some((first, _)), true) = (rotated.first(), n > 0) else { return false };
+        let first = *first;
+        // The first seq that stays: that of the oldest kept file, or of the current file (whose
+        // first record may be the one written below).
+        let kept = rotated.get(n).map_or(self.first_seq.unwrap_or(self.next_seq), |(seq, _)| *seq);
+        let why = match (by_count >= by_age, self.max_files) {
+            (true, max) if max > 0 => format!("audit.max_files = {max}"),
+            _ => "older than audit.max_age".to_string(),
+        };
+        let mut event = AuditEvent::security("audit_files_retired", Decision::Info).reason(format!(
+            "deleting {n} rotated audit file(s) holding seq {first} to {} ({why}); the chain continues at seq {kept}",
+            kept.saturating_sub(1)
+        ));
+        event.retired_before = Some(kept);
+        if !self.append_record(&now_rfc3339_ms(), &event) {
+            losses.lose();
+            self.retire_due = true;
+            return false;
+        }
+        // The record that explains the gap must be durable before the gap exists.
+        if let Err(e) = self.file.sync_data() {
+            tracing::error!(error = %e, "syncing the audit trail before retiring files failed; keeping them");
+            self.retire_due = true;
+            return true;
+        }
+        for (_, path) in &rotated[..n] {
+            match std::fs::remove_file(path) {
+                Ok(()) => tracing::info!(retired = %path.display(), "audit file retired"),
+                Err(e) => tracing::error!(path = %path.display(), error = %e, "retiring an audit file failed"),
+            }
+        }
+        if let Ok(dir) = File::open(&self.dir) {
+            let _ = dir.sync_all();
+        }
+        true
+    }
+
     /// Syncs in the background of the queue: failures are logged once per outage.
     fn sync_quietly(&mut self) {
         match self.file.sync_data() {
@@ -439,6 +645,16 @@ pub(super) fn render(seq: u64, time: &str, prev: &str, event: &AuditEvent) -> Re
     let body = json.strip_suffix('}').ok_or_else(|| AuditError::Encode("not a JSON object".into()))?;
     let hash = sha256_hex(body);
     Ok((format!("{body},\"hash\":\"{hash}\"}}\n"), hash))
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (counters, windows).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// When the file was last written (for a rotated file: about when it was rotated).
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {

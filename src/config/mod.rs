@@ -86,13 +86,19 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     /// Client connections open at once; further ones wait in the kernel's backlog.
     pub max_connections: usize,
-    /// Client connections open at once from one address; beyond it new ones are closed.
+    /// Client connections open at once from one address (an IPv6 client counts by its /64
+    /// prefix); beyond it new ones are closed.
     pub max_connections_per_ip: usize,
     /// A client that has not finished the TLS handshake by then is dropped.
     pub tls_handshake_timeout: String,
     /// Time for a client to send a request's headers (from the end of the TLS handshake, or
     /// from the previous response on a kept-alive connection); then the connection is closed.
     pub header_timeout: String,
+    /// Largest request head (the header fields, counted as HTTP/2 does: name + value + 32
+    /// bytes each); a larger one is refused with 431 and audited.
+    pub max_header_bytes: usize,
+    /// Longest request target (path and query); a longer one is refused with 414 and audited.
+    pub max_uri_bytes: usize,
     /// Serve plain HTTP instead of HTTPS. Never use outside a test on loopback.
     pub dangerous_plain_http: bool,
 }
@@ -110,6 +116,8 @@ impl Default for ServerConfig {
             max_connections_per_ip: 256,
             tls_handshake_timeout: "10s".into(),
             header_timeout: "60s".into(),
+            max_header_bytes: 64 * 1024,
+            max_uri_bytes: 8 * 1024,
             dangerous_plain_http: false,
         }
     }
@@ -296,11 +304,26 @@ pub struct AuditConfig {
     pub path: Option<PathBuf>,
     /// Size at which the file is rotated (the chain continues in the next file).
     pub max_file_bytes: u64,
+    /// Rotated files kept; after a rotation the oldest beyond this are deleted, and a record
+    /// in the chain says which sequence numbers went. 0 keeps every file.
+    pub max_files: usize,
+    /// Rotated files older than this are deleted too (checked at start-up and at each
+    /// rotation). "0": no age limit.
+    pub max_age: String,
+    /// Repeated identical security events (same event, address and kind of failure) are
+    /// written once per window, then counted; the count is written when the window ends.
+    pub repeat_window: String,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { path: None, max_file_bytes: 16 * 1024 * 1024 }
+        Self {
+            path: None,
+            max_file_bytes: 16 * 1024 * 1024,
+            max_files: 100,
+            max_age: "0".into(),
+            repeat_window: "60s".into(),
+        }
     }
 }
 
@@ -474,6 +497,11 @@ pub struct RpcConfig {
     pub max_frame_bytes: usize,
     /// A connection that has not authenticated by then is closed.
     pub handshake_timeout: String,
+    /// Connections still in the TLS + HMAC handshake at once; further ones are closed at once.
+    pub max_pending_handshakes: usize,
+    /// Connections in the handshake at once from one address (an IPv6 peer counts by its /64
+    /// prefix); further ones from there are closed at once.
+    pub max_pending_handshakes_per_ip: usize,
     /// How long a driver keeps redialling after losing the connection before it shuts down, and
     /// how long the gateway waits for it.
     pub reconnect_window: String,
@@ -488,11 +516,16 @@ impl Default for RpcConfig {
             advertise_host: "127.0.0.1".into(),
             max_frame_bytes: 64 * 1024 * 1024,
             handshake_timeout: "10s".into(),
+            max_pending_handshakes: 256,
+            max_pending_handshakes_per_ip: 32,
             reconnect_window: "60s".into(),
             ping_interval: "10s".into(),
         }
     }
 }
+
+/// The longest request target hyper's HTTP/1 parser accepts at all.
+pub const MAX_URI_BYTES: usize = 65_534;
 
 /// Durations parsed once, so the rest of the gateway never parses strings.
 #[derive(Debug, Clone, Copy)]
@@ -535,6 +568,10 @@ pub struct Durations {
     pub acl_reload_interval: Duration,
     /// `tls.reload_interval`
     pub tls_reload_interval: Duration,
+    /// `audit.max_age` (None = no age limit)
+    pub audit_max_age: Option<Duration>,
+    /// `audit.repeat_window`
+    pub audit_repeat_window: Duration,
 }
 
 /// A configuration that passed validation.
@@ -684,6 +721,8 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
         spnego_cookie_ttl: optional(dur("auth.spnego.cookie_ttl", &config.auth.spnego.cookie_ttl)),
         acl_reload_interval: dur("acl.reload_interval", &config.acl.reload_interval),
         tls_reload_interval: dur("tls.reload_interval", &config.tls.reload_interval),
+        audit_max_age: optional(dur("audit.max_age", &config.audit.max_age)),
+        audit_repeat_window: dur("audit.repeat_window", &config.audit.repeat_window),
     };
     for (key, d) in [
         ("server.request_timeout", durations.request_timeout),
@@ -700,6 +739,7 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
         ("auth.jwt.reload_interval", durations.jwt_reload_interval),
         ("acl.reload_interval", durations.acl_reload_interval),
         ("tls.reload_interval", durations.tls_reload_interval),
+        ("audit.repeat_window", durations.audit_repeat_window),
     ] {
         if d.is_zero() {
             problems.push(format!("{key} must be greater than zero"));
@@ -795,6 +835,16 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
     }
     if config.server.max_connections == 0 || config.server.max_connections_per_ip == 0 {
         problems.push("server.max_connections and server.max_connections_per_ip must be at least 1".into());
+    }
+    if config.rpc.max_pending_handshakes == 0 || config.rpc.max_pending_handshakes_per_ip == 0 {
+        problems.push("rpc.max_pending_handshakes and rpc.max_pending_handshakes_per_ip must be at least 1".into());
+    }
+    if config.server.max_header_bytes < 4096 {
+        problems.push("server.max_header_bytes must be at least 4096".into());
+    }
+    if !(1024..=MAX_URI_BYTES).contains(&config.server.max_uri_bytes) {
+        // hyper refuses longer request targets itself (414), before the limit could apply.
+        problems.push(format!("server.max_uri_bytes must be between 1024 and {MAX_URI_BYTES}"));
     }
     if config.rpc.max_frame_bytes < 4096 {
         problems.push("rpc.max_frame_bytes must be at least 4096".into());

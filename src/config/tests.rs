@@ -122,3 +122,31 @@ fn every_example_configuration_loads() {
     }
     assert!(seen >= 4);
 }
+
+#[test]
+fn caps_retention_and_head_limits_are_checked() {
+    let c = load(&Sources::default()).unwrap();
+    assert_eq!((c.config.rpc.max_pending_handshakes, c.config.rpc.max_pending_handshakes_per_ip), (256, 32));
+    assert_eq!((c.config.audit.max_files, c.durations.audit_max_age), (100, None));
+    assert_eq!(c.durations.audit_repeat_window, Duration::from_secs(60));
+    assert_eq!((c.config.server.max_header_bytes, c.config.server.max_uri_bytes), (65536, 8192));
+    let err = load_str(
+        "[rpc]\nmax_pending_handshakes_per_ip = 0\n[audit]\nrepeat_window = \"0\"\nmax_age = \"later\"\n\
+         [server]\nmax_header_bytes = 100\nmax_uri_bytes = 70000\n",
+        &[],
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    for key in [
+        "rpc.max_pending_handshakes_per_ip",
+        "audit.repeat_window",
+        "audit.max_age",
+        "server.max_header_bytes",
+        "server.max_uri_bytes",
+    ] {
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    let c = load_str("[audit]\nmax_files = 0\nmax_age = \"30d\"\n", &[], &[]).unwrap();
+    assert_eq!(c.durations.audit_max_age, Some(Duration::from_secs(30 * 86_400)));
+}

@@ -505,14 +505,33 @@ impl DriverRegistry for SessionManager {
         self.lock().by_id.get(&session_id).is_some_and(|s| s.statement_running())
     }
 
-    fn auth_failed(&self, peer: SocketAddr, session_id: Option<u32>, reason: &str) {
+    fn auth_failed(&self, peer: SocketAddr, error: &crate::rpc::HandshakeError) {
         self.rpc_auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::warn!(%peer, session_id, reason, "driver RPC authentication failed");
-        let mut event = AuditEvent::security("rpc_auth_failed", Decision::Deny).remote_addr(peer).reason(reason);
+        let session_id = error.session();
+        let mut event =
+            AuditEvent::security("rpc_auth_failed", Decision::Deny).remote_addr(peer).reason(error.to_string());
         if let Some(id) = session_id {
             event = event.resource(format!("session:{id}"));
         }
-        self.audit(event);
+        // Any peer can fail a handshake once per TCP connect: repeats are counted, not written
+        // (or logged) one by one.
+        let recorded = self.audit.get().map(|log| log.record_coalesced(event, Some(peer.ip()), error.class()));
+        if recorded == Some(crate::audit::Recorded::Counted) {
+            tracing::debug!(%peer, session_id, reason = %error, "driver RPC authentication failed (repeat, counted)");
+        } else {
+            tracing::warn!(%peer, session_id, reason = %error, "driver RPC authentication failed");
+        }
+    }
+
+    fn connection_refused(&self, peer: SocketAddr, why: crate::rpc::Refusal) {
+        let event =
+            AuditEvent::security("rpc_connection_refused", Decision::Deny).remote_addr(peer).reason(why.to_string());
+        let recorded = self.audit.get().map(|log| log.record_coalesced(event, Some(peer.ip()), why.class()));
+        if recorded == Some(crate::audit::Recorded::Counted) {
+            tracing::debug!(%peer, reason = %why, "driver RPC connection refused (repeat, counted)");
+        } else {
+            tracing::warn!(%peer, reason = %why, "driver RPC connection refused");
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use crate::auth::{self, AuthChain};
 use crate::config::ValidatedConfig;
 use crate::csrf::{self, CsrfMode};
 use crate::error::ApiError;
+use crate::http::limits::{self, HeadLimits};
 use crate::metrics::{self, Metrics};
 use crate::{acl, audit, impersonation};
 use axum::error_handling::HandleErrorLayer;
@@ -113,6 +114,9 @@ pub fn with_middleware(
             .option_layer(metrics.map(|m| middleware::from_fn_with_state(m, metrics::record_requests)))
             // (The audit and metrics middleware want axum's body type from the layers below.)
             .layer(MapResponseBodyLayer::new(axum::body::Body::new))
+            // Request heads over server.max_uri_bytes / max_header_bytes are refused here (414,
+            // 431), inside the audit layer, so that they are recorded like any other request.
+            .layer(middleware::from_fn_with_state(head_limits(config), limits::check_head))
             // A panic in a handler is a JSON 500 for that request, never a dropped connection.
             .layer(CatchPanicLayer::custom(panic_response))
             // Turns the errors of the next three layers into JSON responses.
@@ -125,6 +129,14 @@ pub fn with_middleware(
             // Bodies over the limit are refused (413) before they are buffered.
             .layer(DefaultBodyLimit::max(config.config.server.max_body_bytes)),
     )
+}
+
+/// The request-head limits of the configuration.
+pub fn head_limits(config: &ValidatedConfig) -> HeadLimits {
+    HeadLimits {
+        max_header_bytes: config.config.server.max_header_bytes,
+        max_uri_bytes: config.config.server.max_uri_bytes,
+    }
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

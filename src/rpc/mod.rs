@@ -7,4 +7,4 @@ pub mod server;
 
 pub use handshake::SessionSecret;
 pub use protocol::{FromDriver, ToDriver};
-pub use server::{DriverLink, DriverRegistry, RpcServer, RpcSettings};
+pub use server::{DriverLink, DriverRegistry, HandshakeError, Refusal, RpcServer, RpcSettings};

@@ -1,8 +1,15 @@
 //! The RPC server drivers dial back to: TLS, the mutual handshake under a timeout, then framed
 //! JSON messages routed to the session that owns the connection.
+//!
+//! Until a peer has proven a session's secret it is anonymous, so what it may cost is capped:
+//! connections in the handshake at once, in total and per address (an IPv6 peer by its /64),
+//! beyond which a new connection is closed at once ([`Refusal`]); a timeout on the whole
+//! handshake; small frames. Nor does it learn anything: an unknown or finished session id is
+//! challenged like a live one and fails at the proof, exactly like a wrong secret.
 
 use super::handshake::{fresh_nonce, valid_nonce, Role, SessionSecret};
 use super::protocol::{FromDriver, ToDriver, PROTOCOL_VERSION};
+use crate::net::{AddrSlot, PerAddr};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
@@ -11,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
@@ -25,8 +32,12 @@ pub trait DriverRegistry: Send + Sync + 'static {
     fn deliver(&self, session_id: u32, conn_id: u64, msg: FromDriver);
     /// The connection `conn_id` of a session closed.
     fn detach(&self, session_id: u32, conn_id: u64);
-    /// A connection failed to authenticate (for logs and the audit trail; no secret in `reason`).
-    fn auth_failed(&self, peer: SocketAddr, session_id: Option<u32>, reason: &str);
+    /// A connection failed to authenticate (for logs and the audit trail; the error holds no
+    /// secret). A peer can cause this at will, once per TCP connect: record it coalesced.
+    fn auth_failed(&self, peer: SocketAddr, error: &HandshakeError);
+    /// A connection was closed at once, before TLS, because of a pending-handshake cap. A peer
+    /// can cause this at will too: record it coalesced.
+    fn connection_refused(&self, peer: SocketAddr, why: Refusal);
     /// Whether the session is running a statement. A driver busy in a C call that holds
     /// Python's GIL (`sum(range(10**10))`) cannot answer pings, so silence is not death then;
     /// a dead process or host is still noticed (process exit, TCP keepalive, EOF).
@@ -65,6 +76,10 @@ pub struct RpcSettings {
     pub max_frame_bytes: usize,
     /// Time allowed for TLS plus the handshake.
     pub handshake_timeout: Duration,
+    /// Connections in TLS or the handshake at once; beyond it new ones are closed at once.
+    pub max_pending: usize,
+    /// The same from one address (an IPv6 peer by its /64 prefix).
+    pub max_pending_per_ip: usize,
     /// How often to ping; a peer silent for three intervals is dropped.
     pub ping_interval: Duration,
 }
@@ -76,6 +91,8 @@ pub struct RpcStats {
     pub connections: AtomicU64,
     /// Connections that failed TLS or the handshake.
     pub auth_failures: AtomicU64,
+    /// Connections closed at once because of a pending-handshake cap.
+    pub refused: AtomicU64,
     /// Connections that authenticated.
     pub authenticated: AtomicU64,
 }
@@ -102,6 +119,8 @@ pub async fn start(
     let acceptor = TlsAcceptor::from(tls);
     let next_conn = Arc::new(AtomicU64::new(1));
     let task_stats = stats.clone();
+    let pending_total = Arc::new(Semaphore::new(settings.max_pending.min(Semaphore::MAX_PERMITS)));
+    let pending_per_addr = Arc::new(PerAddr::default());
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -113,6 +132,25 @@ pub async fn start(
                 }
             };
             task_stats.connections.fetch_add(1, Ordering::Relaxed);
+            // Accepted and closed at once rather than left in the backlog: the backlog stays
+            // free for drivers, and the refusal is counted. The address first, so that one
+            // busy address is refused as such and cannot take the total's slots.
+            let slots = match pending_per_addr.enter(peer.ip(), settings.max_pending_per_ip) {
+                None => Err(Refusal::TooManyFromAddress { limit: settings.max_pending_per_ip }),
+                Some(addr) => match pending_total.clone().try_acquire_owned() {
+                    Ok(total) => Ok(PendingSlots { _total: total, _addr: addr }),
+                    Err(_) => Err(Refusal::TooMany { limit: settings.max_pending }),
+                },
+            };
+            let slots = match slots {
+                Ok(slots) => slots,
+                Err(why) => {
+                    task_stats.refused.fetch_add(1, Ordering::Relaxed);
+                    registry.connection_refused(peer, why);
+                    drop(tcp);
+                    continue;
+                }
+            };
             let conn_id = next_conn.fetch_add(1, Ordering::Relaxed);
             let (acceptor, settings, registry, stats) =
                 (acceptor.clone(), settings.clone(), registry.clone(), task_stats.clone());
@@ -128,7 +166,7 @@ pub async fn start(
                 // Keepalive probes stop while sent data waits for an acknowledgement (our pings
                 // do): unacknowledged data for 90 s also means the host is gone.
                 let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(Duration::from_secs(90)));
-                serve_connection(tcp, peer, conn_id, acceptor, settings, registry, stats).await;
+                serve_connection(tcp, peer, conn_id, slots, acceptor, settings, registry, stats).await;
             });
         }
     });
@@ -136,40 +174,99 @@ pub async fn start(
     Ok(RpcServer { local_addr, stats })
 }
 
-/// Why a handshake failed (logged and audited; never contains a secret).
+/// The pending-handshake slots a connection holds until its handshake ends.
+struct PendingSlots {
+    _total: OwnedSemaphorePermit,
+    _addr: AddrSlot,
+}
+
+/// Why a connection was closed before TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// `rpc.max_pending_handshakes` connections are in the handshake.
+    #[error("too many connections in the handshake (rpc.max_pending_handshakes = {limit})")]
+    TooMany {
+        /// The cap.
+        limit: usize,
+    },
+    /// `rpc.max_pending_handshakes_per_ip` connections from this address are in the handshake.
+    #[error("too many connections in the handshake from this address (rpc.max_pending_handshakes_per_ip = {limit})")]
+    TooManyFromAddress {
+        /// The cap.
+        limit: usize,
+    },
+}
+
+impl Refusal {
+    /// A fixed name for the kind of refusal (what the audit trail counts repeats by).
+    pub fn class(self) -> &'static str {
+        match self {
+            Self::TooMany { .. } => "pending_total",
+            Self::TooManyFromAddress { .. } => "pending_per_ip",
+        }
+    }
+}
+
+/// Why a handshake failed (logged and audited; never contains a secret). There is no "unknown
+/// session": a hello for a session that does not exist or no longer expects a driver fails as
+/// [`HandshakeError::BadProof`], so the answer reveals nothing about which ids are live.
 #[derive(Debug, thiserror::Error)]
-enum HandshakeError {
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// TLS failed (not TLS at all, a bad record, an unsupported version).
     #[error("TLS handshake failed: {0}")]
     Tls(std::io::Error),
+    /// The peer closed the connection before the handshake ended.
     #[error("connection closed during the handshake")]
     Closed,
+    /// TLS and the handshake took longer than `rpc.handshake_timeout`.
     #[error("handshake timed out")]
     Timeout,
+    /// A frame could not be read or written (too long, or the connection failed).
     #[error("frame error: {0}")]
     Frame(std::io::Error),
+    /// Not the message the handshake expected, or not one at all.
     #[error("unexpected or malformed message: {0}")]
     Protocol(String),
+    /// A protocol version the gateway does not speak.
     #[error("unsupported protocol version {0}")]
     Version(u32),
-    #[error("no session {0} is expecting a driver")]
-    UnknownSession(u32),
+    /// The proof does not match the secret of the session — or there is no such live session.
     #[error("wrong proof for session {0}")]
     BadProof(u32),
 }
 
 impl HandshakeError {
-    fn session(&self) -> Option<u32> {
+    /// The session the peer named, once it has sent a hello that got that far.
+    pub fn session(&self) -> Option<u32> {
         match self {
-            Self::UnknownSession(id) | Self::BadProof(id) => Some(*id),
+            Self::BadProof(id) => Some(*id),
             _ => None,
+        }
+    }
+
+    /// A fixed name for the kind of failure: what the audit trail counts repeats by. The
+    /// message itself can vary with what a peer sends, so it is never the key.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Tls(_) => "tls",
+            Self::Closed => "closed",
+            Self::Timeout => "timeout",
+            Self::Frame(_) => "frame",
+            Self::Protocol(_) => "protocol",
+            Self::Version(_) => "version",
+            Self::BadProof(_) => "bad_proof",
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the arguments
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     conn_id: u64,
+    slots: PendingSlots,
     acceptor: TlsAcceptor,
     settings: RpcSettings,
     registry: Arc<dyn DriverRegistry>,
@@ -188,11 +285,13 @@ async fn serve_connection(
     })
     .await
     .unwrap_or(Err(HandshakeError::Timeout));
+    // The handshake is over either way: the slots go to the next peer.
+    drop(slots);
     let (framed, session_id) = match opened {
         Ok(pair) => pair,
         Err(e) => {
             stats.auth_failures.fetch_add(1, Ordering::Relaxed);
-            registry.auth_failed(peer, e.session(), &e.to_string());
+            registry.auth_failed(peer, &e);
             return; // dropping the stream closes the connection without a reason
         }
     };
@@ -221,12 +320,22 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         }
         other => return Err(HandshakeError::Protocol(format!("expected hello, got {}", kind_of(&other)))),
     };
-    let secret = registry.secret(session_id).ok_or(HandshakeError::UnknownSession(session_id))?;
+    // A session that does not exist (or no longer expects a driver) is answered exactly like a
+    // live one: a challenge, then a proof checked against a throwaway secret nobody knows, so
+    // it fails as a wrong proof does. Refusing at once would tell any peer which session ids
+    // are live. The throwaway secret is drawn on both paths and the MAC computed on both, so
+    // the two take the same work.
+    let decoy = SessionSecret::generate();
+    let (secret, live) = match registry.secret(session_id) {
+        Some(secret) => (secret, true),
+        None => (decoy, false),
+    };
     let server_nonce = fresh_nonce();
     send_message(framed, &ToDriver::Challenge { server_nonce: server_nonce.clone() }).await?;
     match next_message(framed).await? {
         FromDriver::Proof { mac } => {
-            if !secret.verify(Role::Driver, session_id, &client_nonce, &server_nonce, &mac) {
+            let proven = secret.verify(Role::Driver, session_id, &client_nonce, &server_nonce, &mac);
+            if !(proven && live) {
                 return Err(HandshakeError::BadProof(session_id));
             }
         }

@@ -1,10 +1,15 @@
 //! The listener: accepts TCP, terminates TLS (rustls) under a handshake timeout, records the
-//! connection's facts in request extensions and serves HTTP/1.1 and h2 with hyper.
+//! connection's facts in request extensions and serves HTTP/1.1 and h2 with hyper; requests
+//! hyper refuses by itself are audited here ([`refusals`]).
 
+mod refusals;
+
+use crate::audit::AuditLog;
+use crate::net::PerAddr;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -46,45 +51,17 @@ impl std::fmt::Debug for Transport {
 pub struct ConnLimits {
     /// Connections open at once; at the cap the accept loop waits for one to close.
     pub max: usize,
-    /// Connections open at once from one client address; beyond it a new one is closed at once.
+    /// Connections open at once from one client (an IPv6 client by its /64, see
+    /// [`crate::net::AddrKey`]); beyond it a new one is closed at once.
     pub per_ip: usize,
     /// Time for the TLS handshake.
     pub handshake_timeout: Duration,
     /// Time for a request's headers: after the handshake, and between requests.
     pub header_timeout: Duration,
-}
-
-/// Connections open per client address; a guard gives its slot back when dropped.
-#[derive(Debug, Default)]
-struct PerIp(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
-
-struct PerIpGuard {
-    table: Arc<PerIp>,
-    ip: IpAddr,
-}
-
-impl PerIp {
-    fn enter(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<PerIpGuard> {
-        let mut table = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = table.entry(ip).or_insert(0);
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(PerIpGuard { table: self.clone(), ip })
-    }
-}
-
-impl Drop for PerIpGuard {
-    fn drop(&mut self) {
-        let mut table = self.table.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = table.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                table.remove(&self.ip);
-            }
-        }
-    }
+    /// hyper's HTTP/1 read buffer: a request head beyond it is refused (431) by hyper itself.
+    pub h1_max_buf: usize,
+    /// h2's header list ceiling: a larger one is refused (431) by h2 itself.
+    pub h2_max_header_list: u32,
 }
 
 /// A stream with some bytes already read from it put back in front.
@@ -129,6 +106,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
+impl<S> Prefixed<S> {
+    /// Whether the client started with the HTTP/2 preface.
+    fn is_h2(&self) -> bool {
+        self.prefix.starts_with(H2_PREFACE)
+    }
+}
+
 /// The bytes an HTTP/2 connection starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -157,18 +141,20 @@ async fn first_bytes<S: AsyncRead + Unpin>(mut stream: S, limit: Duration) -> Op
     Some(Prefixed { prefix, read: 0, inner: stream })
 }
 
-/// Serves `app` on `listener` until `shutdown` turns true.
+/// Serves `app` on `listener` until `shutdown` turns true; requests that hyper refuses before
+/// `app` sees them are recorded in `audit`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     transport: Transport,
     limits: ConnLimits,
+    audit: Arc<AuditLog>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (handshake_timeout, header_timeout) = (limits.handshake_timeout, limits.header_timeout);
     // Each connection holds a permit until it closes; at the cap the loop stops accepting.
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max));
-    let per_ip = Arc::new(PerIp::default());
+    let per_ip = Arc::new(PerAddr::default());
     let acceptor = match &transport {
         Transport::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(config.clone())),
         Transport::DangerousPlain => None,
@@ -201,10 +187,18 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let acceptor = acceptor.clone();
+        let audit = audit.clone();
         tokio::spawn(async move {
             let _slots = (permit, ip_slot);
-            let service_for = |info: ConnInfo| {
+            // On h2, counts the requests the service receives against the streams the client
+            // opened; recorded when dropped, after the connection.
+            let h2_tally =
+                |h2: bool| h2.then(|| refusals::H2Tally::new(audit.clone(), peer, limits.h2_max_header_list));
+            let service_for = |info: ConnInfo, served: Option<Arc<std::sync::atomic::AtomicU64>>| {
                 hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    if let Some(served) = &served {
+                        served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     req.extensions_mut().insert(info.clone());
                     app.clone().oneshot(req)
                 })
@@ -212,15 +206,22 @@ pub async fn serve(
             let mut builder = auto::Builder::new(TokioExecutor::new());
             // Without a timer hyper applies no header timeout at all: a client trickling its
             // headers would hold the connection for ever. The timer also closes HTTP/1
-            // connections idle between requests for that long.
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+            // connections idle between requests for that long. The read buffer is hyper's
+            // ceiling on a request head; heads over server.max_header_bytes but under it are
+            // refused inside the audit layer.
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(limits.h1_max_buf);
             // HTTP/2 peers that stop answering pings are dropped.
             builder
                 .http2()
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_timeout(Duration::from_secs(20));
-            let result = match acceptor {
+                .keep_alive_timeout(Duration::from_secs(20))
+                .max_header_list_size(limits.h2_max_header_list);
+            let (result, tally) = match acceptor {
                 Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let client_cert =
@@ -229,8 +230,11 @@ pub async fn serve(
                             tracing::debug!(%peer, "no request after the TLS handshake");
                             return;
                         };
-                        let service = service_for(ConnInfo { peer, client_cert });
-                        builder.serve_connection_with_upgrades(TokioIo::new(io), service).await
+                        let tally = h2_tally(io.is_h2());
+                        let service =
+                            service_for(ConnInfo { peer, client_cert }, tally.as_ref().map(|t| t.served.clone()));
+                        let io = refusals::StreamCounter::new(io, tally.as_ref().map(|t| t.opened.clone()));
+                        (builder.serve_connection_with_upgrades(TokioIo::new(io), service).await, tally)
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -243,13 +247,21 @@ pub async fn serve(
                 },
                 None => {
                     let Some(io) = first_bytes(tcp, header_timeout).await else { return };
-                    let service = service_for(ConnInfo { peer, client_cert: None });
-                    builder.serve_connection_with_upgrades(TokioIo::new(io), service).await
+                    let tally = h2_tally(io.is_h2());
+                    let service =
+                        service_for(ConnInfo { peer, client_cert: None }, tally.as_ref().map(|t| t.served.clone()));
+                    let io = refusals::StreamCounter::new(io, tally.as_ref().map(|t| t.opened.clone()));
+                    (builder.serve_connection_with_upgrades(TokioIo::new(io), service).await, tally)
                 }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
+                if let Some(event) = refusals::h1_refusal(peer, e.as_ref()) {
+                    audit.record(event);
+                }
             }
+            // Records the h2 streams that never became requests, if any.
+            drop(tally);
         });
     }
 }

@@ -2,12 +2,12 @@
 //! handshake, sends oversized frames or garbage. Each is refused and the connection closed,
 //! and the gateway goes on serving its real drivers.
 
-use crate::support::{gateway, shared_session};
+use crate::support::{gateway, shared_session, TestGateway};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use sparkgate::rpc::handshake::{fresh_nonce, Role, SessionSecret};
-use sparkgate::rpc::{DriverLink, DriverRegistry, FromDriver, RpcSettings, ToDriver};
+use sparkgate::rpc::{DriverLink, DriverRegistry, FromDriver, HandshakeError, Refusal, RpcSettings, ToDriver};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,12 +64,20 @@ async fn gateway_still_serves_its_driver(before: u64) {
 }
 
 #[tokio::test]
-async fn unknown_session_is_refused_without_a_challenge() {
+async fn unknown_session_is_refused_after_a_challenge_like_a_wrong_proof() {
     let gw = gateway();
     let before = gw.manager.rpc_auth_failures();
     let mut conn = connect(gw.rpc_addr, &gw.rpc_ca_pem).await;
-    send(&mut conn, hello(424_242, &fresh_nonce())).await;
-    assert_eq!(recv(&mut conn).await, None);
+    let cn = fresh_nonce();
+    send(&mut conn, hello(424_242, &cn)).await;
+    // Whether a session id is live is not revealed: an unknown one is challenged too...
+    let challenge = recv(&mut conn).await.expect("an unknown session gets a challenge like a live one");
+    assert_eq!(challenge["type"], "challenge");
+    let sn = challenge["server_nonce"].as_str().unwrap();
+    let guess = SessionSecret::generate().mac(Role::Driver, 424_242, &cn, sn);
+    send(&mut conn, json!({"type": "proof", "mac": guess})).await;
+    // ...and fails only at the proof.
+    assert_eq!(recv(&mut conn).await, None, "no `ok` without the secret");
     gateway_still_serves_its_driver(before).await;
 }
 
@@ -151,6 +159,7 @@ async fn silent_clients_are_dropped_after_the_handshake_timeout() {
 struct KnownSecret {
     attached: Mutex<Vec<u64>>,
     failures: Mutex<Vec<String>>,
+    refusals: Mutex<Vec<(SocketAddr, Refusal)>>,
     running: std::sync::atomic::AtomicBool,
     /// Kept so the connections stay open (dropping a link closes its connection).
     links: Mutex<Vec<DriverLink>>,
@@ -169,8 +178,11 @@ impl DriverRegistry for KnownSecret {
     }
     fn deliver(&self, _session_id: u32, _conn_id: u64, _msg: FromDriver) {}
     fn detach(&self, _session_id: u32, _conn_id: u64) {}
-    fn auth_failed(&self, _peer: SocketAddr, _session_id: Option<u32>, reason: &str) {
-        self.failures.lock().unwrap().push(reason.to_string());
+    fn auth_failed(&self, _peer: SocketAddr, error: &HandshakeError) {
+        self.failures.lock().unwrap().push(error.to_string());
+    }
+    fn connection_refused(&self, peer: SocketAddr, why: Refusal) {
+        self.refusals.lock().unwrap().push((peer, why));
     }
     fn statement_running(&self, _session_id: u32) -> bool {
         self.running.load(std::sync::atomic::Ordering::SeqCst)
@@ -179,10 +191,22 @@ impl DriverRegistry for KnownSecret {
 
 /// Starts an RPC server for a [`KnownSecret`] registry.
 async fn known_secret_server(ping_interval: Duration) -> (sparkgate::rpc::server::RpcServer, Arc<KnownSecret>, String) {
+    let settings = RpcSettings {
+        max_frame_bytes: 1 << 20,
+        handshake_timeout: Duration::from_secs(5),
+        max_pending: 256,
+        max_pending_per_ip: 32,
+        ping_interval,
+    };
+    known_secret_server_with(settings).await
+}
+
+async fn known_secret_server_with(
+    settings: RpcSettings,
+) -> (sparkgate::rpc::server::RpcServer, Arc<KnownSecret>, String) {
     let pki = sparkgate::tls::generate_pki("test rpc CA", &["127.0.0.1".into()]).unwrap();
     let tls = sparkgate::tls::server_config(&pki.server, &[]).unwrap();
     let registry = Arc::new(KnownSecret::default());
-    let settings = RpcSettings { max_frame_bytes: 1 << 20, handshake_timeout: Duration::from_secs(5), ping_interval };
     let server =
         sparkgate::rpc::server::start("127.0.0.1:0".parse().unwrap(), tls, settings, registry.clone()).await.unwrap();
     (server, registry, pki.ca_pem)
@@ -258,6 +282,157 @@ async fn mutual_handshake_and_replayed_proof() {
     // A proof for another session id does not transfer either.
     let mut other = connect(server.local_addr, &ca).await;
     send(&mut other, hello(8, &cn)).await;
+    let challenge3 = recv(&mut other).await.expect("session 8 does not exist, and is challenged all the same");
+    let sn3 = challenge3["server_nonce"].as_str().unwrap();
+    send(&mut other, json!({"type": "proof", "mac": SessionSecret::from_bytes(SECRET).mac(Role::Driver, 8, &cn, sn3)}))
+        .await;
     assert_eq!(recv(&mut other).await, None);
     assert_eq!(server.stats.authenticated.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // The unknown session failed exactly as the wrong proof for the live one did.
+    let failures = registry.failures.lock().unwrap().clone();
+    assert_eq!(failures, ["wrong proof for session 7", "wrong proof for session 8"]);
+}
+
+/// Sends `count` connections one after another that are not even TLS, each waiting until the
+/// gateway has closed it.
+async fn failed_connects(addr: SocketAddr, count: usize) {
+    for _ in 0..count {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut buf)).await.unwrap();
+    }
+}
+
+fn audit_records(gw: &TestGateway, action: &str) -> Vec<Value> {
+    gw.audit.flush().unwrap();
+    std::fs::read_to_string(gw.audit.path())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["action"] == action)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_loop_of_failed_connects_costs_a_bounded_number_of_audit_records() {
+    // Its own gateway, so that no other test's failures mix into its audit trail; a long
+    // handshake timeout, so that silent connections hold their slots for the whole test.
+    let gw = TestGateway::start(&["rpc.max_pending_handshakes_per_ip=4", "rpc.handshake_timeout=\"120s\""]);
+    failed_connects(gw.rpc_addr, 300).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while gw.manager.rpc_auth_failures() < 300 {
+        assert!(tokio::time::Instant::now() < deadline, "only {} failures seen", gw.manager.rpc_auth_failures());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let records = audit_records(&gw, "rpc_auth_failed");
+    // One in full, then one summary per ended window (60 s by default; a slow machine may
+    // see a second window start), not one record per connect.
+    assert!(records.len() <= 4, "{} records for 300 failures: {records:#?}", records.len());
+    let represented: u64 = records.iter().map(|r| r["repeated"].as_u64().unwrap_or(1)).sum();
+    assert_eq!(represented, 300, "every failure is counted: {records:#?}");
+    assert!(records[0]["reason"].as_str().unwrap().starts_with("TLS handshake failed"), "{}", records[0]);
+
+    // Connections beyond the pending-handshake cap are closed at once and counted the same way.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(gw.rpc_addr).await.unwrap());
+    }
+    for _ in 0..50 {
+        let mut refused = TcpStream::connect(gw.rpc_addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(30), refused.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "a connection beyond the cap was kept: {read:?}");
+    }
+    let records = audit_records(&gw, "rpc_connection_refused");
+    assert!(records.len() <= 4, "{} records for 50 refusals: {records:#?}", records.len());
+    let represented: u64 = records.iter().map(|r| r["repeated"].as_u64().unwrap_or(1)).sum();
+    assert_eq!(represented, 50, "{records:#?}");
+    assert!(records[0]["reason"].as_str().unwrap().contains("rpc.max_pending_handshakes_per_ip = 4"), "{}", records[0]);
+}
+
+/// A TCP connection to `addr` from the loopback address `from` (127.0.0.0/8 is all loopback on
+/// Linux), so one test can be several clients.
+async fn tcp_from(from: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Waits until the server has accepted `n` connections in all.
+async fn accepted(server: &sparkgate::rpc::server::RpcServer, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while server.stats.connections.load(std::sync::atomic::Ordering::SeqCst) < n {
+        assert!(tokio::time::Instant::now() < deadline, "the server did not accept {n} connections");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether the server closes `tcp` well before the handshake timeout (two minutes here).
+async fn closed_promptly(tcp: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+}
+
+#[tokio::test]
+async fn pending_handshakes_are_capped_per_address_and_in_total() {
+    let settings = RpcSettings {
+        max_frame_bytes: 1 << 20,
+        handshake_timeout: Duration::from_secs(120),
+        max_pending: 3,
+        max_pending_per_ip: 2,
+        ping_interval: Duration::from_secs(30),
+    };
+    let (server, registry, ca) = known_secret_server_with(settings).await;
+    let addr = server.local_addr;
+    // Two silent connections from one address hold its two handshake slots...
+    let a1 = tcp_from("127.0.0.1", addr).await;
+    let _a2 = tcp_from("127.0.0.1", addr).await;
+    accepted(&server, 2).await;
+    // ...so a third from there is closed at once, not left waiting for the timeout.
+    let mut a3 = tcp_from("127.0.0.1", addr).await;
+    assert!(closed_promptly(&mut a3).await, "a third pending connection from one address was kept");
+    // Another address may still connect, up to the total of three...
+    let b1 = tcp_from("127.0.0.2", addr).await;
+    accepted(&server, 4).await;
+    // ...beyond which any address is refused.
+    let mut c1 = tcp_from("127.0.0.3", addr).await;
+    assert!(closed_promptly(&mut c1).await, "a pending connection beyond the total was kept");
+    let refusals: Vec<_> = registry.refusals.lock().unwrap().iter().map(|(peer, why)| (peer.ip(), *why)).collect();
+    assert_eq!(
+        refusals,
+        [
+            ("127.0.0.1".parse().unwrap(), Refusal::TooManyFromAddress { limit: 2 }),
+            ("127.0.0.3".parse().unwrap(), Refusal::TooMany { limit: 3 }),
+        ]
+    );
+    assert_eq!(server.stats.refused.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // A slot comes back when its handshake ends (here: the peers give up), and an
+    // authenticated connection holds none: three drivers in a row authenticate from the
+    // address that still has one connection pending.
+    drop((a1, b1));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut drivers = Vec::new();
+    while drivers.len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "the freed slot was never reused");
+        let refused_before = server.stats.refused.load(std::sync::atomic::Ordering::SeqCst);
+        let mut conn = connect(addr, &ca).await;
+        let cn = fresh_nonce();
+        send(&mut conn, hello(7, &cn)).await;
+        match tokio::time::timeout(Duration::from_secs(30), conn.next()).await {
+            Ok(Some(Ok(frame))) => {
+                let challenge: Value = serde_json::from_slice(&frame).unwrap();
+                let sn = challenge["server_nonce"].as_str().unwrap();
+                let proof = SessionSecret::from_bytes(SECRET).mac(Role::Driver, 7, &cn, sn);
+                send(&mut conn, json!({"type": "proof", "mac": proof})).await;
+                assert_eq!(recv(&mut conn).await.unwrap()["type"], "ok");
+                drivers.push(conn);
+            }
+            // The gateway had not yet noticed b1 was gone: refused, try again shortly.
+            _ => {
+                assert!(server.stats.refused.load(std::sync::atomic::Ordering::SeqCst) > refused_before);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }

@@ -252,3 +252,127 @@ async fn the_certificate_is_reloaded_under_load_without_failures() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(presented_cert(addr, &[&second.ca_pem]).await, der(&second.server.cert_pem));
 }
+
+/// Sends `head` on a fresh HTTP/1 TLS connection and returns the status of the answer (None if
+/// the connection failed before one arrived: a server may close while a large head is still
+/// being written) and the local address the connection came from.
+async fn raw_h1(gw: &TestGateway, head: String) -> (Option<u16>, std::net::SocketAddr) {
+    let ca = String::from_utf8(gw.ca_pem.clone()).unwrap();
+    let tls = tls_connect(addr_of(gw), &[&ca]).await;
+    let local = tls.get_ref().0.local_addr().unwrap();
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let writing = tokio::spawn(async move {
+        let _ = writer.write_all(head.as_bytes()).await;
+        writer
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), reader.read_to_end(&mut answer)).await;
+    drop(writing.await);
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.strip_prefix("HTTP/1.1 ").and_then(|rest| rest.get(..3)).and_then(|s| s.parse().ok());
+    (status, local)
+}
+
+/// The gateway's audit records, after flushing it.
+fn audit_records(gw: &TestGateway) -> Vec<serde_json::Value> {
+    gw.audit.flush().unwrap();
+    std::fs::read_to_string(gw.audit.path()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Waits (generously) until `audit_records` holds a record matching `pred`.
+async fn audited(gw: &TestGateway, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(record) = audit_records(gw).into_iter().find(&pred) {
+            return record;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no audit record for {what}: {:#?}", audit_records(gw));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn h2_client(gw: &TestGateway) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&gw.ca_pem).unwrap())
+        .tls_built_in_root_certs(false)
+        .use_rustls_tls()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+fn h1_client(gw: &TestGateway) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&gw.ca_pem).unwrap())
+        .tls_built_in_root_certs(false)
+        .use_rustls_tls()
+        .http1_only()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn requests_the_http_layer_refuses_itself_are_audited() {
+    // Heads far beyond every limit, so that hyper (HTTP/1) and h2 answer them before the
+    // gateway's own service runs: they must still leave a record, without the request's data.
+    let gw = TestGateway::start(&[]);
+    let big = "a".repeat(600_000);
+    let (_, from_431) = raw_h1(&gw, format!("GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {big}\r\n\r\n")).await;
+    let (status, from_414) =
+        raw_h1(&gw, format!("GET /{} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", "u".repeat(70_000))).await;
+    assert_eq!(status, Some(414));
+    let (status, from_400) = raw_h1(&gw, "GET /version HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n".to_string()).await;
+    assert_eq!(status, Some(400));
+    for (from, code) in [(from_431, 431), (from_414, 414), (from_400, 400)] {
+        let record = audited(&gw, &format!("the HTTP/1 {code}"), |r| r["remote_addr"] == from.to_string()).await;
+        assert_eq!(record["status"], code, "{record}");
+        assert_eq!(record["kind"], "request");
+        assert_eq!(record["action"], "(request refused by the HTTP/1 parser)");
+    }
+    // h2: a header list h2 refuses itself (431, or the connection ends); the count is recorded
+    // when the connection ends.
+    let client = h2_client(&gw);
+    assert_eq!(client.get(gw.url("/version")).send().await.unwrap().version(), reqwest::Version::HTTP_2);
+    let refused = client.get(gw.url("/version")).header("x-big", &big[..300_000]).send().await;
+    assert!(refused.as_ref().map_or(true, |r| r.status() == 431), "{refused:?}");
+    drop(client);
+    let record = audited(&gw, "the h2 refusal", |r| r["action"] == "(requests refused by the HTTP/2 layer)").await;
+    assert!(record["reason"].as_str().unwrap().starts_with("1 HTTP/2 request(s)"), "{record}");
+    // No record holds the request's data.
+    let text = std::fs::read_to_string(gw.audit.path()).unwrap();
+    assert!(!text.contains("aaaaaaaa") && !text.contains("uuuuuuuu"));
+    assert_eq!(gw.get("/version").await.0, 200, "the gateway serves on");
+}
+
+#[tokio::test]
+async fn heads_over_the_configured_limits_are_refused_and_audited_on_both_protocols() {
+    let gw = TestGateway::start(&["server.max_header_bytes=16384", "server.max_uri_bytes=2048"]);
+    for (client, version) in [(h1_client(&gw), reqwest::Version::HTTP_11), (h2_client(&gw), reqwest::Version::HTTP_2)] {
+        // Allowed: within the limits.
+        let ok = client.get(gw.url(&format!("/version?pad={}", "q".repeat(1500)))).header("x-pad", "p".repeat(8000));
+        let ok = ok.send().await.unwrap();
+        assert_eq!((ok.status().as_u16(), ok.version()), (200, version));
+        // Denied: a header list and a target over the limits.
+        let r = client.get(gw.url("/version")).header("x-big", "b".repeat(17_000)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 431);
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body["msg"].as_str().unwrap().contains("server.max_header_bytes allows 16384"), "{body}");
+        let record = audited(&gw, "the 431", |rec| rec["request_id"] == id.as_str()).await;
+        assert_eq!(
+            (record["status"].as_u64(), record["action"].as_str()),
+            (Some(431), Some("GET (request head over the limits)"))
+        );
+        let r = client.get(gw.url(&format!("/version?pad={}", "t".repeat(3000)))).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 414);
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let record = audited(&gw, "the 414", |rec| rec["request_id"] == id.as_str()).await;
+        assert_eq!(record["status"], 414);
+        assert!(record["reason"].as_str().unwrap().contains("server.max_uri_bytes allows 2048"), "{record}");
+        assert!(record["remote_addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{record}");
+    }
+    let text = std::fs::read_to_string(gw.audit.path()).unwrap();
+    assert!(!text.contains("bbbbbbbb") && !text.contains("tttttttt"), "no request data in the trail");
+}
