@@ -147,7 +147,11 @@ fn register_engine(registry: &mut Registry, state: &AppState) {
     for ((event, decision), n) in state.audit.security_event_counts() {
         events.get_or_create(&EventLabels { event, decision: decision.into() }).inc_by(n);
     }
-    registry.register("security_events", "Security events written to the audit trail, by event and decision", events);
+    registry.register(
+        "security_events",
+        "Security events recorded, by event and decision (repeats the audit trail summarises count one each)",
+        events,
+    );
     let lost = Counter::<u64>::default();
     lost.inc_by(state.audit.lost_events());
     registry.register("audit_lost_events", "Audit events lost because the writer fell behind", lost);

@@ -14,11 +14,16 @@
 //!
 //! Time is passed in (`now`), so the logic is tested without sleeping.
 
+// The writer is a plain thread outside any runtime, and repeat windows span its time and the
+// recording threads' alike: one clock for both, std's (a test runtime may pause tokio's).
+#![allow(clippy::disallowed_types)]
+
 use super::{AuditEvent, Decision};
 use crate::net::AddrKey;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use std::time::Instant;
 
 /// Windows open at once before further source addresses share one window per kind.
 pub(super) const MAX_OPEN_WINDOWS: usize = 1024;

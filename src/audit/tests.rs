@@ -891,14 +891,14 @@ fn a_summary_is_written_when_its_window_ends_without_further_events() {
     }
     // No flush, no new event: the writer wakes up for the window's end by itself. However
     // slowly the machine ran the loop, every event is in a full record or a summary.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let records = records_of(&path, "rpc_auth_failed");
         if represented(&records) == 50 {
             assert!(records.len() < 50, "{records:?}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no summary after the window: {records:?}");
+        assert!(tokio::time::Instant::now() < deadline, "no summary after the window: {records:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
     // The next event after the window is written in full again.

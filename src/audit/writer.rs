@@ -14,6 +14,10 @@
 //! `hash` of the record before it ([`GENESIS_PREV`] for seq 0). The bytes are hashed exactly
 //! as written, so no JSON canonicalisation is involved.
 
+// The writer is a plain thread outside any runtime, and repeat windows span its time and the
+// recording threads' alike: one clock for both, std's (a test runtime may pause tokio's).
+#![allow(clippy::disallowed_types)]
+
 use super::coalesce::{Coalescer, RepeatKey, Verdict};
 use super::verify::{check_line, LineRecord};
 use super::{now_rfc3339_ms, sha256_hex, AuditError, AuditEvent, Decision, EventKind, GENESIS_PREV};
@@ -28,7 +32,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
+use std::time::{Duration, SystemTime};
 
 /// Events that may wait for the writer; beyond this they are counted as lost (see
 /// [`AuditLog::record`]). About 2 MB of events at most.
