@@ -2,6 +2,7 @@
 //! their own counter; states starting → running → success | dead | killed; never idle-timed
 //! out; the full output kept in a log file that `/log` pages.
 
+use super::app_id::AppIdFormat;
 use super::launcher::{self, LaunchSpec, LogBuffer, ProcessHandle, SparkEnv};
 use super::state::SessionState;
 use super::EngineError;
@@ -179,7 +180,11 @@ impl Batch {
         }
     }
 
-    fn on_line(self: &Arc<Self>, line: &str) {
+    /// Learns from one line of spark-submit's output (the user's program's, in local and
+    /// client mode): whether it runs, its UI, its application id in the master's `ids` format
+    /// (the first wins) and, when `cluster_driver` (standalone cluster mode, where the output
+    /// is the cluster client's), the driver id to kill.
+    fn on_line(self: &Arc<Self>, line: &str, ids: AppIdFormat, cluster_driver: bool) {
         if launcher::driver_started(line) {
             self.move_to(SessionState::Running, None);
         }
@@ -189,19 +194,19 @@ impl Batch {
             self.lock().spark_ui_url.get_or_insert(ui);
             let batch = Arc::downgrade(self);
             tokio::spawn(async move {
-                if let Some(id) = launcher::fetch_app_id_from_ui(port).await {
+                if let Some(id) = launcher::fetch_app_id_from_ui(port, ids).await {
                     if let Some(b) = batch.upgrade() {
                         b.lock().app_id.get_or_insert(id);
                     }
                 }
             });
         }
-        if let Some(driver) = launcher::find_driver_id(line) {
+        if let Some(driver) = launcher::find_driver_id(line).filter(|_| cluster_driver) {
             self.lock().driver_id.get_or_insert(driver);
             // The driver runs in the cluster: submitted means under way.
             self.move_to(SessionState::Running, None);
         }
-        let (app, ui) = (launcher::find_app_id(line), launcher::find_spark_ui(line));
+        let (app, ui) = (ids.find_in_line(line), launcher::find_spark_ui(line).filter(|u| launcher::is_web_url(u)));
         if app.is_none() && ui.is_none() {
             return;
         }
@@ -379,13 +384,16 @@ impl BatchManager {
         {
             batch.lock().driver_id = Some(pod);
         }
-        // YARN: a tag of its own, to find the application before its id is printed.
+        // YARN: a tag of its own, the only way a DELETE finds the application (what the
+        // output says is not trusted for a kill).
         batch.lock().yarn_tag = launcher::tag_yarn_launch(&cfg.spark, &mut launch);
         let args = launcher::write_launch_files(&cfg.spark, &launch, &batch.dir).map_err(EngineError::Launch)?;
         let weak = Arc::downgrade(batch);
+        let ids = AppIdFormat::of_master(&cfg.spark.master);
+        let cluster_driver = cfg.spark.master.starts_with("spark://") && cfg.spark.deploy_mode == "cluster";
         let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {
             if let Some(b) = weak.upgrade() {
-                b.on_line(line);
+                b.on_line(line, ids, cluster_driver);
             }
         });
         let handle = launcher::spawn(
@@ -451,25 +459,25 @@ impl BatchManager {
         if live {
             batch.log.push(format!("sparkgate: killed by {by}"));
         }
-        let (driver_id, app_id, yarn_tag) = {
+        let (driver_id, yarn_tag) = {
             let inner = batch.lock();
-            (inner.driver_id.clone(), inner.app_id.clone(), inner.yarn_tag.clone())
+            (inner.driver_id.clone(), inner.yarn_tag.clone())
         };
         let spark_cfg = &self.config.config.spark;
-        let mut killed_in_cluster = false;
         if live {
-            if let Some(kill) = launcher::cluster_kill(spark_cfg, driver_id.as_deref(), app_id.as_deref()) {
+            // Standalone and Kubernetes: the driver the cluster client reported, the pod the
+            // gateway named. Never an application id from the output (see app_id.rs).
+            if let Some(kill) = launcher::cluster_kill(spark_cfg, driver_id.as_deref(), None) {
                 self.kill_in_cluster(batch, kill, driver_id.as_deref()).await;
-                killed_in_cluster = true;
             }
         }
         if let Some(process) = batch.process() {
             process.kill_group(self.config.durations.shutdown_grace).await;
             process.wait().await;
         }
-        // YARN, before spark-submit printed the id: with our spark-submit gone nothing more
-        // is submitted, so whatever YARN has under this launch's tag is all there is to kill.
-        if let (true, false, Some(tag), Some(spark)) = (live, killed_in_cluster, yarn_tag, self.spark.as_ref()) {
+        // YARN: with our spark-submit gone nothing more is submitted, so whatever YARN has
+        // under this launch's tag is all there is to kill.
+        if let (true, Some(tag), Some(spark)) = (live, yarn_tag, self.spark.as_ref()) {
             if let Some(id) =
                 launcher::yarn_app_by_tag(spark, spark_cfg, &tag, batch.spec.proxy_user.as_deref(), &batch.log).await
             {
@@ -821,12 +829,27 @@ mod tests {
         }
     }
 
+    /// The unique tag this batch's launch added to `spark.yarn.tags`.
+    fn launch_tag(batch: &Batch) -> String {
+        let properties = std::fs::read_to_string(batch.dir.join("spark-launch.properties")).unwrap();
+        let tags = properties.lines().find_map(|l| l.strip_prefix("spark.yarn.tags=")).unwrap().to_string();
+        tags.split(',').find(|t| t.starts_with("sparkgate-launch-")).expect("a launch tag").to_string()
+    }
+
     #[tokio::test]
     async fn deleting_a_yarn_cluster_batch_kills_the_application_in_yarn() {
         let cluster = FakeCluster::new("yarn");
         let batch = cluster.launch().await;
+        let tag = launch_tag(&batch);
         cluster.manager.delete(&batch, "alice").await;
-        assert_eq!(cluster.calls(), "yarn application -kill application_1700000000000_0042\n");
+        // The printed id is not what is killed: the application that carries this launch's tag is.
+        assert_eq!(
+            cluster.calls(),
+            format!(
+                "yarn application -list -appStates ALL -appTags {tag}\n\
+                 yarn application -kill application_1700000000000_0077\n"
+            )
+        );
         assert_eq!(batch.state(), SessionState::Killed);
         assert!(batch.log.snapshot().iter().any(|l| l.contains("stopping the application in the cluster")));
     }
@@ -841,9 +864,7 @@ mod tests {
             assert!(Instant::now() < deadline, "{:?}", batch.log.snapshot());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let properties = std::fs::read_to_string(batch.dir.join("spark-launch.properties")).unwrap();
-        let tags = properties.lines().find_map(|l| l.strip_prefix("spark.yarn.tags=")).unwrap().to_string();
-        let tag = tags.split(',').find(|t| t.starts_with("sparkgate-launch-")).expect("a launch tag").to_string();
+        let tag = launch_tag(&batch);
         cluster.manager.delete(&batch, "alice").await;
         assert_eq!(
             cluster.calls(),
@@ -857,7 +878,11 @@ mod tests {
 
     #[tokio::test]
     async fn deleting_a_kubernetes_cluster_batch_kills_its_named_driver_pod() {
-        let cluster = FakeCluster::new("k8s://https://api.example.com:6443");
+        let cluster = FakeCluster::with_submit_output(
+            "k8s://https://api.example.com:6443",
+            "echo 'INFO LoggingPodStatusWatcherImpl: Deployed Spark application etl with application ID \
+             spark-0123456789abcdef0123456789abcdef and submission ID etl:pod into Kubernetes'",
+        );
         let batch = cluster.launch().await;
         let properties = std::fs::read_to_string(batch.dir.join("spark-launch.properties")).unwrap();
         let pod_line = properties.lines().find(|l| l.starts_with("spark.kubernetes.driver.pod.name=")).unwrap();

@@ -2,8 +2,9 @@
 //! its driver connects, reports, disconnects or its process exits. The gateway, not the
 //! driver, is the source of truth for statements.
 
+use super::app_id::AppIdFormat;
 use super::kind::{CodeKind, SessionKind};
-use super::launcher::{LogBuffer, ProcessHandle};
+use super::launcher::{self, LogBuffer, ProcessHandle};
 use super::state::{SessionState, StatementState};
 use super::EngineError;
 use crate::rpc::{DriverLink, FromDriver, SessionSecret, ToDriver};
@@ -137,6 +138,10 @@ pub struct Session {
 struct Inner {
     state: SessionState,
     app_id: Option<String>,
+    /// The id format of the master it was launched on: only such ids are believed.
+    app_ids: AppIdFormat,
+    /// YARN cluster mode: this launch's unique application tag, to find (and kill) it there.
+    yarn_tag: Option<String>,
     spark_ui_url: Option<String>,
     statements: BTreeMap<u32, Statement>,
     queue: VecDeque<u32>,
@@ -221,6 +226,8 @@ impl Session {
             inner: Mutex::new(Inner {
                 state: SessionState::NotStarted,
                 app_id: None,
+                app_ids: AppIdFormat::Any,
+                yarn_tag: None,
                 spark_ui_url: None,
                 statements: BTreeMap::new(),
                 queue: VecDeque::new(),
@@ -291,15 +298,31 @@ impl Session {
         self.lock().process.clone()
     }
 
-    /// Records the application id / UI found in spark-submit's output, unless already known.
-    pub fn note_app_info(&self, app_id: Option<String>, ui: Option<String>) {
+    /// Records the id format of the master the session is launched on.
+    pub fn set_app_id_format(&self, format: AppIdFormat) {
+        self.lock().app_ids = format;
+    }
+
+    /// Learns from one line of spark-submit's output: the application id (first believable
+    /// one wins, see [`AppIdFormat::find_in_line`]) and the UI's address (http or https).
+    pub fn note_output_line(&self, line: &str) {
         let mut inner = self.lock();
         if inner.app_id.is_none() {
-            inner.app_id = app_id;
+            inner.app_id = inner.app_ids.find_in_line(line);
         }
         if inner.spark_ui_url.is_none() {
-            inner.spark_ui_url = ui;
+            inner.spark_ui_url = launcher::find_spark_ui(line).filter(|u| launcher::is_web_url(u));
         }
+    }
+
+    /// Records the unique YARN tag of this launch (YARN cluster mode).
+    pub fn set_yarn_tag(&self, tag: Option<String>) {
+        self.lock().yarn_tag = tag;
+    }
+
+    /// The unique YARN tag of this launch, if any.
+    pub fn yarn_tag(&self) -> Option<String> {
+        self.lock().yarn_tag.clone()
     }
 
     /// A client touched `/sessions/{id}…` (heartbeat).
@@ -571,11 +594,13 @@ impl Session {
                 _ => {}
             },
             FromDriver::AppInfo { app_id, spark_ui_url } => {
-                if app_id.is_some() {
-                    inner.app_id = app_id;
+                // User code shares the driver and can send this too: an id counts only in the
+                // master's format, a UI address only as http(s), and only the first of each.
+                if inner.app_id.is_none() {
+                    inner.app_id = app_id.filter(|id| inner.app_ids.accepts(id));
                 }
-                if spark_ui_url.is_some() {
-                    inner.spark_ui_url = spark_ui_url;
+                if inner.spark_ui_url.is_none() {
+                    inner.spark_ui_url = spark_ui_url.filter(|url| launcher::is_web_url(url));
                 }
             }
             FromDriver::StatementUpdate { id, progress, .. } => {
