@@ -19,6 +19,7 @@ pub mod impersonation;
 pub mod metrics;
 pub mod rpc;
 pub mod server;
+pub mod sparkui;
 pub mod telemetry;
 pub mod tls;
 

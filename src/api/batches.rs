@@ -1,6 +1,7 @@
 //! `/batches`: Livy's batch API (spark-submit over REST).
 
 use super::dto::{self, CreateBatchRequest};
+use super::sparkui::PublicBase;
 use super::{AppState, LivyJson, Paging};
 use crate::acl::{Action, Ownership};
 use crate::engine::batch::{Batch, BatchSpec};
@@ -29,20 +30,26 @@ fn authorize(state: &AppState, caller: &Caller, action: Action, batch: &Batch) -
     }
 }
 
-fn info_for(state: &AppState, caller: &Caller, batch: &Batch) -> Value {
+fn info_for(state: &AppState, caller: &Caller, base: &PublicBase, batch: &Batch) -> Value {
     let viewer = decide(state, caller, Action::View, batch).allowed;
-    dto::batch_json(&batch.snapshot(), if viewer { batch.log.tail(INFO_LOG_LINES) } else { Vec::new() }, viewer)
+    dto::batch_json(&base.batch(batch), if viewer { batch.log.tail(INFO_LOG_LINES) } else { Vec::new() }, viewer)
 }
 
-pub(super) async fn list(State(state): State<AppState>, caller: Caller, paging: Paging) -> Json<Value> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    base: PublicBase,
+    paging: Paging,
+) -> Json<Value> {
     let batches: Vec<_> =
         state.batches.list().into_iter().filter(|b| decide(&state, &caller, Action::View, b).allowed).collect();
-    Json(dto::list_page(&batches, &paging, |b| dto::batch_json(&b.snapshot(), b.log.tail(INFO_LOG_LINES), true)))
+    Json(dto::list_page(&batches, &paging, |b| dto::batch_json(&base.batch(b), b.log.tail(INFO_LOG_LINES), true)))
 }
 
 pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    base: PublicBase,
     LivyJson(req): LivyJson<CreateBatchRequest>,
 ) -> Result<Response, ApiError> {
     let decision = state.acl.check(&caller.acting, Action::Create, None);
@@ -78,17 +85,18 @@ pub(super) async fn create(
         conf,
     };
     let batch = state.batches.create(spec, state.acl.quota(&effective_user))?;
-    let body = dto::batch_json(&batch.snapshot(), batch.log.tail(INFO_LOG_LINES), true);
+    let body = dto::batch_json(&base.batch(&batch), batch.log.tail(INFO_LOG_LINES), true);
     Ok((StatusCode::CREATED, [(header::LOCATION, format!("/batches/{}", batch.id))], Json(body)).into_response())
 }
 
 pub(super) async fn show(
     State(state): State<AppState>,
     caller: Caller,
+    base: PublicBase,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let batch = state.batches.get(&id)?;
-    Ok(Json(info_for(&state, &caller, &batch)))
+    Ok(Json(info_for(&state, &caller, &base, &batch)))
 }
 
 pub(super) async fn state(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {

@@ -1,6 +1,7 @@
 //! `/sessions` and `/version` handlers.
 
 use super::dto::{self, CreateSessionRequest};
+use super::sparkui::PublicBase;
 use super::{AppState, LivyJson, Paging};
 use crate::acl::Action;
 use crate::engine::{SessionKind, SessionSpec, SessionState};
@@ -16,10 +17,10 @@ use serde_json::{json, Value};
 const INFO_LOG_LINES: usize = 10;
 
 /// SessionInfo as this caller may see it: `conf` and `log` only for those who may view it.
-fn info_for(state: &AppState, caller: &Caller, session: &crate::engine::Session) -> Value {
+fn info_for(state: &AppState, caller: &Caller, base: &PublicBase, session: &crate::engine::Session) -> Value {
     let viewer = state.allowed(caller, Action::View, session);
     let log = if viewer { session.log.tail(INFO_LOG_LINES) } else { Vec::new() };
-    dto::session_json(&session.snapshot(), log, viewer)
+    dto::session_json(&base.session(session), log, viewer)
 }
 
 pub(super) async fn version(State(state): State<AppState>) -> Json<Value> {
@@ -37,16 +38,22 @@ pub(super) async fn version(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-pub(super) async fn list(State(state): State<AppState>, caller: Caller, paging: Paging) -> Json<Value> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    base: PublicBase,
+    paging: Paging,
+) -> Json<Value> {
     // Only what the caller may view is listed (Livy lists everything to everyone).
     let sessions: Vec<_> =
         state.manager.list().into_iter().filter(|s| state.allowed(&caller, Action::View, s)).collect();
-    Json(dto::list_page(&sessions, &paging, |s| dto::session_json(&s.snapshot(), s.log.tail(INFO_LOG_LINES), true)))
+    Json(dto::list_page(&sessions, &paging, |s| dto::session_json(&base.session(s), s.log.tail(INFO_LOG_LINES), true)))
 }
 
 pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    base: PublicBase,
     LivyJson(req): LivyJson<CreateSessionRequest>,
 ) -> Result<Response, ApiError> {
     let decision = state.acl.check(&caller.acting, Action::Create, None);
@@ -94,7 +101,7 @@ pub(super) async fn create(
         idle_timeout: req.idle_timeout,
     };
     let session = state.manager.create(spec, state.acl.quota(&effective_user))?;
-    let body = dto::session_json(&session.snapshot(), session.log.tail(INFO_LOG_LINES), true);
+    let body = dto::session_json(&base.session(&session), session.log.tail(INFO_LOG_LINES), true);
     let location = format!("/sessions/{}", session.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
 }
@@ -108,11 +115,12 @@ pub(super) fn launch_as(effective_user: &str) -> Option<String> {
 pub(super) async fn show(
     State(state): State<AppState>,
     caller: Caller,
+    base: PublicBase,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let session = state.manager.get(&id)?;
     heartbeat_if_viewer(&state, &caller, &session);
-    Ok(Json(info_for(&state, &caller, &session)))
+    Ok(Json(info_for(&state, &caller, &base, &session)))
 }
 
 pub(super) async fn state(
@@ -172,11 +180,12 @@ pub(super) async fn stop(
 pub(super) async fn connect(
     State(state): State<AppState>,
     caller: Caller,
+    base: PublicBase,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let session = state.manager.get(&id)?;
     state.authorize(&caller, Action::Modify, &session)?;
     session.heartbeat();
     session.record_activity();
-    Ok(Json(info_for(&state, &caller, &session)))
+    Ok(Json(info_for(&state, &caller, &base, &session)))
 }

@@ -9,6 +9,7 @@ use super::EngineError;
 use crate::acl::policy::Quota;
 use crate::audit::{AuditEvent, AuditLog, Decision};
 use crate::config::ValidatedConfig;
+use crate::sparkui::AppUi;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -60,7 +61,6 @@ pub struct BatchSpec {
 struct BatchInner {
     state: SessionState,
     app_id: Option<String>,
-    spark_ui_url: Option<String>,
     process: Option<ProcessHandle>,
     finished_at: Option<Instant>,
     /// Where a cluster-mode driver runs, to kill it there: a standalone driver id, or on
@@ -72,15 +72,7 @@ struct BatchInner {
 
 impl BatchInner {
     fn new(state: SessionState) -> Self {
-        Self {
-            state,
-            app_id: None,
-            spark_ui_url: None,
-            process: None,
-            finished_at: None,
-            driver_id: None,
-            yarn_tag: None,
-        }
+        Self { state, app_id: None, process: None, finished_at: None, driver_id: None, yarn_tag: None }
     }
 }
 
@@ -95,6 +87,8 @@ pub struct Batch {
     pub log: Arc<LogBuffer>,
     /// The whole output.
     pub log_path: PathBuf,
+    /// Its Spark UI: the key the driver's UI checks, and which port it really listens on.
+    pub ui: AppUi,
     dir: PathBuf,
     inner: Mutex<BatchInner>,
 }
@@ -110,7 +104,8 @@ pub struct BatchSnapshot {
     pub state: SessionState,
     /// Application id.
     pub app_id: Option<String>,
-    /// Spark UI.
+    /// The gateway's path to the batch's Spark UI (`/batches/3/sparkui/`), while one is
+    /// known and the batch runs.
     pub spark_ui_url: Option<String>,
 }
 
@@ -143,7 +138,7 @@ impl Batch {
             spec: self.spec.clone(),
             state: inner.state,
             app_id: inner.app_id.clone(),
-            spark_ui_url: inner.spark_ui_url.clone(),
+            spark_ui_url: if inner.state.is_terminal() { None } else { self.ui.path() },
         }
     }
 
@@ -181,23 +176,31 @@ impl Batch {
     }
 
     /// Learns from one line of spark-submit's output (the user's program's, in local and
-    /// client mode): whether it runs, its UI, its application id in the master's `ids` format
-    /// (the first wins) and, when `cluster_driver` (standalone cluster mode, where the output
-    /// is the cluster client's), the driver id to kill.
+    /// client mode): whether it runs, its UI's port (checked before use), its application id
+    /// in the master's `ids` format (the first wins) and, when `cluster_driver` (standalone
+    /// cluster mode, where the output is the cluster client's), the driver id to kill.
     fn on_line(self: &Arc<Self>, line: &str, ids: AppIdFormat, cluster_driver: bool) {
         if launcher::driver_started(line) {
             self.move_to(SessionState::Running, None);
         }
-        if let Some(port) = launcher::find_spark_ui_port(line) {
-            // Local mode never prints its application id: ask the UI, which does know it.
-            let ui = format!("http://{}:{port}", self.driver_host());
-            self.lock().spark_ui_url.get_or_insert(ui);
+        if self.ui.offer_line(line) && self.lock().app_id.is_none() {
+            // Local mode never prints its application id: ask the UI, which does know it
+            // (once a port proves to be the application's; a printed one may not be).
             let batch = Arc::downgrade(self);
             tokio::spawn(async move {
-                if let Some(id) = launcher::fetch_app_id_from_ui(port, ids).await {
-                    if let Some(b) = batch.upgrade() {
-                        b.lock().app_id.get_or_insert(id);
+                let Some(b) = batch.upgrade() else { return };
+                // Output can arrive before the launch has recorded its process.
+                let mut pgid = None;
+                for _ in 0..100 {
+                    pgid = b.process().map(|p| p.pgid);
+                    if pgid.is_some() {
+                        break;
                     }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let Some(pgid) = pgid else { return };
+                if let Some(id) = crate::sparkui::proxy::fetch_app_id(&b.ui, pgid, ids).await {
+                    b.lock().app_id.get_or_insert(id);
                 }
             });
         }
@@ -206,26 +209,15 @@ impl Batch {
             // The driver runs in the cluster: submitted means under way.
             self.move_to(SessionState::Running, None);
         }
-        let (app, ui) = (ids.find_in_line(line), launcher::find_spark_ui(line).filter(|u| launcher::is_web_url(u)));
-        if app.is_none() && ui.is_none() {
-            return;
-        }
+        let Some(app) = ids.find_in_line(line) else { return };
         let mut inner = self.lock();
-        if inner.app_id.is_none() && app.is_some() {
-            inner.app_id = app;
+        if inner.app_id.is_none() {
+            inner.app_id = Some(app);
             // The application exists: the batch runs.
             if inner.state == SessionState::Starting {
                 inner.state = SessionState::Running;
             }
         }
-        if inner.spark_ui_url.is_none() {
-            inner.spark_ui_url = ui;
-        }
-    }
-
-    /// The host name the UI can be reached at (this host: local and client mode).
-    fn driver_host(&self) -> String {
-        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
     }
 
     fn exited(&self, code: i32) {
@@ -338,6 +330,7 @@ impl BatchManager {
                 spec: Arc::new(spec),
                 log,
                 log_path,
+                ui: AppUi::new(format!("/batches/{id}/sparkui")),
                 dir,
                 inner: Mutex::new(BatchInner::new(SessionState::Starting)),
             });
@@ -387,6 +380,9 @@ impl BatchManager {
         // YARN: a tag of its own, the only way a DELETE finds the application (what the
         // output says is not trusted for a kill).
         batch.lock().yarn_tag = launcher::tag_yarn_launch(&cfg.spark, &mut launch);
+        // The Spark UI answers only the gateway's proxy (see crate::sparkui).
+        let ui = crate::sparkui::launch_settings(&cfg.spark, Some(spark), &s.conf, &batch.ui);
+        launch.cluster_conf.extend(ui.conf);
         let args = launcher::write_launch_files(&cfg.spark, &launch, &batch.dir).map_err(EngineError::Launch)?;
         let weak = Arc::downgrade(batch);
         let ids = AppIdFormat::of_master(&cfg.spark.master);
@@ -396,15 +392,10 @@ impl BatchManager {
                 b.on_line(line, ids, cluster_driver);
             }
         });
-        let handle = launcher::spawn(
-            spark,
-            &cfg.spark.pass_env,
-            args,
-            launcher::launch_ticket_env(spark, &launch).into_iter().collect(),
-            batch.log.clone(),
-            on_line,
-        )
-        .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
+        let mut env: BTreeMap<String, String> = launcher::launch_ticket_env(spark, &launch).into_iter().collect();
+        env.extend(ui.env);
+        let handle = launcher::spawn(spark, &cfg.spark.pass_env, args, env, batch.log.clone(), on_line)
+            .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
         tracing::info!(batch = batch.id, pgid = handle.pgid, owner = %s.owner, "batch launched");
         if let Some(log) = self.audit.get() {
             log.record(
@@ -636,6 +627,7 @@ mod tests {
             spec: Arc::new(BatchSpec::default()),
             log,
             log_path,
+            ui: AppUi::new("/batches/7/sparkui"),
             dir: dir.path().to_path_buf(),
             inner: Mutex::new(BatchInner::new(SessionState::Running)),
         }

@@ -739,6 +739,15 @@ fn process_table() -> Vec<(i32, String, i32, i32)> {
         .collect()
 }
 
+/// Every live process of process group `pgid` and every live descendant of one, whether or not
+/// it is still in the group (PySpark's worker daemon leaves it).
+pub fn processes_of_group_tree(pgid: i32) -> Vec<i32> {
+    let mut all: Vec<i32> =
+        process_table().iter().filter(|(_, state, _, g)| *g == pgid && state != "Z").map(|(p, ..)| *p).collect();
+    all.extend(descendants_of_group(pgid));
+    all
+}
+
 /// Live processes descended from process group `pgid` that are no longer in it.
 pub fn descendants_of_group(pgid: i32) -> Vec<i32> {
     let table = process_table();
@@ -846,20 +855,14 @@ async fn read_lines(stream: impl AsyncRead + Unpin, log: Arc<LogBuffer>, on_line
     }
 }
 
-/// The port in Spark's "Successfully started service 'SparkUI' on port N." line.
-pub fn find_spark_ui_port(line: &str) -> Option<u16> {
-    let rest = line.split("started service 'SparkUI' on port ").nth(1)?;
-    rest.trim().trim_end_matches('.').parse().ok()
-}
-
 /// Whether a line shows that the driver's SparkContext is up (the application runs).
 pub fn driver_started(line: &str) -> bool {
     line.contains("Successfully started service 'sparkDriver'") || line.contains("Submitted application:")
 }
 
-/// One HTTP/1.0 exchange over plain TCP with Spark's UIs and standalone master (loopback or
-/// the cluster network): the status code and the body, or `None` if it failed or took longer
-/// than `limit`.
+/// One HTTP/1.0 exchange over plain TCP with a standalone master's web UI (the operator's
+/// `spark.standalone_master_ui`): the status code and the body, or `None` if it failed or took
+/// longer than `limit`. (Drivers' Spark UIs are reached only through `crate::sparkui`.)
 async fn http_exchange(
     url: &str,
     limit: Duration,
@@ -908,28 +911,6 @@ pub async fn http_post_form(url: &str, form: &str) -> Option<u16> {
     Some(http_exchange(url, Duration::from_secs(10), request).await?.0)
 }
 
-/// Asks a Spark UI on this host for its application id, which local mode does not print. It
-/// reads the Environment page: the UI's REST API would do too, but its first call costs the
-/// driver JVM about 1.5 s of CPU (web-service start-up) taken from the user's job, the page
-/// about a tenth of that. A few tries while the UI comes up.
-pub async fn fetch_app_id_from_ui(port: u16, format: AppIdFormat) -> Option<String> {
-    for _ in 0..20 {
-        let page = http_get(&format!("http://127.0.0.1:{port}/environment/"), "text/html").await;
-        if let Some(id) = page.as_deref().and_then(|page| app_id_in_environment_page(page, format)) {
-            return Some(id);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    None
-}
-
-/// The value of the `spark.app.id` row of a Spark UI Environment page, if in `format`.
-pub fn app_id_in_environment_page(html: &str, format: AppIdFormat) -> Option<String> {
-    let rest = html.split("<td>spark.app.id</td>").nth(1)?;
-    let value = rest.trim_start().strip_prefix("<td>")?.split('<').next()?.trim();
-    format.accepts(value).then(|| value.to_string())
-}
-
 /// Finds the id of the application named `name` in a standalone master's `/json/` document.
 pub fn app_id_in_master_status(status: &serde_json::Value, name: &str) -> Option<String> {
     ["activeapps", "completedapps"].iter().find_map(|list| {
@@ -953,22 +934,6 @@ pub fn find_driver_id(line: &str) -> Option<String> {
         });
         ok.then(|| word.to_string())
     })
-}
-
-/// Finds the Spark UI address in Spark's "Bound SparkUI to …, and started at http://…" line.
-pub fn find_spark_ui(line: &str) -> Option<String> {
-    if !line.contains("SparkUI") {
-        return None;
-    }
-    line.split_whitespace()
-        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
-        .map(|w| w.trim_end_matches(['.', ',']).to_string())
-}
-
-/// Whether a UI address may be shown as a link: `http` or `https` only (a driver's report is
-/// its user's word, and a `javascript:` URL is a script in a viewer's browser).
-pub fn is_web_url(url: &str) -> bool {
-    url.parse::<http::Uri>().is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some())
 }
 
 #[cfg(test)]
@@ -1199,19 +1164,9 @@ mod tests {
     }
 
     #[test]
-    fn app_ids_and_ui_are_found() {
-        assert!(is_web_url("http://host:4040") && is_web_url("https://rm:8090/proxy/application_1_2/"));
-        for bad in ["javascript:alert(1)//:4040", "file:///etc/passwd", "/jobs/", "data:text/html,x"] {
-            assert!(!is_web_url(bad), "{bad}");
-        }
-        assert_eq!(
-            find_spark_ui("INFO Utils: Bound SparkUI to 0.0.0.0, and started at http://host:4040"),
-            Some("http://host:4040".into())
-        );
-        assert_eq!(find_spark_ui("nothing here http://x"), None);
-        assert_eq!(find_spark_ui_port("INFO Utils: Successfully started service 'SparkUI' on port 4041."), Some(4041));
-        assert_eq!(find_spark_ui_port("INFO Utils: Successfully started service 'sparkDriver' on port 4041."), None);
+    fn the_driver_start_is_seen() {
         assert!(driver_started("INFO Utils: Successfully started service 'sparkDriver' on port 33245."));
+        assert!(!driver_started("INFO Utils: Successfully started service 'SparkUI' on port 4040."));
     }
 
     #[test]
@@ -1309,22 +1264,8 @@ mod tests {
         assert_eq!(seen.lock().unwrap().len(), lines.len());
     }
 
-    #[test]
-    fn the_app_id_is_read_from_the_environment_page() {
-        // As Spark 4.0's Environment page writes it.
-        let page =
-            "<tbody>\n        <tr><td>spark.app.id</td><td>local-1795472183861</td></tr><tr><td>spark.app.name</td>\
-                    <td>pyspark-shell</td></tr><tr><td>spark.app.startTime</td><td>1795472182978</td></tr>";
-        assert_eq!(app_id_in_environment_page(page, AppIdFormat::Local), Some("local-1795472183861".into()));
-        assert_eq!(app_id_in_environment_page(page, AppIdFormat::Yarn), None);
-        assert_eq!(app_id_in_environment_page("<tr><td>spark.app.id</td><td>x<script></td>", AppIdFormat::Any), None);
-        let name_row = "<tr><td>spark.app.name</td><td>local-1795472183861</td>";
-        assert_eq!(app_id_in_environment_page(name_row, AppIdFormat::Local), None);
-        assert_eq!(app_id_in_environment_page("", AppIdFormat::Any), None);
-    }
-
     #[tokio::test]
-    async fn plain_http_exchanges_with_spark_uis() {
+    async fn plain_http_exchanges_with_the_standalone_master() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -1333,7 +1274,6 @@ mod tests {
             for answer in [
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n {\"a\": 1}\n",
                 "HTTP/1.1 404 Not Found\r\n\r\n{\"a\": 2}",
-                "HTTP/1.1 200 OK\r\n\r\n<tr><td>spark.app.id</td><td>local-1795472183861</td></tr>",
                 "HTTP/1.1 302 Found\r\nLocation: /\r\n\r\n",
             ] {
                 let (mut tcp, _) = listener.accept().await.unwrap();
@@ -1347,13 +1287,11 @@ mod tests {
         let base = format!("http://127.0.0.1:{port}");
         assert_eq!(http_get_json(&format!("{base}/json/")).await, Some(serde_json::json!({"a": 1})));
         assert_eq!(http_get_json(&format!("{base}/json/")).await, None, "only a 200 counts");
-        assert_eq!(fetch_app_id_from_ui(port, AppIdFormat::Local).await, Some("local-1795472183861".into()));
         assert_eq!(http_post_form(&format!("{base}/driver/kill/"), "id=d-1&terminate=true").await, Some(302));
         let requests = server.await.unwrap();
         assert!(requests[0].starts_with("GET /json/ HTTP/1.0\r\n"), "{requests:?}");
-        assert!(requests[2].starts_with("GET /environment/ HTTP/1.0\r\n"), "{requests:?}");
-        assert!(requests[3].starts_with("POST /driver/kill/ HTTP/1.0\r\n"), "{requests:?}");
-        assert!(requests[3].ends_with("\r\n\r\nid=d-1&terminate=true"), "{requests:?}");
+        assert!(requests[2].starts_with("POST /driver/kill/ HTTP/1.0\r\n"), "{requests:?}");
+        assert!(requests[2].ends_with("\r\n\r\nid=d-1&terminate=true"), "{requests:?}");
     }
 
     #[tokio::test]

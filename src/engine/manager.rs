@@ -273,9 +273,13 @@ impl SessionManager {
         // YARN: a tag of its own, so a stop finds the application without the driver's word.
         session.set_yarn_tag(launcher::tag_yarn_launch(&cfg.spark, &mut launch));
         session.set_app_id_format(AppIdFormat::of_master(&cfg.spark.master));
+        // The Spark UI answers only the gateway's proxy (see crate::sparkui).
+        let ui = crate::sparkui::launch_settings(&cfg.spark, Some(spark), &spec.conf, &session.ui);
+        launch.cluster_conf.extend(ui.conf);
         let args = launcher::write_launch_files(&cfg.spark, &launch, &session.dir).map_err(EngineError::Launch)?;
         let mut env = BTreeMap::from([("SPARKGATE_DRIVER_CONF".to_string(), driver_conf_env)]);
         env.extend(launcher::launch_ticket_env(spark, &launch));
+        env.extend(ui.env);
         let weak = Arc::downgrade(session);
         let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {
             if let Some(s) = weak.upgrade() {

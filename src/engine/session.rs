@@ -4,10 +4,11 @@
 
 use super::app_id::AppIdFormat;
 use super::kind::{CodeKind, SessionKind};
-use super::launcher::{self, LogBuffer, ProcessHandle};
+use super::launcher::{LogBuffer, ProcessHandle};
 use super::state::{SessionState, StatementState};
 use super::EngineError;
 use crate::rpc::{DriverLink, FromDriver, SessionSecret, ToDriver};
+use crate::sparkui::AppUi;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -92,7 +93,8 @@ pub struct SessionSnapshot {
     pub state: SessionState,
     /// Spark application id.
     pub app_id: Option<String>,
-    /// Spark UI URL.
+    /// The gateway's path to the session's Spark UI (`/sessions/3/sparkui/`), while one is
+    /// known and the session lives.
     pub spark_ui_url: Option<String>,
 }
 
@@ -131,6 +133,8 @@ pub struct Session {
     /// Held while an upload is stored, so concurrent uploads cannot overrun the session's
     /// upload budget together.
     pub uploads: tokio::sync::Mutex<()>,
+    /// Its Spark UI: the key the driver's UI checks, and which port it really listens on.
+    pub ui: AppUi,
     inner: Mutex<Inner>,
 }
 
@@ -142,7 +146,6 @@ struct Inner {
     app_ids: AppIdFormat,
     /// YARN cluster mode: this launch's unique application tag, to find (and kill) it there.
     yarn_tag: Option<String>,
-    spark_ui_url: Option<String>,
     statements: BTreeMap<u32, Statement>,
     queue: VecDeque<u32>,
     running: Option<u32>,
@@ -223,12 +226,12 @@ impl Session {
             dir,
             created: now,
             uploads: tokio::sync::Mutex::new(()),
+            ui: AppUi::new(format!("/sessions/{id}/sparkui")),
             inner: Mutex::new(Inner {
                 state: SessionState::NotStarted,
                 app_id: None,
                 app_ids: AppIdFormat::Any,
                 yarn_tag: None,
-                spark_ui_url: None,
                 statements: BTreeMap::new(),
                 queue: VecDeque::new(),
                 running: None,
@@ -267,7 +270,7 @@ impl Session {
             spec: self.spec.clone(),
             state: inner.state,
             app_id: inner.app_id.clone(),
-            spark_ui_url: inner.spark_ui_url.clone(),
+            spark_ui_url: if inner.state.is_terminal() { None } else { self.ui.path() },
         }
     }
 
@@ -304,14 +307,12 @@ impl Session {
     }
 
     /// Learns from one line of spark-submit's output: the application id (first believable
-    /// one wins, see [`AppIdFormat::find_in_line`]) and the UI's address (http or https).
+    /// one wins, see [`AppIdFormat::find_in_line`]) and the UI's port (checked before use).
     pub fn note_output_line(&self, line: &str) {
+        self.ui.offer_line(line);
         let mut inner = self.lock();
         if inner.app_id.is_none() {
             inner.app_id = inner.app_ids.find_in_line(line);
-        }
-        if inner.spark_ui_url.is_none() {
-            inner.spark_ui_url = launcher::find_spark_ui(line).filter(|u| launcher::is_web_url(u));
         }
     }
 
@@ -595,12 +596,12 @@ impl Session {
             },
             FromDriver::AppInfo { app_id, spark_ui_url } => {
                 // User code shares the driver and can send this too: an id counts only in the
-                // master's format, a UI address only as http(s), and only the first of each.
+                // master's format, and only the first; a UI address is only a port to check.
                 if inner.app_id.is_none() {
                     inner.app_id = app_id.filter(|id| inner.app_ids.accepts(id));
                 }
-                if inner.spark_ui_url.is_none() {
-                    inner.spark_ui_url = spark_ui_url.filter(|url| launcher::is_web_url(url));
+                if let Some(url) = spark_ui_url {
+                    self.ui.offer_url(&url);
                 }
             }
             FromDriver::StatementUpdate { id, progress, .. } => {

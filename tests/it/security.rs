@@ -153,9 +153,10 @@ async fn auth_matrix_over_every_route() {
     let bob = gw.token("bob", &[]);
     let (_, _, info) = gw.call(Method::GET, &s, Some(&bob), None).await;
     assert_eq!((info["conf"].clone(), info["log"].clone()), (json!({}), json!([])));
-    assert_eq!(info["appInfo"]["sparkUiUrl"], Value::Null, "the Spark UI has no login of its own: {info}");
+    assert_eq!(info["appInfo"]["sparkUiUrl"], Value::Null, "the Spark UI is not shown to others: {info}");
     let (_, _, own) = gw.call(Method::GET, &s, Some(&gw.token("hue", &[])), None).await;
-    assert!(own["appInfo"]["sparkUiUrl"].is_string(), "the owner sees it: {own}");
+    let proxied = gw.url(&format!("{s}/sparkui/"));
+    assert_eq!(own["appInfo"]["sparkUiUrl"], json!(proxied), "the owner sees the gateway's proxy: {own}");
     let (_, _, list) = gw.call(Method::GET, "/sessions", Some(&bob), None).await;
     assert!(!list["sessions"].as_array().unwrap().iter().any(|x| x["id"] == id), "{list}");
     let (_, _, list) = gw.call(Method::GET, "/sessions", Some(&gw.token("viewer", &[])), None).await;

@@ -267,6 +267,8 @@ fn a_drivers_app_info_is_not_taken_on_its_word() {
     // User code shares the driver and can send any app_info: a `javascript:` URL must never
     // reach viewers, and an id in no master's format is not an application id.
     let s = session();
+    let local = crate::config::SparkConfig::default();
+    crate::sparkui::launch_settings(&local, None, &BTreeMap::new(), &s.ui);
     let _rx = connect(&s, 1);
     s.on_driver_message(
         1,
@@ -277,7 +279,10 @@ fn a_drivers_app_info_is_not_taken_on_its_word() {
     );
     let snap = s.snapshot();
     assert_eq!(snap.app_id, None);
-    assert_eq!(snap.spark_ui_url, None, "not a link a viewer may be shown");
+    assert_eq!(snap.spark_ui_url, None, "not a UI the gateway can vouch for");
+    // A plain address is a port to check, and what viewers are shown is the gateway's proxy.
+    s.on_driver_message(1, FromDriver::AppInfo { app_id: None, spark_ui_url: Some("http://evil.example:4040".into()) });
+    assert_eq!(s.snapshot().spark_ui_url.as_deref(), Some("/sessions/0/sparkui/"));
     // The first id in a master's format wins; a later report does not replace it.
     s.on_driver_message(1, FromDriver::AppInfo { app_id: Some("local-1795472183861".into()), spark_ui_url: None });
     s.on_driver_message(1, FromDriver::AppInfo { app_id: Some("local-1000000000000".into()), spark_ui_url: None });
