@@ -255,7 +255,8 @@ fn is_false(value: &str) -> bool {
 /// - The operator's `spark.ui.enabled = false` (in `spark.conf` or spark-defaults.conf) is
 ///   kept even when a request asks for the UI: where the operator does not want a UI, there
 ///   is none.
-/// - `JWSFilter` joins whatever filters the operator configured (a request's are replaced).
+/// - `JWSFilter` joins whatever filters the operator configured (a request's are replaced);
+///   the UI's kill handlers are off; its links point under the proxy path where it is proxied.
 /// - `SPARK_LOCAL_IP=127.0.0.1` only with a local master: it also sets the address Spark
 ///   advertises to executors, which on a real cluster (client mode) must be reachable from
 ///   the workers. There the UI listens where Spark puts it and the filter alone guards it.
@@ -287,15 +288,20 @@ pub fn launch_settings(
     filters.push(JWS_FILTER.to_string());
     conf.insert("spark.ui.filters".to_string(), filters.join(","));
     conf.insert(format!("spark.{JWS_FILTER}.param.secretKey"), ui.key.spark_param());
-    conf.insert("spark.ui.proxyBase".to_string(), ui.base.clone());
     conf.insert("spark.ui.killEnabled".to_string(), "false".to_string());
+    let proxied = !operator_off && !request_off && config.deploy_mode != "cluster";
+    if proxied {
+        // Only where the gateway serves the UI: elsewhere (a cluster's own UI paths) links
+        // under the gateway's path would lead nowhere.
+        conf.insert("spark.ui.proxyBase".to_string(), ui.base.clone());
+    }
     let master = config.master.as_str();
     let local_master = master == "local" || master.starts_with("local[") || master.starts_with("local-cluster[");
     let mut vars = BTreeMap::new();
     if local_master {
         vars.insert("SPARK_LOCAL_IP".to_string(), "127.0.0.1".to_string());
     }
-    ui.set_proxied(!operator_off && !request_off && config.deploy_mode != "cluster");
+    ui.set_proxied(proxied);
     UiLaunch { conf, env: vars }
 }
 

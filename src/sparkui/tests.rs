@@ -58,6 +58,7 @@ fn clusters_keep_the_ui_where_spark_puts_it_and_cluster_mode_is_not_proxied() {
     assert!(ui.proxied(), "client mode: the driver runs here");
     let cluster = launch_settings(&spark("yarn", "cluster"), None, &BTreeMap::new(), &ui);
     assert_eq!(cluster.conf["spark.ui.filters"], JWS_FILTER, "still guarded in the cluster");
+    assert!(!cluster.conf.contains_key("spark.ui.proxyBase"), "its links stay the cluster's");
     assert!(!ui.proxied(), "the driver's host is only its own word");
     ui.offer_port(4040);
     assert_eq!(ui.path(), None);
