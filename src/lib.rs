@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod net;
 pub mod rpc;
 pub mod server;
+pub mod sparkui;
 pub mod telemetry;
 pub mod tls;
 

@@ -1,6 +1,7 @@
 //! `/batches`: Livy's batch API (spark-submit over REST).
 
 use super::dto::{self, CreateBatchRequest};
+use super::sparkui::PublicBase;
 use super::{AppState, LivyJson, Paging};
 use crate::acl::{Action, ResourceKind};
 use crate::engine::batch::{render_log_json, Batch, BatchSpec};
@@ -15,19 +16,25 @@ use serde_json::{json, Value};
 const INFO_LOG_LINES: usize = 10;
 
 /// Livy's Batch for a caller who may view the batch (nobody else gets one).
-fn info(batch: &Batch) -> Value {
-    dto::batch_json(&batch.snapshot(), batch.log.tail(INFO_LOG_LINES), true)
+fn info(base: &PublicBase, batch: &Batch) -> Value {
+    dto::batch_json(&base.batch(batch), batch.log.tail(INFO_LOG_LINES), true)
 }
 
-pub(super) async fn list(State(state): State<AppState>, caller: Caller, paging: Paging) -> Json<Value> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    base: PublicBase,
+    paging: Paging,
+) -> Json<Value> {
     let batches: Vec<_> =
         state.batches.list().into_iter().filter(|b| state.allowed(&caller, Action::View, b.as_ref())).collect();
-    Json(dto::list_page(&batches, &paging, |b| info(b)))
+    Json(dto::list_page(&batches, &paging, |b| info(&base, b)))
 }
 
 pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    base: PublicBase,
     LivyJson(req): LivyJson<CreateBatchRequest>,
 ) -> Result<Response, ApiError> {
     state.authorize_create(&caller, ResourceKind::Batch)?;
@@ -67,17 +74,18 @@ pub(super) async fn create(
         conf,
     };
     let batch = state.batches.create(spec, state.acl.quota(&effective_user))?;
-    let body = info(&batch);
+    let body = info(&base, &batch);
     Ok((StatusCode::CREATED, [(header::LOCATION, format!("/batches/{}", batch.id))], Json(body)).into_response())
 }
 
 pub(super) async fn show(
     State(state): State<AppState>,
     caller: Caller,
+    base: PublicBase,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let batch = state.batch_for(&caller, &id, Action::View)?;
-    Ok(Json(info(&batch)))
+    Ok(Json(info(&base, &batch)))
 }
 
 pub(super) async fn state(

@@ -147,8 +147,8 @@ pub struct CreateBatchRequest {
     pub conf: Option<BTreeMap<String, Value>>,
 }
 
-/// Livy's Batch. Unless `viewer`, `log` should be empty and `sparkUiUrl` is null (the Spark UI
-/// usually has no login of its own).
+/// Livy's Batch. Unless `viewer`, `log` should be empty and `sparkUiUrl` (the gateway's proxy
+/// of the Spark UI, which would answer a non-viewer 404) is null.
 pub fn batch_json(b: &crate::engine::batch::BatchSnapshot, log: Vec<String>, viewer: bool) -> Value {
     json!({
         "id": b.id,
@@ -185,7 +185,7 @@ pub struct CompletionRequest {
 }
 
 /// Livy's SessionInfo. `log` is the last lines. Unless `viewer` (the caller may view the
-/// session), what may carry credentials or lead to unauthenticated pages is left out, keeping
+/// session), what may carry credentials or lead to pages they may not see is left out, keeping
 /// Livy's shape: `conf` is `{}`, the file lists are `[]`, `sparkUiUrl` is null.
 pub fn session_json(s: &SessionSnapshot, log: Vec<String>, viewer: bool) -> Value {
     let spec = &s.spec;

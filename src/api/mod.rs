@@ -5,6 +5,7 @@ pub mod dto;
 mod extract;
 mod files;
 mod sessions;
+mod sparkui;
 mod statements;
 
 pub use extract::{LivyJson, Paging};
@@ -241,6 +242,13 @@ pub fn router(upload_limit: usize) -> Router<AppState> {
         .route("/batches/{id}", get(batches::show).delete(batches::delete))
         .route("/batches/{id}/state", get(batches::state))
         .route("/batches/{id}/log", get(batches::log))
+        // The Spark UI, read-only (GET, and HEAD through `get`), for those who may view.
+        .route("/sessions/{id}/sparkui", get(sparkui::session_root))
+        .route("/sessions/{id}/sparkui/", get(sparkui::session_page))
+        .route("/sessions/{id}/sparkui/{*path}", get(sparkui::session_page))
+        .route("/batches/{id}/sparkui", get(sparkui::batch_root))
+        .route("/batches/{id}/sparkui/", get(sparkui::batch_page))
+        .route("/batches/{id}/sparkui/{*path}", get(sparkui::batch_page))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `/sessions` and `/version` handlers.
 
 use super::dto::{self, CreateSessionRequest};
+use super::sparkui::PublicBase;
 use super::{AppState, LivyJson, Paging};
 use crate::acl::{Action, ResourceKind};
 use crate::engine::{SessionKind, SessionSpec, SessionState};
@@ -16,8 +17,8 @@ use serde_json::{json, Value};
 const INFO_LOG_LINES: usize = 10;
 
 /// SessionInfo for a caller who may view the session (nobody else gets one).
-fn info(session: &crate::engine::Session) -> Value {
-    dto::session_json(&session.snapshot(), session.log.tail(INFO_LOG_LINES), true)
+fn info(base: &PublicBase, session: &crate::engine::Session) -> Value {
+    dto::session_json(&base.session(session), session.log.tail(INFO_LOG_LINES), true)
 }
 
 pub(super) async fn version(State(state): State<AppState>) -> Json<Value> {
@@ -35,16 +36,22 @@ pub(super) async fn version(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-pub(super) async fn list(State(state): State<AppState>, caller: Caller, paging: Paging) -> Json<Value> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    base: PublicBase,
+    paging: Paging,
+) -> Json<Value> {
     // Only what the caller may view is listed (Livy lists everything to everyone).
     let sessions: Vec<_> =
         state.manager.list().into_iter().filter(|s| state.allowed(&caller, Action::View, s.as_ref())).collect();
-    Json(dto::list_page(&sessions, &paging, |s| info(s)))
+    Json(dto::list_page(&sessions, &paging, |s| info(&base, s)))
 }
 
 pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    base: PublicBase,
     LivyJson(req): LivyJson<CreateSessionRequest>,
 ) -> Result<Response, ApiError> {
     state.authorize_create(&caller, ResourceKind::Session)?;
@@ -95,7 +102,7 @@ pub(super) async fn create(
         idle_timeout: req.idle_timeout,
     };
     let session = state.manager.create(spec, state.acl.quota(&effective_user))?;
-    let body = info(&session);
+    let body = info(&base, &session);
     let location = format!("/sessions/{}", session.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
 }
@@ -109,11 +116,12 @@ pub(super) fn launch_as(effective_user: &str) -> Option<String> {
 pub(super) async fn show(
     State(state): State<AppState>,
     caller: Caller,
+    base: PublicBase,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let session = state.session_for(&caller, &id, Action::View)?;
     session.heartbeat();
-    Ok(Json(info(&session)))
+    Ok(Json(info(&base, &session)))
 }
 
 pub(super) async fn state(
@@ -164,10 +172,11 @@ pub(super) async fn stop(
 pub(super) async fn connect(
     State(state): State<AppState>,
     caller: Caller,
+    base: PublicBase,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let session = state.session_for(&caller, &id, Action::Modify)?;
     session.heartbeat();
     session.record_activity();
-    Ok(Json(info(&session)))
+    Ok(Json(info(&base, &session)))
 }

@@ -2,6 +2,7 @@
 //! their own counter; states starting → running → success | dead | killed; never idle-timed
 //! out; the full output kept in a log file that `/log` pages.
 
+use super::app_id::AppIdFormat;
 use super::ids::{self, IdCounter};
 use super::launcher::{self, LaunchSpec, LogBuffer, ProcessHandle, SparkEnv};
 use super::limits;
@@ -11,6 +12,7 @@ use super::EngineError;
 use crate::acl::policy::Quota;
 use crate::audit::{AuditEvent, AuditLog, Decision};
 use crate::config::ValidatedConfig;
+use crate::sparkui::AppUi;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -62,7 +64,6 @@ pub struct BatchSpec {
 struct BatchInner {
     state: SessionState,
     app_id: Option<String>,
-    spark_ui_url: Option<String>,
     process: Option<ProcessHandle>,
     finished_at: Option<Instant>,
     /// Where a cluster-mode driver runs, to kill it there: a standalone driver id, or on
@@ -74,15 +75,7 @@ struct BatchInner {
 
 impl BatchInner {
     fn new(state: SessionState) -> Self {
-        Self {
-            state,
-            app_id: None,
-            spark_ui_url: None,
-            process: None,
-            finished_at: None,
-            driver_id: None,
-            yarn_tag: None,
-        }
+        Self { state, app_id: None, process: None, finished_at: None, driver_id: None, yarn_tag: None }
     }
 }
 
@@ -97,6 +90,8 @@ pub struct Batch {
     pub log: Arc<LogBuffer>,
     /// The whole output.
     pub log_path: PathBuf,
+    /// Its Spark UI: the key the driver's UI checks, and which port it really listens on.
+    pub ui: AppUi,
     dir: PathBuf,
     inner: Mutex<BatchInner>,
 }
@@ -112,7 +107,8 @@ pub struct BatchSnapshot {
     pub state: SessionState,
     /// Application id.
     pub app_id: Option<String>,
-    /// Spark UI.
+    /// The gateway's path to the batch's Spark UI (`/batches/3/sparkui/`), while one is
+    /// known and the batch runs.
     pub spark_ui_url: Option<String>,
 }
 
@@ -145,7 +141,7 @@ impl Batch {
             spec: self.spec.clone(),
             state: inner.state,
             app_id: inner.app_id.clone(),
-            spark_ui_url: inner.spark_ui_url.clone(),
+            spark_ui_url: if inner.state.is_terminal() { None } else { self.ui.path() },
         }
     }
 
@@ -182,48 +178,49 @@ impl Batch {
         }
     }
 
-    fn on_line(self: &Arc<Self>, line: &str) {
+    /// Learns from one line of spark-submit's output (the user's program's, in local and
+    /// client mode): whether it runs, its UI's port (checked before use), its application id
+    /// in the master's `ids` format (the first wins) and, when `cluster_driver` (standalone
+    /// cluster mode, where the output is the cluster client's), the driver id to kill.
+    fn on_line(self: &Arc<Self>, line: &str, ids: AppIdFormat, cluster_driver: bool) {
         if launcher::driver_started(line) {
             self.move_to(SessionState::Running, None);
         }
-        if let Some(port) = launcher::find_spark_ui_port(line) {
-            // Local mode never prints its application id: ask the UI, which does know it.
-            let ui = format!("http://{}:{port}", self.driver_host());
-            self.lock().spark_ui_url.get_or_insert(ui);
+        if self.ui.offer_line(line) && self.lock().app_id.is_none() {
+            // Local mode never prints its application id: ask the UI, which does know it
+            // (once a port proves to be the application's; a printed one may not be).
             let batch = Arc::downgrade(self);
             tokio::spawn(async move {
-                if let Some(id) = launcher::fetch_app_id_from_ui(port).await {
-                    if let Some(b) = batch.upgrade() {
-                        b.lock().app_id.get_or_insert(id);
+                let Some(b) = batch.upgrade() else { return };
+                // Output can arrive before the launch has recorded its process.
+                let mut pgid = None;
+                for _ in 0..100 {
+                    pgid = b.process().map(|p| p.pgid);
+                    if pgid.is_some() {
+                        break;
                     }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let Some(pgid) = pgid else { return };
+                if let Some(id) = crate::sparkui::proxy::fetch_app_id(&b.ui, pgid, ids).await {
+                    b.lock().app_id.get_or_insert(id);
                 }
             });
         }
-        if let Some(driver) = launcher::find_driver_id(line) {
+        if let Some(driver) = launcher::find_driver_id(line).filter(|_| cluster_driver) {
             self.lock().driver_id.get_or_insert(driver);
             // The driver runs in the cluster: submitted means under way.
             self.move_to(SessionState::Running, None);
         }
-        let (app, ui) = (launcher::find_app_id(line), launcher::find_spark_ui(line));
-        if app.is_none() && ui.is_none() {
-            return;
-        }
+        let Some(app) = ids.find_in_line(line) else { return };
         let mut inner = self.lock();
-        if inner.app_id.is_none() && app.is_some() {
-            inner.app_id = app;
+        if inner.app_id.is_none() {
+            inner.app_id = Some(app);
             // The application exists: the batch runs.
             if inner.state == SessionState::Starting {
                 inner.state = SessionState::Running;
             }
         }
-        if inner.spark_ui_url.is_none() {
-            inner.spark_ui_url = ui;
-        }
-    }
-
-    /// The host name the UI can be reached at (this host: local and client mode).
-    fn driver_host(&self) -> String {
-        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
     }
 
     fn exited(&self, code: i32) {
@@ -335,6 +332,7 @@ impl BatchManager {
                 spec: Arc::new(spec),
                 log,
                 log_path,
+                ui: AppUi::new(format!("/batches/{id}/sparkui")),
                 dir,
                 inner: Mutex::new(BatchInner::new(SessionState::Starting)),
             });
@@ -381,24 +379,25 @@ impl BatchManager {
         {
             batch.lock().driver_id = Some(pod);
         }
-        // YARN: a tag of its own, to find the application before its id is printed.
+        // YARN: a tag of its own, the only way a DELETE finds the application (what the
+        // output says is not trusted for a kill).
         batch.lock().yarn_tag = launcher::tag_yarn_launch(&cfg.spark, &mut launch);
+        // The Spark UI answers only the gateway's proxy (see crate::sparkui).
+        let ui = crate::sparkui::launch_settings(&cfg.spark, Some(spark), &s.conf, &batch.ui);
+        launch.cluster_conf.extend(ui.conf);
         let args = launcher::write_launch_files(&cfg.spark, &launch, &batch.dir).map_err(EngineError::Launch)?;
         let weak = Arc::downgrade(batch);
+        let ids = AppIdFormat::of_master(&cfg.spark.master);
+        let cluster_driver = cfg.spark.master.starts_with("spark://") && cfg.spark.deploy_mode == "cluster";
         let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {
             if let Some(b) = weak.upgrade() {
-                b.on_line(line);
+                b.on_line(line, ids, cluster_driver);
             }
         });
-        let handle = launcher::spawn(
-            spark,
-            &cfg.spark.pass_env,
-            args,
-            launcher::launch_ticket_env(spark, &launch).into_iter().collect(),
-            batch.log.clone(),
-            on_line,
-        )
-        .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
+        let mut env: BTreeMap<String, String> = launcher::launch_ticket_env(spark, &launch).into_iter().collect();
+        env.extend(ui.env);
+        let handle = launcher::spawn(spark, &cfg.spark.pass_env, args, env, batch.log.clone(), on_line)
+            .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
         tracing::info!(batch = batch.id, pgid = handle.pgid, owner = %s.owner, "batch launched");
         if let Some(log) = self.audit.get() {
             log.record(
@@ -453,25 +452,25 @@ impl BatchManager {
         if live {
             batch.log.push(format!("sparkgate: killed by {by}"));
         }
-        let (driver_id, app_id, yarn_tag) = {
+        let (driver_id, yarn_tag) = {
             let inner = batch.lock();
-            (inner.driver_id.clone(), inner.app_id.clone(), inner.yarn_tag.clone())
+            (inner.driver_id.clone(), inner.yarn_tag.clone())
         };
         let spark_cfg = &self.config.config.spark;
-        let mut killed_in_cluster = false;
         if live {
-            if let Some(kill) = launcher::cluster_kill(spark_cfg, driver_id.as_deref(), app_id.as_deref()) {
+            // Standalone and Kubernetes: the driver the cluster client reported, the pod the
+            // gateway named. Never an application id from the output (see app_id.rs).
+            if let Some(kill) = launcher::cluster_kill(spark_cfg, driver_id.as_deref(), None) {
                 self.kill_in_cluster(batch, kill, driver_id.as_deref()).await;
-                killed_in_cluster = true;
             }
         }
         if let Some(process) = batch.process() {
             process.kill_group(self.config.durations.shutdown_grace).await;
             process.wait().await;
         }
-        // YARN, before spark-submit printed the id: with our spark-submit gone nothing more
-        // is submitted, so whatever YARN has under this launch's tag is all there is to kill.
-        if let (true, false, Some(tag), Some(spark)) = (live, killed_in_cluster, yarn_tag, self.spark.as_ref()) {
+        // YARN: with our spark-submit gone nothing more is submitted, so whatever YARN has
+        // under this launch's tag is all there is to kill.
+        if let (true, Some(tag), Some(spark)) = (live, yarn_tag, self.spark.as_ref()) {
             if let Some(id) =
                 launcher::yarn_app_by_tag(spark, spark_cfg, &tag, batch.spec.proxy_user.as_deref(), &batch.log).await
             {
@@ -731,6 +730,7 @@ mod tests {
             spec: Arc::new(BatchSpec::default()),
             log,
             log_path,
+            ui: AppUi::new("/batches/7/sparkui"),
             dir: dir.path().to_path_buf(),
             inner: Mutex::new(BatchInner::new(SessionState::Running)),
         }
@@ -950,12 +950,27 @@ mod tests {
         }
     }
 
+    /// The unique tag this batch's launch added to `spark.yarn.tags`.
+    fn launch_tag(batch: &Batch) -> String {
+        let properties = std::fs::read_to_string(batch.dir.join("spark-launch.properties")).unwrap();
+        let tags = properties.lines().find_map(|l| l.strip_prefix("spark.yarn.tags=")).unwrap().to_string();
+        tags.split(',').find(|t| t.starts_with("sparkgate-launch-")).expect("a launch tag").to_string()
+    }
+
     #[tokio::test]
     async fn deleting_a_yarn_cluster_batch_kills_the_application_in_yarn() {
         let cluster = FakeCluster::new("yarn");
         let batch = cluster.launch().await;
+        let tag = launch_tag(&batch);
         cluster.manager.delete(&batch, "alice").await;
-        assert_eq!(cluster.calls(), "yarn application -kill application_1700000000000_0042\n");
+        // The printed id is not what is killed: the application that carries this launch's tag is.
+        assert_eq!(
+            cluster.calls(),
+            format!(
+                "yarn application -list -appStates ALL -appTags {tag}\n\
+                 yarn application -kill application_1700000000000_0077\n"
+            )
+        );
         assert_eq!(batch.state(), SessionState::Killed);
         assert!(batch.log.snapshot().iter().any(|l| l.contains("stopping the application in the cluster")));
     }
@@ -970,9 +985,7 @@ mod tests {
             assert!(Instant::now() < deadline, "{:?}", batch.log.snapshot());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let properties = std::fs::read_to_string(batch.dir.join("spark-launch.properties")).unwrap();
-        let tags = properties.lines().find_map(|l| l.strip_prefix("spark.yarn.tags=")).unwrap().to_string();
-        let tag = tags.split(',').find(|t| t.starts_with("sparkgate-launch-")).expect("a launch tag").to_string();
+        let tag = launch_tag(&batch);
         cluster.manager.delete(&batch, "alice").await;
         assert_eq!(
             cluster.calls(),
@@ -986,7 +999,11 @@ mod tests {
 
     #[tokio::test]
     async fn deleting_a_kubernetes_cluster_batch_kills_its_named_driver_pod() {
-        let cluster = FakeCluster::new("k8s://https://api.example.com:6443");
+        let cluster = FakeCluster::with_submit_output(
+            "k8s://https://api.example.com:6443",
+            "echo 'INFO LoggingPodStatusWatcherImpl: Deployed Spark application etl with application ID \
+             spark-0123456789abcdef0123456789abcdef and submission ID etl:pod into Kubernetes'",
+        );
         let batch = cluster.launch().await;
         let properties = std::fs::read_to_string(batch.dir.join("spark-launch.properties")).unwrap();
         let pod_line = properties.lines().find(|l| l.starts_with("spark.kubernetes.driver.pod.name=")).unwrap();

@@ -2,6 +2,7 @@
 //! from an allow-list, its own process group, output into a bounded tail and a log file.
 //! Secrets never go on the command line.
 
+use super::app_id::AppIdFormat;
 use crate::config::SparkConfig;
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
@@ -317,9 +318,18 @@ pub enum ClusterKill {
     Yarn(Vec<String>),
 }
 
-/// The cluster-side kill of a cluster-mode application, once its driver id (standalone,
-/// Kubernetes) or application id (YARN) is known; None in client mode or local mode.
-pub fn cluster_kill(config: &SparkConfig, driver_id: Option<&str>, app_id: Option<&str>) -> Option<ClusterKill> {
+/// The cluster-side kill of a cluster-mode application, once its driver id (standalone: from
+/// the cluster client's own output; Kubernetes: the pod the gateway named) or, on YARN, the
+/// application that carries the launch's own tag (see [`yarn_app_by_tag`]) is known; None in
+/// client mode or local mode.
+///
+/// Never pass an application id the driver reported or printed: user code runs in the driver
+/// and could name someone else's application.
+pub fn cluster_kill(
+    config: &SparkConfig,
+    driver_id: Option<&str>,
+    tagged_yarn_app: Option<&str>,
+) -> Option<ClusterKill> {
     if config.deploy_mode != "cluster" {
         return None;
     }
@@ -328,7 +338,7 @@ pub fn cluster_kill(config: &SparkConfig, driver_id: Option<&str>, app_id: Optio
         let id = driver_id?;
         Some(ClusterKill::SparkSubmit(vec!["--master".into(), master.into(), "--kill".into(), id.into()]))
     } else if master.starts_with("yarn") {
-        let id = app_id.filter(|a| a.starts_with("application_"))?;
+        let id = tagged_yarn_app.filter(|a| AppIdFormat::Yarn.accepts(a))?;
         Some(ClusterKill::Yarn(vec!["application".into(), "-kill".into(), id.into()]))
     } else {
         None
@@ -427,7 +437,8 @@ async fn run_within_a_minute(mut cmd: Command, program: &Path) -> Result<std::pr
 const MAY_STILL_RUN: &str = "the application may still run in the cluster";
 
 /// Asks YARN (`yarn application -list -appStates ALL -appTags <tag>`) for the application that
-/// carries `tag`; its id, if YARN knows one. A failed query is logged.
+/// carries `tag`; its id, if YARN knows one. A failed query is logged. Only a row's first
+/// column is an id: the application's name, which its user chose, comes after it.
 pub async fn yarn_app_by_tag(
     env: &SparkEnv,
     config: &SparkConfig,
@@ -439,7 +450,10 @@ pub async fn yarn_app_by_tag(
     let mut cmd = cluster_command(env, config, program, as_user);
     cmd.args(["application", "-list", "-appStates", "ALL", "-appTags", tag]);
     match run_within_a_minute(cmd, program).await {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).lines().find_map(find_app_id),
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).lines().find_map(|row| {
+            let first = row.split_whitespace().next()?;
+            AppIdFormat::Yarn.accepts(first).then(|| first.to_string())
+        }),
         Ok(out) => {
             log.push(format!(
                 "sparkgate: asking YARN for the application tagged {tag} failed ({}): {}; {MAY_STILL_RUN}",
@@ -755,6 +769,15 @@ fn process_table() -> Vec<(i32, String, i32, i32)> {
         .collect()
 }
 
+/// Every live process of process group `pgid` and every live descendant of one, whether or not
+/// it is still in the group (PySpark's worker daemon leaves it).
+pub fn processes_of_group_tree(pgid: i32) -> Vec<i32> {
+    let mut all: Vec<i32> =
+        process_table().iter().filter(|(_, state, _, g)| *g == pgid && state != "Z").map(|(p, ..)| *p).collect();
+    all.extend(descendants_of_group(pgid));
+    all
+}
+
 /// Live processes descended from process group `pgid` that are no longer in it.
 pub fn descendants_of_group(pgid: i32) -> Vec<i32> {
     let table = process_table();
@@ -862,41 +885,14 @@ async fn read_lines(stream: impl AsyncRead + Unpin, log: Arc<LogBuffer>, on_line
     }
 }
 
-/// Finds a Spark application id in a line of output (`local-…`, `app-…`, `application_…`).
-pub fn find_app_id(line: &str) -> Option<String> {
-    line.split(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | ',' | '(' | ')' | '[' | ']'))
-        .find(|word| is_app_id(word))
-        .map(str::to_string)
-}
-
-fn is_app_id(word: &str) -> bool {
-    let digits_or = |s: &str, extra: char| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == extra);
-    if let Some(rest) = word.strip_prefix("local-") {
-        return rest.len() >= 10 && digits_or(rest, '\0');
-    }
-    if let Some(rest) = word.strip_prefix("app-") {
-        return rest.len() >= 10 && digits_or(rest, '-');
-    }
-    if let Some(rest) = word.strip_prefix("application_") {
-        return rest.contains('_') && digits_or(rest, '_');
-    }
-    false
-}
-
-/// The port in Spark's "Successfully started service 'SparkUI' on port N." line.
-pub fn find_spark_ui_port(line: &str) -> Option<u16> {
-    let rest = line.split("started service 'SparkUI' on port ").nth(1)?;
-    rest.trim().trim_end_matches('.').parse().ok()
-}
-
 /// Whether a line shows that the driver's SparkContext is up (the application runs).
 pub fn driver_started(line: &str) -> bool {
     line.contains("Successfully started service 'sparkDriver'") || line.contains("Submitted application:")
 }
 
-/// One HTTP/1.0 exchange over plain TCP with Spark's UIs and standalone master (loopback or
-/// the cluster network): the status code and the body, or `None` if it failed or took longer
-/// than `limit`.
+/// One HTTP/1.0 exchange over plain TCP with a standalone master's web UI (the operator's
+/// `spark.standalone_master_ui`): the status code and the body, or `None` if it failed or took
+/// longer than `limit`. (Drivers' Spark UIs are reached only through `crate::sparkui`.)
 async fn http_exchange(
     url: &str,
     limit: Duration,
@@ -945,28 +941,6 @@ pub async fn http_post_form(url: &str, form: &str) -> Option<u16> {
     Some(http_exchange(url, Duration::from_secs(10), request).await?.0)
 }
 
-/// Asks a Spark UI on this host for its application id, which local mode does not print. It
-/// reads the Environment page: the UI's REST API would do too, but its first call costs the
-/// driver JVM about 1.5 s of CPU (web-service start-up) taken from the user's job, the page
-/// about a tenth of that. A few tries while the UI comes up.
-pub async fn fetch_app_id_from_ui(port: u16) -> Option<String> {
-    for _ in 0..20 {
-        let page = http_get(&format!("http://127.0.0.1:{port}/environment/"), "text/html").await;
-        if let Some(id) = page.as_deref().and_then(app_id_in_environment_page) {
-            return Some(id);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    None
-}
-
-/// The value of the `spark.app.id` row of a Spark UI Environment page.
-pub fn app_id_in_environment_page(html: &str) -> Option<String> {
-    let rest = html.split("<td>spark.app.id</td>").nth(1)?;
-    let value = rest.trim_start().strip_prefix("<td>")?.split('<').next()?.trim();
-    is_app_id(value).then(|| value.to_string())
-}
-
 /// Finds the id of the application named `name` in a standalone master's `/json/` document.
 pub fn app_id_in_master_status(status: &serde_json::Value, name: &str) -> Option<String> {
     ["activeapps", "completedapps"].iter().find_map(|list| {
@@ -976,24 +950,20 @@ pub fn app_id_in_master_status(status: &serde_json::Value, name: &str) -> Option
     })
 }
 
-/// Finds a standalone cluster-mode driver id (`driver-20240101120000-0001`) in a line.
+/// Finds a standalone cluster-mode driver id (`driver-20240101120000-0001`) in the line that
+/// reports the submission: the master's "Driver successfully submitted as …" or the REST
+/// client's "Submission successfully created as …" (the last occurrence, so no text before it
+/// can supply the id).
 pub fn find_driver_id(line: &str) -> Option<String> {
-    line.split(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | ',' | '.' | '(' | ')'))
-        .find(|w| {
-            w.strip_prefix("driver-")
-                .is_some_and(|rest| rest.len() >= 10 && rest.chars().all(|c| c.is_ascii_digit() || c == '-'))
-        })
-        .map(str::to_string)
-}
-
-/// Finds the Spark UI address in Spark's "Bound SparkUI to …, and started at http://…" line.
-pub fn find_spark_ui(line: &str) -> Option<String> {
-    if !line.contains("SparkUI") {
-        return None;
-    }
-    line.split_whitespace()
-        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
-        .map(|w| w.trim_end_matches(['.', ',']).to_string())
+    ["submitted as ", "created as "].iter().find_map(|marker| {
+        let (_, after) = line.rsplit_once(marker)?;
+        let word =
+            after.split(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | ',' | '.' | '(' | ')')).next()?;
+        let ok = word.strip_prefix("driver-").is_some_and(|rest| {
+            (10..=40).contains(&rest.len()) && rest.chars().all(|c| c.is_ascii_digit() || c == '-')
+        });
+        ok.then(|| word.to_string())
+    })
 }
 
 #[cfg(test)]
@@ -1170,6 +1140,12 @@ mod tests {
             Some("driver-20261123204501-0003".into())
         );
         assert_eq!(find_driver_id("driver-side code"), None);
+        assert_eq!(
+            find_driver_id("INFO RestSubmissionClient: Submission successfully created as driver-20261123204501-0004."),
+            Some("driver-20261123204501-0004".into())
+        );
+        // Output that merely mentions a driver id (a batch's own print, in client mode) is not it.
+        assert_eq!(find_driver_id("my job talks about driver-20261123204501-0003"), None);
         let status = serde_json::json!({"activeapps": [{"id": "app-1-0001", "name": "other"}],
                                         "completedapps": [{"id": "app-1-0000", "name": "sparkgate-batch-4"}]});
         assert_eq!(app_id_in_master_status(&status, "sparkgate-batch-4"), Some("app-1-0000".into()));
@@ -1218,22 +1194,9 @@ mod tests {
     }
 
     #[test]
-    fn app_ids_and_ui_are_found() {
-        assert_eq!(find_app_id("INFO Submitted application local-1716000000000"), Some("local-1716000000000".into()));
-        assert_eq!(find_app_id("Connected to app-20240101120000-0003 ok"), Some("app-20240101120000-0003".into()));
-        assert_eq!(
-            find_app_id("Submitted application application_1700000000000_0042"),
-            Some("application_1700000000000_0042".into())
-        );
-        assert_eq!(find_app_id("local-mode is nice"), None);
-        assert_eq!(
-            find_spark_ui("INFO Utils: Bound SparkUI to 0.0.0.0, and started at http://host:4040"),
-            Some("http://host:4040".into())
-        );
-        assert_eq!(find_spark_ui("nothing here http://x"), None);
-        assert_eq!(find_spark_ui_port("INFO Utils: Successfully started service 'SparkUI' on port 4041."), Some(4041));
-        assert_eq!(find_spark_ui_port("INFO Utils: Successfully started service 'sparkDriver' on port 4041."), None);
+    fn the_driver_start_is_seen() {
         assert!(driver_started("INFO Utils: Successfully started service 'sparkDriver' on port 33245."));
+        assert!(!driver_started("INFO Utils: Successfully started service 'SparkUI' on port 4040."));
     }
 
     #[test]
@@ -1331,20 +1294,8 @@ mod tests {
         assert_eq!(seen.lock().unwrap().len(), lines.len());
     }
 
-    #[test]
-    fn the_app_id_is_read_from_the_environment_page() {
-        // As Spark 4.0's Environment page writes it.
-        let page =
-            "<tbody>\n        <tr><td>spark.app.id</td><td>local-1795472183861</td></tr><tr><td>spark.app.name</td>\
-                    <td>pyspark-shell</td></tr><tr><td>spark.app.startTime</td><td>1795472182978</td></tr>";
-        assert_eq!(app_id_in_environment_page(page), Some("local-1795472183861".into()));
-        assert_eq!(app_id_in_environment_page("<tr><td>spark.app.id</td><td>x<script></td>"), None);
-        assert_eq!(app_id_in_environment_page("<tr><td>spark.app.name</td><td>local-1795472183861</td>"), None);
-        assert_eq!(app_id_in_environment_page(""), None);
-    }
-
     #[tokio::test]
-    async fn plain_http_exchanges_with_spark_uis() {
+    async fn plain_http_exchanges_with_the_standalone_master() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -1353,7 +1304,6 @@ mod tests {
             for answer in [
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n {\"a\": 1}\n",
                 "HTTP/1.1 404 Not Found\r\n\r\n{\"a\": 2}",
-                "HTTP/1.1 200 OK\r\n\r\n<tr><td>spark.app.id</td><td>local-1795472183861</td></tr>",
                 "HTTP/1.1 302 Found\r\nLocation: /\r\n\r\n",
             ] {
                 let (mut tcp, _) = listener.accept().await.unwrap();
@@ -1367,13 +1317,11 @@ mod tests {
         let base = format!("http://127.0.0.1:{port}");
         assert_eq!(http_get_json(&format!("{base}/json/")).await, Some(serde_json::json!({"a": 1})));
         assert_eq!(http_get_json(&format!("{base}/json/")).await, None, "only a 200 counts");
-        assert_eq!(fetch_app_id_from_ui(port).await, Some("local-1795472183861".into()));
         assert_eq!(http_post_form(&format!("{base}/driver/kill/"), "id=d-1&terminate=true").await, Some(302));
         let requests = server.await.unwrap();
         assert!(requests[0].starts_with("GET /json/ HTTP/1.0\r\n"), "{requests:?}");
-        assert!(requests[2].starts_with("GET /environment/ HTTP/1.0\r\n"), "{requests:?}");
-        assert!(requests[3].starts_with("POST /driver/kill/ HTTP/1.0\r\n"), "{requests:?}");
-        assert!(requests[3].ends_with("\r\n\r\nid=d-1&terminate=true"), "{requests:?}");
+        assert!(requests[2].starts_with("POST /driver/kill/ HTTP/1.0\r\n"), "{requests:?}");
+        assert!(requests[2].ends_with("\r\n\r\nid=d-1&terminate=true"), "{requests:?}");
     }
 
     #[tokio::test]

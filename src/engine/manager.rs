@@ -1,6 +1,7 @@
 //! The SessionManager: owns every interactive session, launches their drivers, enforces the
 //! caps, runs the timeout checker and collects finished sessions.
 
+use super::app_id::AppIdFormat;
 use super::ids::{self, IdCounter};
 use super::launcher::{self, LaunchSpec, LogBuffer, SparkEnv};
 use super::limits;
@@ -283,15 +284,19 @@ impl SessionManager {
         {
             session.set_cluster_driver(pod);
         }
+        // YARN: a tag of its own, so a stop finds the application without the driver's word.
+        session.set_yarn_tag(launcher::tag_yarn_launch(&cfg.spark, &mut launch));
+        session.set_app_id_format(AppIdFormat::of_master(&cfg.spark.master));
+        // The Spark UI answers only the gateway's proxy (see crate::sparkui).
+        let ui = crate::sparkui::launch_settings(&cfg.spark, Some(spark), &spec.conf, &session.ui);
+        launch.cluster_conf.extend(ui.conf);
         let args = launcher::write_launch_files(&cfg.spark, &launch, &session.dir).map_err(EngineError::Launch)?;
         env.extend(launcher::launch_ticket_env(spark, &launch));
+        env.extend(ui.env);
         let weak = Arc::downgrade(session);
         let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {
-            let (app, ui) = (launcher::find_app_id(line), launcher::find_spark_ui(line));
-            if app.is_some() || ui.is_some() {
-                if let Some(s) = weak.upgrade() {
-                    s.note_app_info(app, ui);
-                }
+            if let Some(s) = weak.upgrade() {
+                s.note_output_line(line);
             }
         });
         session.transition(SessionState::Starting)?;
@@ -326,21 +331,29 @@ impl SessionManager {
             session.request_driver_shutdown();
         }
         if let Some(process) = session.process() {
-            if tokio::time::timeout(grace, process.wait()).await.is_err() {
+            let spark_cfg = &self.config.config.spark;
+            let as_user = session.spec.proxy_user.as_deref();
+            let timed_out = tokio::time::timeout(grace, process.wait()).await.is_err();
+            if timed_out {
                 session.log.push("sparkgate: the driver did not exit in time; killing its process group".to_string());
-                // In cluster mode the driver is not in that group: stop it in the cluster.
-                let kill = launcher::cluster_kill(
-                    &self.config.config.spark,
-                    session.cluster_driver().as_deref(),
-                    session.snapshot().app_id.as_deref(),
-                );
+                // In cluster mode the driver is not in that group: stop it in the cluster (by
+                // what the gateway chose, never by an id the driver reported).
+                let kill = launcher::cluster_kill(spark_cfg, session.cluster_driver().as_deref(), None);
                 if let (Some(kill), Some(spark)) = (kill, self.spark.as_ref()) {
-                    let as_user = session.spec.proxy_user.as_deref();
-                    launcher::run_cluster_kill(spark, &self.config.config.spark, kill, as_user, &session.log).await;
+                    launcher::run_cluster_kill(spark, spark_cfg, kill, as_user, &session.log).await;
                 }
             }
             process.kill_group(Duration::from_secs(3)).await;
             process.wait().await;
+            // YARN: with our spark-submit gone nothing more is submitted, so whatever carries
+            // this launch's tag is the whole application.
+            if let (true, Some(tag), Some(spark)) = (timed_out, session.yarn_tag(), self.spark.as_ref()) {
+                if let Some(id) = launcher::yarn_app_by_tag(spark, spark_cfg, &tag, as_user, &session.log).await {
+                    if let Some(kill) = launcher::cluster_kill(spark_cfg, None, Some(&id)) {
+                        launcher::run_cluster_kill(spark, spark_cfg, kill, as_user, &session.log).await;
+                    }
+                }
+            }
         }
         session.finish(final_state, reason);
     }

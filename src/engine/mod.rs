@@ -1,5 +1,6 @@
 //! The engine: interactive sessions, their statements, their Spark drivers and timeouts.
 
+pub mod app_id;
 pub mod batch;
 pub mod ids;
 pub mod kind;

@@ -2,11 +2,13 @@
 //! its driver connects, reports, disconnects or its process exits. The gateway, not the
 //! driver, is the source of truth for statements.
 
+use super::app_id::AppIdFormat;
 use super::kind::{CodeKind, SessionKind};
 use super::launcher::{clip_text, LogBuffer, ProcessHandle};
 use super::state::{SessionState, StatementState};
 use super::EngineError;
 use crate::rpc::{DriverLink, FromDriver, SessionSecret, ToDriver};
+use crate::sparkui::AppUi;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -136,7 +138,8 @@ pub struct SessionSnapshot {
     pub state: SessionState,
     /// Spark application id.
     pub app_id: Option<String>,
-    /// Spark UI URL.
+    /// The gateway's path to the session's Spark UI (`/sessions/3/sparkui/`), while one is
+    /// known and the session lives.
     pub spark_ui_url: Option<String>,
 }
 
@@ -180,6 +183,8 @@ pub struct Session {
     /// Held while an upload is stored, so concurrent uploads cannot overrun the session's
     /// upload budget together.
     pub uploads: tokio::sync::Mutex<()>,
+    /// Its Spark UI: the key the driver's UI checks, and which port it really listens on.
+    pub ui: AppUi,
     inner: Mutex<Inner>,
 }
 
@@ -187,7 +192,10 @@ pub struct Session {
 struct Inner {
     state: SessionState,
     app_id: Option<String>,
-    spark_ui_url: Option<String>,
+    /// The id format of the master it was launched on: only such ids are believed.
+    app_ids: AppIdFormat,
+    /// YARN cluster mode: this launch's unique application tag, to find (and kill) it there.
+    yarn_tag: Option<String>,
     statements: BTreeMap<u32, Statement>,
     queue: VecDeque<u32>,
     running: Option<u32>,
@@ -264,10 +272,12 @@ impl Session {
             dir,
             created: now,
             uploads: tokio::sync::Mutex::new(()),
+            ui: AppUi::new(format!("/sessions/{id}/sparkui")),
             inner: Mutex::new(Inner {
                 state: SessionState::NotStarted,
                 app_id: None,
-                spark_ui_url: None,
+                app_ids: AppIdFormat::Any,
+                yarn_tag: None,
                 statements: BTreeMap::new(),
                 queue: VecDeque::new(),
                 running: None,
@@ -306,7 +316,7 @@ impl Session {
             spec: self.spec.clone(),
             state: inner.state,
             app_id: inner.app_id.clone(),
-            spark_ui_url: inner.spark_ui_url.clone(),
+            spark_ui_url: if inner.state.is_terminal() { None } else { self.ui.path() },
         }
     }
 
@@ -337,15 +347,29 @@ impl Session {
         self.lock().process.clone()
     }
 
-    /// Records the application id / UI found in spark-submit's output, unless already known.
-    pub fn note_app_info(&self, app_id: Option<String>, ui: Option<String>) {
+    /// Records the id format of the master the session is launched on.
+    pub fn set_app_id_format(&self, format: AppIdFormat) {
+        self.lock().app_ids = format;
+    }
+
+    /// Learns from one line of spark-submit's output: the application id (first believable
+    /// one wins, see [`AppIdFormat::find_in_line`]) and the UI's port (checked before use).
+    pub fn note_output_line(&self, line: &str) {
+        self.ui.offer_line(line);
         let mut inner = self.lock();
         if inner.app_id.is_none() {
-            inner.app_id = app_id;
+            inner.app_id = inner.app_ids.find_in_line(line);
         }
-        if inner.spark_ui_url.is_none() {
-            inner.spark_ui_url = ui;
-        }
+    }
+
+    /// Records the unique YARN tag of this launch (YARN cluster mode).
+    pub fn set_yarn_tag(&self, tag: Option<String>) {
+        self.lock().yarn_tag = tag;
+    }
+
+    /// The unique YARN tag of this launch, if any.
+    pub fn yarn_tag(&self) -> Option<String> {
+        self.lock().yarn_tag.clone()
     }
 
     /// A client touched `/sessions/{id}…` (heartbeat).
@@ -639,11 +663,13 @@ impl Session {
                 _ => {}
             },
             FromDriver::AppInfo { app_id, spark_ui_url } => {
-                if app_id.is_some() {
-                    inner.app_id = app_id;
+                // User code shares the driver and can send this too: an id counts only in the
+                // master's format, and only the first; a UI address is only a port to check.
+                if inner.app_id.is_none() {
+                    inner.app_id = app_id.filter(|id| inner.app_ids.accepts(id));
                 }
-                if spark_ui_url.is_some() {
-                    inner.spark_ui_url = spark_ui_url;
+                if let Some(url) = spark_ui_url {
+                    self.ui.offer_url(&url);
                 }
             }
             FromDriver::StatementUpdate { id, progress, .. } => {

@@ -13,6 +13,7 @@ mod clients;
 mod rpc;
 mod security;
 mod spark;
+mod sparkui;
 mod spnego;
 mod standalone;
 mod standalone_batches;

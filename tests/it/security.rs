@@ -157,7 +157,8 @@ async fn auth_matrix_over_every_route() {
     assert_eq!((hidden.0, hidden.2.clone()), (404, json!({"msg": format!("Session '{id}' not found.")})));
     assert_eq!((missing.0, missing.2), (404, json!({"msg": "Session '424242' not found."})));
     let (_, _, own) = gw.call(Method::GET, &s, Some(&gw.token("hue", &[])), None).await;
-    assert!(own["appInfo"]["sparkUiUrl"].is_string(), "the owner sees it: {own}");
+    let proxied = gw.url(&format!("{s}/sparkui/"));
+    assert_eq!(own["appInfo"]["sparkUiUrl"], json!(proxied), "the owner sees the gateway's proxy: {own}");
     let (_, _, list) = gw.call(Method::GET, "/sessions", Some(&bob), None).await;
     assert!(!list["sessions"].as_array().unwrap().iter().any(|x| x["id"] == id), "{list}");
     let (_, _, list) = gw.call(Method::GET, "/sessions", Some(&gw.token("viewer", &[])), None).await;

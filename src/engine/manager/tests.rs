@@ -306,3 +306,83 @@ fn on_kubernetes_the_driver_configuration_is_never_uploaded_as_a_file() {
         .collect();
     assert!(!argv.iter().any(|a| a.contains("0123abcd") || a.contains("driver-conf.json")), "{argv:?}");
 }
+
+/// A YARN cluster-mode gateway whose cluster cannot run here: a FAKE `spark-submit` prints
+/// what the real one prints and waits, a FAKE `yarn` records its calls and answers `-list`
+/// with the application that carries the asked tag.
+fn yarn_cluster_manager(dir: &std::path::Path) -> Arc<SessionManager> {
+    let calls = dir.join("calls");
+    let script = |name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    };
+    let submit = script(
+        "spark-submit",
+        "echo 'INFO Client: Submitted application application_1700000000000_0042'\nexec sleep 600",
+    );
+    let yarn = script(
+        "yarn",
+        &format!(
+            "echo \"yarn $*\" >> {calls}\n\
+             [ \"$2\" = -list ] && printf 'Total number of applications:1\\n\
+             application_1700000000000_0077\\tetl\\tSPARK\\talice\\tdefault\\tRUNNING\\n'\n\
+             exit 0",
+            calls = calls.display()
+        ),
+    );
+    let cfg = config::load(&Sources {
+        file: None,
+        env: vec![],
+        overrides: vec![
+            format!("server.data_dir=\"{}\"", dir.join("data").display()),
+            "spark.master=\"yarn\"".into(),
+            "spark.deploy_mode=\"cluster\"".into(),
+            format!("spark.yarn_command=\"{}\"", yarn.display()),
+            "sessions.shutdown_grace=\"1s\"".into(),
+        ],
+    })
+    .unwrap();
+    let env = SparkEnv::for_test(dir, &submit);
+    let m = SessionManager::new(Arc::new(cfg), Some(env), PathBuf::from("driver.py"), IdCounter::in_memory("sessions"));
+    m.set_rpc_endpoint(RpcEndpoint {
+        host: "gateway.example.com".into(),
+        port: 1,
+        server_name: "gateway.example.com".into(),
+        ca_pem: String::new(),
+    });
+    m
+}
+
+#[tokio::test]
+async fn a_yarn_cluster_session_is_killed_by_its_launch_tag_not_by_what_its_driver_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = yarn_cluster_manager(dir.path());
+    let s = m.create(spec(), Quota::default()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !s.log.snapshot().iter().any(|l| l.contains("Submitted application")) {
+        assert!(Instant::now() < deadline, "{:?}", s.log.snapshot());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The driver (user code runs in it) names another user's application.
+    let (tx, _rx) = mpsc::unbounded_channel();
+    s.attach(DriverLink::for_test(7, tx));
+    s.on_driver_message(
+        7,
+        FromDriver::AppInfo { app_id: Some("application_1700000000000_0666".into()), spark_ui_url: None },
+    );
+    m.stop(&s, SessionState::Killed, "test").await;
+    let properties = std::fs::read_to_string(s.dir.join("spark-launch.properties")).unwrap();
+    let tags = properties.lines().find_map(|l| l.strip_prefix("spark.yarn.tags=")).unwrap_or_default().to_string();
+    let tag = tags.split(',').find(|t| t.starts_with("sparkgate-launch-")).unwrap_or("(no launch tag)").to_string();
+    let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap_or_default();
+    assert_eq!(
+        calls,
+        format!(
+            "yarn application -list -appStates ALL -appTags {tag}\n\
+             yarn application -kill application_1700000000000_0077\n"
+        )
+    );
+}

@@ -346,3 +346,30 @@ fn a_stop_ends_in_its_own_state_even_when_the_process_exits_first() {
     s.process_exited(143);
     assert_eq!(s.state(), SessionState::Killed);
 }
+
+#[test]
+fn a_drivers_app_info_is_not_taken_on_its_word() {
+    // User code shares the driver and can send any app_info: a `javascript:` URL must never
+    // reach viewers, and an id in no master's format is not an application id.
+    let s = session();
+    let local = crate::config::SparkConfig::default();
+    crate::sparkui::launch_settings(&local, None, &BTreeMap::new(), &s.ui);
+    let _rx = connect(&s, 1);
+    s.on_driver_message(
+        1,
+        FromDriver::AppInfo {
+            app_id: Some("<script>alert(1)</script>".into()),
+            spark_ui_url: Some("javascript:alert(document.cookie)//:4040".into()),
+        },
+    );
+    let snap = s.snapshot();
+    assert_eq!(snap.app_id, None);
+    assert_eq!(snap.spark_ui_url, None, "not a UI the gateway can vouch for");
+    // A plain address is a port to check, and what viewers are shown is the gateway's proxy.
+    s.on_driver_message(1, FromDriver::AppInfo { app_id: None, spark_ui_url: Some("http://evil.example:4040".into()) });
+    assert_eq!(s.snapshot().spark_ui_url.as_deref(), Some("/sessions/0/sparkui/"));
+    // The first id in a master's format wins; a later report does not replace it.
+    s.on_driver_message(1, FromDriver::AppInfo { app_id: Some("local-1795472183861".into()), spark_ui_url: None });
+    s.on_driver_message(1, FromDriver::AppInfo { app_id: Some("local-1000000000000".into()), spark_ui_url: None });
+    assert_eq!(s.snapshot().app_id.as_deref(), Some("local-1795472183861"));
+}
