@@ -151,8 +151,8 @@ mod tests {
         assert!(!tree_listens_on(i32::MAX, port), "another group does not own it");
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
         let _ = child.wait();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while tree_listens_on(pgid, port) && std::time::Instant::now() < deadline {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tree_listens_on(pgid, port) && tokio::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(!tree_listens_on(pgid, port), "gone with its process");
