@@ -17,7 +17,7 @@ const INFO_LOG_LINES: usize = 10;
 
 /// Livy's Batch for a caller who may view the batch (nobody else gets one).
 fn info(base: &PublicBase, batch: &Batch) -> Value {
-    dto::batch_json(&base.batch(batch), batch.log.tail(INFO_LOG_LINES), true)
+    dto::batch_json(&base.batch(batch), batch.log.tail(INFO_LOG_LINES))
 }
 
 pub(super) async fn list(

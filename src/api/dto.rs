@@ -147,9 +147,9 @@ pub struct CreateBatchRequest {
     pub conf: Option<BTreeMap<String, Value>>,
 }
 
-/// Livy's Batch. Unless `viewer`, `log` should be empty and `sparkUiUrl` (the gateway's proxy
-/// of the Spark UI, which would answer a non-viewer 404) is null.
-pub fn batch_json(b: &crate::engine::batch::BatchSnapshot, log: Vec<String>, viewer: bool) -> Value {
+/// Livy's Batch, for a caller who may view it (nobody else gets one: see
+/// [`super::AppState::batch_for`]). `sparkUiUrl` is the gateway's proxy of the Spark UI.
+pub fn batch_json(b: &crate::engine::batch::BatchSnapshot, log: Vec<String>) -> Value {
     json!({
         "id": b.id,
         "name": b.spec.name,
@@ -157,7 +157,7 @@ pub fn batch_json(b: &crate::engine::batch::BatchSnapshot, log: Vec<String>, vie
         "proxyUser": b.spec.proxy_user,
         "state": b.state.as_str(),
         "appId": b.app_id,
-        "appInfo": {"driverLogUrl": null, "sparkUiUrl": if viewer { b.spark_ui_url.clone() } else { None }},
+        "appInfo": {"driverLogUrl": null, "sparkUiUrl": b.spark_ui_url},
         "log": log,
     })
 }
@@ -184,18 +184,12 @@ pub struct CompletionRequest {
     pub cursor: Option<usize>,
 }
 
-/// Livy's SessionInfo. `log` is the last lines. Unless `viewer` (the caller may view the
-/// session), what may carry credentials or lead to pages they may not see is left out, keeping
-/// Livy's shape: `conf` is `{}`, the file lists are `[]`, `sparkUiUrl` is null.
-pub fn session_json(s: &SessionSnapshot, log: Vec<String>, viewer: bool) -> Value {
+/// Livy's SessionInfo, for a caller who may view the session (nobody else gets one: see
+/// [`super::AppState::session_for`]; its `conf` and file lists may carry credentials). `log`
+/// is the last lines.
+pub fn session_json(s: &SessionSnapshot, log: Vec<String>) -> Value {
     let spec = &s.spec;
-    let conf: Map<String, Value> = if viewer {
-        spec.conf.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()
-    } else {
-        Map::new()
-    };
-    let shown = |list: &Vec<String>| if viewer { list.clone() } else { Vec::new() };
-    let spark_ui_url = if viewer { s.spark_ui_url.clone() } else { None };
+    let conf: Map<String, Value> = spec.conf.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     json!({
         "id": s.id,
         "name": spec.name,
@@ -204,7 +198,7 @@ pub fn session_json(s: &SessionSnapshot, log: Vec<String>, viewer: bool) -> Valu
         "proxyUser": spec.proxy_user,
         "state": s.state.as_str(),
         "kind": spec.kind.as_str(),
-        "appInfo": {"driverLogUrl": null, "sparkUiUrl": spark_ui_url},
+        "appInfo": {"driverLogUrl": null, "sparkUiUrl": s.spark_ui_url},
         "log": log,
         "ttl": spec.ttl,
         "idleTimeout": spec.idle_timeout,
@@ -213,12 +207,12 @@ pub fn session_json(s: &SessionSnapshot, log: Vec<String>, viewer: bool) -> Valu
         "executorMemory": spec.executor_memory,
         "executorCores": spec.executor_cores.unwrap_or(0),
         "conf": conf,
-        "archives": shown(&spec.archives),
-        "files": shown(&spec.files),
+        "archives": spec.archives,
+        "files": spec.files,
         "heartbeatTimeoutInSecond": spec.heartbeat_timeout_secs,
-        "jars": shown(&spec.jars),
+        "jars": spec.jars,
         "numExecutors": spec.num_executors.unwrap_or(0),
-        "pyFiles": shown(&spec.py_files),
+        "pyFiles": spec.py_files,
         "queue": spec.queue,
     })
 }
@@ -318,14 +312,11 @@ mod tests {
     }
 
     #[test]
-    fn others_see_a_session_without_what_may_carry_credentials() {
+    fn a_viewer_sees_the_whole_session_in_livys_shape() {
         let spec = crate::engine::SessionSpec {
             owner: "alice".into(),
-            jars: vec!["https://user:token@repo.example/a.jar".into()],
-            files: vec!["s3a://bucket/f?X-Amz-Signature=abc".into()],
-            py_files: vec!["hdfs:///p.py".into()],
-            archives: vec!["hdfs:///a.zip".into()],
-            conf: BTreeMap::from([("spark.hadoop.fs.s3a.secret.key".into(), "s3cr3t".into())]),
+            jars: vec!["hdfs:///a.jar".into()],
+            conf: BTreeMap::from([("spark.sql.shuffle.partitions".into(), "4".into())]),
             ..Default::default()
         };
         let snapshot = SessionSnapshot {
@@ -333,18 +324,14 @@ mod tests {
             spec: std::sync::Arc::new(spec),
             state: crate::engine::SessionState::Idle,
             app_id: Some("local-1".into()),
-            spark_ui_url: Some("http://host:4040".into()),
+            spark_ui_url: Some("https://gw/sessions/1/sparkui/".into()),
         };
-        let viewer = session_json(&snapshot, vec![], true);
-        assert_eq!(viewer["jars"][0], "https://user:token@repo.example/a.jar");
-        assert_eq!(viewer["appInfo"]["sparkUiUrl"], "http://host:4040");
-        let other = session_json(&snapshot, vec![], false);
-        let text = other.to_string();
-        for secret in ["token", "Signature", "p.py", "a.zip", "s3cr3t", "4040"] {
-            assert!(!text.contains(secret), "{secret} shown to a non-viewer: {text}");
-        }
-        assert_eq!(other["jars"], json!([]), "Livy's shape is kept");
-        assert_eq!(other["appId"], "local-1");
+        let info = session_json(&snapshot, vec!["line".into()]);
+        assert_eq!(info["jars"][0], "hdfs:///a.jar");
+        assert_eq!(info["conf"]["spark.sql.shuffle.partitions"], "4");
+        assert_eq!(info["appInfo"]["sparkUiUrl"], "https://gw/sessions/1/sparkui/");
+        assert_eq!(info["log"], json!(["line"]));
+        assert_eq!(info["appId"], "local-1");
     }
 
     #[tokio::test]

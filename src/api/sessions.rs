@@ -18,7 +18,7 @@ const INFO_LOG_LINES: usize = 10;
 
 /// SessionInfo for a caller who may view the session (nobody else gets one).
 fn info(base: &PublicBase, session: &crate::engine::Session) -> Value {
-    dto::session_json(&base.session(session), session.log.tail(INFO_LOG_LINES), true)
+    dto::session_json(&base.session(session), session.log.tail(INFO_LOG_LINES))
 }
 
 pub(super) async fn version(State(state): State<AppState>) -> Json<Value> {
