@@ -2,11 +2,13 @@
 # Builds the release binary and prints benchmark figures:
 #   bench/run.sh            sessions (cold start, 1+1 round trip)
 #   bench/run.sh batches    batches (submit -> running / success, local and standalone)
+#   bench/run.sh memory     the gateway's memory while clients list a large statement history
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 cargo build --locked --release
 case "${1:-sessions}" in
   batches) exec .venv/bin/python bench/batches.py ;;
+  memory) exec .venv/bin/python bench/memory.py ;;
   *) exec .venv/bin/python bench/sessions.py ;;
 esac
