@@ -52,6 +52,13 @@ pub enum StartError {
     /// No Kerberos ticket could be obtained from `spark.launch_keytab`.
     #[error("spark.launch_principal: {0}")]
     LaunchTicket(String),
+    /// The gateway runs as root without `server.dangerous_run_as_root`.
+    #[error(
+        "sparkgate refuses to run as root: in local and client mode user code runs as the gateway's account, so \
+         it would run as root too. Run it as an unprivileged account (scripts/run.sh creates and uses the \
+         `sparkgate` system account), or set server.dangerous_run_as_root = true on a development machine"
+    )]
+    RunAsRoot,
     /// A listener could not be bound, or the data directory not written.
     #[error("{what}: {source}")]
     Io {
@@ -60,6 +67,14 @@ pub enum StartError {
         /// Why it failed.
         source: std::io::Error,
     },
+}
+
+/// Refuses root (effective uid 0) unless `server.dangerous_run_as_root` allows it.
+fn refuse_root(euid_is_root: bool, allowed: bool) -> Result<(), StartError> {
+    if euid_is_root && !allowed {
+        return Err(StartError::RunAsRoot);
+    }
+    Ok(())
 }
 
 /// Renews the launch ticket every hour, well inside any usual ticket lifetime; a failure is
@@ -152,6 +167,7 @@ impl Gateway {
                 "DANGEROUS option enabled: this gateway is not secure; never use it outside local development"
             );
         }
+        refuse_root(nix::unistd::geteuid().is_root(), cfg.server.dangerous_run_as_root)?;
         tls::create_private_dir(&cfg.server.data_dir)?;
 
         if cfg.auth.dangerous_allow_anonymous {
@@ -287,5 +303,18 @@ impl Gateway {
         self.batches.shutdown_all().await;
         let audit = self.audit.clone();
         let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_refused_unless_dangerously_allowed() {
+        let err = refuse_root(true, false).unwrap_err().to_string();
+        assert!(err.contains("refuses to run as root") && err.contains("server.dangerous_run_as_root"), "{err}");
+        assert!(refuse_root(true, true).is_ok());
+        assert!(refuse_root(false, false).is_ok());
     }
 }

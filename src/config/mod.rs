@@ -93,6 +93,10 @@ pub struct ServerConfig {
     pub header_timeout: String,
     /// Serve plain HTTP instead of HTTPS. Never use outside a test on loopback.
     pub dangerous_plain_http: bool,
+    /// Let `sparkgate serve` run as root. Off, it refuses: drivers in local and client mode run
+    /// as the gateway's account, so user code would run as root (scripts/run.sh runs the
+    /// gateway as the `sparkgate` system account instead).
+    pub dangerous_run_as_root: bool,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +113,7 @@ impl Default for ServerConfig {
             tls_handshake_timeout: "10s".into(),
             header_timeout: "60s".into(),
             dangerous_plain_http: false,
+            dangerous_run_as_root: false,
         }
     }
 }
@@ -518,6 +523,9 @@ impl ValidatedConfig {
         }
         if self.config.auth.dangerous_allow_anonymous {
             on.push("auth.dangerous_allow_anonymous");
+        }
+        if self.config.server.dangerous_run_as_root {
+            on.push("server.dangerous_run_as_root");
         }
         on
     }
