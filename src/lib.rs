@@ -230,11 +230,10 @@ impl Gateway {
         } else {
             None
         };
-        let driver_program = driver::install(&cfg.server.data_dir).map_err(io("installing the driver program"))?;
         let audit_path = cfg.audit.path.clone().unwrap_or_else(|| cfg.server.data_dir.join("audit").join("audit.log"));
         let audit_log = audit::AuditLog::open(&audit_path, cfg.audit.max_file_bytes)
             .map_err(|e| StartError::Io { what: "opening the audit log".into(), source: std::io::Error::other(e) })?;
-        let manager = SessionManager::new(config.clone(), spark, driver_program);
+        let manager = SessionManager::new(config.clone(), spark);
         manager.set_audit(audit_log.clone());
 
         // The RPC channel has its own private CA, generated at every start: drivers receive it

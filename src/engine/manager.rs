@@ -12,7 +12,6 @@ use crate::rpc::{DriverLink, DriverRegistry, FromDriver, SessionSecret};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -66,7 +65,6 @@ struct Registry {
 pub struct SessionManager {
     config: Arc<ValidatedConfig>,
     spark: Option<Arc<SparkEnv>>,
-    driver_program: PathBuf,
     rpc: OnceLock<RpcEndpoint>,
     audit: OnceLock<Arc<AuditLog>>,
     registry: Mutex<Registry>,
@@ -76,11 +74,10 @@ pub struct SessionManager {
 impl SessionManager {
     /// A manager. `spark` None means launching is impossible (sessions die at once with a
     /// clear reason), which is how router tests run without Spark.
-    pub fn new(config: Arc<ValidatedConfig>, spark: Option<SparkEnv>, driver_program: PathBuf) -> Arc<Self> {
+    pub fn new(config: Arc<ValidatedConfig>, spark: Option<SparkEnv>) -> Arc<Self> {
         Arc::new(Self {
             config,
             spark: spark.map(Arc::new),
-            driver_program,
             rpc: OnceLock::new(),
             audit: OnceLock::new(),
             registry: Mutex::new(Registry::default()),
@@ -244,6 +241,9 @@ impl SessionManager {
         let absolute_conf = conf_path.canonicalize().unwrap_or(conf_path);
         let (files, cluster_conf, driver_conf_env) =
             driver_conf_delivery(&cfg.spark, &spec.files, &absolute_conf, session.id);
+        // Written afresh for this launch, from the embedded source (see crate::driver).
+        let driver_program = crate::driver::write_for_session(&session.dir)
+            .map_err(|e| EngineError::Launch(format!("writing the driver program: {e}")))?;
         let launch = LaunchSpec {
             name: spec.name.clone().unwrap_or_else(|| format!("sparkgate-session-{}", session.id)),
             class_name: None,
@@ -260,7 +260,7 @@ impl SessionManager {
             archives: spec.archives.clone(),
             conf: spec.conf.clone(),
             cluster_conf,
-            app: self.driver_program.display().to_string(),
+            app: driver_program.display().to_string(),
             args: Vec::new(),
         };
         let mut launch = launch;

@@ -3,6 +3,7 @@ use crate::config::{self, Sources};
 use crate::engine::kind::{CodeKind, SessionKind};
 use crate::engine::session::SessionSpec;
 use crate::rpc::ToDriver;
+use std::path::PathBuf;
 use tokio::sync::mpsc;
 
 fn manager(overrides: &[&str]) -> (Arc<SessionManager>, tempfile::TempDir) {
@@ -10,7 +11,7 @@ fn manager(overrides: &[&str]) -> (Arc<SessionManager>, tempfile::TempDir) {
     let mut all = vec![format!("server.data_dir=\"{}\"", dir.path().display())];
     all.extend(overrides.iter().map(|s| s.to_string()));
     let cfg = config::load(&Sources { file: None, env: vec![], overrides: all }).unwrap();
-    (SessionManager::new(Arc::new(cfg), None, PathBuf::from("driver.py")), dir)
+    (SessionManager::new(Arc::new(cfg), None), dir)
 }
 
 fn spec() -> SessionSpec {
