@@ -59,6 +59,9 @@ pub enum StartError {
          `sparkgate` system account), or set server.dangerous_run_as_root = true on a development machine"
     )]
     RunAsRoot,
+    /// The sandbox for local and client-mode drivers is not usable.
+    #[error("{0}")]
+    Sandbox(#[from] engine::sandbox::SandboxError),
     /// A listener could not be bound, or the data directory not written.
     #[error("{what}: {source}")]
     Io {
@@ -225,6 +228,18 @@ impl Gateway {
                 tracing::info!(principal = %principal, "launch ticket obtained from spark.launch_keytab");
                 env.launch_ccache = Some(ticket.ccache_name());
                 start_ticket_renewal(ticket, config.durations.spark_check_timeout);
+            }
+            env.sandbox = engine::sandbox::Sandbox::discover(cfg, &env, config.durations.spark_check_timeout).await?;
+            match &env.sandbox {
+                Some(sandbox) => tracing::info!(
+                    read_only = ?sandbox.read_only_paths().collect::<Vec<_>>(),
+                    "local and client-mode drivers run in a bubblewrap sandbox"
+                ),
+                None if cfg.spark.deploy_mode == "cluster" => {}
+                None => tracing::warn!(
+                    "spark.local_sandbox = \"dangerous_off\": user code runs as the gateway's account and can read and \
+                     change its keys, policies, audit trail and other sessions"
+                ),
             }
             Some(env)
         } else {

@@ -347,6 +347,14 @@ pub struct SparkConfig {
     /// The `yarn` command that stops YARN cluster-mode applications on DELETE
     /// (`yarn application -kill <id>`); a bare name is looked up on the gateway's PATH.
     pub yarn_command: PathBuf,
+    /// Where local and client-mode drivers run: `bwrap` (a bubblewrap sandbox that sees only its
+    /// own session's directory and read-only system, Spark, Python and Java files; see
+    /// `engine::sandbox`) or `dangerous_off` (as the gateway's account, with everything it can
+    /// read and write). Cluster deploy mode runs drivers in the cluster and ignores it.
+    pub local_sandbox: String,
+    /// More absolute paths the sandbox shows read-only (a Hadoop installation, its
+    /// configuration, an NSS socket directory, ...).
+    pub sandbox_read_only_paths: Vec<PathBuf>,
 }
 
 impl Default for SparkConfig {
@@ -367,6 +375,8 @@ impl Default for SparkConfig {
             launch_keytab: None,
             standalone_master_ui: None,
             yarn_command: PathBuf::from("yarn"),
+            local_sandbox: "bwrap".into(),
+            sandbox_read_only_paths: Vec::new(),
         }
     }
 }
@@ -526,6 +536,9 @@ impl ValidatedConfig {
         }
         if self.config.server.dangerous_run_as_root {
             on.push("server.dangerous_run_as_root");
+        }
+        if self.config.spark.local_sandbox == "dangerous_off" {
+            on.push("spark.local_sandbox");
         }
         on
     }
@@ -769,6 +782,18 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
     }
     if config.spark.application_tags.iter().any(|t| t.is_empty() || t.contains([',', ' '])) {
         problems.push("spark.application_tags must be non-empty and contain no commas or spaces".into());
+    }
+    match config.spark.local_sandbox.as_str() {
+        "bwrap" | "dangerous_off" => {}
+        "off" => problems.push(
+            "spark.local_sandbox: `off` is spelled `dangerous_off` (user code would run with the gateway's \
+             own files); use `bwrap`"
+                .into(),
+        ),
+        other => problems.push(format!("spark.local_sandbox must be `bwrap` or `dangerous_off`, not `{other}`")),
+    }
+    if let Some(path) = config.spark.sandbox_read_only_paths.iter().find(|p| !p.is_absolute()) {
+        problems.push(format!("spark.sandbox_read_only_paths: `{}` is not an absolute path", path.display()));
     }
     if config.spark.master.trim().is_empty() {
         problems.push("spark.master must not be empty".into());

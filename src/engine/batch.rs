@@ -3,6 +3,7 @@
 //! out; the full output kept in a log file that `/log` pages.
 
 use super::launcher::{self, LaunchSpec, LogBuffer, ProcessHandle, SparkEnv};
+use super::sandbox::{Confinement, Sandbox};
 use super::state::SessionState;
 use super::EngineError;
 use crate::acl::policy::Quota;
@@ -381,6 +382,13 @@ impl BatchManager {
         }
         // YARN: a tag of its own, to find the application before its id is printed.
         batch.lock().yarn_tag = launcher::tag_yarn_launch(&cfg.spark, &mut launch);
+        // Sandboxed, the batch writes only to its work/ directory: its log stays the gateway's.
+        let confinement = Confinement::new(&batch.dir)
+            .map_err(|e| EngineError::Launch(format!("preparing the batch directory: {e}")))?
+            .with_launch_keytab(&cfg.spark, &launch);
+        if spark.sandbox.is_some() {
+            Sandbox::add_launch_conf(&confinement, &cfg.spark, &mut launch);
+        }
         let args = launcher::write_launch_files(&cfg.spark, &launch, &batch.dir).map_err(EngineError::Launch)?;
         let weak = Arc::downgrade(batch);
         let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {
@@ -393,6 +401,7 @@ impl BatchManager {
             &cfg.spark.pass_env,
             args,
             launcher::launch_ticket_env(spark, &launch).into_iter().collect(),
+            &confinement,
             batch.log.clone(),
             on_line,
         )

@@ -2,6 +2,7 @@
 //! caps, runs the timeout checker and collects finished sessions.
 
 use super::launcher::{self, LaunchSpec, LogBuffer, SparkEnv};
+use super::sandbox::{Confinement, Sandbox};
 use super::session::{Session, SessionLimits, SessionSpec};
 use super::state::SessionState;
 use super::EngineError;
@@ -218,6 +219,11 @@ impl SessionManager {
         let spec = &session.spec;
         let repl_dir = session.dir.join("repl-classes");
         crate::tls::create_private_dir(&repl_dir).map_err(|e| EngineError::Launch(e.to_string()))?;
+        // What a sandboxed driver may write: work/ (with the driver configuration, which the
+        // driver deletes once read) and the REPL's classes.
+        let confinement = Confinement::new(&session.dir)
+            .map_err(|e| EngineError::Launch(format!("preparing the session directory: {e}")))?
+            .writable(&repl_dir);
         // The secret travels in an owner-only file named by an environment variable, never argv.
         let driver_conf = json!({
             "session_id": session.id,
@@ -235,7 +241,7 @@ impl SessionManager {
             // empty one) arrives within the request's timeout.
             "completion_wait_secs": self.config.durations.completion_timeout.as_secs().saturating_sub(2).max(1),
         });
-        let conf_path = session.dir.join("driver-conf.json");
+        let conf_path = confinement.work.join("driver-conf.json");
         crate::tls::write_file(&conf_path, driver_conf.to_string().as_bytes(), 0o600)
             .map_err(|e| EngineError::Launch(e.to_string()))?;
         let absolute_conf = conf_path.canonicalize().unwrap_or(conf_path);
@@ -269,6 +275,10 @@ impl SessionManager {
         {
             session.set_cluster_driver(pod);
         }
+        let confinement = confinement.with_launch_keytab(&cfg.spark, &launch);
+        if spark.sandbox.is_some() {
+            Sandbox::add_launch_conf(&confinement, &cfg.spark, &mut launch);
+        }
         let args = launcher::write_launch_files(&cfg.spark, &launch, &session.dir).map_err(EngineError::Launch)?;
         let mut env = BTreeMap::from([("SPARKGATE_DRIVER_CONF".to_string(), driver_conf_env)]);
         env.extend(launcher::launch_ticket_env(spark, &launch));
@@ -282,7 +292,7 @@ impl SessionManager {
             }
         });
         session.transition(SessionState::Starting)?;
-        let handle = launcher::spawn(spark, &cfg.spark.pass_env, args, env, session.log.clone(), on_line)
+        let handle = launcher::spawn(spark, &cfg.spark.pass_env, args, env, &confinement, session.log.clone(), on_line)
             .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
         tracing::info!(session = session.id, pgid = handle.pgid, owner = %spec.owner, "session launched");
         self.audit(

@@ -5,6 +5,7 @@ pub mod kind;
 pub mod launcher;
 pub mod manager;
 pub mod paths;
+pub mod sandbox;
 pub mod session;
 pub mod state;
 
