@@ -74,8 +74,8 @@ pub enum SandboxError {
     },
     /// A directory the sandbox shows read-only holds the gateway's own files.
     #[error(
-        "spark.local_sandbox: {source_name} makes {shown} visible to user code, and it holds {private} ({path}); \
-         keep the gateway's files outside the directories the sandbox shows"
+        "spark.local_sandbox: {source_name} would show {shown} to user code, and that overlaps {private} \
+         ({path}); keep the gateway's files apart from the directories the sandbox shows"
     )]
     Exposes {
         /// Where the read-only directory comes from (a configuration key or an installation).
@@ -297,13 +297,15 @@ impl Sandbox {
         self.read_only.iter().map(|(p, _)| p.as_path())
     }
 
-    /// Refuses a read-only list that contains one of the gateway's own files or directories.
+    /// Refuses a read-only list that contains one of the gateway's own files or directories,
+    /// or a part of one (`<data_dir>/sessions` would show every session).
     fn refuse_exposure(&self, private: &[(&'static str, PathBuf)]) -> Result<(), SandboxError> {
         for (what, path) in private {
             let real = path.canonicalize().unwrap_or_else(|_| path.clone());
             for (shown, source_name) in &self.read_only {
                 let real_shown = shown.canonicalize().unwrap_or_else(|_| shown.clone());
-                if real.starts_with(&real_shown) || path.starts_with(shown) {
+                let overlap = |a: &Path, b: &Path| a.starts_with(b) || b.starts_with(a);
+                if overlap(&real, &real_shown) || overlap(path, shown) {
                     return Err(SandboxError::Exposes {
                         source_name,
                         shown: shown.display().to_string(),

@@ -89,6 +89,14 @@ fn a_read_only_path_that_holds_the_gateways_files_is_refused() {
     );
     let err = tls.refuse_exposure(&private).unwrap_err().to_string();
     assert!(err.contains("tls.key"), "{err}");
+    let inside = Sandbox::from_parts(
+        "bwrap".into(),
+        "setsid".into(),
+        root.path(),
+        vec![("/srv/sg/data/sessions".into(), "spark.allowed_local_dirs")],
+    );
+    let err = inside.refuse_exposure(&private).unwrap_err().to_string();
+    assert!(err.contains("server.data_dir"), "a part of the data directory shows every session: {err}");
     let narrow = Sandbox::from_parts(
         "bwrap".into(),
         "setsid".into(),
