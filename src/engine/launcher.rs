@@ -134,10 +134,13 @@ impl SparkEnv {
     /// Finds Spark: `spark.home`, else the pyspark package in `spark.venv`, and checks it by
     /// running `spark-submit --version`. Every message says what to do.
     pub async fn discover(config: &SparkConfig, timeout: Duration) -> Result<Self, SparkCheckError> {
-        let python = match &config.python {
+        // Absolute (not resolved: a venv's python is a link to the base one), because drivers
+        // may run elsewhere than the gateway's working directory (in the sandbox, in work/).
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let python = absolute(&match &config.python {
             Some(p) => p.clone(),
             None => config.venv.join("bin").join("python"),
-        };
+        });
         if !python.exists() {
             return Err(SparkCheckError(format!(
                 "Python not found at {} — run scripts/setup.sh to create the virtual environment with pyspark, \
@@ -146,7 +149,7 @@ impl SparkEnv {
             )));
         }
         let home = match &config.home {
-            Some(h) => h.clone(),
+            Some(h) => absolute(h),
             None => {
                 let out = Command::new(&python)
                     .args(["-c", "import os, pyspark; print(os.path.dirname(pyspark.__file__))"])
@@ -176,7 +179,7 @@ impl SparkEnv {
             home,
             spark_submit,
             python,
-            java_home: config.java_home.clone(),
+            java_home: config.java_home.as_deref().map(absolute),
             version: String::new(),
             launch_ccache: None,
             sandbox: None,
@@ -1379,6 +1382,16 @@ mod tests {
         assert!(requests[2].starts_with("GET /environment/ HTTP/1.0\r\n"), "{requests:?}");
         assert!(requests[3].starts_with("POST /driver/kill/ HTTP/1.0\r\n"), "{requests:?}");
         assert!(requests[3].ends_with("\r\n\r\nid=d-1&terminate=true"), "{requests:?}");
+    }
+
+    #[tokio::test]
+    async fn a_relative_venv_is_found_and_made_absolute() {
+        // The tests run in the package root, where scripts/setup.sh puts .venv; the drivers
+        // run in their own directory, so every path spark-submit gets must be absolute.
+        let config = SparkConfig { venv: ".venv".into(), ..SparkConfig::default() };
+        let env = SparkEnv::discover(&config, Duration::from_secs(120)).await.unwrap();
+        assert!(env.python.is_absolute() && env.python.ends_with(".venv/bin/python"), "{env:?}");
+        assert!(env.home.is_absolute() && env.spark_submit.is_absolute(), "{env:?}");
     }
 
     #[tokio::test]
