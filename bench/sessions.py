@@ -10,6 +10,9 @@ Usage: bench/run.sh  (builds the release binary, then runs this with the repo's 
 """
 import json, os, socket, ssl, statistics, subprocess, sys, tempfile, time, urllib.request
 
+# The gateway refuses to run as root unless told (server.dangerous_run_as_root).
+ROOT = ["--set", "server.dangerous_run_as_root=true"] if os.geteuid() == 0 else []
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = int(os.environ.get("BENCH_START_RUNS", "3"))
 STATEMENTS = int(os.environ.get("BENCH_STATEMENTS", "200"))
@@ -85,7 +88,7 @@ def main():
          "--set", f'server.bind="127.0.0.1:{port}"', "--set", f'server.data_dir="{work}/data"',
          "--set", "auth.dangerous_allow_anonymous=true", "--set", f'spark.venv="{REPO}/.venv"',
          "--set", 'spark.conf."spark.driver.memory"="768m"', "--set", f'acl.policy_dir="{work}/policies"',
-         "--set", "auth.methods=[]"],
+         "--set", "auth.methods=[]"] + ROOT,
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "gateway.log"), "w"))
     try:
         ca = os.path.join(work, "data", "tls", "dev-ca.pem")

@@ -54,6 +54,16 @@ pub enum StartError {
     /// No Kerberos ticket could be obtained from `spark.launch_keytab`.
     #[error("spark.launch_principal: {0}")]
     LaunchTicket(String),
+    /// The gateway runs as root without `server.dangerous_run_as_root`.
+    #[error(
+        "sparkgate refuses to run as root: in local and client mode user code runs as the gateway's account, so \
+         it would run as root too. Run it as an unprivileged account (scripts/run.sh creates and uses the \
+         `sparkgate` system account), or set server.dangerous_run_as_root = true on a development machine"
+    )]
+    RunAsRoot,
+    /// The sandbox for local and client-mode drivers is not usable.
+    #[error("{0}")]
+    Sandbox(#[from] engine::sandbox::SandboxError),
     /// A listener could not be bound, or the data directory not written.
     #[error("{what}: {source}")]
     Io {
@@ -62,6 +72,14 @@ pub enum StartError {
         /// Why it failed.
         source: std::io::Error,
     },
+}
+
+/// Refuses root (effective uid 0) unless `server.dangerous_run_as_root` allows it.
+fn refuse_root(euid_is_root: bool, allowed: bool) -> Result<(), StartError> {
+    if euid_is_root && !allowed {
+        return Err(StartError::RunAsRoot);
+    }
+    Ok(())
 }
 
 /// Renews the launch ticket every hour, well inside any usual ticket lifetime; a failure is
@@ -154,6 +172,7 @@ impl Gateway {
                 "DANGEROUS option enabled: this gateway is not secure; never use it outside local development"
             );
         }
+        refuse_root(nix::unistd::geteuid().is_root(), cfg.server.dangerous_run_as_root)?;
         tls::create_private_dir(&cfg.server.data_dir)?;
 
         if cfg.auth.dangerous_allow_anonymous {
@@ -212,11 +231,22 @@ impl Gateway {
                 env.launch_ccache = Some(ticket.ccache_name());
                 start_ticket_renewal(ticket, config.durations.spark_check_timeout);
             }
+            env.sandbox = engine::sandbox::Sandbox::discover(cfg, &env, config.durations.spark_check_timeout).await?;
+            match &env.sandbox {
+                Some(sandbox) => tracing::info!(
+                    read_only = ?sandbox.read_only_paths().collect::<Vec<_>>(),
+                    "local and client-mode drivers run in a bubblewrap sandbox"
+                ),
+                None if cfg.spark.deploy_mode == "cluster" => {}
+                None => tracing::warn!(
+                    "spark.local_sandbox = \"dangerous_off\": user code runs as the gateway's account and can read and \
+                     change its keys, policies, audit trail and other sessions"
+                ),
+            }
             Some(env)
         } else {
             None
         };
-        let driver_program = driver::install(&cfg.server.data_dir).map_err(io("installing the driver program"))?;
         let audit_path = cfg.audit.path.clone().unwrap_or_else(|| cfg.server.data_dir.join("audit").join("audit.log"));
         let audit_options = audit::AuditOptions {
             max_file_bytes: cfg.audit.max_file_bytes,
@@ -231,7 +261,7 @@ impl Gateway {
             what: "preparing session and batch ids".into(),
             source: std::io::Error::other(e),
         })?;
-        let manager = SessionManager::new(config.clone(), spark, driver_program, ids.sessions);
+        let manager = SessionManager::new(config.clone(), spark, ids.sessions);
         manager.set_audit(audit_log.clone());
 
         // The RPC channel has its own private CA, generated at every start: drivers receive it
@@ -305,5 +335,18 @@ impl Gateway {
         self.batches.shutdown_all().await;
         let audit = self.audit.clone();
         let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_refused_unless_dangerously_allowed() {
+        let err = refuse_root(true, false).unwrap_err().to_string();
+        assert!(err.contains("refuses to run as root") && err.contains("server.dangerous_run_as_root"), "{err}");
+        assert!(refuse_root(true, true).is_ok());
+        assert!(refuse_root(false, false).is_ok());
     }
 }

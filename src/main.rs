@@ -26,7 +26,7 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve,
-    /// Check the configuration and the Spark installation, then exit.
+    /// Check the configuration, the Spark installation and the drivers' sandbox, then exit.
     Check,
     /// Print (or write to a 0600 file) a development JWT signed with the generated key pair.
     Token {
@@ -76,6 +76,20 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             println!("configuration ok; Spark {} at {}", spark.version, spark.home.display());
+            let sandbox = sparkgate::engine::sandbox::Sandbox::discover(
+                &validated.config,
+                &spark,
+                validated.durations.spark_check_timeout,
+            )
+            .await?;
+            match sandbox {
+                Some(sandbox) => println!(
+                    "drivers run in a bubblewrap sandbox that shows read-only: {}",
+                    sandbox.read_only_paths().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")
+                ),
+                None if validated.config.spark.deploy_mode == "cluster" => {}
+                None => println!("DANGEROUS: spark.local_sandbox = \"dangerous_off\": drivers run unconfined"),
+            }
             Ok(())
         }
         Command::Token { user, groups, ttl, out } => {

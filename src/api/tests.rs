@@ -43,8 +43,7 @@ impl Harness {
         crate::tls::create_private_dir(data_dir).unwrap();
         let audit = crate::audit::AuditLog::open(&data_dir.join("audit").join("audit.log"), 1 << 20).unwrap();
         let ids = crate::engine::ids::Ids::prepare(data_dir).unwrap();
-        let manager =
-            crate::engine::SessionManager::new(config.clone(), None, data_dir.join("driver.py"), ids.sessions);
+        let manager = crate::engine::SessionManager::new(config.clone(), None, ids.sessions);
         let batches = crate::engine::batch::BatchManager::new(config.clone(), None, ids.batches);
         let acl = crate::acl::AccessManager::load(&policy_dir, None).unwrap();
         let state = AppState {

@@ -101,6 +101,10 @@ pub struct ServerConfig {
     pub max_uri_bytes: usize,
     /// Serve plain HTTP instead of HTTPS. Never use outside a test on loopback.
     pub dangerous_plain_http: bool,
+    /// Let `sparkgate serve` run as root. Off, it refuses: drivers in local and client mode run
+    /// as the gateway's account, so user code would run as root (scripts/run.sh runs the
+    /// gateway as the `sparkgate` system account instead).
+    pub dangerous_run_as_root: bool,
 }
 
 impl Default for ServerConfig {
@@ -119,6 +123,7 @@ impl Default for ServerConfig {
             max_header_bytes: 64 * 1024,
             max_uri_bytes: 8 * 1024,
             dangerous_plain_http: false,
+            dangerous_run_as_root: false,
         }
     }
 }
@@ -375,6 +380,14 @@ pub struct SparkConfig {
     /// The `yarn` command that stops YARN cluster-mode applications on DELETE
     /// (`yarn application -kill <id>`); a bare name is looked up on the gateway's PATH.
     pub yarn_command: PathBuf,
+    /// Where local and client-mode drivers run: `bwrap` (a bubblewrap sandbox that sees only its
+    /// own session's directory and read-only system, Spark, Python and Java files; see
+    /// `engine::sandbox`) or `dangerous_off` (as the gateway's account, with everything it can
+    /// read and write). Cluster deploy mode runs drivers in the cluster and ignores it.
+    pub local_sandbox: String,
+    /// More absolute paths the sandbox shows read-only (a Hadoop installation, its
+    /// configuration, an NSS socket directory, ...).
+    pub sandbox_read_only_paths: Vec<PathBuf>,
 }
 
 impl Default for SparkConfig {
@@ -397,6 +410,8 @@ impl Default for SparkConfig {
             launch_keytab: None,
             standalone_master_ui: None,
             yarn_command: PathBuf::from("yarn"),
+            local_sandbox: "bwrap".into(),
+            sandbox_read_only_paths: Vec::new(),
         }
     }
 }
@@ -592,6 +607,12 @@ impl ValidatedConfig {
         }
         if self.config.auth.dangerous_allow_anonymous {
             on.push("auth.dangerous_allow_anonymous");
+        }
+        if self.config.server.dangerous_run_as_root {
+            on.push("server.dangerous_run_as_root");
+        }
+        if self.config.spark.local_sandbox == "dangerous_off" {
+            on.push("spark.local_sandbox");
         }
         on
     }
@@ -867,6 +888,18 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
         } else if crate::engine::paths::LOCAL_SCHEMES.iter().any(|s| scheme.eq_ignore_ascii_case(s)) {
             problems.push(format!("spark.extra_remote_schemes: `{scheme}` names files on this host"));
         }
+    }
+    match config.spark.local_sandbox.as_str() {
+        "bwrap" | "dangerous_off" => {}
+        "off" => problems.push(
+            "spark.local_sandbox: `off` is spelled `dangerous_off` (user code would run with the gateway's \
+             own files); use `bwrap`"
+                .into(),
+        ),
+        other => problems.push(format!("spark.local_sandbox must be `bwrap` or `dangerous_off`, not `{other}`")),
+    }
+    if let Some(path) = config.spark.sandbox_read_only_paths.iter().find(|p| !p.is_absolute()) {
+        problems.push(format!("spark.sandbox_read_only_paths: `{}` is not an absolute path", path.display()));
     }
     if config.spark.master.trim().is_empty() {
         problems.push("spark.master must not be empty".into());

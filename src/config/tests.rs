@@ -150,3 +150,20 @@ fn caps_retention_and_head_limits_are_checked() {
     let c = load_str("[audit]\nmax_files = 0\nmax_age = \"30d\"\n", &[], &[]).unwrap();
     assert_eq!(c.durations.audit_max_age, Some(Duration::from_secs(30 * 86_400)));
 }
+
+#[test]
+fn the_sandbox_is_on_by_default_and_off_only_by_its_dangerous_name() {
+    let c = load(&Sources::default()).unwrap();
+    assert_eq!(c.config.spark.local_sandbox, "bwrap");
+    assert!(!c.config.server.dangerous_run_as_root);
+    let err = load_str("[spark]\nlocal_sandbox = \"off\"\n", &[], &[]).unwrap_err().to_string();
+    assert!(err.contains("spark.local_sandbox") && err.contains("dangerous_off"), "{err}");
+    let err = load_str("[spark]\nlocal_sandbox = \"firejail\"\n", &[], &[]).unwrap_err().to_string();
+    assert!(err.contains("spark.local_sandbox must be `bwrap` or `dangerous_off`"), "{err}");
+    let err = load_str("[spark]\nsandbox_read_only_paths = [\"opt/hadoop\"]\n", &[], &[]).unwrap_err().to_string();
+    assert!(err.contains("spark.sandbox_read_only_paths") && err.contains("absolute"), "{err}");
+    let off =
+        load_str("[spark]\nlocal_sandbox = \"dangerous_off\"\n[server]\ndangerous_run_as_root = true\n", &[], &[])
+            .unwrap();
+    assert_eq!(off.dangerous_options(), vec!["server.dangerous_run_as_root", "spark.local_sandbox"]);
+}

@@ -7,6 +7,7 @@ use super::ids::{self, IdCounter};
 use super::launcher::{self, LaunchSpec, LogBuffer, ProcessHandle, SparkEnv};
 use super::limits;
 use super::names::{self, NameConflicts};
+use super::sandbox::{Confinement, Sandbox};
 use super::state::SessionState;
 use super::EngineError;
 use crate::acl::policy::Quota;
@@ -385,6 +386,13 @@ impl BatchManager {
         // The Spark UI answers only the gateway's proxy (see crate::sparkui).
         let ui = crate::sparkui::launch_settings(&cfg.spark, Some(spark), &s.conf, &batch.ui);
         launch.cluster_conf.extend(ui.conf);
+        // Sandboxed, the batch writes only to its work/ directory: its log stays the gateway's.
+        let confinement = Confinement::new(&batch.dir)
+            .map_err(|e| EngineError::Launch(format!("preparing the batch directory: {e}")))?
+            .with_launch_keytab(&cfg.spark, &launch);
+        if spark.sandbox.is_some() {
+            Sandbox::add_launch_conf(&confinement, &cfg.spark, &mut launch);
+        }
         let args = launcher::write_launch_files(&cfg.spark, &launch, &batch.dir).map_err(EngineError::Launch)?;
         let weak = Arc::downgrade(batch);
         let ids = AppIdFormat::of_master(&cfg.spark.master);
@@ -396,7 +404,7 @@ impl BatchManager {
         });
         let mut env: BTreeMap<String, String> = launcher::launch_ticket_env(spark, &launch).into_iter().collect();
         env.extend(ui.env);
-        let handle = launcher::spawn(spark, &cfg.spark.pass_env, args, env, batch.log.clone(), on_line)
+        let handle = launcher::spawn(spark, &cfg.spark.pass_env, args, env, &confinement, batch.log.clone(), on_line)
             .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
         tracing::info!(batch = batch.id, pgid = handle.pgid, owner = %s.owner, "batch launched");
         if let Some(log) = self.audit.get() {

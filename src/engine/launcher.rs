@@ -30,6 +30,9 @@ pub struct SparkEnv {
     /// `KRB5CCNAME` of the gateway's own ticket from `spark.launch_keytab`, for launches with
     /// `--proxy-user` (see [`LaunchTicket`]); None without a launch principal.
     pub launch_ccache: Option<String>,
+    /// The sandbox local and client-mode drivers run in; None when they are not sandboxed
+    /// (cluster deploy mode, `spark.local_sandbox = "dangerous_off"`).
+    pub sandbox: Option<super::sandbox::Sandbox>,
 }
 
 /// The gateway's Kerberos ticket for `spark.launch_principal`, obtained with `kinit` from
@@ -123,6 +126,7 @@ impl SparkEnv {
             java_home: None,
             version: "test".into(),
             launch_ccache: None,
+            sandbox: None,
         }
     }
 }
@@ -131,10 +135,13 @@ impl SparkEnv {
     /// Finds Spark: `spark.home`, else the pyspark package in `spark.venv`, and checks it by
     /// running `spark-submit --version`. Every message says what to do.
     pub async fn discover(config: &SparkConfig, timeout: Duration) -> Result<Self, SparkCheckError> {
-        let python = match &config.python {
+        // Absolute (not resolved: a venv's python is a link to the base one), because drivers
+        // may run elsewhere than the gateway's working directory (in the sandbox, in work/).
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let python = absolute(&match &config.python {
             Some(p) => p.clone(),
             None => config.venv.join("bin").join("python"),
-        };
+        });
         if !python.exists() {
             return Err(SparkCheckError(format!(
                 "Python not found at {} — run scripts/setup.sh to create the virtual environment with pyspark, \
@@ -143,7 +150,7 @@ impl SparkEnv {
             )));
         }
         let home = match &config.home {
-            Some(h) => h.clone(),
+            Some(h) => absolute(h),
             None => {
                 let out = Command::new(&python)
                     .args(["-c", "import os, pyspark; print(os.path.dirname(pyspark.__file__))"])
@@ -173,9 +180,10 @@ impl SparkEnv {
             home,
             spark_submit,
             python,
-            java_home: config.java_home.clone(),
+            java_home: config.java_home.as_deref().map(absolute),
             version: String::new(),
             launch_ccache: None,
+            sandbox: None,
         };
         let mut cmd = Command::new(&env.spark_submit);
         cmd.arg("--version").env_clear().envs(env.base_env(&config.pass_env)).kill_on_drop(true);
@@ -523,7 +531,7 @@ pub fn build_args(config: &SparkConfig, spec: &LaunchSpec, properties_file: &Pat
     if let Some(queue) = &spec.queue {
         args.extend(["--queue".into(), queue.clone()]);
     }
-    if let (Some(principal), Some(keytab), None) = (&config.launch_principal, &config.launch_keytab, &spec.proxy_user) {
+    if let (Some(principal), Some(keytab)) = (&config.launch_principal, launch_keytab(config, spec)) {
         // A path and a principal name, not secrets: the keytab's contents never leave the file.
         // (With --proxy-user, which spark-submit refuses to combine with --principal, the
         // gateway's ticket travels in KRB5CCNAME instead: see LaunchTicket.)
@@ -543,6 +551,15 @@ pub fn build_args(config: &SparkConfig, spec: &LaunchSpec, properties_file: &Pat
     args.push(spec.app.clone());
     args.extend(spec.args.iter().cloned());
     args.into_iter().map(OsString::from).collect()
+}
+
+/// The keytab spark-submit gets with `--keytab`: the launch keytab, for a launch as the
+/// gateway's own principal (no `--proxy-user`).
+pub fn launch_keytab<'a>(config: &'a SparkConfig, spec: &LaunchSpec) -> Option<&'a Path> {
+    match (&config.launch_principal, &config.launch_keytab, &spec.proxy_user) {
+        (Some(_), Some(keytab), None) => Some(keytab.as_path()),
+        _ => None,
+    }
 }
 
 /// Every Spark property of a launch: the operator's `spark.conf`, the request's `conf`, the
@@ -820,25 +837,45 @@ pub fn group_alive(pgid: i32) -> bool {
     })
 }
 
-/// Starts spark-submit in its own process group. Output lines go to `log`; `on_line` sees each
-/// line too (to find the application id); `exited` is set when it ends.
+/// Starts spark-submit in its own process group, inside the sandbox confined to `confinement`
+/// when the environment has one. Output lines go to `log`; `on_line` sees each line too (to
+/// find the application id); `exited` is set when it ends.
+///
+/// Sandboxed, `setsid` makes the group (a session without a terminal) and execs `bwrap`; the
+/// group holds bwrap, the init process of the sandbox's PID namespace and spark-submit with
+/// what it starts, and killing it kills that init process, with which the kernel kills the
+/// whole namespace (see [`super::sandbox`]).
 pub fn spawn(
     env: &SparkEnv,
     pass_env: &[String],
     args: Vec<OsString>,
     extra_env: BTreeMap<String, String>,
+    confinement: &super::sandbox::Confinement,
     log: Arc<LogBuffer>,
     on_line: Arc<dyn Fn(&str) + Send + Sync>,
 ) -> std::io::Result<ProcessHandle> {
-    let mut cmd = Command::new(&env.spark_submit);
+    let mut vars = env.base_env(pass_env);
+    vars.extend(extra_env);
+    let mut cmd = match &env.sandbox {
+        Some(sandbox) => {
+            let mut cmd = Command::new(sandbox.program());
+            cmd.args(sandbox.argv(confinement, &vars)).arg(&env.spark_submit);
+            vars.extend(super::sandbox::Sandbox::environment(confinement));
+            // setsid makes the group itself; it must not lead one already, or it would fork.
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new(&env.spark_submit);
+            cmd.process_group(0);
+            cmd
+        }
+    };
     cmd.args(&args)
         .env_clear()
-        .envs(env.base_env(pass_env))
-        .envs(extra_env)
+        .envs(vars)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd.spawn()?;
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
@@ -1170,6 +1207,7 @@ mod tests {
             java_home: Some("/jdk".into()),
             version: "4.0.1".into(),
             launch_ccache: Some("FILE:/data/krb5cc_launch".into()),
+            sandbox: None,
         };
         let vars = env.base_env(&[]);
         assert!(!vars.contains_key("KRB5CCNAME"), "the launch ticket goes only to proxied launches");
@@ -1322,6 +1360,16 @@ mod tests {
         assert!(requests[0].starts_with("GET /json/ HTTP/1.0\r\n"), "{requests:?}");
         assert!(requests[2].starts_with("POST /driver/kill/ HTTP/1.0\r\n"), "{requests:?}");
         assert!(requests[2].ends_with("\r\n\r\nid=d-1&terminate=true"), "{requests:?}");
+    }
+
+    #[tokio::test]
+    async fn a_relative_venv_is_found_and_made_absolute() {
+        // The tests run in the package root, where scripts/setup.sh puts .venv; the drivers
+        // run in their own directory, so every path spark-submit gets must be absolute.
+        let config = SparkConfig { venv: ".venv".into(), ..SparkConfig::default() };
+        let env = SparkEnv::discover(&config, Duration::from_secs(120)).await.unwrap();
+        assert!(env.python.is_absolute() && env.python.ends_with(".venv/bin/python"), "{env:?}");
+        assert!(env.home.is_absolute() && env.spark_submit.is_absolute(), "{env:?}");
     }
 
     #[tokio::test]

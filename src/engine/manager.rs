@@ -6,6 +6,7 @@ use super::ids::{self, IdCounter};
 use super::launcher::{self, LaunchSpec, LogBuffer, SparkEnv};
 use super::limits;
 use super::names::{self, NameConflicts};
+use super::sandbox::{Confinement, Sandbox};
 use super::session::{Session, SessionLimits, SessionSpec};
 use super::state::SessionState;
 use super::EngineError;
@@ -16,7 +17,6 @@ use crate::rpc::{DriverLink, DriverRegistry, FromDriver, SessionSecret};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -86,7 +86,6 @@ struct Registry {
 pub struct SessionManager {
     config: Arc<ValidatedConfig>,
     spark: Option<Arc<SparkEnv>>,
-    driver_program: PathBuf,
     rpc: OnceLock<RpcEndpoint>,
     audit: OnceLock<Arc<AuditLog>>,
     registry: Mutex<Registry>,
@@ -100,18 +99,12 @@ pub struct SessionManager {
 impl SessionManager {
     /// A manager. `spark` None means launching is impossible (sessions die at once with a
     /// clear reason), which is how router tests run without Spark.
-    pub fn new(
-        config: Arc<ValidatedConfig>,
-        spark: Option<SparkEnv>,
-        driver_program: PathBuf,
-        ids: IdCounter,
-    ) -> Arc<Self> {
+    pub fn new(config: Arc<ValidatedConfig>, spark: Option<SparkEnv>, ids: IdCounter) -> Arc<Self> {
         Arc::new(Self {
             ids,
             name_conflicts: NameConflicts::default(),
             config,
             spark: spark.map(Arc::new),
-            driver_program,
             rpc: OnceLock::new(),
             audit: OnceLock::new(),
             registry: Mutex::new(Registry::default()),
@@ -236,6 +229,11 @@ impl SessionManager {
         let spec = &session.spec;
         let repl_dir = session.dir.join("repl-classes");
         crate::tls::create_private_dir(&repl_dir).map_err(|e| EngineError::Launch(e.to_string()))?;
+        // What a sandboxed driver may write: work/ (with the driver configuration, which the
+        // driver deletes once read) and the REPL's classes.
+        let confinement = Confinement::new(&session.dir)
+            .map_err(|e| EngineError::Launch(format!("preparing the session directory: {e}")))?
+            .writable(&repl_dir);
         // The secret travels in an owner-only file named by an environment variable, never argv.
         let driver_conf = json!({
             "session_id": session.id,
@@ -253,12 +251,15 @@ impl SessionManager {
             // empty one) arrives within the request's timeout.
             "completion_wait_secs": self.config.durations.completion_timeout.as_secs().saturating_sub(2).max(1),
         });
-        let conf_path = session.dir.join("driver-conf.json");
+        let conf_path = confinement.work.join("driver-conf.json");
         crate::tls::write_file(&conf_path, driver_conf.to_string().as_bytes(), 0o600)
             .map_err(|e| EngineError::Launch(e.to_string()))?;
         let absolute_conf = conf_path.canonicalize().unwrap_or(conf_path);
         let (files, cluster_conf, mut env) =
             driver_conf_delivery(&cfg.spark, &spec.files, &absolute_conf, &driver_conf.to_string(), session.id);
+        // Written afresh for this launch, from the embedded source (see crate::driver).
+        let driver_program = crate::driver::write_for_session(&session.dir)
+            .map_err(|e| EngineError::Launch(format!("writing the driver program: {e}")))?;
         let launch = LaunchSpec {
             name: spec.name.clone().unwrap_or_else(|| format!("sparkgate-session-{}", session.id)),
             class_name: None,
@@ -275,7 +276,7 @@ impl SessionManager {
             archives: spec.archives.clone(),
             conf: spec.conf.clone(),
             cluster_conf,
-            app: self.driver_program.display().to_string(),
+            app: driver_program.display().to_string(),
             args: Vec::new(),
         };
         let mut launch = launch;
@@ -290,6 +291,10 @@ impl SessionManager {
         // The Spark UI answers only the gateway's proxy (see crate::sparkui).
         let ui = crate::sparkui::launch_settings(&cfg.spark, Some(spark), &spec.conf, &session.ui);
         launch.cluster_conf.extend(ui.conf);
+        let confinement = confinement.with_launch_keytab(&cfg.spark, &launch);
+        if spark.sandbox.is_some() {
+            Sandbox::add_launch_conf(&confinement, &cfg.spark, &mut launch);
+        }
         let args = launcher::write_launch_files(&cfg.spark, &launch, &session.dir).map_err(EngineError::Launch)?;
         env.extend(launcher::launch_ticket_env(spark, &launch));
         env.extend(ui.env);
@@ -300,7 +305,7 @@ impl SessionManager {
             }
         });
         session.transition(SessionState::Starting)?;
-        let handle = launcher::spawn(spark, &cfg.spark.pass_env, args, env, session.log.clone(), on_line)
+        let handle = launcher::spawn(spark, &cfg.spark.pass_env, args, env, &confinement, session.log.clone(), on_line)
             .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
         tracing::info!(session = session.id, pgid = handle.pgid, owner = %spec.owner, "session launched");
         self.audit(

@@ -12,7 +12,13 @@ async fn version_is_parseable_and_reports_dangerous_options() {
     let version = body["version"].as_str().unwrap();
     let numeric: Vec<u32> = version.split(['+', '-']).next().unwrap().split('.').map(|p| p.parse().unwrap()).collect();
     assert_eq!(numeric.len(), 3, "{version}");
-    assert_eq!(body["dangerous"], json!(["auth.dangerous_allow_anonymous"]));
+    // The harness runs as root here and in CI, which it must allow explicitly (support.rs).
+    let expected = if nix::unistd::geteuid().is_root() {
+        json!(["auth.dangerous_allow_anonymous", "server.dangerous_run_as_root"])
+    } else {
+        json!(["auth.dangerous_allow_anonymous"])
+    };
+    assert_eq!(body["dangerous"], expected);
     assert!(body["sparkVersion"].as_str().unwrap().starts_with("4.0"), "{body}");
 }
 

@@ -11,6 +11,7 @@ mod api;
 mod batches;
 mod clients;
 mod rpc;
+mod sandbox;
 mod security;
 mod spark;
 mod sparkui;

@@ -298,8 +298,12 @@ async fn a_killed_driver_jvm_makes_the_session_dead_with_the_reason() {
     let st = gw.run(id, "pyspark", "'alive'").await;
     assert_eq!(text(&st), "'alive'");
     let pgid = gw.manager.get(&id.to_string()).unwrap().process().unwrap().pgid;
-    // spark-submit execs the JVM, so the group leader is the driver JVM itself.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // spark-submit execs the JVM; in the sandbox it runs under bwrap, in the same group.
+    let jvm = processes_in_group(pgid)
+        .into_iter()
+        .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "java"))
+        .expect("the driver JVM in the session's group");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(jvm), nix::sys::signal::Signal::SIGKILL).unwrap();
     let killed_at = tokio::time::Instant::now();
     gw.wait_state(id, &["dead"], Duration::from_secs(10)).await;
     assert!(killed_at.elapsed() < Duration::from_secs(10));

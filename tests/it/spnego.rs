@@ -80,8 +80,10 @@ fn write_config(dir: &Path, keytab: &Path, o: Options<'_>) -> PathBuf {
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     std::fs::write(policies.join("acl.toml"), o.policy).unwrap();
+    // The tests run as root here and in CI; the gateway refuses root unless told.
+    let root = nix::unistd::geteuid().is_root();
     let text = format!(
-        "[server]\nbind = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n\n\
+        "[server]\nbind = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\ndangerous_run_as_root = {root}\n\n\
          [auth]\nmethods = [\"spnego\"]\n\n\
          [auth.spnego]\nkeytab = \"{kt}\"\n{principal}cookie_ttl = \"{ttl}\"\n\
          rules = [\n{rules}\n]\n\n\

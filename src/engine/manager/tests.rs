@@ -3,6 +3,7 @@ use crate::config::{self, Sources};
 use crate::engine::kind::{CodeKind, SessionKind};
 use crate::engine::session::SessionSpec;
 use crate::rpc::ToDriver;
+use std::path::PathBuf;
 use tokio::sync::mpsc;
 
 fn manager(overrides: &[&str]) -> (Arc<SessionManager>, tempfile::TempDir) {
@@ -11,7 +12,7 @@ fn manager(overrides: &[&str]) -> (Arc<SessionManager>, tempfile::TempDir) {
     all.extend(overrides.iter().map(|s| s.to_string()));
     let cfg = config::load(&Sources { file: None, env: vec![], overrides: all }).unwrap();
     let ids = IdCounter::in_memory("sessions");
-    (SessionManager::new(Arc::new(cfg), None, PathBuf::from("driver.py"), ids), dir)
+    (SessionManager::new(Arc::new(cfg), None, ids), dir)
 }
 
 fn spec() -> SessionSpec {
@@ -346,7 +347,7 @@ fn yarn_cluster_manager(dir: &std::path::Path) -> Arc<SessionManager> {
     })
     .unwrap();
     let env = SparkEnv::for_test(dir, &submit);
-    let m = SessionManager::new(Arc::new(cfg), Some(env), PathBuf::from("driver.py"), IdCounter::in_memory("sessions"));
+    let m = SessionManager::new(Arc::new(cfg), Some(env), IdCounter::in_memory("sessions"));
     m.set_rpc_endpoint(RpcEndpoint {
         host: "gateway.example.com".into(),
         port: 1,
