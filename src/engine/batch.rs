@@ -386,6 +386,7 @@ impl BatchManager {
         // The Spark UI answers only the gateway's proxy (see crate::sparkui).
         let ui = crate::sparkui::launch_settings(&cfg.spark, Some(spark), &s.conf, &batch.ui);
         launch.cluster_conf.extend(ui.conf);
+        launch.cluster_conf.extend(launcher::local_rpc_auth(&cfg.spark));
         // Sandboxed, the batch writes only to its work/ directory: its log stays the gateway's.
         let confinement = Confinement::new(&batch.dir)
             .map_err(|e| EngineError::Launch(format!("preparing the batch directory: {e}")))?

@@ -315,6 +315,26 @@ pub fn cluster_conf(config: &SparkConfig, kind: AppKind, id: u32) -> BTreeMap<St
     conf
 }
 
+/// With a local master, every application requires a secret of its own on its Spark RPC and
+/// block-transfer ports (`spark.authenticate`): the drivers of all users share this host's
+/// loopback, and without it one session's code could connect to another's driver and fetch its
+/// cached blocks and broadcasts. The secret travels in the owner-only properties file (and the
+/// UI redacts it by name). Elsewhere nothing is added: on a cluster the executors, and so the
+/// secret's distribution, are the cluster manager's (YARN and Kubernetes generate one when the
+/// operator sets `spark.authenticate`).
+pub fn local_rpc_auth(config: &SparkConfig) -> BTreeMap<String, String> {
+    let master = config.master.as_str();
+    if !(master == "local" || master.starts_with("local[")) {
+        return BTreeMap::new();
+    }
+    let mut secret = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+    BTreeMap::from([
+        ("spark.authenticate".to_string(), "true".to_string()),
+        ("spark.authenticate.secret".to_string(), hex::encode(secret)),
+    ])
+}
+
 /// How to stop an application whose driver runs inside the cluster, where killing our
 /// spark-submit does not reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1187,6 +1207,22 @@ mod tests {
                                         "completedapps": [{"id": "app-1-0000", "name": "sparkgate-batch-4"}]});
         assert_eq!(app_id_in_master_status(&status, "sparkgate-batch-4"), Some("app-1-0000".into()));
         assert_eq!(app_id_in_master_status(&status, "nope"), None);
+    }
+
+    #[test]
+    fn local_applications_each_require_a_secret_of_their_own_on_their_ports() {
+        let local = local_rpc_auth(&SparkConfig::default());
+        assert_eq!(local["spark.authenticate"], "true");
+        let secret = &local["spark.authenticate.secret"];
+        assert!(secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit()), "{secret}");
+        assert_ne!(secret, &local_rpc_auth(&SparkConfig::default())["spark.authenticate.secret"], "one per launch");
+        let spec =
+            LaunchSpec { name: "n".into(), cluster_conf: local.clone(), app: "x.py".into(), ..LaunchSpec::default() };
+        let argv = strings(build_args(&SparkConfig::default(), &spec, Path::new(PROPS)));
+        assert!(!argv.iter().any(|a| a.contains(secret.as_str())), "never on argv: {argv:?}");
+        for master in ["spark://m:7077", "yarn", "k8s://https://api:6443", "local-cluster[2,1,512]"] {
+            assert!(local_rpc_auth(&SparkConfig { master: master.into(), ..SparkConfig::default() }).is_empty());
+        }
     }
 
     #[test]

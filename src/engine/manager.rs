@@ -291,6 +291,7 @@ impl SessionManager {
         // The Spark UI answers only the gateway's proxy (see crate::sparkui).
         let ui = crate::sparkui::launch_settings(&cfg.spark, Some(spark), &spec.conf, &session.ui);
         launch.cluster_conf.extend(ui.conf);
+        launch.cluster_conf.extend(launcher::local_rpc_auth(&cfg.spark));
         let confinement = confinement.with_launch_keytab(&cfg.spark, &launch);
         if spark.sandbox.is_some() {
             Sandbox::add_launch_conf(&confinement, &cfg.spark, &mut launch);

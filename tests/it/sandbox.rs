@@ -145,6 +145,10 @@ async fn spark_pyspark_scala_sql_uploads_and_added_files_work_in_the_sandbox() {
         )
         .await;
     assert_eq!(text(&st), "['bwrap']", "executors run in the session's sandbox");
+    // Local drivers share the host's loopback: each requires its own secret on its Spark ports,
+    // so another session's code cannot fetch this one's blocks.
+    let st = gw.run(id, "pyspark", "sc.getConf().get('spark.authenticate')").await;
+    assert_eq!(text(&st), "'true'");
     // Scala, with a closure whose class the REPL writes to its (writable) class directory.
     let st = gw.run(id, "spark", "sc.parallelize(1 to 4, 2).map(x => x * 3).reduce(_ + _)").await;
     assert!(text(&st).contains("30"), "{st}");
