@@ -82,25 +82,13 @@ pub(super) struct UiRoute {
     id: String,
 }
 
-/// The session `key` names, if the caller may view it; otherwise the not-found error an
-/// unknown key gets (see [`AppState::session_for`]).
-fn viewable_session(state: &AppState, caller: &Caller, key: &str) -> Result<std::sync::Arc<Session>, ApiError> {
-    state.session_for(caller, key, Action::View)
-}
-
-/// The batch `key` names, if the caller may view it; otherwise the not-found error an unknown
-/// key gets.
-fn viewable_batch(state: &AppState, caller: &Caller, key: &str) -> Result<std::sync::Arc<Batch>, ApiError> {
-    state.batch_for(caller, key, Action::View)
-}
-
 /// `/sessions/{id}/sparkui` → `/sessions/{id}/sparkui/` (the UI's relative links need the slash).
 pub(super) async fn session_root(
     State(state): State<AppState>,
     caller: Caller,
     Path(UiRoute { id }): Path<UiRoute>,
 ) -> Result<Response, ApiError> {
-    let session = viewable_session(&state, &caller, &id)?;
+    let session = state.session_for(&caller, &id, Action::View)?;
     Ok(Redirect::temporary(&format!("{}/", session.ui.base())).into_response())
 }
 
@@ -110,7 +98,7 @@ pub(super) async fn batch_root(
     caller: Caller,
     Path(UiRoute { id }): Path<UiRoute>,
 ) -> Result<Response, ApiError> {
-    let batch = viewable_batch(&state, &caller, &id)?;
+    let batch = state.batch_for(&caller, &id, Action::View)?;
     Ok(Redirect::temporary(&format!("{}/", batch.ui.base())).into_response())
 }
 
@@ -123,7 +111,7 @@ pub(super) async fn session_page(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = viewable_session(&state, &caller, &id)?;
+    let session = state.session_for(&caller, &id, Action::View)?;
     let live = !session.state().is_terminal();
     let pgid = session.process().filter(|p| !p.has_exited()).map(|p| p.pgid);
     let what = format!("session {}", session.id);
@@ -139,7 +127,7 @@ pub(super) async fn batch_page(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let batch = viewable_batch(&state, &caller, &id)?;
+    let batch = state.batch_for(&caller, &id, Action::View)?;
     let live = !batch.state().is_terminal();
     let pgid = batch.process().filter(|p| !p.has_exited()).map(|p| p.pgid);
     let what = format!("batch {}", batch.id);
