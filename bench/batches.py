@@ -8,67 +8,19 @@ on local[*] and on a two-worker standalone cluster started by this script (spark
 
 Usage: bench/run.sh batches
 """
-import json, os, socket, ssl, statistics, subprocess, sys, tempfile, time, urllib.request
+import json, os, statistics, subprocess, sys, tempfile, time, urllib.request
 
-# The gateway refuses to run as root unless told (server.dangerous_run_as_root).
-ROOT = ["--set", "server.dangerous_run_as_root=true"] if os.geteuid() == 0 else []
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from gateway import REPO, Gateway, free_port
 RUNS = int(os.environ.get("BENCH_BATCH_RUNS", "3"))
 PY = os.path.join(REPO, ".venv", "bin", "python")
 SPARK_HOME = subprocess.check_output([PY, "-c", "import os,pyspark;print(os.path.dirname(pyspark.__file__))"], text=True).strip()
 JOB = "from pyspark.sql import SparkSession\ns = SparkSession.builder.getOrCreate()\nprint('SUM', s.sparkContext.parallelize(range(1000)).sum())\ns.stop()\n"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def env():
     e = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "JAVA_HOME", "TMPDIR")}
     e.update(SPARK_HOME=SPARK_HOME, PYSPARK_PYTHON=PY, PYSPARK_DRIVER_PYTHON=PY, SPARK_LOCAL_IP="127.0.0.1")
     return e
-
-
-class Gateway:
-    def __init__(self, work, master):
-        self.port = free_port()
-        data = os.path.join(work, "data-" + str(self.port))
-        self.proc = subprocess.Popen(
-            [os.path.join(REPO, "target", "release", "sparkgate"), "serve",
-             "--set", f'server.bind="127.0.0.1:{self.port}"', "--set", f'server.data_dir="{data}"',
-             "--set", "auth.dangerous_allow_anonymous=true", "--set", "auth.methods=[]",
-             "--set", f'spark.venv="{REPO}/.venv"', "--set", f'spark.master="{master}"',
-             "--set", f'spark.allowed_local_dirs=["{work}/jobs"]', "--set", f'acl.policy_dir="{work}/policies"']
-            + ROOT,
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, f"gw-{self.port}.log"), "w"))
-        ca = os.path.join(data, "tls", "dev-ca.pem")
-        for _ in range(600):
-            if os.path.exists(ca) or self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        if self.proc.poll() is not None:
-            raise SystemExit("gateway exited; see " + work)
-        self.ctx = ssl.create_default_context(cafile=ca)
-        for _ in range(600):
-            try:
-                self.call("GET", "/version")
-                return
-            except Exception:
-                time.sleep(0.1)
-
-    def call(self, method, path, body=None):
-        req = urllib.request.Request(f"https://127.0.0.1:{self.port}{path}", method=method,
-                                     data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, context=self.ctx, timeout=300) as r:
-            return json.loads(r.read() or b"null")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
 
 
 POLL = float(os.environ.get("BENCH_POLL_SECONDS", "0.02"))
@@ -121,9 +73,6 @@ def start_cluster(work):
 
 def main():
     work = tempfile.mkdtemp(prefix="sparkgate-batch-bench-")
-    os.makedirs(os.path.join(work, "policies"))
-    with open(os.path.join(work, "policies", "acl.toml"), "w") as f:
-        f.write('[create]\nusers = ["anonymous"]\n')
     # Only the job's directory is users' to name (and shown in the sandbox), not the data dirs.
     os.makedirs(os.path.join(work, "jobs"))
     job = os.path.join(work, "jobs", "job.py")
@@ -132,7 +81,7 @@ def main():
     master, procs = start_cluster(work)
     try:
         for label, m in (("local[*]", "local[*]"), ("standalone (2 workers)", master)):
-            gw = Gateway(work, m)
+            gw = Gateway(work, [f'spark.master="{m}"', f'spark.allowed_local_dirs=["{work}/jobs"]'])
             try:
                 bares, runs, oks = [], [], []
                 for _ in range(RUNS):

@@ -10,19 +10,14 @@ readers asking for GET /version in the same run.
 
 Usage: bench/run.sh memory  (builds the release binary, then runs this with the repo's .venv)
 """
-import json, os, socket, ssl, subprocess, sys, tempfile, threading, time, urllib.request
+import os, sys, tempfile, threading, time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from gateway import Gateway
+
 OUTPUTS = int(os.environ.get("BENCH_OUTPUTS", "3"))
 OUTPUT_MIB = int(os.environ.get("BENCH_OUTPUT_MIB", "6"))
 READERS = int(os.environ.get("BENCH_READERS", "6"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid):
@@ -31,22 +26,6 @@ def rss_mib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
     return 0.0
-
-
-class Client:
-    def __init__(self, base, ca):
-        self.base = base
-        self.ctx = ssl.create_default_context(cafile=ca)
-
-    def raw(self, method, path, body=None):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, context=self.ctx, timeout=600) as r:
-            return r.read()
-
-    def call(self, method, path, body=None):
-        return json.loads(self.raw(method, path, body) or b"null")
 
 
 def peak_while(pid, work):
@@ -72,41 +51,11 @@ def peak_while(pid, work):
 
 def main():
     work = tempfile.mkdtemp(prefix="sparkgate-bench-")
-    os.makedirs(os.path.join(work, "policies"))
-    with open(os.path.join(work, "policies", "acl.toml"), "w") as f:
-        f.write('[create]\nusers = ["anonymous"]\n')
-    port = free_port()
-    args = [os.path.join(REPO, "target", "release", "sparkgate"), "serve",
-            "--set", f'server.bind="127.0.0.1:{port}"', "--set", f'server.data_dir="{work}/data"',
-            "--set", "auth.dangerous_allow_anonymous=true", "--set", f'spark.venv="{REPO}/.venv"',
-            "--set", 'spark.conf."spark.driver.memory"="768m"', "--set", f'acl.policy_dir="{work}/policies"',
-            "--set", "auth.methods=[]", "--set", "rpc.max_frame_bytes=134217728",
-            "--set", f"sessions.max_output_bytes={(OUTPUT_MIB + 1) << 20}"]
-    if os.geteuid() == 0:
-        args += ["--set", "server.dangerous_run_as_root=true"]
-    gw = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
-                          stderr=open(os.path.join(work, "gateway.log"), "w"))
+    c = Gateway(work, ['spark.conf."spark.driver.memory"="768m"', "rpc.max_frame_bytes=134217728",
+                       f"sessions.max_output_bytes={(OUTPUT_MIB + 1) << 20}"])
     try:
-        ca = os.path.join(work, "data", "tls", "dev-ca.pem")
-        for _ in range(600):
-            if os.path.exists(ca) or gw.poll() is not None:
-                break
-            time.sleep(0.1)
-        if gw.poll() is not None:
-            raise SystemExit("the gateway exited; see " + os.path.join(work, "gateway.log"))
-        c = Client(f"https://127.0.0.1:{port}", ca)
-        for _ in range(600):
-            try:
-                c.call("GET", "/version")
-                break
-            except Exception:
-                time.sleep(0.1)
         sid = c.call("POST", "/sessions", {"kind": "pyspark"})["id"]
-        end = time.monotonic() + 300
-        while c.call("GET", f"/sessions/{sid}/state")["state"] != "idle":
-            if time.monotonic() > end:
-                raise SystemExit("the session did not start")
-            time.sleep(0.2)
+        c.wait_state(sid, ("idle",))
         for _ in range(OUTPUTS):
             st = c.call("POST", f"/sessions/{sid}/statements", {"code": f"'x' * ({OUTPUT_MIB} << 20)"})
             while st["state"] not in ("available", "cancelled"):
@@ -114,9 +63,9 @@ def main():
                 st = c.call("GET", f"/sessions/{sid}/statements/{st['id']}")
         history = len(c.raw("GET", f"/sessions/{sid}/statements")) / 1048576.0
         time.sleep(1)
-        idle = rss_mib(gw.pid)
-        floor = peak_while(gw.pid, lambda: c.raw("GET", "/version"))
-        listed = peak_while(gw.pid, lambda: c.raw("GET", f"/sessions/{sid}/statements"))
+        idle = rss_mib(c.pid)
+        floor = peak_while(c.pid, lambda: c.raw("GET", "/version"))
+        listed = peak_while(c.pid, lambda: c.raw("GET", f"/sessions/{sid}/statements"))
         c.call("DELETE", f"/sessions/{sid}")
         print(f"statement history: {history:.1f} MiB ({OUTPUTS} outputs of {OUTPUT_MIB} MiB); gateway RSS idle "
               f"{idle:.0f} MiB")
@@ -124,8 +73,7 @@ def main():
               f"GET .../statements peak {listed:.0f} MiB (+{listed - idle:.0f}); growth per reader "
               f"{(listed - idle) / READERS:.1f} MiB = {(listed - idle) / READERS / history:.2f}x the history")
     finally:
-        gw.terminate()
-        gw.wait(timeout=60)
+        c.stop()
 
 
 if __name__ == "__main__":
