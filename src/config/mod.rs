@@ -388,6 +388,12 @@ pub struct SparkConfig {
     /// More absolute paths the sandbox shows read-only (a Hadoop installation, its
     /// configuration, an NSS socket directory, ...).
     pub sandbox_read_only_paths: Vec<PathBuf>,
+    /// With `launch_principal` in local or client deploy mode, every driver gets the gateway's
+    /// Kerberos credentials (its ticket for `--proxy-user` launches, the keytab for its own),
+    /// and user code in the driver can read them and act as the gateway — a Hadoop proxy user,
+    /// so as anyone. Refused unless this is set: for a single team that trusts one another.
+    /// Cluster deploy mode keeps the credentials on the gateway host.
+    pub dangerous_share_launch_credentials: bool,
 }
 
 impl Default for SparkConfig {
@@ -411,6 +417,7 @@ impl Default for SparkConfig {
             standalone_master_ui: None,
             yarn_command: PathBuf::from("yarn"),
             local_sandbox: "bwrap".into(),
+            dangerous_share_launch_credentials: false,
             sandbox_read_only_paths: Vec::new(),
         }
     }
@@ -613,6 +620,9 @@ impl ValidatedConfig {
         }
         if self.config.spark.local_sandbox == "dangerous_off" {
             on.push("spark.local_sandbox");
+        }
+        if self.config.spark.dangerous_share_launch_credentials {
+            on.push("spark.dangerous_share_launch_credentials");
         }
         on
     }
@@ -875,6 +885,18 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
     }
     if config.spark.launch_principal.is_some() != config.spark.launch_keytab.is_some() {
         problems.push("spark.launch_principal and spark.launch_keytab must be given together".into());
+    }
+    if config.spark.launch_principal.is_some()
+        && config.spark.deploy_mode != "cluster"
+        && !config.spark.dangerous_share_launch_credentials
+    {
+        problems.push(
+            "spark.launch_principal in local or client deploy mode would give every driver, and so every user's \
+             code, the gateway's Kerberos credentials (it could act as the gateway, a proxy user: as anyone); use \
+             spark.deploy_mode = \"cluster\", or set spark.dangerous_share_launch_credentials = true for a single \
+             team that trusts one another"
+                .into(),
+        );
     }
     if config.spark.application_tags.iter().any(|t| t.is_empty() || t.contains([',', ' '])) {
         problems.push("spark.application_tags must be non-empty and contain no commas or spaces".into());

@@ -152,6 +152,17 @@ fn caps_retention_and_head_limits_are_checked() {
 }
 
 #[test]
+fn the_gateways_kerberos_credentials_reach_local_drivers_only_when_dangerously_allowed() {
+    let kerberized = "[spark]\nlaunch_principal = \"sparkgate/gw@EX\"\nlaunch_keytab = \"/etc/sg.keytab\"\n";
+    let err = load_str(kerberized, &[], &[]).unwrap_err().to_string();
+    assert!(err.contains("spark.dangerous_share_launch_credentials"), "{err}");
+    let cluster = load_str(&format!("{kerberized}deploy_mode = \"cluster\"\n"), &[], &[]).unwrap();
+    assert!(cluster.dangerous_options().is_empty());
+    let shared = load_str(&format!("{kerberized}dangerous_share_launch_credentials = true\n"), &[], &[]).unwrap();
+    assert_eq!(shared.dangerous_options(), vec!["spark.dangerous_share_launch_credentials"]);
+}
+
+#[test]
 fn the_sandbox_is_on_by_default_and_off_only_by_its_dangerous_name() {
     let c = load(&Sources::default()).unwrap();
     assert_eq!(c.config.spark.local_sandbox, "bwrap");

@@ -437,6 +437,7 @@ fn private_paths(config: &Config) -> Vec<(&'static str, PathBuf)> {
         ("audit.path", &config.audit.path),
         ("tls.key", &config.tls.key),
         ("auth.spnego.keytab", &config.auth.spnego.keytab),
+        ("spark.launch_keytab", &config.spark.launch_keytab),
         ("acl.groups_file", &config.acl.groups_file),
     ];
     private.extend(optional.into_iter().filter_map(|(what, path)| path.clone().map(|p| (what, p))));

@@ -483,7 +483,11 @@ fn spnego_proxied_sessions_launch_with_the_gateways_kerberos_ticket() {
     let principal = format!("sparkgate/localhost@{REALM}");
     let keytab = w.kdc.service_keytab("sparkgate/localhost");
     let dir = tempfile::tempdir().unwrap();
-    let spark_extra = format!("launch_principal = \"{principal}\"\nlaunch_keytab = \"{}\"\n", keytab.display());
+    // Local mode: the drivers share the gateway's ticket, which a test (one trusted team) allows.
+    let spark_extra = format!(
+        "launch_principal = \"{principal}\"\nlaunch_keytab = \"{}\"\ndangerous_share_launch_credentials = true\n",
+        keytab.display()
+    );
     let policy = "[create]\nusers = [\"alice\"]\n\n[[impersonation]]\ncallers = { users = [\"alice\"] }\n\
                   targets = { users = [\"carol\"] }\nhosts = [\"*\"]\n";
     let gw = GatewayProc::start(&w.kdc, dir.path(), Options { policy, spark_extra: &spark_extra, ..DEFAULT });

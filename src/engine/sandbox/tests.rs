@@ -344,3 +344,12 @@ fn live_stat(pid: i32) -> Option<String> {
     let state = stat.rsplit_once(')')?.1.split_whitespace().next()?.to_string();
     (state != "Z" && state != "X").then_some(stat)
 }
+
+#[test]
+fn the_launch_keytab_is_among_the_files_no_read_only_path_may_show() {
+    // Else `allowed_local_dirs` holding it would let every sandbox read it, and `files` ship it.
+    let mut config = crate::config::Config::default();
+    config.spark.launch_keytab = Some("/etc/security/keytabs/sparkgate.keytab".into());
+    let private = private_paths(&config);
+    assert!(private.contains(&("spark.launch_keytab", PathBuf::from("/etc/security/keytabs/sparkgate.keytab"))));
+}
