@@ -363,3 +363,27 @@ async fn refusals_name_the_field_and_never_echo_what_was_sent() {
         records.iter().filter(|r| r["reason"].as_str().is_some_and(|x| x.contains(secret))).collect();
     assert!(leaks.is_empty(), "the audit trail repeats a submitted value: {leaks:#?}");
 }
+
+#[tokio::test]
+async fn a_flood_of_unauthenticated_refusals_is_counted_not_written_one_by_one() {
+    let h = Harness::new(POLICY, &[]);
+    for i in 0..200 {
+        assert_eq!(h.call(None, "GET", "/sessions", None).await.0, 401);
+        // Paths and methods a client can vary at will do not make each refusal a kind of its own.
+        assert_eq!(h.call(None, "GET", &format!("/no/such/path/{i}"), None).await.0, 404);
+    }
+    // A principal's refusals stay one record each.
+    for _ in 0..5 {
+        assert_eq!(h.call(Some("auditor"), "POST", "/sessions", Some(json!({}))).await.0, 403);
+    }
+    let records = h.audit_records().await;
+    let of = |action: &str| records.iter().filter(|r| r["action"] == action).collect::<Vec<_>>();
+    let refused = of("GET /sessions");
+    assert!(refused.len() <= 3, "{refused:#?}");
+    let counted: u64 = refused.iter().map(|r| r["repeated"].as_u64().unwrap_or(1)).sum();
+    assert_eq!(counted, 200, "every refusal is still counted: {refused:#?}");
+    let unmatched = of("GET (unmatched)");
+    assert!(unmatched.len() <= 3 && unmatched[0]["resource"] == "/no/such/path/0", "{unmatched:#?}");
+    assert_eq!(unmatched.iter().map(|r| r["repeated"].as_u64().unwrap_or(1)).sum::<u64>(), 200);
+    assert_eq!(of("POST /sessions").len(), 5);
+}

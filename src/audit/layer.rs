@@ -97,8 +97,9 @@ pub async fn audit_requests(State(log): State<Arc<AuditLog>>, mut request: Reque
     if let Some(id) = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
         event = event.request_id(id);
     }
-    if let Some(conn) = request.extensions().get::<ConnInfo>() {
-        event = event.remote_addr(conn.peer);
+    let peer = request.extensions().get::<ConnInfo>().map(|conn| conn.peer);
+    if let Some(peer) = peer {
+        event = event.remote_addr(peer);
     }
     // If the response never comes (the client went away and the future was dropped, or a
     // handler panicked through this layer), the guard still records the request.
@@ -116,14 +117,52 @@ pub async fn audit_requests(State(log): State<Arc<AuditLog>>, mut request: Reque
     }
     // The response's record, else the slot's: a 408 or a panic's 500 is made outside the auth
     // layer and carries none, though authentication did happen.
-    if let Some(record) = response.extensions().get::<AuthRecord>().or_else(|| auth.get()) {
+    let record = response.extensions().get::<AuthRecord>().or_else(|| auth.get()).cloned();
+    if let Some(record) = &record {
         event = authenticated(event, record);
     }
-    if let Some(annotation) = response.extensions_mut().remove::<Annotation>() {
+    let annotation = response.extensions_mut().remove::<Annotation>();
+    let named_by_handler = annotation.as_ref().is_some_and(|a| a.action.is_some());
+    if let Some(annotation) = annotation {
         event = annotate(event, annotation);
     }
-    log.record(event);
+    let anonymous = !matches!(record, Some(AuthRecord::Principal(_)));
+    match unauthenticated_refusal(status).filter(|_| anonymous) {
+        // Anyone can send these, as fast as they like: counted per address, route and status
+        // rather than written one by one, so a flood cannot push the trail's older records
+        // out through retirement (audit.max_files).
+        Some(class) => {
+            // The kind must be one the client cannot vary: a known method and the route, or
+            // `unmatched` with the raw path kept as the resource.
+            let label = crate::metrics::method_label(&method);
+            let event = match matched.clone().or_else(|| slot.route(None)) {
+                _ if named_by_handler => event,
+                Some(route) => event.action(format!("{label} {route}")),
+                None => event.action(format!("{label} (unmatched)")).resource(raw_path.clone()),
+            };
+            log.record_coalesced(event, peer.map(|p| p.ip()), class);
+        }
+        None => log.record(event),
+    }
     response
+}
+
+/// The class of a refusal an unauthenticated client can provoke at will, by status; `None` for
+/// what is recorded one by one (everything a principal does, and server errors).
+fn unauthenticated_refusal(status: u16) -> Option<&'static str> {
+    Some(match status {
+        400 => "unauthenticated_400",
+        401 => "unauthenticated_401",
+        403 => "unauthenticated_403",
+        404 => "unauthenticated_404",
+        405 => "unauthenticated_405",
+        408 => "unauthenticated_408",
+        413 => "unauthenticated_413",
+        414 => "unauthenticated_414",
+        429 => "unauthenticated_429",
+        431 => "unauthenticated_431",
+        _ => return None,
+    })
 }
 
 /// Writes the route's [`MatchedPath`] into the request's [`RouteSlot`] so that layers outside

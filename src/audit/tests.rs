@@ -674,7 +674,9 @@ async fn outside_the_router_an_unknown_path_is_recorded_without_its_query() {
     let req = request("GET", &format!("/nope?access_token={TOKEN}"), None);
     let (status, record) = audited(app_outside(&log), &log, &path, req).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(record["action"], "GET /nope");
+    // An anonymous refusal is a kind the client cannot vary: no route, the raw path aside.
+    assert_eq!(record["action"], "GET (unmatched)");
+    assert_eq!(record["resource"], "/nope");
     assert_eq!(record["decision"], "error");
 }
 
