@@ -112,7 +112,19 @@ async fn completion_for_python_and_scala() {
 /// The candidates of a completion request; on failure, panics with the session's log.
 async fn complete(id: u64, request: serde_json::Value) -> Vec<String> {
     let gw = gateway();
-    let (status, body) = gw.post(&format!("/sessions/{id}/completion"), request).await;
+    // The first Scala completion starts the REPL: on a loaded 2-core machine that has taken
+    // more than the client's usual minute. The gateway waits up to sessions.completion_timeout
+    // (240 s in the tests); so does this request.
+    let r = gw
+        .client()
+        .post(gw.url(&format!("/sessions/{id}/completion")))
+        .timeout(Duration::from_secs(300))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
     if status != 200 {
         let (_, log) = gw.get(&format!("/sessions/{id}/log?size=-1")).await;
         panic!("completion failed: {body}\nsession log: {log:#}");
