@@ -110,9 +110,13 @@ pub(super) async fn log(
 ) -> Result<Response, ApiError> {
     let batch = state.batch_for(&caller, &id, Action::View)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-    // File reads block: keep them off the async workers.
+    // File reads block: keep them off the async workers. A client that stops reading holds a
+    // blocking thread only until server.request_timeout passes without it taking a chunk.
+    let (runtime, patience) = (tokio::runtime::Handle::current(), state.config.durations.request_timeout);
     tokio::task::spawn_blocking(move || {
-        render_log_json(&batch, &|total| dto::log_range(total, &paging), &mut |chunk| tx.blocking_send(chunk).is_ok())
+        let mut send =
+            |chunk| runtime.block_on(tokio::time::timeout(patience, tx.send(chunk))).is_ok_and(|r| r.is_ok());
+        render_log_json(&batch, &|total| dto::log_range(total, &paging), &mut send)
     });
     let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)), rx))

@@ -144,7 +144,9 @@ pub(super) async fn log(
 ) -> Result<Json<Value>, ApiError> {
     let session = state.session_for(&caller, &id, Action::View)?;
     session.heartbeat();
-    Ok(Json(dto::log_page(session.id, session.log.snapshot(), &paging)))
+    // Only the page asked for is copied out of the session's log.
+    let (from, total, lines) = session.log.window(|total| dto::log_range(total, &paging));
+    Ok(Json(dto::log_json(session.id, from, total, &lines)))
 }
 
 pub(super) async fn delete(

@@ -456,8 +456,11 @@ pub struct SessionsConfig {
     pub max_uploaded_bytes: u64,
     /// Row cap for `sql` statement results.
     pub sql_max_rows: usize,
-    /// Lines of spark-submit/driver output kept in memory per session for `/log`.
+    /// Lines of spark-submit/driver output kept in memory per session for `/log` (at most 4 MiB).
     pub log_tail_lines: usize,
+    /// Largest log file of one session or batch (`session.log`, `batch.log`), in bytes; output
+    /// beyond it is not written (a batch's `/log` pages the file).
+    pub max_log_file_bytes: u64,
     /// After asking a driver to shut down, how long to wait before killing its process group.
     pub shutdown_grace: String,
     /// How often timeouts are checked and finished sessions collected.
@@ -482,6 +485,7 @@ impl Default for SessionsConfig {
             max_uploaded_bytes: 1024 * 1024 * 1024,
             sql_max_rows: 1000,
             log_tail_lines: 1000,
+            max_log_file_bytes: 256 * 1024 * 1024,
             shutdown_grace: "5s".into(),
             check_interval: "1s".into(),
             completion_timeout: "30s".into(),
@@ -843,6 +847,9 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
     }
     if s.max_retained_bytes < s.max_output_bytes {
         problems.push("sessions.max_retained_bytes must be at least sessions.max_output_bytes".into());
+    }
+    if s.max_log_file_bytes < 64 * 1024 {
+        problems.push("sessions.max_log_file_bytes must be at least 65536".into());
     }
     if s.max_queued_statements == 0 {
         problems.push("sessions.max_queued_statements must be at least 1".into());

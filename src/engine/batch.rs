@@ -326,7 +326,8 @@ impl BatchManager {
             let dir = self.config.config.server.data_dir.join("batches").join(id.to_string());
             ids::create_fresh_dir(&dir).map_err(|e| EngineError::Launch(e.to_string()))?;
             let log_path = dir.join("batch.log");
-            let log = LogBuffer::create(self.config.config.sessions.log_tail_lines, &log_path)
+            let sessions = &self.config.config.sessions;
+            let log = LogBuffer::create(sessions.log_tail_lines, &log_path, sessions.max_log_file_bytes)
                 .map_err(|e| EngineError::Launch(format!("creating the log of batch {id}: {e}")))?;
             let batch = Arc::new(Batch {
                 id,

@@ -205,7 +205,7 @@ impl SessionManager {
             // Never a directory or file an earlier session left: created exclusively, or refused.
             let dir = cfg.config.server.data_dir.join("sessions").join(id.to_string());
             ids::create_fresh_dir(&dir).map_err(|e| EngineError::Launch(e.to_string()))?;
-            let log = LogBuffer::create(sessions.log_tail_lines, &dir.join("session.log"))
+            let log = LogBuffer::create(sessions.log_tail_lines, &dir.join("session.log"), sessions.max_log_file_bytes)
                 .map_err(|e| EngineError::Launch(format!("creating the log of session {id}: {e}")))?;
             let session = Arc::new(Session::new(id, spec, limits, SessionSecret::generate(), log, dir));
             if let Some(name) = &session.spec.name {

@@ -350,7 +350,19 @@ async fn next_message<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S, LengthDelimitedCodec>,
 ) -> Result<FromDriver, HandshakeError> {
     let frame = framed.next().await.ok_or(HandshakeError::Closed)?.map_err(HandshakeError::Frame)?;
-    serde_json::from_slice(&frame).map_err(|e| HandshakeError::Protocol(e.to_string()))
+    // serde's message quotes what the peer sent (an unknown `type`, say), and an anonymous peer
+    // must not write its own text into the audit trail or the log: the category only.
+    serde_json::from_slice(&frame).map_err(|e| HandshakeError::Protocol(malformed(&e).into()))
+}
+
+/// What is wrong with a frame that is not a message, in fixed words (never the peer's text).
+fn malformed(err: &serde_json::Error) -> &'static str {
+    use serde_json::error::Category;
+    match err.classify() {
+        Category::Syntax | Category::Eof => "not a JSON object",
+        Category::Data => "not a message of this protocol (unknown type, or a field missing or of the wrong type)",
+        Category::Io => "unreadable",
+    }
 }
 
 async fn send_message<S: AsyncRead + AsyncWrite + Unpin>(
@@ -417,7 +429,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Ok(FromDriver::Pong) => {}
             Ok(msg) => registry.deliver(session_id, conn_id, msg),
-            Err(e) => return format!("malformed message: {e}"),
+            Err(e) => return format!("malformed message: {}", malformed(&e)),
         }
     }
 }
@@ -443,6 +455,24 @@ async fn write_loop<S: AsyncRead + AsyncWrite + Unpin>(
         };
         if let Err(e) = sink.send(Bytes::from(bytes)).await {
             return format!("write failed: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_frame_is_described_without_the_peers_text() {
+        for frame in [
+            &br#"{"type":"hello\nINFO forged log line"}"#[..],
+            br#"{"type":"hello","protocol_version":"s3cr3t"}"#,
+            b"s3cr3t not json",
+        ] {
+            let err = serde_json::from_slice::<FromDriver>(frame).unwrap_err();
+            let text = HandshakeError::Protocol(malformed(&err).into()).to_string();
+            assert!(!text.contains("forged") && !text.contains("s3cr3t") && !text.contains('\n'), "{text}");
         }
     }
 }

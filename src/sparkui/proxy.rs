@@ -145,6 +145,11 @@ pub fn upstream_path(rest: &str) -> Result<String, ProxyError> {
 /// did under the UI's root); anything pointing elsewhere dropped (None).
 fn rewrite_location(value: &HeaderValue, port: u16, base: &str) -> Option<HeaderValue> {
     let text = value.to_str().ok()?;
+    // Browsers read `\` as `/` and drop tabs, line breaks and surrounding spaces in URLs, so
+    // `\\evil.example/x` or `\t//evil.example` would lead off-site: never relayed.
+    if text.chars().any(|c| c == '\\' || c.is_whitespace() || c.is_control()) {
+        return None;
+    }
     let head = text.split(['/', '?', '#']).next().unwrap_or_default();
     let path = if text.starts_with("//") || head.contains(':') {
         // An absolute URL (or a scheme-relative one): only the UI's own address is followed.
@@ -313,6 +318,11 @@ mod tests {
             "https://127.0.0.1:4040/",
             "//evil.example.com/x",
             "javascript:alert(1)",
+            // What browsers turn into `//evil.example/...`.
+            "\\\\evil.example/x",
+            "/\\evil.example/x",
+            "\t//evil.example/",
+            " //evil.example/",
         ] {
             let moved = rewrite(elsewhere);
             assert!(moved.as_deref().is_none_or(|m| m.starts_with("/sessions/3/sparkui/")), "{elsewhere}: {moved:?}");
