@@ -255,11 +255,11 @@ pub struct LaunchSpec {
     pub executor_cores: Option<u32>,
     /// `spark.executor.instances`.
     pub num_executors: Option<u32>,
-    /// `--jars`.
+    /// `spark.jars` (`--jars`).
     pub jars: Vec<String>,
     /// `--py-files`.
     pub py_files: Vec<String>,
-    /// `--files`.
+    /// `spark.files` (`--files`).
     pub files: Vec<String>,
     /// `--archives`.
     pub archives: Vec<String>,
@@ -557,16 +557,8 @@ pub fn build_args(config: &SparkConfig, spec: &LaunchSpec, properties_file: &Pat
         // gateway's ticket travels in KRB5CCNAME instead: see LaunchTicket.)
         args.extend(["--principal".into(), principal.clone(), "--keytab".into(), keytab.display().to_string()]);
     }
-    for (flag, list) in [
-        ("--jars", &spec.jars),
-        ("--py-files", &spec.py_files),
-        ("--files", &spec.files),
-        ("--archives", &spec.archives),
-    ] {
-        if !list.is_empty() {
-            args.extend([flag.to_string(), list.join(",")]);
-        }
-    }
+    // The file lists go into the properties file too (see spark_properties): their URLs may
+    // carry credentials in a query string (a presigned URL), and argv is readable by all.
     args.extend(["--properties-file".into(), properties_file.display().to_string(), "--load-spark-defaults".into()]);
     args.push(spec.app.clone());
     args.extend(spec.args.iter().cloned());
@@ -598,6 +590,20 @@ pub fn spark_properties(config: &SparkConfig, spec: &LaunchSpec) -> BTreeMap<Str
     for (key, value) in resources {
         if let Some(value) = value {
             conf.insert(key.to_string(), value);
+        }
+    }
+    // What --jars, --py-files, --files and --archives would say: spark-submit reads these
+    // properties when the flags are absent (a request's lists replace the operator's, as the
+    // flags did).
+    let lists = [
+        ("spark.jars", &spec.jars),
+        ("spark.submit.pyFiles", &spec.py_files),
+        ("spark.files", &spec.files),
+        ("spark.archives", &spec.archives),
+    ];
+    for (key, list) in lists {
+        if !list.is_empty() {
+            conf.insert(key.to_string(), list.join(","));
         }
     }
     conf
@@ -1083,7 +1089,7 @@ mod tests {
             driver_memory: Some("2g".into()),
             executor_cores: Some(3),
             num_executors: Some(4),
-            jars: vec!["a.jar".into(), "b.jar".into()],
+            jars: vec!["a.jar".into(), "https://repo/b.jar?X-Amz-Signature=s3cr3t".into()],
             py_files: vec!["m.py".into()],
             conf: [("spark.ui.enabled".to_string(), "true".to_string())].into(),
             app: "/data/driver.py".into(),
@@ -1104,10 +1110,6 @@ mod tests {
                 "bob",
                 "--queue",
                 "prod",
-                "--jars",
-                "a.jar,b.jar",
-                "--py-files",
-                "m.py",
                 "--properties-file",
                 PROPS,
                 "--load-spark-defaults",
@@ -1124,9 +1126,13 @@ mod tests {
                 ("spark.driver.memory", "2g"),
                 ("spark.executor.cores", "3"),
                 ("spark.executor.instances", "4"),
+                // File lists too: a URL's query string may hold a credential.
+                ("spark.jars", "a.jar,https://repo/b.jar?X-Amz-Signature=s3cr3t"),
+                ("spark.submit.pyFiles", "m.py"),
                 ("spark.ui.enabled", "true"),
             ]
         );
+        assert!(!args.iter().any(|a| a.contains("s3cr3t")), "{args:?}");
     }
 
     const PROPS: &str = "/data/sessions/1/spark-launch.properties";

@@ -43,15 +43,16 @@ const CONF_INLINE_VAR: &str = "SPARKGATE_DRIVER_SECRET_CONF";
 
 /// How the driver's configuration (with the RPC secret) reaches the driver — never on argv:
 /// - client mode: the driver runs on this host and reads the 0600 file where it is;
-/// - YARN cluster mode: spark-submit ships the file with `--files`, which YARN stages in the
-///   application's private staging directory, and the driver's environment names it there;
-/// - Kubernetes cluster mode: `--files` would upload it to `spark.kubernetes.file.upload.path`,
+/// - YARN cluster mode: spark-submit ships the file in the files list (`spark.files`), which
+///   YARN stages in the application's private staging directory, and the driver's environment
+///   names it there;
+/// - Kubernetes cluster mode: the files list would upload it to `spark.kubernetes.file.upload.path`,
 ///   a directory that may be shared by many applications; instead the configuration itself goes
 ///   into the driver pod's environment (`spark.kubernetes.driverEnv.*`, in the owner-only
 ///   properties file on this host), readable only by those who may read the pod's spec — as the
 ///   driver itself is.
 ///
-/// Returns the `--files` list, the conf to add and spark-submit's extra environment.
+/// Returns the files list, the conf to add and spark-submit's extra environment.
 fn driver_conf_delivery(
     spark: &crate::config::SparkConfig,
     user_files: &[String],
