@@ -303,51 +303,64 @@ impl BatchManager {
         if let Some(name) = &spec.name {
             names::validate(name)?;
         }
-        let batch = {
+        // Refused early (no disk touched) when the name is taken or a cap is reached; checked
+        // again when the batch is registered, since another create may have come in between.
+        self.admit(&self.lock(), &spec, &quota)?;
+        // Durable (two fsyncs): outside the registry lock, which every lookup takes.
+        let id = self.ids.next().map_err(|e| EngineError::Launch(e.to_string()))?;
+        // Never a directory or file an earlier batch left: created exclusively, or refused.
+        let dir = self.config.config.server.data_dir.join("batches").join(id.to_string());
+        ids::create_fresh_dir(&dir).map_err(|e| EngineError::Launch(e.to_string()))?;
+        let log_path = dir.join("batch.log");
+        let sessions = &self.config.config.sessions;
+        let log = LogBuffer::create(sessions.log_tail_lines, &log_path, sessions.max_log_file_bytes)
+            .map_err(|e| EngineError::Launch(format!("creating the log of batch {id}: {e}")))?;
+        let batch = Arc::new(Batch {
+            id,
+            spec: Arc::new(spec),
+            log,
+            log_path,
+            ui: AppUi::new(format!("/batches/{id}/sparkui")),
+            dir,
+            inner: Mutex::new(BatchInner::new(SessionState::Starting)),
+        });
+        {
             let mut reg = self.lock();
-            if let Some(name) = &spec.name {
-                let limit = quota.max_name_conflicts.unwrap_or(names::DEFAULT_MAX_NAME_CONFLICTS);
-                self.name_conflicts.check(&spec.effective_user, limit)?;
-                if reg.by_name.contains_key(name) {
-                    self.name_conflicts.record(&spec.effective_user, limit);
-                    return Err(EngineError::DuplicateName("batch"));
-                }
+            if let Err(refused) = self.admit(&reg, &batch.spec, &quota) {
+                drop(reg);
+                let _ = std::fs::remove_dir_all(&batch.dir);
+                return Err(refused);
             }
-            let batches = &self.config.config.batches;
-            let counts = limits::Counts::of(reg.by_id.values().map(|b| {
-                let state = b.state();
-                (state.is_live(), state.is_launching(), b.spec.effective_user == spec.effective_user)
-            }));
-            let caps =
-                limits::Caps { kind: "batches", live: batches.max_batches, launches: batches.max_concurrent_launches };
-            limits::admit(counts, caps, &quota, &spec.effective_user)?;
-            let id = self.ids.next().map_err(|e| EngineError::Launch(e.to_string()))?;
-            // Never a directory or file an earlier batch left: created exclusively, or refused.
-            let dir = self.config.config.server.data_dir.join("batches").join(id.to_string());
-            ids::create_fresh_dir(&dir).map_err(|e| EngineError::Launch(e.to_string()))?;
-            let log_path = dir.join("batch.log");
-            let sessions = &self.config.config.sessions;
-            let log = LogBuffer::create(sessions.log_tail_lines, &log_path, sessions.max_log_file_bytes)
-                .map_err(|e| EngineError::Launch(format!("creating the log of batch {id}: {e}")))?;
-            let batch = Arc::new(Batch {
-                id,
-                spec: Arc::new(spec),
-                log,
-                log_path,
-                ui: AppUi::new(format!("/batches/{id}/sparkui")),
-                dir,
-                inner: Mutex::new(BatchInner::new(SessionState::Starting)),
-            });
             if let Some(name) = &batch.spec.name {
                 reg.by_name.insert(name.clone(), id);
             }
             reg.by_id.insert(id, batch.clone());
-            batch
-        };
+        }
         if let Err(e) = self.launch(&batch) {
             batch.move_to(SessionState::Dead, Some(&format!("could not start: {e}")));
         }
         Ok(batch)
+    }
+
+    /// Whether a batch of `spec` may be created now: its name free (refused duplicates count
+    /// against the user's quota), and the caps and quotas not reached.
+    fn admit(&self, reg: &Registry, spec: &BatchSpec, quota: &Quota) -> Result<(), EngineError> {
+        if let Some(name) = &spec.name {
+            let limit = quota.max_name_conflicts.unwrap_or(names::DEFAULT_MAX_NAME_CONFLICTS);
+            self.name_conflicts.check(&spec.effective_user, limit)?;
+            if reg.by_name.contains_key(name) {
+                self.name_conflicts.record(&spec.effective_user, limit);
+                return Err(EngineError::DuplicateName("batch"));
+            }
+        }
+        let batches = &self.config.config.batches;
+        let counts = limits::Counts::of(reg.by_id.values().map(|b| {
+            let state = b.state();
+            (state.is_live(), state.is_launching(), b.spec.effective_user == spec.effective_user)
+        }));
+        let caps =
+            limits::Caps { kind: "batches", live: batches.max_batches, launches: batches.max_concurrent_launches };
+        limits::admit(counts, caps, quota, &spec.effective_user)
     }
 
     fn launch(&self, batch: &Arc<Batch>) -> Result<(), EngineError> {

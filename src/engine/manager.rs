@@ -181,45 +181,56 @@ impl SessionManager {
             max_queued_statements: cfg.config.sessions.max_queued_statements,
             max_retained_bytes: cfg.config.sessions.max_retained_bytes,
         };
-        let session = {
+        // Refused early (no disk touched) when the name is taken or a cap is reached; checked
+        // again when the session is registered, since another create may have come in between.
+        self.admit(&self.lock(), &spec, &quota)?;
+        // Durable (two fsyncs): outside the registry lock, which every lookup takes.
+        let id = self.ids.next().map_err(|e| EngineError::Launch(e.to_string()))?;
+        // Never a directory or file an earlier session left: created exclusively, or refused.
+        let sessions = &cfg.config.sessions;
+        let dir = cfg.config.server.data_dir.join("sessions").join(id.to_string());
+        ids::create_fresh_dir(&dir).map_err(|e| EngineError::Launch(e.to_string()))?;
+        let log = LogBuffer::create(sessions.log_tail_lines, &dir.join("session.log"), sessions.max_log_file_bytes)
+            .map_err(|e| EngineError::Launch(format!("creating the log of session {id}: {e}")))?;
+        let session = Arc::new(Session::new(id, spec, limits, SessionSecret::generate(), log, dir));
+        {
             let mut reg = self.lock();
-            if let Some(name) = &spec.name {
-                let limit = quota.max_name_conflicts.unwrap_or(names::DEFAULT_MAX_NAME_CONFLICTS);
-                self.name_conflicts.check(&spec.effective_user, limit)?;
-                if reg.by_name.contains_key(name) {
-                    self.name_conflicts.record(&spec.effective_user, limit);
-                    return Err(EngineError::DuplicateName("session"));
-                }
+            if let Err(refused) = self.admit(&reg, &session.spec, &quota) {
+                drop(reg);
+                let _ = std::fs::remove_dir_all(&session.dir);
+                return Err(refused);
             }
-            let sessions = &cfg.config.sessions;
-            let counts = limits::Counts::of(reg.by_id.values().map(|s| {
-                let state = s.state();
-                (state.is_live(), state.is_launching(), s.spec.effective_user == spec.effective_user)
-            }));
-            let caps = limits::Caps {
-                kind: "sessions",
-                live: sessions.max_sessions,
-                launches: sessions.max_concurrent_launches,
-            };
-            limits::admit(counts, caps, &quota, &spec.effective_user)?;
-            let id = self.ids.next().map_err(|e| EngineError::Launch(e.to_string()))?;
-            // Never a directory or file an earlier session left: created exclusively, or refused.
-            let dir = cfg.config.server.data_dir.join("sessions").join(id.to_string());
-            ids::create_fresh_dir(&dir).map_err(|e| EngineError::Launch(e.to_string()))?;
-            let log = LogBuffer::create(sessions.log_tail_lines, &dir.join("session.log"), sessions.max_log_file_bytes)
-                .map_err(|e| EngineError::Launch(format!("creating the log of session {id}: {e}")))?;
-            let session = Arc::new(Session::new(id, spec, limits, SessionSecret::generate(), log, dir));
             if let Some(name) = &session.spec.name {
                 reg.by_name.insert(name.clone(), id);
             }
             reg.by_id.insert(id, session.clone());
-            session
-        };
+        }
         if let Err(e) = self.launch(&session) {
             session.log.push(format!("sparkgate: {e}"));
             session.finish(SessionState::Dead, &format!("could not start: {e}"));
         }
         Ok(session)
+    }
+
+    /// Whether a session of `spec` may be created now: its name free (refused duplicates count
+    /// against the user's quota), and the caps and quotas not reached.
+    fn admit(&self, reg: &Registry, spec: &SessionSpec, quota: &Quota) -> Result<(), EngineError> {
+        if let Some(name) = &spec.name {
+            let limit = quota.max_name_conflicts.unwrap_or(names::DEFAULT_MAX_NAME_CONFLICTS);
+            self.name_conflicts.check(&spec.effective_user, limit)?;
+            if reg.by_name.contains_key(name) {
+                self.name_conflicts.record(&spec.effective_user, limit);
+                return Err(EngineError::DuplicateName("session"));
+            }
+        }
+        let sessions = &self.config.config.sessions;
+        let counts = limits::Counts::of(reg.by_id.values().map(|s| {
+            let state = s.state();
+            (state.is_live(), state.is_launching(), s.spec.effective_user == spec.effective_user)
+        }));
+        let caps =
+            limits::Caps { kind: "sessions", live: sessions.max_sessions, launches: sessions.max_concurrent_launches };
+        limits::admit(counts, caps, quota, &spec.effective_user)
     }
 
     fn launch(&self, session: &Arc<Session>) -> Result<(), EngineError> {
