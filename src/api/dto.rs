@@ -217,26 +217,30 @@ pub fn session_json(s: &SessionSnapshot, log: Vec<String>) -> Value {
     })
 }
 
-/// A JSON response `head` + `items` (as a JSON array's elements) + `tail`, serialized one item
-/// at a time as the client reads: however large the items (statement outputs of megabytes),
-/// the gateway holds one serialized item per response, not the whole document.
-pub fn streamed_json<T: serde::Serialize + Send + 'static>(
+/// A JSON response `head` + `items` (as a JSON array's elements) + `tail`, each item turned
+/// into its JSON (in one or more pieces, see [`serialized`]) only as the client reads: however
+/// large the items, the gateway holds one item's pieces per response, not the whole document —
+/// and pieces that share stored bytes (statement outputs) copy nothing.
+pub fn streamed_json<T: Send + 'static>(
     head: String,
     items: Vec<T>,
     tail: &'static str,
+    pieces: impl Fn(&T) -> Vec<Bytes> + Send + 'static,
 ) -> Response {
     let body = std::iter::once(Bytes::from(head))
-        .chain(items.into_iter().enumerate().map(|(i, item)| {
-            let mut chunk = if i == 0 { Vec::new() } else { b",".to_vec() };
-            // Serializing plain data into a Vec cannot fail; an error would leave the item out.
-            if serde_json::to_writer(&mut chunk, &item).is_err() {
-                chunk.extend_from_slice(b"null");
-            }
-            Bytes::from(chunk)
+        .chain(items.into_iter().enumerate().flat_map(move |(i, item)| {
+            let comma = (i > 0).then(|| Bytes::from_static(b","));
+            comma.into_iter().chain(pieces(&item))
         }))
         .chain(std::iter::once(Bytes::from_static(tail.as_bytes())));
     let stream = futures_util::stream::iter(body.map(Ok::<_, std::convert::Infallible>));
     ([(header::CONTENT_TYPE, "application/json")], Body::from_stream(stream)).into_response()
+}
+
+/// `item` as one piece of JSON, for [`streamed_json`].
+pub fn serialized<T: serde::Serialize>(item: &T) -> Vec<Bytes> {
+    // Serializing plain data into a Vec cannot fail; `null` would stand in for it.
+    vec![serde_json::to_vec(item).map_or_else(|_| Bytes::from_static(b"null"), Bytes::from)]
 }
 
 /// Livy's `/log` answer: `size` defaults to 100 and -1 means all; `from` defaults to the last
@@ -337,13 +341,18 @@ mod tests {
     #[tokio::test]
     async fn streamed_json_is_one_document() {
         use http_body_util::BodyExt;
-        let response =
-            streamed_json("{\"total\":3,\"items\":[".into(), vec![json!({"a": 1}), json!("x"), json!(null)], "]}");
+        let response = streamed_json(
+            "{\"total\":3,\"items\":[".into(),
+            vec![json!({"a": 1}), json!("x"), json!(null)],
+            "]}",
+            serialized,
+        );
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let doc: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(doc, json!({"total": 3, "items": [{"a": 1}, "x", null]}));
-        let empty = streamed_json("[".into(), Vec::<Value>::new(), "]").into_body().collect().await.unwrap();
+        let empty =
+            streamed_json("[".into(), Vec::<Value>::new(), "]", serialized).into_body().collect().await.unwrap();
         assert_eq!(&empty.to_bytes()[..], b"[]");
     }
 
@@ -364,6 +373,23 @@ mod tests {
             text,
             r#"{"id":3,"code":"1+1","state":"available","output":{"status":"ok","execution_count":3},"progress":1.0,"started":10,"completed":20}"#
         );
+        // The pieces a list streams are the same document, the output's bytes not copied.
+        let waiting = crate::engine::Statement {
+            code: "print(\"é\\n\")".into(),
+            state: crate::engine::StatementState::Running,
+            output: None,
+            progress: 0.37,
+            ..statement.clone()
+        };
+        for s in [&statement, &waiting] {
+            let pieces = s.json_pieces();
+            let joined: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+            assert_eq!(String::from_utf8(joined).unwrap(), serde_json::to_string(s).unwrap());
+        }
+        let shared = statement.json_pieces()[1].as_ptr();
+        let stored = statement.output.as_ref().unwrap().value();
+        assert_eq!(stored["status"], "ok");
+        assert_eq!(shared, statement.json_pieces()[1].as_ptr(), "every reader is handed the one stored copy");
     }
 
     #[test]

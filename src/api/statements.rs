@@ -31,7 +31,8 @@ pub(super) async fn list(
     let total = statements.len();
     let range = dto::window(total, paging.from.unwrap_or(0), paging.size.unwrap_or(None));
     let page: Vec<_> = statements.drain(range).collect();
-    Ok(dto::streamed_json(format!("{{\"total_statements\":{total},\"statements\":["), page, "]}"))
+    let head = format!("{{\"total_statements\":{total},\"statements\":[");
+    Ok(dto::streamed_json(head, page, "]}", crate::engine::Statement::json_pieces))
 }
 
 pub(super) async fn create(

@@ -98,6 +98,44 @@ impl PartialEq for Output {
     }
 }
 
+/// An output's bytes, owned by its `Arc`: a response body can send them without a copy.
+struct OutputBytes(Arc<RawValue>);
+
+impl AsRef<[u8]> for OutputBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.get().as_bytes()
+    }
+}
+
+impl Statement {
+    /// Livy's Statement JSON in pieces, the output's bytes shared rather than copied: a list of
+    /// statements of many megabytes costs a reader only its small pieces.
+    pub fn json_pieces(&self) -> Vec<bytes::Bytes> {
+        #[derive(serde::Serialize)]
+        struct Head<'a> {
+            id: u32,
+            code: &'a str,
+            state: StatementState,
+        }
+        let mut head =
+            serde_json::to_vec(&Head { id: self.id, code: &self.code, state: self.state }).unwrap_or_default();
+        // `{"id":..,"code":..,"state":..}` → `{"id":..,"code":..,"state":..,"output":`
+        head.pop();
+        head.extend_from_slice(b",\"output\":");
+        let output = match &self.output {
+            Some(output) => bytes::Bytes::from_owner(OutputBytes(output.0.clone())),
+            None => bytes::Bytes::from_static(b"null"),
+        };
+        let tail = format!(
+            ",\"progress\":{},\"started\":{},\"completed\":{}}}",
+            serde_json::to_string(&self.progress).unwrap_or_else(|_| "0.0".into()),
+            self.started,
+            self.completed
+        );
+        vec![bytes::Bytes::from(head), output, bytes::Bytes::from(tail)]
+    }
+}
+
 impl serde::Serialize for Output {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(serializer)
