@@ -140,8 +140,12 @@ impl AppState {
         use crate::acl::conf::Refusal;
         let conf = dto::conf_to_strings(raw.unwrap_or_default()).map_err(ApiError::BadRequest)?;
         let refused = self.acl.refused_conf_keys(&caller.acting, conf.keys().map(String::as_str));
+        // Keys are the request's field names, named so the user can fix them; a long one is cut
+        // (a value pasted into a key by mistake is not repeated whole).
         let listed = |why: Refusal| {
-            refused.iter().filter(|(_, w)| *w == why).map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
+            let keys =
+                refused.iter().filter(|(_, w)| *w == why).map(|(k, _)| crate::engine::launcher::clip_text(k, 128));
+            keys.collect::<Vec<_>>().join(", ")
         };
         let mut problems = Vec::new();
         let (denied, unlisted) = (listed(Refusal::Denied), listed(Refusal::NotAllowed));
