@@ -117,8 +117,9 @@ pub async fn audit_requests(State(log): State<Arc<AuditLog>>, mut request: Reque
     }
     // The response's record, else the slot's: a 408 or a panic's 500 is made outside the auth
     // layer and carries none, though authentication did happen.
-    let record = response.extensions().get::<AuthRecord>().or_else(|| auth.get()).cloned();
-    if let Some(record) = &record {
+    let record = response.extensions().get::<AuthRecord>().or_else(|| auth.get());
+    let anonymous = !matches!(record, Some(AuthRecord::Principal(_)));
+    if let Some(record) = record {
         event = authenticated(event, record);
     }
     let annotation = response.extensions_mut().remove::<Annotation>();
@@ -126,7 +127,6 @@ pub async fn audit_requests(State(log): State<Arc<AuditLog>>, mut request: Reque
     if let Some(annotation) = annotation {
         event = annotate(event, annotation);
     }
-    let anonymous = !matches!(record, Some(AuthRecord::Principal(_)));
     match unauthenticated_refusal(status).filter(|_| anonymous) {
         // Anyone can send these, as fast as they like: counted per address, route and status
         // rather than written one by one, so a flood cannot push the trail's older records
