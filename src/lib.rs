@@ -302,6 +302,7 @@ impl Gateway {
             acl,
             audit: audit_log.clone(),
             metrics: Arc::new(metrics::Metrics::new()),
+            log_streams: Default::default(),
         };
         let app = http::stack::build(state, auth_chain);
         let (shutdown, rx) = watch::channel(false);

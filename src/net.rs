@@ -6,7 +6,9 @@
 //! freely (privacy extensions rotate them), so counting exact IPv6 addresses would let one
 //! client open up to 2^64 "different" clients' worth of connections. IPv4 addresses, and
 //! IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, how a dual-stack socket reports an IPv4 peer),
-//! count one by one.
+//! count one by one — except loopback: every address of 127.0.0.0/8 and `::1` is one client,
+//! "this host", since code on this host (a session's driver: its sandbox shares the host's
+//! network) can pick any of them as its source address.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,6 +22,13 @@ pub struct AddrKey(IpAddr);
 impl AddrKey {
     /// The key of a client address.
     pub fn of(ip: IpAddr) -> Self {
+        let this_host = match ip {
+            IpAddr::V4(v4) => v4.is_loopback(),
+            IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        };
+        if this_host {
+            return Self(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        }
         match ip {
             IpAddr::V4(v4) => Self(IpAddr::V4(v4)),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -118,6 +127,19 @@ mod tests {
         assert!(table.enter(ip("192.0.2.2"), 1).is_some());
         assert!(table.enter(ip("::ffff:192.0.2.3"), 1).is_some());
         assert_eq!(AddrKey::of(ip("::ffff:192.0.2.1")).to_string(), "192.0.2.1");
+    }
+
+    #[test]
+    fn every_loopback_address_is_one_client() {
+        // Code on this host picks its source address freely among 127.0.0.0/8.
+        let table = Arc::new(PerAddr::default());
+        let _slots: Vec<_> =
+            ["127.0.0.1", "127.0.0.2", "127.9.8.7"].iter().map(|a| table.enter(ip(a), 3).unwrap()).collect();
+        for other in ["127.1.2.3", "::1", "::ffff:127.0.0.5"] {
+            assert!(table.enter(ip(other), 3).is_none(), "{other} is this host too");
+        }
+        assert!(table.enter(ip("192.0.2.1"), 3).is_some(), "another host is not");
+        assert_eq!(AddrKey::of(ip("127.200.0.1")).to_string(), "127.0.0.1");
     }
 
     #[test]

@@ -109,11 +109,20 @@ pub(super) async fn log(
     paging: Paging,
 ) -> Result<Response, ApiError> {
     let batch = state.batch_for(&caller, &id, Action::View)?;
+    // Held until the whole answer is sent (it moves into the reading thread).
+    let slot = state.log_streams.enter(&caller.real.name).ok_or_else(|| {
+        ApiError::TooManyRequests(format!(
+            "Rejected: too many batch logs are being read at once ({} per user, {} in all); try again when one is done",
+            super::streams::MAX_PER_USER,
+            super::streams::MAX_TOTAL
+        ))
+    })?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     // File reads block: keep them off the async workers. A client that stops reading holds a
     // blocking thread only until server.request_timeout passes without it taking a chunk.
     let (runtime, patience) = (tokio::runtime::Handle::current(), state.config.durations.request_timeout);
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let mut send =
             |chunk| runtime.block_on(tokio::time::timeout(patience, tx.send(chunk))).is_ok_and(|r| r.is_ok());
         render_log_json(&batch, &|total| dto::log_range(total, &paging), &mut send)

@@ -7,6 +7,7 @@ mod files;
 mod sessions;
 mod sparkui;
 mod statements;
+pub mod streams;
 
 pub use extract::{LivyJson, Paging};
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub audit: Arc<crate::audit::AuditLog>,
     /// Request counters for `/metrics` (fed by the stack).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Streamed batch logs being read (see [`streams`]).
+    pub log_streams: Arc<streams::LogStreams>,
 }
 
 /// A session or a batch: what the access checks need to know about it.

@@ -53,6 +53,7 @@ impl Harness {
             acl,
             audit,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            log_streams: Default::default(),
         };
         let chain = crate::auth::build_chain(&config).unwrap();
         let app = crate::http::stack::build(state.clone(), chain);
@@ -386,4 +387,45 @@ async fn a_flood_of_unauthenticated_refusals_is_counted_not_written_one_by_one()
     assert!(unmatched.len() <= 3 && unmatched[0]["resource"] == "/no/such/path/0", "{unmatched:#?}");
     assert_eq!(unmatched.iter().map(|r| r["repeated"].as_u64().unwrap_or(1)).sum::<u64>(), 200);
     assert_eq!(of("POST /sessions").len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_hold_every_reader_of_whole_batch_logs() {
+    let h = Harness::new(POLICY, &[]);
+    let (status, batch) = h.call(Some("bob"), "POST", "/batches", Some(json!({"file": "hdfs:///a.py"}))).await;
+    assert_eq!(status, 201, "{batch}");
+    // A log far longer than what the stream buffers, so a reader that stops holds its thread.
+    let log = h.dir.path().join(format!("data/batches/{}/batch.log", batch["id"]));
+    std::fs::write(&log, format!("{}\n", "y".repeat(1000)).repeat(4000)).unwrap();
+    let open = |user: &'static str| {
+        let request = Request::get(format!("/batches/{}/log?size=-1", batch["id"]))
+            .header("authorization", format!("Bearer {}", h.token(user)))
+            .body(Body::empty())
+            .unwrap();
+        h.app.clone().oneshot(request)
+    };
+    let mut held = Vec::new();
+    for _ in 0..super::streams::MAX_PER_USER {
+        let response = open("bob").await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        held.push(response); // never read
+    }
+    let refused = open("bob").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Nobody else is affected...
+    let (status, _) = h.call(Some("alice"), "GET", "/sessions", None).await;
+    assert_eq!(status, 200);
+    // ...and a reader that goes away gives its slot back.
+    drop(held);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = open("bob").await.unwrap();
+        if response.status() == StatusCode::OK {
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap()["total"], 4000);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the slots never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
