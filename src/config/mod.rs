@@ -441,6 +441,11 @@ pub struct SessionsConfig {
     pub ttl: String,
     /// Finished sessions (dead, killed, error) stay visible this long, then are forgotten.
     pub retain_finished: String,
+    /// Finished sessions kept visible at once (and, separately, finished batches); beyond it
+    /// the oldest are forgotten before `retain_finished` is up.
+    pub max_finished_retained: usize,
+    /// The same, per effective user.
+    pub max_finished_retained_per_user: usize,
     /// Statements kept per session; the oldest finished ones are forgotten beyond this.
     pub statement_retention: usize,
     /// Largest statement output kept (its JSON, in bytes); a larger one is replaced by an error.
@@ -478,6 +483,8 @@ impl Default for SessionsConfig {
             idle_timeout: "1h".into(),
             ttl: "0".into(),
             retain_finished: "10m".into(),
+            max_finished_retained: 32,
+            max_finished_retained_per_user: 4,
             statement_retention: 100,
             max_output_bytes: 8 * 1024 * 1024,
             max_queued_statements: 20,
@@ -850,6 +857,11 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
     }
     if s.max_log_file_bytes < 64 * 1024 {
         problems.push("sessions.max_log_file_bytes must be at least 65536".into());
+    }
+    if s.max_finished_retained == 0 || s.max_finished_retained_per_user == 0 {
+        problems.push(
+            "sessions.max_finished_retained and sessions.max_finished_retained_per_user must be at least 1".into(),
+        );
     }
     if s.max_queued_statements == 0 {
         problems.push("sessions.max_queued_statements must be at least 1".into());

@@ -554,6 +554,18 @@ impl BatchManager {
         for id in expired {
             self.forget(id);
         }
+        // Beyond the retention caps, the oldest finished go before their time is up (see
+        // limits::excess_finished).
+        let mut finished: Vec<(Instant, Arc<Batch>)> =
+            self.list().into_iter().filter_map(|b| b.lock().finished_at.map(|f| (f, b.clone()))).collect();
+        finished.sort_by_key(|(at, b)| (*at, b.id));
+        let entries: Vec<(&str, u32)> = finished.iter().map(|(_, b)| (b.spec.effective_user.as_str(), b.id)).collect();
+        let sessions = &self.config.config.sessions;
+        for id in
+            limits::excess_finished(&entries, sessions.max_finished_retained, sessions.max_finished_retained_per_user)
+        {
+            self.forget(id);
+        }
     }
 
     /// Runs the collector until the manager is dropped.

@@ -82,8 +82,39 @@ pub fn admit(counts: Counts, caps: Caps, quota: &Quota, user: &str) -> Result<()
     Ok(())
 }
 
+/// Which finished sessions (or batches) to forget now beyond the retention time: `finished`
+/// are `(effective user, id)` oldest first; the newest `total` stay, at most `per_user` of one
+/// user's. A finished session still holds its statements' outputs and its log tail, and the
+/// caps on live ones do not count it: without this, starting and stopping sessions in a loop
+/// would pile them up for `sessions.retain_finished`.
+pub fn excess_finished(finished: &[(&str, u32)], total: usize, per_user: usize) -> Vec<u32> {
+    let mut kept = 0usize;
+    let mut per: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut excess = Vec::new();
+    for (user, id) in finished.iter().rev() {
+        let mine = per.entry(user).or_insert(0);
+        if kept < total && *mine < per_user {
+            kept += 1;
+            *mine += 1;
+        } else {
+            excess.push(*id);
+        }
+    }
+    excess
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_newest_finished_are_kept_within_both_caps() {
+        let finished = [("bob", 1), ("alice", 2), ("bob", 3), ("bob", 4), ("bob", 5), ("carol", 6)];
+        let mut gone = super::excess_finished(&finished, 4, 2);
+        gone.sort();
+        // Kept, newest first: carol 6, bob 5, bob 4, alice 2 (bob's 3 is beyond his two).
+        assert_eq!(gone, vec![1, 3]);
+        assert!(super::excess_finished(&finished, 100, 100).is_empty());
+    }
+
     use super::*;
 
     #[test]

@@ -335,6 +335,9 @@ impl SessionManager {
             watched.process_exited(code);
             // Whatever the JVM left behind (the Python driver, its workers) goes too.
             handle.kill_group(Duration::from_secs(2)).await;
+            // Nothing can use the session's uploads any more: they do not wait for the session
+            // to be forgotten (sessions.retain_finished), taking disk outside any quota.
+            let _ = std::fs::remove_dir_all(watched.dir.join("uploads"));
         });
         Ok(())
     }
@@ -414,8 +417,24 @@ impl SessionManager {
                 tick.tick().await;
                 let Some(manager) = weak.upgrade() else { return };
                 manager.check_timeouts().await;
+                manager.forget_excess_finished();
             }
         });
+    }
+
+    /// Forgets the oldest finished sessions beyond `sessions.max_finished_retained` (and its
+    /// per-user share), before their retention time is up (see [`limits::excess_finished`]).
+    pub fn forget_excess_finished(&self) {
+        let mut finished: Vec<(tokio::time::Instant, Arc<Session>)> =
+            self.list().into_iter().filter_map(|s| s.timers().finished_at.map(|f| (f, s))).collect();
+        finished.sort_by_key(|(at, s)| (*at, s.id));
+        let entries: Vec<(&str, u32)> = finished.iter().map(|(_, s)| (s.spec.effective_user.as_str(), s.id)).collect();
+        let sessions = &self.config.config.sessions;
+        for id in
+            limits::excess_finished(&entries, sessions.max_finished_retained, sessions.max_finished_retained_per_user)
+        {
+            self.forget(id);
+        }
     }
 
     /// One pass of the timeout checker.

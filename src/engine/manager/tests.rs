@@ -388,3 +388,58 @@ async fn a_yarn_cluster_session_is_killed_by_its_launch_tag_not_by_what_its_driv
         )
     );
 }
+
+#[tokio::test]
+async fn finished_sessions_cannot_pile_up_before_their_retention_time() {
+    let (m, _dir) = manager(&["sessions.max_finished_retained=5", "sessions.max_finished_retained_per_user=3"]);
+    let roomy =
+        Quota { max_sessions: Some(100), max_concurrent_launches: Some(100), explicit: true, ..Quota::default() };
+    // Without Spark every session is dead at once: finished, still visible for retain_finished.
+    let mut ids = Vec::new();
+    for user in ["alice", "alice", "alice", "alice", "bob", "bob", "carol"] {
+        let spec = SessionSpec { owner: user.into(), effective_user: user.into(), ..spec() };
+        ids.push(m.create(spec, roomy).unwrap().id);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    m.forget_excess_finished();
+    let kept: Vec<u32> = m.list().iter().map(|s| s.id).collect();
+    // Newest first: carol's, bob's two, alice's two newest fill the five; alice's two oldest go.
+    assert_eq!(kept, ids[2..].to_vec());
+    m.forget_excess_finished();
+    assert_eq!(m.list().len(), 5, "stable once within the caps");
+}
+
+#[tokio::test]
+async fn a_sessions_uploads_go_when_its_driver_does() {
+    // A FAKE spark-submit that runs a moment and exits, standing in for a driver that ends.
+    let dir = tempfile::tempdir().unwrap();
+    let submit = dir.path().join("spark-submit");
+    std::fs::write(&submit, "#!/bin/sh\nsleep 1\nexit 0\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&submit, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = config::load(&Sources {
+        file: None,
+        env: vec![],
+        overrides: vec![format!("server.data_dir=\"{}\"", dir.path().join("data").display())],
+    })
+    .unwrap();
+    let env = SparkEnv::for_test(dir.path(), &submit);
+    let m = SessionManager::new(Arc::new(cfg), Some(env), IdCounter::in_memory("sessions"));
+    m.set_rpc_endpoint(RpcEndpoint {
+        host: "127.0.0.1".into(),
+        port: 1,
+        server_name: "127.0.0.1".into(),
+        ca_pem: String::new(),
+    });
+    let s = m.create(spec(), Quota::default()).unwrap();
+    let uploads = s.dir.join("uploads");
+    std::fs::create_dir_all(&uploads).unwrap();
+    std::fs::write(uploads.join("big.bin"), vec![0u8; 1 << 20]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while uploads.exists() {
+        assert!(Instant::now() < deadline, "the uploads of a session whose driver ended stayed on disk");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(s.state(), SessionState::Dead);
+    assert!(s.dir.join("session.log").exists(), "its log stays visible until the session is forgotten");
+}
