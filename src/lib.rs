@@ -256,6 +256,16 @@ impl Gateway {
         };
         let audit_log = audit::AuditLog::open_with(&audit_path, &audit_options)
             .map_err(|e| StartError::Io { what: "opening the audit log".into(), source: std::io::Error::other(e) })?;
+        // What an earlier run left running (a crash, kill -9) cannot be taken back yet: stopped,
+        // before its files are moved aside and anything new is launched.
+        let orphans = engine::launcher::stop_orphans(&cfg.server.data_dir);
+        if orphans > 0 {
+            tracing::warn!(processes = orphans, "stopped the drivers and batches an earlier run left behind");
+            audit_log.record(
+                audit::AuditEvent::security("orphans_stopped", audit::Decision::Info)
+                    .reason(format!("{orphans} process(es) of an earlier run's sessions and batches were stopped")),
+            );
+        }
         // Ids continue where the last run stopped; its session and batch files are moved aside.
         let ids = engine::ids::Ids::prepare(&cfg.server.data_dir).map_err(|e| StartError::Io {
             what: "preparing session and batch ids".into(),

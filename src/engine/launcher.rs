@@ -862,6 +862,47 @@ pub fn processes_of_group_tree(pgid: i32) -> Vec<i32> {
     all
 }
 
+/// Stops every process left behind by sessions and batches of an earlier run of the gateway on
+/// `data_dir` (found by their command lines, which name files in `<data_dir>/sessions/<id>/` or
+/// `<data_dir>/batches/<id>/`), with their process groups and descendants. Until the gateway can
+/// take them back after a restart, they could only go on using CPU, memory and ports — a batch,
+/// which has no channel to lose, for ever — and a driver whose user code disabled its own
+/// shutdown as well. Returns how many processes were found. Call it before anything is launched.
+pub fn stop_orphans(data_dir: &Path) -> usize {
+    use nix::sys::signal::{kill, killpg, Signal};
+    let Ok(root) = std::path::absolute(data_dir) else { return 0 };
+    let prefixes = [root.join("sessions"), root.join("batches")].map(|p| format!("{}/", p.display()));
+    let own = std::process::id() as i32;
+    let mut found: Vec<(i32, i32)> = Vec::new();
+    for (pid, _, _, pgid) in process_table() {
+        if pid == own {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let named = cmdline.split(|b| *b == 0).any(|arg| {
+            let arg = String::from_utf8_lossy(arg);
+            prefixes.iter().any(|p| {
+                arg.strip_prefix(p.as_str()).is_some_and(|rest| {
+                    rest.split('/').next().is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+                })
+            })
+        });
+        if named {
+            found.push((pid, pgid));
+        }
+    }
+    for (pid, pgid) in &found {
+        let escaped = descendants_of_group(*pgid);
+        if *pgid > 1 && *pgid != own {
+            let _ = killpg(nix::unistd::Pid::from_raw(*pgid), Signal::SIGKILL);
+        }
+        for p in escaped.iter().chain(std::iter::once(pid)) {
+            let _ = kill(nix::unistd::Pid::from_raw(*p), Signal::SIGKILL);
+        }
+    }
+    found.len()
+}
+
 /// Live processes descended from process group `pgid` that are no longer in it.
 pub fn descendants_of_group(pgid: i32) -> Vec<i32> {
     let table = process_table();
@@ -1520,6 +1561,47 @@ mod tests {
         assert_eq!(log.snapshot(), vec!["line 2", "line 3", "line 4"]);
         assert_eq!(log.tail(2), vec!["line 3", "line 4"]);
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 5);
+    }
+
+    #[tokio::test]
+    async fn processes_an_earlier_run_left_behind_are_stopped_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let spawn = |arg: std::path::PathBuf, own_group: bool| {
+            let mut cmd = std::process::Command::new("sh");
+            // `$0` is the path: it shows in /proc/<pid>/cmdline as a driver's files would.
+            cmd.args(["-c", "sleep 600 & wait"]).arg(arg);
+            if own_group {
+                use std::os::unix::process::CommandExt;
+                cmd.process_group(0);
+            }
+            cmd.spawn().unwrap()
+        };
+        let mut orphan = spawn(data.join("sessions/3/spark-launch.properties"), true);
+        let mut batch = spawn(data.join("batches/12/batch.log"), true);
+        let mut bystander = spawn(dir.path().join("elsewhere/sessions/3/x"), true);
+        let mut other_files = spawn(data.join("state/next-session-id"), true);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(stop_orphans(&data), 2);
+        for child in [&mut orphan, &mut batch] {
+            let status = child.wait().unwrap();
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(status.signal(), Some(9));
+        }
+        assert!(!group_alive(orphan.id() as i32) && !group_alive(batch.id() as i32), "their children go too");
+        for child in [&mut bystander, &mut other_files] {
+            assert!(child.try_wait().unwrap().is_none(), "unrelated processes live on");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(bystander.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(other_files.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 
     #[tokio::test]
