@@ -7,10 +7,15 @@
 //! client open up to 2^64 "different" clients' worth of connections. IPv4 addresses, and
 //! IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, how a dual-stack socket reports an IPv4 peer),
 //! count one by one.
+//!
+//! The driver RPC server counts by [`AddrKey::of_rpc_peer`], which also makes every loopback
+//! address one client: on the gateway host any local process (a sandboxed driver's user code
+//! shares the host network) may pick any source address in 127.0.0.0/8, so counting those one
+//! by one would let one local process take the server's whole pending-handshake total.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// The unit a client is counted by: an IPv4 address, or the /64 prefix of an IPv6 address.
@@ -26,6 +31,21 @@ impl AddrKey {
                 Some(v4) => Self(IpAddr::V4(v4)),
                 None => Self(IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX)))),
             },
+        }
+    }
+
+    /// The key of a driver RPC peer: as [`AddrKey::of`], except that every loopback address
+    /// (127.0.0.0/8, `::1`, and IPv4-mapped loopback) is one key, `127.0.0.1`. Local processes
+    /// choose their loopback source address freely, so only "the host itself" is a client.
+    pub fn of_rpc_peer(ip: IpAddr) -> Self {
+        let loopback = match ip {
+            IpAddr::V4(v4) => v4.is_loopback(),
+            IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        };
+        if loopback {
+            Self(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        } else {
+            Self::of(ip)
         }
     }
 }
@@ -52,9 +72,13 @@ pub struct AddrSlot {
 }
 
 impl PerAddr {
-    /// Takes a slot for `ip` unless its key already holds `limit`.
+    /// Takes a slot for `ip` (counted by [`AddrKey::of`]) unless its key already holds `limit`.
     pub fn enter(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<AddrSlot> {
-        let key = AddrKey::of(ip);
+        self.enter_key(AddrKey::of(ip), limit)
+    }
+
+    /// Takes a slot for `key` unless it already holds `limit`.
+    pub fn enter_key(self: &Arc<Self>, key: AddrKey, limit: usize) -> Option<AddrSlot> {
         let mut table = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let count = table.entry(key).or_insert(0);
         if *count >= limit {
@@ -118,6 +142,22 @@ mod tests {
         assert!(table.enter(ip("192.0.2.2"), 1).is_some());
         assert!(table.enter(ip("::ffff:192.0.2.3"), 1).is_some());
         assert_eq!(AddrKey::of(ip("::ffff:192.0.2.1")).to_string(), "192.0.2.1");
+    }
+
+    #[test]
+    fn every_loopback_address_is_one_rpc_peer() {
+        let table = Arc::new(PerAddr::default());
+        let _a = table.enter_key(AddrKey::of_rpc_peer(ip("127.0.0.1")), 2).unwrap();
+        let _b = table.enter_key(AddrKey::of_rpc_peer(ip("127.0.0.2")), 2).unwrap();
+        // Deny: another source address in 127.0.0.0/8, ::1 or mapped loopback is the same host.
+        for other in ["127.0.0.3", "127.255.255.254", "::1", "::ffff:127.0.0.9"] {
+            assert!(table.enter_key(AddrKey::of_rpc_peer(ip(other)), 2).is_none(), "{other}");
+            assert_eq!(AddrKey::of_rpc_peer(ip(other)).to_string(), "127.0.0.1");
+        }
+        // Allow: other hosts count as before (and the HTTPS server's keys do not change).
+        assert!(table.enter_key(AddrKey::of_rpc_peer(ip("192.0.2.1")), 2).is_some());
+        assert_eq!(AddrKey::of_rpc_peer(ip("2001:db8:1:2::1")), AddrKey::of(ip("2001:db8:1:2::7")));
+        assert_eq!(AddrKey::of(ip("127.0.0.2")).to_string(), "127.0.0.2");
     }
 
     #[test]
