@@ -285,6 +285,7 @@ impl Gateway {
             max_pending: cfg.rpc.max_pending_handshakes,
             max_pending_per_ip: cfg.rpc.max_pending_handshakes_per_ip,
             ping_interval: config.durations.ping_interval,
+            max_queued: rpc::QueueLimits::for_frames(cfg.rpc.max_frame_bytes),
         };
         let rpc_server = rpc::server::start(cfg.rpc.bind, rpc_tls, settings, manager.clone())
             .await
@@ -295,6 +296,7 @@ impl Gateway {
             server_name: host,
             ca_pem: rpc_pki.ca_pem.clone(),
         });
+        manager.set_local_rpc(rpc_server.local_listeners());
         manager.start_background();
 
         let listener = tokio::net::TcpListener::bind(cfg.server.bind).await.map_err(io("binding the HTTP listener"))?;

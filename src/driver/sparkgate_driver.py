@@ -146,6 +146,18 @@ class DriverConf:
             raise ConfError("field 'max_frame_bytes' is too small")
         if self.sql_max_rows < 0 or self.reconnect_window_secs < 0 or self.completion_wait_secs < 0:
             raise ConfError("negative limits are not allowed")
+        # Optional: the session's own Unix socket (local and client deploy mode). When given,
+        # the driver dials it instead of rpc_host:rpc_port, also on every reconnect.
+        unix_path = raw.get("rpc_unix_path")
+        if unix_path is not None and (not isinstance(unix_path, str) or not unix_path):
+            raise ConfError("field 'rpc_unix_path' must be a non-empty string when present")
+        self.rpc_unix_path = unix_path
+
+    def rpc_target(self):
+        """Where the driver dials, for log lines."""
+        if self.rpc_unix_path:
+            return self.rpc_unix_path
+        return "%s:%d" % (self.rpc_host, self.rpc_port)
 
     @classmethod
     def load_and_delete(cls):
@@ -1138,8 +1150,8 @@ class Link:
                 sock = self._dial()
             except Exception as e:
                 if not attempt_failed_logged:
-                    log("cannot reach the gateway at %s:%d: %s"
-                        % (self.conf.rpc_host, self.conf.rpc_port, short(e, 300)))
+                    log("cannot reach the gateway at %s: %s"
+                        % (self.conf.rpc_target(), short(e, 300)))
                     attempt_failed_logged = True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -1167,9 +1179,7 @@ class Link:
         # not apply Python 3.13's RFC 5280 strictness to a certificate we pin explicitly.
         context.verify_flags |= getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0)
         context.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
-        raw = socket.create_connection((conf.rpc_host, conf.rpc_port), timeout=DIAL_TIMEOUT_SECS)
-        # Small frames (results, acks) must not wait for Nagle's algorithm.
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw = self._connect_raw(conf)
         try:
             sock = context.wrap_socket(raw, server_hostname=conf.rpc_server_name)
         except BaseException:
@@ -1182,6 +1192,24 @@ class Link:
             sock.close()
             raise
         return sock
+
+    @staticmethod
+    def _connect_raw(conf):
+        """The plain connection TLS runs over: the session's own Unix socket when the gateway
+        gave one (local and client mode: no other session can reach it), else TCP."""
+        if conf.rpc_unix_path:
+            raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                raw.settimeout(DIAL_TIMEOUT_SECS)
+                raw.connect(conf.rpc_unix_path)
+            except BaseException:
+                raw.close()
+                raise
+            return raw
+        raw = socket.create_connection((conf.rpc_host, conf.rpc_port), timeout=DIAL_TIMEOUT_SECS)
+        # Small frames (results, acks) must not wait for Nagle's algorithm.
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return raw
 
     def _handshake(self, sock):
         conf = self.conf

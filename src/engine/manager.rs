@@ -13,10 +13,9 @@ use super::EngineError;
 use crate::acl::policy::Quota;
 use crate::audit::{AuditEvent, AuditLog, Decision};
 use crate::config::{parse_duration, ValidatedConfig};
-use crate::rpc::{DriverLink, DriverRegistry, FromDriver, SessionSecret};
+use crate::rpc::{DriverLink, DriverRegistry, FromDriver, LocalListenError, LocalListeners, Peer, SessionSecret};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -88,6 +87,8 @@ pub struct SessionManager {
     config: Arc<ValidatedConfig>,
     spark: Option<Arc<SparkEnv>>,
     rpc: OnceLock<RpcEndpoint>,
+    /// Opens each local or client-mode session's own RPC socket.
+    local_rpc: OnceLock<LocalListeners>,
     audit: OnceLock<Arc<AuditLog>>,
     registry: Mutex<Registry>,
     rpc_auth_failures: std::sync::atomic::AtomicU64,
@@ -107,6 +108,7 @@ impl SessionManager {
             config,
             spark: spark.map(Arc::new),
             rpc: OnceLock::new(),
+            local_rpc: OnceLock::new(),
             audit: OnceLock::new(),
             registry: Mutex::new(Registry::default()),
             rpc_auth_failures: std::sync::atomic::AtomicU64::new(0),
@@ -116,6 +118,12 @@ impl SessionManager {
     /// Tells the manager where the RPC server listens (once it is bound).
     pub fn set_rpc_endpoint(&self, endpoint: RpcEndpoint) {
         let _ = self.rpc.set(endpoint);
+    }
+
+    /// Lets local and client-mode drivers reach the RPC server over a Unix socket of their
+    /// session's own (see [`SessionManager::driver_socket`]).
+    pub fn set_local_rpc(&self, listeners: LocalListeners) {
+        let _ = self.local_rpc.set(listeners);
     }
 
     /// Where engine security events go.
@@ -246,8 +254,9 @@ impl SessionManager {
         let confinement = Confinement::new(&session.dir)
             .map_err(|e| EngineError::Launch(format!("preparing the session directory: {e}")))?
             .writable(&repl_dir);
+        let socket = self.driver_socket(session, &confinement.work)?;
         // The secret travels in an owner-only file named by an environment variable, never argv.
-        let driver_conf = json!({
+        let mut driver_conf = json!({
             "session_id": session.id,
             "rpc_host": rpc.host,
             "rpc_port": rpc.port,
@@ -263,6 +272,9 @@ impl SessionManager {
             // empty one) arrives within the request's timeout.
             "completion_wait_secs": self.config.durations.completion_timeout.as_secs().saturating_sub(2).max(1),
         });
+        if let Some(socket) = &socket {
+            driver_conf["rpc_unix_path"] = json!(socket.path().to_str());
+        }
         let conf_path = confinement.work.join("driver-conf.json");
         crate::tls::write_file(&conf_path, driver_conf.to_string().as_bytes(), 0o600)
             .map_err(|e| EngineError::Launch(e.to_string()))?;
@@ -338,8 +350,49 @@ impl SessionManager {
             // Nothing can use the session's uploads any more: they do not wait for the session
             // to be forgotten (sessions.retain_finished), taking disk outside any quota.
             let _ = std::fs::remove_dir_all(watched.dir.join("uploads"));
+            // No driver is left to dial: stop listening, remove the socket.
+            drop(socket);
         });
         Ok(())
+    }
+
+    /// In local and client deploy mode, the session's own RPC socket in its `work/` directory
+    /// (`rpc.sock`), which the sandbox shows the driver at the same path and no other session
+    /// sees: its driver never needs the shared TCP port, where any local process can hold the
+    /// pending-handshake slots of loopback. None in cluster mode, and when the path is too long
+    /// for a socket (the driver then dials the TCP port, with a warning).
+    fn driver_socket(
+        &self,
+        session: &Session,
+        work: &std::path::Path,
+    ) -> Result<Option<crate::rpc::SessionSocket>, EngineError> {
+        if self.config.config.spark.deploy_mode == "cluster" {
+            return Ok(None);
+        }
+        let Some(listeners) = self.local_rpc.get() else { return Ok(None) };
+        let path = work.join("rpc.sock");
+        if path.to_str().is_none() {
+            // The driver's configuration is JSON: a path that is not UTF-8 cannot travel in it.
+            tracing::warn!(
+                session = session.id,
+                "the session directory is not UTF-8: the driver dials the TCP RPC port"
+            );
+            return Ok(None);
+        }
+        match listeners.listen(&path, session.id) {
+            Ok(socket) => Ok(Some(socket)),
+            Err(e @ LocalListenError::PathTooLong { .. }) => {
+                tracing::warn!(
+                    session = session.id,
+                    reason = %e,
+                    "the driver dials the shared TCP RPC port instead of a socket of its own; a shorter \
+                     server.data_dir avoids this"
+                );
+                session.log.push(format!("sparkgate: the driver uses the TCP RPC port ({e})"));
+                Ok(None)
+            }
+            Err(e) => Err(EngineError::Launch(format!("opening the driver's RPC socket: {e}"))),
+        }
     }
 
     /// Stops a session: asks the driver to shut down, waits the grace period, then kills the
@@ -555,17 +608,26 @@ impl DriverRegistry for SessionManager {
         self.lock().by_id.get(&session_id).is_some_and(|s| s.statement_running())
     }
 
-    fn auth_failed(&self, peer: SocketAddr, error: &crate::rpc::HandshakeError) {
+    fn auth_failed(&self, peer: Peer, error: &crate::rpc::HandshakeError) {
         self.rpc_auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let session_id = error.session();
-        let mut event =
-            AuditEvent::security("rpc_auth_failed", Decision::Deny).remote_addr(peer).reason(error.to_string());
-        if let Some(id) = session_id {
-            event = event.resource(format!("session:{id}"));
-        }
-        // Any peer can fail a handshake once per TCP connect: repeats are counted, not written
+        let event = AuditEvent::security("rpc_auth_failed", Decision::Deny);
+        let event = match peer {
+            Peer::Tcp(addr) => {
+                let event = event.remote_addr(addr).reason(error.to_string());
+                match session_id {
+                    Some(id) => event.resource(format!("session:{id}")),
+                    None => event,
+                }
+            }
+            // Only that session's own sandbox reaches its socket: the session is the source.
+            Peer::Unix { session } => event
+                .reason(format!("{error} (on the driver socket of session {session})"))
+                .resource(format!("session:{session}")),
+        };
+        // Any peer can fail a handshake once per connect: repeats are counted, not written
         // (or logged) one by one.
-        let recorded = self.audit.get().map(|log| log.record_coalesced(event, Some(peer.ip()), error.class()));
+        let recorded = self.audit.get().map(|log| log.record_coalesced(event, peer.ip(), error.class()));
         if recorded == Some(crate::audit::Recorded::Counted) {
             tracing::debug!(%peer, session_id, reason = %error, "driver RPC authentication failed (repeat, counted)");
         } else {
@@ -573,10 +635,13 @@ impl DriverRegistry for SessionManager {
         }
     }
 
-    fn connection_refused(&self, peer: SocketAddr, why: crate::rpc::Refusal) {
-        let event =
-            AuditEvent::security("rpc_connection_refused", Decision::Deny).remote_addr(peer).reason(why.to_string());
-        let recorded = self.audit.get().map(|log| log.record_coalesced(event, Some(peer.ip()), why.class()));
+    fn connection_refused(&self, peer: Peer, why: crate::rpc::Refusal) {
+        let event = AuditEvent::security("rpc_connection_refused", Decision::Deny).reason(why.to_string());
+        let event = match peer {
+            Peer::Tcp(addr) => event.remote_addr(addr),
+            Peer::Unix { session } => event.resource(format!("session:{session}")),
+        };
+        let recorded = self.audit.get().map(|log| log.record_coalesced(event, peer.ip(), why.class()));
         if recorded == Some(crate::audit::Recorded::Counted) {
             tracing::debug!(%peer, reason = %why, "driver RPC connection refused (repeat, counted)");
         } else {

@@ -20,7 +20,9 @@
 //! - a private `/tmp` and `/dev/shm` (small tmpfs), a minimal `/dev`, and a `/proc` of its own
 //!   PID namespace (the gateway's `/proc/<pid>/root` would otherwise show every file).
 //!
-//! The network is shared: drivers dial the gateway's RPC port and cluster managers reach them.
+//! The network is shared (cluster managers reach drivers); a session's driver reaches the
+//! gateway through a Unix socket in its own `work/` (see `crate::rpc::server`), not the shared
+//! TCP RPC port.
 //! No `--die-with-parent`: drivers outlive a gateway crash so that a restarted gateway can
 //! reconnect them.
 //!

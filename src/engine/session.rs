@@ -7,7 +7,7 @@ use super::kind::{CodeKind, SessionKind};
 use super::launcher::{clip_text, LogBuffer, ProcessHandle};
 use super::state::{SessionState, StatementState};
 use super::EngineError;
-use crate::rpc::{DriverLink, FromDriver, SessionSecret, ToDriver};
+use crate::rpc::{DriverLink, FromDriver, SessionSecret, ToDriver, Transport};
 use crate::sparkui::AppUi;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -626,8 +626,9 @@ impl Session {
                 }
             }
         }
+        let transport = link.transport();
         inner.driver = Some(link);
-        self.log.push(format!("sparkgate: driver connected to session {}", self.id));
+        self.log.push(format!("sparkgate: driver connected to session {} over {transport}", self.id));
         self.dispatch_locked(&mut inner);
     }
 
@@ -660,6 +661,11 @@ impl Session {
     /// Whether a driver is connected.
     pub fn driver_connected(&self) -> bool {
         self.lock().driver.is_some()
+    }
+
+    /// How the connected driver reached the gateway, if one is connected.
+    pub fn driver_transport(&self) -> Option<Transport> {
+        self.lock().driver.as_ref().map(DriverLink::transport)
     }
 
     /// Asks the driver to stop (no-op if none is connected). Returns whether it was asked.

@@ -2,9 +2,14 @@
 //! (docs/driver-protocol.md).
 
 pub mod handshake;
+pub mod link;
 pub mod protocol;
 pub mod server;
 
 pub use handshake::SessionSecret;
+pub use link::{DriverLink, QueueLimits, Transport};
 pub use protocol::{FromDriver, ToDriver};
-pub use server::{DriverLink, DriverRegistry, HandshakeError, Refusal, RpcServer, RpcSettings};
+pub use server::{
+    DriverRegistry, HandshakeError, LocalListenError, LocalListeners, Peer, Refusal, RpcServer, RpcSettings,
+    SessionSocket,
+};

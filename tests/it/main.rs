@@ -10,6 +10,7 @@ mod support;
 mod api;
 mod batches;
 mod clients;
+mod local_rpc;
 mod rpc;
 mod sandbox;
 mod security;

@@ -1,13 +1,16 @@
 //! The driver RPC channel under attack: a raw client that skips, fakes or replays the
-//! handshake, sends oversized frames or garbage. Each is refused and the connection closed,
-//! and the gateway goes on serving its real drivers.
+//! handshake, sends oversized frames or garbage, holds handshakes open, or floods results
+//! without reading. Each is refused or its connection closed, and the gateway goes on serving
+//! its real drivers.
 
 use crate::support::{gateway, shared_session, TestGateway};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use sparkgate::rpc::handshake::{fresh_nonce, Role, SessionSecret};
-use sparkgate::rpc::{DriverLink, DriverRegistry, FromDriver, HandshakeError, Refusal, RpcSettings, ToDriver};
+use sparkgate::rpc::{
+    DriverLink, DriverRegistry, FromDriver, HandshakeError, Peer, QueueLimits, Refusal, RpcSettings, ToDriver,
+};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +22,14 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 type Conn = Framed<TlsStream<TcpStream>, LengthDelimitedCodec>;
 
 async fn tls_connect(addr: SocketAddr, ca_pem: &str) -> TlsStream<TcpStream> {
+    tls_over(TcpStream::connect(addr).await.unwrap(), ca_pem).await
+}
+
+/// TLS as a driver speaks it, over any stream (TCP, or a session's Unix socket).
+pub(crate) async fn tls_over<S>(stream: S, ca_pem: &str) -> TlsStream<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -30,20 +41,25 @@ async fn tls_connect(addr: SocketAddr, ca_pem: &str) -> TlsStream<TcpStream> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    connector.connect("127.0.0.1".try_into().unwrap(), tcp).await.unwrap()
+    connector.connect("127.0.0.1".try_into().unwrap(), stream).await.unwrap()
 }
 
-async fn connect(addr: SocketAddr, ca_pem: &str) -> Conn {
+pub(crate) async fn connect(addr: SocketAddr, ca_pem: &str) -> Conn {
     Framed::new(tls_connect(addr, ca_pem).await, LengthDelimitedCodec::new())
 }
 
-async fn send(conn: &mut Conn, v: Value) {
+pub(crate) async fn send<S>(conn: &mut Framed<S, LengthDelimitedCodec>, v: Value)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     conn.send(Bytes::from(serde_json::to_vec(&v).unwrap())).await.unwrap();
 }
 
 /// The next frame, or None when the server closed the connection (or failed it).
-async fn recv(conn: &mut Conn) -> Option<Value> {
+pub(crate) async fn recv<S>(conn: &mut Framed<S, LengthDelimitedCodec>) -> Option<Value>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     match tokio::time::timeout(Duration::from_secs(15), conn.next()).await {
         Ok(Some(Ok(frame))) => Some(serde_json::from_slice(&frame).unwrap()),
         Ok(_) => None,
@@ -51,7 +67,7 @@ async fn recv(conn: &mut Conn) -> Option<Value> {
     }
 }
 
-fn hello(session_id: u64, nonce: &str) -> Value {
+pub(crate) fn hello(session_id: u64, nonce: &str) -> Value {
     json!({"type": "hello", "protocol_version": 1, "session_id": session_id, "client_nonce": nonce})
 }
 
@@ -156,16 +172,20 @@ async fn silent_clients_are_dropped_after_the_handshake_timeout() {
 /// A registry with one session whose secret the test knows, so the test can act as an honest
 /// driver and then try to replay what it sent.
 #[derive(Debug, Default)]
-struct KnownSecret {
-    attached: Mutex<Vec<u64>>,
-    failures: Mutex<Vec<String>>,
-    refusals: Mutex<Vec<(SocketAddr, Refusal)>>,
+pub(crate) struct KnownSecret {
+    pub(crate) attached: Mutex<Vec<u64>>,
+    pub(crate) failures: Mutex<Vec<String>>,
+    pub(crate) refusals: Mutex<Vec<(Peer, Refusal)>>,
     running: std::sync::atomic::AtomicBool,
     /// Kept so the connections stay open (dropping a link closes its connection).
-    links: Mutex<Vec<DriverLink>>,
+    pub(crate) links: Mutex<Vec<DriverLink>>,
+    /// Results delivered, and the most the acks to them ever held queued (messages, bytes).
+    results: std::sync::atomic::AtomicU64,
+    most_queued: Mutex<(usize, usize)>,
+    detached: Mutex<Vec<u64>>,
 }
 
-const SECRET: [u8; 32] = [42u8; 32];
+pub(crate) const SECRET: [u8; 32] = [42u8; 32];
 
 impl DriverRegistry for KnownSecret {
     fn secret(&self, session_id: u32) -> Option<SessionSecret> {
@@ -176,12 +196,26 @@ impl DriverRegistry for KnownSecret {
         link.send(ToDriver::Ping);
         self.links.lock().unwrap().push(link);
     }
-    fn deliver(&self, _session_id: u32, _conn_id: u64, _msg: FromDriver) {}
-    fn detach(&self, _session_id: u32, _conn_id: u64) {}
-    fn auth_failed(&self, _peer: SocketAddr, error: &HandshakeError) {
+    fn deliver(&self, _session_id: u32, conn_id: u64, msg: FromDriver) {
+        // As a session does: every result is acknowledged, even for an id it does not know.
+        if let FromDriver::StatementResult { id, .. } = msg {
+            self.results.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let links = self.links.lock().unwrap();
+            if let Some(link) = links.iter().find(|l| l.conn_id == conn_id) {
+                link.send(ToDriver::Ack { id });
+                let (messages, bytes) = link.queued();
+                let mut most = self.most_queued.lock().unwrap();
+                *most = (most.0.max(messages), most.1.max(bytes));
+            }
+        }
+    }
+    fn detach(&self, _session_id: u32, conn_id: u64) {
+        self.detached.lock().unwrap().push(conn_id);
+    }
+    fn auth_failed(&self, _peer: Peer, error: &HandshakeError) {
         self.failures.lock().unwrap().push(error.to_string());
     }
-    fn connection_refused(&self, peer: SocketAddr, why: Refusal) {
+    fn connection_refused(&self, peer: Peer, why: Refusal) {
         self.refusals.lock().unwrap().push((peer, why));
     }
     fn statement_running(&self, _session_id: u32) -> bool {
@@ -190,18 +224,24 @@ impl DriverRegistry for KnownSecret {
 }
 
 /// Starts an RPC server for a [`KnownSecret`] registry.
-async fn known_secret_server(ping_interval: Duration) -> (sparkgate::rpc::server::RpcServer, Arc<KnownSecret>, String) {
-    let settings = RpcSettings {
+pub(crate) async fn known_secret_server(
+    ping_interval: Duration,
+) -> (sparkgate::rpc::server::RpcServer, Arc<KnownSecret>, String) {
+    known_secret_server_with(settings(ping_interval)).await
+}
+
+pub(crate) fn settings(ping_interval: Duration) -> RpcSettings {
+    RpcSettings {
         max_frame_bytes: 1 << 20,
         handshake_timeout: Duration::from_secs(5),
         max_pending: 256,
         max_pending_per_ip: 32,
         ping_interval,
-    };
-    known_secret_server_with(settings).await
+        max_queued: QueueLimits::for_frames(1 << 20),
+    }
 }
 
-async fn known_secret_server_with(
+pub(crate) async fn known_secret_server_with(
     settings: RpcSettings,
 ) -> (sparkgate::rpc::server::RpcServer, Arc<KnownSecret>, String) {
     let pki = sparkgate::tls::generate_pki("test rpc CA", &["127.0.0.1".into()]).unwrap();
@@ -214,7 +254,10 @@ async fn known_secret_server_with(
 
 /// Does the driver's side of the handshake for session 7, checking the gateway's proof;
 /// returns the client nonce, the server nonce and the driver's proof.
-async fn authenticate(conn: &mut Conn) -> (String, String, String) {
+pub(crate) async fn authenticate<S>(conn: &mut Framed<S, LengthDelimitedCodec>) -> (String, String, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let secret = SessionSecret::from_bytes(SECRET);
     let cn = fresh_nonce();
     send(conn, hello(7, &cn)).await;
@@ -374,43 +417,56 @@ async fn closed_promptly(tcp: &mut TcpStream) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
 }
 
+/// Settings with a long handshake timeout (silent peers hold their slots for the whole test)
+/// and the given caps.
+fn capped(max_pending: usize, max_pending_per_ip: usize) -> RpcSettings {
+    RpcSettings {
+        handshake_timeout: Duration::from_secs(120),
+        max_pending,
+        max_pending_per_ip,
+        ..settings(Duration::from_secs(30))
+    }
+}
+
 #[tokio::test]
 async fn pending_handshakes_are_capped_per_address_and_in_total() {
-    let settings = RpcSettings {
-        max_frame_bytes: 1 << 20,
-        handshake_timeout: Duration::from_secs(120),
-        max_pending: 3,
-        max_pending_per_ip: 2,
-        ping_interval: Duration::from_secs(30),
-    };
-    let (server, registry, ca) = known_secret_server_with(settings).await;
+    let (server, registry, ca) = known_secret_server_with(capped(3, 2)).await;
     let addr = server.local_addr;
     // Two silent connections from one address hold its two handshake slots...
     let a1 = tcp_from("127.0.0.1", addr).await;
     let _a2 = tcp_from("127.0.0.1", addr).await;
     accepted(&server, 2).await;
-    // ...so a third from there is closed at once, not left waiting for the timeout.
+    // ...so a third from there is closed at once, not left waiting for the timeout; and
+    // another loopback source address is the same host (a local process picks any of
+    // 127.0.0.0/8), so it cannot take the total's third slot either.
     let mut a3 = tcp_from("127.0.0.1", addr).await;
     assert!(closed_promptly(&mut a3).await, "a third pending connection from one address was kept");
-    // Another address may still connect, up to the total of three...
-    let b1 = tcp_from("127.0.0.2", addr).await;
-    accepted(&server, 4).await;
-    // ...beyond which any address is refused.
-    let mut c1 = tcp_from("127.0.0.3", addr).await;
-    assert!(closed_promptly(&mut c1).await, "a pending connection beyond the total was kept");
-    let refusals: Vec<_> = registry.refusals.lock().unwrap().iter().map(|(peer, why)| (peer.ip(), *why)).collect();
+    for from in ["127.0.0.2", "127.0.0.3", "127.1.2.3"] {
+        let mut other = tcp_from(from, addr).await;
+        assert!(closed_promptly(&mut other).await, "a pending connection from {from} took a slot of its own");
+    }
+    let refusals: Vec<_> =
+        registry.refusals.lock().unwrap().iter().map(|(peer, why)| (peer.ip().unwrap(), *why)).collect();
+    let per_address = Refusal::TooManyFromAddress { limit: 2 };
     assert_eq!(
         refusals,
-        [
-            ("127.0.0.1".parse().unwrap(), Refusal::TooManyFromAddress { limit: 2 }),
-            ("127.0.0.3".parse().unwrap(), Refusal::TooMany { limit: 3 }),
-        ]
+        ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.1.2.3"].map(|ip| (ip.parse().unwrap(), per_address))
     );
-    assert_eq!(server.stats.refused.load(std::sync::atomic::Ordering::SeqCst), 2);
-    // A slot comes back when its handshake ends (here: the peers give up), and an
+    assert_eq!(server.stats.refused.load(std::sync::atomic::Ordering::SeqCst), 4);
+
+    // The total: a server whose total is below its per-address cap refuses the third as such.
+    let (total_server, total_registry, _) = known_secret_server_with(capped(2, 3)).await;
+    let _t1 = tcp_from("127.0.0.1", total_server.local_addr).await;
+    let _t2 = tcp_from("127.0.0.1", total_server.local_addr).await;
+    accepted(&total_server, 2).await;
+    let mut t3 = tcp_from("127.0.0.1", total_server.local_addr).await;
+    assert!(closed_promptly(&mut t3).await, "a pending connection beyond the total was kept");
+    assert_eq!(total_registry.refusals.lock().unwrap()[0].1, Refusal::TooMany { limit: 2 });
+
+    // A slot comes back when its handshake ends (here: the peer gives up), and an
     // authenticated connection holds none: three drivers in a row authenticate from the
     // address that still has one connection pending.
-    drop((a1, b1));
+    drop(a1);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut drivers = Vec::new();
     while drivers.len() < 3 {
@@ -428,11 +484,70 @@ async fn pending_handshakes_are_capped_per_address_and_in_total() {
                 assert_eq!(recv(&mut conn).await.unwrap()["type"], "ok");
                 drivers.push(conn);
             }
-            // The gateway had not yet noticed b1 was gone: refused, try again shortly.
+            // The gateway had not yet noticed a1 was gone: refused, try again shortly.
             _ => {
                 assert!(server.stats.refused.load(std::sync::atomic::Ordering::SeqCst) > refused_before);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_driver_that_floods_results_without_reading_is_disconnected_and_its_queue_stays_bounded() {
+    // User code in a driver can stop the driver's reader and flood `statement_result` frames;
+    // each is acknowledged. A peer that never reads must lose its connection once what waits
+    // for it passes the bound, not make the gateway grow until it runs out of memory.
+    let limits = QueueLimits { messages: 256, bytes: 64 * 1024 };
+    let (server, registry, ca) =
+        known_secret_server_with(RpcSettings { max_queued: limits, ..settings(Duration::from_secs(30)) }).await;
+    // A small receive buffer, so that the gateway's writes stall soon (a real attacker's
+    // buffers only make it take a little longer).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.local_addr).await.unwrap();
+    let mut conn = Framed::new(tls_over(tcp, &ca).await, LengthDelimitedCodec::new());
+    authenticate(&mut conn).await;
+    let frame = Bytes::from(
+        serde_json::to_vec(&json!({"type": "statement_result", "id": 999_999, "state": "available", "output": {}}))
+            .unwrap(),
+    );
+    // Far more acks than the bound and every socket buffer on the way could hold; stop as
+    // soon as the gateway closes the connection.
+    let mut sent = 0u64;
+    let cut_off = 'flood: {
+        while sent < 4_000_000 {
+            for _ in 0..1000 {
+                if conn.feed(frame.clone()).await.is_err() {
+                    break 'flood true;
+                }
+            }
+            if SinkExt::<Bytes>::flush(&mut conn).await.is_err() {
+                break 'flood true;
+            }
+            sent += 1000;
+        }
+        false
+    };
+    let overflows = server.stats.queue_overflows.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        cut_off,
+        "the gateway never closed a connection that did not read ({sent} results sent, {overflows} overflows)"
+    );
+    assert_eq!(overflows, 1);
+    let (most_messages, most_bytes) = *registry.most_queued.lock().unwrap();
+    assert!(
+        most_messages <= limits.messages && most_bytes <= limits.bytes,
+        "{most_messages} messages, {most_bytes} bytes"
+    );
+    assert!(registry.results.load(std::sync::atomic::Ordering::SeqCst) > limits.messages as u64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while registry.detached.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the session was never told the connection ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An honest driver connects again and is served.
+    let mut again = connect(server.local_addr, &ca).await;
+    authenticate(&mut again).await;
+    assert_eq!(recv(&mut again).await.unwrap()["type"], "ping");
 }

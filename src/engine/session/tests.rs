@@ -373,3 +373,21 @@ fn a_drivers_app_info_is_not_taken_on_its_word() {
     s.on_driver_message(1, FromDriver::AppInfo { app_id: Some("local-1000000000000".into()), spark_ui_url: None });
     assert_eq!(s.snapshot().app_id.as_deref(), Some("local-1795472183861"));
 }
+
+#[test]
+fn a_driver_that_floods_results_without_reading_loses_its_connection_not_the_gateways_memory() {
+    // User code inside the driver can stop its reader and send results for ids that do not
+    // exist; each is acknowledged. The acks must not pile up without bound.
+    let s = session();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let link = DriverLink::for_test(1, tx);
+    s.attach(link.clone());
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    for id in 0..3 * crate::rpc::QueueLimits::MESSAGES as u32 {
+        s.on_driver_message(1, result(1_000_000 + id, "available"));
+    }
+    assert!(rx.len() <= crate::rpc::QueueLimits::MESSAGES, "{} messages queued", rx.len());
+    assert!(link.overflowed(), "the connection is marked for closing");
+    // The session itself is unharmed: the statement it knows nothing of was not stored.
+    assert!(s.statements().is_empty());
+}
