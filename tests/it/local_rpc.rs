@@ -157,6 +157,20 @@ async fn holding_the_tcp_ports_handshake_slots_keeps_no_local_driver_out() {
     assert!(meta.file_type().is_socket() && meta.permissions().mode() & 0o777 == 0o600);
     assert_eq!(text(&gw.run(id, "pyspark", "21 * 2").await), "42");
 
+    // Another session's socket is not there to dial from inside this sandbox; its own is.
+    let other_work = gw.data_dir.canonicalize().unwrap().join("sessions/999999/work");
+    std::fs::create_dir_all(&other_work).unwrap();
+    let other = other_work.join("rpc.sock");
+    let _other_listener = std::os::unix::net::UnixListener::bind(&other).unwrap();
+    let code = format!(
+        "import socket\ndef dial(p):\n    s = socket.socket(socket.AF_UNIX)\n    try:\n        s.connect(p)\n        \
+         return 'connected'\n    except Exception as e:\n        return type(e).__name__\n    finally:\n        \
+         s.close()\nprint(dial({:?}), dial({:?}))",
+        other.display().to_string(),
+        socket.display().to_string()
+    );
+    assert_eq!(text(&gw.run(id, "pyspark", &code).await), "FileNotFoundError connected");
+
     // A reconnect comes back over the same socket, while the TCP slots are still held.
     assert!(session.drop_driver_connection());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
