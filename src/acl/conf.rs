@@ -189,6 +189,9 @@ pub const BUILTIN_ALLOW_EXCEPTIONS: &[&str] = &[
     "spark.shuffle.manager",
     "spark.shuffle.sort.io.plugin.class",
     "spark.shuffle.service.",
+    // Which executable or module runs as the Python worker: a program on the host, not tuning.
+    "spark.sql.execution.pyspark.python",
+    "spark.python.worker.module",
 ];
 
 /// Why a key is refused.
@@ -250,6 +253,8 @@ mod tests {
             "spark.kryo.registrator",
             "spark.executor.resource.gpu.amount",
             "spark.locality.wait.node",
+            "spark.python.worker.reuse",
+            "spark.sql.execution.pyspark.udf.simplifiedTraceback.enabled",
         ] {
             assert_eq!(refusal(&none, ok), None, "{ok}");
         }
@@ -266,6 +271,8 @@ mod tests {
             "spark.sql.warehouse.dir",
             "spark.sql.redaction.string.regex",
             "spark.shuffle.manager",
+            "spark.sql.execution.pyspark.python",
+            "spark.python.worker.module",
             "spark.eventLog.dir",
             "spark.kubernetes.driver.label.team",
             "spark.some.future.key",
