@@ -44,6 +44,10 @@ impl Caller {
         }
         match proxy_user {
             None => Ok(self.real.name.clone()),
+            Some(target) if !crate::acl::valid_user_name(target) => Err(ApiError::bad_request(format!(
+                "field `proxyUser` is not a user name ({})",
+                crate::acl::USER_NAME_RULE
+            ))),
             Some(target) => {
                 let decision = acl.check_impersonation(&self.real, target, self.peer);
                 audit.record(impersonation_event(&self.real, target, self.peer, &decision.reason, decision.allowed));
@@ -59,12 +63,11 @@ impl Caller {
     }
 }
 
-/// Reads `doAs` from a query string.
+/// Reads `doAs` from a query string, percent-decoded as a servlet container (Livy's) decodes it.
 pub fn do_as(query: Option<&str>) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == "doAs").then(|| v.to_string()).filter(|v| !v.is_empty())
-    })
+    form_urlencoded::parse(query?.as_bytes())
+        .find_map(|(k, v)| (k == "doAs").then(|| v.into_owned()))
+        .filter(|v| !v.is_empty())
 }
 
 fn impersonation_event(
@@ -103,6 +106,11 @@ pub async fn impersonate(State(st): State<ImpersonationState>, request: Request,
     let acting = match do_as(parts.uri.query()) {
         None => real.clone(),
         Some(target) if target == real.name => real.clone(),
+        // Never handed on, nor echoed: a name that cannot be a user's is refused as such.
+        Some(target) if !crate::acl::valid_user_name(&target) => {
+            return ApiError::bad_request(format!("`doAs` is not a user name ({})", crate::acl::USER_NAME_RULE))
+                .into_response();
+        }
         Some(target) => {
             let decision = acl.check_impersonation(&real, &target, peer);
             st.audit.record(impersonation_event(&real, &target, peer, &decision.reason, decision.allowed));
@@ -159,6 +167,8 @@ mod tests {
         assert_eq!(do_as(Some("from=0&doAs=alice")), Some("alice".into()));
         assert_eq!(do_as(Some("doAs=")), None);
         assert_eq!(do_as(Some("doas=alice")), None);
+        assert_eq!(do_as(Some("doAs=bob%40EXAMPLE.COM&x=1")), Some("bob@EXAMPLE.COM".into()));
+        assert_eq!(do_as(Some("doAs=b%00")), Some("b\0".into()));
         assert_eq!(do_as(None), None);
     }
 }

@@ -429,3 +429,41 @@ async fn one_user_cannot_hold_every_reader_of_whole_batch_logs() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_doas_or_proxy_user_that_is_no_user_name_is_refused_unechoed_and_a_real_one_is_decoded() {
+    let policy = r#"
+[create]
+users = ["alice", "bob@EXAMPLE.COM"]
+
+[[impersonation]]
+callers = { users = ["alice"] }
+targets = { users = ["bob@EXAMPLE.COM"] }
+hosts = ["*"]
+"#;
+    let h = Harness::new(policy, &[]);
+    // Names that are not user names: never handed to the policy, argv or a message.
+    for bad in ["bob%00", "bob%0Aforged", "-bob", "b%20b", "%E2%80%AEbob", &"b".repeat(257)] {
+        let (status, reply) = h.call(Some("alice"), "GET", &format!("/sessions?doAs={bad}"), None).await;
+        assert_eq!(status, 400, "{bad}: {reply}");
+        let msg = reply["msg"].as_str().unwrap();
+        assert!(msg.starts_with("`doAs` is not a user name"), "{msg}");
+        assert!(!msg.contains("bob") && !msg.contains("forged"), "{msg}");
+    }
+    for bad in ["bob\u{0}", "bob\nforged", "-bob", "b b"] {
+        let (status, reply) =
+            h.call(Some("alice"), "POST", "/batches", Some(json!({"file": "hdfs:///a.py", "proxyUser": bad}))).await;
+        assert_eq!(status, 400, "{bad:?}: {reply}");
+        let msg = reply["msg"].as_str().unwrap();
+        assert!(msg.starts_with("field `proxyUser` is not a user name"), "{msg}");
+        assert!(!msg.contains("bob") && !msg.contains("forged"), "{msg}");
+    }
+    let records = h.audit_records().await;
+    assert!(!records.iter().any(|r| r.to_string().contains("forged")), "{records:#?}");
+    // A percent-encoded name is decoded as Livy (a servlet container) decodes it.
+    let (status, reply) = h.call(Some("alice"), "POST", "/sessions?doAs=bob%40EXAMPLE.COM", Some(json!({}))).await;
+    assert_eq!(status, 201, "{reply}");
+    assert_eq!(reply["proxyUser"], "bob@EXAMPLE.COM");
+    let (status, reply) = h.call(Some("alice"), "GET", "/sessions?doAs=carol", None).await;
+    assert_eq!((status, reply["msg"].as_str().unwrap()), (403, "alice is not allowed to impersonate carol"));
+}

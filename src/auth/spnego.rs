@@ -58,9 +58,6 @@ pub const CHALLENGE: &str = "Negotiate";
 /// Active Directory PAC stays well below it).
 const MAX_TOKEN_LEN: usize = 64 * 1024;
 
-/// Longest short user name a rule may produce.
-const MAX_USER_LEN: usize = 256;
-
 /// Why SPNEGO could not be set up at start-up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -218,14 +215,6 @@ fn template_refs(template: &str) -> Vec<String> {
     refs
 }
 
-/// Whether a mapped name is safe to hand on (audit, `--proxy-user`, file names).
-fn valid_user(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_USER_LEN
-        && !name.starts_with('-')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
-}
-
 impl NameRules {
     /// Compiles the rules; each pattern must match the whole principal (it is anchored) and
     /// each template may only name groups its pattern has.
@@ -266,7 +255,7 @@ impl NameRules {
             if let Some(caps) = rule.regex.captures(principal) {
                 let mut user = String::new();
                 caps.expand(&rule.user, &mut user);
-                return if valid_user(&user) {
+                return if crate::acl::valid_user_name(&user) {
                     Ok(Some(user))
                 } else {
                     Err(format!("Kerberos principal {principal} maps to `{user}`, which is not a valid user name"))
