@@ -52,7 +52,8 @@ pub(super) async fn create(
     state.path_guard().check("file", &file).map_err(ApiError::BadRequest)?;
     let [jars, py_files, files, archives] =
         state.checked_file_lists([req.jars, req.py_files, req.files, req.archives])?;
-    let effective_user = caller.effective_user_for(&state.acl, &state.audit, req.proxy_user.as_deref())?;
+    let proxy_user = super::sessions::non_empty("proxyUser", req.proxy_user)?;
+    let effective_user = caller.effective_user_for(&state.acl, &state.audit, proxy_user.as_deref())?;
     let spec = BatchSpec {
         owner: caller.real.name.clone(),
         proxy_user: super::sessions::launch_as(&effective_user),
@@ -65,12 +66,12 @@ pub(super) async fn create(
         py_files,
         files,
         archives,
-        driver_memory: req.driver_memory,
+        driver_memory: super::sessions::non_empty("driverMemory", req.driver_memory)?,
         driver_cores: req.driver_cores,
-        executor_memory: req.executor_memory,
+        executor_memory: super::sessions::non_empty("executorMemory", req.executor_memory)?,
         executor_cores: req.executor_cores,
         num_executors: req.num_executors,
-        queue: req.queue,
+        queue: super::sessions::non_empty("queue", req.queue)?,
         conf,
     };
     let batch = state.batches.create(spec, state.acl.quota(&effective_user))?;

@@ -70,12 +70,6 @@ pub(super) async fn create(
         req.queue.is_some(),
     ]);
     let conf = state.checked_conf(&caller, req.conf, &resources)?;
-    let non_empty = |field: &str, v: Option<String>| -> Result<Option<String>, ApiError> {
-        match v {
-            Some(s) if s.trim().is_empty() => Err(ApiError::bad_request(format!("field `{field}` must not be empty"))),
-            other => Ok(other),
-        }
-    };
     let [jars, py_files, files, archives] =
         state.checked_file_lists([req.jars, req.py_files, req.files, req.archives])?;
     let proxy_user = non_empty("proxyUser", req.proxy_user)?;
@@ -105,6 +99,14 @@ pub(super) async fn create(
     let body = info(&base, &session);
     let location = format!("/sessions/{}", session.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
+}
+
+/// `v`, refused when given but blank.
+pub(super) fn non_empty(field: &str, v: Option<String>) -> Result<Option<String>, ApiError> {
+    match v {
+        Some(s) if s.trim().is_empty() => Err(ApiError::bad_request(format!("field `{field}` must not be empty"))),
+        other => Ok(other),
+    }
 }
 
 /// The Spark application runs as the effective user (`--proxy-user`), unless that is the

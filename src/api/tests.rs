@@ -467,3 +467,22 @@ hosts = ["*"]
     let (status, reply) = h.call(Some("alice"), "GET", "/sessions?doAs=carol", None).await;
     assert_eq!((status, reply["msg"].as_str().unwrap()), (403, "alice is not allowed to impersonate carol"));
 }
+
+#[tokio::test]
+async fn blank_resource_fields_are_refused_for_batches_as_for_sessions() {
+    let h = Harness::new(POLICY, &[]);
+    for field in ["driverMemory", "executorMemory", "queue", "proxyUser"] {
+        for path in ["/sessions", "/batches"] {
+            let mut body = json!({"file": "hdfs:///a.py"});
+            if path == "/sessions" {
+                body = json!({});
+            }
+            body[field] = json!("  ");
+            let (status, reply) = h.call(Some("alice"), "POST", path, Some(body)).await;
+            assert_eq!(
+                (status, reply["msg"].as_str().unwrap()),
+                (400, format!("field `{field}` must not be empty").as_str())
+            );
+        }
+    }
+}
