@@ -35,44 +35,23 @@ pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,
     base: PublicBase,
-    LivyJson(req): LivyJson<CreateBatchRequest>,
+    LivyJson(mut req): LivyJson<CreateBatchRequest>,
 ) -> Result<Response, ApiError> {
     state.authorize_create(&caller, ResourceKind::Batch)?;
-    let file =
-        req.file.filter(|f| !f.trim().is_empty()).ok_or_else(|| ApiError::bad_request("field `file` is required"))?;
-    let resources = dto::resource_keys([
-        req.driver_memory.is_some(),
-        req.driver_cores.is_some(),
-        req.executor_memory.is_some(),
-        req.executor_cores.is_some(),
-        req.num_executors.is_some(),
-        req.queue.is_some(),
-    ]);
-    let conf = state.checked_conf(&caller, req.conf, &resources)?;
+    let file = req
+        .file
+        .take()
+        .filter(|f| !f.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request("field `file` is required"))?;
     state.path_guard().check("file", &file).map_err(ApiError::BadRequest)?;
-    let [jars, py_files, files, archives] =
-        state.checked_file_lists([req.jars, req.py_files, req.files, req.archives])?;
-    let proxy_user = super::sessions::non_empty("proxyUser", req.proxy_user)?;
-    let effective_user = caller.effective_user_for(&state.acl, &state.audit, proxy_user.as_deref())?;
+    let (submit, effective_user) = state.checked_submit(&caller, req.take_submit())?;
     let spec = BatchSpec {
         owner: caller.real.name.clone(),
-        proxy_user: super::sessions::launch_as(&effective_user),
         effective_user: effective_user.clone(),
-        name: req.name,
         file,
         class_name: req.class_name.filter(|c| !c.trim().is_empty()),
         args: req.args.unwrap_or_default(),
-        jars,
-        py_files,
-        files,
-        archives,
-        driver_memory: super::sessions::non_empty("driverMemory", req.driver_memory)?,
-        driver_cores: req.driver_cores,
-        executor_memory: super::sessions::non_empty("executorMemory", req.executor_memory)?,
-        executor_cores: req.executor_cores,
-        num_executors: req.num_executors,
-        queue: super::sessions::non_empty("queue", req.queue)?,
-        conf,
+        submit,
     };
     let batch = state.batches.create(spec, state.acl.quota(&effective_user))?;
     let body = info(&base, &batch);

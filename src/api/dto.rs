@@ -8,44 +8,139 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
-/// `POST /sessions` body (every field optional; unknown fields are refused, as Livy does).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct CreateSessionRequest {
-    /// Session kind.
-    pub kind: Option<String>,
-    /// User to run as.
-    pub proxy_user: Option<String>,
-    /// Jars.
-    pub jars: Option<Vec<String>>,
-    /// Python files.
-    pub py_files: Option<Vec<String>>,
-    /// Files.
-    pub files: Option<Vec<String>>,
-    /// Archives.
-    pub archives: Option<Vec<String>>,
-    /// Driver memory, e.g. `1g`.
-    pub driver_memory: Option<String>,
-    /// Driver cores.
-    pub driver_cores: Option<u32>,
-    /// Executor memory.
-    pub executor_memory: Option<String>,
-    /// Executor cores.
-    pub executor_cores: Option<u32>,
-    /// Executors.
-    pub num_executors: Option<u32>,
-    /// YARN queue.
-    pub queue: Option<String>,
-    /// Unique session name.
+/// Declares a Livy create-request body: its own fields, then the submit fields every create
+/// request shares ([`SubmitFields`]), written once here. Unknown fields are refused, as Livy
+/// does, and a wrong value's error names its field — which `#[serde(flatten)]` of a shared
+/// struct would not keep: serde buffers flattened fields, and errors in them name no field (and
+/// `deny_unknown_fields` does not work with it).
+macro_rules! create_request {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "camelCase")]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+            /// Unique name.
+            pub name: Option<String>,
+            /// User to run as.
+            pub proxy_user: Option<String>,
+            /// Jars.
+            pub jars: Option<Vec<String>>,
+            /// Python files.
+            pub py_files: Option<Vec<String>>,
+            /// Files.
+            pub files: Option<Vec<String>>,
+            /// Archives.
+            pub archives: Option<Vec<String>>,
+            /// Driver memory, e.g. `1g`.
+            pub driver_memory: Option<String>,
+            /// Driver cores.
+            pub driver_cores: Option<u32>,
+            /// Executor memory.
+            pub executor_memory: Option<String>,
+            /// Executor cores.
+            pub executor_cores: Option<u32>,
+            /// Executors.
+            pub num_executors: Option<u32>,
+            /// YARN queue.
+            pub queue: Option<String>,
+            /// Spark conf; values may be strings, numbers or booleans.
+            pub conf: Option<BTreeMap<String, Value>>,
+        }
+
+        impl $name {
+            /// Takes the shared submit fields out, as sent.
+            pub fn take_submit(&mut self) -> SubmitFields {
+                SubmitFields {
+                    name: self.name.take(),
+                    proxy_user: self.proxy_user.take(),
+                    jars: self.jars.take(),
+                    py_files: self.py_files.take(),
+                    files: self.files.take(),
+                    archives: self.archives.take(),
+                    driver_memory: self.driver_memory.take(),
+                    driver_cores: self.driver_cores.take(),
+                    executor_memory: self.executor_memory.take(),
+                    executor_cores: self.executor_cores.take(),
+                    num_executors: self.num_executors.take(),
+                    queue: self.queue.take(),
+                    conf: self.conf.take(),
+                }
+            }
+        }
+    };
+}
+
+/// The submit fields of a create request as sent, before checking (which makes them a
+/// [`crate::engine::SubmitSpec`]: see `AppState::checked_submit`).
+#[derive(Debug, Default)]
+pub struct SubmitFields {
+    /// `name`.
     pub name: Option<String>,
-    /// Spark conf; values may be strings, numbers or booleans.
+    /// `proxyUser`.
+    pub proxy_user: Option<String>,
+    /// `jars`.
+    pub jars: Option<Vec<String>>,
+    /// `pyFiles`.
+    pub py_files: Option<Vec<String>>,
+    /// `files`.
+    pub files: Option<Vec<String>>,
+    /// `archives`.
+    pub archives: Option<Vec<String>>,
+    /// `driverMemory`.
+    pub driver_memory: Option<String>,
+    /// `driverCores`.
+    pub driver_cores: Option<u32>,
+    /// `executorMemory`.
+    pub executor_memory: Option<String>,
+    /// `executorCores`.
+    pub executor_cores: Option<u32>,
+    /// `numExecutors`.
+    pub num_executors: Option<u32>,
+    /// `queue`.
+    pub queue: Option<String>,
+    /// `conf`.
     pub conf: Option<BTreeMap<String, Value>>,
-    /// Heartbeat timeout in seconds (0 = off).
-    pub heartbeat_timeout_in_second: Option<u32>,
-    /// Time to live, e.g. `2h`.
-    pub ttl: Option<String>,
-    /// Idle timeout, e.g. `30m`.
-    pub idle_timeout: Option<String>,
+}
+
+impl SubmitFields {
+    /// The Spark properties of [`RESOURCE_KEYS`] that the resource fields given set.
+    pub fn resource_keys(&self) -> Vec<&'static str> {
+        resource_keys([
+            self.driver_memory.is_some(),
+            self.driver_cores.is_some(),
+            self.executor_memory.is_some(),
+            self.executor_cores.is_some(),
+            self.num_executors.is_some(),
+            self.queue.is_some(),
+        ])
+    }
+}
+
+create_request! {
+    /// `POST /sessions` body (every field optional).
+    CreateSessionRequest {
+        /// Session kind.
+        kind: Option<String>,
+        /// Heartbeat timeout in seconds (0 = off).
+        heartbeat_timeout_in_second: Option<u32>,
+        /// Time to live, e.g. `2h`.
+        ttl: Option<String>,
+        /// Idle timeout, e.g. `30m`.
+        idle_timeout: Option<String>,
+    }
+}
+
+create_request! {
+    /// `POST /batches` body.
+    CreateBatchRequest {
+        /// The application (required): a .py file or a jar.
+        file: Option<String>,
+        /// Main class of a jar.
+        class_name: Option<String>,
+        /// Application arguments.
+        args: Option<Vec<String>>,
+    }
 }
 
 /// The Spark properties the Livy resource fields set, in this order: `driverMemory`,
@@ -109,52 +204,14 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// `POST /batches` body (unknown fields are refused, as Livy does).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct CreateBatchRequest {
-    /// The application (required): a .py file or a jar.
-    pub file: Option<String>,
-    /// User to run as.
-    pub proxy_user: Option<String>,
-    /// Main class of a jar.
-    pub class_name: Option<String>,
-    /// Application arguments.
-    pub args: Option<Vec<String>>,
-    /// Jars.
-    pub jars: Option<Vec<String>>,
-    /// Python files.
-    pub py_files: Option<Vec<String>>,
-    /// Files.
-    pub files: Option<Vec<String>>,
-    /// Archives.
-    pub archives: Option<Vec<String>>,
-    /// Driver memory.
-    pub driver_memory: Option<String>,
-    /// Driver cores.
-    pub driver_cores: Option<u32>,
-    /// Executor memory.
-    pub executor_memory: Option<String>,
-    /// Executor cores.
-    pub executor_cores: Option<u32>,
-    /// Executors.
-    pub num_executors: Option<u32>,
-    /// YARN queue.
-    pub queue: Option<String>,
-    /// Unique batch name.
-    pub name: Option<String>,
-    /// Spark conf.
-    pub conf: Option<BTreeMap<String, Value>>,
-}
-
 /// Livy's Batch, for a caller who may view it (nobody else gets one: see
 /// [`super::AppState::batch_for`]). `sparkUiUrl` is the gateway's proxy of the Spark UI.
 pub fn batch_json(b: &crate::engine::batch::BatchSnapshot, log: Vec<String>) -> Value {
     json!({
         "id": b.id,
-        "name": b.spec.name,
+        "name": b.spec.submit.name,
         "owner": b.spec.owner,
-        "proxyUser": b.spec.proxy_user,
+        "proxyUser": b.spec.submit.proxy_user,
         "state": b.state.as_str(),
         "appId": b.app_id,
         "appInfo": {"driverLogUrl": null, "sparkUiUrl": b.spark_ui_url},
@@ -189,31 +246,32 @@ pub struct CompletionRequest {
 /// is the last lines.
 pub fn session_json(s: &SessionSnapshot, log: Vec<String>) -> Value {
     let spec = &s.spec;
-    let conf: Map<String, Value> = spec.conf.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    let conf: Map<String, Value> =
+        spec.submit.conf.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     json!({
         "id": s.id,
-        "name": spec.name,
+        "name": spec.submit.name,
         "appId": s.app_id,
         "owner": spec.owner,
-        "proxyUser": spec.proxy_user,
+        "proxyUser": spec.submit.proxy_user,
         "state": s.state.as_str(),
         "kind": spec.kind.as_str(),
         "appInfo": {"driverLogUrl": null, "sparkUiUrl": s.spark_ui_url},
         "log": log,
         "ttl": spec.ttl,
         "idleTimeout": spec.idle_timeout,
-        "driverMemory": spec.driver_memory,
-        "driverCores": spec.driver_cores.unwrap_or(0),
-        "executorMemory": spec.executor_memory,
-        "executorCores": spec.executor_cores.unwrap_or(0),
+        "driverMemory": spec.submit.driver_memory,
+        "driverCores": spec.submit.driver_cores.unwrap_or(0),
+        "executorMemory": spec.submit.executor_memory,
+        "executorCores": spec.submit.executor_cores.unwrap_or(0),
         "conf": conf,
-        "archives": spec.archives,
-        "files": spec.files,
+        "archives": spec.submit.archives,
+        "files": spec.submit.files,
         "heartbeatTimeoutInSecond": spec.heartbeat_timeout_secs,
-        "jars": spec.jars,
-        "numExecutors": spec.num_executors.unwrap_or(0),
-        "pyFiles": spec.py_files,
-        "queue": spec.queue,
+        "jars": spec.submit.jars,
+        "numExecutors": spec.submit.num_executors.unwrap_or(0),
+        "pyFiles": spec.submit.py_files,
+        "queue": spec.submit.queue,
     })
 }
 
@@ -319,8 +377,11 @@ mod tests {
     fn a_viewer_sees_the_whole_session_in_livys_shape() {
         let spec = crate::engine::SessionSpec {
             owner: "alice".into(),
-            jars: vec!["hdfs:///a.jar".into()],
-            conf: BTreeMap::from([("spark.sql.shuffle.partitions".into(), "4".into())]),
+            submit: crate::engine::SubmitSpec {
+                jars: vec!["hdfs:///a.jar".into()],
+                conf: BTreeMap::from([("spark.sql.shuffle.partitions".into(), "4".into())]),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let snapshot = SessionSnapshot {

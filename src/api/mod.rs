@@ -195,10 +195,57 @@ impl AppState {
         Ok([jars, py_files, files, archives])
     }
 
+    /// The shared submit fields of a create request, checked: conf against the policy (and
+    /// the operator's fixed keys), file lists against the path guard, blank values refused,
+    /// and `proxyUser` (or `doAs`) resolved into the effective user the request acts as.
+    /// Returns the spec and that user.
+    pub(crate) fn checked_submit(
+        &self,
+        caller: &Caller,
+        fields: dto::SubmitFields,
+    ) -> Result<(crate::engine::SubmitSpec, String), ApiError> {
+        let resources = fields.resource_keys();
+        let conf = self.checked_conf(caller, fields.conf, &resources)?;
+        let [jars, py_files, files, archives] =
+            self.checked_file_lists([fields.jars, fields.py_files, fields.files, fields.archives])?;
+        let proxy_user = non_empty("proxyUser", fields.proxy_user)?;
+        let effective_user = caller.effective_user_for(&self.acl, &self.audit, proxy_user.as_deref())?;
+        let spec = crate::engine::SubmitSpec {
+            name: fields.name,
+            proxy_user: launch_as(&effective_user),
+            jars,
+            py_files,
+            files,
+            archives,
+            driver_memory: non_empty("driverMemory", fields.driver_memory)?,
+            driver_cores: fields.driver_cores,
+            executor_memory: non_empty("executorMemory", fields.executor_memory)?,
+            executor_cores: fields.executor_cores,
+            num_executors: fields.num_executors,
+            queue: non_empty("queue", fields.queue)?,
+            conf,
+        };
+        Ok((spec, effective_user))
+    }
+
     /// What decides whether a file a request names may be used.
     pub(crate) fn path_guard(&self) -> crate::engine::paths::Guard<'_> {
         crate::engine::paths::Guard::new(&self.config.config.spark)
     }
+}
+
+/// `v`, refused when given but blank.
+fn non_empty(field: &str, v: Option<String>) -> Result<Option<String>, ApiError> {
+    match v {
+        Some(s) if s.trim().is_empty() => Err(ApiError::bad_request(format!("field `{field}` must not be empty"))),
+        other => Ok(other),
+    }
+}
+
+/// The Spark application runs as the effective user (`--proxy-user`), unless that is the
+/// account the gateway itself runs under.
+fn launch_as(effective_user: &str) -> Option<String> {
+    (crate::acl::gateway_account().as_deref() != Some(effective_user)).then(|| effective_user.to_string())
 }
 
 /// Runs `work` in its own task and waits for it: a client that disconnects (which drops the

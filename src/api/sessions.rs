@@ -52,7 +52,7 @@ pub(super) async fn create(
     State(state): State<AppState>,
     caller: Caller,
     base: PublicBase,
-    LivyJson(req): LivyJson<CreateSessionRequest>,
+    LivyJson(mut req): LivyJson<CreateSessionRequest>,
 ) -> Result<Response, ApiError> {
     state.authorize_create(&caller, ResourceKind::Session)?;
     let kind = match req.kind.as_deref() {
@@ -61,36 +61,12 @@ pub(super) async fn create(
             ApiError::bad_request("field `kind`: unknown session kind; use one of spark, pyspark, sparkr, sql, shared")
         })?,
     };
-    let resources = dto::resource_keys([
-        req.driver_memory.is_some(),
-        req.driver_cores.is_some(),
-        req.executor_memory.is_some(),
-        req.executor_cores.is_some(),
-        req.num_executors.is_some(),
-        req.queue.is_some(),
-    ]);
-    let conf = state.checked_conf(&caller, req.conf, &resources)?;
-    let [jars, py_files, files, archives] =
-        state.checked_file_lists([req.jars, req.py_files, req.files, req.archives])?;
-    let proxy_user = non_empty("proxyUser", req.proxy_user)?;
-    let effective_user = caller.effective_user_for(&state.acl, &state.audit, proxy_user.as_deref())?;
+    let (submit, effective_user) = state.checked_submit(&caller, req.take_submit())?;
     let spec = SessionSpec {
         owner: caller.real.name.clone(),
-        proxy_user: launch_as(&effective_user),
         effective_user: effective_user.clone(),
         kind,
-        name: req.name,
-        jars,
-        py_files,
-        files,
-        archives,
-        driver_memory: non_empty("driverMemory", req.driver_memory)?,
-        driver_cores: req.driver_cores,
-        executor_memory: non_empty("executorMemory", req.executor_memory)?,
-        executor_cores: req.executor_cores,
-        num_executors: req.num_executors,
-        queue: non_empty("queue", req.queue)?,
-        conf,
+        submit,
         heartbeat_timeout_secs: req.heartbeat_timeout_in_second.unwrap_or(0),
         ttl: req.ttl,
         idle_timeout: req.idle_timeout,
@@ -99,20 +75,6 @@ pub(super) async fn create(
     let body = info(&base, &session);
     let location = format!("/sessions/{}", session.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
-}
-
-/// `v`, refused when given but blank.
-pub(super) fn non_empty(field: &str, v: Option<String>) -> Result<Option<String>, ApiError> {
-    match v {
-        Some(s) if s.trim().is_empty() => Err(ApiError::bad_request(format!("field `{field}` must not be empty"))),
-        other => Ok(other),
-    }
-}
-
-/// The Spark application runs as the effective user (`--proxy-user`), unless that is the
-/// account the gateway itself runs under.
-pub(super) fn launch_as(effective_user: &str) -> Option<String> {
-    (crate::acl::gateway_account().as_deref() != Some(effective_user)).then(|| effective_user.to_string())
 }
 
 pub(super) async fn show(

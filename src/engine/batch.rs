@@ -8,6 +8,7 @@ use super::launcher::{self, LaunchSpec, LogBuffer, ProcessHandle, SparkEnv};
 use super::limits;
 use super::names::{self, NameConflicts};
 use super::sandbox::{Confinement, Sandbox};
+use super::spec::SubmitSpec;
 use super::state::SessionState;
 use super::EngineError;
 use crate::acl::policy::Quota;
@@ -25,40 +26,16 @@ use tokio::time::Instant;
 pub struct BatchSpec {
     /// The authenticated creator.
     pub owner: String,
-    /// `--proxy-user`, when the effective user is not the gateway's own account.
-    pub proxy_user: Option<String>,
     /// The user it runs as (ACLs and quotas).
     pub effective_user: String,
-    /// Unique name, if given.
-    pub name: Option<String>,
     /// The application: a .py file or a jar.
     pub file: String,
     /// `--class` for a jar.
     pub class_name: Option<String>,
     /// Application arguments.
     pub args: Vec<String>,
-    /// `jars`.
-    pub jars: Vec<String>,
-    /// `pyFiles`.
-    pub py_files: Vec<String>,
-    /// `files`.
-    pub files: Vec<String>,
-    /// `archives`.
-    pub archives: Vec<String>,
-    /// `driverMemory`.
-    pub driver_memory: Option<String>,
-    /// `driverCores`.
-    pub driver_cores: Option<u32>,
-    /// `executorMemory`.
-    pub executor_memory: Option<String>,
-    /// `executorCores`.
-    pub executor_cores: Option<u32>,
-    /// `numExecutors`.
-    pub num_executors: Option<u32>,
-    /// `queue`.
-    pub queue: Option<String>,
-    /// `conf`.
-    pub conf: BTreeMap<String, String>,
+    /// How it is submitted (name, `--proxy-user`, resources, conf).
+    pub submit: SubmitSpec,
 }
 
 #[derive(Debug)]
@@ -238,7 +215,7 @@ impl Batch {
 
 /// The application name a batch is launched with (unique: the master's status is searched by it).
 fn launch_name(batch: &Batch) -> String {
-    batch.spec.name.clone().unwrap_or_else(|| format!("sparkgate-batch-{}", batch.id))
+    batch.spec.submit.name.clone().unwrap_or_else(|| format!("sparkgate-batch-{}", batch.id))
 }
 
 #[derive(Debug, Default)]
@@ -300,7 +277,7 @@ impl BatchManager {
 
     /// Creates a batch and runs spark-submit.
     pub fn create(self: &Arc<Self>, spec: BatchSpec, quota: Quota) -> Result<Arc<Batch>, EngineError> {
-        if let Some(name) = &spec.name {
+        if let Some(name) = &spec.submit.name {
             names::validate(name)?;
         }
         // Refused early (no disk touched) when the name is taken or a cap is reached; checked
@@ -331,7 +308,7 @@ impl BatchManager {
                 let _ = std::fs::remove_dir_all(&batch.dir);
                 return Err(refused);
             }
-            if let Some(name) = &batch.spec.name {
+            if let Some(name) = &batch.spec.submit.name {
                 reg.by_name.insert(name.clone(), id);
             }
             reg.by_id.insert(id, batch.clone());
@@ -345,7 +322,7 @@ impl BatchManager {
     /// Whether a batch of `spec` may be created now: its name free (refused duplicates count
     /// against the user's quota), and the caps and quotas not reached.
     fn admit(&self, reg: &Registry, spec: &BatchSpec, quota: &Quota) -> Result<(), EngineError> {
-        if let Some(name) = &spec.name {
+        if let Some(name) = &spec.submit.name {
             let limit = quota.max_name_conflicts.unwrap_or(names::DEFAULT_MAX_NAME_CONFLICTS);
             self.name_conflicts.check(&spec.effective_user, limit)?;
             if reg.by_name.contains_key(name) {
@@ -371,18 +348,18 @@ impl BatchManager {
         let launch = LaunchSpec {
             name: launch_name(batch),
             class_name: s.class_name.clone(),
-            proxy_user: s.proxy_user.clone(),
-            queue: s.queue.clone(),
-            driver_memory: s.driver_memory.clone(),
-            driver_cores: s.driver_cores,
-            executor_memory: s.executor_memory.clone(),
-            executor_cores: s.executor_cores,
-            num_executors: s.num_executors,
-            jars: s.jars.clone(),
-            py_files: s.py_files.clone(),
-            files: s.files.clone(),
-            archives: s.archives.clone(),
-            conf: s.conf.clone(),
+            proxy_user: s.submit.proxy_user.clone(),
+            queue: s.submit.queue.clone(),
+            driver_memory: s.submit.driver_memory.clone(),
+            driver_cores: s.submit.driver_cores,
+            executor_memory: s.submit.executor_memory.clone(),
+            executor_cores: s.submit.executor_cores,
+            num_executors: s.submit.num_executors,
+            jars: s.submit.jars.clone(),
+            py_files: s.submit.py_files.clone(),
+            files: s.submit.files.clone(),
+            archives: s.submit.archives.clone(),
+            conf: s.submit.conf.clone(),
             cluster_conf: launcher::cluster_conf(&cfg.spark, launcher::AppKind::Batch, batch.id),
             app: s.file.clone(),
             args: s.args.clone(),
@@ -398,7 +375,7 @@ impl BatchManager {
         // output says is not trusted for a kill).
         batch.lock().yarn_tag = launcher::tag_yarn_launch(&cfg.spark, &mut launch);
         // The Spark UI answers only the gateway's proxy (see crate::sparkui).
-        let ui = crate::sparkui::launch_settings(&cfg.spark, Some(spark), &s.conf, &batch.ui);
+        let ui = crate::sparkui::launch_settings(&cfg.spark, Some(spark), &s.submit.conf, &batch.ui);
         launch.cluster_conf.extend(ui.conf);
         launch.cluster_conf.extend(launcher::local_rpc_auth(&cfg.spark));
         // Sandboxed, the batch writes only to its work/ directory: its log stays the gateway's.
@@ -495,7 +472,8 @@ impl BatchManager {
         // under this launch's tag is all there is to kill.
         if let (true, Some(tag), Some(spark)) = (live, yarn_tag, self.spark.as_ref()) {
             if let Some(id) =
-                launcher::yarn_app_by_tag(spark, spark_cfg, &tag, batch.spec.proxy_user.as_deref(), &batch.log).await
+                launcher::yarn_app_by_tag(spark, spark_cfg, &tag, batch.spec.submit.proxy_user.as_deref(), &batch.log)
+                    .await
             {
                 let kill = launcher::cluster_kill(spark_cfg, None, Some(&id));
                 if let Some(kill) = kill {
@@ -525,14 +503,14 @@ impl BatchManager {
                 return;
             }
         }
-        launcher::run_cluster_kill(spark, cfg, kill, batch.spec.proxy_user.as_deref(), &batch.log).await;
+        launcher::run_cluster_kill(spark, cfg, kill, batch.spec.submit.proxy_user.as_deref(), &batch.log).await;
     }
 
     fn forget(&self, id: u32) {
         let removed = {
             let mut reg = self.lock();
             let removed = reg.by_id.remove(&id);
-            if let Some(name) = removed.as_ref().and_then(|b| b.spec.name.clone()) {
+            if let Some(name) = removed.as_ref().and_then(|b| b.spec.submit.name.clone()) {
                 reg.by_name.remove(&name);
             }
             removed

@@ -170,7 +170,7 @@ impl SessionManager {
     /// Creates a session and starts its driver. Caps are checked before anything is launched.
     pub fn create(self: &Arc<Self>, spec: SessionSpec, quota: Quota) -> Result<Arc<Session>, EngineError> {
         let cfg = &self.config;
-        if let Some(name) = &spec.name {
+        if let Some(name) = &spec.submit.name {
             names::validate(name)?;
         }
         let per_session = |field: &str, value: &Option<String>, default: Option<Duration>| match value {
@@ -208,7 +208,7 @@ impl SessionManager {
                 let _ = std::fs::remove_dir_all(&session.dir);
                 return Err(refused);
             }
-            if let Some(name) = &session.spec.name {
+            if let Some(name) = &session.spec.submit.name {
                 reg.by_name.insert(name.clone(), id);
             }
             reg.by_id.insert(id, session.clone());
@@ -223,7 +223,7 @@ impl SessionManager {
     /// Whether a session of `spec` may be created now: its name free (refused duplicates count
     /// against the user's quota), and the caps and quotas not reached.
     fn admit(&self, reg: &Registry, spec: &SessionSpec, quota: &Quota) -> Result<(), EngineError> {
-        if let Some(name) = &spec.name {
+        if let Some(name) = &spec.submit.name {
             let limit = quota.max_name_conflicts.unwrap_or(names::DEFAULT_MAX_NAME_CONFLICTS);
             self.name_conflicts.check(&spec.effective_user, limit)?;
             if reg.by_name.contains_key(name) {
@@ -280,25 +280,25 @@ impl SessionManager {
             .map_err(|e| EngineError::Launch(e.to_string()))?;
         let absolute_conf = conf_path.canonicalize().unwrap_or(conf_path);
         let (files, cluster_conf, mut env) =
-            driver_conf_delivery(&cfg.spark, &spec.files, &absolute_conf, &driver_conf.to_string(), session.id);
+            driver_conf_delivery(&cfg.spark, &spec.submit.files, &absolute_conf, &driver_conf.to_string(), session.id);
         // Written afresh for this launch, from the embedded source (see crate::driver).
         let driver_program = crate::driver::write_for_session(&session.dir)
             .map_err(|e| EngineError::Launch(format!("writing the driver program: {e}")))?;
         let launch = LaunchSpec {
-            name: spec.name.clone().unwrap_or_else(|| format!("sparkgate-session-{}", session.id)),
+            name: spec.submit.name.clone().unwrap_or_else(|| format!("sparkgate-session-{}", session.id)),
             class_name: None,
-            proxy_user: spec.proxy_user.clone(),
-            queue: spec.queue.clone(),
-            driver_memory: spec.driver_memory.clone(),
-            driver_cores: spec.driver_cores,
-            executor_memory: spec.executor_memory.clone(),
-            executor_cores: spec.executor_cores,
-            num_executors: spec.num_executors,
-            jars: spec.jars.clone(),
-            py_files: spec.py_files.clone(),
+            proxy_user: spec.submit.proxy_user.clone(),
+            queue: spec.submit.queue.clone(),
+            driver_memory: spec.submit.driver_memory.clone(),
+            driver_cores: spec.submit.driver_cores,
+            executor_memory: spec.submit.executor_memory.clone(),
+            executor_cores: spec.submit.executor_cores,
+            num_executors: spec.submit.num_executors,
+            jars: spec.submit.jars.clone(),
+            py_files: spec.submit.py_files.clone(),
             files,
-            archives: spec.archives.clone(),
-            conf: spec.conf.clone(),
+            archives: spec.submit.archives.clone(),
+            conf: spec.submit.conf.clone(),
             cluster_conf,
             app: driver_program.display().to_string(),
             args: Vec::new(),
@@ -313,7 +313,7 @@ impl SessionManager {
         session.set_yarn_tag(launcher::tag_yarn_launch(&cfg.spark, &mut launch));
         session.set_app_id_format(AppIdFormat::of_master(&cfg.spark.master));
         // The Spark UI answers only the gateway's proxy (see crate::sparkui).
-        let ui = crate::sparkui::launch_settings(&cfg.spark, Some(spark), &spec.conf, &session.ui);
+        let ui = crate::sparkui::launch_settings(&cfg.spark, Some(spark), &spec.submit.conf, &session.ui);
         launch.cluster_conf.extend(ui.conf);
         launch.cluster_conf.extend(launcher::local_rpc_auth(&cfg.spark));
         let confinement = confinement.with_launch_keytab(&cfg.spark, &launch);
@@ -406,7 +406,7 @@ impl SessionManager {
         }
         if let Some(process) = session.process() {
             let spark_cfg = &self.config.config.spark;
-            let as_user = session.spec.proxy_user.as_deref();
+            let as_user = session.spec.submit.proxy_user.as_deref();
             let timed_out = tokio::time::timeout(grace, process.wait()).await.is_err();
             if timed_out {
                 session.log.push("sparkgate: the driver did not exit in time; killing its process group".to_string());
@@ -442,7 +442,7 @@ impl SessionManager {
         let removed = {
             let mut reg = self.lock();
             let removed = reg.by_id.remove(&id);
-            if let Some(name) = removed.as_ref().and_then(|s| s.spec.name.clone()) {
+            if let Some(name) = removed.as_ref().and_then(|s| s.spec.submit.name.clone()) {
                 reg.by_name.remove(&name);
             }
             removed

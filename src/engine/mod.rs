@@ -11,11 +11,13 @@ pub mod names;
 pub mod paths;
 pub mod sandbox;
 pub mod session;
+pub mod spec;
 pub mod state;
 
 pub use kind::{CodeKind, SessionKind};
 pub use manager::{RpcEndpoint, SessionManager};
 pub use session::{Session, SessionSnapshot, SessionSpec, Statement};
+pub use spec::SubmitSpec;
 pub use state::{SessionState, StatementState};
 
 /// Livy's `Session '<id>' not found.` for an id; a name is not repeated (what a client sends is

@@ -5,6 +5,7 @@
 use super::app_id::AppIdFormat;
 use super::kind::{CodeKind, SessionKind};
 use super::launcher::{clip_text, LogBuffer, ProcessHandle};
+use super::spec::SubmitSpec;
 use super::state::{SessionState, StatementState};
 use super::EngineError;
 use crate::rpc::{DriverLink, FromDriver, SessionSecret, ToDriver, Transport};
@@ -23,37 +24,12 @@ use tokio::time::Instant;
 pub struct SessionSpec {
     /// The authenticated user who created it.
     pub owner: String,
-    /// `--proxy-user` for spark-submit: the effective user, unless that is the gateway's own
-    /// OS user.
-    pub proxy_user: Option<String>,
     /// The user the session acts as (owner, or the impersonated user): ACLs and quotas use it.
     pub effective_user: String,
     /// Session kind.
     pub kind: SessionKind,
-    /// Unique name, if given.
-    pub name: Option<String>,
-    /// `jars`.
-    pub jars: Vec<String>,
-    /// `pyFiles`.
-    pub py_files: Vec<String>,
-    /// `files`.
-    pub files: Vec<String>,
-    /// `archives`.
-    pub archives: Vec<String>,
-    /// `driverMemory`.
-    pub driver_memory: Option<String>,
-    /// `driverCores`.
-    pub driver_cores: Option<u32>,
-    /// `executorMemory`.
-    pub executor_memory: Option<String>,
-    /// `executorCores`.
-    pub executor_cores: Option<u32>,
-    /// `numExecutors`.
-    pub num_executors: Option<u32>,
-    /// `queue`.
-    pub queue: Option<String>,
-    /// `conf`.
-    pub conf: BTreeMap<String, String>,
+    /// How its Spark application is submitted (name, `--proxy-user`, resources, conf).
+    pub submit: SubmitSpec,
     /// `heartbeatTimeoutInSecond` (0 = off).
     pub heartbeat_timeout_secs: u32,
     /// `ttl` as given.

@@ -18,21 +18,9 @@ fn manager(overrides: &[&str]) -> (Arc<SessionManager>, tempfile::TempDir) {
 fn spec() -> SessionSpec {
     SessionSpec {
         owner: "alice".into(),
-        proxy_user: None,
         effective_user: "alice".into(),
         kind: SessionKind::PySpark,
-        name: None,
-        jars: vec![],
-        py_files: vec![],
-        files: vec![],
-        archives: vec![],
-        driver_memory: None,
-        driver_cores: None,
-        executor_memory: None,
-        executor_cores: None,
-        num_executors: None,
-        queue: None,
-        conf: BTreeMap::new(),
+        submit: crate::engine::SubmitSpec::default(),
         heartbeat_timeout_secs: 0,
         ttl: None,
         idle_timeout: None,
@@ -223,12 +211,28 @@ async fn sessions_are_found_by_id_or_name_and_caps_are_enforced() {
     assert!(matches!(err, EngineError::TooManyLive { limit: 2, .. }), "{err}");
     // Finished sessions do not count.
     a.finish(SessionState::Killed, "test");
-    let created = m.create(SessionSpec { name: Some("etl".into()), ..spec() }, roomy).unwrap();
+    let created = m
+        .create(
+            SessionSpec {
+                submit: crate::engine::SubmitSpec { name: Some("etl".into()), ..Default::default() },
+                ..spec()
+            },
+            roomy,
+        )
+        .unwrap();
     // Without Spark the launch fails visibly: the session is dead with the reason in its log.
     assert_eq!(created.state(), SessionState::Dead);
     assert!(created.log.snapshot().iter().any(|l| l.contains("Spark is not configured")));
     assert_eq!(m.get("etl").unwrap().id, created.id);
-    let dup = m.create(SessionSpec { name: Some("etl".into()), ..spec() }, roomy).unwrap_err();
+    let dup = m
+        .create(
+            SessionSpec {
+                submit: crate::engine::SubmitSpec { name: Some("etl".into()), ..Default::default() },
+                ..spec()
+            },
+            roomy,
+        )
+        .unwrap_err();
     assert!(matches!(dup, EngineError::DuplicateName(_)));
     let bad = m.create(SessionSpec { ttl: Some("soon".into()), ..spec() }, roomy).unwrap_err();
     assert!(bad.to_string().contains("ttl"));
