@@ -21,6 +21,7 @@ pub mod net;
 pub mod rpc;
 pub mod server;
 pub mod sparkui;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 

@@ -1,0 +1,169 @@
+//! Records kept in this process only (gone with it), with the id counters of
+//! [`crate::engine::ids`] — durable files, or in memory for tests.
+
+use super::{Meta, Store, StoreError, Stored, Version};
+use crate::acl::ResourceKind;
+use crate::engine::ids::IdCounter;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+#[derive(Debug, Default)]
+struct Table {
+    records: BTreeMap<u32, Stored>,
+    names: HashMap<String, u32>,
+}
+
+/// A store in memory.
+#[derive(Debug)]
+pub struct MemoryStore {
+    sessions: IdCounter,
+    batches: IdCounter,
+    tables: Mutex<[Table; 2]>,
+}
+
+impl MemoryStore {
+    /// A store whose ids come from these counters.
+    pub fn new(sessions: IdCounter, batches: IdCounter) -> Self {
+        Self { sessions, batches, tables: Mutex::new(Default::default()) }
+    }
+
+    /// A store with counters in memory too (tests).
+    pub fn ephemeral() -> Self {
+        Self::new(IdCounter::in_memory("sessions"), IdCounter::in_memory("batches"))
+    }
+
+    fn table(&self, kind: ResourceKind) -> (MutexGuard<'_, [Table; 2]>, usize) {
+        let index = match kind {
+            ResourceKind::Session => 0,
+            ResourceKind::Batch => 1,
+        };
+        (self.tables.lock().unwrap_or_else(PoisonError::into_inner), index)
+    }
+}
+
+fn version_of(table: &Table, kind: ResourceKind, id: u32, expected: Version) -> Result<(), StoreError> {
+    let kind = kind.as_str();
+    match table.records.get(&id) {
+        None => Err(StoreError::Missing { kind, id }),
+        Some(stored) if stored.version != expected => {
+            Err(StoreError::Conflict { kind, id, expected, found: stored.version })
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+impl Store for MemoryStore {
+    async fn next_id(&self, kind: ResourceKind) -> Result<u32, StoreError> {
+        let counter = match kind {
+            ResourceKind::Session => &self.sessions,
+            ResourceKind::Batch => &self.batches,
+        };
+        counter.next().map_err(|e| StoreError::Failed(e.to_string()))
+    }
+
+    async fn create(&self, kind: ResourceKind, id: u32, meta: Meta, bytes: Vec<u8>) -> Result<Version, StoreError> {
+        let (mut tables, i) = self.table(kind);
+        let table = &mut tables[i];
+        if table.records.contains_key(&id) {
+            return Err(StoreError::Exists { kind: kind.as_str(), id });
+        }
+        if let Some(name) = &meta.name {
+            if table.names.contains_key(name) {
+                return Err(StoreError::NameTaken);
+            }
+            table.names.insert(name.clone(), id);
+        }
+        table.records.insert(id, Stored { id, version: 1, meta, bytes });
+        Ok(1)
+    }
+
+    async fn update(
+        &self,
+        kind: ResourceKind,
+        id: u32,
+        expected: Version,
+        bytes: Vec<u8>,
+    ) -> Result<Version, StoreError> {
+        let (mut tables, i) = self.table(kind);
+        let table = &mut tables[i];
+        version_of(table, kind, id, expected)?;
+        let stored = table.records.get_mut(&id).ok_or(StoreError::Missing { kind: kind.as_str(), id })?;
+        stored.version += 1;
+        stored.bytes = bytes;
+        Ok(stored.version)
+    }
+
+    async fn delete(&self, kind: ResourceKind, id: u32, expected: Version) -> Result<(), StoreError> {
+        let (mut tables, i) = self.table(kind);
+        let table = &mut tables[i];
+        version_of(table, kind, id, expected)?;
+        if let Some(name) = table.records.remove(&id).and_then(|s| s.meta.name) {
+            table.names.remove(&name);
+        }
+        Ok(())
+    }
+
+    async fn get(&self, kind: ResourceKind, id: u32) -> Result<Option<Stored>, StoreError> {
+        let (tables, i) = self.table(kind);
+        Ok(tables[i].records.get(&id).cloned())
+    }
+
+    async fn find_name(&self, kind: ResourceKind, name: &str) -> Result<Option<u32>, StoreError> {
+        let (tables, i) = self.table(kind);
+        Ok(tables[i].names.get(name).copied())
+    }
+
+    async fn list(&self, kind: ResourceKind, after: Option<u32>, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        let (tables, i) = self.table(kind);
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        Ok(tables[i].records.range((from, std::ops::Bound::Unbounded)).take(limit).map(|(_, s)| s.clone()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(name: Option<&str>) -> Meta {
+        Meta { name: name.map(str::to_string), effective_user: "alice".into() }
+    }
+
+    #[tokio::test]
+    async fn records_are_created_once_changed_by_version_and_deleted_with_their_name() {
+        let store = MemoryStore::ephemeral();
+        let kind = ResourceKind::Session;
+        assert_eq!((store.next_id(kind).await.unwrap(), store.next_id(kind).await.unwrap()), (0, 1));
+        assert_eq!(store.next_id(ResourceKind::Batch).await.unwrap(), 0, "each kind counts on its own");
+        assert_eq!(store.create(kind, 0, meta(Some("etl")), b"a".to_vec()).await.unwrap(), 1);
+        assert!(matches!(store.create(kind, 0, meta(None), vec![]).await, Err(StoreError::Exists { id: 0, .. })));
+        assert!(matches!(store.create(kind, 1, meta(Some("etl")), vec![]).await, Err(StoreError::NameTaken)));
+        assert!(store.get(kind, 1).await.unwrap().is_none(), "a refused create leaves nothing");
+        assert!(store.create(ResourceKind::Batch, 0, meta(Some("etl")), vec![]).await.is_ok(), "names per kind");
+        assert_eq!(store.find_name(kind, "etl").await.unwrap(), Some(0));
+
+        // Compare-and-set: a writer holding an old version is refused and changes nothing.
+        assert_eq!(store.update(kind, 0, 1, b"b".to_vec()).await.unwrap(), 2);
+        let stale = store.update(kind, 0, 1, b"c".to_vec()).await.unwrap_err();
+        assert!(matches!(stale, StoreError::Conflict { expected: 1, found: 2, .. }), "{stale}");
+        assert!(matches!(store.delete(kind, 0, 1).await, Err(StoreError::Conflict { .. })));
+        assert_eq!(store.get(kind, 0).await.unwrap().unwrap().bytes, b"b");
+        assert!(matches!(store.update(kind, 7, 1, vec![]).await, Err(StoreError::Missing { id: 7, .. })));
+
+        store.delete(kind, 0, 2).await.unwrap();
+        assert!(store.get(kind, 0).await.unwrap().is_none());
+        assert_eq!(store.find_name(kind, "etl").await.unwrap(), None, "the name is free again");
+    }
+
+    #[tokio::test]
+    async fn listing_is_paged_by_id() {
+        let store = MemoryStore::ephemeral();
+        for id in [5, 1, 3, 9] {
+            store.create(ResourceKind::Batch, id, meta(None), vec![]).await.unwrap();
+        }
+        let ids = |page: Vec<Stored>| page.iter().map(|s| s.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.list(ResourceKind::Batch, None, 2).await.unwrap()), [1, 3]);
+        assert_eq!(ids(store.list(ResourceKind::Batch, Some(3), 2).await.unwrap()), [5, 9]);
+        assert!(store.list(ResourceKind::Batch, Some(9), 2).await.unwrap().is_empty());
+        assert!(store.list(ResourceKind::Session, None, 10).await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,190 @@
+//! Where session and batch records live: the one seam every store plugs into.
+//!
+//! The [`Store`] trait is written for a store shared by several gateway instances (ZooKeeper)
+//! as much as for the embedded one: every change of a record is conditional on the version the
+//! writer last saw (compare-and-set: two writers never silently overwrite each other), a name is
+//! claimed in the same atomic step as its record is created (unique names without a lock held
+//! across processes), ids come from an atomic counter, and listing is paged — nothing assumes
+//! that one process holds every record in memory.
+//!
+//! Records are opaque bytes to a store (the engine encodes them); what a store must index is
+//! passed beside them ([`Meta`]). Stores: [`memory::MemoryStore`] (records in this process,
+//! counters durable on disk as [`crate::engine::ids`] keeps them). No secret is ever given to
+//! a store.
+
+pub mod memory;
+
+use crate::acl::ResourceKind;
+use std::future::Future;
+
+/// A record's version: 1 when created, one more with every update. Compare-and-set writes name
+/// the version they expect.
+pub type Version = u64;
+
+/// What a store indexes beside a record's bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// The unique name, claimed with the record and released when it is deleted.
+    pub name: Option<String>,
+    /// The user it acts as (listing by user, quotas).
+    pub effective_user: String,
+}
+
+/// A record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Its id.
+    pub id: u32,
+    /// Its version.
+    pub version: Version,
+    /// What the store indexes.
+    pub meta: Meta,
+    /// The engine's encoding of it.
+    pub bytes: Vec<u8>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another record of this kind already has the name.
+    #[error("the name is taken")]
+    NameTaken,
+    /// A record with this id exists already.
+    #[error("{kind} {id} exists already")]
+    Exists {
+        /// Session or batch.
+        kind: &'static str,
+        /// The id.
+        id: u32,
+    },
+    /// No record with this id.
+    #[error("no {kind} {id} is stored")]
+    Missing {
+        /// Session or batch.
+        kind: &'static str,
+        /// The id.
+        id: u32,
+    },
+    /// The record changed since the writer read it (its version is not the one expected).
+    #[error("{kind} {id} was changed by another writer (version {found}, expected {expected})")]
+    Conflict {
+        /// Session or batch.
+        kind: &'static str,
+        /// The id.
+        id: u32,
+        /// The version the writer expected.
+        expected: Version,
+        /// The version stored.
+        found: Version,
+    },
+    /// The store itself failed (I/O, the database, the connection).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The operations every store offers. Futures are `Send`: the engine awaits them from any task.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// The next id of `kind`; it is returned only once the counter after it is durable, so no
+    /// id is ever handed out twice, across restarts and instances.
+    fn next_id(&self, kind: ResourceKind) -> impl Future<Output = Result<u32, StoreError>> + Send;
+
+    /// Creates record `id` (version 1), claiming `meta.name` in the same atomic step.
+    fn create(
+        &self,
+        kind: ResourceKind,
+        id: u32,
+        meta: Meta,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Result<Version, StoreError>> + Send;
+
+    /// Replaces record `id` if its version is still `expected`; returns the new version.
+    fn update(
+        &self,
+        kind: ResourceKind,
+        id: u32,
+        expected: Version,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Result<Version, StoreError>> + Send;
+
+    /// Deletes record `id` (and releases its name) if its version is still `expected`.
+    fn delete(
+        &self,
+        kind: ResourceKind,
+        id: u32,
+        expected: Version,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Record `id`, if stored.
+    fn get(&self, kind: ResourceKind, id: u32) -> impl Future<Output = Result<Option<Stored>, StoreError>> + Send;
+
+    /// The id of the record named `name`, if any.
+    fn find_name(&self, kind: ResourceKind, name: &str)
+        -> impl Future<Output = Result<Option<u32>, StoreError>> + Send;
+
+    /// Up to `limit` records with ids above `after` (all from the start when None), by id.
+    fn list(
+        &self,
+        kind: ResourceKind,
+        after: Option<u32>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Stored>, StoreError>> + Send;
+}
+
+/// The store a gateway runs with, chosen by configuration: the one place a store kind is
+/// plugged in.
+#[derive(Debug)]
+pub enum AnyStore {
+    /// Records in this process.
+    Memory(memory::MemoryStore),
+}
+
+impl Store for AnyStore {
+    async fn next_id(&self, kind: ResourceKind) -> Result<u32, StoreError> {
+        match self {
+            Self::Memory(s) => s.next_id(kind).await,
+        }
+    }
+
+    async fn create(&self, kind: ResourceKind, id: u32, meta: Meta, bytes: Vec<u8>) -> Result<Version, StoreError> {
+        match self {
+            Self::Memory(s) => s.create(kind, id, meta, bytes).await,
+        }
+    }
+
+    async fn update(
+        &self,
+        kind: ResourceKind,
+        id: u32,
+        expected: Version,
+        bytes: Vec<u8>,
+    ) -> Result<Version, StoreError> {
+        match self {
+            Self::Memory(s) => s.update(kind, id, expected, bytes).await,
+        }
+    }
+
+    async fn delete(&self, kind: ResourceKind, id: u32, expected: Version) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(s) => s.delete(kind, id, expected).await,
+        }
+    }
+
+    async fn get(&self, kind: ResourceKind, id: u32) -> Result<Option<Stored>, StoreError> {
+        match self {
+            Self::Memory(s) => s.get(kind, id).await,
+        }
+    }
+
+    async fn find_name(&self, kind: ResourceKind, name: &str) -> Result<Option<u32>, StoreError> {
+        match self {
+            Self::Memory(s) => s.find_name(kind, name).await,
+        }
+    }
+
+    async fn list(&self, kind: ResourceKind, after: Option<u32>, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        match self {
+            Self::Memory(s) => s.list(kind, after, limit).await,
+        }
+    }
+}
