@@ -26,7 +26,7 @@ pub mod telemetry;
 pub mod tls;
 
 use config::ValidatedConfig;
-use engine::launcher::SparkEnv;
+use engine::launch::SparkEnv;
 use engine::{RpcEndpoint, SessionManager};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,7 +39,7 @@ use tokio::sync::watch;
 pub enum StartError {
     /// Spark is missing or broken.
     #[error("Spark check failed: {0}")]
-    Spark(#[from] engine::launcher::SparkCheckError),
+    Spark(#[from] engine::launch::SparkCheckError),
     /// TLS material is missing or invalid.
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
@@ -85,7 +85,7 @@ fn refuse_root(euid_is_root: bool, allowed: bool) -> Result<(), StartError> {
 
 /// Renews the launch ticket every hour, well inside any usual ticket lifetime; a failure is
 /// logged and retried at the next tick (the previous ticket stays in the cache until it expires).
-fn start_ticket_renewal(ticket: engine::launcher::LaunchTicket, limit: std::time::Duration) {
+fn start_ticket_renewal(ticket: engine::launch::LaunchTicket, limit: std::time::Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
         tick.tick().await; // the first tick is now, and the ticket is fresh
@@ -226,7 +226,7 @@ impl Gateway {
             let mut env = SparkEnv::discover(&cfg.spark, config.durations.spark_check_timeout).await?;
             tracing::info!(spark_home = %env.home.display(), version = %env.version, "Spark found");
             if let (Some(principal), Some(keytab)) = (&cfg.spark.launch_principal, &cfg.spark.launch_keytab) {
-                let ticket = engine::launcher::LaunchTicket::new(principal, keytab, &cfg.server.data_dir);
+                let ticket = engine::launch::LaunchTicket::new(principal, keytab, &cfg.server.data_dir);
                 ticket.renew(config.durations.spark_check_timeout).await.map_err(StartError::LaunchTicket)?;
                 tracing::info!(principal = %principal, "launch ticket obtained from spark.launch_keytab");
                 env.launch_ccache = Some(ticket.ccache_name());
@@ -259,7 +259,7 @@ impl Gateway {
             .map_err(|e| StartError::Io { what: "opening the audit log".into(), source: std::io::Error::other(e) })?;
         // What an earlier run left running (a crash, kill -9) cannot be taken back yet: stopped,
         // before its files are moved aside and anything new is launched.
-        let orphans = engine::launcher::stop_orphans(&cfg.server.data_dir);
+        let orphans = engine::launch::stop_orphans(&cfg.server.data_dir);
         if orphans > 0 {
             tracing::warn!(processes = orphans, "stopped the drivers and batches an earlier run left behind");
             audit_log.record(

@@ -70,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
     let validated = config::load(&sources).context("configuration")?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => {
-            let spark = sparkgate::engine::launcher::SparkEnv::discover(
+            let spark = sparkgate::engine::launch::SparkEnv::discover(
                 &validated.config.spark,
                 validated.durations.spark_check_timeout,
             )

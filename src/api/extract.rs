@@ -66,7 +66,7 @@ fn problem_of(err: &serde_json::Error) -> String {
                 || message.starts_with("duplicate field")
                 || message.starts_with("invalid length") =>
         {
-            crate::engine::launcher::clip_text(message, 256)
+            crate::engine::launch::clip_text(message, 256)
         }
         Category::Data => "invalid value".to_string(),
         // Syntax errors name the kind of token expected, never the input.

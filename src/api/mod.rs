@@ -146,8 +146,7 @@ impl AppState {
         // Keys are the request's field names, named so the user can fix them; a long one is cut
         // (a value pasted into a key by mistake is not repeated whole).
         let listed = |why: Refusal| {
-            let keys =
-                refused.iter().filter(|(_, w)| *w == why).map(|(k, _)| crate::engine::launcher::clip_text(k, 128));
+            let keys = refused.iter().filter(|(_, w)| *w == why).map(|(k, _)| crate::engine::launch::clip_text(k, 128));
             keys.collect::<Vec<_>>().join(", ")
         };
         let mut problems = Vec::new();

@@ -4,7 +4,7 @@
 
 use super::app_id::AppIdFormat;
 use super::ids::{self, IdCounter};
-use super::launcher::{self, LaunchSpec, LogBuffer, ProcessHandle, SparkEnv};
+use super::launch::{self, LaunchSpec, LogBuffer, ProcessHandle, SparkEnv};
 use super::limits;
 use super::names::{self, NameConflicts};
 use super::sandbox::{Confinement, Sandbox};
@@ -161,7 +161,7 @@ impl Batch {
     /// in the master's `ids` format (the first wins) and, when `cluster_driver` (standalone
     /// cluster mode, where the output is the cluster client's), the driver id to kill.
     fn on_line(self: &Arc<Self>, line: &str, ids: AppIdFormat, cluster_driver: bool) {
-        if launcher::driver_started(line) {
+        if launch::driver_started(line) {
             self.move_to(SessionState::Running, None);
         }
         if self.ui.offer_line(line) && self.lock().app_id.is_none() {
@@ -185,7 +185,7 @@ impl Batch {
                 }
             });
         }
-        if let Some(driver) = launcher::find_driver_id(line).filter(|_| cluster_driver) {
+        if let Some(driver) = launch::find_driver_id(line).filter(|_| cluster_driver) {
             self.lock().driver_id.get_or_insert(driver);
             // The driver runs in the cluster: submitted means under way.
             self.move_to(SessionState::Running, None);
@@ -360,24 +360,24 @@ impl BatchManager {
             files: s.submit.files.clone(),
             archives: s.submit.archives.clone(),
             conf: s.submit.conf.clone(),
-            cluster_conf: launcher::cluster_conf(&cfg.spark, launcher::AppKind::Batch, batch.id),
+            cluster_conf: launch::cluster_conf(&cfg.spark, launch::AppKind::Batch, batch.id),
             app: s.file.clone(),
             args: s.args.clone(),
         };
         let mut launch = launch;
         // Kubernetes: name the driver pod, so DELETE can kill it (our spark-submit's death does not).
         if let Some(pod) =
-            launcher::name_k8s_driver_pod(&cfg.spark, Some(spark), &mut launch, launcher::AppKind::Batch, batch.id)
+            launch::name_k8s_driver_pod(&cfg.spark, Some(spark), &mut launch, launch::AppKind::Batch, batch.id)
         {
             batch.lock().driver_id = Some(pod);
         }
         // YARN: a tag of its own, the only way a DELETE finds the application (what the
         // output says is not trusted for a kill).
-        batch.lock().yarn_tag = launcher::tag_yarn_launch(&cfg.spark, &mut launch);
+        batch.lock().yarn_tag = launch::tag_yarn_launch(&cfg.spark, &mut launch);
         // The Spark UI answers only the gateway's proxy (see crate::sparkui).
         let ui = crate::sparkui::launch_settings(&cfg.spark, Some(spark), &s.submit.conf, &batch.ui);
         launch.cluster_conf.extend(ui.conf);
-        launch.cluster_conf.extend(launcher::local_rpc_auth(&cfg.spark));
+        launch.cluster_conf.extend(launch::local_rpc_auth(&cfg.spark));
         // Sandboxed, the batch writes only to its work/ directory: its log stays the gateway's.
         let confinement = Confinement::new(&batch.dir)
             .map_err(|e| EngineError::Launch(format!("preparing the batch directory: {e}")))?
@@ -385,7 +385,7 @@ impl BatchManager {
         if spark.sandbox.is_some() {
             Sandbox::add_launch_conf(&confinement, &cfg.spark, &mut launch);
         }
-        let args = launcher::write_launch_files(&cfg.spark, &launch, &batch.dir).map_err(EngineError::Launch)?;
+        let args = launch::write_launch_files(&cfg.spark, &launch, &batch.dir).map_err(EngineError::Launch)?;
         let weak = Arc::downgrade(batch);
         let ids = AppIdFormat::of_master(&cfg.spark.master);
         let cluster_driver = cfg.spark.master.starts_with("spark://") && cfg.spark.deploy_mode == "cluster";
@@ -394,9 +394,9 @@ impl BatchManager {
                 b.on_line(line, ids, cluster_driver);
             }
         });
-        let mut env: BTreeMap<String, String> = launcher::launch_ticket_env(spark, &launch).into_iter().collect();
+        let mut env: BTreeMap<String, String> = launch::launch_ticket_env(spark, &launch).into_iter().collect();
         env.extend(ui.env);
-        let handle = launcher::spawn(spark, &cfg.spark.pass_env, args, env, &confinement, batch.log.clone(), on_line)
+        let handle = launch::spawn(spark, &cfg.spark.pass_env, args, env, &confinement, batch.log.clone(), on_line)
             .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
         tracing::info!(batch = batch.id, pgid = handle.pgid, owner = %s.owner, "batch launched");
         if let Some(log) = self.audit.get() {
@@ -420,7 +420,7 @@ impl BatchManager {
                     }
                     let url = format!("{}/json/", ui.trim_end_matches('/'));
                     if let Some(id) =
-                        launcher::http_get_json(&url).await.and_then(|s| launcher::app_id_in_master_status(&s, &name))
+                        launch::http_get_json(&url).await.and_then(|s| launch::app_id_in_master_status(&s, &name))
                     {
                         b.lock().app_id.get_or_insert(id);
                         return;
@@ -460,7 +460,7 @@ impl BatchManager {
         if live {
             // Standalone and Kubernetes: the driver the cluster client reported, the pod the
             // gateway named. Never an application id from the output (see app_id.rs).
-            if let Some(kill) = launcher::cluster_kill(spark_cfg, driver_id.as_deref(), None) {
+            if let Some(kill) = launch::cluster_kill(spark_cfg, driver_id.as_deref(), None) {
                 self.kill_in_cluster(batch, kill, driver_id.as_deref()).await;
             }
         }
@@ -472,10 +472,10 @@ impl BatchManager {
         // under this launch's tag is all there is to kill.
         if let (true, Some(tag), Some(spark)) = (live, yarn_tag, self.spark.as_ref()) {
             if let Some(id) =
-                launcher::yarn_app_by_tag(spark, spark_cfg, &tag, batch.spec.submit.proxy_user.as_deref(), &batch.log)
+                launch::yarn_app_by_tag(spark, spark_cfg, &tag, batch.spec.submit.proxy_user.as_deref(), &batch.log)
                     .await
             {
-                let kill = launcher::cluster_kill(spark_cfg, None, Some(&id));
+                let kill = launch::cluster_kill(spark_cfg, None, Some(&id));
                 if let Some(kill) = kill {
                     self.kill_in_cluster(batch, kill, None).await;
                 }
@@ -490,20 +490,20 @@ impl BatchManager {
     /// (the REST submission server that `spark-submit --kill` needs is off by default),
     /// otherwise with `spark-submit --kill`; a Kubernetes driver pod with `spark-submit --kill`;
     /// a YARN application with `yarn application -kill`. What the command said goes to the log.
-    async fn kill_in_cluster(&self, batch: &Batch, kill: launcher::ClusterKill, driver_id: Option<&str>) {
+    async fn kill_in_cluster(&self, batch: &Batch, kill: launch::ClusterKill, driver_id: Option<&str>) {
         let Some(spark) = self.spark.as_ref() else { return };
         let cfg = &self.config.config.spark;
         if let (Some(ui), Some(driver), true) =
             (&cfg.standalone_master_ui, driver_id, cfg.master.starts_with("spark://"))
         {
             let url = format!("{}/driver/kill/", ui.trim_end_matches('/'));
-            let status = launcher::http_post_form(&url, &format!("id={driver}&terminate=true")).await;
+            let status = launch::http_post_form(&url, &format!("id={driver}&terminate=true")).await;
             batch.log.push(format!("sparkgate: asked the master ({url}) to kill {driver}: HTTP {status:?}"));
             if status.is_some_and(|s| s < 400) {
                 return;
             }
         }
-        launcher::run_cluster_kill(spark, cfg, kill, batch.spec.submit.proxy_user.as_deref(), &batch.log).await;
+        launch::run_cluster_kill(spark, cfg, kill, batch.spec.submit.proxy_user.as_deref(), &batch.log).await;
     }
 
     fn forget(&self, id: u32) {
@@ -1032,12 +1032,12 @@ mod tests {
     #[test]
     fn client_mode_and_local_mode_need_no_cluster_kill() {
         let client = crate::config::SparkConfig { master: "yarn".into(), ..Default::default() };
-        assert_eq!(launcher::cluster_kill(&client, None, Some("application_1_2")), None);
+        assert_eq!(launch::cluster_kill(&client, None, Some("application_1_2")), None);
         let local = crate::config::SparkConfig { deploy_mode: "cluster".into(), ..Default::default() };
-        assert_eq!(launcher::cluster_kill(&local, Some("x"), Some("y")), None);
+        assert_eq!(launch::cluster_kill(&local, Some("x"), Some("y")), None);
         let yarn =
             crate::config::SparkConfig { master: "yarn".into(), deploy_mode: "cluster".into(), ..Default::default() };
-        assert_eq!(launcher::cluster_kill(&yarn, None, None), None, "not before the application id is known");
-        assert_eq!(launcher::cluster_kill(&yarn, None, Some("local-123")), None);
+        assert_eq!(launch::cluster_kill(&yarn, None, None), None, "not before the application id is known");
+        assert_eq!(launch::cluster_kill(&yarn, None, Some("local-123")), None);
     }
 }

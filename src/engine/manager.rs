@@ -3,7 +3,7 @@
 
 use super::app_id::AppIdFormat;
 use super::ids::{self, IdCounter};
-use super::launcher::{self, LaunchSpec, LogBuffer, SparkEnv};
+use super::launch::{self, LaunchSpec, LogBuffer, SparkEnv};
 use super::limits;
 use super::names::{self, NameConflicts};
 use super::sandbox::{Confinement, Sandbox};
@@ -59,7 +59,7 @@ fn driver_conf_delivery(
     conf_json: &str,
     session_id: u32,
 ) -> (Vec<String>, BTreeMap<String, String>, BTreeMap<String, String>) {
-    let mut conf = launcher::cluster_conf(spark, launcher::AppKind::Session, session_id);
+    let mut conf = launch::cluster_conf(spark, launch::AppKind::Session, session_id);
     if spark.deploy_mode != "cluster" {
         let env = BTreeMap::from([(CONF_FILE_VAR.to_string(), conf_file.display().to_string())]);
         return (user_files.to_vec(), conf, env);
@@ -305,23 +305,23 @@ impl SessionManager {
         };
         let mut launch = launch;
         if let Some(pod) =
-            launcher::name_k8s_driver_pod(&cfg.spark, Some(spark), &mut launch, launcher::AppKind::Session, session.id)
+            launch::name_k8s_driver_pod(&cfg.spark, Some(spark), &mut launch, launch::AppKind::Session, session.id)
         {
             session.set_cluster_driver(pod);
         }
         // YARN: a tag of its own, so a stop finds the application without the driver's word.
-        session.set_yarn_tag(launcher::tag_yarn_launch(&cfg.spark, &mut launch));
+        session.set_yarn_tag(launch::tag_yarn_launch(&cfg.spark, &mut launch));
         session.set_app_id_format(AppIdFormat::of_master(&cfg.spark.master));
         // The Spark UI answers only the gateway's proxy (see crate::sparkui).
         let ui = crate::sparkui::launch_settings(&cfg.spark, Some(spark), &spec.submit.conf, &session.ui);
         launch.cluster_conf.extend(ui.conf);
-        launch.cluster_conf.extend(launcher::local_rpc_auth(&cfg.spark));
+        launch.cluster_conf.extend(launch::local_rpc_auth(&cfg.spark));
         let confinement = confinement.with_launch_keytab(&cfg.spark, &launch);
         if spark.sandbox.is_some() {
             Sandbox::add_launch_conf(&confinement, &cfg.spark, &mut launch);
         }
-        let args = launcher::write_launch_files(&cfg.spark, &launch, &session.dir).map_err(EngineError::Launch)?;
-        env.extend(launcher::launch_ticket_env(spark, &launch));
+        let args = launch::write_launch_files(&cfg.spark, &launch, &session.dir).map_err(EngineError::Launch)?;
+        env.extend(launch::launch_ticket_env(spark, &launch));
         env.extend(ui.env);
         let weak = Arc::downgrade(session);
         let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {
@@ -330,7 +330,7 @@ impl SessionManager {
             }
         });
         session.transition(SessionState::Starting)?;
-        let handle = launcher::spawn(spark, &cfg.spark.pass_env, args, env, &confinement, session.log.clone(), on_line)
+        let handle = launch::spawn(spark, &cfg.spark.pass_env, args, env, &confinement, session.log.clone(), on_line)
             .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
         tracing::info!(session = session.id, pgid = handle.pgid, owner = %spec.owner, "session launched");
         self.audit(
@@ -412,9 +412,9 @@ impl SessionManager {
                 session.log.push("sparkgate: the driver did not exit in time; killing its process group".to_string());
                 // In cluster mode the driver is not in that group: stop it in the cluster (by
                 // what the gateway chose, never by an id the driver reported).
-                let kill = launcher::cluster_kill(spark_cfg, session.cluster_driver().as_deref(), None);
+                let kill = launch::cluster_kill(spark_cfg, session.cluster_driver().as_deref(), None);
                 if let (Some(kill), Some(spark)) = (kill, self.spark.as_ref()) {
-                    launcher::run_cluster_kill(spark, spark_cfg, kill, as_user, &session.log).await;
+                    launch::run_cluster_kill(spark, spark_cfg, kill, as_user, &session.log).await;
                 }
             }
             process.kill_group(Duration::from_secs(3)).await;
@@ -422,9 +422,9 @@ impl SessionManager {
             // YARN: with our spark-submit gone nothing more is submitted, so whatever carries
             // this launch's tag is the whole application.
             if let (true, Some(tag), Some(spark)) = (timed_out, session.yarn_tag(), self.spark.as_ref()) {
-                if let Some(id) = launcher::yarn_app_by_tag(spark, spark_cfg, &tag, as_user, &session.log).await {
-                    if let Some(kill) = launcher::cluster_kill(spark_cfg, None, Some(&id)) {
-                        launcher::run_cluster_kill(spark, spark_cfg, kill, as_user, &session.log).await;
+                if let Some(id) = launch::yarn_app_by_tag(spark, spark_cfg, &tag, as_user, &session.log).await {
+                    if let Some(kill) = launch::cluster_kill(spark_cfg, None, Some(&id)) {
+                        launch::run_cluster_kill(spark, spark_cfg, kill, as_user, &session.log).await;
                     }
                 }
             }

@@ -4,7 +4,7 @@ pub mod app_id;
 pub mod batch;
 pub mod ids;
 pub mod kind;
-pub mod launcher;
+pub mod launch;
 pub mod limits;
 pub mod manager;
 pub mod names;

@@ -33,7 +33,7 @@
 //! kills that init process, and with it the kernel kills every process in the namespace, also
 //! those that left the group (PySpark's daemon).
 
-use super::launcher::{LaunchSpec, SparkEnv};
+use super::launch::{LaunchSpec, SparkEnv};
 use crate::config::Config;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -189,10 +189,10 @@ impl Confinement {
     }
 
     /// Shows the launch keytab read-only when spark-submit gets `--keytab` (a launch as the
-    /// gateway's own principal, see [`super::launcher::launch_keytab`]): the driver logs in
+    /// gateway's own principal, see [`super::launch::launch_keytab`]): the driver logs in
     /// with it.
     pub fn with_launch_keytab(mut self, config: &crate::config::SparkConfig, spec: &LaunchSpec) -> Self {
-        if let Some(keytab) = super::launcher::launch_keytab(config, spec) {
+        if let Some(keytab) = super::launch::launch_keytab(config, spec) {
             self.read_only.push(keytab.to_path_buf());
         }
         self

@@ -4,7 +4,7 @@
 
 use super::app_id::AppIdFormat;
 use super::kind::{CodeKind, SessionKind};
-use super::launcher::{clip_text, LogBuffer, ProcessHandle};
+use super::launch::{clip_text, LogBuffer, ProcessHandle};
 use super::spec::SubmitSpec;
 use super::state::{SessionState, StatementState};
 use super::EngineError;

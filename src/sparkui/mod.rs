@@ -25,7 +25,7 @@ pub mod proxy;
 
 use crate::config::SparkConfig;
 use crate::engine::app_id::AppIdFormat;
-use crate::engine::launcher::{spark_defaults_value, SparkEnv};
+use crate::engine::launch::{spark_defaults_value, SparkEnv};
 use base64::Engine as _;
 use rand::RngCore;
 use std::collections::BTreeMap;

@@ -6,7 +6,7 @@
 //! listening socket a connection to `127.0.0.1:<port>` could reach belongs to a process of the
 //! application's own process group or one of their descendants (the JVM, the Python driver).
 
-use crate::engine::launcher::processes_of_group_tree;
+use crate::engine::launch::processes_of_group_tree;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

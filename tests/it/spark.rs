@@ -290,7 +290,7 @@ async fn cancel_really_stops_work_then_delete_leaves_no_process() {
     let pgid = gw.manager.get(&id.to_string()).unwrap().process().unwrap().pgid;
     assert!(processes_in_group(pgid).len() >= 2, "the JVM and the Python driver run in the session's group");
     // PySpark's worker daemon leaves the group (setpgid); it must go too.
-    let escaped = sparkgate::engine::launcher::descendants_of_group(pgid);
+    let escaped = sparkgate::engine::launch::descendants_of_group(pgid);
     let (status, body) = gw.delete(&format!("/sessions/{id}")).await;
     assert_eq!((status, body), (200, json!({"msg": "deleted"})));
     assert_eq!(processes_in_group(pgid), Vec::<i32>::new(), "no process of a deleted session survives");

@@ -271,7 +271,7 @@ fn the_driver_configuration_travels_with_files_in_cluster_mode_and_never_on_argv
     assert!(conf.values().all(|v| !v.contains("0123abcd")), "YARN gets the file, not the secret");
     assert_eq!(conf["spark.yarn.tags"], "sparkgate,sparkgate-session-4");
     // The files list (in the owner-only properties file) names the file, never its contents.
-    let spec = launcher::LaunchSpec {
+    let spec = launch::LaunchSpec {
         name: "s".into(),
         files,
         cluster_conf: conf,
@@ -279,12 +279,12 @@ fn the_driver_configuration_travels_with_files_in_cluster_mode_and_never_on_argv
         ..Default::default()
     };
     let argv: Vec<String> =
-        launcher::build_args(&yarn, &spec, std::path::Path::new("/data/sessions/4/spark-launch.properties"))
+        launch::build_args(&yarn, &spec, std::path::Path::new("/data/sessions/4/spark-launch.properties"))
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect();
     assert!(!argv.iter().any(|a| a.contains("driver-conf.json")), "{argv:?}");
-    let props = launcher::spark_properties(&yarn, &spec);
+    let props = launch::spark_properties(&yarn, &spec);
     assert_eq!(props["spark.files"], "/data/sessions/4/driver-conf.json");
     assert_eq!(props["spark.yarn.appMasterEnv.SPARKGATE_DRIVER_CONF"], "driver-conf.json");
 }
@@ -305,8 +305,8 @@ fn on_kubernetes_the_driver_configuration_is_never_uploaded_as_a_file() {
     assert_eq!(conf["spark.kubernetes.driverEnv.SPARKGATE_DRIVER_SECRET_CONF"], json);
     // It travels in the owner-only properties file, not on argv.
     let spec =
-        launcher::LaunchSpec { name: "s".into(), files, cluster_conf: conf, app: "d.py".into(), ..Default::default() };
-    let argv: Vec<String> = launcher::build_args(&k8s, &spec, std::path::Path::new("/p"))
+        launch::LaunchSpec { name: "s".into(), files, cluster_conf: conf, app: "d.py".into(), ..Default::default() };
+    let argv: Vec<String> = launch::build_args(&k8s, &spec, std::path::Path::new("/p"))
         .into_iter()
         .map(|a| a.into_string().unwrap())
         .collect();

@@ -1,5 +1,5 @@
 use super::*;
-use crate::engine::launcher::{self, LogBuffer};
+use crate::engine::launch::{self, LogBuffer};
 use std::sync::Arc;
 
 /// A fake system root: merged-/usr links, a few /etc files, and the secrets that must stay out.
@@ -270,7 +270,7 @@ async fn a_sandboxed_launch_changes_only_its_own_work_directory_and_dies_whole()
     std::fs::write(&submit, FAKE_SPARK_SUBMIT).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&submit, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut env = launcher::SparkEnv::for_test(&home, &submit);
+    let mut env = launch::SparkEnv::for_test(&home, &submit);
     let setsid = find_on_path("setsid", &std::env::var("PATH").unwrap_or_default()).unwrap();
     env.sandbox = Some(Sandbox::from_parts(bwrap(), setsid, Path::new("/"), vec![(home.clone(), "the Spark home")]));
     let confinement = Confinement::new(&own).unwrap();
@@ -285,12 +285,12 @@ async fn a_sandboxed_launch_changes_only_its_own_work_directory_and_dies_whole()
     // The exit status of what runs inside is the launch's (batches succeed or die by it).
     let log = LogBuffer::new(100, None);
     let handle =
-        launcher::spawn(&env, &[], args(&["exit", "7"]), BTreeMap::new(), &confinement, log.clone(), ignore.clone())
+        launch::spawn(&env, &[], args(&["exit", "7"]), BTreeMap::new(), &confinement, log.clone(), ignore.clone())
             .unwrap();
     assert_eq!(handle.wait().await, 7, "{:?}", log.snapshot());
 
     let log = LogBuffer::new(100, None);
-    let handle = launcher::spawn(&env, &[], args(&[]), BTreeMap::new(), &confinement, log.clone(), ignore).unwrap();
+    let handle = launch::spawn(&env, &[], args(&[]), BTreeMap::new(), &confinement, log.clone(), ignore).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !log.snapshot().iter().any(|l| l == "READY") {
         assert!(tokio::time::Instant::now() < deadline, "never ready: {:?}", log.snapshot());
@@ -312,11 +312,11 @@ async fn a_sandboxed_launch_changes_only_its_own_work_directory_and_dies_whole()
     // left for a session of its own is found through its parent. None survives the kill.
     let group = group_members(handle.pgid);
     assert!(group.len() >= 4, "bwrap, init, the script and a sleep: {group:?}");
-    let escaped = launcher::descendants_of_group(handle.pgid);
+    let escaped = launch::descendants_of_group(handle.pgid);
     assert_eq!(escaped.len(), 1, "the setsid sleep: {escaped:?}");
     handle.kill_group(Duration::from_secs(2)).await;
     handle.wait().await;
-    assert!(!launcher::group_alive(handle.pgid));
+    assert!(!launch::group_alive(handle.pgid));
     let alive: Vec<String> = group.iter().chain(&escaped).filter_map(|p| live_stat(*p)).collect();
     assert!(alive.is_empty(), "left behind: {alive:?} (group {})", handle.pgid);
 }

@@ -1,0 +1,252 @@
+//! Process groups: the handle of a launched spark-submit, stopping a group with everything it
+//! started (also what left the group), and stopping what an earlier run of the gateway left.
+
+use std::path::Path;
+use std::time::Duration;
+
+/// A launched spark-submit: its process group and a way to learn when it exits.
+#[derive(Debug, Clone)]
+pub struct ProcessHandle {
+    /// The process group id (= spark-submit's pid).
+    pub pgid: i32,
+    pub(super) exited: tokio::sync::watch::Receiver<Option<i32>>,
+}
+
+/// How spark-submit ended: its exit code, or 128+signal.
+pub type ExitCode = i32;
+
+impl ProcessHandle {
+    /// Waits until the process has exited (returns immediately if it has).
+    pub async fn wait(&self) -> ExitCode {
+        let mut rx = self.exited.clone();
+        loop {
+            if let Some(code) = *rx.borrow_and_update() {
+                return code;
+            }
+            if rx.changed().await.is_err() {
+                return -1;
+            }
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&self) -> bool {
+        self.exited.borrow().is_some()
+    }
+
+    /// Sends `signal` to the whole process group (the JVM, the Python driver, anything they
+    /// started). Errors (e.g. the group is already gone) are ignored.
+    pub fn signal_group(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pgid), signal);
+    }
+
+    /// Whether any process of the group is still alive.
+    pub fn group_alive(&self) -> bool {
+        group_alive(self.pgid)
+    }
+
+    /// Stops the group and everything it started: SIGTERM, then SIGKILL after `grace`, then
+    /// waits (bounded) until none of it is left. Descendants that left the group (PySpark's
+    /// worker daemon calls setpgid) are found through their parents and stopped too.
+    pub async fn kill_group(&self, grace: Duration) {
+        use nix::sys::signal::{kill, Signal};
+        let escaped: Vec<i32> = descendants_of_group(self.pgid);
+        let signal_all = |signal: Signal| {
+            self.signal_group(signal);
+            for pid in &escaped {
+                let _ = kill(nix::unistd::Pid::from_raw(*pid), signal);
+            }
+        };
+        let alive = || self.group_alive() || escaped.iter().any(|p| pid_alive(*p));
+        signal_all(Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline && alive() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        signal_all(Signal::SIGKILL);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline && alive() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// `(pid, state, ppid, pgrp)` of every process, from /proc.
+fn process_table() -> Vec<(i32, String, i32, i32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((pid, f.first()?.to_string(), f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Every live process of process group `pgid` and every live descendant of one, whether or not
+/// it is still in the group (PySpark's worker daemon leaves it).
+pub fn processes_of_group_tree(pgid: i32) -> Vec<i32> {
+    let mut all: Vec<i32> =
+        process_table().iter().filter(|(_, state, _, g)| *g == pgid && state != "Z").map(|(p, ..)| *p).collect();
+    all.extend(descendants_of_group(pgid));
+    all
+}
+
+/// Stops every process left behind by sessions and batches of an earlier run of the gateway on
+/// `data_dir` (found by their command lines, which name files in `<data_dir>/sessions/<id>/` or
+/// `<data_dir>/batches/<id>/`), with their process groups and descendants. Until the gateway can
+/// take them back after a restart, they could only go on using CPU, memory and ports — a batch,
+/// which has no channel to lose, for ever — and a driver whose user code disabled its own
+/// shutdown as well. Returns how many processes were found. Call it before anything is launched.
+pub fn stop_orphans(data_dir: &Path) -> usize {
+    use nix::sys::signal::{kill, killpg, Signal};
+    let Ok(root) = std::path::absolute(data_dir) else { return 0 };
+    let prefixes = [root.join("sessions"), root.join("batches")].map(|p| format!("{}/", p.display()));
+    let own = std::process::id() as i32;
+    let mut found: Vec<(i32, i32)> = Vec::new();
+    for (pid, _, _, pgid) in process_table() {
+        if pid == own {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let named = cmdline.split(|b| *b == 0).any(|arg| {
+            let arg = String::from_utf8_lossy(arg);
+            prefixes.iter().any(|p| {
+                arg.strip_prefix(p.as_str()).is_some_and(|rest| {
+                    rest.split('/').next().is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+                })
+            })
+        });
+        if named {
+            found.push((pid, pgid));
+        }
+    }
+    for (pid, pgid) in &found {
+        let escaped = descendants_of_group(*pgid);
+        if *pgid > 1 && *pgid != own {
+            let _ = killpg(nix::unistd::Pid::from_raw(*pgid), Signal::SIGKILL);
+        }
+        for p in escaped.iter().chain(std::iter::once(pid)) {
+            let _ = kill(nix::unistd::Pid::from_raw(*p), Signal::SIGKILL);
+        }
+    }
+    found.len()
+}
+
+/// Live processes descended from process group `pgid` that are no longer in it.
+pub fn descendants_of_group(pgid: i32) -> Vec<i32> {
+    let table = process_table();
+    let mut family: std::collections::HashSet<i32> =
+        table.iter().filter(|(_, state, _, g)| *g == pgid && state != "Z").map(|(p, ..)| *p).collect();
+    let members = family.clone();
+    loop {
+        let before = family.len();
+        for (pid, state, ppid, _) in &table {
+            if state != "Z" && family.contains(ppid) {
+                family.insert(*pid);
+            }
+        }
+        if family.len() == before {
+            break;
+        }
+    }
+    family.into_iter().filter(|p| !members.contains(p)).collect()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.split_whitespace().next().unwrap_or("Z").to_string()))
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// Whether any non-zombie process is in process group `pgid` (read from /proc, because
+/// `kill(-pgid, 0)` also succeeds for zombies nobody has reaped yet).
+pub fn group_alive(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok();
+    };
+    entries.flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
+        // Fields after the parenthesised command: state ppid pgrp ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return false };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.len() > 2 && fields[0] != "Z" && fields[0] != "X" && fields[2] == pgid.to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::process::Command;
+
+    #[tokio::test]
+    async fn processes_an_earlier_run_left_behind_are_stopped_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let spawn = |arg: std::path::PathBuf, own_group: bool| {
+            let mut cmd = std::process::Command::new("sh");
+            // `$0` is the path: it shows in /proc/<pid>/cmdline as a driver's files would.
+            cmd.args(["-c", "sleep 600 & wait"]).arg(arg);
+            if own_group {
+                use std::os::unix::process::CommandExt;
+                cmd.process_group(0);
+            }
+            cmd.spawn().unwrap()
+        };
+        let mut orphan = spawn(data.join("sessions/3/spark-launch.properties"), true);
+        let mut batch = spawn(data.join("batches/12/batch.log"), true);
+        let mut bystander = spawn(dir.path().join("elsewhere/sessions/3/x"), true);
+        let mut other_files = spawn(data.join("state/next-session-id"), true);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(stop_orphans(&data), 2);
+        for child in [&mut orphan, &mut batch] {
+            let status = child.wait().unwrap();
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(status.signal(), Some(9));
+        }
+        assert!(!group_alive(orphan.id() as i32) && !group_alive(batch.id() as i32), "their children go too");
+        for child in [&mut bystander, &mut other_files] {
+            assert!(child.try_wait().unwrap().is_none(), "unrelated processes live on");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(bystander.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(other_files.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+
+    #[tokio::test]
+    async fn process_group_is_killed_whole() {
+        // A shell that starts a grandchild in the same group stands in for spark-submit's JVM
+        // and its Python driver.
+        // The second grandchild leaves the group, as PySpark's worker daemon does.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 300 & setsid sleep 301 & sleep 300"]).process_group(0).kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        let pgid = child.id().unwrap() as i32;
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+            let _ = tx.send(Some(0));
+        });
+        let handle = ProcessHandle { pgid, exited: rx };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(handle.group_alive());
+        let escaped = descendants_of_group(pgid);
+        assert_eq!(escaped.len(), 1, "the setsid child is found through its parent");
+        handle.kill_group(Duration::from_secs(2)).await;
+        assert!(!handle.group_alive());
+        assert!(!pid_alive(escaped[0]), "the escaped descendant is stopped too");
+        handle.wait().await;
+        assert!(handle.has_exited());
+    }
+}
