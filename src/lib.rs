@@ -272,8 +272,8 @@ impl Gateway {
             what: "preparing session and batch ids".into(),
             source: std::io::Error::other(e),
         })?;
-        let manager = SessionManager::new(config.clone(), spark, ids.sessions);
-        manager.set_audit(audit_log.clone());
+        let store = Arc::new(store::AnyStore::Memory(store::memory::MemoryStore::new(ids.sessions, ids.batches)));
+        let sessions = engine::manager::SessionRegistry::new(&config, store.clone(), audit_log.clone());
 
         // The RPC channel has its own private CA, generated at every start: drivers receive it
         // in their 0600 configuration file and trust nothing else.
@@ -288,16 +288,20 @@ impl Gateway {
             ping_interval: config.durations.ping_interval,
             max_queued: rpc::QueueLimits::for_frames(cfg.rpc.max_frame_bytes),
         };
-        let rpc_server = rpc::server::start(cfg.rpc.bind, rpc_tls, settings, manager.clone())
+        let rpc_server = rpc::server::start(cfg.rpc.bind, rpc_tls, settings, sessions.clone())
             .await
             .map_err(io("binding the driver RPC listener"))?;
-        manager.set_rpc_endpoint(RpcEndpoint {
-            host: host.clone(),
-            port: rpc_server.local_addr.port(),
-            server_name: host,
-            ca_pem: rpc_pki.ca_pem.clone(),
-        });
-        manager.set_local_rpc(rpc_server.local_listeners());
+        let channel = engine::manager::DriverChannel {
+            endpoint: RpcEndpoint {
+                host: host.clone(),
+                port: rpc_server.local_addr.port(),
+                server_name: host,
+                ca_pem: rpc_pki.ca_pem.clone(),
+            },
+            local: Some(rpc_server.local_listeners()),
+        };
+        let spark = spark.map(Arc::new);
+        let manager = SessionManager::new(config.clone(), spark.clone(), sessions, Some(channel));
         manager.start_background();
 
         let listener = tokio::net::TcpListener::bind(cfg.server.bind).await.map_err(io("binding the HTTP listener"))?;
@@ -305,8 +309,7 @@ impl Gateway {
         let acl = acl::AccessManager::load(&cfg.acl.policy_dir, cfg.acl.groups_file.as_deref())
             .map_err(StartError::Policy)?;
         start_policy_reloader(acl.clone(), audit_log.clone(), config.durations.acl_reload_interval);
-        let batches = engine::batch::BatchManager::new(config.clone(), manager.spark().cloned(), ids.batches);
-        batches.set_audit(audit_log.clone());
+        let batches = engine::batch::BatchManager::new(config.clone(), spark, store, audit_log.clone());
         batches.start_background();
         let state = api::AppState {
             manager: manager.clone(),

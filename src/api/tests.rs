@@ -43,8 +43,11 @@ impl Harness {
         crate::tls::create_private_dir(data_dir).unwrap();
         let audit = crate::audit::AuditLog::open(&data_dir.join("audit").join("audit.log"), 1 << 20).unwrap();
         let ids = crate::engine::ids::Ids::prepare(data_dir).unwrap();
-        let manager = crate::engine::SessionManager::new(config.clone(), None, ids.sessions);
-        let batches = crate::engine::batch::BatchManager::new(config.clone(), None, ids.batches);
+        let store =
+            Arc::new(crate::store::AnyStore::Memory(crate::store::memory::MemoryStore::new(ids.sessions, ids.batches)));
+        let sessions = crate::engine::manager::SessionRegistry::new(&config, store.clone(), audit.clone());
+        let manager = crate::engine::SessionManager::new(config.clone(), None, sessions, None);
+        let batches = crate::engine::batch::BatchManager::new(config.clone(), None, store, audit.clone());
         let acl = crate::acl::AccessManager::load(&policy_dir, None).unwrap();
         let state = AppState {
             manager,

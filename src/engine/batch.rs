@@ -3,10 +3,10 @@
 //! out; the full output kept in a log file that `/log` pages.
 
 use super::app_id::AppIdFormat;
-use super::ids::{self, IdCounter};
 use super::launch::{self, LaunchSpec, LogBuffer, ProcessHandle, SparkEnv};
 use super::limits;
-use super::names::{self, NameConflicts};
+use super::names;
+use super::registry::Registry;
 use super::sandbox::{Confinement, Sandbox};
 use super::spec::SubmitSpec;
 use super::state::SessionState;
@@ -15,9 +15,10 @@ use crate::acl::policy::Quota;
 use crate::audit::{AuditEvent, AuditLog, Decision};
 use crate::config::ValidatedConfig;
 use crate::sparkui::AppUi;
-use std::collections::{BTreeMap, HashMap};
+use crate::store::AnyStore;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -99,6 +100,49 @@ pub struct LogWindow {
     pub total: usize,
     /// The lines `from..from + lines.len()`.
     pub lines: Vec<String>,
+}
+
+impl super::registry::Entry for Batch {
+    const KIND: crate::acl::ResourceKind = crate::acl::ResourceKind::Batch;
+
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn name(&self) -> Option<&str> {
+        self.spec.submit.name.as_deref()
+    }
+
+    fn effective_user(&self) -> &str {
+        &self.spec.effective_user
+    }
+
+    fn state(&self) -> SessionState {
+        Batch::state(self)
+    }
+
+    fn finished_at(&self) -> Option<Instant> {
+        self.lock().finished_at
+    }
+
+    fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    fn record(&self) -> Vec<u8> {
+        let spec = &self.spec;
+        let record = serde_json::json!({
+            "id": self.id,
+            "owner": spec.owner,
+            "effectiveUser": spec.effective_user,
+            "file": spec.file,
+            "className": spec.class_name,
+            "args": spec.args,
+            "submit": spec.submit,
+            "state": self.state().as_str(),
+        });
+        record.to_string().into_bytes()
+    }
 }
 
 impl Batch {
@@ -218,76 +262,52 @@ fn launch_name(batch: &Batch) -> String {
     batch.spec.submit.name.clone().unwrap_or_else(|| format!("sparkgate-batch-{}", batch.id))
 }
 
-#[derive(Debug, Default)]
-struct Registry {
-    by_id: BTreeMap<u32, Arc<Batch>>,
-    by_name: HashMap<String, u32>,
-}
-
 /// Owns every batch.
 #[derive(Debug)]
 pub struct BatchManager {
     config: Arc<ValidatedConfig>,
     spark: Option<Arc<SparkEnv>>,
-    registry: Mutex<Registry>,
-    audit: OnceLock<Arc<AuditLog>>,
-    /// Batch ids: durable, never repeated (see [`super::ids`]).
-    ids: IdCounter,
-    /// Refused duplicate names per user (a quota against probing and squatting).
-    name_conflicts: NameConflicts,
+    /// Ids, names, lookup, caps; the records in the store.
+    registry: Registry<Batch>,
+    /// Where security events go.
+    audit: Arc<AuditLog>,
 }
 
 impl BatchManager {
-    /// A manager; `spark` None makes every launch fail visibly (tests without Spark).
-    pub fn new(config: Arc<ValidatedConfig>, spark: Option<SparkEnv>, ids: IdCounter) -> Arc<Self> {
-        Arc::new(Self {
-            ids,
-            name_conflicts: NameConflicts::default(),
-            config,
-            spark: spark.map(Arc::new),
-            registry: Mutex::new(Registry::default()),
-            audit: OnceLock::new(),
-        })
-    }
-
-    /// Where security events go.
-    pub fn set_audit(&self, log: Arc<AuditLog>) {
-        let _ = self.audit.set(log);
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// A manager over `store`; `spark` None makes every launch fail visibly (tests without
+    /// Spark).
+    pub fn new(
+        config: Arc<ValidatedConfig>,
+        spark: Option<Arc<SparkEnv>>,
+        store: Arc<AnyStore>,
+        audit: Arc<AuditLog>,
+    ) -> Arc<Self> {
+        let batches = &config.config.batches;
+        let caps =
+            limits::Caps { kind: "batches", live: batches.max_batches, launches: batches.max_concurrent_launches };
+        let dirs = config.config.server.data_dir.join("batches");
+        Arc::new(Self { registry: Registry::new(store, caps, dirs), config, spark, audit })
     }
 
     /// A batch by id (all digits) or name.
     pub fn get(&self, key: &str) -> Result<Arc<Batch>, EngineError> {
-        let reg = self.lock();
-        let id = if !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) {
-            key.parse::<u32>().ok()
-        } else {
-            reg.by_name.get(key).copied()
-        };
-        id.and_then(|id| reg.by_id.get(&id).cloned()).ok_or_else(|| EngineError::BatchNotFound(key.to_string()))
+        self.registry.get(key)
     }
 
     /// Every batch, by id.
     pub fn list(&self) -> Vec<Arc<Batch>> {
-        self.lock().by_id.values().cloned().collect()
+        self.registry.list()
     }
 
-    /// Creates a batch and runs spark-submit.
-    pub fn create(self: &Arc<Self>, spec: BatchSpec, quota: Quota) -> Result<Arc<Batch>, EngineError> {
+    /// Creates a batch and runs spark-submit; its record is stored before this returns.
+    pub async fn create(self: &Arc<Self>, spec: BatchSpec, quota: Quota) -> Result<Arc<Batch>, EngineError> {
         if let Some(name) = &spec.submit.name {
             names::validate(name)?;
         }
         // Refused early (no disk touched) when the name is taken or a cap is reached; checked
         // again when the batch is registered, since another create may have come in between.
-        self.admit(&self.lock(), &spec, &quota)?;
-        // Durable (two fsyncs): outside the registry lock, which every lookup takes.
-        let id = self.ids.next().map_err(|e| EngineError::Launch(e.to_string()))?;
-        // Never a directory or file an earlier batch left: created exclusively, or refused.
-        let dir = self.config.config.server.data_dir.join("batches").join(id.to_string());
-        ids::create_fresh_dir(&dir).map_err(|e| EngineError::Launch(e.to_string()))?;
+        self.registry.admit(spec.submit.name.as_deref(), &spec.effective_user, &quota)?;
+        let (id, dir) = self.registry.reserve().await?;
         let log_path = dir.join("batch.log");
         let sessions = &self.config.config.sessions;
         let log = LogBuffer::create(sessions.log_tail_lines, &log_path, sessions.max_log_file_bytes)
@@ -301,43 +321,11 @@ impl BatchManager {
             dir,
             inner: Mutex::new(BatchInner::new(SessionState::Starting)),
         });
-        {
-            let mut reg = self.lock();
-            if let Err(refused) = self.admit(&reg, &batch.spec, &quota) {
-                drop(reg);
-                let _ = std::fs::remove_dir_all(&batch.dir);
-                return Err(refused);
-            }
-            if let Some(name) = &batch.spec.submit.name {
-                reg.by_name.insert(name.clone(), id);
-            }
-            reg.by_id.insert(id, batch.clone());
-        }
+        self.registry.register(batch.clone(), &quota).await?;
         if let Err(e) = self.launch(&batch) {
             batch.move_to(SessionState::Dead, Some(&format!("could not start: {e}")));
         }
         Ok(batch)
-    }
-
-    /// Whether a batch of `spec` may be created now: its name free (refused duplicates count
-    /// against the user's quota), and the caps and quotas not reached.
-    fn admit(&self, reg: &Registry, spec: &BatchSpec, quota: &Quota) -> Result<(), EngineError> {
-        if let Some(name) = &spec.submit.name {
-            let limit = quota.max_name_conflicts.unwrap_or(names::DEFAULT_MAX_NAME_CONFLICTS);
-            self.name_conflicts.check(&spec.effective_user, limit)?;
-            if reg.by_name.contains_key(name) {
-                self.name_conflicts.record(&spec.effective_user, limit);
-                return Err(EngineError::DuplicateName("batch"));
-            }
-        }
-        let batches = &self.config.config.batches;
-        let counts = limits::Counts::of(reg.by_id.values().map(|b| {
-            let state = b.state();
-            (state.is_live(), state.is_launching(), b.spec.effective_user == spec.effective_user)
-        }));
-        let caps =
-            limits::Caps { kind: "batches", live: batches.max_batches, launches: batches.max_concurrent_launches };
-        limits::admit(counts, caps, quota, &spec.effective_user)
     }
 
     fn launch(&self, batch: &Arc<Batch>) -> Result<(), EngineError> {
@@ -399,7 +387,8 @@ impl BatchManager {
         let handle = launch::spawn(spark, &cfg.spark.pass_env, args, env, &confinement, batch.log.clone(), on_line)
             .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
         tracing::info!(batch = batch.id, pgid = handle.pgid, owner = %s.owner, "batch launched");
-        if let Some(log) = self.audit.get() {
+        {
+            let log = &self.audit;
             log.record(
                 AuditEvent::security("batch_launched", Decision::Info)
                     .principal_name(s.owner.clone())
@@ -482,7 +471,7 @@ impl BatchManager {
             }
         }
         batch.move_to(SessionState::Killed, None);
-        self.forget(batch.id);
+        self.registry.forget(batch.id).await;
     }
 
     /// A driver running inside the cluster outlives our spark-submit: stop it there. A
@@ -506,43 +495,19 @@ impl BatchManager {
         launch::run_cluster_kill(spark, cfg, kill, batch.spec.submit.proxy_user.as_deref(), &batch.log).await;
     }
 
-    fn forget(&self, id: u32) {
-        let removed = {
-            let mut reg = self.lock();
-            let removed = reg.by_id.remove(&id);
-            if let Some(name) = removed.as_ref().and_then(|b| b.spec.submit.name.clone()) {
-                reg.by_name.remove(&name);
-            }
-            removed
-        };
-        if let Some(batch) = removed {
-            let _ = std::fs::remove_dir_all(&batch.dir);
-        }
-    }
-
-    /// Forgets finished batches after the retention time (batches are never idle-timed out).
-    pub fn collect_finished(&self) {
-        let retain = self.config.durations.retain_finished;
-        let expired: Vec<u32> = self
-            .list()
-            .iter()
-            .filter(|b| b.lock().finished_at.is_some_and(|f| f.elapsed() >= retain))
-            .map(|b| b.id)
-            .collect();
-        for id in expired {
-            self.forget(id);
-        }
-        // Beyond the retention caps, the oldest finished go before their time is up (see
-        // limits::excess_finished).
-        let mut finished: Vec<(Instant, Arc<Batch>)> =
-            self.list().into_iter().filter_map(|b| b.lock().finished_at.map(|f| (f, b.clone()))).collect();
-        finished.sort_by_key(|(at, b)| (*at, b.id));
-        let entries: Vec<(&str, u32)> = finished.iter().map(|(_, b)| (b.spec.effective_user.as_str(), b.id)).collect();
+    /// Forgets finished batches after the retention time (batches are never idle-timed out),
+    /// and beyond the retention caps the oldest finished before their time is up (see
+    /// [`limits::excess_finished`]).
+    pub async fn collect_finished(&self) {
         let sessions = &self.config.config.sessions;
-        for id in
-            limits::excess_finished(&entries, sessions.max_finished_retained, sessions.max_finished_retained_per_user)
-        {
-            self.forget(id);
+        let retain = Some(self.config.durations.retain_finished);
+        let done = self.registry.finished_to_forget(
+            retain,
+            sessions.max_finished_retained,
+            sessions.max_finished_retained_per_user,
+        );
+        for id in done {
+            self.registry.forget(id).await;
         }
     }
 
@@ -555,7 +520,7 @@ impl BatchManager {
             loop {
                 tick.tick().await;
                 let Some(m) = weak.upgrade() else { return };
-                m.collect_finished();
+                m.collect_finished().await;
             }
         });
     }
@@ -934,7 +899,11 @@ mod tests {
             })
             .unwrap();
             let env = SparkEnv::for_test(dir.path(), &submit);
-            let manager = BatchManager::new(Arc::new(config), Some(env), IdCounter::in_memory("batches"));
+            let config = Arc::new(config);
+            let audit =
+                crate::audit::AuditLog::open(&config.config.server.data_dir.join("audit/audit.log"), 1 << 20).unwrap();
+            let store = Arc::new(AnyStore::Memory(crate::store::memory::MemoryStore::ephemeral()));
+            let manager = BatchManager::new(config, Some(Arc::new(env)), store, audit);
             Self { dir, manager }
         }
 
@@ -942,18 +911,18 @@ mod tests {
             std::fs::read_to_string(self.dir.path().join("calls")).unwrap_or_default()
         }
 
-        fn submit(&self) -> Arc<Batch> {
+        async fn submit(&self) -> Arc<Batch> {
             let spec = BatchSpec {
                 owner: "alice".into(),
                 effective_user: "alice".into(),
                 file: "hdfs:///jobs/etl.py".into(),
                 ..BatchSpec::default()
             };
-            self.manager.create(spec, Quota::default()).unwrap()
+            self.manager.create(spec, Quota::default()).await.unwrap()
         }
 
         async fn launch(&self) -> Arc<Batch> {
-            let batch = self.submit();
+            let batch = self.submit().await;
             let deadline = Instant::now() + Duration::from_secs(30);
             while batch.snapshot().app_id.is_none() {
                 assert!(Instant::now() < deadline, "no app id: {:?}", batch.log.snapshot());
@@ -991,7 +960,7 @@ mod tests {
     #[tokio::test]
     async fn a_yarn_batch_deleted_before_its_id_is_known_is_found_by_its_launch_tag() {
         let cluster = FakeCluster::with_submit_output("yarn", "echo 'INFO Client: Requesting a new application'");
-        let batch = cluster.submit();
+        let batch = cluster.submit().await;
         // spark-submit is running, but has not printed the application id.
         let deadline = Instant::now() + Duration::from_secs(30);
         while batch.process().is_none() || !batch.log.snapshot().iter().any(|l| l.contains("Requesting")) {

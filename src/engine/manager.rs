@@ -2,10 +2,10 @@
 //! caps, runs the timeout checker and collects finished sessions.
 
 use super::app_id::AppIdFormat;
-use super::ids::{self, IdCounter};
 use super::launch::{self, LaunchSpec, LogBuffer, SparkEnv};
 use super::limits;
-use super::names::{self, NameConflicts};
+use super::names;
+use super::registry::Registry;
 use super::sandbox::{Confinement, Sandbox};
 use super::session::{Session, SessionLimits, SessionSpec};
 use super::state::SessionState;
@@ -14,9 +14,10 @@ use crate::acl::policy::Quota;
 use crate::audit::{AuditEvent, AuditLog, Decision};
 use crate::config::{parse_duration, ValidatedConfig};
 use crate::rpc::{DriverLink, DriverRegistry, FromDriver, LocalListenError, LocalListeners, Peer, SessionSecret};
+use crate::store::AnyStore;
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -75,10 +76,42 @@ fn driver_conf_delivery(
     (files, conf, BTreeMap::new())
 }
 
-#[derive(Debug, Default)]
-struct Registry {
-    by_id: BTreeMap<u32, Arc<Session>>,
-    by_name: HashMap<String, u32>,
+/// The sessions of a gateway, as the RPC server sees them: who may connect (their secrets),
+/// where drivers' messages go. Made before the RPC server starts and the [`SessionManager`]
+/// is built with it, so neither needs the other set afterwards.
+#[derive(Debug)]
+pub struct SessionRegistry {
+    /// Ids, names, lookup, caps; the records in the store.
+    entries: Registry<Session>,
+    /// Where engine security events go.
+    audit: Arc<AuditLog>,
+    rpc_auth_failures: std::sync::atomic::AtomicU64,
+}
+
+impl SessionRegistry {
+    /// The sessions over `store`, under `config`'s caps.
+    pub fn new(config: &ValidatedConfig, store: Arc<AnyStore>, audit: Arc<AuditLog>) -> Arc<Self> {
+        let sessions = &config.config.sessions;
+        let caps =
+            limits::Caps { kind: "sessions", live: sessions.max_sessions, launches: sessions.max_concurrent_launches };
+        let dirs = config.config.server.data_dir.join("sessions");
+        Arc::new(Self {
+            entries: Registry::new(store, caps, dirs),
+            audit,
+            rpc_auth_failures: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+}
+
+/// How drivers reach the gateway: the RPC server's address and CA, and the listeners of
+/// sessions' own sockets.
+#[derive(Debug, Clone)]
+pub struct DriverChannel {
+    /// Where drivers dial and whom they trust.
+    pub endpoint: RpcEndpoint,
+    /// Opens each local or client-mode session's own RPC socket (None: every driver dials the
+    /// TCP port).
+    pub local: Option<LocalListeners>,
 }
 
 /// Owns every interactive session.
@@ -86,89 +119,50 @@ struct Registry {
 pub struct SessionManager {
     config: Arc<ValidatedConfig>,
     spark: Option<Arc<SparkEnv>>,
-    rpc: OnceLock<RpcEndpoint>,
-    /// Opens each local or client-mode session's own RPC socket.
-    local_rpc: OnceLock<LocalListeners>,
-    audit: OnceLock<Arc<AuditLog>>,
-    registry: Mutex<Registry>,
-    rpc_auth_failures: std::sync::atomic::AtomicU64,
-    /// Session ids: durable, never repeated (see [`super::ids`]).
-    ids: IdCounter,
-    /// Refused duplicate names per user (a quota against probing and squatting).
-    name_conflicts: NameConflicts,
+    /// None: no RPC server (tests): launches fail visibly.
+    channel: Option<DriverChannel>,
+    sessions: Arc<SessionRegistry>,
 }
 
 impl SessionManager {
-    /// A manager. `spark` None means launching is impossible (sessions die at once with a
-    /// clear reason), which is how router tests run without Spark.
-    pub fn new(config: Arc<ValidatedConfig>, spark: Option<SparkEnv>, ids: IdCounter) -> Arc<Self> {
-        Arc::new(Self {
-            ids,
-            name_conflicts: NameConflicts::default(),
-            config,
-            spark: spark.map(Arc::new),
-            rpc: OnceLock::new(),
-            local_rpc: OnceLock::new(),
-            audit: OnceLock::new(),
-            registry: Mutex::new(Registry::default()),
-            rpc_auth_failures: std::sync::atomic::AtomicU64::new(0),
-        })
-    }
-
-    /// Tells the manager where the RPC server listens (once it is bound).
-    pub fn set_rpc_endpoint(&self, endpoint: RpcEndpoint) {
-        let _ = self.rpc.set(endpoint);
-    }
-
-    /// Lets local and client-mode drivers reach the RPC server over a Unix socket of their
-    /// session's own (see [`SessionManager::driver_socket`]).
-    pub fn set_local_rpc(&self, listeners: LocalListeners) {
-        let _ = self.local_rpc.set(listeners);
-    }
-
-    /// Where engine security events go.
-    pub fn set_audit(&self, log: Arc<AuditLog>) {
-        let _ = self.audit.set(log);
+    /// A manager of `sessions`. `spark` None means launching is impossible (sessions die at
+    /// once with a clear reason), which is how router tests run without Spark; so does a
+    /// `channel` of None.
+    pub fn new(
+        config: Arc<ValidatedConfig>,
+        spark: Option<Arc<SparkEnv>>,
+        sessions: Arc<SessionRegistry>,
+        channel: Option<DriverChannel>,
+    ) -> Arc<Self> {
+        Arc::new(Self { config, spark, channel, sessions })
     }
 
     fn audit(&self, event: AuditEvent) {
-        if let Some(log) = self.audit.get() {
-            log.record(event);
-        }
+        self.sessions.audit.record(event);
     }
 
     /// The Spark found at start-up.
-    pub fn spark(&self) -> Option<&SparkEnv> {
-        self.spark.as_deref()
+    pub fn spark(&self) -> Option<&Arc<SparkEnv>> {
+        self.spark.as_ref()
     }
 
     /// RPC connections that failed to authenticate so far.
     pub fn rpc_auth_failures(&self) -> u64 {
-        self.rpc_auth_failures.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.sessions.rpc_auth_failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A session by id (all digits) or by name.
     pub fn get(&self, key: &str) -> Result<Arc<Session>, EngineError> {
-        let reg = self.lock();
-        let id = if !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) {
-            key.parse::<u32>().ok()
-        } else {
-            reg.by_name.get(key).copied()
-        };
-        id.and_then(|id| reg.by_id.get(&id).cloned()).ok_or_else(|| EngineError::SessionNotFound(key.to_string()))
+        self.sessions.entries.get(key)
     }
 
     /// Every session, by id.
     pub fn list(&self) -> Vec<Arc<Session>> {
-        self.lock().by_id.values().cloned().collect()
+        self.sessions.entries.list()
     }
 
     /// Creates a session and starts its driver. Caps are checked before anything is launched.
-    pub fn create(self: &Arc<Self>, spec: SessionSpec, quota: Quota) -> Result<Arc<Session>, EngineError> {
+    pub async fn create(self: &Arc<Self>, spec: SessionSpec, quota: Quota) -> Result<Arc<Session>, EngineError> {
         let cfg = &self.config;
         if let Some(name) = &spec.submit.name {
             names::validate(name)?;
@@ -191,28 +185,14 @@ impl SessionManager {
         };
         // Refused early (no disk touched) when the name is taken or a cap is reached; checked
         // again when the session is registered, since another create may have come in between.
-        self.admit(&self.lock(), &spec, &quota)?;
-        // Durable (two fsyncs): outside the registry lock, which every lookup takes.
-        let id = self.ids.next().map_err(|e| EngineError::Launch(e.to_string()))?;
-        // Never a directory or file an earlier session left: created exclusively, or refused.
+        let registry = &self.sessions.entries;
+        registry.admit(spec.submit.name.as_deref(), &spec.effective_user, &quota)?;
+        let (id, dir) = registry.reserve().await?;
         let sessions = &cfg.config.sessions;
-        let dir = cfg.config.server.data_dir.join("sessions").join(id.to_string());
-        ids::create_fresh_dir(&dir).map_err(|e| EngineError::Launch(e.to_string()))?;
         let log = LogBuffer::create(sessions.log_tail_lines, &dir.join("session.log"), sessions.max_log_file_bytes)
             .map_err(|e| EngineError::Launch(format!("creating the log of session {id}: {e}")))?;
         let session = Arc::new(Session::new(id, spec, limits, SessionSecret::generate(), log, dir));
-        {
-            let mut reg = self.lock();
-            if let Err(refused) = self.admit(&reg, &session.spec, &quota) {
-                drop(reg);
-                let _ = std::fs::remove_dir_all(&session.dir);
-                return Err(refused);
-            }
-            if let Some(name) = &session.spec.submit.name {
-                reg.by_name.insert(name.clone(), id);
-            }
-            reg.by_id.insert(id, session.clone());
-        }
+        registry.register(session.clone(), &quota).await?;
         if let Err(e) = self.launch(&session) {
             session.log.push(format!("sparkgate: {e}"));
             session.finish(SessionState::Dead, &format!("could not start: {e}"));
@@ -220,31 +200,12 @@ impl SessionManager {
         Ok(session)
     }
 
-    /// Whether a session of `spec` may be created now: its name free (refused duplicates count
-    /// against the user's quota), and the caps and quotas not reached.
-    fn admit(&self, reg: &Registry, spec: &SessionSpec, quota: &Quota) -> Result<(), EngineError> {
-        if let Some(name) = &spec.submit.name {
-            let limit = quota.max_name_conflicts.unwrap_or(names::DEFAULT_MAX_NAME_CONFLICTS);
-            self.name_conflicts.check(&spec.effective_user, limit)?;
-            if reg.by_name.contains_key(name) {
-                self.name_conflicts.record(&spec.effective_user, limit);
-                return Err(EngineError::DuplicateName("session"));
-            }
-        }
-        let sessions = &self.config.config.sessions;
-        let counts = limits::Counts::of(reg.by_id.values().map(|s| {
-            let state = s.state();
-            (state.is_live(), state.is_launching(), s.spec.effective_user == spec.effective_user)
-        }));
-        let caps =
-            limits::Caps { kind: "sessions", live: sessions.max_sessions, launches: sessions.max_concurrent_launches };
-        limits::admit(counts, caps, quota, &spec.effective_user)
-    }
-
     fn launch(&self, session: &Arc<Session>) -> Result<(), EngineError> {
         let spark =
             self.spark.as_ref().ok_or_else(|| EngineError::Launch("Spark is not configured on this gateway".into()))?;
-        let rpc = self.rpc.get().ok_or_else(|| EngineError::Launch("the driver RPC server is not running".into()))?;
+        let channel =
+            self.channel.as_ref().ok_or_else(|| EngineError::Launch("the driver RPC server is not running".into()))?;
+        let rpc = &channel.endpoint;
         let cfg = &self.config.config;
         let spec = &session.spec;
         let repl_dir = session.dir.join("repl-classes");
@@ -369,7 +330,7 @@ impl SessionManager {
         if self.config.config.spark.deploy_mode == "cluster" {
             return Ok(None);
         }
-        let Some(listeners) = self.local_rpc.get() else { return Ok(None) };
+        let Some(listeners) = self.channel.as_ref().and_then(|c| c.local.as_ref()) else { return Ok(None) };
         let path = work.join("rpc.sock");
         if path.to_str().is_none() {
             // The driver's configuration is JSON: a path that is not UTF-8 cannot travel in it.
@@ -435,21 +396,11 @@ impl SessionManager {
     /// DELETE: stops the session and forgets it.
     pub async fn delete(&self, session: &Arc<Session>, by: &str) {
         self.stop(session, SessionState::Killed, &format!("deleted by {by}")).await;
-        self.forget(session.id);
+        self.forget(session.id).await;
     }
 
-    fn forget(&self, id: u32) {
-        let removed = {
-            let mut reg = self.lock();
-            let removed = reg.by_id.remove(&id);
-            if let Some(name) = removed.as_ref().and_then(|s| s.spec.submit.name.clone()) {
-                reg.by_name.remove(&name);
-            }
-            removed
-        };
-        if let Some(session) = removed {
-            let _ = std::fs::remove_dir_all(&session.dir);
-        }
+    async fn forget(&self, id: u32) {
+        self.sessions.entries.forget(id).await;
     }
 
     /// Stops every session (gateway shutdown).
@@ -470,23 +421,22 @@ impl SessionManager {
                 tick.tick().await;
                 let Some(manager) = weak.upgrade() else { return };
                 manager.check_timeouts().await;
-                manager.forget_excess_finished();
+                manager.forget_excess_finished().await;
             }
         });
     }
 
     /// Forgets the oldest finished sessions beyond `sessions.max_finished_retained` (and its
     /// per-user share), before their retention time is up (see [`limits::excess_finished`]).
-    pub fn forget_excess_finished(&self) {
-        let mut finished: Vec<(tokio::time::Instant, Arc<Session>)> =
-            self.list().into_iter().filter_map(|s| s.timers().finished_at.map(|f| (f, s))).collect();
-        finished.sort_by_key(|(at, s)| (*at, s.id));
-        let entries: Vec<(&str, u32)> = finished.iter().map(|(_, s)| (s.spec.effective_user.as_str(), s.id)).collect();
+    pub async fn forget_excess_finished(&self) {
         let sessions = &self.config.config.sessions;
-        for id in
-            limits::excess_finished(&entries, sessions.max_finished_retained, sessions.max_finished_retained_per_user)
-        {
-            self.forget(id);
+        let excess = self.sessions.entries.finished_to_forget(
+            None,
+            sessions.max_finished_retained,
+            sessions.max_finished_retained_per_user,
+        );
+        for id in excess {
+            self.forget(id).await;
         }
     }
 
@@ -498,7 +448,7 @@ impl SessionManager {
             let t = session.timers();
             if t.state.is_terminal() {
                 if t.finished_at.is_some_and(|f| now.duration_since(f) >= d.retain_finished) {
-                    self.forget(session.id);
+                    self.forget(session.id).await;
                 }
                 continue;
             }
@@ -558,7 +508,7 @@ impl SessionManager {
                 tokio::spawn(async move {
                     manager.stop(&session, final_state, &reason).await;
                     if forget {
-                        manager.forget(session.id);
+                        manager.forget(session.id).await;
                     }
                 });
             }
@@ -570,20 +520,20 @@ impl SessionManager {
 impl SessionManager {
     /// Registers a session without launching anything (unit tests drive it by hand).
     pub(crate) fn insert_for_test(&self, session: Arc<Session>) {
-        self.lock().by_id.insert(session.id, session);
+        self.sessions.entries.insert_for_test(session);
     }
 }
 
-impl DriverRegistry for SessionManager {
+impl DriverRegistry for SessionRegistry {
     fn secret(&self, session_id: u32) -> Option<SessionSecret> {
-        let session = self.lock().by_id.get(&session_id).cloned()?;
+        let session = self.entries.by_id(session_id)?;
         let state = session.state();
         (!state.is_terminal() && state != SessionState::ShuttingDown).then(|| session.secret.clone())
     }
 
     fn attach(&self, session_id: u32, link: DriverLink) {
-        if let Some(session) = self.lock().by_id.get(&session_id).cloned() {
-            self.audit(
+        if let Some(session) = self.entries.by_id(session_id) {
+            self.audit.record(
                 AuditEvent::security("driver_authenticated", Decision::Allow)
                     .effective_user(session.spec.effective_user.clone())
                     .resource(format!("session:{session_id}")),
@@ -593,19 +543,19 @@ impl DriverRegistry for SessionManager {
     }
 
     fn deliver(&self, session_id: u32, conn_id: u64, msg: FromDriver) {
-        if let Some(session) = self.lock().by_id.get(&session_id).cloned() {
+        if let Some(session) = self.entries.by_id(session_id) {
             session.on_driver_message(conn_id, msg);
         }
     }
 
     fn detach(&self, session_id: u32, conn_id: u64) {
-        if let Some(session) = self.lock().by_id.get(&session_id).cloned() {
+        if let Some(session) = self.entries.by_id(session_id) {
             session.detach(conn_id);
         }
     }
 
     fn statement_running(&self, session_id: u32) -> bool {
-        self.lock().by_id.get(&session_id).is_some_and(|s| s.statement_running())
+        self.entries.by_id(session_id).is_some_and(|s| s.statement_running())
     }
 
     fn auth_failed(&self, peer: Peer, error: &crate::rpc::HandshakeError) {
@@ -627,8 +577,8 @@ impl DriverRegistry for SessionManager {
         };
         // Any peer can fail a handshake once per connect: repeats are counted, not written
         // (or logged) one by one.
-        let recorded = self.audit.get().map(|log| log.record_coalesced(event, peer.ip(), error.class()));
-        if recorded == Some(crate::audit::Recorded::Counted) {
+        let recorded = self.audit.record_coalesced(event, peer.ip(), error.class());
+        if recorded == crate::audit::Recorded::Counted {
             tracing::debug!(%peer, session_id, reason = %error, "driver RPC authentication failed (repeat, counted)");
         } else {
             tracing::warn!(%peer, session_id, reason = %error, "driver RPC authentication failed");
@@ -641,8 +591,8 @@ impl DriverRegistry for SessionManager {
             Peer::Tcp(addr) => event.remote_addr(addr),
             Peer::Unix { session } => event.resource(format!("session:{session}")),
         };
-        let recorded = self.audit.get().map(|log| log.record_coalesced(event, peer.ip(), why.class()));
-        if recorded == Some(crate::audit::Recorded::Counted) {
+        let recorded = self.audit.record_coalesced(event, peer.ip(), why.class());
+        if recorded == crate::audit::Recorded::Counted {
             tracing::debug!(%peer, reason = %why, "driver RPC connection refused (repeat, counted)");
         } else {
             tracing::warn!(%peer, reason = %why, "driver RPC connection refused");

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod manager;
 pub mod names;
 pub mod paths;
+pub mod registry;
 pub mod sandbox;
 pub mod session;
 pub mod spec;

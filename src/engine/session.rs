@@ -872,6 +872,50 @@ impl Session {
     }
 }
 
+impl super::registry::Entry for Session {
+    const KIND: crate::acl::ResourceKind = crate::acl::ResourceKind::Session;
+
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn name(&self) -> Option<&str> {
+        self.spec.submit.name.as_deref()
+    }
+
+    fn effective_user(&self) -> &str {
+        &self.spec.effective_user
+    }
+
+    fn state(&self) -> SessionState {
+        Session::state(self)
+    }
+
+    fn finished_at(&self) -> Option<Instant> {
+        self.lock().finished_at
+    }
+
+    fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    fn record(&self) -> Vec<u8> {
+        let spec = &self.spec;
+        let record = json!({
+            "id": self.id,
+            "kind": spec.kind.as_str(),
+            "owner": spec.owner,
+            "effectiveUser": spec.effective_user,
+            "submit": spec.submit,
+            "heartbeatTimeoutInSecond": spec.heartbeat_timeout_secs,
+            "ttl": spec.ttl,
+            "idleTimeout": spec.idle_timeout,
+            "state": self.state().as_str(),
+        });
+        record.to_string().into_bytes()
+    }
+}
+
 /// A session's clocks, for the timeout checker.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timers {

@@ -6,13 +6,22 @@ use crate::rpc::ToDriver;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
 
+/// A manager over a memory store, with drivers told to dial `host` (nothing listens there).
+fn build(cfg: config::ValidatedConfig, spark: Option<SparkEnv>, host: &str) -> Arc<SessionManager> {
+    let cfg = Arc::new(cfg);
+    let audit = crate::audit::AuditLog::open(&cfg.config.server.data_dir.join("audit/audit.log"), 1 << 20).unwrap();
+    let store = Arc::new(AnyStore::Memory(crate::store::memory::MemoryStore::ephemeral()));
+    let sessions = SessionRegistry::new(&cfg, store, audit);
+    let endpoint = RpcEndpoint { host: host.into(), port: 1, server_name: host.into(), ca_pem: String::new() };
+    SessionManager::new(cfg, spark.map(Arc::new), sessions, Some(DriverChannel { endpoint, local: None }))
+}
+
 fn manager(overrides: &[&str]) -> (Arc<SessionManager>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut all = vec![format!("server.data_dir=\"{}\"", dir.path().display())];
     all.extend(overrides.iter().map(|s| s.to_string()));
     let cfg = config::load(&Sources { file: None, env: vec![], overrides: all }).unwrap();
-    let ids = IdCounter::in_memory("sessions");
-    (SessionManager::new(Arc::new(cfg), None, ids), dir)
+    (build(cfg, None, "127.0.0.1"), dir)
 }
 
 fn spec() -> SessionSpec {
@@ -195,19 +204,13 @@ async fn start_timeout_and_retention() {
 #[tokio::test]
 async fn sessions_are_found_by_id_or_name_and_caps_are_enforced() {
     let (m, _dir) = manager(&["sessions.max_sessions=2", "sessions.max_concurrent_launches=5"]);
-    m.set_rpc_endpoint(RpcEndpoint {
-        host: "127.0.0.1".into(),
-        port: 1,
-        server_name: "127.0.0.1".into(),
-        ca_pem: String::new(),
-    });
     let (a, _rxa) = idle_session(&m, 0, limits());
     let (_b, _rxb) = idle_session(&m, 1, limits());
     assert_eq!(m.get("0").unwrap().id, a.id);
     assert!(m.get("nobody").is_err());
     // alice may use every slot here: a quota written for her by name.
     let roomy = Quota { max_sessions: Some(10), explicit: true, ..Quota::default() };
-    let err = m.create(spec(), roomy).unwrap_err();
+    let err = m.create(spec(), roomy).await.unwrap_err();
     assert!(matches!(err, EngineError::TooManyLive { limit: 2, .. }), "{err}");
     // Finished sessions do not count.
     a.finish(SessionState::Killed, "test");
@@ -219,6 +222,7 @@ async fn sessions_are_found_by_id_or_name_and_caps_are_enforced() {
             },
             roomy,
         )
+        .await
         .unwrap();
     // Without Spark the launch fails visibly: the session is dead with the reason in its log.
     assert_eq!(created.state(), SessionState::Dead);
@@ -232,12 +236,13 @@ async fn sessions_are_found_by_id_or_name_and_caps_are_enforced() {
             },
             roomy,
         )
+        .await
         .unwrap_err();
     assert!(matches!(dup, EngineError::DuplicateName(_)));
-    let bad = m.create(SessionSpec { ttl: Some("soon".into()), ..spec() }, roomy).unwrap_err();
+    let bad = m.create(SessionSpec { ttl: Some("soon".into()), ..spec() }, roomy).await.unwrap_err();
     assert!(bad.to_string().contains("ttl"));
     // With the default quota, alice alone may not take both slots.
-    let err = m.create(spec(), Quota::default()).unwrap_err();
+    let err = m.create(spec(), Quota::default()).await.unwrap_err();
     assert!(matches!(err, EngineError::UserQuota { limit: 1, .. }), "{err}");
 }
 
@@ -246,11 +251,11 @@ async fn per_user_quotas() {
     let (m, _dir) = manager(&[]);
     let (_a, _rx) = idle_session(&m, 0, limits()); // alice's live session
     let quota = Quota { max_sessions: Some(1), ..Quota::default() };
-    let err = m.create(spec(), quota).unwrap_err();
+    let err = m.create(spec(), quota).await.unwrap_err();
     assert!(matches!(&err, EngineError::UserQuota { user, limit: 1, .. } if user == "alice"), "{err}");
     // Another user is not affected by alice's quota.
     let bob = SessionSpec { owner: "bob".into(), effective_user: "bob".into(), ..spec() };
-    assert!(m.create(bob, quota).is_ok());
+    assert!(m.create(bob, quota).await.is_ok());
 }
 
 #[test]
@@ -352,21 +357,14 @@ fn yarn_cluster_manager(dir: &std::path::Path) -> Arc<SessionManager> {
     })
     .unwrap();
     let env = SparkEnv::for_test(dir, &submit);
-    let m = SessionManager::new(Arc::new(cfg), Some(env), IdCounter::in_memory("sessions"));
-    m.set_rpc_endpoint(RpcEndpoint {
-        host: "gateway.example.com".into(),
-        port: 1,
-        server_name: "gateway.example.com".into(),
-        ca_pem: String::new(),
-    });
-    m
+    build(cfg, Some(env), "gateway.example.com")
 }
 
 #[tokio::test]
 async fn a_yarn_cluster_session_is_killed_by_its_launch_tag_not_by_what_its_driver_reports() {
     let dir = tempfile::tempdir().unwrap();
     let m = yarn_cluster_manager(dir.path());
-    let s = m.create(spec(), Quota::default()).unwrap();
+    let s = m.create(spec(), Quota::default()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !s.log.snapshot().iter().any(|l| l.contains("Submitted application")) {
         assert!(Instant::now() < deadline, "{:?}", s.log.snapshot());
@@ -402,14 +400,14 @@ async fn finished_sessions_cannot_pile_up_before_their_retention_time() {
     let mut ids = Vec::new();
     for user in ["alice", "alice", "alice", "alice", "bob", "bob", "carol"] {
         let spec = SessionSpec { owner: user.into(), effective_user: user.into(), ..spec() };
-        ids.push(m.create(spec, roomy).unwrap().id);
+        ids.push(m.create(spec, roomy).await.unwrap().id);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    m.forget_excess_finished();
+    m.forget_excess_finished().await;
     let kept: Vec<u32> = m.list().iter().map(|s| s.id).collect();
     // Newest first: carol's, bob's two, alice's two newest fill the five; alice's two oldest go.
     assert_eq!(kept, ids[2..].to_vec());
-    m.forget_excess_finished();
+    m.forget_excess_finished().await;
     assert_eq!(m.list().len(), 5, "stable once within the caps");
 }
 
@@ -428,14 +426,8 @@ async fn a_sessions_uploads_go_when_its_driver_does() {
     })
     .unwrap();
     let env = SparkEnv::for_test(dir.path(), &submit);
-    let m = SessionManager::new(Arc::new(cfg), Some(env), IdCounter::in_memory("sessions"));
-    m.set_rpc_endpoint(RpcEndpoint {
-        host: "127.0.0.1".into(),
-        port: 1,
-        server_name: "127.0.0.1".into(),
-        ca_pem: String::new(),
-    });
-    let s = m.create(spec(), Quota::default()).unwrap();
+    let m = build(cfg, Some(env), "127.0.0.1");
+    let s = m.create(spec(), Quota::default()).await.unwrap();
     let uploads = s.dir.join("uploads");
     std::fs::create_dir_all(&uploads).unwrap();
     std::fs::write(uploads.join("big.bin"), vec![0u8; 1 << 20]).unwrap();
