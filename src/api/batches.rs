@@ -43,8 +43,7 @@ pub(super) async fn create(
         .take()
         .filter(|f| !f.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request("field `file` is required"))?;
-    state.path_guard().check("file", &file).map_err(ApiError::BadRequest)?;
-    let (submit, effective_user) = state.checked_submit(&caller, req.take_submit())?;
+    let (submit, effective_user) = state.checked_submit(&caller, req.take_submit(), &[("file", &file)])?;
     let spec = BatchSpec {
         owner: caller.real.name.clone(),
         effective_user: effective_user.clone(),

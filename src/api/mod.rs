@@ -195,16 +195,21 @@ impl AppState {
     }
 
     /// The shared submit fields of a create request, checked: conf against the policy (and
-    /// the operator's fixed keys), file lists against the path guard, blank values refused,
-    /// and `proxyUser` (or `doAs`) resolved into the effective user the request acts as.
-    /// Returns the spec and that user.
+    /// the operator's fixed keys), then the request's own `paths` (`(field, path)`: a batch's
+    /// `file`) and the file lists against the path guard, blank values refused, and
+    /// `proxyUser` (or `doAs`) resolved into the effective user the request acts as. Returns
+    /// the spec and that user.
     pub(crate) fn checked_submit(
         &self,
         caller: &Caller,
         fields: dto::SubmitFields,
+        paths: &[(&str, &str)],
     ) -> Result<(crate::engine::SubmitSpec, String), ApiError> {
         let resources = fields.resource_keys();
         let conf = self.checked_conf(caller, fields.conf, &resources)?;
+        for (field, path) in paths {
+            self.path_guard().check(field, path).map_err(ApiError::BadRequest)?;
+        }
         let [jars, py_files, files, archives] =
             self.checked_file_lists([fields.jars, fields.py_files, fields.files, fields.archives])?;
         let proxy_user = non_empty("proxyUser", fields.proxy_user)?;

@@ -61,7 +61,7 @@ pub(super) async fn create(
             ApiError::bad_request("field `kind`: unknown session kind; use one of spark, pyspark, sparkr, sql, shared")
         })?,
     };
-    let (submit, effective_user) = state.checked_submit(&caller, req.take_submit())?;
+    let (submit, effective_user) = state.checked_submit(&caller, req.take_submit(), &[])?;
     let spec = SessionSpec {
         owner: caller.real.name.clone(),
         effective_user: effective_user.clone(),

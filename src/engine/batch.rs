@@ -7,8 +7,9 @@ use super::launch::{self, LaunchSpec, LogBuffer, ProcessHandle, SparkEnv};
 use super::limits;
 use super::names;
 use super::registry::Registry;
-use super::sandbox::{Confinement, Sandbox};
+use super::sandbox::Confinement;
 use super::spec::SubmitSpec;
+use super::start;
 use super::state::SessionState;
 use super::EngineError;
 use crate::acl::policy::Quota;
@@ -333,47 +334,33 @@ impl BatchManager {
             self.spark.as_ref().ok_or_else(|| EngineError::Launch("Spark is not configured on this gateway".into()))?;
         let cfg = &self.config.config;
         let s = &batch.spec;
-        let launch = LaunchSpec {
+        let submit = LaunchSpec {
             name: launch_name(batch),
             class_name: s.class_name.clone(),
-            proxy_user: s.submit.proxy_user.clone(),
-            queue: s.submit.queue.clone(),
-            driver_memory: s.submit.driver_memory.clone(),
-            driver_cores: s.submit.driver_cores,
-            executor_memory: s.submit.executor_memory.clone(),
-            executor_cores: s.submit.executor_cores,
-            num_executors: s.submit.num_executors,
-            jars: s.submit.jars.clone(),
-            py_files: s.submit.py_files.clone(),
-            files: s.submit.files.clone(),
-            archives: s.submit.archives.clone(),
-            conf: s.submit.conf.clone(),
-            cluster_conf: launch::cluster_conf(&cfg.spark, launch::AppKind::Batch, batch.id),
+            submit: s.submit.clone(),
+            cluster_conf: BTreeMap::new(),
             app: s.file.clone(),
             args: s.args.clone(),
         };
-        let mut launch = launch;
-        // Kubernetes: name the driver pod, so DELETE can kill it (our spark-submit's death does not).
-        if let Some(pod) =
-            launch::name_k8s_driver_pod(&cfg.spark, Some(spark), &mut launch, launch::AppKind::Batch, batch.id)
-        {
-            batch.lock().driver_id = Some(pod);
-        }
-        // YARN: a tag of its own, the only way a DELETE finds the application (what the
-        // output says is not trusted for a kill).
-        batch.lock().yarn_tag = launch::tag_yarn_launch(&cfg.spark, &mut launch);
-        // The Spark UI answers only the gateway's proxy (see crate::sparkui).
-        let ui = crate::sparkui::launch_settings(&cfg.spark, Some(spark), &s.submit.conf, &batch.ui);
-        launch.cluster_conf.extend(ui.conf);
-        launch.cluster_conf.extend(launch::local_rpc_auth(&cfg.spark));
         // Sandboxed, the batch writes only to its work/ directory: its log stays the gateway's.
         let confinement = Confinement::new(&batch.dir)
-            .map_err(|e| EngineError::Launch(format!("preparing the batch directory: {e}")))?
-            .with_launch_keytab(&cfg.spark, &launch);
-        if spark.sandbox.is_some() {
-            Sandbox::add_launch_conf(&confinement, &cfg.spark, &mut launch);
+            .map_err(|e| EngineError::Launch(format!("preparing the batch directory: {e}")))?;
+        let prepared = start::prepare(
+            spark,
+            &cfg.spark,
+            launch::AppKind::Batch,
+            batch.id,
+            &batch.dir,
+            submit,
+            confinement,
+            &batch.ui,
+            BTreeMap::new(),
+        )?;
+        {
+            let mut inner = batch.lock();
+            inner.driver_id = prepared.cluster_driver.clone();
+            inner.yarn_tag = prepared.yarn_tag.clone();
         }
-        let args = launch::write_launch_files(&cfg.spark, &launch, &batch.dir).map_err(EngineError::Launch)?;
         let weak = Arc::downgrade(batch);
         let ids = AppIdFormat::of_master(&cfg.spark.master);
         let cluster_driver = cfg.spark.master.starts_with("spark://") && cfg.spark.deploy_mode == "cluster";
@@ -382,10 +369,7 @@ impl BatchManager {
                 b.on_line(line, ids, cluster_driver);
             }
         });
-        let mut env: BTreeMap<String, String> = launch::launch_ticket_env(spark, &launch).into_iter().collect();
-        env.extend(ui.env);
-        let handle = launch::spawn(spark, &cfg.spark.pass_env, args, env, &confinement, batch.log.clone(), on_line)
-            .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
+        let handle = prepared.spawn(spark, &cfg.spark, batch.log.clone(), on_line)?;
         tracing::info!(batch = batch.id, pgid = handle.pgid, owner = %s.owner, "batch launched");
         {
             let log = &self.audit;

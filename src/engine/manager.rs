@@ -6,8 +6,9 @@ use super::launch::{self, LaunchSpec, LogBuffer, SparkEnv};
 use super::limits;
 use super::names;
 use super::registry::Registry;
-use super::sandbox::{Confinement, Sandbox};
+use super::sandbox::Confinement;
 use super::session::{Session, SessionLimits, SessionSpec};
+use super::start;
 use super::state::SessionState;
 use super::EngineError;
 use crate::acl::policy::Quota;
@@ -240,50 +241,35 @@ impl SessionManager {
         crate::tls::write_file(&conf_path, driver_conf.to_string().as_bytes(), 0o600)
             .map_err(|e| EngineError::Launch(e.to_string()))?;
         let absolute_conf = conf_path.canonicalize().unwrap_or(conf_path);
-        let (files, cluster_conf, mut env) =
+        let (files, cluster_conf, env) =
             driver_conf_delivery(&cfg.spark, &spec.submit.files, &absolute_conf, &driver_conf.to_string(), session.id);
         // Written afresh for this launch, from the embedded source (see crate::driver).
         let driver_program = crate::driver::write_for_session(&session.dir)
             .map_err(|e| EngineError::Launch(format!("writing the driver program: {e}")))?;
-        let launch = LaunchSpec {
+        let submit = LaunchSpec {
             name: spec.submit.name.clone().unwrap_or_else(|| format!("sparkgate-session-{}", session.id)),
             class_name: None,
-            proxy_user: spec.submit.proxy_user.clone(),
-            queue: spec.submit.queue.clone(),
-            driver_memory: spec.submit.driver_memory.clone(),
-            driver_cores: spec.submit.driver_cores,
-            executor_memory: spec.submit.executor_memory.clone(),
-            executor_cores: spec.submit.executor_cores,
-            num_executors: spec.submit.num_executors,
-            jars: spec.submit.jars.clone(),
-            py_files: spec.submit.py_files.clone(),
-            files,
-            archives: spec.submit.archives.clone(),
-            conf: spec.submit.conf.clone(),
+            submit: super::SubmitSpec { files, ..spec.submit.clone() },
             cluster_conf,
             app: driver_program.display().to_string(),
             args: Vec::new(),
         };
-        let mut launch = launch;
-        if let Some(pod) =
-            launch::name_k8s_driver_pod(&cfg.spark, Some(spark), &mut launch, launch::AppKind::Session, session.id)
-        {
+        let prepared = start::prepare(
+            spark,
+            &cfg.spark,
+            launch::AppKind::Session,
+            session.id,
+            &session.dir,
+            submit,
+            confinement,
+            &session.ui,
+            env,
+        )?;
+        if let Some(pod) = prepared.cluster_driver.clone() {
             session.set_cluster_driver(pod);
         }
-        // YARN: a tag of its own, so a stop finds the application without the driver's word.
-        session.set_yarn_tag(launch::tag_yarn_launch(&cfg.spark, &mut launch));
+        session.set_yarn_tag(prepared.yarn_tag.clone());
         session.set_app_id_format(AppIdFormat::of_master(&cfg.spark.master));
-        // The Spark UI answers only the gateway's proxy (see crate::sparkui).
-        let ui = crate::sparkui::launch_settings(&cfg.spark, Some(spark), &spec.submit.conf, &session.ui);
-        launch.cluster_conf.extend(ui.conf);
-        launch.cluster_conf.extend(launch::local_rpc_auth(&cfg.spark));
-        let confinement = confinement.with_launch_keytab(&cfg.spark, &launch);
-        if spark.sandbox.is_some() {
-            Sandbox::add_launch_conf(&confinement, &cfg.spark, &mut launch);
-        }
-        let args = launch::write_launch_files(&cfg.spark, &launch, &session.dir).map_err(EngineError::Launch)?;
-        env.extend(launch::launch_ticket_env(spark, &launch));
-        env.extend(ui.env);
         let weak = Arc::downgrade(session);
         let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {
             if let Some(s) = weak.upgrade() {
@@ -291,8 +277,7 @@ impl SessionManager {
             }
         });
         session.transition(SessionState::Starting)?;
-        let handle = launch::spawn(spark, &cfg.spark.pass_env, args, env, &confinement, session.log.clone(), on_line)
-            .map_err(|e| EngineError::Launch(format!("spawning {}: {e}", spark.spark_submit.display())))?;
+        let handle = prepared.spawn(spark, &cfg.spark, session.log.clone(), on_line)?;
         tracing::info!(session = session.id, pgid = handle.pgid, owner = %spec.owner, "session launched");
         self.audit(
             AuditEvent::security("session_launched", Decision::Info)

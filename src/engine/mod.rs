@@ -13,6 +13,7 @@ pub mod registry;
 pub mod sandbox;
 pub mod session;
 pub mod spec;
+pub mod start;
 pub mod state;
 
 pub use kind::{CodeKind, SessionKind};

@@ -399,7 +399,7 @@ impl Sandbox {
     /// operator or the request set one.
     pub fn add_launch_conf(c: &Confinement, config: &crate::config::SparkConfig, spec: &mut LaunchSpec) {
         const IVY: &str = "spark.jars.ivy";
-        if !spec.conf.contains_key(IVY) && !config.conf.contains_key(IVY) {
+        if !spec.submit.conf.contains_key(IVY) && !config.conf.contains_key(IVY) {
             spec.cluster_conf.insert(IVY.into(), c.work.join(".ivy2").display().to_string());
         }
     }

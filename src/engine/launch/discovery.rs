@@ -206,7 +206,10 @@ mod tests {
         assert!(!vars.contains_key("KRB5CCNAME"), "the launch ticket goes only to proxied launches");
         let mine = LaunchSpec { name: "n".into(), app: "x.py".into(), ..LaunchSpec::default() };
         assert_eq!(launch_ticket_env(&env, &mine), None);
-        let theirs = LaunchSpec { proxy_user: Some("alice".into()), ..mine };
+        let theirs = LaunchSpec {
+            submit: crate::engine::SubmitSpec { proxy_user: Some("alice".into()), ..mine.submit.clone() },
+            ..mine
+        };
         assert_eq!(
             launch_ticket_env(&env, &theirs),
             Some(("KRB5CCNAME".to_string(), "FILE:/data/krb5cc_launch".to_string()))

@@ -69,7 +69,7 @@ impl LaunchTicket {
 /// The keytab spark-submit gets with `--keytab`: the launch keytab, for a launch as the
 /// gateway's own principal (no `--proxy-user`).
 pub fn launch_keytab<'a>(config: &'a SparkConfig, spec: &LaunchSpec) -> Option<&'a Path> {
-    match (&config.launch_principal, &config.launch_keytab, &spec.proxy_user) {
+    match (&config.launch_principal, &config.launch_keytab, &spec.submit.proxy_user) {
         (Some(_), Some(keytab), None) => Some(keytab.as_path()),
         _ => None,
     }
@@ -77,6 +77,6 @@ pub fn launch_keytab<'a>(config: &'a SparkConfig, spec: &LaunchSpec) -> Option<&
 
 /// `KRB5CCNAME` for a launch with `--proxy-user` when the gateway has a launch ticket.
 pub fn launch_ticket_env(env: &SparkEnv, spec: &LaunchSpec) -> Option<(String, String)> {
-    spec.proxy_user.as_ref()?;
+    spec.submit.proxy_user.as_ref()?;
     env.launch_ccache.clone().map(|cc| ("KRB5CCNAME".to_string(), cc))
 }

@@ -25,6 +25,7 @@ pub use log::{clip_text, LogBuffer, MAX_LOG_LINE_BYTES, MAX_LOG_TAIL_BYTES};
 pub use process::{descendants_of_group, group_alive, processes_of_group_tree, stop_orphans, ExitCode, ProcessHandle};
 pub use submit::{build_args, local_rpc_auth, properties_text, spark_properties, write_launch_files};
 
+use super::spec::SubmitSpec;
 use log::read_lines;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -39,30 +40,10 @@ pub struct LaunchSpec {
     pub name: String,
     /// `--class` (batches of a jar).
     pub class_name: Option<String>,
-    /// `--proxy-user`: the effective user when it differs from the gateway's own.
-    pub proxy_user: Option<String>,
-    /// `--queue`.
-    pub queue: Option<String>,
-    /// `spark.driver.memory`.
-    pub driver_memory: Option<String>,
-    /// `spark.driver.cores`.
-    pub driver_cores: Option<u32>,
-    /// `spark.executor.memory`.
-    pub executor_memory: Option<String>,
-    /// `spark.executor.cores`.
-    pub executor_cores: Option<u32>,
-    /// `spark.executor.instances`.
-    pub num_executors: Option<u32>,
-    /// `spark.jars` (`--jars`).
-    pub jars: Vec<String>,
-    /// `--py-files`.
-    pub py_files: Vec<String>,
-    /// `spark.files` (`--files`).
-    pub files: Vec<String>,
-    /// `--archives`.
-    pub archives: Vec<String>,
-    /// The request's Spark conf (applied over the configured defaults).
-    pub conf: BTreeMap<String, String>,
+    /// What the request asked for: `--proxy-user`, `--queue`, resources, files and the
+    /// request's Spark conf (applied over the configured defaults). Its `name` is not used:
+    /// `name` above is what spark-submit is given.
+    pub submit: SubmitSpec,
     /// Conf the gateway adds last (tags, labels; see [`cluster_conf`]).
     pub cluster_conf: BTreeMap<String, String>,
     /// The application (the driver program, or a batch's file).

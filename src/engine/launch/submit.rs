@@ -46,10 +46,10 @@ pub fn build_args(config: &SparkConfig, spec: &LaunchSpec, properties_file: &Pat
     if let Some(class) = &spec.class_name {
         args.extend(["--class".into(), class.clone()]);
     }
-    if let Some(user) = &spec.proxy_user {
+    if let Some(user) = &spec.submit.proxy_user {
         args.extend(["--proxy-user".into(), user.clone()]);
     }
-    if let Some(queue) = &spec.queue {
+    if let Some(queue) = &spec.submit.queue {
         args.extend(["--queue".into(), queue.clone()]);
     }
     if let (Some(principal), Some(keytab)) = (&config.launch_principal, launch_keytab(config, spec)) {
@@ -70,14 +70,14 @@ pub fn build_args(config: &SparkConfig, spec: &LaunchSpec, properties_file: &Pat
 /// cluster bookkeeping (tags, labels) and the resource fields, later ones winning.
 pub fn spark_properties(config: &SparkConfig, spec: &LaunchSpec) -> BTreeMap<String, String> {
     let mut conf = config.conf.clone();
-    conf.extend(spec.conf.iter().map(|(k, v)| (k.clone(), v.clone())));
+    conf.extend(spec.submit.conf.iter().map(|(k, v)| (k.clone(), v.clone())));
     conf.extend(spec.cluster_conf.iter().map(|(k, v)| (k.clone(), v.clone())));
     let resources = [
-        ("spark.driver.memory", spec.driver_memory.clone()),
-        ("spark.driver.cores", spec.driver_cores.map(|n| n.to_string())),
-        ("spark.executor.memory", spec.executor_memory.clone()),
-        ("spark.executor.cores", spec.executor_cores.map(|n| n.to_string())),
-        ("spark.executor.instances", spec.num_executors.map(|n| n.to_string())),
+        ("spark.driver.memory", spec.submit.driver_memory.clone()),
+        ("spark.driver.cores", spec.submit.driver_cores.map(|n| n.to_string())),
+        ("spark.executor.memory", spec.submit.executor_memory.clone()),
+        ("spark.executor.cores", spec.submit.executor_cores.map(|n| n.to_string())),
+        ("spark.executor.instances", spec.submit.num_executors.map(|n| n.to_string())),
     ];
     for (key, value) in resources {
         if let Some(value) = value {
@@ -88,10 +88,10 @@ pub fn spark_properties(config: &SparkConfig, spec: &LaunchSpec) -> BTreeMap<Str
     // properties when the flags are absent (a request's lists replace the operator's, as the
     // flags did).
     let lists = [
-        ("spark.jars", &spec.jars),
-        ("spark.submit.pyFiles", &spec.py_files),
-        ("spark.files", &spec.files),
-        ("spark.archives", &spec.archives),
+        ("spark.jars", &spec.submit.jars),
+        ("spark.submit.pyFiles", &spec.submit.py_files),
+        ("spark.files", &spec.submit.files),
+        ("spark.archives", &spec.submit.archives),
     ];
     for (key, list) in lists {
         if !list.is_empty() {

@@ -278,9 +278,9 @@ fn the_driver_configuration_travels_with_files_in_cluster_mode_and_never_on_argv
     // The files list (in the owner-only properties file) names the file, never its contents.
     let spec = launch::LaunchSpec {
         name: "s".into(),
-        files,
         cluster_conf: conf,
         app: "driver.py".into(),
+        submit: crate::engine::SubmitSpec { files, ..Default::default() },
         ..Default::default()
     };
     let argv: Vec<String> =
@@ -309,8 +309,13 @@ fn on_kubernetes_the_driver_configuration_is_never_uploaded_as_a_file() {
     assert!(env.is_empty());
     assert_eq!(conf["spark.kubernetes.driverEnv.SPARKGATE_DRIVER_SECRET_CONF"], json);
     // It travels in the owner-only properties file, not on argv.
-    let spec =
-        launch::LaunchSpec { name: "s".into(), files, cluster_conf: conf, app: "d.py".into(), ..Default::default() };
+    let spec = launch::LaunchSpec {
+        name: "s".into(),
+        cluster_conf: conf,
+        app: "d.py".into(),
+        submit: crate::engine::SubmitSpec { files, ..Default::default() },
+        ..Default::default()
+    };
     let argv: Vec<String> = launch::build_args(&k8s, &spec, std::path::Path::new("/p"))
         .into_iter()
         .map(|a| a.into_string().unwrap())

@@ -199,7 +199,13 @@ fn the_argument_vector_confines_a_launch_to_its_own_directory() {
     let mut spec = LaunchSpec::default();
     Sandbox::add_launch_conf(&c, &crate::config::SparkConfig::default(), &mut spec);
     assert_eq!(spec.cluster_conf["spark.jars.ivy"], "/data/sessions/3/work/.ivy2");
-    let mut spec = LaunchSpec { conf: [("spark.jars.ivy".into(), "/x".into())].into(), ..LaunchSpec::default() };
+    let mut spec = LaunchSpec {
+        submit: crate::engine::SubmitSpec {
+            conf: [("spark.jars.ivy".into(), "/x".into())].into(),
+            ..Default::default()
+        },
+        ..LaunchSpec::default()
+    };
     Sandbox::add_launch_conf(&c, &crate::config::SparkConfig::default(), &mut spec);
     assert!(spec.cluster_conf.is_empty());
 }
@@ -223,7 +229,10 @@ fn the_launch_keytab_is_shown_only_to_launches_that_log_in_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let own = Confinement::new(dir.path()).unwrap().with_launch_keytab(&config, &LaunchSpec::default());
     assert_eq!(own.read_only, [PathBuf::from("/etc/security/keytabs/sparkgate.keytab")]);
-    let proxied = LaunchSpec { proxy_user: Some("alice".into()), ..LaunchSpec::default() };
+    let proxied = LaunchSpec {
+        submit: crate::engine::SubmitSpec { proxy_user: Some("alice".into()), ..Default::default() },
+        ..LaunchSpec::default()
+    };
     let theirs = Confinement::new(dir.path()).unwrap().with_launch_keytab(&config, &proxied);
     assert!(theirs.read_only.is_empty(), "alice's code gets the ticket cache, never the keytab");
     assert_eq!(theirs.work, dir.path().canonicalize().unwrap().join("work"));

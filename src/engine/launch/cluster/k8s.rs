@@ -24,7 +24,7 @@ pub fn name_k8s_driver_pod(
     // Where Spark will put the pod: the request's conf, the operator's, spark-defaults.conf,
     // or Spark's own default.
     const KEY: &str = "spark.kubernetes.namespace";
-    let namespace = [&spec.conf, &config.conf]
+    let namespace = [&spec.submit.conf, &config.conf]
         .iter()
         .find_map(|conf| conf.get(KEY).cloned())
         .or_else(|| env.and_then(|env| spark_defaults_value(env, KEY)))
@@ -48,7 +48,10 @@ mod tests {
             ..SparkConfig::default()
         };
         let mut spec = LaunchSpec {
-            conf: [("spark.kubernetes.namespace".to_string(), "etl".to_string())].into(),
+            submit: crate::engine::SubmitSpec {
+                conf: [("spark.kubernetes.namespace".to_string(), "etl".to_string())].into(),
+                ..Default::default()
+            },
             ..LaunchSpec::default()
         };
         let id = name_k8s_driver_pod(&k8s, None, &mut spec, AppKind::Session, 3).unwrap();

@@ -11,16 +11,19 @@ fn argument_vector_from_request_and_config() {
     config.conf.insert("spark.ui.enabled".into(), "false".into());
     let spec = LaunchSpec {
         name: "etl".into(),
-        proxy_user: Some("bob".into()),
-        queue: Some("prod".into()),
-        driver_memory: Some("2g".into()),
-        executor_cores: Some(3),
-        num_executors: Some(4),
-        jars: vec!["a.jar".into(), "https://repo/b.jar?X-Amz-Signature=s3cr3t".into()],
-        py_files: vec!["m.py".into()],
-        conf: [("spark.ui.enabled".to_string(), "true".to_string())].into(),
         app: "/data/driver.py".into(),
         args: vec!["--x".into(), "a b; rm -rf /".into()],
+        submit: crate::engine::SubmitSpec {
+            proxy_user: Some("bob".into()),
+            queue: Some("prod".into()),
+            driver_memory: Some("2g".into()),
+            executor_cores: Some(3),
+            num_executors: Some(4),
+            jars: vec!["a.jar".into(), "https://repo/b.jar?X-Amz-Signature=s3cr3t".into()],
+            py_files: vec!["m.py".into()],
+            conf: [("spark.ui.enabled".to_string(), "true".to_string())].into(),
+            ..Default::default()
+        },
         ..LaunchSpec::default()
     };
     let args = strings(build_args(&config, &spec, Path::new(PROPS)));
@@ -69,8 +72,11 @@ fn spark_properties_never_reach_argv_and_survive_any_text() {
     let secret = "AKIA/sec=ret:#!\\ line\nnext é😀";
     let spec = LaunchSpec {
         name: "n".into(),
-        conf: [("spark.hadoop.fs.s3a.secret.key".to_string(), secret.to_string())].into(),
         app: "x.py".into(),
+        submit: crate::engine::SubmitSpec {
+            conf: [("spark.hadoop.fs.s3a.secret.key".to_string(), secret.to_string())].into(),
+            ..Default::default()
+        },
         ..LaunchSpec::default()
     };
     let args = strings(build_args(&SparkConfig::default(), &spec, Path::new(PROPS)));
@@ -102,11 +108,14 @@ fn yarn_launches_carry_tags_one_attempt_and_never_both_proxy_user_and_principal(
     };
     let spec = LaunchSpec {
         name: "etl".into(),
-        proxy_user: Some("alice".into()),
-        queue: Some("prod".into()),
         cluster_conf: cluster_conf(&config, AppKind::Batch, 7),
         app: "hdfs:///apps/etl.jar".into(),
         class_name: Some("com.example.Etl".into()),
+        submit: crate::engine::SubmitSpec {
+            proxy_user: Some("alice".into()),
+            queue: Some("prod".into()),
+            ..Default::default()
+        },
         ..LaunchSpec::default()
     };
     let args = strings(build_args(&config, &spec, Path::new(PROPS)));
@@ -133,7 +142,8 @@ fn yarn_launches_carry_tags_one_attempt_and_never_both_proxy_user_and_principal(
     );
     // spark-submit refuses --principal with --proxy-user: the gateway's ticket goes in
     // KRB5CCNAME instead (launch_ticket_env). Its own launches keep the keytab.
-    let own = LaunchSpec { proxy_user: None, ..spec.clone() };
+    let own =
+        LaunchSpec { submit: crate::engine::SubmitSpec { proxy_user: None, ..spec.submit.clone() }, ..spec.clone() };
     let own_args = strings(build_args(&config, &own, Path::new(PROPS)));
     assert!(
         own_args.windows(4).any(|w| w
