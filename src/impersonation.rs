@@ -5,9 +5,8 @@
 
 use crate::acl::AccessManager;
 use crate::audit::{AuditEvent, AuditLog, Decision};
-use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::server::ConnInfo;
+use crate::identity::{ConnInfo, Principal};
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::Next;
@@ -44,9 +43,9 @@ impl Caller {
         }
         match proxy_user {
             None => Ok(self.real.name.clone()),
-            Some(target) if !crate::acl::valid_user_name(target) => Err(ApiError::bad_request(format!(
+            Some(target) if !crate::identity::valid_user_name(target) => Err(ApiError::bad_request(format!(
                 "field `proxyUser` is not a user name ({})",
-                crate::acl::USER_NAME_RULE
+                crate::identity::USER_NAME_RULE
             ))),
             Some(target) => {
                 let decision = acl.check_impersonation(&self.real, target, self.peer);
@@ -107,8 +106,8 @@ pub async fn impersonate(State(st): State<ImpersonationState>, request: Request,
         None => real.clone(),
         Some(target) if target == real.name => real.clone(),
         // Never handed on, nor echoed: a name that cannot be a user's is refused as such.
-        Some(target) if !crate::acl::valid_user_name(&target) => {
-            return ApiError::bad_request(format!("`doAs` is not a user name ({})", crate::acl::USER_NAME_RULE))
+        Some(target) if !crate::identity::valid_user_name(&target) => {
+            return ApiError::bad_request(format!("`doAs` is not a user name ({})", crate::identity::USER_NAME_RULE))
                 .into_response();
         }
         Some(target) => {

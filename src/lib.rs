@@ -15,6 +15,7 @@ pub mod driver;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod impersonation;
 pub mod metrics;
 pub mod net;

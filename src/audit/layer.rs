@@ -9,7 +9,7 @@
 
 use super::{Annotation, AuditEvent, AuditLog, Decision};
 use crate::auth::AuthRecord;
-use crate::server::ConnInfo;
+use crate::identity::ConnInfo;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;

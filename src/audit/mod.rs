@@ -15,7 +15,7 @@ pub use layer::{audit_requests, expose_matched_path, RouteSlot};
 pub use verify::{verify_files, Problem, ProblemKind, VerifyReport};
 pub use writer::{chain_files, AuditLog, AuditOptions, Recorded};
 
-use crate::auth::{AuthMethod, Principal};
+use crate::identity::{AuthMethod, Principal};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;

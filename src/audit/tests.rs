@@ -1,8 +1,8 @@
 use super::writer::render;
 use super::*;
 use crate::audit::layer::AuthSlot;
-use crate::auth::{AuthMethod, AuthRecord, Principal};
-use crate::server::ConnInfo;
+use crate::auth::AuthRecord;
+use crate::identity::{AuthMethod, ConnInfo, Principal};
 use axum::body::Body;
 use axum::extract::Path as UrlPath;
 use axum::http::{Request, StatusCode};

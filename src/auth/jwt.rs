@@ -3,9 +3,9 @@
 //! never HMAC, so a public key can never be used as an HMAC secret); `exp`, `iss` and `aud`
 //! required, `nbf` honoured, an explicit leeway. Also the development key pair and tokens.
 
-use super::{AuthMethod, AuthOutcome, AuthSetupError, Authenticator, Principal};
+use super::{AuthOutcome, AuthSetupError, Authenticator};
 use crate::config::ValidatedConfig;
-use crate::server::ConnInfo;
+use crate::identity::{AuthMethod, ConnInfo, Principal};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use jsonwebtoken::jwk::JwkSet;

@@ -9,53 +9,13 @@ pub mod spnego;
 
 use crate::config::ValidatedConfig;
 use crate::error::ApiError;
-use crate::server::ConnInfo;
+use crate::identity::{AuthMethod, ConnInfo, Principal};
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
-
-/// How a principal proved who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AuthMethod {
-    /// A JWT bearer token.
-    Jwt,
-    /// A SPNEGO/Kerberos handshake.
-    Spnego,
-    /// The signed cookie issued after a SPNEGO handshake.
-    SpnegoCookie,
-    /// A client certificate.
-    ClientCert,
-    /// `auth.dangerous_allow_anonymous`: nobody proved anything.
-    DangerousAnonymous,
-}
-
-impl AuthMethod {
-    /// Name for logs and the audit trail.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Jwt => "jwt",
-            Self::Spnego => "spnego",
-            Self::SpnegoCookie => "spnego-cookie",
-            Self::ClientCert => "client-cert",
-            Self::DangerousAnonymous => "dangerous-anonymous",
-        }
-    }
-}
-
-/// The authenticated caller. Immutable once the auth layer created it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// Short user name.
-    pub name: String,
-    /// Groups, when the method provides them.
-    pub groups: Vec<String>,
-    /// How it was authenticated.
-    pub method: AuthMethod,
-}
 
 /// What one authenticator says about a request.
 #[derive(Debug)]
