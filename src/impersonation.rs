@@ -4,7 +4,8 @@
 //! Identity headers a client sends are never consulted.
 
 use crate::acl::AccessManager;
-use crate::audit::{AuditEvent, AuditLog, Decision};
+use crate::audit::{AuditEvent, AuditLog};
+use crate::audit_slots::{Annotation, Decision};
 use crate::error::ApiError;
 use crate::identity::{ConnInfo, Principal};
 use axum::extract::{FromRequestParts, Request, State};
@@ -128,14 +129,14 @@ pub async fn impersonate(State(st): State<ImpersonationState>, request: Request,
     parts.extensions.insert(Caller { real, acting, peer });
     let mut response = next.run(Request::from_parts(parts, body)).await;
     // The audit record names who the request acted as and the concrete resource.
-    let annotation = response.extensions_mut().get_mut::<crate::audit::Annotation>();
+    let annotation = response.extensions_mut().get_mut::<Annotation>();
     match annotation {
         Some(a) => {
             a.effective_user.get_or_insert(effective);
             a.resource.get_or_insert(resource);
         }
         None => {
-            response.extensions_mut().insert(crate::audit::Annotation {
+            response.extensions_mut().insert(Annotation {
                 effective_user: Some(effective),
                 resource: Some(resource),
                 ..Default::default()

@@ -8,6 +8,7 @@
 pub mod acl;
 pub mod api;
 pub mod audit;
+pub mod audit_slots;
 pub mod auth;
 pub mod config;
 pub mod csrf;
@@ -111,12 +112,12 @@ fn start_policy_reloader(acl: Arc<acl::AccessManager>, audit: Arc<audit::AuditLo
                 None => {}
                 Some(Ok(())) => {
                     tracing::info!("access policy reloaded");
-                    audit.record(audit::AuditEvent::security("policy_reloaded", audit::Decision::Info));
+                    audit.record(audit::AuditEvent::security("policy_reloaded", audit_slots::Decision::Info));
                 }
                 Some(Err(e)) => {
                     tracing::error!(error = %e, "access policy NOT reloaded; the previous policy stays in force");
                     audit.record(
-                        audit::AuditEvent::security("policy_reloaded", audit::Decision::Error)
+                        audit::AuditEvent::security("policy_reloaded", audit_slots::Decision::Error)
                             .reason(format!("kept the previous policy: {e}")),
                     );
                 }
@@ -263,7 +264,7 @@ impl Gateway {
         if orphans > 0 {
             tracing::warn!(processes = orphans, "stopped the drivers and batches an earlier run left behind");
             audit_log.record(
-                audit::AuditEvent::security("orphans_stopped", audit::Decision::Info)
+                audit::AuditEvent::security("orphans_stopped", audit_slots::Decision::Info)
                     .reason(format!("{orphans} process(es) of an earlier run's sessions and batches were stopped")),
             );
         }

@@ -1,7 +1,6 @@
 use super::writer::render;
 use super::*;
-use crate::audit::layer::AuthSlot;
-use crate::auth::AuthRecord;
+use crate::audit_slots::{Annotation, AuthRecord, AuthSlot};
 use crate::identity::{AuthMethod, ConnInfo, Principal};
 use axum::body::Body;
 use axum::extract::Path as UrlPath;

@@ -7,6 +7,7 @@ pub mod jwt;
 pub mod mtls;
 pub mod spnego;
 
+use crate::audit_slots::{AuthRecord, AuthSlot};
 use crate::config::ValidatedConfig;
 use crate::error::ApiError;
 use crate::identity::{AuthMethod, ConnInfo, Principal};
@@ -41,16 +42,6 @@ impl AuthOutcome {
     pub fn authenticated(principal: Principal) -> Self {
         Self::Authenticated { principal, response_headers: Vec::new() }
     }
-}
-
-/// Recorded in the response extensions so the audit layer (outside authentication) can tell
-/// who was authenticated, or why not.
-#[derive(Debug, Clone)]
-pub enum AuthRecord {
-    /// Authenticated.
-    Principal(Principal),
-    /// Refused, with the reason.
-    Refused(String),
 }
 
 /// One authentication scheme.
@@ -188,7 +179,7 @@ pub async fn authenticate(State(chain): State<AuthChain>, request: Request, next
     match chain.authenticate(&parts) {
         Ok((principal, headers)) => {
             let record = AuthRecord::Principal(principal.clone());
-            crate::audit::layer::AuthSlot::fill(&parts.extensions, &record);
+            AuthSlot::fill(&parts.extensions, &record);
             parts.extensions.insert(principal);
             let mut response = next.run(Request::from_parts(parts, body)).await;
             for (name, value) in headers {
@@ -199,7 +190,7 @@ pub async fn authenticate(State(chain): State<AuthChain>, request: Request, next
         }
         Err(err) => {
             let record = AuthRecord::Refused(err.to_string());
-            crate::audit::layer::AuthSlot::fill(&parts.extensions, &record);
+            AuthSlot::fill(&parts.extensions, &record);
             let mut response = err.into_response();
             response.extensions_mut().insert(record);
             response
