@@ -374,22 +374,5 @@ impl AccessManager {
     }
 }
 
-/// The middleware after impersonation: may this caller use the gateway at all?
-pub async fn gate(
-    axum::extract::State(acl): axum::extract::State<Arc<AccessManager>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let Some(caller) = request.extensions().get::<crate::impersonation::Caller>() else {
-        return crate::error::ApiError::Internal("the ACL gate runs before impersonation".into()).into_response();
-    };
-    let decision = acl.check(&caller.acting, Action::UseGateway, None);
-    if !decision.allowed {
-        return crate::error::ApiError::Forbidden(decision.reason).into_response();
-    }
-    next.run(request).await
-}
-
 #[cfg(test)]
 mod tests;
