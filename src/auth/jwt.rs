@@ -37,10 +37,10 @@ pub fn ensure_dev_keys(data_dir: &Path) -> Result<PathBuf, AuthSetupError> {
     let public_pem =
         key.to_public_key().to_public_key_pem(LineEnding::LF).map_err(|e| AuthSetupError(e.to_string()))?;
     if let Some(dir) = private.parent() {
-        crate::tls::create_private_dir(dir).map_err(|e| AuthSetupError(e.to_string()))?;
+        crate::fs::create_private_dir(dir).map_err(|e| AuthSetupError(e.to_string()))?;
     }
-    crate::tls::write_file(&private, private_pem.as_bytes(), 0o600).map_err(|e| AuthSetupError(e.to_string()))?;
-    crate::tls::write_file(&public, public_pem.as_bytes(), 0o644).map_err(|e| AuthSetupError(e.to_string()))?;
+    crate::fs::write_file(&private, private_pem.as_bytes(), 0o600).map_err(|e| AuthSetupError(e.to_string()))?;
+    crate::fs::write_file(&public, public_pem.as_bytes(), 0o644).map_err(|e| AuthSetupError(e.to_string()))?;
     tracing::info!(public_key = %public.display(), "generated the development JWT key pair");
     Ok(public)
 }
