@@ -1,6 +1,7 @@
 //! The one place where errors become HTTP responses: every status code the API returns is
 //! chosen here, and every body has Livy's `{"msg": ...}` shape.
 
+use crate::audit_slots::{Annotation, Decision};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -106,17 +107,15 @@ impl IntoResponse for ApiError {
             Self::Internal(_) => {}
             // A refusal, though it looks like a 404 to the client.
             Self::Hidden { reason, .. } => {
-                response.extensions_mut().insert(crate::audit::Annotation {
+                response.extensions_mut().insert(Annotation {
                     reason: Some(reason.clone()),
-                    decision: Some(crate::audit::Decision::Deny.as_str().to_string()),
+                    decision: Some(Decision::Deny.as_str().to_string()),
                     ..Default::default()
                 });
             }
             // The audit record says why (client-facing messages never hold credentials).
             _ => {
-                response
-                    .extensions_mut()
-                    .insert(crate::audit::Annotation { reason: Some(self.to_string()), ..Default::default() });
+                response.extensions_mut().insert(Annotation { reason: Some(self.to_string()), ..Default::default() });
             }
         }
         if let Self::Unauthorized { challenges, .. } = &self {

@@ -4,10 +4,10 @@
 //! Identity headers a client sends are never consulted.
 
 use crate::acl::AccessManager;
-use crate::audit::{AuditEvent, AuditLog, Decision};
-use crate::auth::Principal;
+use crate::audit::{AuditEvent, AuditLog};
+use crate::audit_slots::{Annotation, Decision};
 use crate::error::ApiError;
-use crate::server::ConnInfo;
+use crate::identity::{ConnInfo, Principal};
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::Next;
@@ -44,9 +44,9 @@ impl Caller {
         }
         match proxy_user {
             None => Ok(self.real.name.clone()),
-            Some(target) if !crate::acl::valid_user_name(target) => Err(ApiError::bad_request(format!(
+            Some(target) if !crate::identity::valid_user_name(target) => Err(ApiError::bad_request(format!(
                 "field `proxyUser` is not a user name ({})",
-                crate::acl::USER_NAME_RULE
+                crate::identity::USER_NAME_RULE
             ))),
             Some(target) => {
                 let decision = acl.check_impersonation(&self.real, target, self.peer);
@@ -107,8 +107,8 @@ pub async fn impersonate(State(st): State<ImpersonationState>, request: Request,
         None => real.clone(),
         Some(target) if target == real.name => real.clone(),
         // Never handed on, nor echoed: a name that cannot be a user's is refused as such.
-        Some(target) if !crate::acl::valid_user_name(&target) => {
-            return ApiError::bad_request(format!("`doAs` is not a user name ({})", crate::acl::USER_NAME_RULE))
+        Some(target) if !crate::identity::valid_user_name(&target) => {
+            return ApiError::bad_request(format!("`doAs` is not a user name ({})", crate::identity::USER_NAME_RULE))
                 .into_response();
         }
         Some(target) => {
@@ -129,14 +129,14 @@ pub async fn impersonate(State(st): State<ImpersonationState>, request: Request,
     parts.extensions.insert(Caller { real, acting, peer });
     let mut response = next.run(Request::from_parts(parts, body)).await;
     // The audit record names who the request acted as and the concrete resource.
-    let annotation = response.extensions_mut().get_mut::<crate::audit::Annotation>();
+    let annotation = response.extensions_mut().get_mut::<Annotation>();
     match annotation {
         Some(a) => {
             a.effective_user.get_or_insert(effective);
             a.resource.get_or_insert(resource);
         }
         None => {
-            response.extensions_mut().insert(crate::audit::Annotation {
+            response.extensions_mut().insert(Annotation {
                 effective_user: Some(effective),
                 resource: Some(resource),
                 ..Default::default()

@@ -8,13 +8,16 @@
 pub mod acl;
 pub mod api;
 pub mod audit;
+pub mod audit_slots;
 pub mod auth;
 pub mod config;
 pub mod csrf;
 pub mod driver;
 pub mod engine;
 pub mod error;
+pub mod fs;
 pub mod http;
+pub mod identity;
 pub mod impersonation;
 pub mod metrics;
 pub mod net;
@@ -111,12 +114,12 @@ fn start_policy_reloader(acl: Arc<acl::AccessManager>, audit: Arc<audit::AuditLo
                 None => {}
                 Some(Ok(())) => {
                     tracing::info!("access policy reloaded");
-                    audit.record(audit::AuditEvent::security("policy_reloaded", audit::Decision::Info));
+                    audit.record(audit::AuditEvent::security("policy_reloaded", audit_slots::Decision::Info));
                 }
                 Some(Err(e)) => {
                     tracing::error!(error = %e, "access policy NOT reloaded; the previous policy stays in force");
                     audit.record(
-                        audit::AuditEvent::security("policy_reloaded", audit::Decision::Error)
+                        audit::AuditEvent::security("policy_reloaded", audit_slots::Decision::Error)
                             .reason(format!("kept the previous policy: {e}")),
                     );
                 }
@@ -174,7 +177,8 @@ impl Gateway {
             );
         }
         refuse_root(nix::unistd::geteuid().is_root(), cfg.server.dangerous_run_as_root)?;
-        tls::create_private_dir(&cfg.server.data_dir)?;
+        // Reported as before the helper left tls/ (`TLS: <dir>: <why>`).
+        fs::create_private_dir(&cfg.server.data_dir).map_err(tls::TlsError::from)?;
 
         if cfg.auth.dangerous_allow_anonymous {
             tracing::warn!(
@@ -263,7 +267,7 @@ impl Gateway {
         if orphans > 0 {
             tracing::warn!(processes = orphans, "stopped the drivers and batches an earlier run left behind");
             audit_log.record(
-                audit::AuditEvent::security("orphans_stopped", audit::Decision::Info)
+                audit::AuditEvent::security("orphans_stopped", audit_slots::Decision::Info)
                     .reason(format!("{orphans} process(es) of an earlier run's sessions and batches were stopped")),
             );
         }

@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
             let token = sparkgate::auth::jwt::mint_dev_token(&validated, &user, &groups, ttl)?;
             match out {
                 Some(path) => {
-                    sparkgate::tls::write_file(&path, token.as_bytes(), 0o600)?;
+                    sparkgate::fs::write_file(&path, token.as_bytes(), 0o600)?;
                     eprintln!("wrote a token for {user} (valid {}s) to {}", ttl.as_secs(), path.display());
                 }
                 None => println!("{token}"),

@@ -8,7 +8,7 @@
 //! right (see policies/README.md): the figures describe every user's work.
 
 use crate::api::AppState;
-use crate::audit::RouteSlot;
+use crate::audit_slots::RouteSlot;
 use crate::engine::state::{SessionState, StatementState};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method};

@@ -4,7 +4,7 @@
 pub mod conf;
 pub mod policy;
 
-use crate::auth::Principal;
+use crate::identity::Principal;
 use policy::{PolicyFile, Quota};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -99,24 +99,6 @@ impl Decision {
         Self { allowed: false, reason: reason.into() }
     }
 }
-
-/// The longest user name the gateway hands on.
-pub const MAX_USER_NAME_LEN: usize = 256;
-
-/// Whether `name` is a user name the gateway may hand on — to the audit trail, to
-/// `--proxy-user`, into file names and messages: letters, digits, `.`, `_`, `-` and `@`, not
-/// starting with `-`, at most [`MAX_USER_NAME_LEN`] bytes.
-pub fn valid_user_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_USER_NAME_LEN
-        && !name.starts_with('-')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
-}
-
-/// What a user name field must look like, for the message refusing one.
-pub const USER_NAME_RULE: &str =
-    "letters, digits, `.`, `_`, `-` and `@`, not starting with `-`, at most 256 characters";
-const _: () = assert!(MAX_USER_NAME_LEN == 256, "USER_NAME_RULE states the limit");
 
 /// The OS account the gateway runs under (None if it has no name).
 pub fn gateway_account() -> Option<String> {
@@ -390,23 +372,6 @@ impl AccessManager {
             None => loaded.policy.quotas.default,
         }
     }
-}
-
-/// The middleware after impersonation: may this caller use the gateway at all?
-pub async fn gate(
-    axum::extract::State(acl): axum::extract::State<Arc<AccessManager>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let Some(caller) = request.extensions().get::<crate::impersonation::Caller>() else {
-        return crate::error::ApiError::Internal("the ACL gate runs before impersonation".into()).into_response();
-    };
-    let decision = acl.check(&caller.acting, Action::UseGateway, None);
-    if !decision.allowed {
-        return crate::error::ApiError::Forbidden(decision.reason).into_response();
-    }
-    next.run(request).await
 }
 
 #[cfg(test)]

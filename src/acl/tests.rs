@@ -1,5 +1,5 @@
 use super::*;
-use crate::auth::AuthMethod;
+use crate::identity::AuthMethod;
 
 fn who(name: &str, groups: &[&str]) -> Principal {
     Principal { name: name.into(), groups: groups.iter().map(|g| g.to_string()).collect(), method: AuthMethod::Jwt }

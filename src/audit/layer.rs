@@ -7,75 +7,14 @@
 //! Place it inside the request-id layer (so `x-request-id` is set) and outside authentication
 //! (so 401 and 403 are recorded too).
 
-use super::{Annotation, AuditEvent, AuditLog, Decision};
-use crate::auth::AuthRecord;
-use crate::server::ConnInfo;
+use super::{AuditEvent, AuditLog};
+use crate::audit_slots::{Annotation, AuthRecord, AuthSlot, Decision, MatchedRoute, RouteSlot};
+use crate::identity::ConnInfo;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use tokio::time::Instant;
-
-/// A value that a layer inside the router writes for layers outside it (audit, metrics): a
-/// slot in the request rather than a response extension, so the value is known even when no
-/// response comes back from the router (the request timed out, a handler panicked, or the
-/// client went away). The first value written wins.
-#[derive(Debug)]
-pub struct RequestSlot<T>(Arc<OnceLock<T>>);
-
-impl<T> Clone for RequestSlot<T> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<T> Default for RequestSlot<T> {
-    fn default() -> Self {
-        Self(Arc::new(OnceLock::new()))
-    }
-}
-
-impl<T: Clone + Send + Sync + 'static> RequestSlot<T> {
-    /// The request's slot, added if no outer layer added one yet.
-    pub fn attach(request: &mut Request) -> Self {
-        if let Some(slot) = request.extensions().get::<Self>() {
-            return slot.clone();
-        }
-        let slot = Self::default();
-        request.extensions_mut().insert(slot.clone());
-        slot
-    }
-
-    /// Writes `value` into the request's slot, when a layer outside attached one.
-    pub fn fill(extensions: &axum::http::Extensions, value: &T) {
-        if let Some(slot) = extensions.get::<Self>() {
-            let _ = slot.0.set(value.clone());
-        }
-    }
-
-    /// What was written, if anything.
-    pub fn get(&self) -> Option<&T> {
-        self.0.get()
-    }
-}
-
-/// The pattern of the route a request matched (`/sessions/{id}`).
-#[derive(Debug, Clone)]
-pub struct MatchedRoute(pub String);
-
-/// Where the router writes the route a request matched ([`expose_matched_path`]).
-pub type RouteSlot = RequestSlot<MatchedRoute>;
-
-impl RouteSlot {
-    /// The route pattern, if the request matched a route: from the request when the caller
-    /// runs inside the router, else from the slot.
-    pub fn route(&self, request_matched: Option<&str>) -> Option<String> {
-        request_matched.map(str::to_owned).or_else(|| self.get().map(|r| r.0.clone()))
-    }
-}
-
-/// Where the auth layer writes what it decided ([`AuthRecord`]): the principal, or the refusal.
-pub type AuthSlot = RequestSlot<AuthRecord>;
 
 /// Records one `request` event per request. Layer it with
 /// `axum::middleware::from_fn_with_state(log, audit_requests)`.

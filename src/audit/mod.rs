@@ -7,15 +7,16 @@
 //! path, a long request id) and every record stays small enough to resume from quickly.
 
 mod coalesce;
-pub mod layer;
+mod layer;
 mod verify;
 mod writer;
 
-pub use layer::{audit_requests, expose_matched_path, RouteSlot};
+pub use layer::{audit_requests, expose_matched_path};
 pub use verify::{verify_files, Problem, ProblemKind, VerifyReport};
 pub use writer::{chain_files, AuditLog, AuditOptions, Recorded};
 
-use crate::auth::{AuthMethod, Principal};
+use crate::audit_slots::Decision;
+use crate::identity::{AuthMethod, Principal};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,48 +39,13 @@ pub enum EventKind {
     Security,
 }
 
-/// What the gateway decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Decision {
-    /// Allowed and served.
-    Allow,
-    /// Refused: not authenticated, or not authorised.
-    Deny,
-    /// Failed for a reason other than a refusal.
-    Error,
-    /// Nothing was decided; the event is a fact worth keeping.
-    Info,
-}
-
-impl Decision {
-    /// The name written to the trail.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Allow => "allow",
-            Self::Deny => "deny",
-            Self::Error => "error",
-            Self::Info => "info",
-        }
-    }
-
-    /// The default for a response status: below 400 allowed, 401 and 403 denied, any other
-    /// error status an error.
-    pub fn for_status(status: u16) -> Self {
-        match status {
-            0..=399 => Self::Allow,
-            401 | 403 => Self::Deny,
-            _ => Self::Error,
-        }
-    }
-}
-
 /// A decision name that is not one of `allow`, `deny`, `error`, `info`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown audit decision {0:?} (expected allow, deny, error or info)")]
 pub struct UnknownDecision(pub String);
 
+// Parsed here rather than beside the type in `audit_slots`: only the audit layer reads a
+// decision from text (an [`Annotation`]), and the rejected name is clipped like any field.
 impl std::str::FromStr for Decision {
     type Err = UnknownDecision;
 
@@ -248,22 +214,6 @@ impl AuditEvent {
         self.latency_ms = Some(latency_ms);
         self
     }
-}
-
-/// What a handler tells the audit middleware about its request: insert it into the response
-/// extensions. Every field is optional; `None` keeps what the middleware derived itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Annotation {
-    /// Replaces `"METHOD /path"` as the action.
-    pub action: Option<String>,
-    /// What was acted on, e.g. `session:3`.
-    pub resource: Option<String>,
-    /// The user the request acted as.
-    pub effective_user: Option<String>,
-    /// `allow`, `deny`, `error` or `info`; replaces the decision derived from the status.
-    pub decision: Option<String>,
-    /// Why (e.g. the access rule that decided). Never a credential.
-    pub reason: Option<String>,
 }
 
 /// Why the audit trail could not be opened, written or read.

@@ -1,8 +1,7 @@
 use super::writer::render;
 use super::*;
-use crate::audit::layer::AuthSlot;
-use crate::auth::{AuthMethod, AuthRecord, Principal};
-use crate::server::ConnInfo;
+use crate::audit_slots::{Annotation, AuthRecord, AuthSlot};
+use crate::identity::{AuthMethod, ConnInfo, Principal};
 use axum::body::Body;
 use axum::extract::Path as UrlPath;
 use axum::http::{Request, StatusCode};

@@ -149,7 +149,7 @@ impl AuditLog {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        create_private_dir(&dir)?;
+        crate::fs::create_private_dir(&dir).map_err(|e| AuditError::Io { path: e.path, source: e.source })?;
         let file = open_private_append(path)?;
         let len = file.metadata().map_err(io_at(path))?.len();
         let (first_seq, last) = if len > 0 {
@@ -535,10 +535,9 @@ impl Writer {
         // A leftover from an interrupted rotation holds nothing that is not also elsewhere.
         fresh.set_len(0).map_err(io_at(&fresh_path))?;
         std::fs::rename(&fresh_path, &self.path).map_err(io_at(&self.path))?;
-        // Best effort: make the new names durable too.
-        if let Ok(dir) = File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
+        // Best effort: make the new names durable too. (Not `crate::fs::rename`: once the
+        // rename is done, a failed sync must not make the rotation look undone.)
+        let _ = crate::fs::sync_dir(&self.dir);
         self.file = fresh;
         self.len = 0;
         self.first_seq = None;
@@ -604,9 +603,7 @@ impl Writer {
                 Err(e) => tracing::error!(path = %path.display(), error = %e, "retiring an audit file failed"),
             }
         }
-        if let Ok(dir) = File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
+        let _ = crate::fs::sync_dir(&self.dir);
         true
     }
 
@@ -664,13 +661,6 @@ fn modified(path: &Path) -> Option<SystemTime> {
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
     move |source| AuditError::Io { path: path.to_path_buf(), source }
-}
-
-/// Creates the directory (and missing parents) as 0700. An existing directory is left as it
-/// is: the path may be a shared one such as `/var/log`, whose mode is not ours to change.
-fn create_private_dir(dir: &Path) -> Result<(), AuditError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_at(dir))
 }
 
 /// Opens for appending, creating as 0600; an existing file is tightened to 0600 as well.

@@ -10,8 +10,8 @@
 //! the payload is parsed; the expiry is enforced on the gateway's clock, not only by the
 //! browser's `Max-Age`.
 
-use super::{AuthMethod, AuthOutcome, Authenticator, Principal};
-use crate::server::ConnInfo;
+use super::{AuthOutcome, Authenticator};
+use crate::identity::{AuthMethod, ConnInfo, Principal};
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
 use axum::http::HeaderValue;

@@ -3,9 +3,9 @@
 //! never HMAC, so a public key can never be used as an HMAC secret); `exp`, `iss` and `aud`
 //! required, `nbf` honoured, an explicit leeway. Also the development key pair and tokens.
 
-use super::{AuthMethod, AuthOutcome, AuthSetupError, Authenticator, Principal};
+use super::{AuthOutcome, AuthSetupError, Authenticator};
 use crate::config::ValidatedConfig;
-use crate::server::ConnInfo;
+use crate::identity::{AuthMethod, ConnInfo, Principal};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use jsonwebtoken::jwk::JwkSet;
@@ -37,10 +37,10 @@ pub fn ensure_dev_keys(data_dir: &Path) -> Result<PathBuf, AuthSetupError> {
     let public_pem =
         key.to_public_key().to_public_key_pem(LineEnding::LF).map_err(|e| AuthSetupError(e.to_string()))?;
     if let Some(dir) = private.parent() {
-        crate::tls::create_private_dir(dir).map_err(|e| AuthSetupError(e.to_string()))?;
+        crate::fs::create_private_dir(dir).map_err(|e| AuthSetupError(e.to_string()))?;
     }
-    crate::tls::write_file(&private, private_pem.as_bytes(), 0o600).map_err(|e| AuthSetupError(e.to_string()))?;
-    crate::tls::write_file(&public, public_pem.as_bytes(), 0o644).map_err(|e| AuthSetupError(e.to_string()))?;
+    crate::fs::write_file(&private, private_pem.as_bytes(), 0o600).map_err(|e| AuthSetupError(e.to_string()))?;
+    crate::fs::write_file(&public, public_pem.as_bytes(), 0o644).map_err(|e| AuthSetupError(e.to_string()))?;
     tracing::info!(public_key = %public.display(), "generated the development JWT key pair");
     Ok(public)
 }

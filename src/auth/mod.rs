@@ -7,55 +7,16 @@ pub mod jwt;
 pub mod mtls;
 pub mod spnego;
 
+use crate::audit_slots::{AuthRecord, AuthSlot};
 use crate::config::ValidatedConfig;
 use crate::error::ApiError;
-use crate::server::ConnInfo;
+use crate::identity::{AuthMethod, ConnInfo, Principal};
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
-
-/// How a principal proved who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AuthMethod {
-    /// A JWT bearer token.
-    Jwt,
-    /// A SPNEGO/Kerberos handshake.
-    Spnego,
-    /// The signed cookie issued after a SPNEGO handshake.
-    SpnegoCookie,
-    /// A client certificate.
-    ClientCert,
-    /// `auth.dangerous_allow_anonymous`: nobody proved anything.
-    DangerousAnonymous,
-}
-
-impl AuthMethod {
-    /// Name for logs and the audit trail.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Jwt => "jwt",
-            Self::Spnego => "spnego",
-            Self::SpnegoCookie => "spnego-cookie",
-            Self::ClientCert => "client-cert",
-            Self::DangerousAnonymous => "dangerous-anonymous",
-        }
-    }
-}
-
-/// The authenticated caller. Immutable once the auth layer created it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// Short user name.
-    pub name: String,
-    /// Groups, when the method provides them.
-    pub groups: Vec<String>,
-    /// How it was authenticated.
-    pub method: AuthMethod,
-}
 
 /// What one authenticator says about a request.
 #[derive(Debug)]
@@ -81,16 +42,6 @@ impl AuthOutcome {
     pub fn authenticated(principal: Principal) -> Self {
         Self::Authenticated { principal, response_headers: Vec::new() }
     }
-}
-
-/// Recorded in the response extensions so the audit layer (outside authentication) can tell
-/// who was authenticated, or why not.
-#[derive(Debug, Clone)]
-pub enum AuthRecord {
-    /// Authenticated.
-    Principal(Principal),
-    /// Refused, with the reason.
-    Refused(String),
 }
 
 /// One authentication scheme.
@@ -228,7 +179,7 @@ pub async fn authenticate(State(chain): State<AuthChain>, request: Request, next
     match chain.authenticate(&parts) {
         Ok((principal, headers)) => {
             let record = AuthRecord::Principal(principal.clone());
-            crate::audit::layer::AuthSlot::fill(&parts.extensions, &record);
+            AuthSlot::fill(&parts.extensions, &record);
             parts.extensions.insert(principal);
             let mut response = next.run(Request::from_parts(parts, body)).await;
             for (name, value) in headers {
@@ -239,7 +190,7 @@ pub async fn authenticate(State(chain): State<AuthChain>, request: Request, next
         }
         Err(err) => {
             let record = AuthRecord::Refused(err.to_string());
-            crate::audit::layer::AuthSlot::fill(&parts.extensions, &record);
+            AuthSlot::fill(&parts.extensions, &record);
             let mut response = err.into_response();
             response.extensions_mut().insert(record);
             response

@@ -2,9 +2,9 @@
 //! against the configured client CA (expired or untrusted ones never get this far); this maps
 //! it to a user by the configured rule (subject CN or a SAN, optionally through a regex).
 
-use super::{AuthMethod, AuthOutcome, AuthSetupError, Authenticator, Principal};
+use super::{AuthOutcome, AuthSetupError, Authenticator};
 use crate::config::ClientCertConfig;
-use crate::server::ConnInfo;
+use crate::identity::{AuthMethod, ConnInfo, Principal};
 use axum::http::request::Parts;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};

@@ -34,9 +34,9 @@
 //! by another gateway instance (clients then simply redo SPNEGO).
 
 use super::cookie::{CookieAuthenticator, CookieSigner};
-use super::{AuthMethod, AuthOutcome, AuthSetupError, Authenticator, Principal};
+use super::{AuthOutcome, AuthSetupError, Authenticator};
 use crate::config::{NameRule, SpnegoConfig, ValidatedConfig};
-use crate::server::ConnInfo;
+use crate::identity::{AuthMethod, ConnInfo, Principal};
 use axum::http::header::{AUTHORIZATION, SET_COOKIE, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
@@ -255,7 +255,7 @@ impl NameRules {
             if let Some(caps) = rule.regex.captures(principal) {
                 let mut user = String::new();
                 caps.expand(&rule.user, &mut user);
-                return if crate::acl::valid_user_name(&user) {
+                return if crate::identity::valid_user_name(&user) {
                     Ok(Some(user))
                 } else {
                     Err(format!("Kerberos principal {principal} maps to `{user}`, which is not a valid user name"))

@@ -20,7 +20,7 @@ pub const FILE_NAME: &str = "sparkgate_driver.py";
 /// embedded source, freshly written, and the sandbox shows it read-only to the session.
 pub fn write_for_session(dir: &Path) -> std::io::Result<PathBuf> {
     let path = dir.join(FILE_NAME);
-    crate::tls::write_file(&path, DRIVER_SOURCE.as_bytes(), 0o400).map_err(std::io::Error::other)?;
+    crate::fs::write_file(&path, DRIVER_SOURCE.as_bytes(), 0o400).map_err(std::io::Error::other)?;
     path.canonicalize()
 }
 

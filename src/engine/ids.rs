@@ -8,7 +8,6 @@
 //! (nothing of theirs is served again); quarantined runs older than [`QUARANTINE_DAYS`] are
 //! deleted then.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -36,6 +35,12 @@ pub enum IdError {
     /// Every id has been handed out.
     #[error("no ids are left for {0}")]
     Exhausted(&'static str),
+}
+
+impl From<crate::fs::FsError> for IdError {
+    fn from(e: crate::fs::FsError) -> Self {
+        Self::Io { path: e.path, source: e.source }
+    }
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> IdError + '_ {
@@ -83,28 +88,10 @@ impl IdCounter {
 
     fn persist(&self, value: u32) -> Result<(), IdError> {
         match &self.path {
-            Some(path) => write_durably(path, format!("{value}\n").as_bytes()),
+            Some(path) => crate::fs::write_file(path, format!("{value}\n").as_bytes(), 0o600).map_err(IdError::from),
             None => Ok(()),
         }
     }
-}
-
-/// Replaces `path` with `bytes` (0600) so that a crash leaves the old or the new content, never
-/// a mix, and the new content is on disk when this returns: temporary file, fsync, rename,
-/// fsync of the directory.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), IdError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = dir.join(name);
-    let _ = std::fs::remove_file(&tmp);
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io_at(&tmp))?;
-    file.write_all(bytes).map_err(io_at(&tmp))?;
-    file.sync_all().map_err(io_at(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_at(path))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))
 }
 
 /// Creates `dir` (0700) for a new session or batch: its parent may exist, `dir` itself must
@@ -113,7 +100,7 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), IdError> {
 pub fn create_fresh_dir(dir: &Path) -> Result<(), IdError> {
     use std::os::unix::fs::DirBuilderExt;
     if let Some(parent) = dir.parent() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(io_at(parent))?;
+        crate::fs::create_private_dir(parent)?;
     }
     std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(io_at(dir))
 }
@@ -134,7 +121,7 @@ impl Ids {
     /// disk, so a lost counter file cannot bring old ids back either.
     pub fn prepare(data_dir: &Path) -> Result<Self, IdError> {
         let state = data_dir.join("state");
-        crate::tls::create_private_dir(&state)
+        crate::fs::create_private_dir(&state)
             .map_err(|e| IdError::Io { path: state.clone(), source: std::io::Error::other(e.to_string()) })?;
         let quarantine = data_dir.join("quarantine");
         let highest = |kind: &str| -> Result<Option<u32>, IdError> {
@@ -185,12 +172,14 @@ fn quarantine_earlier_runs(data_dir: &Path, quarantine: &Path) -> Result<(), IdE
                     .find(|p| !p.exists())
                     .unwrap_or_else(|| quarantine.join(now.to_string()));
                 create_fresh_dir(&fresh)?;
+                // The run's name is durable before anything is moved into it.
+                crate::fs::sync_dir(quarantine)?;
                 run = Some(fresh.clone());
                 fresh
             }
         };
         let moved = target.join(kind);
-        std::fs::rename(&dir, &moved).map_err(io_at(&dir))?;
+        crate::fs::rename(&dir, &moved)?;
         tracing::warn!(
             from = %dir.display(),
             to = %moved.display(),
@@ -207,10 +196,7 @@ fn quarantine_earlier_runs(data_dir: &Path, quarantine: &Path) -> Result<(), IdE
             }
         }
     }
-    if run.is_some() {
-        std::fs::File::open(quarantine).and_then(|d| d.sync_all()).map_err(io_at(quarantine))?;
-    }
-    std::fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(io_at(data_dir))
+    Ok(())
 }
 
 #[cfg(test)]

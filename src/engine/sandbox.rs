@@ -176,7 +176,7 @@ impl Confinement {
     pub fn new(dir: &Path) -> std::io::Result<Self> {
         let dir = std::path::absolute(dir)?;
         let work = dir.join("work");
-        crate::tls::create_private_dir(&work).map_err(std::io::Error::other)?;
+        crate::fs::create_private_dir(&work).map_err(std::io::Error::other)?;
         let dir = dir.canonicalize()?;
         let work = dir.join("work");
         Ok(Self { dir, work, writable: Vec::new(), read_only: Vec::new() })

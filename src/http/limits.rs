@@ -8,7 +8,7 @@
 //! Header fields are counted as HTTP/2 counts a header list (RFC 9113 §6.5.2: name + value +
 //! 32 bytes each), so one limit means the same on both protocols.
 
-use crate::audit::Annotation;
+use crate::audit_slots::Annotation;
 use crate::error::ApiError;
 use axum::extract::{Request, State};
 use axum::http::Uri;

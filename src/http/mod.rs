@@ -1,4 +1,5 @@
 //! HTTP assembly: the middleware stack around the API router.
 
 pub mod limits;
+pub(crate) mod middleware;
 pub mod stack;

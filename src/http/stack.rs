@@ -7,8 +7,9 @@ use crate::config::ValidatedConfig;
 use crate::csrf::{self, CsrfMode};
 use crate::error::ApiError;
 use crate::http::limits::{self, HeadLimits};
+use crate::http::middleware::gate::gate;
 use crate::metrics::{self, Metrics};
-use crate::{acl, audit, impersonation};
+use crate::{audit, impersonation};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
@@ -38,7 +39,7 @@ pub fn build(state: AppState, auth: AuthChain) -> Router {
     let protected = api::router(config.config.server.max_upload_bytes)
         // 4. May this caller (as impersonated) use the gateway at all? Finer checks need the
         //    session and happen in the handlers.
-        .route_layer(middleware::from_fn_with_state(acl.clone(), acl::gate))
+        .route_layer(middleware::from_fn_with_state(acl.clone(), gate))
         // 3. doAs: act as another user only where a proxy-user rule allows it.
         .route_layer(middleware::from_fn_with_state(
             impersonation::ImpersonationState { acl, audit: audit_log.clone() },

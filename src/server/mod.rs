@@ -5,11 +5,11 @@
 mod refusals;
 
 use crate::audit::AuditLog;
+use crate::identity::ConnInfo;
 use crate::net::PerAddr;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -47,15 +47,6 @@ macro_rules! forward_async_write {
     };
 }
 pub(crate) use forward_async_write;
-
-/// Facts about the connection a request came on.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The client certificate (DER), already verified by TLS against the client CA.
-    pub client_cert: Option<Arc<Vec<u8>>>,
-}
 
 /// How the listener talks to clients.
 #[derive(Clone)]

@@ -14,7 +14,8 @@
 //! The limits themselves are enforced inside the audit layer (`crate::http::limits`), below
 //! these ceilings, so only heads far over them take this path.
 
-use crate::audit::{AuditEvent, AuditLog, Decision};
+use crate::audit::{AuditEvent, AuditLog};
+use crate::audit_slots::Decision;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,13 +1,18 @@
 //! TLS for the HTTPS listener and the driver RPC channel: rustls server configurations
 //! (TLS 1.2+, ALPN h2 and http/1.1) and generated development certificates.
 
+use crate::fs::FsError;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod reload;
+
+// The helpers live in `crate::fs`. This alias is only for the calls in engine/launcher.rs,
+// engine/manager.rs and api/ (files being reshaped in parallel right now, so edited here only in
+// their `use` lines); drop it once those calls name `crate::fs`.
+pub(crate) use crate::fs::{create_private_dir, write_file};
 
 /// What can go wrong setting up TLS.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +35,12 @@ pub enum TlsError {
     /// rustls refused the certificate/key pair.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+impl From<FsError> for TlsError {
+    fn from(e: FsError) -> Self {
+        Self::Io { path: e.path, source: e.source }
+    }
 }
 
 /// A certificate chain and key as PEM text.
@@ -120,28 +131,6 @@ pub fn ensure_dev_certs(paths: &DevCertPaths) -> Result<bool, TlsError> {
     write_file(&paths.cert, pki.server.cert_pem.as_bytes(), 0o644)?;
     write_file(&paths.key, pki.server.key_pem.expose().as_bytes(), 0o600)?;
     Ok(true)
-}
-
-/// Creates a directory (and parents) readable only by its owner.
-pub fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| TlsError::Io { path: dir.to_path_buf(), source })
-}
-
-/// Writes a file atomically with the given mode (the mode is set before any byte is written).
-pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| TlsError::Io { path: path.to_path_buf(), source };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// Reads a PEM certificate chain and private key from files.
