@@ -47,7 +47,7 @@ async fn upload(
     let too_large =
         || ApiError::PayloadTooLarge(format!("upload is larger than server.max_upload_bytes ({limit} bytes)"));
     let dir = session.dir.join("uploads");
-    crate::tls::create_private_dir(&dir).map_err(|e| ApiError::Internal(e.to_string()))?;
+    crate::fs::create_private_dir(&dir).map_err(|e| ApiError::Internal(e.to_string()))?;
     // One upload at a time per session: the budget below counts what is already stored.
     let _one_at_a_time = session.uploads.lock().await;
     // What this session's earlier uploads already take, against sessions.max_uploaded_bytes.

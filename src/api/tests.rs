@@ -40,7 +40,7 @@ impl Harness {
         all.extend(overrides.iter().map(|s| s.to_string()));
         let config = Arc::new(config::load(&Sources { file: None, env: vec![], overrides: all }).unwrap());
         let data_dir = &config.config.server.data_dir;
-        crate::tls::create_private_dir(data_dir).unwrap();
+        crate::fs::create_private_dir(data_dir).unwrap();
         let audit = crate::audit::AuditLog::open(&data_dir.join("audit").join("audit.log"), 1 << 20).unwrap();
         let ids = crate::engine::ids::Ids::prepare(data_dir).unwrap();
         let store =

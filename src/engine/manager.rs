@@ -211,7 +211,7 @@ impl SessionManager {
         let cfg = &self.config.config;
         let spec = &session.spec;
         let repl_dir = session.dir.join("repl-classes");
-        crate::tls::create_private_dir(&repl_dir).map_err(|e| EngineError::Launch(e.to_string()))?;
+        crate::fs::create_private_dir(&repl_dir).map_err(|e| EngineError::Launch(e.to_string()))?;
         // What a sandboxed driver may write: work/ (with the driver configuration, which the
         // driver deletes once read) and the REPL's classes.
         let confinement = Confinement::new(&session.dir)
@@ -239,7 +239,7 @@ impl SessionManager {
             driver_conf["rpc_unix_path"] = json!(socket.path().to_str());
         }
         let conf_path = confinement.work.join("driver-conf.json");
-        crate::tls::write_file(&conf_path, driver_conf.to_string().as_bytes(), 0o600)
+        crate::fs::write_file(&conf_path, driver_conf.to_string().as_bytes(), 0o600)
             .map_err(|e| EngineError::Launch(e.to_string()))?;
         let absolute_conf = conf_path.canonicalize().unwrap_or(conf_path);
         let (files, cluster_conf, env) =

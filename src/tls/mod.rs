@@ -9,10 +9,7 @@ use std::sync::Arc;
 
 pub mod reload;
 
-// The helpers live in `crate::fs`. This alias is only for the calls in engine/launcher.rs,
-// engine/manager.rs and api/ (files being reshaped in parallel right now, so edited here only in
-// their `use` lines); drop it once those calls name `crate::fs`.
-pub(crate) use crate::fs::{create_private_dir, write_file};
+use crate::fs::{create_private_dir, write_file};
 
 /// What can go wrong setting up TLS.
 #[derive(Debug, thiserror::Error)]

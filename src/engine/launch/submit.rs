@@ -130,7 +130,7 @@ pub fn properties_text(properties: &BTreeMap<String, String>) -> String {
 /// Writes a launch's Spark properties into `dir` (0600) and returns the spark-submit argv.
 pub fn write_launch_files(config: &SparkConfig, spec: &LaunchSpec, dir: &Path) -> Result<Vec<OsString>, String> {
     let path = dir.join("spark-launch.properties");
-    crate::tls::write_file(&path, properties_text(&spark_properties(config, spec)).as_bytes(), 0o600)
+    crate::fs::write_file(&path, properties_text(&spark_properties(config, spec)).as_bytes(), 0o600)
         .map_err(|e| e.to_string())?;
     let path = path.canonicalize().unwrap_or(path);
     Ok(build_args(config, spec, &path))
