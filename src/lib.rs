@@ -65,6 +65,9 @@ pub enum StartError {
          `sparkgate` system account), or set server.dangerous_run_as_root = true on a development machine"
     )]
     RunAsRoot,
+    /// The store of session and batch records cannot be opened (the message names the file).
+    #[error("store: {0}")]
+    Store(String),
     /// The sandbox for local and client-mode drivers is not usable.
     #[error("{0}")]
     Sandbox(#[from] engine::sandbox::SandboxError),
@@ -276,7 +279,7 @@ impl Gateway {
             what: "preparing session and batch ids".into(),
             source: std::io::Error::other(e),
         })?;
-        let store = Arc::new(store::AnyStore::Memory(store::memory::MemoryStore::new(ids.sessions, ids.batches)));
+        let store = Arc::new(store::open(cfg, ids).map_err(StartError::Store)?);
         let sessions = engine::manager::SessionRegistry::new(&config, store.clone(), audit_log.clone());
 
         // The RPC channel has its own private CA, generated at every start: drivers receive it

@@ -43,8 +43,7 @@ impl Harness {
         crate::fs::create_private_dir(data_dir).unwrap();
         let audit = crate::audit::AuditLog::open(&data_dir.join("audit").join("audit.log"), 1 << 20).unwrap();
         let ids = crate::engine::ids::Ids::prepare(data_dir).unwrap();
-        let store =
-            Arc::new(crate::store::AnyStore::Memory(crate::store::memory::MemoryStore::new(ids.sessions, ids.batches)));
+        let store = Arc::new(crate::store::open(&config.config, ids).unwrap());
         let sessions = crate::engine::manager::SessionRegistry::new(&config, store.clone(), audit.clone());
         let manager = crate::engine::SessionManager::new(config.clone(), None, sessions, None);
         let batches = crate::engine::batch::BatchManager::new(config.clone(), None, store, audit.clone());
@@ -488,4 +487,66 @@ async fn blank_resource_fields_are_refused_for_batches_as_for_sessions() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_created_session_and_batch_are_in_the_store_when_201_is_answered_and_no_secret_is() {
+    let h = Harness::new(POLICY, &[]);
+    let (status, session) =
+        h.call(Some("alice"), "POST", "/sessions", Some(json!({"name": "etl", "conf": {"spark.sql.x": "1"}}))).await;
+    assert_eq!(status, 201, "{session}");
+    let id = session["id"].as_u64().unwrap() as u32;
+    let (status, batch) = h.call(Some("bob"), "POST", "/batches", Some(json!({"file": "hdfs:///a.py"}))).await;
+    assert_eq!(status, 201, "{batch}");
+    // Read back from the database file by another connection, as after a crash.
+    let db = crate::store::sqlite_path(&h.config.config);
+    let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let rows: Vec<(String, u32, Option<String>, String, Vec<u8>)> = conn
+        .prepare("SELECT kind, id, name, effective_user, bytes FROM records ORDER BY kind, id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!((rows[0].0.as_str(), rows[0].3.as_str()), ("batch", "bob"));
+    assert_eq!((rows[1].0.as_str(), rows[1].1, rows[1].2.as_deref()), ("session", id, Some("etl")));
+    let record: Value = serde_json::from_slice(&rows[1].4).unwrap();
+    assert_eq!(
+        (record["owner"].as_str(), record["submit"]["conf"]["spark.sql.x"].as_str()),
+        (Some("alice"), Some("1"))
+    );
+    drop(conn);
+    // The session's RPC secret is nowhere in the database's files (WAL included).
+    let secret = h.state.manager.get(&id.to_string()).unwrap().secret.to_hex();
+    for file in std::fs::read_dir(db.parent().unwrap()).unwrap() {
+        let bytes = std::fs::read(file.unwrap().path()).unwrap();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "a secret reached the store");
+    }
+    // Deleted, the record goes too.
+    let (status, _) = h.call(Some("alice"), "DELETE", &format!("/sessions/{id}"), None).await;
+    assert_eq!(status, 200);
+    let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let left: u32 = conn.query_row("SELECT count(*) FROM records WHERE kind = 'session'", [], |r| r.get(0)).unwrap();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn a_damaged_store_stops_the_gateway_with_the_file_named_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("state")).unwrap();
+    let db = data.join("state").join("store.db");
+    std::fs::write(&db, b"garbage, not a database".repeat(300)).unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let cfg = config::load(&Sources {
+        file: None,
+        env: vec![],
+        overrides: vec![format!("server.data_dir=\"{}\"", data.display())],
+    })
+    .unwrap();
+    let ids = crate::engine::ids::Ids::prepare(&data).unwrap();
+    let err = crate::store::open(&cfg.config, ids).unwrap_err();
+    assert!(err.starts_with(&format!("{}: not a usable sparkgate store", db.display())), "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), before);
 }

@@ -66,6 +66,30 @@ pub struct Config {
     pub csrf: CsrfConfig,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// Where session and batch records are kept.
+    pub store: StoreConfig,
+}
+
+/// Which store keeps session and batch records (see `crate::store`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded SQLite database (the default): records survive a restart.
+    #[default]
+    Sqlite,
+    /// In the gateway's memory only: nothing but the id counters survives a restart.
+    Memory,
+}
+
+/// Where session and batch records are kept.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    /// `sqlite` (default) or `memory`.
+    pub kind: StoreKind,
+    /// The SQLite database file (0600, its directory 0700); default
+    /// `<server.data_dir>/state/store.db`.
+    pub path: Option<PathBuf>,
 }
 
 /// The HTTPS listener.

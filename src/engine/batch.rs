@@ -887,7 +887,7 @@ mod tests {
             let config = Arc::new(config);
             let audit =
                 crate::audit::AuditLog::open(&config.config.server.data_dir.join("audit/audit.log"), 1 << 20).unwrap();
-            let store = Arc::new(AnyStore::Memory(crate::store::memory::MemoryStore::ephemeral()));
+            let store = Arc::new(AnyStore::Memory(Box::new(crate::store::memory::MemoryStore::ephemeral())));
             let manager = BatchManager::new(config, Some(Arc::new(env)), store, audit);
             Self { dir, manager }
         }

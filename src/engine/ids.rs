@@ -76,6 +76,22 @@ impl IdCounter {
         Self { path: None, what, next: Mutex::new(0) }
     }
 
+    /// The id [`IdCounter::next`] would hand out now.
+    pub fn peek(&self) -> u32 {
+        *self.next.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Raises the counter to at least `floor` (durably): ids another store handed out are
+    /// never handed out here.
+    pub fn raise_to(&self, floor: u32) -> Result<(), IdError> {
+        let mut next = self.next.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *next < floor {
+            self.persist(floor)?;
+            *next = floor;
+        }
+        Ok(())
+    }
+
     /// The next id; it is returned only once the counter after it is durable.
     pub fn next(&self) -> Result<u32, IdError> {
         let mut next = self.next.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

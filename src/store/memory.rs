@@ -124,46 +124,16 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
 
-    fn meta(name: Option<&str>) -> Meta {
-        Meta { name: name.map(str::to_string), effective_user: "alice".into() }
-    }
-
     #[tokio::test]
     async fn records_are_created_once_changed_by_version_and_deleted_with_their_name() {
-        let store = MemoryStore::ephemeral();
-        let kind = ResourceKind::Session;
-        assert_eq!((store.next_id(kind).await.unwrap(), store.next_id(kind).await.unwrap()), (0, 1));
-        assert_eq!(store.next_id(ResourceKind::Batch).await.unwrap(), 0, "each kind counts on its own");
-        assert_eq!(store.create(kind, 0, meta(Some("etl")), b"a".to_vec()).await.unwrap(), 1);
-        assert!(matches!(store.create(kind, 0, meta(None), vec![]).await, Err(StoreError::Exists { id: 0, .. })));
-        assert!(matches!(store.create(kind, 1, meta(Some("etl")), vec![]).await, Err(StoreError::NameTaken)));
-        assert!(store.get(kind, 1).await.unwrap().is_none(), "a refused create leaves nothing");
-        assert!(store.create(ResourceKind::Batch, 0, meta(Some("etl")), vec![]).await.is_ok(), "names per kind");
-        assert_eq!(store.find_name(kind, "etl").await.unwrap(), Some(0));
-
-        // Compare-and-set: a writer holding an old version is refused and changes nothing.
-        assert_eq!(store.update(kind, 0, 1, b"b".to_vec()).await.unwrap(), 2);
-        let stale = store.update(kind, 0, 1, b"c".to_vec()).await.unwrap_err();
-        assert!(matches!(stale, StoreError::Conflict { expected: 1, found: 2, .. }), "{stale}");
-        assert!(matches!(store.delete(kind, 0, 1).await, Err(StoreError::Conflict { .. })));
-        assert_eq!(store.get(kind, 0).await.unwrap().unwrap().bytes, b"b");
-        assert!(matches!(store.update(kind, 7, 1, vec![]).await, Err(StoreError::Missing { id: 7, .. })));
-
-        store.delete(kind, 0, 2).await.unwrap();
-        assert!(store.get(kind, 0).await.unwrap().is_none());
-        assert_eq!(store.find_name(kind, "etl").await.unwrap(), None, "the name is free again");
+        crate::store::tests::records_are_created_once_changed_by_version_and_deleted_with_their_name(
+            &MemoryStore::ephemeral(),
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn listing_is_paged_by_id() {
-        let store = MemoryStore::ephemeral();
-        for id in [5, 1, 3, 9] {
-            store.create(ResourceKind::Batch, id, meta(None), vec![]).await.unwrap();
-        }
-        let ids = |page: Vec<Stored>| page.iter().map(|s| s.id).collect::<Vec<_>>();
-        assert_eq!(ids(store.list(ResourceKind::Batch, None, 2).await.unwrap()), [1, 3]);
-        assert_eq!(ids(store.list(ResourceKind::Batch, Some(3), 2).await.unwrap()), [5, 9]);
-        assert!(store.list(ResourceKind::Batch, Some(9), 2).await.unwrap().is_empty());
-        assert!(store.list(ResourceKind::Session, None, 10).await.unwrap().is_empty());
+        crate::store::tests::listing_is_paged_by_id(&MemoryStore::ephemeral()).await;
     }
 }

@@ -8,11 +8,15 @@
 //! that one process holds every record in memory.
 //!
 //! Records are opaque bytes to a store (the engine encodes them); what a store must index is
-//! passed beside them ([`Meta`]). Stores: [`memory::MemoryStore`] (records in this process,
-//! counters durable on disk as [`crate::engine::ids`] keeps them). No secret is ever given to
-//! a store.
+//! passed beside them ([`Meta`]). Stores: [`sqlite::SqliteStore`] (the default, an embedded
+//! database) and [`memory::MemoryStore`] (records in this process, counters durable on disk as
+//! [`crate::engine::ids`] keeps them). No secret is ever given to a store.
 
 pub mod memory;
+pub mod sqlite;
+
+#[cfg(test)]
+mod tests;
 
 use crate::acl::ResourceKind;
 use std::future::Future;
@@ -135,20 +139,56 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// plugged in.
 #[derive(Debug)]
 pub enum AnyStore {
-    /// Records in this process.
-    Memory(memory::MemoryStore),
+    /// Records in this process (boxed: it holds its tables inline, the database a handle).
+    Memory(Box<memory::MemoryStore>),
+    /// The embedded database.
+    Sqlite(sqlite::SqliteStore),
+}
+
+/// Where the SQLite database is: `store.path`, or `<data_dir>/state/store.db`.
+pub fn sqlite_path(config: &crate::config::Config) -> std::path::PathBuf {
+    config.store.path.clone().unwrap_or_else(|| config.server.data_dir.join("state").join("store.db"))
+}
+
+/// Opens the configured store at start-up. Ids continue past every id `ids` (the durable
+/// counters and the directories on disk) and any store kind used before know of: switching
+/// kinds never repeats one. Until recovery takes an earlier run's sessions and batches back,
+/// their records go with the files that [`crate::engine::ids::Ids::prepare`] moved aside
+/// (nothing of theirs is served again, their names are free).
+pub fn open(config: &crate::config::Config, ids: crate::engine::ids::Ids) -> Result<AnyStore, String> {
+    let db = sqlite_path(config);
+    match config.store.kind {
+        crate::config::StoreKind::Sqlite => {
+            let floors = (ids.sessions.peek(), ids.batches.peek());
+            let store = sqlite::SqliteStore::open(&db, floors).map_err(|e| e.to_string())?;
+            let forgotten = store.forget_earlier_run().map_err(|e| format!("{}: {e}", db.display()))?;
+            if forgotten > 0 {
+                tracing::warn!(records = forgotten, store = %db.display(), "forgot an earlier run's sessions and batches");
+            }
+            Ok(AnyStore::Sqlite(store))
+        }
+        crate::config::StoreKind::Memory => {
+            if let Some((sessions, batches)) = sqlite::SqliteStore::peek_counters(&db) {
+                ids.sessions.raise_to(sessions).map_err(|e| e.to_string())?;
+                ids.batches.raise_to(batches).map_err(|e| e.to_string())?;
+            }
+            Ok(AnyStore::Memory(Box::new(memory::MemoryStore::new(ids.sessions, ids.batches))))
+        }
+    }
 }
 
 impl Store for AnyStore {
     async fn next_id(&self, kind: ResourceKind) -> Result<u32, StoreError> {
         match self {
             Self::Memory(s) => s.next_id(kind).await,
+            Self::Sqlite(s) => s.next_id(kind).await,
         }
     }
 
     async fn create(&self, kind: ResourceKind, id: u32, meta: Meta, bytes: Vec<u8>) -> Result<Version, StoreError> {
         match self {
             Self::Memory(s) => s.create(kind, id, meta, bytes).await,
+            Self::Sqlite(s) => s.create(kind, id, meta, bytes).await,
         }
     }
 
@@ -161,30 +201,35 @@ impl Store for AnyStore {
     ) -> Result<Version, StoreError> {
         match self {
             Self::Memory(s) => s.update(kind, id, expected, bytes).await,
+            Self::Sqlite(s) => s.update(kind, id, expected, bytes).await,
         }
     }
 
     async fn delete(&self, kind: ResourceKind, id: u32, expected: Version) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => s.delete(kind, id, expected).await,
+            Self::Sqlite(s) => s.delete(kind, id, expected).await,
         }
     }
 
     async fn get(&self, kind: ResourceKind, id: u32) -> Result<Option<Stored>, StoreError> {
         match self {
             Self::Memory(s) => s.get(kind, id).await,
+            Self::Sqlite(s) => s.get(kind, id).await,
         }
     }
 
     async fn find_name(&self, kind: ResourceKind, name: &str) -> Result<Option<u32>, StoreError> {
         match self {
             Self::Memory(s) => s.find_name(kind, name).await,
+            Self::Sqlite(s) => s.find_name(kind, name).await,
         }
     }
 
     async fn list(&self, kind: ResourceKind, after: Option<u32>, limit: usize) -> Result<Vec<Stored>, StoreError> {
         match self {
             Self::Memory(s) => s.list(kind, after, limit).await,
+            Self::Sqlite(s) => s.list(kind, after, limit).await,
         }
     }
 }

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 fn build(cfg: config::ValidatedConfig, spark: Option<SparkEnv>, host: &str) -> Arc<SessionManager> {
     let cfg = Arc::new(cfg);
     let audit = crate::audit::AuditLog::open(&cfg.config.server.data_dir.join("audit/audit.log"), 1 << 20).unwrap();
-    let store = Arc::new(AnyStore::Memory(crate::store::memory::MemoryStore::ephemeral()));
+    let store = Arc::new(AnyStore::Memory(Box::new(crate::store::memory::MemoryStore::ephemeral())));
     let sessions = SessionRegistry::new(&cfg, store, audit);
     let endpoint = RpcEndpoint { host: host.into(), port: 1, server_name: host.into(), ca_pem: String::new() };
     SessionManager::new(cfg, spark.map(Arc::new), sessions, Some(DriverChannel { endpoint, local: None }))

@@ -1,0 +1,356 @@
+//! The embedded store: one SQLite database file (rusqlite, SQLite compiled in).
+//!
+//! WAL journal, `synchronous = FULL` (a change is on disk when its call returns), one
+//! connection behind a mutex (one writer), the schema versioned by `PRAGMA user_version` with
+//! migrations in order. The file is 0600 in a 0700 directory. A file that is not a sparkgate
+//! database, or one written by a newer version, is refused with a message naming it — and is
+//! never changed: an operator decides what to do with it.
+
+use super::{Meta, Store, StoreError, Stored, Version};
+use crate::acl::ResourceKind;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The schema, one entry per version: applying entry `n` takes a database from version `n` to
+/// `n + 1`. Never edit an entry once released; add one.
+const MIGRATIONS: &[&str] = &[
+    // 1: records of sessions and batches, the id counters.
+    "CREATE TABLE counters (
+         kind TEXT PRIMARY KEY,
+         next INTEGER NOT NULL
+     );
+     CREATE TABLE records (
+         kind TEXT NOT NULL,
+         id INTEGER NOT NULL,
+         version INTEGER NOT NULL,
+         name TEXT,
+         effective_user TEXT NOT NULL,
+         bytes BLOB NOT NULL,
+         PRIMARY KEY (kind, id)
+     );
+     CREATE UNIQUE INDEX records_by_name ON records (kind, name) WHERE name IS NOT NULL;",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Why the database could not be opened. Each message names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The file (or its directory) could not be created or opened.
+    #[error("{}: {why}", path.display())]
+    Io {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        why: String,
+    },
+    /// The file is not a usable SQLite database (garbage, truncated, damaged).
+    #[error(
+        "{}: not a usable sparkgate store ({why}); the gateway changed nothing — restore it from a backup, \
+         or move it aside to start with an empty store",
+        path.display()
+    )]
+    Damaged {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        why: String,
+    },
+    /// Written by a newer sparkgate, whose schema this one does not know.
+    #[error(
+        "{}: its schema version {found} is newer than this sparkgate's ({SCHEMA_VERSION}); run the newer version \
+         or restore a backup",
+        path.display()
+    )]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its schema version.
+        found: u32,
+    },
+}
+
+/// The embedded store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn kind_key(kind: ResourceKind) -> &'static str {
+    kind.as_str()
+}
+
+fn failed(e: rusqlite::Error) -> StoreError {
+    StoreError::Failed(format!("the store's database: {e}"))
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path` and brings its schema up to date. Its id
+    /// counters are raised to at least `floors` (sessions, batches): ids an earlier run handed
+    /// out without this database are never handed out again.
+    pub fn open(path: &Path, floors: (u32, u32)) -> Result<Self, OpenError> {
+        let io = |why: String| OpenError::Io { path: path.to_path_buf(), why };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::fs::create_private_dir(dir).map_err(|e| io(e.to_string()))?;
+        }
+        if !path.exists() {
+            // Created 0600 here, before SQLite opens it (SQLite would use the umask).
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| io(e.to_string()))?;
+            crate::fs::sync_dir(path.parent().unwrap_or(Path::new("."))).map_err(|e| io(e.to_string()))?;
+        }
+        let damaged = |e: rusqlite::Error| OpenError::Damaged { path: path.to_path_buf(), why: e.to_string() };
+        // Never created here: the file above is the one opened.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(damaged)?;
+        // Read before anything is written: a file that is not a database fails here.
+        let found: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(damaged)?;
+        if found > SCHEMA_VERSION {
+            return Err(OpenError::TooNew { path: path.to_path_buf(), found });
+        }
+        let check: String = conn.pragma_query_value(None, "quick_check", |row| row.get(0)).map_err(damaged)?;
+        if check != "ok" {
+            return Err(OpenError::Damaged { path: path.to_path_buf(), why: check });
+        }
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0)).map_err(damaged)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(damaged)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(damaged)?;
+        let mut conn = conn;
+        migrate(&mut conn, found).map_err(damaged)?;
+        let tx = conn.transaction().map_err(damaged)?;
+        for (kind, floor) in [(ResourceKind::Session, floors.0), (ResourceKind::Batch, floors.1)] {
+            tx.execute(
+                "INSERT INTO counters (kind, next) VALUES (?1, ?2)
+                 ON CONFLICT (kind) DO UPDATE SET next = max(next, excluded.next)",
+                params![kind_key(kind), floor],
+            )
+            .map_err(damaged)?;
+        }
+        tx.commit().map_err(damaged)?;
+        Ok(Self { path: path.to_path_buf(), conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Deletes every record (not the counters): what an earlier run stored, at start-up, while
+    /// the gateway does not yet take its sessions and batches back. Their files have been moved
+    /// aside (see [`crate::engine::ids`]); their names become free. Returns how many there were.
+    pub fn forget_earlier_run(&self) -> Result<usize, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        conn.execute("DELETE FROM records", []).map_err(failed)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next ids a database at `path` would hand out (sessions, batches), read without
+    /// changing it; None when there is no such database or it cannot be read. Another store
+    /// kind starts its counters there, so switching kinds never repeats an id.
+    pub fn peek_counters(path: &Path) -> Option<(u32, u32)> {
+        if !path.exists() {
+            return None;
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+        let next = |kind: ResourceKind| -> Option<u32> {
+            conn.query_row("SELECT next FROM counters WHERE kind = ?1", [kind_key(kind)], |row| row.get(0))
+                .optional()
+                .ok()
+                .flatten()
+        };
+        Some((next(ResourceKind::Session).unwrap_or(0), next(ResourceKind::Batch).unwrap_or(0)))
+    }
+
+    /// Runs `work` on the connection in a blocking thread (SQLite waits for the disk).
+    async fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || work(&mut conn.lock().unwrap_or_else(PoisonError::into_inner)))
+            .await
+            .map_err(|e| StoreError::Failed(format!("the store's worker stopped: {e}")))?
+    }
+}
+
+fn migrate(conn: &mut Connection, from: u32) -> rusqlite::Result<()> {
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as u32 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn current_version(
+    tx: &rusqlite::Transaction<'_>,
+    kind: ResourceKind,
+    id: u32,
+    expected: Version,
+) -> Result<(), StoreError> {
+    let found: Option<u64> = tx
+        .query_row("SELECT version FROM records WHERE kind = ?1 AND id = ?2", params![kind_key(kind), id], |row| {
+            row.get::<_, i64>(0).map(|v| v.max(0) as u64)
+        })
+        .optional()
+        .map_err(failed)?;
+    match found {
+        None => Err(StoreError::Missing { kind: kind.as_str(), id }),
+        Some(found) if found != expected => Err(StoreError::Conflict { kind: kind.as_str(), id, expected, found }),
+        Some(_) => Ok(()),
+    }
+}
+
+fn stored(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
+    Ok(Stored {
+        id: row.get(0)?,
+        version: row.get::<_, i64>(1)?.max(0) as u64,
+        meta: Meta { name: row.get(2)?, effective_user: row.get(3)? },
+        bytes: row.get(4)?,
+    })
+}
+
+impl Store for SqliteStore {
+    async fn next_id(&self, kind: ResourceKind) -> Result<u32, StoreError> {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
+            let next: u32 = tx
+                .query_row("SELECT next FROM counters WHERE kind = ?1", [kind_key(kind)], |row| row.get(0))
+                .optional()
+                .map_err(failed)?
+                .unwrap_or(0);
+            let after = next.checked_add(1).ok_or_else(|| StoreError::Failed(format!("no ids are left for {}", kind.plural())))?;
+            tx.execute(
+                "INSERT INTO counters (kind, next) VALUES (?1, ?2) ON CONFLICT (kind) DO UPDATE SET next = excluded.next",
+                params![kind_key(kind), after],
+            )
+            .map_err(failed)?;
+            tx.commit().map_err(failed)?;
+            Ok(next)
+        })
+        .await
+    }
+
+    async fn create(&self, kind: ResourceKind, id: u32, meta: Meta, bytes: Vec<u8>) -> Result<Version, StoreError> {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
+            let exists: bool = tx
+                .query_row("SELECT 1 FROM records WHERE kind = ?1 AND id = ?2", params![kind_key(kind), id], |_| Ok(()))
+                .optional()
+                .map_err(failed)?
+                .is_some();
+            if exists {
+                return Err(StoreError::Exists { kind: kind.as_str(), id });
+            }
+            if let Some(name) = &meta.name {
+                let taken = tx
+                    .query_row(
+                        "SELECT 1 FROM records WHERE kind = ?1 AND name = ?2",
+                        params![kind_key(kind), name],
+                        |_| Ok(()),
+                    )
+                    .optional()
+                    .map_err(failed)?
+                    .is_some();
+                if taken {
+                    return Err(StoreError::NameTaken);
+                }
+            }
+            tx.execute(
+                "INSERT INTO records (kind, id, version, name, effective_user, bytes) VALUES (?1, ?2, 1, ?3, ?4, ?5)",
+                params![kind_key(kind), id, meta.name, meta.effective_user, bytes],
+            )
+            .map_err(failed)?;
+            tx.commit().map_err(failed)?;
+            Ok(1)
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        kind: ResourceKind,
+        id: u32,
+        expected: Version,
+        bytes: Vec<u8>,
+    ) -> Result<Version, StoreError> {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
+            current_version(&tx, kind, id, expected)?;
+            tx.execute(
+                "UPDATE records SET version = version + 1, bytes = ?3 WHERE kind = ?1 AND id = ?2",
+                params![kind_key(kind), id, bytes],
+            )
+            .map_err(failed)?;
+            tx.commit().map_err(failed)?;
+            Ok(expected + 1)
+        })
+        .await
+    }
+
+    async fn delete(&self, kind: ResourceKind, id: u32, expected: Version) -> Result<(), StoreError> {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
+            current_version(&tx, kind, id, expected)?;
+            tx.execute("DELETE FROM records WHERE kind = ?1 AND id = ?2", params![kind_key(kind), id])
+                .map_err(failed)?;
+            tx.commit().map_err(failed)
+        })
+        .await
+    }
+
+    async fn get(&self, kind: ResourceKind, id: u32) -> Result<Option<Stored>, StoreError> {
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT id, version, name, effective_user, bytes FROM records WHERE kind = ?1 AND id = ?2",
+                params![kind_key(kind), id],
+                stored,
+            )
+            .optional()
+            .map_err(failed)
+        })
+        .await
+    }
+
+    async fn find_name(&self, kind: ResourceKind, name: &str) -> Result<Option<u32>, StoreError> {
+        let name = name.to_string();
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT id FROM records WHERE kind = ?1 AND name = ?2",
+                params![kind_key(kind), name],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(failed)
+        })
+        .await
+    }
+
+    async fn list(&self, kind: ResourceKind, after: Option<u32>, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        self.with(move |conn| {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT id, version, name, effective_user, bytes FROM records
+                     WHERE kind = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                )
+                .map_err(failed)?;
+            let after = after.map_or(-1, i64::from);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = statement.query_map(params![kind_key(kind), after, limit], stored).map_err(failed)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(failed)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests;
