@@ -68,6 +68,9 @@ pub enum StartError {
     /// The store of session and batch records cannot be opened (the message names the file).
     #[error("store: {0}")]
     Store(String),
+    /// The key sessions' RPC secrets are derived from cannot be read or made.
+    #[error("session secret key: {0}")]
+    SecretKey(#[from] rpc::secret_key::KeyError),
     /// The sandbox for local and client-mode drivers is not usable.
     #[error("{0}")]
     Sandbox(#[from] engine::sandbox::SandboxError),
@@ -280,7 +283,9 @@ impl Gateway {
             source: std::io::Error::other(e),
         })?;
         let store = Arc::new(store::open(cfg, ids).map_err(StartError::Store)?);
-        let sessions = engine::manager::SessionRegistry::new(&config, store.clone(), audit_log.clone());
+        let key = rpc::SecretKey::load_or_create(&cfg.server.data_dir.join("keys").join("session-secrets.key"))
+            .map_err(StartError::SecretKey)?;
+        let sessions = engine::manager::SessionRegistry::new(&config, store.clone(), audit_log.clone(), key);
 
         // The RPC channel has its own private CA, generated at every start: drivers receive it
         // in their 0600 configuration file and trust nothing else.

@@ -44,7 +44,12 @@ impl Harness {
         let audit = crate::audit::AuditLog::open(&data_dir.join("audit").join("audit.log"), 1 << 20).unwrap();
         let ids = crate::engine::ids::Ids::prepare(data_dir).unwrap();
         let store = Arc::new(crate::store::open(&config.config, ids).unwrap());
-        let sessions = crate::engine::manager::SessionRegistry::new(&config, store.clone(), audit.clone());
+        let sessions = crate::engine::manager::SessionRegistry::new(
+            &config,
+            store.clone(),
+            audit.clone(),
+            crate::rpc::SecretKey::load_or_create(&data_dir.join("keys").join("session-secrets.key")).unwrap(),
+        );
         let manager = crate::engine::SessionManager::new(config.clone(), None, sessions, None);
         let batches = crate::engine::batch::BatchManager::new(config.clone(), None, store, audit.clone());
         let acl = crate::acl::AccessManager::load(&policy_dir, None).unwrap();
@@ -523,6 +528,12 @@ async fn a_created_session_and_batch_are_in_the_store_when_201_is_answered_and_n
         let bytes = std::fs::read(file.unwrap().path()).unwrap();
         assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "a secret reached the store");
     }
+    // What is stored is enough to derive the secret again, with the key that is not stored.
+    let nonce: [u8; 16] = hex::decode(record["secretNonce"].as_str().unwrap()).unwrap().try_into().unwrap();
+    let key_file = h.config.config.server.data_dir.join("keys").join("session-secrets.key");
+    let key = crate::rpc::SecretKey::load_or_create(&key_file).unwrap();
+    assert_eq!(key.derive(id, &nonce).to_hex(), secret);
+    assert!(!key_file.starts_with(db.parent().unwrap()), "the key is not kept with the database");
     // Deleted, the record goes too.
     let (status, _) = h.call(Some("alice"), "DELETE", &format!("/sessions/{id}"), None).await;
     assert_eq!(status, 200);

@@ -15,7 +15,9 @@ use crate::acl::policy::Quota;
 use crate::audit::{AuditEvent, AuditLog};
 use crate::audit_slots::Decision;
 use crate::config::{parse_duration, ValidatedConfig};
-use crate::rpc::{DriverLink, DriverRegistry, FromDriver, LocalListenError, LocalListeners, Peer, SessionSecret};
+use crate::rpc::{
+    DriverLink, DriverRegistry, FromDriver, LocalListenError, LocalListeners, Peer, SecretKey, SessionSecret,
+};
 use crate::store::AnyStore;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -87,12 +89,14 @@ pub struct SessionRegistry {
     entries: Registry<Session>,
     /// Where engine security events go.
     audit: Arc<AuditLog>,
+    /// What sessions' RPC secrets are derived from.
+    key: SecretKey,
     rpc_auth_failures: std::sync::atomic::AtomicU64,
 }
 
 impl SessionRegistry {
-    /// The sessions over `store`, under `config`'s caps.
-    pub fn new(config: &ValidatedConfig, store: Arc<AnyStore>, audit: Arc<AuditLog>) -> Arc<Self> {
+    /// The sessions over `store`, under `config`'s caps, their secrets derived from `key`.
+    pub fn new(config: &ValidatedConfig, store: Arc<AnyStore>, audit: Arc<AuditLog>, key: SecretKey) -> Arc<Self> {
         let sessions = &config.config.sessions;
         let caps =
             limits::Caps { kind: "sessions", live: sessions.max_sessions, launches: sessions.max_concurrent_launches };
@@ -100,6 +104,7 @@ impl SessionRegistry {
         Arc::new(Self {
             entries: Registry::new(store, caps, dirs),
             audit,
+            key,
             rpc_auth_failures: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -193,7 +198,12 @@ impl SessionManager {
         let sessions = &cfg.config.sessions;
         let log = LogBuffer::create(sessions.log_tail_lines, &dir.join("session.log"), sessions.max_log_file_bytes)
             .map_err(|e| EngineError::Launch(format!("creating the log of session {id}: {e}")))?;
-        let session = Arc::new(Session::new(id, spec, limits, SessionSecret::generate(), log, dir));
+        // Derived, not stored: the record keeps the nonce, the key stays in its own file.
+        let nonce = SecretKey::nonce();
+        let secret = self.sessions.key.derive(id, &nonce);
+        let mut session = Session::new(id, spec, limits, secret, log, dir);
+        session.secret_nonce = Some(nonce);
+        let session = Arc::new(session);
         registry.register(session.clone(), &quota).await?;
         if let Err(e) = self.launch(&session) {
             session.log.push(format!("sparkgate: {e}"));

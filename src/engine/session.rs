@@ -188,6 +188,10 @@ pub struct Session {
     pub limits: SessionLimits,
     /// The driver's secret (for the RPC handshake).
     pub(crate) secret: SessionSecret,
+    /// The nonce `secret` was derived with from the gateway's key (see
+    /// [`crate::rpc::SecretKey`]): in the record, so the secret can be derived again; None for
+    /// a secret that was not derived (tests).
+    pub(crate) secret_nonce: Option<[u8; crate::rpc::secret_key::NONCE_LEN]>,
     /// spark-submit output and gateway notes about this session.
     pub log: Arc<LogBuffer>,
     /// Where its files live.
@@ -282,6 +286,7 @@ impl Session {
             spec: Arc::new(spec),
             limits,
             secret,
+            secret_nonce: None,
             log,
             dir,
             created: now,
@@ -910,6 +915,7 @@ impl super::registry::Entry for Session {
             "heartbeatTimeoutInSecond": spec.heartbeat_timeout_secs,
             "ttl": spec.ttl,
             "idleTimeout": spec.idle_timeout,
+            "secretNonce": self.secret_nonce.map(hex::encode),
             "state": self.state().as_str(),
         });
         record.to_string().into_bytes()

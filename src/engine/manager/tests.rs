@@ -11,7 +11,7 @@ fn build(cfg: config::ValidatedConfig, spark: Option<SparkEnv>, host: &str) -> A
     let cfg = Arc::new(cfg);
     let audit = crate::audit::AuditLog::open(&cfg.config.server.data_dir.join("audit/audit.log"), 1 << 20).unwrap();
     let store = Arc::new(AnyStore::Memory(Box::new(crate::store::memory::MemoryStore::ephemeral())));
-    let sessions = SessionRegistry::new(&cfg, store, audit);
+    let sessions = SessionRegistry::new(&cfg, store, audit, crate::rpc::SecretKey::generate());
     let endpoint = RpcEndpoint { host: host.into(), port: 1, server_name: host.into(), ca_pem: String::new() };
     SessionManager::new(cfg, spark.map(Arc::new), sessions, Some(DriverChannel { endpoint, local: None }))
 }
