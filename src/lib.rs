@@ -282,7 +282,13 @@ impl Gateway {
             what: "preparing session and batch ids".into(),
             source: std::io::Error::other(e),
         })?;
-        let store = Arc::new(store::open(cfg, ids).map_err(StartError::Store)?);
+        // It reads the database and syncs the disk: off the async workers.
+        let store_config = cfg.clone();
+        let store = tokio::task::spawn_blocking(move || store::open(&store_config, ids))
+            .await
+            .map_err(|e| StartError::Store(format!("opening the store stopped: {e}")))?
+            .map_err(StartError::Store)?;
+        let store = Arc::new(store);
         let key = rpc::SecretKey::load_or_create(&cfg.server.data_dir.join("keys").join("session-secrets.key"))
             .map_err(StartError::SecretKey)?;
         let sessions = engine::manager::SessionRegistry::new(&config, store.clone(), audit_log.clone(), key);

@@ -52,7 +52,8 @@ pub(super) async fn create(
         args: req.args.unwrap_or_default(),
         submit,
     };
-    let batch = state.batches.create(spec, state.acl.quota(&effective_user)).await?;
+    let (batches, quota) = (state.batches.clone(), state.acl.quota(&effective_user));
+    let batch = super::detached(async move { batches.create(spec, quota).await }).await?;
     let body = info(&base, &batch);
     Ok((StatusCode::CREATED, [(header::LOCATION, format!("/batches/{}", batch.id))], Json(body)).into_response())
 }

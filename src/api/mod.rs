@@ -261,6 +261,18 @@ pub(crate) async fn run_detached(work: impl std::future::Future<Output = ()> + S
     }
 }
 
+/// Runs `work` in its own task and waits for its result: a create whose client goes away
+/// midway still ends whole — its record stored and its entry registered and launched, or
+/// neither — never a half-made entry that counts against the caps with nothing behind it.
+pub(crate) async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, EngineError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(work).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::Internal(format!("a create task failed: {e}"))),
+    }
+}
+
 /// `GET /metrics`: every user's figures, so only for those with the `[admin]` right.
 async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     let decision = state.acl.check(&caller.acting, Action::Admin, None);

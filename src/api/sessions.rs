@@ -71,7 +71,8 @@ pub(super) async fn create(
         ttl: req.ttl,
         idle_timeout: req.idle_timeout,
     };
-    let session = state.manager.create(spec, state.acl.quota(&effective_user)).await?;
+    let (manager, quota) = (state.manager.clone(), state.acl.quota(&effective_user));
+    let session = super::detached(async move { manager.create(spec, quota).await }).await?;
     let body = info(&base, &session);
     let location = format!("/sessions/{}", session.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())

@@ -561,3 +561,40 @@ async fn a_damaged_store_stops_the_gateway_with_the_file_named_and_changes_nothi
     assert!(err.starts_with(&format!("{}: not a usable sparkgate store", db.display())), "{err}");
     assert_eq!(std::fs::read(&db).unwrap(), before);
 }
+
+#[tokio::test]
+async fn a_create_whose_client_goes_away_midway_still_ends_whole() {
+    let h = Harness::new(POLICY, &[]);
+    let token = h.token("alice");
+    let request = |path: &str, body: Value| {
+        Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    // The client gives up while the record is being written (the handler's future is dropped).
+    for (path, body) in [("/batches", json!({"file": "hdfs:///a.py", "name": "gone"})), ("/sessions", json!({}))] {
+        let call = h.app.clone().oneshot(request(path, body));
+        let _ = tokio::time::timeout(Duration::from_micros(1), call).await;
+    }
+    // Each create still ran to its end: stored, registered and launched (here: dead at once,
+    // there is no Spark) — nothing is left `starting` with nothing behind it, holding a slot.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, batches) = h.call(Some("alice"), "GET", "/batches", None).await;
+        let (_, sessions) = h.call(Some("alice"), "GET", "/sessions", None).await;
+        let states: Vec<String> = [&batches["sessions"], &sessions["sessions"]]
+            .iter()
+            .flat_map(|list| list.as_array().cloned().unwrap_or_default())
+            .map(|item| item["state"].as_str().unwrap_or("").to_string())
+            .collect();
+        if states.len() == 2 && states.iter().all(|s| s == "dead") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "a half-made create was left behind: {states:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -381,7 +381,18 @@ impl BatchManager {
                     .resource(format!("batch:{}", batch.id)),
             );
         }
-        batch.lock().process = Some(handle.clone());
+        // A DELETE that came in while it was being started found no process to kill: it is
+        // killed here, under the same lock that DELETE marks the batch with.
+        let deleted = {
+            let mut inner = batch.lock();
+            inner.process = Some(handle.clone());
+            matches!(inner.state, SessionState::ShuttingDown | SessionState::Killed)
+        };
+        if deleted {
+            let handle = handle.clone();
+            tokio::spawn(async move { handle.kill_group(Duration::from_secs(2)).await });
+            return Ok(());
+        }
         if let Some(ui) = cfg.spark.standalone_master_ui.clone() {
             // The master knows the application id of drivers that run in the cluster.
             let (weak, name, deadline) =

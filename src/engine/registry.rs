@@ -131,39 +131,59 @@ impl<R: Entry> Registry<R> {
         Ok((id, dir))
     }
 
-    /// Registers `entry` (made in a directory from [`Registry::reserve`]) if it is still
-    /// admitted, and writes its record to the store before returning. Refused, its directory
-    /// is removed.
+    /// Registers `entry` (made in a directory from [`Registry::reserve`]): its record is
+    /// written to the store first, claiming its name there, and only then, if it is still
+    /// admitted, does it become visible here — nothing can find, delete or count an entry
+    /// whose record is not durable. Refused, its record and directory are removed.
     pub async fn register(&self, entry: Arc<R>, quota: &Quota) -> Result<(), EngineError> {
         let id = entry.id();
-        {
-            let mut live = self.lock();
-            if let Err(refused) = self.admit_in(&live, entry.name(), entry.effective_user(), quota) {
-                drop(live);
-                let _ = std::fs::remove_dir_all(entry.dir());
-                return Err(refused);
-            }
-            if let Some(name) = entry.name() {
-                live.by_name.insert(name.to_string(), id);
-            }
-            live.by_id.insert(id, (entry.clone(), 0));
-        }
+        let kind = R::KIND.as_str();
         let meta = Meta { name: entry.name().map(str::to_string), effective_user: entry.effective_user().to_string() };
-        match self.store.create(R::KIND, id, meta, entry.record()).await {
-            Ok(version) => {
-                if let Some((_, v)) = self.lock().by_id.get_mut(&id) {
-                    *v = version;
-                }
-                Ok(())
-            }
+        let version = match self.store.create(R::KIND, id, meta, entry.record()).await {
+            Ok(version) => version,
             Err(e) => {
-                self.unregister(id);
                 let _ = std::fs::remove_dir_all(entry.dir());
-                Err(match e {
-                    StoreError::NameTaken => EngineError::DuplicateName(R::KIND.as_str()),
-                    other => EngineError::Launch(format!("storing {} {id}: {other}", R::KIND.as_str())),
-                })
+                return Err(match e {
+                    StoreError::NameTaken => {
+                        // Taken since the early check (another create, perhaps on another
+                        // gateway): a refused duplicate like any other.
+                        let limit = quota.max_name_conflicts.unwrap_or(names::DEFAULT_MAX_NAME_CONFLICTS);
+                        self.name_conflicts.record(entry.effective_user(), limit);
+                        EngineError::DuplicateName(kind)
+                    }
+                    other => EngineError::Launch(format!("storing {kind} {id}: {other}")),
+                });
             }
+        };
+        let admitted = {
+            let mut live = self.lock();
+            let admitted = self.admit_in(&live, entry.name(), entry.effective_user(), quota);
+            if admitted.is_ok() {
+                if let Some(name) = entry.name() {
+                    live.by_name.insert(name.to_string(), id);
+                }
+                live.by_id.insert(id, (entry.clone(), version));
+            }
+            admitted
+        };
+        if let Err(refused) = admitted {
+            self.delete_record(id, version).await;
+            let _ = std::fs::remove_dir_all(entry.dir());
+            return Err(refused);
+        }
+        Ok(())
+    }
+
+    /// Deletes record `id`, last written at `version` by this gateway; should another write
+    /// have come in between, at the version stored (this gateway owns the entry).
+    async fn delete_record(&self, id: u32, version: Version) {
+        let result = match self.store.delete(R::KIND, id, version).await {
+            Err(StoreError::Conflict { found, .. }) => self.store.delete(R::KIND, id, found).await,
+            Err(StoreError::Missing { .. }) => Ok(()),
+            other => other,
+        };
+        if let Err(e) = result {
+            tracing::warn!(kind = R::KIND.as_str(), id, error = %e, "could not delete the stored record");
         }
     }
 
@@ -179,9 +199,7 @@ impl<R: Entry> Registry<R> {
     /// Forgets entry `id`: out of the registry and the store, its directory removed.
     pub async fn forget(&self, id: u32) {
         let Some((entry, version)) = self.unregister(id) else { return };
-        if let Err(e) = self.store.delete(R::KIND, id, version).await {
-            tracing::warn!(kind = R::KIND.as_str(), id, error = %e, "could not delete the stored record");
-        }
+        self.delete_record(id, version).await;
         let _ = std::fs::remove_dir_all(entry.dir());
     }
 

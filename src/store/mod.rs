@@ -150,28 +150,25 @@ pub fn sqlite_path(config: &crate::config::Config) -> std::path::PathBuf {
     config.store.path.clone().unwrap_or_else(|| config.server.data_dir.join("state").join("store.db"))
 }
 
-/// Opens the configured store at start-up. Ids continue past every id `ids` (the durable
-/// counters and the directories on disk) and any store kind used before know of: switching
-/// kinds never repeats one. Until recovery takes an earlier run's sessions and batches back,
+/// Opens the configured store at start-up (it reads and may sync the disk: call it where
+/// blocking is fine). Ids continue past every id `ids` (the durable file counters and the
+/// directories on disk) know of; the SQLite store keeps those counters level with its own, so
+/// neither switching kinds nor losing the database repeats an id. Until recovery takes an earlier run's sessions and batches back,
 /// their records go with the files that [`crate::engine::ids::Ids::prepare`] moved aside
 /// (nothing of theirs is served again, their names are free).
 pub fn open(config: &crate::config::Config, ids: crate::engine::ids::Ids) -> Result<AnyStore, String> {
     let db = sqlite_path(config);
     match config.store.kind {
         crate::config::StoreKind::Sqlite => {
-            let floors = (ids.sessions.peek(), ids.batches.peek());
-            let store = sqlite::SqliteStore::open(&db, floors).map_err(|e| e.to_string())?;
+            let store = sqlite::SqliteStore::open(&db, (ids.sessions, ids.batches)).map_err(|e| e.to_string())?;
             let forgotten = store.forget_earlier_run().map_err(|e| format!("{}: {e}", db.display()))?;
             if forgotten > 0 {
                 tracing::warn!(records = forgotten, store = %db.display(), "forgot an earlier run's sessions and batches");
             }
             Ok(AnyStore::Sqlite(store))
         }
+        // The SQLite store keeps the file counters level with its own: nothing to carry over.
         crate::config::StoreKind::Memory => {
-            if let Some((sessions, batches)) = sqlite::SqliteStore::peek_counters(&db) {
-                ids.sessions.raise_to(sessions).map_err(|e| e.to_string())?;
-                ids.batches.raise_to(batches).map_err(|e| e.to_string())?;
-            }
             Ok(AnyStore::Memory(Box::new(memory::MemoryStore::new(ids.sessions, ids.batches))))
         }
     }

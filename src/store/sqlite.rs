@@ -8,6 +8,7 @@
 
 use super::{Meta, Store, StoreError, Stored, Version};
 use crate::acl::ResourceKind;
+use crate::engine::ids::IdCounter;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,7 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// `n + 1`. Never edit an entry once released; add one.
 const MIGRATIONS: &[&str] = &[
     // 1: records of sessions and batches, the id counters.
-    "CREATE TABLE counters (
+    "PRAGMA application_id = 1397770068;
+     CREATE TABLE counters (
          kind TEXT PRIMARY KEY,
          next INTEGER NOT NULL
      );
@@ -78,6 +80,8 @@ pub enum OpenError {
 pub struct SqliteStore {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
+    /// The durable file counters (sessions, batches), kept ahead of the database's.
+    counters: Arc<(IdCounter, IdCounter)>,
 }
 
 fn kind_key(kind: ResourceKind) -> &'static str {
@@ -88,16 +92,31 @@ fn failed(e: rusqlite::Error) -> StoreError {
     StoreError::Failed(format!("the store's database: {e}"))
 }
 
+/// Marks a database as a sparkgate store (`PRAGMA application_id`, "SPGT").
+const APPLICATION_ID: i32 = 0x5350_4754;
+
+/// Whether SQLite's error is about the file's content (as opposed to access, locks, the disk).
+fn is_content_error(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    matches!(e.sqlite_error_code(), Some(DatabaseCorrupt | NotADatabase))
+}
+
 impl SqliteStore {
     /// Opens (or creates) the database at `path` and brings its schema up to date. Its id
-    /// counters are raised to at least `floors` (sessions, batches): ids an earlier run handed
-    /// out without this database are never handed out again.
-    pub fn open(path: &Path, floors: (u32, u32)) -> Result<Self, OpenError> {
+    /// counters start at least where the durable file `counters` (sessions, batches) are, and
+    /// keep those ahead of every id it hands out.
+    ///
+    /// An existing file is examined on a read-only connection first: one that is not a
+    /// sparkgate store, is damaged or is newer is refused and left exactly as it was.
+    pub fn open(path: &Path, counters: (IdCounter, IdCounter)) -> Result<Self, OpenError> {
         let io = |why: String| OpenError::Io { path: path.to_path_buf(), why };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::fs::create_private_dir(dir).map_err(|e| io(e.to_string()))?;
-        }
-        if !path.exists() {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        crate::fs::create_private_dir(dir).map_err(|e| io(e.to_string()))?;
+        let existing = std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false);
+        if existing {
+            examine(path)?;
+            owner_only(path).map_err(|e| io(e.to_string()))?;
+        } else if !path.exists() {
             // Created 0600 here, before SQLite opens it (SQLite would use the umask).
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()
@@ -106,37 +125,39 @@ impl SqliteStore {
                 .mode(0o600)
                 .open(path)
                 .map_err(|e| io(e.to_string()))?;
-            crate::fs::sync_dir(path.parent().unwrap_or(Path::new("."))).map_err(|e| io(e.to_string()))?;
+            crate::fs::sync_dir(dir).map_err(|e| io(e.to_string()))?;
         }
-        let damaged = |e: rusqlite::Error| OpenError::Damaged { path: path.to_path_buf(), why: e.to_string() };
+        let classify = |e: rusqlite::Error| {
+            if is_content_error(&e) {
+                OpenError::Damaged { path: path.to_path_buf(), why: e.to_string() }
+            } else {
+                io(e.to_string())
+            }
+        };
         // Never created here: the file above is the one opened.
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(damaged)?;
-        // Read before anything is written: a file that is not a database fails here.
-        let found: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(damaged)?;
-        if found > SCHEMA_VERSION {
-            return Err(OpenError::TooNew { path: path.to_path_buf(), found });
+        let mut conn = Connection::open_with_flags(path, flags).map_err(classify)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(classify)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(classify)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(io(format!("the database would not use a write-ahead log (journal mode {mode})")));
         }
-        let check: String = conn.pragma_query_value(None, "quick_check", |row| row.get(0)).map_err(damaged)?;
-        if check != "ok" {
-            return Err(OpenError::Damaged { path: path.to_path_buf(), why: check });
-        }
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0)).map_err(damaged)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(damaged)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(damaged)?;
-        let mut conn = conn;
-        migrate(&mut conn, found).map_err(damaged)?;
-        let tx = conn.transaction().map_err(damaged)?;
-        for (kind, floor) in [(ResourceKind::Session, floors.0), (ResourceKind::Batch, floors.1)] {
+        conn.pragma_update(None, "synchronous", "FULL").map_err(classify)?;
+        let found: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(classify)?;
+        migrate(&mut conn, found).map_err(classify)?;
+        let counters = Arc::new(counters);
+        let tx = conn.transaction().map_err(classify)?;
+        for (kind, floor) in [(ResourceKind::Session, counters.0.peek()), (ResourceKind::Batch, counters.1.peek())] {
             tx.execute(
                 "INSERT INTO counters (kind, next) VALUES (?1, ?2)
                  ON CONFLICT (kind) DO UPDATE SET next = max(next, excluded.next)",
                 params![kind_key(kind), floor],
             )
-            .map_err(damaged)?;
+            .map_err(classify)?;
         }
-        tx.commit().map_err(damaged)?;
-        Ok(Self { path: path.to_path_buf(), conn: Arc::new(Mutex::new(conn)) })
+        tx.commit().map_err(classify)?;
+        Ok(Self { path: path.to_path_buf(), conn: Arc::new(Mutex::new(conn)), counters })
     }
 
     /// Deletes every record (not the counters): what an earlier run stored, at start-up, while
@@ -152,23 +173,6 @@ impl SqliteStore {
         &self.path
     }
 
-    /// The next ids a database at `path` would hand out (sessions, batches), read without
-    /// changing it; None when there is no such database or it cannot be read. Another store
-    /// kind starts its counters there, so switching kinds never repeats an id.
-    pub fn peek_counters(path: &Path) -> Option<(u32, u32)> {
-        if !path.exists() {
-            return None;
-        }
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
-        let next = |kind: ResourceKind| -> Option<u32> {
-            conn.query_row("SELECT next FROM counters WHERE kind = ?1", [kind_key(kind)], |row| row.get(0))
-                .optional()
-                .ok()
-                .flatten()
-        };
-        Some((next(ResourceKind::Session).unwrap_or(0), next(ResourceKind::Batch).unwrap_or(0)))
-    }
-
     /// Runs `work` on the connection in a blocking thread (SQLite waits for the disk).
     async fn with<T: Send + 'static>(
         &self,
@@ -179,6 +183,52 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Failed(format!("the store's worker stopped: {e}")))?
     }
+}
+
+/// Checks an existing database on a read-only connection, which can neither roll back a
+/// journal nor checkpoint a log into the file: a refused file is left exactly as it was.
+fn examine(path: &Path) -> Result<(), OpenError> {
+    let damaged = |why: String| OpenError::Damaged { path: path.to_path_buf(), why };
+    let classify = |e: rusqlite::Error| {
+        if is_content_error(&e) {
+            damaged(e.to_string())
+        } else {
+            OpenError::Io { path: path.to_path_buf(), why: e.to_string() }
+        }
+    };
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(classify)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(classify)?;
+    let version: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(classify)?;
+    let application: i32 = conn.pragma_query_value(None, "application_id", |row| row.get(0)).map_err(classify)?;
+    let objects: u32 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0)).map_err(classify)?;
+    if application != APPLICATION_ID && (version > 0 || objects > 0) {
+        return Err(damaged("it is another application's database".into()));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(OpenError::TooNew { path: path.to_path_buf(), found: version });
+    }
+    let check: String = conn.pragma_query_value(None, "quick_check", |row| row.get(0)).map_err(classify)?;
+    if check != "ok" {
+        return Err(damaged(check));
+    }
+    Ok(())
+}
+
+/// Makes the database and its log files owner-only (a restored backup takes the umask's mode).
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = Path::new(&name);
+        let Ok(meta) = std::fs::metadata(file) else { continue };
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(file = %file.display(), "the store was readable by others: made owner-only (0600)");
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection, from: u32) -> rusqlite::Result<()> {
@@ -221,6 +271,7 @@ fn stored(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
 
 impl Store for SqliteStore {
     async fn next_id(&self, kind: ResourceKind) -> Result<u32, StoreError> {
+        let counters = self.counters.clone();
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
             let next: u32 = tx
@@ -235,6 +286,13 @@ impl Store for SqliteStore {
             )
             .map_err(failed)?;
             tx.commit().map_err(failed)?;
+            let file = match kind {
+                ResourceKind::Session => &counters.0,
+                ResourceKind::Batch => &counters.1,
+            };
+            // The file counter follows, before the id is handed out: a database that is lost or
+            // moved aside cannot bring an id back (the files are the floor of the next one).
+            file.raise_to(next.saturating_add(1)).map_err(|e| StoreError::Failed(e.to_string()))?;
             Ok(next)
         })
         .await
