@@ -19,17 +19,22 @@ pub struct MemoryStore {
     sessions: IdCounter,
     batches: IdCounter,
     tables: Mutex<[Table; 2]>,
+    statements: Mutex<BTreeMap<(u32, u32), Stored>>,
 }
 
 impl MemoryStore {
     /// A store whose ids come from these counters.
     pub fn new(sessions: IdCounter, batches: IdCounter) -> Self {
-        Self { sessions, batches, tables: Mutex::new(Default::default()) }
+        Self { sessions, batches, tables: Mutex::new(Default::default()), statements: Mutex::default() }
     }
 
     /// A store with counters in memory too (tests).
     pub fn ephemeral() -> Self {
         Self::new(IdCounter::in_memory("sessions"), IdCounter::in_memory("batches"))
+    }
+
+    fn statements_lock(&self) -> MutexGuard<'_, BTreeMap<(u32, u32), Stored>> {
+        self.statements.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn table(&self, kind: ResourceKind) -> (MutexGuard<'_, [Table; 2]>, usize) {
@@ -100,6 +105,10 @@ impl Store for MemoryStore {
         if let Some(name) = table.records.remove(&id).and_then(|s| s.meta.name) {
             table.names.remove(&name);
         }
+        drop(tables);
+        if kind == ResourceKind::Session {
+            self.statements_lock().retain(|(session, _), _| *session != id);
+        }
         Ok(())
     }
 
@@ -118,6 +127,52 @@ impl Store for MemoryStore {
         let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
         Ok(tables[i].records.range((from, std::ops::Bound::Unbounded)).take(limit).map(|(_, s)| s.clone()).collect())
     }
+
+    async fn put_statement(
+        &self,
+        session: u32,
+        statement: u32,
+        expected: Option<Version>,
+        bytes: Vec<u8>,
+    ) -> Result<Version, StoreError> {
+        let mut statements = self.statements_lock();
+        let kind = "statement";
+        match (statements.get_mut(&(session, statement)), expected) {
+            (None, None) => {
+                statements
+                    .insert((session, statement), Stored { id: statement, version: 1, meta: Meta::default(), bytes });
+                Ok(1)
+            }
+            (Some(_), None) => Err(StoreError::Exists { kind, id: statement }),
+            (None, Some(_)) => Err(StoreError::Missing { kind, id: statement }),
+            (Some(stored), Some(expected)) if stored.version != expected => {
+                Err(StoreError::Conflict { kind, id: statement, expected, found: stored.version })
+            }
+            (Some(stored), Some(_)) => {
+                stored.version += 1;
+                stored.bytes = bytes;
+                Ok(stored.version)
+            }
+        }
+    }
+
+    async fn list_statements(&self, session: u32, after: Option<u32>, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        if after == Some(u32::MAX) {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .statements_lock()
+            .range((session, from)..=(session, u32::MAX))
+            .take(limit)
+            .map(|(_, s)| s.clone())
+            .collect())
+    }
+
+    async fn delete_statement(&self, session: u32, statement: u32) -> Result<(), StoreError> {
+        self.statements_lock().remove(&(session, statement));
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -135,5 +190,13 @@ mod tests {
     #[tokio::test]
     async fn listing_is_paged_by_id() {
         crate::store::tests::listing_is_paged_by_id(&MemoryStore::ephemeral()).await;
+    }
+
+    #[tokio::test]
+    async fn statements_are_written_by_version_listed_in_order_and_go_with_their_session() {
+        crate::store::tests::statements_are_written_by_version_listed_in_order_and_go_with_their_session(
+            &MemoryStore::ephemeral(),
+        )
+        .await;
     }
 }

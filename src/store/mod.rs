@@ -133,6 +133,29 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         after: Option<u32>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Stored>, StoreError>> + Send;
+
+    /// Writes statement `statement` of session `session`: created when `expected` is None
+    /// (refused if it exists), else replaced if its version is still `expected`. Returns its
+    /// new version. A session's statements go when its record is deleted.
+    fn put_statement(
+        &self,
+        session: u32,
+        statement: u32,
+        expected: Option<Version>,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Result<Version, StoreError>> + Send;
+
+    /// Up to `limit` statements of `session` with ids above `after`, by id (their `meta` is
+    /// empty).
+    fn list_statements(
+        &self,
+        session: u32,
+        after: Option<u32>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Stored>, StoreError>> + Send;
+
+    /// Deletes statement `statement` of `session` (a statement beyond the session's retention).
+    fn delete_statement(&self, session: u32, statement: u32) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// The store a gateway runs with, chosen by configuration: the one place a store kind is
@@ -227,6 +250,33 @@ impl Store for AnyStore {
         match self {
             Self::Memory(s) => s.list(kind, after, limit).await,
             Self::Sqlite(s) => s.list(kind, after, limit).await,
+        }
+    }
+
+    async fn put_statement(
+        &self,
+        session: u32,
+        statement: u32,
+        expected: Option<Version>,
+        bytes: Vec<u8>,
+    ) -> Result<Version, StoreError> {
+        match self {
+            Self::Memory(s) => s.put_statement(session, statement, expected, bytes).await,
+            Self::Sqlite(s) => s.put_statement(session, statement, expected, bytes).await,
+        }
+    }
+
+    async fn list_statements(&self, session: u32, after: Option<u32>, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        match self {
+            Self::Memory(s) => s.list_statements(session, after, limit).await,
+            Self::Sqlite(s) => s.list_statements(session, after, limit).await,
+        }
+    }
+
+    async fn delete_statement(&self, session: u32, statement: u32) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(s) => s.delete_statement(session, statement).await,
+            Self::Sqlite(s) => s.delete_statement(session, statement).await,
         }
     }
 }

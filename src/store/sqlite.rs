@@ -32,6 +32,14 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (kind, id)
      );
      CREATE UNIQUE INDEX records_by_name ON records (kind, name) WHERE name IS NOT NULL;",
+    // 2: sessions' statements.
+    "CREATE TABLE statements (
+         session INTEGER NOT NULL,
+         id INTEGER NOT NULL,
+         version INTEGER NOT NULL,
+         bytes BLOB NOT NULL,
+         PRIMARY KEY (session, id)
+     );",
 ];
 
 /// The schema version this build writes.
@@ -165,6 +173,7 @@ impl SqliteStore {
     /// aside (see [`crate::engine::ids`]); their names become free. Returns how many there were.
     pub fn forget_earlier_run(&self) -> Result<usize, StoreError> {
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        conn.execute("DELETE FROM statements", []).map_err(failed)?;
         conn.execute("DELETE FROM records", []).map_err(failed)
     }
 
@@ -361,6 +370,9 @@ impl Store for SqliteStore {
             current_version(&tx, kind, id, expected)?;
             tx.execute("DELETE FROM records WHERE kind = ?1 AND id = ?2", params![kind_key(kind), id])
                 .map_err(failed)?;
+            if kind == ResourceKind::Session {
+                tx.execute("DELETE FROM statements WHERE session = ?1", [id]).map_err(failed)?;
+            }
             tx.commit().map_err(failed)
         })
         .await
@@ -405,6 +417,77 @@ impl Store for SqliteStore {
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows = statement.query_map(params![kind_key(kind), after, limit], stored).map_err(failed)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(failed)
+        })
+        .await
+    }
+
+    async fn put_statement(
+        &self,
+        session: u32,
+        statement: u32,
+        expected: Option<Version>,
+        bytes: Vec<u8>,
+    ) -> Result<Version, StoreError> {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
+            let found: Option<u64> = tx
+                .query_row(
+                    "SELECT version FROM statements WHERE session = ?1 AND id = ?2",
+                    [session, statement],
+                    |row| row.get::<_, i64>(0).map(|v| v.max(0) as u64),
+                )
+                .optional()
+                .map_err(failed)?;
+            let kind = "statement";
+            let version = match (found, expected) {
+                (None, None) => {
+                    tx.execute(
+                        "INSERT INTO statements (session, id, version, bytes) VALUES (?1, ?2, 1, ?3)",
+                        params![session, statement, bytes],
+                    )
+                    .map_err(failed)?;
+                    1
+                }
+                (Some(_), None) => return Err(StoreError::Exists { kind, id: statement }),
+                (None, Some(_)) => return Err(StoreError::Missing { kind, id: statement }),
+                (Some(found), Some(expected)) if found != expected => {
+                    return Err(StoreError::Conflict { kind, id: statement, expected, found })
+                }
+                (Some(found), Some(_)) => {
+                    tx.execute(
+                        "UPDATE statements SET version = ?3, bytes = ?4 WHERE session = ?1 AND id = ?2",
+                        params![session, statement, (found + 1) as i64, bytes],
+                    )
+                    .map_err(failed)?;
+                    found + 1
+                }
+            };
+            tx.commit().map_err(failed)?;
+            Ok(version)
+        })
+        .await
+    }
+
+    async fn list_statements(&self, session: u32, after: Option<u32>, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        self.with(move |conn| {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT id, version, NULL, '', bytes FROM statements WHERE session = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                )
+                .map_err(failed)?;
+            let after = after.map_or(-1, i64::from);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = statement.query_map(params![session, after, limit], stored).map_err(failed)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(failed)
+        })
+        .await
+    }
+
+    async fn delete_statement(&self, session: u32, statement: u32) -> Result<(), StoreError> {
+        self.with(move |conn| {
+            conn.execute("DELETE FROM statements WHERE session = ?1 AND id = ?2", [session, statement])
+                .map(|_| ())
+                .map_err(failed)
         })
         .await
     }

@@ -48,3 +48,28 @@ pub(crate) async fn listing_is_paged_by_id(store: &impl Store) {
     assert!(store.list(ResourceKind::Session, None, 10).await.unwrap().is_empty());
     assert_eq!(store.list(ResourceKind::Batch, Some(4), 1).await.unwrap()[0].bytes, [5]);
 }
+
+/// Statements are created once, replaced by version, listed in order per session, and go when
+/// their session's record is deleted.
+pub(crate) async fn statements_are_written_by_version_listed_in_order_and_go_with_their_session(store: &impl Store) {
+    let session = ResourceKind::Session;
+    store.create(session, 4, meta(None), vec![]).await.unwrap();
+    store.create(session, 5, meta(None), vec![]).await.unwrap();
+    for id in [2, 0, 1] {
+        assert_eq!(store.put_statement(4, id, None, vec![id as u8]).await.unwrap(), 1);
+    }
+    store.put_statement(5, 0, None, b"other".to_vec()).await.unwrap();
+    assert!(matches!(store.put_statement(4, 0, None, vec![]).await, Err(StoreError::Exists { .. })));
+    assert_eq!(store.put_statement(4, 0, Some(1), b"done".to_vec()).await.unwrap(), 2);
+    assert!(matches!(store.put_statement(4, 0, Some(1), vec![]).await, Err(StoreError::Conflict { found: 2, .. })));
+    assert!(matches!(store.put_statement(4, 9, Some(1), vec![]).await, Err(StoreError::Missing { .. })));
+    let ids = |page: Vec<Stored>| page.iter().map(|s| (s.id, s.version)).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_statements(4, None, 10).await.unwrap()), [(0, 2), (1, 1), (2, 1)]);
+    assert_eq!(ids(store.list_statements(4, Some(0), 1).await.unwrap()), [(1, 1)]);
+    assert_eq!(store.list_statements(4, None, 1).await.unwrap()[0].bytes, b"done");
+    store.delete_statement(4, 1).await.unwrap();
+    assert_eq!(ids(store.list_statements(4, None, 10).await.unwrap()), [(0, 2), (2, 1)]);
+    store.delete(session, 4, 1).await.unwrap();
+    assert!(store.list_statements(4, None, 10).await.unwrap().is_empty(), "they go with their session");
+    assert_eq!(store.list_statements(5, None, 10).await.unwrap().len(), 1, "another session's stay");
+}

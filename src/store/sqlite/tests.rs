@@ -23,6 +23,13 @@ async fn records_are_created_once_changed_by_version_and_deleted_with_their_name
 }
 
 #[tokio::test]
+async fn statements_are_written_by_version_listed_in_order_and_go_with_their_session() {
+    let (_dir, path) = fresh();
+    let store = SqliteStore::open(&path, floors(0, 0)).unwrap();
+    crate::store::tests::statements_are_written_by_version_listed_in_order_and_go_with_their_session(&store).await;
+}
+
+#[tokio::test]
 async fn listing_is_paged_by_id() {
     let (_dir, path) = fresh();
     crate::store::tests::listing_is_paged_by_id(&SqliteStore::open(&path, floors(0, 0)).unwrap()).await;
@@ -106,7 +113,7 @@ fn migrations_run_in_order_from_any_earlier_version_and_only_once() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(tables, ["counters", "records"]);
+    assert_eq!(tables, ["counters", "records", "statements"]);
     drop(conn);
     // Opened again, nothing is applied twice (a second CREATE TABLE would fail).
     let store = SqliteStore::open(&path, floors(0, 0)).unwrap();
