@@ -143,7 +143,7 @@ impl From<crate::engine::EngineError> for ApiError {
             | E::StatementsQueued { .. }
             | E::StatementsTooLarge { .. } => Self::TooManyRequests(err.to_string()),
             E::NotAccepting { .. } | E::IllegalTransition { .. } => Self::Conflict(err.to_string()),
-            E::DriverUnavailable(_) => Self::Unavailable(err.to_string()),
+            E::DriverUnavailable(_) | E::StoreUnavailable(_) => Self::Unavailable(err.to_string()),
             E::DriverTimeout(_) => Self::Unavailable(err.to_string()),
             E::Launch(_) | E::Io(_) => Self::Internal(err.to_string()),
         }

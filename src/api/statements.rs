@@ -46,6 +46,10 @@ pub(super) async fn create(
     let code = req.code.ok_or_else(|| ApiError::bad_request("field `code` is required"))?;
     let kind = session.spec.kind.resolve_statement(req.kind.as_deref()).map_err(ApiError::BadRequest)?;
     let statement = session.submit(code, kind)?;
+    // A 201 means the statement is on disk: written before the answer (in a task of its own, so
+    // a client that goes away does not leave it half-written).
+    let (manager, stored) = (state.manager.clone(), session.clone());
+    super::detached(async move { manager.flush(&stored).await }).await?;
     let location = format!("/sessions/{}/statements/{}", session.id, statement.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(statement)).into_response())
 }

@@ -75,6 +75,8 @@ pub struct Batch {
     pub ui: AppUi,
     dir: PathBuf,
     inner: Mutex<BatchInner>,
+    /// Told when what its record shows changed (None in unit tests).
+    on_change: Option<super::registry::OnChange>,
 }
 
 /// A point-in-time copy for the API.
@@ -133,6 +135,7 @@ impl super::registry::Entry for Batch {
 
     fn record(&self) -> Vec<u8> {
         let spec = &self.spec;
+        let inner = self.lock();
         let record = serde_json::json!({
             "id": self.id,
             "owner": spec.owner,
@@ -141,7 +144,8 @@ impl super::registry::Entry for Batch {
             "className": spec.class_name,
             "args": spec.args,
             "submit": spec.submit,
-            "state": self.state().as_str(),
+            "state": inner.state.as_str(),
+            "appId": inner.app_id,
         });
         record.to_string().into_bytes()
     }
@@ -188,7 +192,13 @@ impl Batch {
         })
     }
 
+    /// See [`super::registry::Changing`].
+    fn changing(&self) -> super::registry::Changing<'_> {
+        super::registry::Changing(self.on_change.as_ref())
+    }
+
     fn move_to(&self, next: SessionState, why: Option<&str>) {
+        let _changed = self.changing();
         let mut inner = self.lock();
         if inner.state == next || !inner.state.can_become(next) {
             return;
@@ -227,6 +237,7 @@ impl Batch {
                 }
                 let Some(pgid) = pgid else { return };
                 if let Some(id) = crate::sparkui::proxy::fetch_app_id(&b.ui, pgid, ids).await {
+                    let _changed = b.changing();
                     b.lock().app_id.get_or_insert(id);
                 }
             });
@@ -237,6 +248,7 @@ impl Batch {
             self.move_to(SessionState::Running, None);
         }
         let Some(app) = ids.find_in_line(line) else { return };
+        let _changed = self.changing();
         let mut inner = self.lock();
         if inner.app_id.is_none() {
             inner.app_id = Some(app);
@@ -322,6 +334,7 @@ impl BatchManager {
             ui: AppUi::new(format!("/batches/{id}/sparkui")),
             dir,
             inner: Mutex::new(BatchInner::new(SessionState::Starting)),
+            on_change: Some(Registry::on_change(self, |m: &Self| &m.registry, id)),
         });
         self.registry.register(batch.clone(), &quota).await?;
         if let Err(e) = self.launch(&batch) {
@@ -707,6 +720,7 @@ mod tests {
             ui: AppUi::new("/batches/7/sparkui"),
             dir: dir.path().to_path_buf(),
             inner: Mutex::new(BatchInner::new(SessionState::Running)),
+            on_change: None,
         }
     }
 

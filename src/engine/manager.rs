@@ -168,6 +168,18 @@ impl SessionManager {
         self.sessions.entries.list()
     }
 
+    /// Writes what changed in `session` (its record, its statements) to the store and says
+    /// whether it is durable: a statement's `201` waits for this.
+    pub async fn flush(&self, session: &Session) -> Result<(), EngineError> {
+        self.sessions.entries.flush(session.id).await.map_err(|e| {
+            tracing::error!(session = session.id, error = %e, "could not store a session's change");
+            EngineError::StoreUnavailable(format!(
+                "session {}: the change could not be stored (see the gateway log); try again",
+                session.id
+            ))
+        })
+    }
+
     /// Creates a session and starts its driver. Caps are checked before anything is launched.
     pub async fn create(self: &Arc<Self>, spec: SessionSpec, quota: Quota) -> Result<Arc<Session>, EngineError> {
         let cfg = &self.config;
@@ -203,6 +215,7 @@ impl SessionManager {
         let secret = self.sessions.key.derive(id, &nonce);
         let mut session = Session::new(id, spec, limits, secret, log, dir);
         session.secret_nonce = Some(nonce);
+        session.on_change = Some(Registry::on_change(&self.sessions, |r: &SessionRegistry| &r.entries, id));
         let session = Arc::new(session);
         registry.register(session.clone(), &quota).await?;
         if let Err(e) = self.launch(&session) {

@@ -131,6 +131,9 @@ pub enum EngineError {
     /// The driver is not connected.
     #[error("{0}")]
     DriverUnavailable(String),
+    /// A change could not be made durable (the store failed; the cause is logged).
+    #[error("{0}")]
+    StoreUnavailable(String),
     /// The driver did not answer in time.
     #[error("{0}")]
     DriverTimeout(String),

@@ -16,6 +16,36 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::time::Instant;
 
+/// Called by an entry when something its record shows changed (see [`Registry::on_change`]).
+#[derive(Clone)]
+pub struct OnChange(Arc<dyn Fn() + Send + Sync>);
+
+impl OnChange {
+    /// Tells the registry.
+    pub fn call(&self) {
+        (self.0)();
+    }
+}
+
+/// Calls its hook when dropped: the first line of a method that changes what is stored, so
+/// it fires once the change is made (and any lock released), on every path out.
+#[derive(Debug)]
+pub struct Changing<'a>(pub Option<&'a OnChange>);
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        if let Some(on_change) = self.0 {
+            on_change.call();
+        }
+    }
+}
+
+impl std::fmt::Debug for OnChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnChange")
+    }
+}
+
 /// What the registry needs of a session or a batch.
 pub trait Entry: Send + Sync + 'static {
     /// Session or batch.
@@ -34,11 +64,42 @@ pub trait Entry: Send + Sync + 'static {
     fn dir(&self) -> &Path;
     /// Its record, as the store keeps it (never a secret).
     fn record(&self) -> Vec<u8>;
+    /// Its children's records by id, as the store keeps them (a session's statements); what
+    /// is no longer listed is deleted from the store.
+    fn children(&self) -> Vec<(u32, Vec<u8>)> {
+        Vec::new()
+    }
+}
+
+/// What was last written of an entry: its version and a digest of its bytes, and its
+/// children's.
+#[derive(Debug, Default)]
+struct Written {
+    version: Version,
+    digest: u64,
+    children: HashMap<u32, (Version, u64)>,
+}
+
+fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Entries whose records changed and are not written yet; one writer at a time.
+#[derive(Debug, Default)]
+struct Changes {
+    dirty: Mutex<std::collections::BTreeSet<u32>>,
+    /// Held while records are written: writes of one entry never overtake each other.
+    writer: tokio::sync::Mutex<HashMap<u32, Written>>,
+    /// Whether a writer task is on its way (changes marked meanwhile go with it).
+    scheduled: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
 struct Live<R> {
-    by_id: BTreeMap<u32, (Arc<R>, Version)>,
+    by_id: BTreeMap<u32, Arc<R>>,
     by_name: HashMap<String, u32>,
 }
 
@@ -58,12 +119,20 @@ pub struct Registry<R> {
     caps: Caps,
     /// Where the entries' directories are made (`<data_dir>/sessions` or `/batches`).
     dirs: PathBuf,
+    changes: Changes,
 }
 
 impl<R: Entry> Registry<R> {
     /// A registry over `store`, under `caps`, making directories in `dirs`.
     pub fn new(store: Arc<AnyStore>, caps: Caps, dirs: PathBuf) -> Self {
-        Self { store, live: Mutex::default(), name_conflicts: NameConflicts::default(), caps, dirs }
+        Self {
+            store,
+            live: Mutex::default(),
+            name_conflicts: NameConflicts::default(),
+            caps,
+            dirs,
+            changes: Changes::default(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Live<R>> {
@@ -85,17 +154,17 @@ impl<R: Entry> Registry<R> {
         } else {
             live.by_name.get(key).copied()
         };
-        id.and_then(|id| live.by_id.get(&id).map(|(entry, _)| entry.clone())).ok_or_else(|| Self::not_found(key))
+        id.and_then(|id| live.by_id.get(&id).cloned()).ok_or_else(|| Self::not_found(key))
     }
 
     /// The entry with this id.
     pub fn by_id(&self, id: u32) -> Option<Arc<R>> {
-        self.lock().by_id.get(&id).map(|(entry, _)| entry.clone())
+        self.lock().by_id.get(&id).cloned()
     }
 
     /// Every entry, by id.
     pub fn list(&self) -> Vec<Arc<R>> {
-        self.lock().by_id.values().map(|(entry, _)| entry.clone()).collect()
+        self.lock().by_id.values().cloned().collect()
     }
 
     /// Whether `user` may create an entry named `name` now: the name free (refused duplicates
@@ -114,7 +183,7 @@ impl<R: Entry> Registry<R> {
                 return Err(EngineError::DuplicateName(R::KIND.as_str()));
             }
         }
-        let counts = limits::Counts::of(live.by_id.values().map(|(entry, _)| {
+        let counts = limits::Counts::of(live.by_id.values().map(|entry| {
             let state = entry.state();
             (state.is_live(), state.is_launching(), entry.effective_user() == user)
         }));
@@ -139,7 +208,11 @@ impl<R: Entry> Registry<R> {
         let id = entry.id();
         let kind = R::KIND.as_str();
         let meta = Meta { name: entry.name().map(str::to_string), effective_user: entry.effective_user().to_string() };
-        let version = match self.store.create(R::KIND, id, meta, entry.record()).await {
+        let record = entry.record();
+        let record_digest = digest(&record);
+        // Held from before the record exists: no change of it can be written ahead of it.
+        let mut written = self.changes.writer.lock().await;
+        let version = match self.store.create(R::KIND, id, meta, record).await {
             Ok(version) => version,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(entry.dir());
@@ -162,7 +235,7 @@ impl<R: Entry> Registry<R> {
                 if let Some(name) = entry.name() {
                     live.by_name.insert(name.to_string(), id);
                 }
-                live.by_id.insert(id, (entry.clone(), version));
+                live.by_id.insert(id, entry.clone());
             }
             admitted
         };
@@ -171,6 +244,7 @@ impl<R: Entry> Registry<R> {
             let _ = std::fs::remove_dir_all(entry.dir());
             return Err(refused);
         }
+        written.insert(id, Written { version, digest: record_digest, children: HashMap::new() });
         Ok(())
     }
 
@@ -187,20 +261,100 @@ impl<R: Entry> Registry<R> {
         }
     }
 
-    fn unregister(&self, id: u32) -> Option<(Arc<R>, Version)> {
+    fn unregister(&self, id: u32) -> Option<Arc<R>> {
         let mut live = self.lock();
         let removed = live.by_id.remove(&id);
-        if let Some(name) = removed.as_ref().and_then(|(entry, _)| entry.name()) {
+        if let Some(name) = removed.as_ref().and_then(|entry| entry.name()) {
             live.by_name.remove(name);
         }
         removed
     }
 
-    /// Forgets entry `id`: out of the registry and the store, its directory removed.
+    /// Forgets entry `id`: out of the registry and the store (with its children), its
+    /// directory removed.
     pub async fn forget(&self, id: u32) {
-        let Some((entry, version)) = self.unregister(id) else { return };
+        let Some(entry) = self.unregister(id) else { return };
+        let mut written = self.changes.writer.lock().await;
+        let version = written.remove(&id).map_or(1, |w| w.version);
         self.delete_record(id, version).await;
+        drop(written);
         let _ = std::fs::remove_dir_all(entry.dir());
+    }
+
+    /// The hook entry `id` calls when it changed: marks it and, unless one is on its way,
+    /// starts a writer. Holds the registry weakly (`owner` keeps it).
+    pub fn on_change<O: Send + Sync + 'static>(owner: &Arc<O>, registry: fn(&O) -> &Self, id: u32) -> OnChange {
+        let weak = Arc::downgrade(owner);
+        OnChange(Arc::new(move || {
+            let Some(owner) = weak.upgrade() else { return };
+            if registry(&owner).mark_changed(id) {
+                tokio::spawn(async move { registry(&owner).write_changes().await });
+            }
+        }))
+    }
+
+    /// Notes that entry `id` changed; returns whether the caller should start a writer
+    /// ([`Registry::write_changes`]): false when one is already on its way.
+    pub fn mark_changed(&self, id: u32) -> bool {
+        self.changes.dirty.lock().unwrap_or_else(PoisonError::into_inner).insert(id);
+        !self.changes.scheduled.swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Writes every changed entry's record and children (those whose bytes differ from what
+    /// was last written), until none is left. A failed write is logged and tried again at the
+    /// next change.
+    pub async fn write_changes(&self) {
+        loop {
+            self.changes.scheduled.store(false, std::sync::atomic::Ordering::Release);
+            let dirty = std::mem::take(&mut *self.changes.dirty.lock().unwrap_or_else(PoisonError::into_inner));
+            if dirty.is_empty() {
+                return;
+            }
+            for id in dirty {
+                if let Err(e) = self.write_one(id).await {
+                    tracing::warn!(kind = R::KIND.as_str(), id, error = %e, "could not store a change");
+                }
+            }
+        }
+    }
+
+    /// Writes entry `id`'s changes now and says whether they are durable (a statement's `201`
+    /// waits for this).
+    pub async fn flush(&self, id: u32) -> Result<(), StoreError> {
+        self.write_one(id).await
+    }
+
+    async fn write_one(&self, id: u32) -> Result<(), StoreError> {
+        let mut written = self.changes.writer.lock().await;
+        // Forgotten meanwhile (or never registered): nothing to write.
+        let Some(entry) = self.by_id(id) else { return Ok(()) };
+        let Some(last) = written.get_mut(&id) else { return Ok(()) };
+        let record = entry.record();
+        let record_digest = digest(&record);
+        if record_digest != last.digest {
+            last.version = match self.store.update(R::KIND, id, last.version, record.clone()).await {
+                Err(StoreError::Conflict { found, .. }) => self.store.update(R::KIND, id, found, record).await?,
+                other => other?,
+            };
+            last.digest = record_digest;
+        }
+        let children = entry.children();
+        let listed: std::collections::HashSet<u32> = children.iter().map(|(child, _)| *child).collect();
+        for (child, bytes) in children {
+            let child_digest = digest(&bytes);
+            let before = last.children.get(&child).copied();
+            if before.is_some_and(|(_, d)| d == child_digest) {
+                continue;
+            }
+            let version = self.store.put_statement(id, child, before.map(|(v, _)| v), bytes).await?;
+            last.children.insert(child, (version, child_digest));
+        }
+        let gone: Vec<u32> = last.children.keys().filter(|child| !listed.contains(child)).copied().collect();
+        for child in gone {
+            self.store.delete_statement(id, child).await?;
+            last.children.remove(&child);
+        }
+        Ok(())
     }
 
     /// The finished entries to forget now: those finished `retain` ago or longer, and beyond
@@ -224,6 +378,6 @@ impl<R: Entry> Registry<R> {
         if let Some(name) = entry.name() {
             live.by_name.insert(name.to_string(), entry.id());
         }
-        live.by_id.insert(entry.id(), (entry, 0));
+        live.by_id.insert(entry.id(), entry);
     }
 }

@@ -192,6 +192,8 @@ pub struct Session {
     /// [`crate::rpc::SecretKey`]): in the record, so the secret can be derived again; None for
     /// a secret that was not derived (tests).
     pub(crate) secret_nonce: Option<[u8; crate::rpc::secret_key::NONCE_LEN]>,
+    /// Told when what its record or its statements show changed (None in unit tests).
+    pub(crate) on_change: Option<super::registry::OnChange>,
     /// spark-submit output and gateway notes about this session.
     pub log: Arc<LogBuffer>,
     /// Where its files live.
@@ -287,6 +289,7 @@ impl Session {
             limits,
             secret,
             secret_nonce: None,
+            on_change: None,
             log,
             dir,
             created: now,
@@ -316,6 +319,13 @@ impl Session {
         }
     }
 
+    /// Tells the registry, when dropped, that its record or statements changed: the first
+    /// line of every method that changes what is stored, so it fires once the change is made
+    /// (and the lock is released), on every path out.
+    fn changing(&self) -> super::registry::Changing<'_> {
+        super::registry::Changing(self.on_change.as_ref())
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A poisoned lock means a panic happened while holding it; the data is still usable
         // (every update is a small, self-contained assignment).
@@ -341,6 +351,7 @@ impl Session {
 
     /// Moves to `next` if that is a legal transition.
     pub fn transition(&self, next: SessionState) -> Result<(), EngineError> {
+        let _changed = self.changing();
         let mut inner = self.lock();
         Self::transition_locked(&mut inner, self.id, next)
     }
@@ -374,6 +385,7 @@ impl Session {
     /// Learns from one line of spark-submit's output: the application id (first believable
     /// one wins, see [`AppIdFormat::find_in_line`]) and the UI's port (checked before use).
     pub fn note_output_line(&self, line: &str) {
+        let _changed = self.changing();
         self.ui.offer_line(line);
         let mut inner = self.lock();
         if inner.app_id.is_none() {
@@ -408,6 +420,7 @@ impl Session {
     /// statements that cannot be forgotten yet (waiting, running) would hold more than
     /// [`SessionLimits::max_retained_bytes`].
     pub fn submit(&self, code: String, kind: CodeKind) -> Result<Statement, EngineError> {
+        let _changed = self.changing();
         let mut inner = self.lock();
         if !inner.state.accepts_statements() {
             return Err(EngineError::NotAccepting { id: self.id, state: inner.state });
@@ -496,6 +509,7 @@ impl Session {
 
     /// Cancels a statement: a waiting one at once; a running one by asking the driver.
     pub fn cancel(&self, sid: u32) -> Result<(), EngineError> {
+        let _changed = self.changing();
         let mut inner = self.lock();
         let state = inner
             .statements
@@ -592,6 +606,7 @@ impl Session {
 
     /// A driver authenticated for this session.
     pub fn attach(&self, link: DriverLink) {
+        let _changed = self.changing();
         let mut inner = self.lock();
         if inner.state.is_terminal() || inner.state == SessionState::ShuttingDown {
             link.send(ToDriver::Shutdown);
@@ -615,6 +630,7 @@ impl Session {
 
     /// The driver connection `conn_id` closed.
     pub fn detach(&self, conn_id: u64) {
+        let _changed = self.changing();
         let mut inner = self.lock();
         if inner.driver.as_ref().map(|d| d.conn_id) == Some(conn_id) {
             inner.driver = None;
@@ -656,6 +672,7 @@ impl Session {
 
     /// Handles a message from the driver connection `conn_id`.
     pub fn on_driver_message(&self, conn_id: u64, msg: FromDriver) {
+        let _changed = self.changing();
         let mut inner = self.lock();
         let Some(driver) = inner.driver.clone() else { return };
         if driver.conn_id != conn_id {
@@ -819,6 +836,7 @@ impl Session {
 
     /// The launched process exited with `code`.
     pub fn process_exited(&self, code: i32) {
+        let _changed = self.changing();
         let mut inner = self.lock();
         inner.driver = None;
         if inner.state.is_terminal() {
@@ -839,6 +857,7 @@ impl Session {
 
     /// Ends the session in a terminal state with a reason (after its process was stopped).
     pub fn finish(&self, next: SessionState, reason: &str) {
+        let _changed = self.changing();
         let mut inner = self.lock();
         inner.driver = None;
         if inner.state.is_terminal() {
@@ -853,6 +872,7 @@ impl Session {
     /// stopping or finished. Returns false if another stop is already under way or the session
     /// is finished.
     pub fn begin_shutdown(&self, final_state: SessionState) -> bool {
+        let _changed = self.changing();
         let mut inner = self.lock();
         if inner.state.is_terminal() || inner.state == SessionState::ShuttingDown {
             return false;
@@ -904,8 +924,20 @@ impl super::registry::Entry for Session {
         &self.dir
     }
 
+    fn children(&self) -> Vec<(u32, Vec<u8>)> {
+        let inner = self.lock();
+        let record = |s: &Statement| {
+            // Livy's statement with the interpreter it runs in (the API shows it only by output).
+            let mut value = serde_json::to_value(s).unwrap_or(Value::Null);
+            value["kind"] = json!(s.kind.as_str());
+            value.to_string().into_bytes()
+        };
+        inner.statements.values().map(|s| (s.id, record(s))).collect()
+    }
+
     fn record(&self) -> Vec<u8> {
         let spec = &self.spec;
+        let inner = self.lock();
         let record = json!({
             "id": self.id,
             "kind": spec.kind.as_str(),
@@ -916,7 +948,9 @@ impl super::registry::Entry for Session {
             "ttl": spec.ttl,
             "idleTimeout": spec.idle_timeout,
             "secretNonce": self.secret_nonce.map(hex::encode),
-            "state": self.state().as_str(),
+            "state": inner.state.as_str(),
+            "appId": inner.app_id,
+            "nextStatementId": inner.next_statement_id,
         });
         record.to_string().into_bytes()
     }

@@ -444,3 +444,75 @@ async fn a_sessions_uploads_go_when_its_driver_does() {
     assert_eq!(s.state(), SessionState::Dead);
     assert!(s.dir.join("session.log").exists(), "its log stays visible until the session is forgotten");
 }
+
+#[tokio::test]
+async fn what_a_session_and_its_statements_show_is_stored_and_a_statement_is_on_disk_when_flushed() {
+    use crate::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Arc::new(
+        config::load(&Sources {
+            file: None,
+            env: vec![],
+            overrides: vec![format!("server.data_dir=\"{}\"", dir.path().display())],
+        })
+        .unwrap(),
+    );
+    let db = dir.path().join("state").join("store.db");
+    use crate::engine::ids::IdCounter;
+    let counters = (IdCounter::in_memory("sessions"), IdCounter::in_memory("batches"));
+    let store = Arc::new(AnyStore::Sqlite(crate::store::sqlite::SqliteStore::open(&db, counters).unwrap()));
+    let audit = crate::audit::AuditLog::open(&dir.path().join("audit/audit.log"), 1 << 20).unwrap();
+    let sessions = SessionRegistry::new(&cfg, store.clone(), audit, crate::rpc::SecretKey::generate());
+    let m = SessionManager::new(cfg, None, sessions.clone(), None);
+
+    // A session registered as a create registers it, with a fake driver.
+    let (id, session_dir) = sessions.entries.reserve().await.unwrap();
+    let mut s = Session::new(id, spec(), limits(), SessionSecret::generate(), LogBuffer::new(50, None), session_dir);
+    s.on_change = Some(Registry::on_change(&sessions, |r: &SessionRegistry| &r.entries, id));
+    let s = Arc::new(s);
+    sessions.entries.register(s.clone(), &Quota::default()).await.unwrap();
+    s.transition(SessionState::Starting).unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    s.attach(DriverLink::for_test(1, tx));
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+
+    // Flushed, a statement is in the store — read back by another connection, as after a crash.
+    let statement = s.submit("6 * 7".into(), CodeKind::PySpark).unwrap();
+    m.flush(&s).await.unwrap();
+    let read = |sql: &str| -> Vec<serde_json::Value> {
+        let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let mut query = conn.prepare(sql).unwrap();
+        let rows = query.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
+        rows.map(|b| serde_json::from_slice(&b.unwrap()).unwrap()).collect()
+    };
+    let stored = read("SELECT bytes FROM statements ORDER BY id");
+    assert_eq!(stored.len(), 1);
+    assert_eq!((stored[0]["id"].as_u64(), stored[0]["code"].as_str()), (Some(u64::from(statement.id)), Some("6 * 7")));
+    assert_eq!((stored[0]["state"].as_str(), stored[0]["kind"].as_str()), (Some("running"), Some("pyspark")));
+    assert_eq!(read("SELECT bytes FROM records")[0]["state"], "busy");
+
+    // What the driver reports is written without anyone asking: the result, the state.
+    s.on_driver_message(
+        1,
+        FromDriver::StatementResult {
+            id: statement.id,
+            state: "available".into(),
+            output: json!({"status": "ok", "execution_count": 0, "data": {"text/plain": "42"}}),
+        },
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let statements = read("SELECT bytes FROM statements ORDER BY id");
+        let records = read("SELECT bytes FROM records");
+        if statements[0]["state"] == "available" && records[0]["state"] == "idle" {
+            assert_eq!(statements[0]["output"]["data"]["text/plain"], "42");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not stored: {statements:?} {records:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Forgotten, the session takes its statements with it.
+    m.delete(&s, "alice").await;
+    assert!(read("SELECT bytes FROM statements").is_empty());
+    assert!(store.list(crate::acl::ResourceKind::Session, None, 10).await.unwrap().is_empty());
+}
