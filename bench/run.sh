@@ -3,6 +3,7 @@
 #   bench/run.sh            sessions (cold start, 1+1 round trip)
 #   bench/run.sh batches    batches (submit -> running / success, local and standalone)
 #   bench/run.sh memory     the gateway's memory while clients list a large statement history
+#   bench/run.sh store      what the durable store costs a statement (sqlite vs memory)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -10,5 +11,6 @@ cargo build --locked --release
 case "${1:-sessions}" in
   batches) exec .venv/bin/python bench/batches.py ;;
   memory) exec .venv/bin/python bench/memory.py ;;
+  store) exec .venv/bin/python bench/store.py ;;
   *) exec .venv/bin/python bench/sessions.py ;;
 esac
