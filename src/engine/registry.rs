@@ -10,7 +10,7 @@ use super::state::SessionState;
 use super::EngineError;
 use crate::acl::policy::Quota;
 use crate::acl::ResourceKind;
-use crate::store::{AnyStore, Meta, Store, StoreError, Version};
+use crate::store::{AnyStore, Meta, Store, StoreError, Version, Write};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -329,14 +329,14 @@ impl<R: Entry> Registry<R> {
         // Forgotten meanwhile (or never registered): nothing to write.
         let Some(entry) = self.by_id(id) else { return Ok(()) };
         let Some(last) = written.get_mut(&id) else { return Ok(()) };
+        // Everything that changed, in one transaction (one sync to disk).
+        let mut writes = Vec::new();
+        let mut after: Vec<(Option<u32>, u64)> = Vec::new();
         let record = entry.record();
         let record_digest = digest(&record);
         if record_digest != last.digest {
-            last.version = match self.store.update(R::KIND, id, last.version, record.clone()).await {
-                Err(StoreError::Conflict { found, .. }) => self.store.update(R::KIND, id, found, record).await?,
-                other => other?,
-            };
-            last.digest = record_digest;
+            writes.push(Write::Update { kind: R::KIND, id, expected: last.version, bytes: record });
+            after.push((None, record_digest));
         }
         let children = entry.children();
         let listed: std::collections::HashSet<u32> = children.iter().map(|(child, _)| *child).collect();
@@ -346,12 +346,26 @@ impl<R: Entry> Registry<R> {
             if before.is_some_and(|(_, d)| d == child_digest) {
                 continue;
             }
-            let version = self.store.put_statement(id, child, before.map(|(v, _)| v), bytes).await?;
-            last.children.insert(child, (version, child_digest));
+            writes.push(Write::PutStatement { session: id, statement: child, expected: before.map(|(v, _)| v), bytes });
+            after.push((Some(child), child_digest));
         }
         let gone: Vec<u32> = last.children.keys().filter(|child| !listed.contains(child)).copied().collect();
+        for child in &gone {
+            writes.push(Write::DeleteStatement { session: id, statement: *child });
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let versions = self.store.apply(writes).await?;
+        for ((child, digest), version) in after.into_iter().zip(versions) {
+            match child {
+                None => (last.version, last.digest) = (version, digest),
+                Some(child) => {
+                    last.children.insert(child, (version, digest));
+                }
+            }
+        }
         for child in gone {
-            self.store.delete_statement(id, child).await?;
             last.children.remove(&child);
         }
         Ok(())

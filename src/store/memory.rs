@@ -1,7 +1,7 @@
 //! Records kept in this process only (gone with it), with the id counters of
 //! [`crate::engine::ids`] — durable files, or in memory for tests.
 
-use super::{Meta, Store, StoreError, Stored, Version};
+use super::{Meta, Store, StoreError, Stored, Version, Write};
 use crate::acl::ResourceKind;
 use crate::engine::ids::IdCounter;
 use std::collections::{BTreeMap, HashMap};
@@ -38,11 +38,14 @@ impl MemoryStore {
     }
 
     fn table(&self, kind: ResourceKind) -> (MutexGuard<'_, [Table; 2]>, usize) {
-        let index = match kind {
-            ResourceKind::Session => 0,
-            ResourceKind::Batch => 1,
-        };
-        (self.tables.lock().unwrap_or_else(PoisonError::into_inner), index)
+        (self.tables.lock().unwrap_or_else(PoisonError::into_inner), index(kind))
+    }
+}
+
+fn index(kind: ResourceKind) -> usize {
+    match kind {
+        ResourceKind::Session => 0,
+        ResourceKind::Batch => 1,
     }
 }
 
@@ -89,13 +92,7 @@ impl Store for MemoryStore {
         expected: Version,
         bytes: Vec<u8>,
     ) -> Result<Version, StoreError> {
-        let (mut tables, i) = self.table(kind);
-        let table = &mut tables[i];
-        version_of(table, kind, id, expected)?;
-        let stored = table.records.get_mut(&id).ok_or(StoreError::Missing { kind: kind.as_str(), id })?;
-        stored.version += 1;
-        stored.bytes = bytes;
-        Ok(stored.version)
+        self.apply(vec![Write::Update { kind, id, expected, bytes }]).await.map(|v| v[0])
     }
 
     async fn delete(&self, kind: ResourceKind, id: u32, expected: Version) -> Result<(), StoreError> {
@@ -135,25 +132,7 @@ impl Store for MemoryStore {
         expected: Option<Version>,
         bytes: Vec<u8>,
     ) -> Result<Version, StoreError> {
-        let mut statements = self.statements_lock();
-        let kind = "statement";
-        match (statements.get_mut(&(session, statement)), expected) {
-            (None, None) => {
-                statements
-                    .insert((session, statement), Stored { id: statement, version: 1, meta: Meta::default(), bytes });
-                Ok(1)
-            }
-            (Some(_), None) => Err(StoreError::Exists { kind, id: statement }),
-            (None, Some(_)) => Err(StoreError::Missing { kind, id: statement }),
-            (Some(stored), Some(expected)) if stored.version != expected => {
-                Err(StoreError::Conflict { kind, id: statement, expected, found: stored.version })
-            }
-            (Some(stored), Some(_)) => {
-                stored.version += 1;
-                stored.bytes = bytes;
-                Ok(stored.version)
-            }
-        }
+        self.apply(vec![Write::PutStatement { session, statement, expected, bytes }]).await.map(|v| v[0])
     }
 
     async fn list_statements(&self, session: u32, after: Option<u32>, limit: usize) -> Result<Vec<Stored>, StoreError> {
@@ -172,6 +151,61 @@ impl Store for MemoryStore {
     async fn delete_statement(&self, session: u32, statement: u32) -> Result<(), StoreError> {
         self.statements_lock().remove(&(session, statement));
         Ok(())
+    }
+
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Version>, StoreError> {
+        // All checked under both locks before any is made: all or none. (The writes of one
+        // batch touch distinct items.)
+        let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut statements = self.statements_lock();
+        for write in &writes {
+            match write {
+                Write::Update { kind, id, expected, .. } => version_of(&tables[index(*kind)], *kind, *id, *expected)?,
+                Write::PutStatement { session, statement, expected, .. } => {
+                    let kind = "statement";
+                    match (statements.get(&(*session, *statement)), expected) {
+                        (Some(_), None) => return Err(StoreError::Exists { kind, id: *statement }),
+                        (None, Some(_)) => return Err(StoreError::Missing { kind, id: *statement }),
+                        (Some(stored), Some(expected)) if stored.version != *expected => {
+                            return Err(StoreError::Conflict {
+                                kind,
+                                id: *statement,
+                                expected: *expected,
+                                found: stored.version,
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                Write::DeleteStatement { .. } => {}
+            }
+        }
+        let versions = writes
+            .into_iter()
+            .map(|write| match write {
+                Write::Update { kind, id, bytes, .. } => tables[index(kind)].records.get_mut(&id).map_or(0, |stored| {
+                    stored.version += 1;
+                    stored.bytes = bytes;
+                    stored.version
+                }),
+                Write::PutStatement { session, statement, bytes, .. } => {
+                    let stored = statements.entry((session, statement)).or_insert_with(|| Stored {
+                        id: statement,
+                        version: 0,
+                        meta: Meta::default(),
+                        bytes: Vec::new(),
+                    });
+                    stored.version += 1;
+                    stored.bytes = bytes;
+                    stored.version
+                }
+                Write::DeleteStatement { session, statement } => {
+                    statements.remove(&(session, statement));
+                    0
+                }
+            })
+            .collect();
+        Ok(versions)
     }
 }
 

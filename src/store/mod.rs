@@ -87,6 +87,40 @@ pub enum StoreError {
     Failed(String),
 }
 
+/// One change of [`Store::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Replace record `id` if its version is still `expected` (as [`Store::update`]).
+    Update {
+        /// Session or batch.
+        kind: ResourceKind,
+        /// The record.
+        id: u32,
+        /// The version the writer last saw.
+        expected: Version,
+        /// Its new bytes.
+        bytes: Vec<u8>,
+    },
+    /// Write a statement (as [`Store::put_statement`]).
+    PutStatement {
+        /// Its session.
+        session: u32,
+        /// The statement.
+        statement: u32,
+        /// None: create it; else the version the writer last saw.
+        expected: Option<Version>,
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+    /// Delete a statement (as [`Store::delete_statement`]).
+    DeleteStatement {
+        /// Its session.
+        session: u32,
+        /// The statement.
+        statement: u32,
+    },
+}
+
 /// The operations every store offers. Futures are `Send`: the engine awaits them from any task.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// The next id of `kind`; it is returned only once the counter after it is durable, so no
@@ -156,6 +190,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Deletes statement `statement` of `session` (a statement beyond the session's retention).
     fn delete_statement(&self, session: u32, statement: u32) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Makes `writes` all or none (one transaction, one sync to disk); returns each write's
+    /// new version (0 for a delete).
+    fn apply(&self, writes: Vec<Write>) -> impl Future<Output = Result<Vec<Version>, StoreError>> + Send;
 }
 
 /// The store a gateway runs with, chosen by configuration: the one place a store kind is
@@ -277,6 +315,13 @@ impl Store for AnyStore {
         match self {
             Self::Memory(s) => s.delete_statement(session, statement).await,
             Self::Sqlite(s) => s.delete_statement(session, statement).await,
+        }
+    }
+
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Version>, StoreError> {
+        match self {
+            Self::Memory(s) => s.apply(writes).await,
+            Self::Sqlite(s) => s.apply(writes).await,
         }
     }
 }

@@ -6,7 +6,7 @@
 //! database, or one written by a newer version, is refused with a message naming it — and is
 //! never changed: an operator decides what to do with it.
 
-use super::{Meta, Store, StoreError, Stored, Version};
+use super::{Meta, Store, StoreError, Stored, Version, Write};
 use crate::acl::ResourceKind;
 use crate::engine::ids::IdCounter;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -269,6 +269,60 @@ fn current_version(
     }
 }
 
+/// One write of [`Store::apply`] inside its transaction.
+fn apply_one(tx: &rusqlite::Transaction<'_>, write: Write) -> Result<Version, StoreError> {
+    match write {
+        Write::Update { kind, id, expected, bytes } => {
+            current_version(tx, kind, id, expected)?;
+            tx.execute(
+                "UPDATE records SET version = version + 1, bytes = ?3 WHERE kind = ?1 AND id = ?2",
+                params![kind_key(kind), id, bytes],
+            )
+            .map_err(failed)?;
+            Ok(expected + 1)
+        }
+        Write::PutStatement { session, statement, expected, bytes } => {
+            let found: Option<u64> = tx
+                .query_row(
+                    "SELECT version FROM statements WHERE session = ?1 AND id = ?2",
+                    [session, statement],
+                    |row| row.get::<_, i64>(0).map(|v| v.max(0) as u64),
+                )
+                .optional()
+                .map_err(failed)?;
+            let kind = "statement";
+            match (found, expected) {
+                (None, None) => {
+                    tx.execute(
+                        "INSERT INTO statements (session, id, version, bytes) VALUES (?1, ?2, 1, ?3)",
+                        params![session, statement, bytes],
+                    )
+                    .map_err(failed)?;
+                    Ok(1)
+                }
+                (Some(_), None) => Err(StoreError::Exists { kind, id: statement }),
+                (None, Some(_)) => Err(StoreError::Missing { kind, id: statement }),
+                (Some(found), Some(expected)) if found != expected => {
+                    Err(StoreError::Conflict { kind, id: statement, expected, found })
+                }
+                (Some(found), Some(_)) => {
+                    tx.execute(
+                        "UPDATE statements SET version = ?3, bytes = ?4 WHERE session = ?1 AND id = ?2",
+                        params![session, statement, (found + 1) as i64, bytes],
+                    )
+                    .map_err(failed)?;
+                    Ok(found + 1)
+                }
+            }
+        }
+        Write::DeleteStatement { session, statement } => {
+            tx.execute("DELETE FROM statements WHERE session = ?1 AND id = ?2", [session, statement])
+                .map_err(failed)?;
+            Ok(0)
+        }
+    }
+}
+
 fn stored(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
     Ok(Stored {
         id: row.get(0)?,
@@ -350,18 +404,7 @@ impl Store for SqliteStore {
         expected: Version,
         bytes: Vec<u8>,
     ) -> Result<Version, StoreError> {
-        self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
-            current_version(&tx, kind, id, expected)?;
-            tx.execute(
-                "UPDATE records SET version = version + 1, bytes = ?3 WHERE kind = ?1 AND id = ?2",
-                params![kind_key(kind), id, bytes],
-            )
-            .map_err(failed)?;
-            tx.commit().map_err(failed)?;
-            Ok(expected + 1)
-        })
-        .await
+        self.apply(vec![Write::Update { kind, id, expected, bytes }]).await.map(|v| v[0])
     }
 
     async fn delete(&self, kind: ResourceKind, id: u32, expected: Version) -> Result<(), StoreError> {
@@ -428,44 +471,7 @@ impl Store for SqliteStore {
         expected: Option<Version>,
         bytes: Vec<u8>,
     ) -> Result<Version, StoreError> {
-        self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
-            let found: Option<u64> = tx
-                .query_row(
-                    "SELECT version FROM statements WHERE session = ?1 AND id = ?2",
-                    [session, statement],
-                    |row| row.get::<_, i64>(0).map(|v| v.max(0) as u64),
-                )
-                .optional()
-                .map_err(failed)?;
-            let kind = "statement";
-            let version = match (found, expected) {
-                (None, None) => {
-                    tx.execute(
-                        "INSERT INTO statements (session, id, version, bytes) VALUES (?1, ?2, 1, ?3)",
-                        params![session, statement, bytes],
-                    )
-                    .map_err(failed)?;
-                    1
-                }
-                (Some(_), None) => return Err(StoreError::Exists { kind, id: statement }),
-                (None, Some(_)) => return Err(StoreError::Missing { kind, id: statement }),
-                (Some(found), Some(expected)) if found != expected => {
-                    return Err(StoreError::Conflict { kind, id: statement, expected, found })
-                }
-                (Some(found), Some(_)) => {
-                    tx.execute(
-                        "UPDATE statements SET version = ?3, bytes = ?4 WHERE session = ?1 AND id = ?2",
-                        params![session, statement, (found + 1) as i64, bytes],
-                    )
-                    .map_err(failed)?;
-                    found + 1
-                }
-            };
-            tx.commit().map_err(failed)?;
-            Ok(version)
-        })
-        .await
+        self.apply(vec![Write::PutStatement { session, statement, expected, bytes }]).await.map(|v| v[0])
     }
 
     async fn list_statements(&self, session: u32, after: Option<u32>, limit: usize) -> Result<Vec<Stored>, StoreError> {
@@ -484,10 +490,15 @@ impl Store for SqliteStore {
     }
 
     async fn delete_statement(&self, session: u32, statement: u32) -> Result<(), StoreError> {
+        self.apply(vec![Write::DeleteStatement { session, statement }]).await.map(|_| ())
+    }
+
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Version>, StoreError> {
         self.with(move |conn| {
-            conn.execute("DELETE FROM statements WHERE session = ?1 AND id = ?2", [session, statement])
-                .map(|_| ())
-                .map_err(failed)
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
+            let versions = writes.into_iter().map(|write| apply_one(&tx, write)).collect::<Result<Vec<_>, _>>()?;
+            tx.commit().map_err(failed)?;
+            Ok(versions)
         })
         .await
     }

@@ -1,6 +1,6 @@
 //! What every store must do, run against each (see the `tests` of each store).
 
-use super::{Meta, Store, StoreError, Stored};
+use super::{Meta, Store, StoreError, Stored, Write};
 use crate::acl::ResourceKind;
 
 fn meta(name: Option<&str>) -> Meta {
@@ -67,9 +67,27 @@ pub(crate) async fn statements_are_written_by_version_listed_in_order_and_go_wit
     assert_eq!(ids(store.list_statements(4, None, 10).await.unwrap()), [(0, 2), (1, 1), (2, 1)]);
     assert_eq!(ids(store.list_statements(4, Some(0), 1).await.unwrap()), [(1, 1)]);
     assert_eq!(store.list_statements(4, None, 1).await.unwrap()[0].bytes, b"done");
+    // A batch is all or nothing: one stale write and none is made.
+    let batch = vec![
+        Write::Update { kind: session, id: 4, expected: 1, bytes: b"new".to_vec() },
+        Write::PutStatement { session: 4, statement: 7, expected: None, bytes: vec![7] },
+        Write::PutStatement { session: 4, statement: 0, expected: Some(1), bytes: vec![] },
+    ];
+    assert!(matches!(store.apply(batch).await, Err(StoreError::Conflict { found: 2, .. })));
+    assert_eq!(store.get(session, 4).await.unwrap().unwrap().version, 1);
+    assert_eq!(ids(store.list_statements(4, None, 10).await.unwrap()), [(0, 2), (1, 1), (2, 1)]);
+    let batch = vec![
+        Write::Update { kind: session, id: 4, expected: 1, bytes: b"new".to_vec() },
+        Write::PutStatement { session: 4, statement: 7, expected: None, bytes: vec![7] },
+        Write::DeleteStatement { session: 4, statement: 2 },
+    ];
+    assert_eq!(store.apply(batch).await.unwrap(), [2, 1, 0]);
+    assert_eq!(ids(store.list_statements(4, None, 10).await.unwrap()), [(0, 2), (1, 1), (7, 1)]);
+    store.delete_statement(4, 7).await.unwrap();
+    store.put_statement(4, 2, None, vec![2]).await.unwrap();
     store.delete_statement(4, 1).await.unwrap();
     assert_eq!(ids(store.list_statements(4, None, 10).await.unwrap()), [(0, 2), (2, 1)]);
-    store.delete(session, 4, 1).await.unwrap();
+    store.delete(session, 4, 2).await.unwrap();
     assert!(store.list_statements(4, None, 10).await.unwrap().is_empty(), "they go with their session");
     assert_eq!(store.list_statements(5, None, 10).await.unwrap().len(), 1, "another session's stay");
 }
