@@ -84,6 +84,15 @@ pub enum StartError {
     },
 }
 
+/// Where the RPC server tries to listen, in order: when `rpc.bind` asks for any port (0), the
+/// port an earlier run listened on first (its drivers dial it), then any port.
+fn rpc_bind_order(configured: std::net::SocketAddr, remembered: Option<u16>) -> Vec<std::net::SocketAddr> {
+    match remembered.filter(|p| *p != 0 && configured.port() == 0) {
+        Some(port) => vec![std::net::SocketAddr::new(configured.ip(), port), configured],
+        None => vec![configured],
+    }
+}
+
 /// Refuses root (effective uid 0) unless `server.dangerous_run_as_root` allows it.
 fn refuse_root(euid_is_root: bool, allowed: bool) -> Result<(), StartError> {
     if euid_is_root && !allowed {
@@ -293,10 +302,15 @@ impl Gateway {
             .map_err(StartError::SecretKey)?;
         let sessions = engine::manager::SessionRegistry::new(&config, store.clone(), audit_log.clone(), key);
 
-        // The RPC channel has its own private CA, generated at every start: drivers receive it
-        // in their 0600 configuration file and trust nothing else.
+        // The RPC channel has its own private CA: drivers receive it in their 0600 configuration
+        // file and trust nothing else. It is kept in the data directory, as is the port chosen
+        // for `rpc.bind`'s port 0, so that a driver can dial back to a restarted gateway.
         let host = cfg.rpc.advertise_host.clone();
-        let rpc_pki = tls::generate_pki("sparkgate driver RPC CA", &[host.clone(), "localhost".into()])?;
+        let rpc_dir = cfg.server.data_dir.join("rpc");
+        let (rpc_pki, made) = tls::rpc_identity(&rpc_dir, &[host.clone(), "localhost".into()])?;
+        if made {
+            tracing::info!(dir = %rpc_dir.display(), "made the driver RPC channel's TLS identity");
+        }
         let rpc_tls = tls::server_config(&rpc_pki.server, &[])?;
         let settings = rpc::RpcSettings {
             max_frame_bytes: cfg.rpc.max_frame_bytes,
@@ -306,9 +320,21 @@ impl Gateway {
             ping_interval: config.durations.ping_interval,
             max_queued: rpc::QueueLimits::for_frames(cfg.rpc.max_frame_bytes),
         };
-        let rpc_server = rpc::server::start(cfg.rpc.bind, rpc_tls, settings, sessions.clone())
-            .await
-            .map_err(io("binding the driver RPC listener"))?;
+        let port_file = rpc_dir.join("port");
+        let remembered = std::fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse::<u16>().ok());
+        let mut bound = Err(std::io::Error::other("no address to bind"));
+        for addr in rpc_bind_order(cfg.rpc.bind, remembered) {
+            bound = rpc::server::start(addr, rpc_tls.clone(), settings.clone(), sessions.clone()).await;
+            if bound.is_ok() {
+                break;
+            }
+        }
+        let rpc_server = bound.map_err(io("binding the driver RPC listener"))?;
+        if Some(rpc_server.local_addr.port()) != remembered {
+            fs::write_file(&port_file, rpc_server.local_addr.port().to_string().as_bytes(), 0o600).map_err(|e| {
+                StartError::Io { what: "keeping the RPC port".into(), source: std::io::Error::other(e) }
+            })?;
+        }
         let channel = engine::manager::DriverChannel {
             endpoint: RpcEndpoint {
                 host: host.clone(),
@@ -376,6 +402,16 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rpc_port_of_an_earlier_run_is_tried_first_only_when_any_port_would_do() {
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let fixed: std::net::SocketAddr = "127.0.0.1:7077".parse().unwrap();
+        assert_eq!(rpc_bind_order(any, Some(41000)), ["127.0.0.1:41000".parse().unwrap(), any]);
+        assert_eq!(rpc_bind_order(any, None), [any]);
+        assert_eq!(rpc_bind_order(fixed, Some(41000)), [fixed], "a configured port is the operator's");
+        assert_eq!(rpc_bind_order(any, Some(0)), [any]);
+    }
 
     #[test]
     fn root_is_refused_unless_dangerously_allowed() {

@@ -95,6 +95,55 @@ pub fn generate_pki(ca_name: &str, names: &[String]) -> Result<GeneratedPki, Tls
     })
 }
 
+/// The driver RPC channel's identity: the CA drivers trust and the server certificate and key.
+#[derive(Debug, Clone)]
+pub struct RpcIdentity {
+    /// The CA certificate drivers are given.
+    pub ca_pem: String,
+    /// The server certificate and key.
+    pub server: PemPair,
+}
+
+/// A certificate kept is replaced this long before it expires.
+const RENEW_BEFORE_DAYS: i64 = 30;
+
+/// The RPC identity kept in `dir` (`ca.pem`, `server.pem`, `server-key.pem` 0600, `names`), so
+/// that drivers launched before a restart still trust the gateway after it; made anew when
+/// there is none, when it was made for other `names`, or when it expires within 30 days.
+/// Returns it and whether it was made now. (The CA's key is not kept: nothing more is signed.)
+pub fn rpc_identity(dir: &Path, names: &[String]) -> Result<(RpcIdentity, bool), TlsError> {
+    let (ca, cert, key, listed) =
+        (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server-key.pem"), dir.join("names"));
+    let wanted = names.join("\n");
+    let kept = (|| {
+        if std::fs::read_to_string(&listed).ok()? != wanted {
+            return None;
+        }
+        let identity = RpcIdentity {
+            ca_pem: std::fs::read_to_string(&ca).ok()?,
+            server: PemPair {
+                cert_pem: std::fs::read_to_string(&cert).ok()?,
+                key_pem: crate::config::Secret::new(std::fs::read_to_string(&key).ok()?),
+            },
+        };
+        parse_pair(&identity.server).ok()?;
+        let (_, der) = x509_parser::pem::parse_x509_pem(identity.server.cert_pem.as_bytes()).ok()?;
+        let leaf = der.parse_x509().ok()?;
+        let renew_at = time::OffsetDateTime::now_utc() + time::Duration::days(RENEW_BEFORE_DAYS);
+        (leaf.validity().not_after.to_datetime() > renew_at).then_some(identity)
+    })();
+    if let Some(identity) = kept {
+        return Ok((identity, false));
+    }
+    let pki = generate_pki("sparkgate driver RPC CA", names)?;
+    create_private_dir(dir)?;
+    write_file(&key, pki.server.key_pem.expose().as_bytes(), 0o600)?;
+    write_file(&cert, pki.server.cert_pem.as_bytes(), 0o644)?;
+    write_file(&ca, pki.ca_pem.as_bytes(), 0o644)?;
+    write_file(&listed, wanted.as_bytes(), 0o644)?;
+    Ok((RpcIdentity { ca_pem: pki.ca_pem, server: pki.server }, true))
+}
+
 /// Paths of the development certificates inside the data directory.
 #[derive(Debug, Clone)]
 pub struct DevCertPaths {
@@ -260,6 +309,31 @@ pub const HTTP_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rpc_identity_is_kept_across_restarts_and_made_anew_for_other_names() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let rpc = dir.path().join("rpc");
+        let names = ["gw.example.com".to_string(), "localhost".to_string()];
+        let (first, made) = rpc_identity(&rpc, &names).unwrap();
+        assert!(made);
+        let mode = std::fs::metadata(rpc.join("server-key.pem")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A restart: the same CA, so drivers launched before it still trust the gateway.
+        let (again, made) = rpc_identity(&rpc, &names).unwrap();
+        assert!(!made);
+        assert_eq!(again.ca_pem, first.ca_pem);
+        assert_eq!(again.server.key_pem.expose(), first.server.key_pem.expose());
+        assert!(server_config(&again.server, &[]).is_ok());
+        // Another advertised host: a certificate for it.
+        let (other, made) = rpc_identity(&rpc, &["gw2.example.com".to_string()]).unwrap();
+        assert!(made && other.ca_pem != first.ca_pem);
+        // A damaged key: made anew rather than served broken.
+        std::fs::write(rpc.join("server-key.pem"), "not a key").unwrap();
+        let (fresh, made) = rpc_identity(&rpc, &["gw2.example.com".to_string()]).unwrap();
+        assert!(made && fresh.ca_pem != other.ca_pem);
+    }
 
     #[test]
     fn generated_pki_builds_a_server_config() {
