@@ -64,15 +64,21 @@ pub trait Entry: Send + Sync + 'static {
     fn dir(&self) -> &Path;
     /// Its record, as the store keeps it (never a secret).
     fn record(&self) -> Vec<u8>;
-    /// Its children's records by id, as the store keeps them (a session's statements); what
-    /// is no longer listed is deleted from the store.
-    fn children(&self) -> Vec<(u32, Vec<u8>)> {
+    /// Its children (a session's statements) by id, each with a fingerprint that changes
+    /// whenever its record would: only those whose fingerprint changed are encoded and
+    /// written (a large output is not encoded again for every ping). What is no longer
+    /// listed is deleted from the store.
+    fn children(&self) -> Vec<(u32, u64)> {
         Vec::new()
+    }
+    /// Child `id`'s record, as the store keeps it.
+    fn child_record(&self, _id: u32) -> Option<Vec<u8>> {
+        None
     }
 }
 
 /// What was last written of an entry: its version and a digest of its bytes, and its
-/// children's.
+/// children's versions and fingerprints.
 #[derive(Debug, Default)]
 struct Written {
     version: Version,
@@ -340,14 +346,14 @@ impl<R: Entry> Registry<R> {
         }
         let children = entry.children();
         let listed: std::collections::HashSet<u32> = children.iter().map(|(child, _)| *child).collect();
-        for (child, bytes) in children {
-            let child_digest = digest(&bytes);
+        for (child, fingerprint) in children {
             let before = last.children.get(&child).copied();
-            if before.is_some_and(|(_, d)| d == child_digest) {
+            if before.is_some_and(|(_, f)| f == fingerprint) {
                 continue;
             }
+            let Some(bytes) = entry.child_record(child) else { continue };
             writes.push(Write::PutStatement { session: id, statement: child, expected: before.map(|(v, _)| v), bytes });
-            after.push((Some(child), child_digest));
+            after.push((Some(child), fingerprint));
         }
         let gone: Vec<u32> = last.children.keys().filter(|child| !listed.contains(child)).copied().collect();
         for child in &gone {

@@ -924,15 +924,25 @@ impl super::registry::Entry for Session {
         &self.dir
     }
 
-    fn children(&self) -> Vec<(u32, Vec<u8>)> {
-        let inner = self.lock();
-        let record = |s: &Statement| {
-            // Livy's statement with the interpreter it runs in (the API shows it only by output).
-            let mut value = serde_json::to_value(s).unwrap_or(Value::Null);
-            value["kind"] = json!(s.kind.as_str());
-            value.to_string().into_bytes()
+    fn children(&self) -> Vec<(u32, u64)> {
+        use std::hash::{Hash, Hasher};
+        // What can change in a statement (its code never does; a new output is a new
+        // allocation): cheap to compute however large the output.
+        let fingerprint = |s: &Statement| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (s.state as u8, s.progress.to_bits(), s.started, s.completed).hash(&mut hasher);
+            s.output.as_ref().map(|o| Arc::as_ptr(&o.0) as *const u8 as usize).hash(&mut hasher);
+            hasher.finish()
         };
-        inner.statements.values().map(|s| (s.id, record(s))).collect()
+        self.lock().statements.values().map(|s| (s.id, fingerprint(s))).collect()
+    }
+
+    fn child_record(&self, id: u32) -> Option<Vec<u8>> {
+        let statement = self.lock().statements.get(&id).cloned()?;
+        // Livy's statement with the interpreter it runs in (the API shows it only by output).
+        let mut value = serde_json::to_value(&statement).ok()?;
+        value["kind"] = json!(statement.kind.as_str());
+        Some(value.to_string().into_bytes())
     }
 
     fn record(&self) -> Vec<u8> {
