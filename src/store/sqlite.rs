@@ -174,7 +174,11 @@ impl SqliteStore {
     pub fn forget_earlier_run(&self) -> Result<usize, StoreError> {
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         conn.execute("DELETE FROM statements", []).map_err(failed)?;
-        conn.execute("DELETE FROM records", []).map_err(failed)
+        let records = conn.execute("DELETE FROM records", []).map_err(failed)?;
+        // Give the space back: SQLite keeps freed pages in the file (reused, never returned),
+        // so an earlier run's large outputs would otherwise hold their disk for good.
+        conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);").map_err(failed)?;
+        Ok(records)
     }
 
     /// The database file.

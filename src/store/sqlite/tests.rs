@@ -165,3 +165,18 @@ fn a_garbage_truncated_or_newer_file_is_refused_by_name_and_left_as_it_was() {
     assert!(matches!(err, OpenError::TooNew { found, .. } if found == SCHEMA_VERSION + 1), "{err}");
     assert!(err.to_string().contains("newer than this sparkgate"), "{err}");
 }
+
+#[tokio::test]
+async fn forgetting_an_earlier_run_gives_its_disk_back() {
+    let (_dir, path) = fresh();
+    let store = SqliteStore::open(&path, floors(0, 0)).unwrap();
+    store.create(ResourceKind::Session, 0, Meta::default(), vec![]).await.unwrap();
+    for id in 0..8 {
+        store.put_statement(0, id, None, vec![b'x'; 1 << 20]).await.unwrap();
+    }
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let wal = path.with_file_name("store.db-wal");
+    assert!(size(&path) + size(&wal) > 8 << 20);
+    assert_eq!(store.forget_earlier_run().unwrap(), 1);
+    assert!(size(&path) + size(&wal) < 1 << 20, "{} + {}", size(&path), size(&wal));
+}
