@@ -48,6 +48,20 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// (Internal) Run one spark-submit for the gateway, recording its output and exit status
+    /// (see `engine::launch::supervisor`).
+    #[command(hide = true)]
+    Supervise {
+        /// The launch's log file.
+        #[arg(long)]
+        log: PathBuf,
+        /// The size the log file may reach.
+        #[arg(long)]
+        max_log_bytes: u64,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -60,9 +74,18 @@ enum AuditCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The supervisor reads no configuration and runs no gateway runtime.
+    if let Some(Command::Supervise { log, max_log_bytes, mut command }) = cli.command {
+        let program = command.remove(0);
+        let task = sparkgate::engine::launch::supervisor::Supervise { log, max_log_bytes, program, args: command };
+        std::process::exit(sparkgate::engine::launch::supervisor::main(&task));
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(cli))
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     sparkgate::telemetry::init(cli.log_json);
     let default_path = PathBuf::from("conf/sparkgate.toml");
     let file = cli.config.clone().or_else(|| default_path.exists().then_some(default_path));
@@ -130,6 +153,8 @@ async fn main() -> anyhow::Result<()> {
             gateway.shutdown().await;
             Ok(())
         }
+        // Handled before the runtime starts.
+        Command::Supervise { .. } => Ok(()),
     }
 }
 

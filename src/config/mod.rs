@@ -68,6 +68,24 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Where session and batch records are kept.
     pub store: StoreConfig,
+    /// What a restart keeps.
+    pub recovery: RecoveryConfig,
+}
+
+/// What a restart of the gateway keeps (see `crate::engine::recovery`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RecoveryConfig {
+    /// On (the default, with the SQLite store): sessions and batches outlive a stop or a crash
+    /// of the gateway and are taken back when it starts again. Off: a stop stops them, and
+    /// start-up stops what an earlier run left and forgets its records.
+    pub enabled: bool,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// Which store keeps session and batch records (see `crate::store`).
@@ -412,6 +430,10 @@ pub struct SparkConfig {
     /// More absolute paths the sandbox shows read-only (a Hadoop installation, its
     /// configuration, an NSS socket directory, ...).
     pub sandbox_read_only_paths: Vec<PathBuf>,
+    /// The `sparkgate` binary every spark-submit runs under (`sparkgate supervise`: it keeps
+    /// the launch running and its output and exit status recorded while the gateway is down).
+    /// Empty: the running `sparkgate` program itself.
+    pub supervisor: Option<PathBuf>,
     /// With `launch_principal` in local or client deploy mode, every driver gets the gateway's
     /// Kerberos credentials (its ticket for `--proxy-user` launches, the keytab for its own),
     /// and user code in the driver can read them and act as the gateway — a Hadoop proxy user,
@@ -441,6 +463,7 @@ impl Default for SparkConfig {
             standalone_master_ui: None,
             yarn_command: PathBuf::from("yarn"),
             local_sandbox: "bwrap".into(),
+            supervisor: None,
             dangerous_share_launch_credentials: false,
             sandbox_read_only_paths: Vec::new(),
         }
@@ -575,7 +598,7 @@ impl Default for RpcConfig {
             handshake_timeout: "10s".into(),
             max_pending_handshakes: 256,
             max_pending_handshakes_per_ip: 32,
-            reconnect_window: "60s".into(),
+            reconnect_window: "10m".into(),
             ping_interval: "10s".into(),
         }
     }
@@ -638,6 +661,14 @@ pub struct ValidatedConfig {
     pub config: Config,
     /// Its durations, parsed.
     pub durations: Durations,
+}
+
+impl Config {
+    /// Whether sessions and batches outlive the gateway and are taken back at start-up:
+    /// `recovery.enabled` with a store that keeps records (not `store.kind = "memory"`).
+    pub fn recovers(&self) -> bool {
+        self.recovery.enabled && self.store.kind == StoreKind::Sqlite
+    }
 }
 
 impl ValidatedConfig {

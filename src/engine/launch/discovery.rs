@@ -28,6 +28,20 @@ pub struct SparkEnv {
     /// The sandbox local and client-mode drivers run in; None when they are not sandboxed
     /// (cluster deploy mode, `spark.local_sandbox = "dangerous_off"`).
     pub sandbox: Option<crate::engine::sandbox::Sandbox>,
+    /// The `sparkgate` program each launch runs under (`sparkgate supervise`, see
+    /// [`super::supervisor`]); None runs spark-submit directly, its output through pipes, and
+    /// a launch dies with the gateway (unit tests).
+    pub supervisor: Option<PathBuf>,
+}
+
+/// The program launches run under: `spark.supervisor`, else this program when it is the
+/// `sparkgate` binary (not when the gateway is a library inside another program, a test).
+fn supervisor_program(config: &SparkConfig) -> Option<PathBuf> {
+    if let Some(path) = &config.supervisor {
+        return Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()));
+    }
+    let exe = std::env::current_exe().ok()?;
+    (exe.file_name()? == "sparkgate").then_some(exe)
 }
 
 /// Why Spark could not be found or checked.
@@ -65,6 +79,7 @@ impl SparkEnv {
             version: "test".into(),
             launch_ccache: None,
             sandbox: None,
+            supervisor: None,
         }
     }
 }
@@ -122,6 +137,7 @@ impl SparkEnv {
             version: String::new(),
             launch_ccache: None,
             sandbox: None,
+            supervisor: supervisor_program(config),
         };
         let mut cmd = Command::new(&env.spark_submit);
         cmd.arg("--version").env_clear().envs(env.base_env(&config.pass_env)).kill_on_drop(true);
@@ -201,6 +217,7 @@ mod tests {
             version: "4.0.1".into(),
             launch_ccache: Some("FILE:/data/krb5cc_launch".into()),
             sandbox: None,
+            supervisor: None,
         };
         let vars = env.base_env(&[]);
         assert!(!vars.contains_key("KRB5CCNAME"), "the launch ticket goes only to proxied launches");

@@ -1,5 +1,8 @@
 //! A process's output: read line by line (whatever its bytes), kept as a bounded tail in memory
-//! and mirrored to a log file of bounded size.
+//! and mirrored to a log file of bounded size — or, for a launch under the supervisor (see
+//! [`super::supervisor`]), which writes the output into the file itself, the file followed:
+//! the gateway's own notes are appended to it and the tail is read back from it, so the file
+//! is the one record of the launch's output, in order, also across a restart of the gateway.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -32,6 +35,8 @@ pub const MAX_LOG_TAIL_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Debug)]
 pub struct LogBuffer {
     inner: Mutex<LogInner>,
+    /// The file it follows, if it does.
+    followed: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug)]
@@ -44,17 +49,87 @@ struct LogInner {
     /// Bytes written to `file`, and how many it may take.
     file_bytes: u64,
     max_file_bytes: u64,
+    /// Set when the file is followed: the tail is what is read back from it.
+    follow: Option<Follow>,
 }
+
+/// Reading a followed log file back.
+#[derive(Debug)]
+struct Follow {
+    reader: std::fs::File,
+    /// Where the next line starts.
+    offset: u64,
+    /// Lines read back that [`LogBuffer::take_fresh`] has not handed out yet (bounded).
+    fresh: VecDeque<String>,
+}
+
+/// Most lines read back and not yet taken by [`LogBuffer::take_fresh`] (the oldest go).
+const MAX_FRESH_LINES: usize = 10_000;
+
+/// Most bytes read back from a followed file at once.
+const MAX_READ_BACK_BYTES: u64 = 8 * 1024 * 1024;
 
 impl LogInner {
     fn new(cap: usize, file: Option<std::fs::File>, max_file_bytes: u64) -> Self {
-        Self { lines: VecDeque::new(), bytes: 0, cap: cap.max(1), file, file_bytes: 0, max_file_bytes }
+        Self { lines: VecDeque::new(), bytes: 0, cap: cap.max(1), file, file_bytes: 0, max_file_bytes, follow: None }
+    }
+
+    /// Adds a line to the in-memory tail, the oldest going beyond the caps.
+    fn keep(&mut self, piece: String) {
+        self.bytes += piece.len();
+        self.lines.push_back(piece);
+        while self.lines.len() > self.cap || (self.bytes > MAX_LOG_TAIL_BYTES && self.lines.len() > 1) {
+            let Some(gone) = self.lines.pop_front() else { break };
+            self.bytes -= gone.len();
+        }
+    }
+
+    /// A followed file: reads what was appended since the last time (whole lines only; a line
+    /// longer than [`MAX_LOG_LINE_BYTES`] without an end is taken as it is).
+    fn catch_up(&mut self) {
+        use std::io::{Read, Seek, SeekFrom};
+        loop {
+            let Some(follow) = self.follow.as_mut() else { return };
+            let mut buf = Vec::new();
+            let read = follow
+                .reader
+                .seek(SeekFrom::Start(follow.offset))
+                .and_then(|_| (&mut follow.reader).take(MAX_READ_BACK_BYTES).read_to_end(&mut buf));
+            if read.is_err() || buf.is_empty() {
+                return;
+            }
+            let end = match buf.iter().rposition(|b| *b == b'\n') {
+                Some(last) => last + 1,
+                None if buf.len() > MAX_LOG_LINE_BYTES => buf.len(),
+                None => return,
+            };
+            follow.offset += end as u64;
+            let more = buf.len() as u64 == MAX_READ_BACK_BYTES;
+            let text = String::from_utf8_lossy(&buf[..end]).into_owned();
+            for line in text.lines() {
+                let piece = clip_text(line, MAX_LOG_LINE_BYTES);
+                if let Some(follow) = self.follow.as_mut() {
+                    if follow.fresh.len() >= MAX_FRESH_LINES {
+                        follow.fresh.pop_front();
+                    }
+                    follow.fresh.push_back(piece.clone());
+                }
+                self.keep(piece);
+            }
+            if !more {
+                return;
+            }
+        }
     }
 
     /// Writes a line to the file while it has room; the line that fills it says so, and the
     /// file takes nothing more (the in-memory tail goes on).
     fn write(&mut self, line: &str) {
         let Some(file) = self.file.as_mut() else { return };
+        if self.follow.is_some() {
+            // Another writer (the supervisor) appends to it too.
+            self.file_bytes = file.metadata().map_or(self.file_bytes, |m| m.len());
+        }
         let size = line.len() as u64 + 1;
         if self.file_bytes.saturating_add(size) <= self.max_file_bytes {
             self.file_bytes += size;
@@ -76,7 +151,54 @@ impl LogBuffer {
     pub fn create(cap: usize, file: &Path, max_file_bytes: u64) -> std::io::Result<Arc<Self>> {
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(file)?;
-        Ok(Arc::new(Self { inner: Mutex::new(LogInner::new(cap, Some(file), max_file_bytes)) }))
+        Ok(Arc::new(Self { inner: Mutex::new(LogInner::new(cap, Some(file), max_file_bytes)), followed: None }))
+    }
+
+    /// A buffer that follows `file`, which another process (the supervisor) writes a launch's
+    /// output into, keeping its last `cap` lines; [`LogBuffer::push`] appends to the file too,
+    /// up to `max_file_bytes`. With `create`, the file must not exist yet (a new launch never
+    /// appends to a log an earlier one left behind) and is made 0600; without, it is an
+    /// existing launch's log (after a restart) and its tail is read back first.
+    pub fn follow(cap: usize, file: &Path, max_file_bytes: u64, create: bool) -> std::io::Result<Arc<Self>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let writer = std::fs::OpenOptions::new()
+            .append(true)
+            .create_new(create)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(file)?;
+        let mut reader = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(file)?;
+        let len = reader.metadata()?.len();
+        // After a restart: the last lines, from the start of a line.
+        let offset = match len.checked_sub(MAX_LOG_TAIL_BYTES as u64) {
+            Some(start) if start > 0 => {
+                use std::io::{BufRead, Seek, SeekFrom};
+                reader.seek(SeekFrom::Start(start))?;
+                let skipped = std::io::BufReader::new(&reader).skip_until(b'\n')?;
+                start + skipped as u64
+            }
+            _ => 0,
+        };
+        let mut inner = LogInner::new(cap, Some(writer), max_file_bytes);
+        inner.follow = Some(Follow { reader, offset, fresh: VecDeque::new() });
+        inner.catch_up();
+        if let Some(follow) = inner.follow.as_mut() {
+            follow.fresh.clear(); // what an earlier run already saw
+        }
+        Ok(Arc::new(Self { inner: Mutex::new(inner), followed: Some(file.to_path_buf()) }))
+    }
+
+    /// The file the buffer follows, if it does (see [`LogBuffer::follow`]).
+    pub fn followed_file(&self) -> Option<&Path> {
+        self.followed.as_deref()
+    }
+
+    /// A followed file's lines read back since the last call (the process's output, and the
+    /// notes pushed meanwhile), for whoever watches the output.
+    pub fn take_fresh(&self) -> Vec<String> {
+        let Ok(mut inner) = self.inner.lock() else { return Vec::new() };
+        inner.catch_up();
+        inner.follow.as_mut().map(|f| f.fresh.drain(..).collect()).unwrap_or_default()
     }
 
     /// A buffer keeping `cap` lines, appending to `file` if given (without a size limit).
@@ -85,7 +207,7 @@ impl LogBuffer {
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(p).ok()
         });
-        Arc::new(Self { inner: Mutex::new(LogInner::new(cap, file, u64::MAX)) })
+        Arc::new(Self { inner: Mutex::new(LogInner::new(cap, file, u64::MAX)), followed: None })
     }
 
     /// Appends a line — or several, if the text holds line breaks: one entry never spans
@@ -97,13 +219,19 @@ impl LogBuffer {
         for piece in line.split('\n') {
             let piece = clip_text(piece.trim_end_matches('\r'), MAX_LOG_LINE_BYTES);
             inner.write(&piece);
-            inner.bytes += piece.len();
-            inner.lines.push_back(piece);
-            while inner.lines.len() > inner.cap || (inner.bytes > MAX_LOG_TAIL_BYTES && inner.lines.len() > 1) {
-                let Some(gone) = inner.lines.pop_front() else { break };
-                inner.bytes -= gone.len();
+            // Followed, a line the file took comes back with it; one it no longer takes
+            // (full) is kept here still.
+            if inner.follow.is_none() || inner.file.is_none() {
+                inner.keep(piece);
             }
         }
+        // Followed: the line comes back with the file, in its place among the output.
+        inner.catch_up();
+    }
+
+    /// The size its file may reach.
+    pub fn max_file_bytes(&self) -> u64 {
+        self.inner.lock().map_or(0, |inner| inner.max_file_bytes)
     }
 
     /// A copy of the retained lines.
@@ -114,7 +242,8 @@ impl LogBuffer {
     /// The retained lines `pick(total)` (`total` being how many are retained), copied under
     /// the lock: only the lines asked for. Returns where the window starts, `total` and the lines.
     pub fn window(&self, pick: impl Fn(usize) -> std::ops::Range<usize>) -> (usize, usize, Vec<String>) {
-        let Ok(inner) = self.inner.lock() else { return (0, 0, Vec::new()) };
+        let Ok(mut inner) = self.inner.lock() else { return (0, 0, Vec::new()) };
+        inner.catch_up();
         let total = inner.lines.len();
         let range = pick(total);
         let start = range.start.min(total);
@@ -215,6 +344,32 @@ mod tests {
         let (from, total, page) = log.window(|total| total - 2..total + 5);
         assert_eq!((from, total, page.len()), (kept.len() - 2, kept.len(), 2));
         assert!(LogBuffer::create(10, &path, 1 << 20).is_err(), "an existing log is never reopened");
+    }
+
+    #[test]
+    fn a_followed_file_is_read_back_in_order_and_again_after_a_restart() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("session.log");
+        let log = LogBuffer::follow(100, &path, 1 << 20, true).unwrap();
+        assert!(LogBuffer::follow(100, &path, 1 << 20, true).is_err(), "a new launch never takes an old log");
+        // The supervisor's writes, and the gateway's note between them.
+        let mut other = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        other.write_all(b"first\nsecond\n").unwrap();
+        log.push("sparkgate: a note");
+        other.write_all(b"third\nunfini").unwrap();
+        assert_eq!(log.take_fresh(), ["first", "second", "sparkgate: a note", "third"], "an unfinished line waits");
+        other.write_all(b"shed\n").unwrap();
+        let all = log.snapshot();
+        assert_eq!(all, ["first", "second", "sparkgate: a note", "third", "unfinished"]);
+        assert_eq!(log.take_fresh(), ["unfinished"]);
+        assert!(log.take_fresh().is_empty());
+        // A restart: the tail comes back, and nothing of it counts as new output.
+        let again = LogBuffer::follow(100, &path, 1 << 20, false).unwrap();
+        assert_eq!(again.snapshot(), all);
+        assert!(again.take_fresh().is_empty());
+        other.write_all(b"after\n").unwrap();
+        assert_eq!(again.take_fresh(), ["after"]);
     }
 
     #[test]

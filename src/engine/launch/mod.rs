@@ -14,6 +14,7 @@ mod kerberos;
 mod log;
 mod process;
 mod submit;
+pub mod supervisor;
 
 pub use cluster::{
     app_id_in_master_status, cluster_conf, cluster_kill, find_driver_id, http_get_json, http_post_form,
@@ -22,7 +23,9 @@ pub use cluster::{
 pub use discovery::{spark_defaults_value, SparkCheckError, SparkEnv};
 pub use kerberos::{launch_keytab, launch_ticket_env, LaunchTicket};
 pub use log::{clip_text, LogBuffer, MAX_LOG_LINE_BYTES, MAX_LOG_TAIL_BYTES};
-pub use process::{descendants_of_group, group_alive, processes_of_group_tree, stop_orphans, ExitCode, ProcessHandle};
+pub use process::{
+    descendants_of_group, group_alive, processes_of_group_tree, stop_orphans, ExitCode, ProcessHandle, ProcessIdentity,
+};
 pub use submit::{build_args, local_rpc_auth, properties_text, spark_properties, write_launch_files};
 
 use super::spec::SubmitSpec;
@@ -65,10 +68,14 @@ pub enum AppKind {
 /// when the environment has one. Output lines go to `log`; `on_line` sees each line too (to
 /// find the application id); `exited` is set when it ends.
 ///
-/// Sandboxed, `setsid` makes the group (a session without a terminal) and execs `bwrap`; the
-/// group holds bwrap, the init process of the sandbox's PID namespace and spark-submit with
-/// what it starts, and killing it kills that init process, with which the kernel kills the
-/// whole namespace (see [`super::sandbox`]).
+/// With a supervisor (see [`supervisor`]) and a followed log, the supervisor leads the group
+/// and writes the output into the log file, which is followed from here: nothing of the launch
+/// depends on the gateway staying up. Sandboxed, the supervisor runs `bwrap` in its group.
+/// Without (unit tests), the output comes through pipes; sandboxed, `setsid` makes the group (a
+/// session without a terminal) and execs `bwrap`. Either way the group holds bwrap, the init
+/// process of the sandbox's PID namespace and spark-submit with what it starts, and killing it
+/// kills that init process, with which the kernel kills the whole namespace (see
+/// [`super::sandbox`]).
 pub fn spawn(
     env: &SparkEnv,
     pass_env: &[String],
@@ -80,34 +87,51 @@ pub fn spawn(
 ) -> std::io::Result<ProcessHandle> {
     let mut vars = env.base_env(pass_env);
     vars.extend(extra_env);
-    let mut cmd = match &env.sandbox {
+    // The program and its arguments: spark-submit, or bwrap (after `setsid`) running it.
+    let (mut program, mut argv): (OsString, Vec<OsString>) = match &env.sandbox {
         Some(sandbox) => {
-            let mut cmd = Command::new(sandbox.program());
-            cmd.args(sandbox.argv(confinement, &vars)).arg(&env.spark_submit);
+            let mut argv = sandbox.argv(confinement, &vars);
+            argv.push(env.spark_submit.clone().into_os_string());
             vars.extend(super::sandbox::Sandbox::environment(confinement));
-            // setsid makes the group itself; it must not lead one already, or it would fork.
-            cmd
+            (sandbox.program().into(), argv)
         }
-        None => {
-            let mut cmd = Command::new(&env.spark_submit);
-            cmd.process_group(0);
-            cmd
-        }
+        None => (env.spark_submit.clone().into_os_string(), Vec::new()),
     };
-    cmd.args(&args)
-        .env_clear()
-        .envs(vars)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    argv.extend(args);
+    let supervised = env.supervisor.as_ref().zip(log.followed_file());
+    if let Some((supervisor, log_file)) = supervised {
+        if env.sandbox.is_some() && !argv.is_empty() {
+            // The supervisor makes the session `setsid` would: bwrap runs in its group.
+            program = argv.remove(0);
+        }
+        let task = supervisor::Supervise {
+            log: log_file.to_path_buf(),
+            max_log_bytes: log.max_file_bytes(),
+            program,
+            args: argv,
+        };
+        (program, argv) = (supervisor.clone().into_os_string(), task.to_args());
+    }
+    let mut cmd = Command::new(&program);
+    if env.sandbox.is_none() && supervised.is_none() {
+        cmd.process_group(0);
+    }
+    // (setsid, and the supervisor, make the group themselves: they must not lead one already.)
+    cmd.args(&argv).env_clear().envs(vars).stdin(Stdio::null());
+    if supervised.is_some() {
+        // Nothing ties the launch to this process: it outlives a gateway that stops or dies.
+        cmd.stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(false);
+    } else {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    }
     let mut child = cmd.spawn()?;
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+    let identity = ProcessIdentity::of(pgid);
     if let Some(out) = child.stdout.take() {
         tokio::spawn(read_lines(out, log.clone(), on_line.clone()));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(read_lines(err, log.clone(), on_line));
+        tokio::spawn(read_lines(err, log.clone(), on_line.clone()));
     }
     let (tx, rx) = tokio::sync::watch::channel(None);
     tokio::spawn(async move {
@@ -120,7 +144,32 @@ pub fn spawn(
         };
         let _ = tx.send(Some(code));
     });
-    Ok(ProcessHandle { pgid, exited: rx })
+    let handle = ProcessHandle { pgid, identity, exited: rx };
+    if supervised.is_some() {
+        follow_output(&handle, log, on_line);
+    }
+    Ok(handle)
+}
+
+/// How often a followed log is read back while its process runs.
+const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Reads `log`'s file back while `process` runs (and once after), handing each new line to
+/// `on_line`.
+pub fn follow_output(process: &ProcessHandle, log: Arc<LogBuffer>, on_line: Arc<dyn Fn(&str) + Send + Sync>) {
+    let process = process.clone();
+    tokio::spawn(async move {
+        loop {
+            let ended = process.has_exited();
+            for line in log.take_fresh() {
+                on_line(&line);
+            }
+            if ended {
+                return;
+            }
+            tokio::time::sleep(FOLLOW_INTERVAL).await;
+        }
+    });
 }
 
 /// Whether a line shows that the driver's SparkContext is up (the application runs).

@@ -7,15 +7,78 @@ use std::time::Duration;
 /// A launched spark-submit: its process group and a way to learn when it exits.
 #[derive(Debug, Clone)]
 pub struct ProcessHandle {
-    /// The process group id (= spark-submit's pid).
+    /// The process group id (= the pid of the supervisor, or of spark-submit).
     pub pgid: i32,
+    /// Who leads the group, as a record keeps it to find it again after a restart.
+    pub identity: Option<ProcessIdentity>,
     pub(super) exited: tokio::sync::watch::Receiver<Option<i32>>,
+}
+
+/// A process as it can be recognised again later: its pid, when it started (clock ticks after
+/// boot, from `/proc/<pid>/stat`) and the boot it started in. A pid the kernel gave to another
+/// process since, or one from before a reboot, does not match.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessIdentity {
+    /// The pid.
+    pub pid: i32,
+    /// Its start time, in clock ticks after boot.
+    pub start_time: u64,
+    /// `/proc/sys/kernel/random/boot_id` when it was seen.
+    pub boot_id: String,
+}
+
+/// This boot's id.
+fn boot_id() -> Option<String> {
+    Some(std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?.trim().to_string())
+}
+
+/// `(state, start time)` of `pid`, from /proc.
+fn state_and_start(pid: i32) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Fields after the command: state (3rd of the line) ... starttime (22nd).
+    Some((fields.first()?.to_string(), fields.get(19)?.parse().ok()?))
+}
+
+impl ProcessIdentity {
+    /// The identity of live process `pid`.
+    pub fn of(pid: i32) -> Option<Self> {
+        let (_, start_time) = state_and_start(pid)?;
+        Some(Self { pid, start_time, boot_id: boot_id()? })
+    }
+
+    /// Whether this very process still runs (not a zombie, not a later one with its pid).
+    pub fn is_alive(&self) -> bool {
+        boot_id().is_some_and(|b| b == self.boot_id)
+            && state_and_start(self.pid)
+                .is_some_and(|(state, start)| start == self.start_time && state != "Z" && state != "X")
+    }
 }
 
 /// How spark-submit ended: its exit code, or 128+signal.
 pub type ExitCode = i32;
 
 impl ProcessHandle {
+    /// Takes back a launch an earlier run of the gateway started under the supervisor: the
+    /// group of `identity`, if it still runs; its end is noticed by watching it, and its exit
+    /// status read from what the supervisor recorded beside `log` (-1 when it recorded none:
+    /// it was killed). None when the process is gone already.
+    pub fn adopt(identity: ProcessIdentity, log: &Path) -> Option<Self> {
+        if !identity.is_alive() {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let (watched, log) = (identity.clone(), log.to_path_buf());
+        tokio::spawn(async move {
+            while watched.is_alive() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let _ = tx.send(Some(super::supervisor::recorded_status(&log).unwrap_or(-1)));
+        });
+        Some(Self { pgid: identity.pid, identity: Some(identity), exited: rx })
+    }
+
     /// Waits until the process has exited (returns immediately if it has).
     pub async fn wait(&self) -> ExitCode {
         let mut rx = self.exited.clone();
@@ -238,7 +301,7 @@ mod tests {
             let _ = child.wait().await;
             let _ = tx.send(Some(0));
         });
-        let handle = ProcessHandle { pgid, exited: rx };
+        let handle = ProcessHandle { pgid, identity: None, exited: rx };
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(handle.group_alive());
         let escaped = descendants_of_group(pgid);
