@@ -68,6 +68,9 @@ pub enum StartError {
     /// The store of session and batch records cannot be opened (the message names the file).
     #[error("store: {0}")]
     Store(String),
+    /// Recovery cannot work as configured.
+    #[error("{0}")]
+    Recovery(String),
     /// The key sessions' RPC secrets are derived from cannot be read or made.
     #[error("session secret key: {0}")]
     SecretKey(#[from] rpc::secret_key::KeyError),
@@ -276,18 +279,8 @@ impl Gateway {
         };
         let audit_log = audit::AuditLog::open_with(&audit_path, &audit_options)
             .map_err(|e| StartError::Io { what: "opening the audit log".into(), source: std::io::Error::other(e) })?;
-        // What an earlier run left running (a crash, kill -9) cannot be taken back yet: stopped,
-        // before its files are moved aside and anything new is launched.
-        let orphans = engine::launch::stop_orphans(&cfg.server.data_dir);
-        if orphans > 0 {
-            tracing::warn!(processes = orphans, "stopped the drivers and batches an earlier run left behind");
-            audit_log.record(
-                audit::AuditEvent::security("orphans_stopped", audit_slots::Decision::Info)
-                    .reason(format!("{orphans} process(es) of an earlier run's sessions and batches were stopped")),
-            );
-        }
-        // Ids continue where the last run stopped; its session and batch files are moved aside.
-        let ids = engine::ids::Ids::prepare(&cfg.server.data_dir).map_err(|e| StartError::Io {
+        // Ids continue where the last run stopped, past every directory on disk.
+        let ids = engine::ids::Ids::open(&cfg.server.data_dir).map_err(|e| StartError::Io {
             what: "preparing session and batch ids".into(),
             source: std::io::Error::other(e),
         })?;
@@ -298,6 +291,40 @@ impl Gateway {
             .map_err(|e| StartError::Store(format!("opening the store stopped: {e}")))?
             .map_err(StartError::Store)?;
         let store = Arc::new(store);
+        // With recovery, what the earlier run's records say is taken back below; without, its
+        // records were forgotten as the store opened.
+        let recovers = cfg.recovers();
+        if recovers && spark.as_ref().is_some_and(|s| s.supervisor.is_none()) {
+            return Err(StartError::Recovery(
+                "recovery.enabled needs launches to run under the supervisor, and this program is not the sparkgate                  binary: set spark.supervisor to its path (or recovery.enabled = false)"
+                    .into(),
+            ));
+        }
+        let found = if recovers {
+            engine::recovery::read(&store).await.map_err(|e| StartError::Store(format!("reading the records: {e}")))?
+        } else {
+            engine::recovery::Found::default()
+        };
+        let kind_of = |dir: &str| if dir == "sessions" { acl::ResourceKind::Session } else { acl::ResourceKind::Batch };
+        // What an earlier run left running (a crash, kill -9) and no record takes back is
+        // stopped, before its files are moved aside and anything new is launched.
+        let orphans = engine::launch::stop_orphans(&cfg.server.data_dir, &|dir, id| found.spares(kind_of(dir), id));
+        if orphans > 0 {
+            tracing::warn!(processes = orphans, "stopped the drivers and batches an earlier run left behind");
+            audit_log.record(
+                audit::AuditEvent::security("orphans_stopped", audit_slots::Decision::Info)
+                    .reason(format!("{orphans} process(es) of an earlier run's sessions and batches were stopped")),
+            );
+        }
+        let known = (found.ids(acl::ResourceKind::Session), found.ids(acl::ResourceKind::Batch));
+        engine::ids::quarantine_unknown(&cfg.server.data_dir, &|dir, id| match kind_of(dir) {
+            acl::ResourceKind::Session => known.0.contains(&id),
+            acl::ResourceKind::Batch => known.1.contains(&id),
+        })
+        .map_err(|e| StartError::Io {
+            what: "moving an earlier run's files aside".into(),
+            source: std::io::Error::other(e),
+        })?;
         let key = rpc::SecretKey::load_or_create(&cfg.server.data_dir.join("keys").join("session-secrets.key"))
             .map_err(StartError::SecretKey)?;
         let sessions = engine::manager::SessionRegistry::new(&config, store.clone(), audit_log.clone(), key);
@@ -354,6 +381,23 @@ impl Gateway {
             .map_err(StartError::Policy)?;
         start_policy_reloader(acl.clone(), audit_log.clone(), config.durations.acl_reload_interval);
         let batches = engine::batch::BatchManager::new(config.clone(), spark, store, audit_log.clone());
+        if recovers {
+            let summary = engine::recovery::restore(found, &manager, &batches, &audit_log).await;
+            tracing::info!(
+                resumed = summary.resumed,
+                finished = summary.finished,
+                unreadable = summary.unreadable,
+                "took back the sessions and batches of the earlier run"
+            );
+            if summary != engine::recovery::Summary::default() {
+                audit_log.record(audit::AuditEvent::security("recovered", audit_slots::Decision::Info).reason(
+                    format!(
+                        "{} running and {} finished sessions and batches taken back; {} unreadable records skipped",
+                        summary.resumed, summary.finished, summary.unreadable
+                    ),
+                ));
+            }
+        }
         batches.start_background();
         let state = api::AppState {
             manager: manager.clone(),
@@ -389,11 +433,27 @@ impl Gateway {
         })
     }
 
-    /// Stops accepting requests and stops every session (no driver outlives the gateway).
+    /// Stops accepting requests. With recovery, sessions and batches go on running, their
+    /// records stored, for the next start to take back; without, every one is stopped (no
+    /// driver outlives the gateway).
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        self.manager.shutdown_all().await;
-        self.batches.shutdown_all().await;
+        let recovers = self.manager.config().config.recovers();
+        if recovers {
+            self.manager.store_changes().await;
+            self.batches.store_changes().await;
+            tracing::info!("sessions and batches are left running for the next start (recovery.enabled)");
+        } else {
+            self.manager.shutdown_all().await;
+            self.batches.shutdown_all().await;
+        }
+        self.audit.record(audit::AuditEvent::security("gateway_stopped", audit_slots::Decision::Info).reason(
+            if recovers {
+                "sessions and batches left running for the next start (recovery.enabled)"
+            } else {
+                "every session and batch was stopped (recovery.enabled = false)"
+            },
+        ));
         let audit = self.audit.clone();
         let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
     }

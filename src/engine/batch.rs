@@ -6,6 +6,7 @@ use super::app_id::AppIdFormat;
 use super::launch::{self, LaunchSpec, LogBuffer, ProcessHandle, SparkEnv};
 use super::limits;
 use super::names;
+use super::record::BatchRecord;
 use super::registry::Registry;
 use super::sandbox::Confinement;
 use super::spec::SubmitSpec;
@@ -17,12 +18,15 @@ use crate::audit::{AuditEvent, AuditLog};
 use crate::audit_slots::Decision;
 use crate::config::ValidatedConfig;
 use crate::sparkui::AppUi;
-use crate::store::AnyStore;
+use crate::store::{AnyStore, Stored};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// A batch's log file, in its directory.
+pub const BATCH_LOG: &str = "batch.log";
 
 /// What a batch was created with.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +51,8 @@ struct BatchInner {
     app_id: Option<String>,
     process: Option<ProcessHandle>,
     finished_at: Option<Instant>,
+    /// `finished_at` as the record keeps it (ms since the epoch).
+    finished_ms: Option<i64>,
     /// Where a cluster-mode driver runs, to kill it there: a standalone driver id, or on
     /// Kubernetes `<namespace>:<driver pod>`.
     driver_id: Option<String>,
@@ -56,7 +62,15 @@ struct BatchInner {
 
 impl BatchInner {
     fn new(state: SessionState) -> Self {
-        Self { state, app_id: None, process: None, finished_at: None, driver_id: None, yarn_tag: None }
+        Self {
+            state,
+            app_id: None,
+            process: None,
+            finished_at: None,
+            finished_ms: None,
+            driver_id: None,
+            yarn_tag: None,
+        }
     }
 }
 
@@ -136,18 +150,21 @@ impl super::registry::Entry for Batch {
     fn record(&self) -> Vec<u8> {
         let spec = &self.spec;
         let inner = self.lock();
-        let record = serde_json::json!({
-            "id": self.id,
-            "owner": spec.owner,
-            "effectiveUser": spec.effective_user,
-            "file": spec.file,
-            "className": spec.class_name,
-            "args": spec.args,
-            "submit": spec.submit,
-            "state": inner.state.as_str(),
-            "appId": inner.app_id,
-        });
-        record.to_string().into_bytes()
+        super::record::encode(&BatchRecord {
+            id: self.id,
+            owner: spec.owner.clone(),
+            effective_user: spec.effective_user.clone(),
+            file: spec.file.clone(),
+            class_name: spec.class_name.clone(),
+            args: spec.args.clone(),
+            submit: spec.submit.clone(),
+            state: inner.state,
+            app_id: inner.app_id.clone(),
+            process: inner.process.as_ref().and_then(|p| p.identity.clone()),
+            driver_id: inner.driver_id.clone(),
+            yarn_tag: inner.yarn_tag.clone(),
+            finished_at: inner.finished_ms,
+        })
     }
 }
 
@@ -205,6 +222,7 @@ impl Batch {
         }
         if next.is_terminal() {
             inner.finished_at = Some(Instant::now());
+            inner.finished_ms = Some(super::record::now_ms());
         }
         inner.state = next;
         if let Some(why) = why {
@@ -322,9 +340,8 @@ impl BatchManager {
         // again when the batch is registered, since another create may have come in between.
         self.registry.admit(spec.submit.name.as_deref(), &spec.effective_user, &quota)?;
         let (id, dir) = self.registry.reserve().await?;
-        let log_path = dir.join("batch.log");
-        let sessions = &self.config.config.sessions;
-        let log = LogBuffer::create(sessions.log_tail_lines, &log_path, sessions.max_log_file_bytes)
+        let log_path = dir.join(BATCH_LOG);
+        let log = start::launch_log(self.spark.as_deref(), &self.config.config.sessions, &log_path)
             .map_err(|e| EngineError::Launch(format!("creating the log of batch {id}: {e}")))?;
         let batch = Arc::new(Batch {
             id,
@@ -375,14 +392,7 @@ impl BatchManager {
             inner.driver_id = prepared.cluster_driver.clone();
             inner.yarn_tag = prepared.yarn_tag.clone();
         }
-        let weak = Arc::downgrade(batch);
-        let ids = AppIdFormat::of_master(&cfg.spark.master);
-        let cluster_driver = cfg.spark.master.starts_with("spark://") && cfg.spark.deploy_mode == "cluster";
-        let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {
-            if let Some(b) = weak.upgrade() {
-                b.on_line(line, ids, cluster_driver);
-            }
-        });
+        let on_line = self.output_watcher(batch);
         let handle = prepared.spawn(spark, &cfg.spark, batch.log.clone(), on_line)?;
         tracing::info!(batch = batch.id, pgid = handle.pgid, owner = %s.owner, "batch launched");
         {
@@ -428,13 +438,102 @@ impl BatchManager {
                 }
             });
         }
+        Self::watch(batch, handle);
+        Ok(())
+    }
+
+    /// The batch's output, line by line, to what learns from it (see [`Batch::on_line`]).
+    fn output_watcher(&self, batch: &Arc<Batch>) -> Arc<dyn Fn(&str) + Send + Sync> {
+        let spark = &self.config.config.spark;
+        let weak = Arc::downgrade(batch);
+        let ids = AppIdFormat::of_master(&spark.master);
+        let cluster_driver = spark.master.starts_with("spark://") && spark.deploy_mode == "cluster";
+        Arc::new(move |line: &str| {
+            if let Some(b) = weak.upgrade() {
+                b.on_line(line, ids, cluster_driver);
+            }
+        })
+    }
+
+    /// Waits for the batch's launch to end, then ends the batch by its exit status.
+    fn watch(batch: &Arc<Batch>, handle: ProcessHandle) {
         let watched = batch.clone();
         tokio::spawn(async move {
             let code = handle.wait().await;
             watched.exited(code);
             handle.kill_group(Duration::from_secs(2)).await;
         });
-        Ok(())
+    }
+
+    /// Takes back batch `stored` from the store after a restart (see [`super::recovery`]):
+    /// registered as it was; a live one with its launch adopted (by pid and start time, never a
+    /// recycled pid) and watched as if launched now, or — when it ended while the gateway was
+    /// down — ended by the exit status its supervisor recorded. One that was being deleted is
+    /// deleted. What cannot be decoded is refused with the reason.
+    pub async fn restore(self: &Arc<Self>, stored: &Stored) -> Result<Arc<Batch>, String> {
+        let record: BatchRecord = super::record::decode(&stored.bytes)?;
+        if record.id != stored.id {
+            return Err(format!("it names id {}", record.id));
+        }
+        let dir = self.config.config.server.data_dir.join("batches").join(record.id.to_string());
+        let log_path = dir.join(BATCH_LOG);
+        let log = super::manager::reopen_log(&self.config.config.sessions, &log_path);
+        let mut inner = BatchInner::new(record.state);
+        inner.app_id = record.app_id.clone();
+        inner.driver_id = record.driver_id.clone();
+        inner.yarn_tag = record.yarn_tag.clone();
+        inner.finished_ms = record.finished_at;
+        inner.finished_at = record.finished_at.map(super::record::instant_of);
+        let batch = Arc::new(Batch {
+            id: record.id,
+            spec: Arc::new(BatchSpec {
+                owner: record.owner.clone(),
+                effective_user: record.effective_user.clone(),
+                file: record.file.clone(),
+                class_name: record.class_name.clone(),
+                args: record.args.clone(),
+                submit: record.submit.clone(),
+            }),
+            log,
+            log_path: log_path.clone(),
+            ui: AppUi::new(format!("/batches/{}/sparkui", record.id)),
+            dir,
+            inner: Mutex::new(inner),
+            on_change: Some(Registry::on_change(self, |m: &Self| &m.registry, record.id)),
+        });
+        self.registry.restore(batch.clone(), stored.version, &stored.bytes, &[]).await;
+        if record.state.is_terminal() {
+            return Ok(batch);
+        }
+        match record.process.clone().and_then(|p| ProcessHandle::adopt(p, &log_path)) {
+            Some(handle) => {
+                batch.lock().process = Some(handle.clone());
+                launch::follow_output(&handle, batch.log.clone(), self.output_watcher(&batch));
+                Self::watch(&batch, handle);
+                if record.state == SessionState::ShuttingDown {
+                    let manager = self.clone();
+                    let batch = batch.clone();
+                    tokio::spawn(async move {
+                        manager.delete(&batch, "a DELETE made before the gateway's restart").await;
+                    });
+                }
+            }
+            None if record.state == SessionState::ShuttingDown => {
+                batch.move_to(SessionState::Killed, Some("killed (it ended while the gateway was down)"));
+                self.registry.forget(batch.id).await;
+            }
+            None => match launch::supervisor::recorded_status(&log_path) {
+                Some(code) => {
+                    batch.log.push("sparkgate: spark-submit ended while the gateway was down".to_string());
+                    batch.exited(code);
+                }
+                None => batch.move_to(
+                    SessionState::Dead,
+                    Some("spark-submit ended while the gateway was down, and no exit status was recorded"),
+                ),
+            },
+        }
+        Ok(batch)
     }
 
     /// DELETE: kills the application's process group, then forgets the batch.
@@ -532,6 +631,11 @@ impl BatchManager {
                 m.collect_finished().await;
             }
         });
+    }
+
+    /// Writes every change not stored yet (a graceful stop with recovery).
+    pub async fn store_changes(&self) {
+        self.registry.write_changes().await;
     }
 
     /// Kills every batch (gateway shutdown).

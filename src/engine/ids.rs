@@ -136,6 +136,14 @@ impl Ids {
     /// theirs is ever handed to a new session or batch. Counters start past every id found on
     /// disk, so a lost counter file cannot bring old ids back either.
     pub fn prepare(data_dir: &Path) -> Result<Self, IdError> {
+        let ids = Self::open(data_dir)?;
+        quarantine_unknown(data_dir, &|_, _| false)?;
+        Ok(ids)
+    }
+
+    /// Opens the counters in `<data_dir>/state/`, past every id found on disk (also in
+    /// `quarantine/`), and leaves the directories where they are (see [`quarantine_unknown`]).
+    pub fn open(data_dir: &Path) -> Result<Self, IdError> {
         let state = data_dir.join("state");
         crate::fs::create_private_dir(&state)
             .map_err(|e| IdError::Io { path: state.clone(), source: std::io::Error::other(e.to_string()) })?;
@@ -150,13 +158,19 @@ impl Ids {
         };
         let floor = |h: Option<u32>| h.map_or(0, |h| h.saturating_add(1));
         let (sessions_floor, batches_floor) = (floor(highest("sessions")?), floor(highest("batches")?));
-        let ids = Self {
+        Ok(Self {
             sessions: IdCounter::open(&state.join("next-session-id"), "sessions", sessions_floor)?,
             batches: IdCounter::open(&state.join("next-batch-id"), "batches", batches_floor)?,
-        };
-        quarantine_earlier_runs(data_dir, &quarantine)?;
-        Ok(ids)
+        })
     }
+}
+
+/// Moves the session and batch directories of `data_dir` that `keep(kind, id)` does not keep
+/// (`kind`: `sessions` or `batches`) into `<data_dir>/quarantine/<unix time>/`: no id,
+/// directory or file of theirs is ever handed to a new session or batch; with recovery, those
+/// the store has records of stay. Quarantined runs older than [`QUARANTINE_DAYS`] are deleted.
+pub fn quarantine_unknown(data_dir: &Path, keep: &dyn Fn(&str, u32) -> bool) -> Result<(), IdError> {
+    quarantine_earlier_runs(data_dir, &data_dir.join("quarantine"), keep)
 }
 
 /// The highest numeric entry name in `dir` (None when there is none or no `dir`).
@@ -172,12 +186,20 @@ fn read_dir_or_empty(dir: &Path) -> Result<Vec<PathBuf>, IdError> {
     }
 }
 
-fn quarantine_earlier_runs(data_dir: &Path, quarantine: &Path) -> Result<(), IdError> {
+fn quarantine_earlier_runs(
+    data_dir: &Path,
+    quarantine: &Path,
+    keep: &dyn Fn(&str, u32) -> bool,
+) -> Result<(), IdError> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let mut run: Option<PathBuf> = None;
     for kind in ["sessions", "batches"] {
         let dir = data_dir.join(kind);
-        if read_dir_or_empty(&dir)?.is_empty() {
+        let entries = read_dir_or_empty(&dir)?;
+        let kept =
+            |p: &PathBuf| p.file_name().and_then(|n| n.to_str()?.parse::<u32>().ok()).is_some_and(|id| keep(kind, id));
+        let moving: Vec<&PathBuf> = entries.iter().filter(|p| !kept(p)).collect();
+        if moving.is_empty() {
             continue;
         }
         let target = match &run {
@@ -195,11 +217,21 @@ fn quarantine_earlier_runs(data_dir: &Path, quarantine: &Path) -> Result<(), IdE
             }
         };
         let moved = target.join(kind);
-        crate::fs::rename(&dir, &moved)?;
+        if moving.len() == entries.len() {
+            crate::fs::rename(&dir, &moved)?;
+        } else {
+            crate::fs::create_private_dir(&moved)?;
+            for entry in &moving {
+                if let Some(name) = entry.file_name() {
+                    crate::fs::rename(entry, &moved.join(name))?;
+                }
+            }
+        }
         tracing::warn!(
             from = %dir.display(),
             to = %moved.display(),
-            "the sessions or batches of an earlier run were moved aside; none of their files will be served again"
+            count = moving.len(),
+            "sessions or batches of an earlier run that no record names were moved aside; none of their files will be served again"
         );
     }
     // Quarantined runs are named by their start time: drop the old ones.
@@ -260,6 +292,22 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o700);
         assert!(create_fresh_dir(&fresh).is_err(), "an existing directory is never reused");
+    }
+
+    #[test]
+    fn directories_the_store_knows_stay_and_the_others_go() {
+        let dir = tempfile::tempdir().unwrap();
+        for path in ["sessions/1", "sessions/2", "batches/4", "batches/notanid"] {
+            std::fs::create_dir_all(dir.path().join(path)).unwrap();
+        }
+        let ids = Ids::open(dir.path()).unwrap();
+        assert_eq!((ids.sessions.peek(), ids.batches.peek()), (3, 5));
+        quarantine_unknown(dir.path(), &|kind, id| (kind, id) == ("sessions", 2) || (kind, id) == ("batches", 4))
+            .unwrap();
+        assert!(dir.path().join("sessions/2").is_dir() && dir.path().join("batches/4").is_dir());
+        assert!(!dir.path().join("sessions/1").exists() && !dir.path().join("batches/notanid").exists());
+        let runs: Vec<PathBuf> = read_dir_or_empty(&dir.path().join("quarantine")).unwrap();
+        assert!(runs[0].join("sessions/1").is_dir() && runs[0].join("batches/notanid").is_dir());
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! caps, runs the timeout checker and collects finished sessions.
 
 use super::app_id::AppIdFormat;
-use super::launch::{self, LaunchSpec, LogBuffer, SparkEnv};
+use super::kind::SessionKind;
+use super::launch::{self, LaunchSpec, SparkEnv};
 use super::limits;
 use super::names;
+use super::record::{self, SessionRecord, StatementRecord};
 use super::registry::Registry;
 use super::sandbox::Confinement;
 use super::session::{Session, SessionLimits, SessionSpec};
@@ -18,7 +20,7 @@ use crate::config::{parse_duration, ValidatedConfig};
 use crate::rpc::{
     DriverLink, DriverRegistry, FromDriver, LocalListenError, LocalListeners, Peer, SecretKey, SessionSecret,
 };
-use crate::store::AnyStore;
+use crate::store::{AnyStore, Stored, Version};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +39,18 @@ pub struct RpcEndpoint {
     /// PEM the driver trusts for the RPC certificate.
     pub ca_pem: String,
 }
+
+/// The log of a launch an earlier run started, to follow again (a missing or unreadable one
+/// is made anew: what the launch writes from now on is kept).
+pub(crate) fn reopen_log(sessions: &crate::config::SessionsConfig, path: &std::path::Path) -> Arc<launch::LogBuffer> {
+    let (cap, max) = (sessions.log_tail_lines, sessions.max_log_file_bytes);
+    launch::LogBuffer::follow(cap, path, max, false)
+        .or_else(|_| launch::LogBuffer::follow(cap, path, max, true))
+        .unwrap_or_else(|_| launch::LogBuffer::new(cap, None))
+}
+
+/// A session's log file, in its directory.
+pub const SESSION_LOG: &str = "session.log";
 
 /// The environment variable that names the driver's configuration file.
 const CONF_FILE_VAR: &str = "SPARKGATE_DRIVER_CONF";
@@ -85,6 +99,8 @@ fn driver_conf_delivery(
 /// is built with it, so neither needs the other set afterwards.
 #[derive(Debug)]
 pub struct SessionRegistry {
+    /// Itself, for the tasks it starts.
+    me: std::sync::Weak<SessionRegistry>,
     /// Ids, names, lookup, caps; the records in the store.
     entries: Registry<Session>,
     /// Where engine security events go.
@@ -101,7 +117,8 @@ impl SessionRegistry {
         let caps =
             limits::Caps { kind: "sessions", live: sessions.max_sessions, launches: sessions.max_concurrent_launches };
         let dirs = config.config.server.data_dir.join("sessions");
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             entries: Registry::new(store, caps, dirs),
             audit,
             key,
@@ -148,6 +165,16 @@ impl SessionManager {
         self.sessions.audit.record(event);
     }
 
+    /// The configuration it runs with.
+    pub fn config(&self) -> &ValidatedConfig {
+        &self.config
+    }
+
+    /// Writes every change not stored yet (a graceful stop with recovery).
+    pub async fn store_changes(&self) {
+        self.sessions.entries.write_changes().await;
+    }
+
     /// The Spark found at start-up.
     pub fn spark(&self) -> Option<&Arc<SparkEnv>> {
         self.spark.as_ref()
@@ -180,19 +207,16 @@ impl SessionManager {
         })
     }
 
-    /// Creates a session and starts its driver. Caps are checked before anything is launched.
-    pub async fn create(self: &Arc<Self>, spec: SessionSpec, quota: Quota) -> Result<Arc<Session>, EngineError> {
+    /// The limits of a session created with `spec` (its own timeouts, the configured rest).
+    fn limits_for(&self, spec: &SessionSpec) -> Result<SessionLimits, EngineError> {
         let cfg = &self.config;
-        if let Some(name) = &spec.submit.name {
-            names::validate(name)?;
-        }
         let per_session = |field: &str, value: &Option<String>, default: Option<Duration>| match value {
             None => Ok(default),
             Some(text) => parse_duration(text).map(|d| (!d.is_zero()).then_some(d)).map_err(|_| {
                 EngineError::InvalidRequest(format!("field `{field}` must be a time such as 30s, 10m, 1h or 500ms"))
             }),
         };
-        let limits = SessionLimits {
+        Ok(SessionLimits {
             idle_timeout: per_session("idleTimeout", &spec.idle_timeout, cfg.durations.idle_timeout)?,
             ttl: per_session("ttl", &spec.ttl, cfg.durations.ttl)?,
             heartbeat_timeout: (spec.heartbeat_timeout_secs > 0)
@@ -201,14 +225,23 @@ impl SessionManager {
             max_output_bytes: cfg.config.sessions.max_output_bytes,
             max_queued_statements: cfg.config.sessions.max_queued_statements,
             max_retained_bytes: cfg.config.sessions.max_retained_bytes,
-        };
+        })
+    }
+
+    /// Creates a session and starts its driver. Caps are checked before anything is launched.
+    pub async fn create(self: &Arc<Self>, spec: SessionSpec, quota: Quota) -> Result<Arc<Session>, EngineError> {
+        let cfg = &self.config;
+        if let Some(name) = &spec.submit.name {
+            names::validate(name)?;
+        }
+        let limits = self.limits_for(&spec)?;
         // Refused early (no disk touched) when the name is taken or a cap is reached; checked
         // again when the session is registered, since another create may have come in between.
         let registry = &self.sessions.entries;
         registry.admit(spec.submit.name.as_deref(), &spec.effective_user, &quota)?;
         let (id, dir) = registry.reserve().await?;
         let sessions = &cfg.config.sessions;
-        let log = LogBuffer::create(sessions.log_tail_lines, &dir.join("session.log"), sessions.max_log_file_bytes)
+        let log = start::launch_log(self.spark.as_deref(), sessions, &dir.join(SESSION_LOG))
             .map_err(|e| EngineError::Launch(format!("creating the log of session {id}: {e}")))?;
         // Derived, not stored: the record keeps the nonce, the key stays in its own file.
         let nonce = SecretKey::nonce();
@@ -294,12 +327,7 @@ impl SessionManager {
         }
         session.set_yarn_tag(prepared.yarn_tag.clone());
         session.set_app_id_format(AppIdFormat::of_master(&cfg.spark.master));
-        let weak = Arc::downgrade(session);
-        let on_line: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |line: &str| {
-            if let Some(s) = weak.upgrade() {
-                s.note_output_line(line);
-            }
-        });
+        let on_line = Self::output_watcher(session);
         session.transition(SessionState::Starting)?;
         let handle = prepared.spawn(spark, &cfg.spark, session.log.clone(), on_line)?;
         tracing::info!(session = session.id, pgid = handle.pgid, owner = %spec.owner, "session launched");
@@ -311,6 +339,23 @@ impl SessionManager {
                 .reason(format!("spark-submit started (process group {})", handle.pgid)),
         );
         session.set_process(handle.clone());
+        Self::watch(session, handle, socket);
+        Ok(())
+    }
+
+    /// The session's output, line by line, to what learns from it (the application id, the
+    /// UI's port).
+    fn output_watcher(session: &Arc<Session>) -> Arc<dyn Fn(&str) + Send + Sync> {
+        let weak = Arc::downgrade(session);
+        Arc::new(move |line: &str| {
+            if let Some(s) = weak.upgrade() {
+                s.note_output_line(line);
+            }
+        })
+    }
+
+    /// Waits for the session's launch to end, then ends the session and frees what it held.
+    fn watch(session: &Arc<Session>, handle: launch::ProcessHandle, socket: Option<crate::rpc::SessionSocket>) {
         let watched = session.clone();
         tokio::spawn(async move {
             let code = handle.wait().await;
@@ -323,7 +368,109 @@ impl SessionManager {
             // No driver is left to dial: stop listening, remove the socket.
             drop(socket);
         });
-        Ok(())
+    }
+
+    /// Takes back session `stored` (with its `statements`) from the store after a restart
+    /// (see [`super::recovery`]): registered as it was, a live one `recovering` with its launch
+    /// adopted and its socket open again, until its driver dials back. What cannot be decoded
+    /// is refused with the reason (the caller logs it and leaves the record alone).
+    pub async fn restore(self: &Arc<Self>, stored: &Stored, statements: &[Stored]) -> Result<Arc<Session>, String> {
+        let record: SessionRecord = record::decode(&stored.bytes)?;
+        if record.id != stored.id {
+            return Err(format!("it names id {}", record.id));
+        }
+        let kind = SessionKind::parse(&record.kind).ok_or("its kind is unknown")?;
+        let spec = SessionSpec {
+            owner: record.owner.clone(),
+            effective_user: record.effective_user.clone(),
+            kind,
+            submit: record.submit.clone(),
+            heartbeat_timeout_secs: record.heartbeat_timeout_secs,
+            ttl: record.ttl.clone(),
+            idle_timeout: record.idle_timeout.clone(),
+        };
+        let limits = self.limits_for(&spec).map_err(|e| e.to_string())?;
+        let nonce = match &record.secret_nonce {
+            Some(text) => Some(
+                hex::decode(text)
+                    .ok()
+                    .and_then(|bytes| <[u8; crate::rpc::secret_key::NONCE_LEN]>::try_from(bytes).ok())
+                    .ok_or("its secret nonce is malformed")?,
+            ),
+            None => None,
+        };
+        let secret = match &nonce {
+            Some(nonce) => self.sessions.key.derive(record.id, nonce),
+            // Without a nonce no driver can ever prove itself: it will not come back.
+            None => SessionSecret::generate(),
+        };
+        let mut kept = Vec::new();
+        for statement in statements {
+            match record::decode::<StatementRecord>(&statement.bytes) {
+                Ok(s) if s.id == statement.id => kept.push(s),
+                Ok(_) | Err(_) => tracing::error!(
+                    session = record.id,
+                    statement = statement.id,
+                    "a stored statement cannot be decoded; it is left in the store and not shown"
+                ),
+            }
+        }
+        let dir = self.config.config.server.data_dir.join("sessions").join(record.id.to_string());
+        let log = reopen_log(&self.config.config.sessions, &dir.join(SESSION_LOG));
+        let mut session = Session::restore(&record, spec, kept, limits, secret, log, dir);
+        session.secret_nonce = nonce;
+        session.on_change = Some(Registry::on_change(&self.sessions, |r: &SessionRegistry| &r.entries, record.id));
+        session.set_app_id_format(AppIdFormat::of_master(&self.config.config.spark.master));
+        let session = Arc::new(session);
+        let children: Vec<(u32, Version)> = statements.iter().map(|s| (s.id, s.version)).collect();
+        self.sessions.entries.restore(session.clone(), stored.version, &stored.bytes, &children).await;
+        if !record.state.is_terminal() {
+            self.take_back(&session, &record);
+        }
+        Ok(session)
+    }
+
+    /// A live session's launch, taken back: its process group adopted (by pid and start time,
+    /// never a recycled pid) and watched as if launched now, its socket open again; or, when it
+    /// ended while the gateway was down, the session ended with how it ended.
+    fn take_back(self: &Arc<Self>, session: &Arc<Session>, record: &SessionRecord) {
+        let log_path = session.dir.join(SESSION_LOG);
+        let Some(handle) = record.process.clone().and_then(|p| launch::ProcessHandle::adopt(p, &log_path)) else {
+            let reason = match launch::supervisor::recorded_status(&log_path) {
+                Some(code) => format!("its driver ended while the gateway was down (spark-submit exit status {code})"),
+                None => "its driver ended while the gateway was down (no exit status was recorded)".to_string(),
+            };
+            session.finish(SessionState::Dead, &reason);
+            return;
+        };
+        session.set_process(handle.clone());
+        launch::follow_output(&handle, session.log.clone(), Self::output_watcher(session));
+        let socket = if self.config.config.spark.deploy_mode == "cluster" {
+            None
+        } else {
+            let work = session.dir.join("work");
+            // What an earlier run's listener left (or what the driver's code put there).
+            let _ = std::fs::remove_file(work.join("rpc.sock"));
+            match self.driver_socket(session, &work) {
+                Ok(socket) => socket,
+                Err(e) => {
+                    session.log.push(format!("sparkgate: {e}"));
+                    None
+                }
+            }
+        };
+        session.log.push(format!(
+            "sparkgate: the gateway restarted; waiting for the driver to dial back (up to {}s)",
+            self.config.durations.reconnect_window.as_secs()
+        ));
+        Self::watch(session, handle, socket);
+        if record.state == SessionState::ShuttingDown {
+            let manager = self.clone();
+            let session = session.clone();
+            tokio::spawn(async move {
+                manager.stop(&session, SessionState::Killed, "it was being stopped when the gateway stopped").await;
+            });
+        }
     }
 
     /// In local and client deploy mode, the session's own RPC socket in its `work/` directory
@@ -552,9 +699,22 @@ impl DriverRegistry for SessionRegistry {
     }
 
     fn deliver(&self, session_id: u32, conn_id: u64, msg: FromDriver) {
-        if let Some(session) = self.entries.by_id(session_id) {
-            session.on_driver_message(conn_id, msg);
-        }
+        let Some(session) = self.entries.by_id(session_id) else { return };
+        let Some(ack) = session.on_driver_message(conn_id, msg) else { return };
+        // A result is acknowledged (and forgotten by the driver) only once it is stored: a
+        // gateway that dies before has it sent again by the driver after the restart.
+        let Some(registry) = self.me.upgrade() else { return };
+        tokio::spawn(async move {
+            match registry.entries.flush(session_id).await {
+                Ok(()) => ack.send(),
+                Err(e) => tracing::warn!(
+                    session = session_id,
+                    statement = ack.id,
+                    error = %e,
+                    "a result could not be stored; the driver sends it again after a reconnect"
+                ),
+            }
+        });
     }
 
     fn detach(&self, session_id: u32, conn_id: u64) {

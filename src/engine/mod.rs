@@ -9,6 +9,8 @@ pub mod limits;
 pub mod manager;
 pub mod names;
 pub mod paths;
+pub mod record;
+pub mod recovery;
 pub mod registry;
 pub mod sandbox;
 pub mod session;

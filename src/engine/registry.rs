@@ -254,6 +254,26 @@ impl<R: Entry> Registry<R> {
         Ok(())
     }
 
+    /// Takes back `entry`, rebuilt from its record (stored at `version`, as `stored`) and its
+    /// children's (`children`: id and version) after a restart: visible at once, and written
+    /// again only where it comes to differ from what is stored.
+    pub async fn restore(&self, entry: Arc<R>, version: Version, stored: &[u8], children: &[(u32, Version)]) {
+        let id = entry.id();
+        let fingerprints: HashMap<u32, u64> = entry.children().into_iter().collect();
+        let children = children
+            .iter()
+            // One the entry no longer has goes at its next write.
+            .map(|(child, version)| (*child, (*version, fingerprints.get(child).copied().unwrap_or(0))))
+            .collect();
+        let mut written = self.changes.writer.lock().await;
+        written.insert(id, Written { version, digest: digest(stored), children });
+        let mut live = self.lock();
+        if let Some(name) = entry.name() {
+            live.by_name.insert(name.to_string(), id);
+        }
+        live.by_id.insert(id, entry);
+    }
+
     /// Deletes record `id`, last written at `version` by this gateway; should another write
     /// have come in between, at the version stored (this gateway owns the entry).
     async fn delete_record(&self, id: u32, version: Version) {

@@ -5,6 +5,7 @@
 use super::app_id::AppIdFormat;
 use super::kind::{CodeKind, SessionKind};
 use super::launch::{clip_text, LogBuffer, ProcessHandle};
+use super::record::{SessionRecord, StatementRecord};
 use super::spec::SubmitSpec;
 use super::state::{SessionState, StatementState};
 use super::EngineError;
@@ -141,6 +142,21 @@ pub struct Statement {
     pub completed: i64,
 }
 
+/// The acknowledgement of a statement's result, to send once the result is stored.
+#[derive(Debug)]
+pub struct PendingAck {
+    link: DriverLink,
+    /// The statement.
+    pub id: u32,
+}
+
+impl PendingAck {
+    /// Tells the driver it may forget the result.
+    pub fn send(self) {
+        self.link.send(ToDriver::Ack { id: self.id });
+    }
+}
+
 /// A point-in-time copy of a session for the API.
 #[derive(Debug, Clone)]
 pub struct SessionSnapshot {
@@ -200,6 +216,8 @@ pub struct Session {
     pub dir: PathBuf,
     /// When it was created.
     pub created: Instant,
+    /// When it was created, as the record keeps it (ms since the epoch).
+    pub created_ms: i64,
     /// Held while an upload is stored, so concurrent uploads cannot overrun the session's
     /// upload budget together.
     pub uploads: tokio::sync::Mutex<()>,
@@ -230,6 +248,8 @@ struct Inner {
     last_activity: Instant,
     last_heartbeat: Instant,
     finished_at: Option<Instant>,
+    /// `finished_at` as the record keeps it (ms since the epoch).
+    finished_ms: Option<i64>,
     process: Option<ProcessHandle>,
     next_request_id: u64,
     completions: HashMap<u64, oneshot::Sender<Vec<String>>>,
@@ -293,6 +313,7 @@ impl Session {
             log,
             dir,
             created: now,
+            created_ms: super::record::now_ms(),
             uploads: tokio::sync::Mutex::new(()),
             ui: AppUi::new(format!("/sessions/{id}/sparkui")),
             inner: Mutex::new(Inner {
@@ -311,12 +332,73 @@ impl Session {
                 last_activity: now,
                 last_heartbeat: now,
                 finished_at: None,
+                finished_ms: None,
                 process: None,
                 next_request_id: 1,
                 completions: HashMap::new(),
                 file_adds: HashMap::new(),
             }),
         }
+    }
+
+    /// A session taken back from its record after a restart (see [`super::recovery`]): a live
+    /// one `recovering` (waiting for its driver to dial back, as after a lost connection), a
+    /// finished one as it ended. Its statements as stored: those waiting queued in order, one
+    /// running waited for (executing is idempotent per id: the driver answers it again).
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore(
+        record: &SessionRecord,
+        spec: SessionSpec,
+        statements: Vec<StatementRecord>,
+        limits: SessionLimits,
+        secret: SessionSecret,
+        log: Arc<LogBuffer>,
+        dir: PathBuf,
+    ) -> Self {
+        let mut session = Self::new(record.id, spec, limits, secret, log, dir);
+        session.created = super::record::instant_of(record.created_at);
+        session.created_ms = record.created_at;
+        {
+            let inner = session.inner.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let live = !record.state.is_terminal();
+            inner.state = if live { SessionState::Recovering } else { record.state };
+            inner.app_id = record.app_id.clone();
+            inner.yarn_tag = record.yarn_tag.clone();
+            inner.cluster_driver = record.cluster_driver.clone();
+            inner.finished_ms = record.finished_at;
+            inner.finished_at = record.finished_at.map(super::record::instant_of);
+            if live {
+                inner.disconnected_since = Some(Instant::now());
+            }
+            let mut next_id = record.next_statement_id;
+            for s in statements {
+                let kind = CodeKind::parse(&s.kind).unwrap_or(CodeKind::PySpark);
+                next_id = next_id.max(s.id.saturating_add(1));
+                match s.state {
+                    StatementState::Waiting => inner.queue.push_back(s.id),
+                    StatementState::Running | StatementState::Cancelling if inner.running.is_none() => {
+                        inner.running = Some(s.id);
+                    }
+                    _ => {}
+                }
+                let statement = Statement {
+                    id: s.id,
+                    code: Arc::from(s.code),
+                    kind,
+                    state: s.state,
+                    output: s.output.map(|o| Output(Arc::from(o))),
+                    progress: s.progress,
+                    started: s.started,
+                    completed: s.completed,
+                };
+                inner.statements.insert(statement.id, statement);
+            }
+            inner.next_statement_id = next_id;
+            if !live {
+                Self::fail_pending_locked(inner, "the session had ended");
+            }
+        }
+        session
     }
 
     /// Tells the registry, when dropped, that its record or statements changed: the first
@@ -362,6 +444,7 @@ impl Session {
         }
         if next.is_terminal() && !inner.state.is_terminal() {
             inner.finished_at = Some(Instant::now());
+            inner.finished_ms = Some(super::record::now_ms());
         }
         inner.state = next;
         Ok(())
@@ -670,14 +753,17 @@ impl Session {
         self.lock().driver.as_ref().is_some_and(|d| d.send(ToDriver::Shutdown))
     }
 
-    /// Handles a message from the driver connection `conn_id`.
-    pub fn on_driver_message(&self, conn_id: u64, msg: FromDriver) {
+    /// Handles a message from the driver connection `conn_id`. A statement's result is to be
+    /// acknowledged (the driver then forgets it) only once it is stored: that is returned, for
+    /// the caller to send after the store has it.
+    pub fn on_driver_message(&self, conn_id: u64, msg: FromDriver) -> Option<PendingAck> {
         let _changed = self.changing();
         let mut inner = self.lock();
-        let Some(driver) = inner.driver.clone() else { return };
+        let driver = inner.driver.clone()?;
         if driver.conn_id != conn_id {
-            return; // a replaced connection's late message
+            return None; // a replaced connection's late message
         }
+        let mut ack = None;
         match msg {
             FromDriver::State { state, message } => match state.as_str() {
                 "idle"
@@ -686,9 +772,18 @@ impl Session {
                         SessionState::Starting | SessionState::Recovering | SessionState::NotStarted
                     ) =>
                 {
+                    let recovered = inner.state == SessionState::Recovering;
                     inner.state = SessionState::Idle;
                     inner.last_activity = Instant::now();
-                    self.log.push(format!("sparkgate: session {} is ready", self.id));
+                    if recovered {
+                        self.log.push(format!("sparkgate: session {} is back after the gateway's restart", self.id));
+                    } else {
+                        self.log.push(format!("sparkgate: session {} is ready", self.id));
+                    }
+                    if inner.running.is_some() {
+                        // A statement sent before the restart still runs.
+                        inner.state = SessionState::Busy;
+                    }
                     self.dispatch_locked(&mut inner);
                 }
                 "error" => {
@@ -722,8 +817,8 @@ impl Session {
                 }
             }
             FromDriver::StatementResult { id, state, output } => {
-                // Always acknowledge, even a duplicate, so the driver can forget it.
-                driver.send(ToDriver::Ack { id });
+                // Always acknowledged, even a duplicate, so the driver can forget it.
+                ack = Some(PendingAck { link: driver.clone(), id });
                 let next = if state == "cancelled" { StatementState::Cancelled } else { StatementState::Available };
                 if let Some(s) = inner.statements.get_mut(&id) {
                     if s.state.can_become(next) {
@@ -757,6 +852,7 @@ impl Session {
             }
             FromDriver::Hello { .. } | FromDriver::Proof { .. } | FromDriver::Pong => {}
         }
+        ack
     }
 
     /// Asks the driver for completion candidates.
@@ -938,31 +1034,42 @@ impl super::registry::Entry for Session {
     }
 
     fn child_record(&self, id: u32) -> Option<Vec<u8>> {
-        let statement = self.lock().statements.get(&id).cloned()?;
-        // Livy's statement with the interpreter it runs in (the API shows it only by output).
-        let mut value = serde_json::to_value(&statement).ok()?;
-        value["kind"] = json!(statement.kind.as_str());
-        Some(value.to_string().into_bytes())
+        let s = self.lock().statements.get(&id).cloned()?;
+        let output = s.output.as_ref().map(|o| o.0.get().to_string()).and_then(|o| RawValue::from_string(o).ok());
+        Some(super::record::encode(&StatementRecord {
+            id: s.id,
+            code: s.code.to_string(),
+            state: s.state,
+            output,
+            progress: s.progress,
+            started: s.started,
+            completed: s.completed,
+            kind: s.kind.as_str().to_string(),
+        }))
     }
 
     fn record(&self) -> Vec<u8> {
         let spec = &self.spec;
         let inner = self.lock();
-        let record = json!({
-            "id": self.id,
-            "kind": spec.kind.as_str(),
-            "owner": spec.owner,
-            "effectiveUser": spec.effective_user,
-            "submit": spec.submit,
-            "heartbeatTimeoutInSecond": spec.heartbeat_timeout_secs,
-            "ttl": spec.ttl,
-            "idleTimeout": spec.idle_timeout,
-            "secretNonce": self.secret_nonce.map(hex::encode),
-            "state": inner.state.as_str(),
-            "appId": inner.app_id,
-            "nextStatementId": inner.next_statement_id,
-        });
-        record.to_string().into_bytes()
+        super::record::encode(&SessionRecord {
+            id: self.id,
+            kind: spec.kind.as_str().to_string(),
+            owner: spec.owner.clone(),
+            effective_user: spec.effective_user.clone(),
+            submit: spec.submit.clone(),
+            heartbeat_timeout_secs: spec.heartbeat_timeout_secs,
+            ttl: spec.ttl.clone(),
+            idle_timeout: spec.idle_timeout.clone(),
+            secret_nonce: self.secret_nonce.map(hex::encode),
+            state: inner.state,
+            app_id: inner.app_id.clone(),
+            next_statement_id: inner.next_statement_id,
+            process: inner.process.as_ref().and_then(|p| p.identity.clone()),
+            yarn_tag: inner.yarn_tag.clone(),
+            cluster_driver: inner.cluster_driver.clone(),
+            created_at: self.created_ms,
+            finished_at: inner.finished_ms,
+        })
     }
 }
 

@@ -15,6 +15,20 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::sync::Arc;
 
+/// A new launch's log at `path` (which must not exist yet): followed when launches run under
+/// the supervisor (it writes the output there), else written from the pipes.
+pub fn launch_log(
+    spark: Option<&SparkEnv>,
+    sessions: &crate::config::SessionsConfig,
+    path: &Path,
+) -> std::io::Result<Arc<LogBuffer>> {
+    if spark.is_some_and(|s| s.supervisor.is_some()) {
+        LogBuffer::follow(sessions.log_tail_lines, path, sessions.max_log_file_bytes, true)
+    } else {
+        LogBuffer::create(sessions.log_tail_lines, path, sessions.max_log_file_bytes)
+    }
+}
+
 /// A launch with its files written, not yet started.
 #[derive(Debug)]
 pub struct Prepared {

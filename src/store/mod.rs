@@ -214,17 +214,20 @@ pub fn sqlite_path(config: &crate::config::Config) -> std::path::PathBuf {
 /// Opens the configured store at start-up (it reads and may sync the disk: call it where
 /// blocking is fine). Ids continue past every id `ids` (the durable file counters and the
 /// directories on disk) know of; the SQLite store keeps those counters level with its own, so
-/// neither switching kinds nor losing the database repeats an id. Until recovery takes an earlier run's sessions and batches back,
-/// their records go with the files that [`crate::engine::ids::Ids::prepare`] moved aside
-/// (nothing of theirs is served again, their names are free).
+/// neither switching kinds nor losing the database repeats an id. With recovery
+/// ([`crate::config::Config::recovers`]) the records are kept for [`crate::engine::recovery`];
+/// without, an earlier run's records are forgotten (their files are moved aside, nothing of
+/// theirs is served again, their names are free).
 pub fn open(config: &crate::config::Config, ids: crate::engine::ids::Ids) -> Result<AnyStore, String> {
     let db = sqlite_path(config);
     match config.store.kind {
         crate::config::StoreKind::Sqlite => {
             let store = sqlite::SqliteStore::open(&db, (ids.sessions, ids.batches)).map_err(|e| e.to_string())?;
-            let forgotten = store.forget_earlier_run().map_err(|e| format!("{}: {e}", db.display()))?;
-            if forgotten > 0 {
-                tracing::warn!(records = forgotten, store = %db.display(), "forgot an earlier run's sessions and batches");
+            if !config.recovers() {
+                let forgotten = store.forget_earlier_run().map_err(|e| format!("{}: {e}", db.display()))?;
+                if forgotten > 0 {
+                    tracing::warn!(records = forgotten, store = %db.display(), "forgot an earlier run's sessions and batches");
+                }
             }
             Ok(AnyStore::Sqlite(store))
         }

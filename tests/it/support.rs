@@ -67,6 +67,11 @@ impl TestGateway {
             // has taken over 30 s (the default), and tests must not fail because a machine is slow.
             "sessions.completion_timeout=\"240s\"".into(),
             "rpc.handshake_timeout=\"3s\"".into(),
+            // The gateway runs inside this test program, not as `sparkgate`: launches run under
+            // the binary's supervisor.
+            format!("spark.supervisor=\"{}\"", env!("CARGO_BIN_EXE_sparkgate")),
+            // A test program that ends leaves its gateways' drivers redialling: not for long.
+            "rpc.reconnect_window=\"60s\"".into(),
         ];
         // The tests run as root here and in CI; the gateway refuses root unless told.
         if nix::unistd::geteuid().is_root() {

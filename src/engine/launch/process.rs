@@ -160,14 +160,16 @@ pub fn processes_of_group_tree(pgid: i32) -> Vec<i32> {
 
 /// Stops every process left behind by sessions and batches of an earlier run of the gateway on
 /// `data_dir` (found by their command lines, which name files in `<data_dir>/sessions/<id>/` or
-/// `<data_dir>/batches/<id>/`), with their process groups and descendants. Until the gateway can
-/// take them back after a restart, they could only go on using CPU, memory and ports — a batch,
-/// which has no channel to lose, for ever — and a driver whose user code disabled its own
-/// shutdown as well. Returns how many processes were found. Call it before anything is launched.
-pub fn stop_orphans(data_dir: &Path) -> usize {
+/// `<data_dir>/batches/<id>/`), with their process groups and descendants, but those of the
+/// sessions and batches `spare(kind, id)` names (`kind`: `sessions` or `batches`), which
+/// recovery takes back. What nothing takes back could only go on using CPU, memory and ports —
+/// a batch, which has no channel to lose, for ever — and a driver whose user code disabled its
+/// own shutdown as well. Returns how many processes were found. Call it before anything is
+/// launched.
+pub fn stop_orphans(data_dir: &Path, spare: &dyn Fn(&str, u32) -> bool) -> usize {
     use nix::sys::signal::{kill, killpg, Signal};
     let Ok(root) = std::path::absolute(data_dir) else { return 0 };
-    let prefixes = [root.join("sessions"), root.join("batches")].map(|p| format!("{}/", p.display()));
+    let prefixes = ["sessions", "batches"].map(|kind| (kind, format!("{}/", root.join(kind).display())));
     let own = std::process::id() as i32;
     let mut found: Vec<(i32, i32)> = Vec::new();
     for (pid, _, _, pgid) in process_table() {
@@ -177,10 +179,9 @@ pub fn stop_orphans(data_dir: &Path) -> usize {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
         let named = cmdline.split(|b| *b == 0).any(|arg| {
             let arg = String::from_utf8_lossy(arg);
-            prefixes.iter().any(|p| {
-                arg.strip_prefix(p.as_str()).is_some_and(|rest| {
-                    rest.split('/').next().is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
-                })
+            prefixes.iter().any(|(kind, p)| {
+                let id = arg.strip_prefix(p.as_str()).and_then(|rest| rest.split('/').next());
+                id.and_then(|id| id.parse::<u32>().ok()).is_some_and(|id| !spare(kind, id))
             })
         });
         if named {
@@ -261,18 +262,19 @@ mod tests {
             cmd.spawn().unwrap()
         };
         let mut orphan = spawn(data.join("sessions/3/spark-launch.properties"), true);
+        let mut recovered = spawn(data.join("sessions/4/spark-launch.properties"), true);
         let mut batch = spawn(data.join("batches/12/batch.log"), true);
         let mut bystander = spawn(dir.path().join("elsewhere/sessions/3/x"), true);
         let mut other_files = spawn(data.join("state/next-session-id"), true);
         std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(stop_orphans(&data), 2);
+        assert_eq!(stop_orphans(&data, &|kind, id| (kind, id) == ("sessions", 4)), 2);
         for child in [&mut orphan, &mut batch] {
             let status = child.wait().unwrap();
             use std::os::unix::process::ExitStatusExt;
             assert_eq!(status.signal(), Some(9));
         }
         assert!(!group_alive(orphan.id() as i32) && !group_alive(batch.id() as i32), "their children go too");
-        for child in [&mut bystander, &mut other_files] {
+        for child in [&mut bystander, &mut other_files, &mut recovered] {
             assert!(child.try_wait().unwrap().is_none(), "unrelated processes live on");
             let _ = child.kill();
             let _ = child.wait();
@@ -281,10 +283,12 @@ mod tests {
             nix::unistd::Pid::from_raw(bystander.id() as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(other_files.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        for child in [&other_files, &recovered] {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 
     #[tokio::test]

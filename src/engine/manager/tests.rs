@@ -1,6 +1,7 @@
 use super::*;
 use crate::config::{self, Sources};
 use crate::engine::kind::{CodeKind, SessionKind};
+use crate::engine::launch::LogBuffer;
 use crate::engine::session::SessionSpec;
 use crate::rpc::ToDriver;
 use std::path::PathBuf;

@@ -62,9 +62,11 @@ fn statements_posted_while_starting_are_queued_then_run_in_order() {
     assert_eq!(rx.try_recv().unwrap(), ToDriver::Execute { id: 0, kind: "pyspark".into(), code: "1+1".into() });
     assert!(rx.try_recv().is_err(), "one statement at a time");
     assert_eq!(s.state(), SessionState::Busy);
-    s.on_driver_message(1, result(0, "available"));
-    assert_eq!(rx.try_recv().unwrap(), ToDriver::Ack { id: 0 });
+    let ack = s.on_driver_message(1, result(0, "available")).expect("a result is to be acknowledged");
     assert!(matches!(rx.try_recv().unwrap(), ToDriver::Execute { id: 1, .. }));
+    assert!(rx.try_recv().is_err(), "not acknowledged before it is stored");
+    ack.send();
+    assert_eq!(rx.try_recv().unwrap(), ToDriver::Ack { id: 0 });
     s.on_driver_message(1, result(1, "available"));
     assert_eq!(s.state(), SessionState::Idle);
     let done = s.statement(0).unwrap();
@@ -372,7 +374,9 @@ fn a_driver_that_floods_results_without_reading_loses_its_connection_not_the_gat
     s.attach(link.clone());
     s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
     for id in 0..3 * crate::rpc::QueueLimits::MESSAGES as u32 {
-        s.on_driver_message(1, result(1_000_000 + id, "available"));
+        if let Some(ack) = s.on_driver_message(1, result(1_000_000 + id, "available")) {
+            ack.send();
+        }
     }
     assert!(rx.len() <= crate::rpc::QueueLimits::MESSAGES, "{} messages queued", rx.len());
     assert!(link.overflowed(), "the connection is marked for closing");
