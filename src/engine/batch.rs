@@ -289,6 +289,15 @@ impl Batch {
     }
 }
 
+/// Stops whatever of launch `kind` `id` (`sessions` or `batches`) still runs when its record
+/// cannot take it back (no identity of its launch was stored).
+pub(crate) fn stop_leftovers(config: &ValidatedConfig, kind: &str, id: u32) {
+    let stopped = launch::stop_orphans(&config.config.server.data_dir, &|k, i| (k, i) != (kind, id));
+    if stopped > 0 {
+        tracing::warn!(kind, id, processes = stopped, "stopped what ran of a launch that could not be taken back");
+    }
+}
+
 /// The application name a batch is launched with (unique: the master's status is searched by it).
 fn launch_name(batch: &Batch) -> String {
     batch.spec.submit.name.clone().unwrap_or_else(|| format!("sparkgate-batch-{}", batch.id))
@@ -407,6 +416,8 @@ impl BatchManager {
         // A DELETE that came in while it was being started found no process to kill: it is
         // killed here, under the same lock that DELETE marks the batch with.
         let deleted = {
+            // In the record: a restart takes the launch back by it.
+            let _changed = batch.changing();
             let mut inner = batch.lock();
             inner.process = Some(handle.clone());
             matches!(inner.state, SessionState::ShuttingDown | SessionState::Killed)
@@ -505,24 +516,16 @@ impl BatchManager {
         if record.state.is_terminal() {
             return Ok(batch);
         }
-        match record.process.clone().and_then(|p| ProcessHandle::adopt(p, &log_path)) {
-            Some(handle) => {
-                batch.lock().process = Some(handle.clone());
-                launch::follow_output(&handle, batch.log.clone(), self.output_watcher(&batch));
-                Self::watch(&batch, handle);
-                if record.state == SessionState::ShuttingDown {
-                    let manager = self.clone();
-                    let batch = batch.clone();
-                    tokio::spawn(async move {
-                        manager.delete(&batch, "a DELETE made before the gateway's restart").await;
-                    });
-                }
-            }
-            None if record.state == SessionState::ShuttingDown => {
+        let Some(handle) = record.process.clone().and_then(|p| ProcessHandle::adopt(p, &log_path)) else {
+            // Ended, or never recorded (the gateway died just after starting it): whatever of
+            // it may still run is stopped, as nothing can take it back.
+            stop_leftovers(&self.config, "batches", record.id);
+            if record.state == SessionState::ShuttingDown {
                 batch.move_to(SessionState::Killed, Some("killed (it ended while the gateway was down)"));
                 self.registry.forget(batch.id).await;
+                return Ok(batch);
             }
-            None => match launch::supervisor::recorded_status(&log_path) {
+            match launch::supervisor::recorded_status(&log_path) {
                 Some(code) => {
                     batch.log.push("sparkgate: spark-submit ended while the gateway was down".to_string());
                     batch.exited(code);
@@ -531,7 +534,18 @@ impl BatchManager {
                     SessionState::Dead,
                     Some("spark-submit ended while the gateway was down, and no exit status was recorded"),
                 ),
-            },
+            }
+            return Ok(batch);
+        };
+        batch.lock().process = Some(handle.clone());
+        launch::follow_output(&handle, batch.log.clone(), self.output_watcher(&batch));
+        Self::watch(&batch, handle);
+        if record.state == SessionState::ShuttingDown {
+            let manager = self.clone();
+            let batch = batch.clone();
+            tokio::spawn(async move {
+                manager.delete(&batch, "a DELETE made before the gateway's restart").await;
+            });
         }
         Ok(batch)
     }

@@ -436,6 +436,7 @@ impl SessionManager {
     fn take_back(self: &Arc<Self>, session: &Arc<Session>, record: &SessionRecord) {
         let log_path = session.dir.join(SESSION_LOG);
         let Some(handle) = record.process.clone().and_then(|p| launch::ProcessHandle::adopt(p, &log_path)) else {
+            super::batch::stop_leftovers(&self.config, "sessions", session.id);
             let reason = match launch::supervisor::recorded_status(&log_path) {
                 Some(code) => format!("its driver ended while the gateway was down (spark-submit exit status {code})"),
                 None => "its driver ended while the gateway was down (no exit status was recorded)".to_string(),

@@ -452,6 +452,8 @@ impl Session {
 
     /// Records the launched process.
     pub fn set_process(&self, process: ProcessHandle) {
+        // In the record: a restart takes the launch back by it.
+        let _changed = self.changing();
         self.lock().process = Some(process);
     }
 

@@ -11,6 +11,7 @@ mod api;
 mod batches;
 mod clients;
 mod local_rpc;
+mod recovery;
 mod rpc;
 mod sandbox;
 mod security;

@@ -48,35 +48,7 @@ impl TestGateway {
         // The only local directory users may name in file/jars/pyFiles/files/archives.
         let jobs_dir = dir.path().join("jobs");
         std::fs::create_dir_all(&jobs_dir).unwrap();
-        let venv = repo_root().join(".venv");
-        let mut all: Vec<String> = vec![
-            "server.bind=\"127.0.0.1:0\"".into(),
-            format!("server.data_dir=\"{}\"", data_dir.display()),
-            format!("acl.policy_dir=\"{}\"", policy_dir.display()),
-            "acl.reload_interval=\"200ms\"".into(),
-            format!("spark.allowed_local_dirs=[\"{}\"]", jobs_dir.display()),
-            format!("spark.venv=\"{}\"", venv.display()),
-            "spark.conf.\"spark.driver.memory\"=\"768m\"".into(),
-            "spark.conf.\"spark.sql.shuffle.partitions\"=\"2\"".into(),
-            "spark.conf.\"spark.ui.showConsoleProgress\"=\"false\"".into(),
-            // Defaults, not rules: tests (and pylivy) set their own.
-            "spark.overridable_conf=[\"spark.driver.memory\", \"spark.sql.shuffle.partitions\"]".into(),
-            "sessions.check_interval=\"200ms\"".into(),
-            "sessions.shutdown_grace=\"3s\"".into(),
-            // A completion may have to start the Scala REPL; on a loaded 2-core CI machine that
-            // has taken over 30 s (the default), and tests must not fail because a machine is slow.
-            "sessions.completion_timeout=\"240s\"".into(),
-            "rpc.handshake_timeout=\"3s\"".into(),
-            // The gateway runs inside this test program, not as `sparkgate`: launches run under
-            // the binary's supervisor.
-            format!("spark.supervisor=\"{}\"", env!("CARGO_BIN_EXE_sparkgate")),
-            // A test program that ends leaves its gateways' drivers redialling: not for long.
-            "rpc.reconnect_window=\"60s\"".into(),
-        ];
-        // The tests run as root here and in CI; the gateway refuses root unless told.
-        if nix::unistd::geteuid().is_root() {
-            all.push("server.dangerous_run_as_root=true".into());
-        }
+        let mut all = base_overrides(&data_dir, &policy_dir, &jobs_dir);
         all.extend(overrides.iter().map(|s| s.to_string()));
         let cfg = config::load(&Sources { file: None, env: vec![], overrides: all }).unwrap();
         let config = cfg.clone();
@@ -233,6 +205,45 @@ impl TestGateway {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The configuration every test gateway starts from (section.key=value), over `data_dir`,
+/// policies from `policy_dir` and local files allowed from `jobs_dir`.
+pub fn base_overrides(
+    data_dir: &std::path::Path,
+    policy_dir: &std::path::Path,
+    jobs_dir: &std::path::Path,
+) -> Vec<String> {
+    let venv = repo_root().join(".venv");
+    let mut all: Vec<String> = vec![
+        "server.bind=\"127.0.0.1:0\"".into(),
+        format!("server.data_dir=\"{}\"", data_dir.display()),
+        format!("acl.policy_dir=\"{}\"", policy_dir.display()),
+        "acl.reload_interval=\"200ms\"".into(),
+        format!("spark.allowed_local_dirs=[\"{}\"]", jobs_dir.display()),
+        format!("spark.venv=\"{}\"", venv.display()),
+        "spark.conf.\"spark.driver.memory\"=\"768m\"".into(),
+        "spark.conf.\"spark.sql.shuffle.partitions\"=\"2\"".into(),
+        "spark.conf.\"spark.ui.showConsoleProgress\"=\"false\"".into(),
+        // Defaults, not rules: tests (and pylivy) set their own.
+        "spark.overridable_conf=[\"spark.driver.memory\", \"spark.sql.shuffle.partitions\"]".into(),
+        "sessions.check_interval=\"200ms\"".into(),
+        "sessions.shutdown_grace=\"3s\"".into(),
+        // A completion may have to start the Scala REPL; on a loaded 2-core CI machine that
+        // has taken over 30 s (the default), and tests must not fail because a machine is slow.
+        "sessions.completion_timeout=\"240s\"".into(),
+        "rpc.handshake_timeout=\"3s\"".into(),
+        // The gateway runs inside this test program, not as `sparkgate`: launches run under
+        // the binary's supervisor.
+        format!("spark.supervisor=\"{}\"", env!("CARGO_BIN_EXE_sparkgate")),
+        // A test program that ends leaves its gateways' drivers redialling: not for long.
+        "rpc.reconnect_window=\"60s\"".into(),
+    ];
+    // The tests run as root here and in CI; the gateway refuses root unless told.
+    if nix::unistd::geteuid().is_root() {
+        all.push("server.dangerous_run_as_root=true".into());
+    }
+    all
 }
 
 /// The policy of the anonymous test gateways: `anonymous` may create sessions (and, as their

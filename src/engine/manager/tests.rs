@@ -3,6 +3,7 @@ use crate::config::{self, Sources};
 use crate::engine::kind::{CodeKind, SessionKind};
 use crate::engine::launch::LogBuffer;
 use crate::engine::session::SessionSpec;
+use crate::engine::StatementState;
 use crate::rpc::ToDriver;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
@@ -527,4 +528,172 @@ async fn what_a_session_and_its_statements_show_is_stored_and_a_statement_is_on_
     m.delete(&s, "alice").await;
     assert!(read("SELECT bytes FROM statements").is_empty());
     assert!(store.list(crate::acl::ResourceKind::Session, None, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_restarted_gateway_takes_back_a_live_session_with_its_statements_and_the_same_secret() {
+    use crate::engine::launch::{ProcessHandle, ProcessIdentity};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Arc::new(
+        config::load(&Sources {
+            file: None,
+            env: vec![],
+            overrides: vec![format!("server.data_dir=\"{}\"", dir.path().display())],
+        })
+        .unwrap(),
+    );
+    let db = dir.path().join("state").join("store.db");
+    let key_file = dir.path().join("keys").join("session-secrets.key");
+    let open = || {
+        use crate::engine::ids::IdCounter;
+        let counters = (IdCounter::in_memory("sessions"), IdCounter::in_memory("batches"));
+        Arc::new(AnyStore::Sqlite(crate::store::sqlite::SqliteStore::open(&db, counters).unwrap()))
+    };
+    let audit = crate::audit::AuditLog::open(&dir.path().join("audit/audit.log"), 1 << 20).unwrap();
+    let store = open();
+    let sessions = SessionRegistry::new(
+        &cfg,
+        store.clone(),
+        audit.clone(),
+        crate::rpc::SecretKey::load_or_create(&key_file).unwrap(),
+    );
+    let m = SessionManager::new(cfg.clone(), None, sessions.clone(), None);
+
+    // A running launch (a process standing in for the supervisor) and a session as create makes it.
+    let mut stand_in = std::process::Command::new("sleep");
+    std::os::unix::process::CommandExt::process_group(&mut stand_in, 0);
+    let mut stand_in = stand_in.arg("60").spawn().unwrap();
+    let identity = ProcessIdentity::of(stand_in.id() as i32).unwrap();
+    let (id, session_dir) = sessions.entries.reserve().await.unwrap();
+    let nonce = crate::rpc::SecretKey::nonce();
+    let secret = sessions.key.derive(id, &nonce);
+    let log = LogBuffer::follow(50, &session_dir.join(SESSION_LOG), 1 << 20, true).unwrap();
+    let mut s = Session::new(id, spec(), limits(), secret.clone(), log, session_dir);
+    s.secret_nonce = Some(nonce);
+    s.on_change = Some(Registry::on_change(&sessions, |r: &SessionRegistry| &r.entries, id));
+    let s = Arc::new(s);
+    sessions.entries.register(s.clone(), &Quota::default()).await.unwrap();
+    s.set_process(ProcessHandle::adopt(identity.clone(), &s.dir.join(SESSION_LOG)).unwrap());
+    s.transition(SessionState::Starting).unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    s.attach(DriverLink::for_test(1, tx));
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    let done = s.submit("1 + 1".into(), CodeKind::PySpark).unwrap();
+    let ack = s.on_driver_message(
+        1,
+        FromDriver::StatementResult {
+            id: done.id,
+            state: "available".into(),
+            output: json!({"status": "ok", "execution_count": 0, "data": {"text/plain": "2"}}),
+        },
+    );
+    assert!(ack.is_some());
+    let running = s.submit("6 * 7".into(), CodeKind::PySpark).unwrap();
+    let waiting = s.submit("spark.range(3).count()".into(), CodeKind::PySpark).unwrap();
+    m.flush(&s).await.unwrap();
+    assert_eq!(s.statement(running.id).unwrap().state, StatementState::Running);
+
+    // The database never holds the secret, in any form.
+    for file in std::fs::read_dir(db.parent().unwrap()).unwrap().flatten() {
+        let bytes = std::fs::read(file.path()).unwrap();
+        let raw = hex::decode(secret.to_hex()).unwrap();
+        assert!(!bytes.windows(raw.len()).any(|w| w == raw), "{:?} holds the secret", file.path());
+        assert!(!String::from_utf8_lossy(&bytes).contains(&secret.to_hex()), "{:?}", file.path());
+    }
+
+    // A new gateway over the same files.
+    let store = open();
+    let found = crate::engine::recovery::read(&store).await.unwrap();
+    assert!(found.spares(crate::acl::ResourceKind::Session, id), "its launch is spared at start-up");
+    let sessions = SessionRegistry::new(
+        &cfg,
+        store.clone(),
+        audit.clone(),
+        crate::rpc::SecretKey::load_or_create(&key_file).unwrap(),
+    );
+    let m2 = SessionManager::new(cfg.clone(), None, sessions.clone(), None);
+    let batches = crate::engine::batch::BatchManager::new(cfg.clone(), None, store.clone(), audit.clone());
+    let summary = crate::engine::recovery::restore(found, &m2, &batches, &audit).await;
+    assert_eq!(summary, crate::engine::recovery::Summary { resumed: 1, finished: 0, unreadable: 0 });
+    let back = m2.get(&id.to_string()).unwrap();
+    assert_eq!(back.state(), SessionState::Recovering);
+    assert_eq!(back.secret.to_hex(), secret.to_hex(), "the driver's secret is derived again");
+    assert_eq!(back.statements(), s.statements(), "every statement as it was");
+    assert_eq!(back.process().unwrap().pgid, identity.pid, "the launch is adopted");
+
+    // The driver dials back: the running statement is asked for again, the waiting one runs next.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    back.attach(DriverLink::for_test(7, tx));
+    assert!(matches!(rx.try_recv().unwrap(), ToDriver::Execute { id, .. } if id == running.id));
+    back.on_driver_message(7, FromDriver::State { state: "idle".into(), message: None });
+    assert_eq!(back.state(), SessionState::Busy, "a statement from before the restart still runs");
+    back.on_driver_message(
+        7,
+        FromDriver::StatementResult {
+            id: running.id,
+            state: "available".into(),
+            output: json!({"status": "ok", "execution_count": 1, "data": {"text/plain": "42"}}),
+        },
+    )
+    .unwrap()
+    .send();
+    assert!(matches!(rx.try_recv().unwrap(), ToDriver::Execute { id, .. } if id == waiting.id));
+    assert!(matches!(rx.try_recv().unwrap(), ToDriver::Ack { id } if id == running.id));
+    assert_eq!(back.submit("3".into(), CodeKind::PySpark).unwrap().id, waiting.id + 1, "ids continue");
+
+    // Its launch ends while nobody watches but the adopted handle: the session ends dead.
+    stand_in.kill().unwrap();
+    stand_in.wait().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while back.state() != SessionState::Dead {
+        assert!(tokio::time::Instant::now() < deadline, "{}", back.state());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_live_session_whose_launch_ended_meanwhile_comes_back_dead_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Arc::new(
+        config::load(&Sources {
+            file: None,
+            env: vec![],
+            overrides: vec![format!("server.data_dir=\"{}\"", dir.path().display())],
+        })
+        .unwrap(),
+    );
+    let session_dir = dir.path().join("sessions/4");
+    std::fs::create_dir_all(&session_dir).unwrap();
+    std::fs::write(session_dir.join(SESSION_LOG), "earlier output\n").unwrap();
+    std::fs::write(session_dir.join("exit-status"), "137\n").unwrap();
+    let record = SessionRecord {
+        id: 4,
+        kind: "pyspark".into(),
+        owner: "alice".into(),
+        effective_user: "alice".into(),
+        submit: crate::engine::SubmitSpec::default(),
+        heartbeat_timeout_secs: 0,
+        ttl: None,
+        idle_timeout: None,
+        secret_nonce: Some("00".repeat(16)),
+        state: SessionState::Idle,
+        app_id: None,
+        next_statement_id: 0,
+        process: Some(crate::engine::launch::ProcessIdentity { pid: 1, start_time: 0, boot_id: "gone".into() }),
+        yarn_tag: None,
+        cluster_driver: None,
+        created_at: record::now_ms(),
+        finished_at: None,
+    };
+    let stored = Stored { id: 4, version: 3, meta: Default::default(), bytes: record::encode(&record) };
+    let m = build((*cfg).clone(), None, "127.0.0.1");
+    let session = m.restore(&stored, &[]).await.unwrap();
+    assert_eq!(session.state(), SessionState::Dead);
+    let log = session.log.snapshot().join("\n");
+    assert!(log.starts_with("earlier output"), "{log}");
+    assert!(log.contains("ended while the gateway was down (spark-submit exit status 137)"), "{log}");
+    // A damaged record is refused with a reason that quotes nothing of it.
+    let damaged = Stored { bytes: b"{\"id\":4,\"owner\":\"x".to_vec(), ..stored };
+    let err = m.restore(&damaged, &[]).await.unwrap_err();
+    assert!(err.contains("cut short"), "{err}");
 }

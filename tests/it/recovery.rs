@@ -1,0 +1,440 @@
+//! Recovery with the real binary: a `sparkgate` process killed with SIGKILL (or stopped with
+//! SIGTERM) and started again on the same data directory loses no session, statement or batch,
+//! and leaves no process behind.
+
+use crate::support::{base_overrides, repo_root};
+use serde_json::{json, Value};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const POLICY: &str = "[create]\nusers = [\"anonymous\", \"alice\", \"bob\"]\n[quotas]\n\
+                      users.alice = { max_concurrent_launches = 10 }\n";
+
+/// One data directory, and the gateway process running on it now.
+struct Restartable {
+    dir: tempfile::TempDir,
+    overrides: Vec<String>,
+    child: Option<std::process::Child>,
+    base: String,
+    ca_pem: Vec<u8>,
+    starts: usize,
+    /// The token `get` and `post` send (None: anonymous).
+    user: Option<String>,
+}
+
+impl Restartable {
+    fn new(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, policies, jobs) = (dir.path().join("data"), dir.path().join("policies"), dir.path().join("jobs"));
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::create_dir_all(&jobs).unwrap();
+        std::fs::write(policies.join("acl.toml"), POLICY).unwrap();
+        let mut overrides = base_overrides(&data, &policies, &jobs);
+        overrides.push("auth.dangerous_allow_anonymous=true".into());
+        overrides.push("auth.methods=[\"jwt\"]".into());
+        overrides.extend(extra.iter().map(|s| s.to_string()));
+        Self { dir, overrides, child: None, base: String::new(), ca_pem: Vec::new(), starts: 0, user: None }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn jobs(&self) -> PathBuf {
+        self.dir.path().join("jobs")
+    }
+
+    /// Starts the binary and waits until it listens.
+    fn start(&mut self) {
+        assert!(self.child.is_none());
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.path().join(format!("gateway-{}.log", self.starts))).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sparkgate"));
+        for o in &self.overrides {
+            cmd.arg("--set").arg(o);
+        }
+        cmd.arg("serve").current_dir(repo_root()).stdout(std::process::Stdio::piped()).stderr(log);
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut copy = std::fs::File::create(self.dir.path().join(format!("gateway-{}.out", self.starts))).unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                use std::io::Write;
+                let _ = writeln!(copy, "{line}");
+                let _ = tx.send(line);
+            }
+        });
+        let mut base = None;
+        while base.is_none() {
+            let line = rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("gateway-{}.log", self.starts)));
+                panic!("the gateway did not start: {log:?}")
+            });
+            base = line.strip_prefix("sparkgate listening on ").map(str::to_string);
+        }
+        self.base = base.unwrap();
+        self.ca_pem = std::fs::read(self.data().join("tls/dev-ca.pem")).unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+
+    fn terminate(&mut self) {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+
+    fn token(&self, user: &str) -> String {
+        let cfg = sparkgate::config::load(&sparkgate::config::Sources {
+            file: None,
+            env: vec![],
+            overrides: self.overrides.clone(),
+        })
+        .unwrap();
+        sparkgate::auth::jwt::mint_dev_token(&cfg, user, &[], Duration::from_secs(3600)).unwrap()
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&self.ca_pem).unwrap())
+            .tls_built_in_root_certs(false)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let mut req = client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, self.user.as_deref(), None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, self.user.as_deref(), Some(body)).await
+    }
+
+    /// Polls `path` until `field` is one of `states`.
+    async fn wait_for(&self, path: &str, field: &str, states: &[&str], limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (code, body) = self.get(path).await;
+            if code == 200 && body[field].as_str().is_some_and(|s| states.contains(&s)) {
+                return body;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("gateway-{}.log", self.starts)));
+                let out = std::fs::read_to_string(self.dir.path().join(format!("gateway-{}.out", self.starts)));
+                panic!("{path} did not reach {states:?}: {code} {body}\ngateway log: {log:?}\n{out:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until batch `id`'s log has a line `marker` (a program that prints as it starts).
+    async fn wait_log(&self, id: u64, marker: &str, token: Option<&str>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, log) = self.call(reqwest::Method::GET, &format!("/batches/{id}/log?size=-1"), token, None).await;
+            if log["log"].as_array().is_some_and(|l| l.iter().any(|line| line == marker)) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "batch {id} never printed {marker}: {log}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn session_log(&self, id: u64) -> String {
+        let (_, log) = self.get(&format!("/sessions/{id}/log?size=-1")).await;
+        log["log"]
+            .as_array()
+            .map(|l| l.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Restartable {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in processes_naming(&self.data()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            all.extend(walk(&path));
+        } else {
+            all.push(path);
+        }
+    }
+    all
+}
+
+/// Live processes whose command line names a file under `dir` (drivers, supervisors, batches).
+fn processes_naming(dir: &Path) -> Vec<i32> {
+    let needle = dir.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        if stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Waits (bounded) until no process names `dir`; returns those left.
+async fn none_left(dir: &Path) -> Vec<i32> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = processes_naming(dir);
+        if left.is_empty() || tokio::time::Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn text_of(statement: &Value) -> String {
+    statement["output"]["data"]["text/plain"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn a_session_loses_nothing_when_the_gateway_is_killed_and_restarted() {
+    let mut gw = Restartable::new(&[]);
+    gw.start();
+    let (status, body) = gw.post("/sessions", json!({"kind": "pyspark"})).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_u64().unwrap();
+    let session = format!("/sessions/{id}");
+    gw.wait_for(&session, "state", &["idle"], Duration::from_secs(240)).await;
+    let (_, first) = gw.post(&format!("{session}/statements"), json!({"code": "x = 6\nx"})).await;
+    let first = gw
+        .wait_for(&format!("{session}/statements/{}", first["id"]), "state", &["available"], Duration::from_secs(120))
+        .await;
+    assert_eq!(text_of(&first), "6");
+
+    // Round 1: killed while a statement runs and another waits.
+    let (_, slow) = gw.post(&format!("{session}/statements"), json!({"code": "import time; time.sleep(8); 6*7"})).await;
+    let (status, queued) = gw.post(&format!("{session}/statements"), json!({"code": "x * 7"})).await;
+    assert_eq!(status, 201, "{queued}");
+    gw.wait_for(&format!("{session}/statements/{}", slow["id"]), "state", &["running"], Duration::from_secs(60)).await;
+    gw.kill9();
+    gw.start();
+    let (status, body) = gw.get(&session).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(["recovering", "idle", "busy"].contains(&body["state"].as_str().unwrap()), "{body}");
+    let slow = gw
+        .wait_for(&format!("{session}/statements/{}", slow["id"]), "state", &["available"], Duration::from_secs(120))
+        .await;
+    assert_eq!(text_of(&slow), "42", "{slow}");
+    let queued = gw
+        .wait_for(&format!("{session}/statements/{}", queued["id"]), "state", &["available"], Duration::from_secs(120))
+        .await;
+    assert_eq!(text_of(&queued), "42", "the statement queued before the kill ran after it: {queued}");
+    let (_, again) = gw.get(&format!("{session}/statements/{}", first["id"])).await;
+    assert_eq!(again, first, "earlier statements are kept as they were");
+
+    // Rounds 2 and 3: killed mid-statement again, then while idle; ids go on.
+    let (_, round2) =
+        gw.post(&format!("{session}/statements"), json!({"code": "time.sleep(4); 'round' + str(2)"})).await;
+    gw.wait_for(&format!("{session}/statements/{}", round2["id"]), "state", &["running"], Duration::from_secs(60))
+        .await;
+    gw.kill9();
+    gw.start();
+    let round2 = gw
+        .wait_for(&format!("{session}/statements/{}", round2["id"]), "state", &["available"], Duration::from_secs(120))
+        .await;
+    assert_eq!(text_of(&round2), "'round2'", "{round2}");
+    gw.wait_for(&session, "state", &["idle"], Duration::from_secs(60)).await;
+    gw.kill9();
+    gw.start();
+    let (status, next) = gw.post(&format!("{session}/statements"), json!({"code": "x + 1"})).await;
+    assert_eq!(status, 201, "{next}");
+    assert_eq!(next["id"].as_u64(), Some(round2["id"].as_u64().unwrap() + 1), "statement ids continue");
+    let next = gw
+        .wait_for(&format!("{session}/statements/{}", next["id"]), "state", &["available"], Duration::from_secs(120))
+        .await;
+    assert_eq!(text_of(&next), "7");
+    let (_, all) = gw.get(&format!("{session}/statements")).await;
+    assert_eq!(all["total_statements"].as_u64(), Some(5), "{all}");
+
+    // The store holds no session secret: the one the driver proves is derived, not kept.
+    let key = sparkgate::rpc::SecretKey::load_or_create(&gw.data().join("keys/session-secrets.key")).unwrap();
+    let db = gw.data().join("state/store.db");
+    let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let record: Vec<u8> = conn
+        .query_row("SELECT bytes FROM records WHERE id = ?1 AND kind = 'session'", [id as i64], |r| r.get(0))
+        .unwrap();
+    drop(conn);
+    let record: Value = serde_json::from_slice(&record).unwrap();
+    let nonce: [u8; sparkgate::rpc::secret_key::NONCE_LEN] =
+        hex::decode(record["secretNonce"].as_str().unwrap()).unwrap().try_into().unwrap();
+    let secret = key.derive(id as u32, &nonce).to_hex();
+    for file in walk(&gw.data().join("state")) {
+        let bytes = std::fs::read(&file).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains(&secret), "{} holds the session's secret", file.display());
+        let raw = hex::decode(&secret).unwrap();
+        assert!(!bytes.windows(raw.len()).any(|w| w == raw), "{} holds the raw secret", file.display());
+    }
+
+    // A driver killed while the gateway is down: the session ends dead, saying why.
+    gw.kill9();
+    let session_dir = gw.data().join(format!("sessions/{id}"));
+    for pid in processes_naming(&session_dir) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        // The supervisor stays to record how spark-submit ended, as after an OOM kill.
+        if !String::from_utf8_lossy(&cmdline).contains("supervise") {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    gw.start();
+    gw.wait_for(&session, "state", &["dead"], Duration::from_secs(60)).await;
+    let log = gw.session_log(id).await;
+    assert!(log.contains("ended while the gateway was down") || log.contains("exited unexpectedly"), "{log}");
+    let left = none_left(&session_dir).await;
+    assert!(left.is_empty(), "processes left: {left:?}");
+    let (status, _) = gw.call(reqwest::Method::DELETE, &session, None, None).await;
+    assert_eq!(status, 200);
+    gw.kill9();
+    assert!(none_left(&gw.data()).await.is_empty());
+}
+
+/// Writes a Python batch program into the jobs directory.
+fn job(gw: &Restartable, name: &str, code: &str) -> String {
+    let path = gw.jobs().join(name);
+    std::fs::write(&path, code).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn batches_run_on_across_a_kill_and_a_stop_and_their_logs_stay_their_own() {
+    let mut gw = Restartable::new(&[]);
+    gw.start();
+    let (alice, bob) = (gw.token("alice"), gw.token("bob"));
+    gw.user = Some(alice.clone());
+    let ok = job(&gw, "ok.py", "import time\nprint('alice-output', flush=True)\ntime.sleep(12)\nprint('alice-done')\n");
+    let fails =
+        job(&gw, "fails.py", "import sys, time\nprint('fails-started', flush=True)\ntime.sleep(4)\nsys.exit(3)\n");
+    let long = job(&gw, "long.py", "import time\nprint('long-started', flush=True)\ntime.sleep(600)\n");
+    let mut ids = Vec::new();
+    for file in [&ok, &fails, &long] {
+        let (status, body) =
+            gw.call(reqwest::Method::POST, "/batches", Some(&alice), Some(json!({"file": file}))).await;
+        assert_eq!(status, 201, "{body}");
+        ids.push(body["id"].as_u64().unwrap());
+    }
+    for (id, marker) in ids.iter().zip(["alice-output", "fails-started", "long-started"]) {
+        gw.wait_log(*id, marker, Some(&alice)).await;
+    }
+    gw.kill9();
+    // Meanwhile one batch fails: its supervisor records how.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    gw.start();
+    let done =
+        gw.wait_for(&format!("/batches/{}", ids[0]), "state", &["success", "dead"], Duration::from_secs(120)).await;
+    assert_eq!(done["state"], "success", "{done}");
+    let failed =
+        gw.wait_for(&format!("/batches/{}", ids[1]), "state", &["success", "dead"], Duration::from_secs(60)).await;
+    assert_eq!(failed["state"], "dead", "{failed}");
+    let (_, log) = gw.get(&format!("/batches/{}/log?size=-1", ids[1])).await;
+    let log = log.to_string();
+    assert!(log.contains("exited with 3") && log.contains("ended while the gateway was down"), "{log}");
+
+    // A graceful stop with recovery leaves a batch running; deleted after the restart, it is
+    // killed and nothing of it is left.
+    gw.terminate();
+    let long_dir = gw.data().join(format!("batches/{}", ids[2]));
+    assert!(!processes_naming(&long_dir).is_empty(), "SIGTERM with recovery leaves the batch running");
+    gw.start();
+    let (_, running) = gw.get(&format!("/batches/{}", ids[2])).await;
+    assert!(["starting", "running"].contains(&running["state"].as_str().unwrap()), "{running}");
+    let (status, _) = gw.call(reqwest::Method::DELETE, &format!("/batches/{}", ids[2]), Some(&alice), None).await;
+    assert_eq!(status, 200);
+    let left = none_left(&long_dir).await;
+    assert!(left.is_empty(), "processes left: {left:?}");
+
+    // Another user after the restart: ids go on, and each log holds only its own output.
+    let bobs = job(&gw, "bob.py", "print('bob-output')\n");
+    let (status, body) = gw.call(reqwest::Method::POST, "/batches", Some(&bob), Some(json!({"file": bobs}))).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["id"].as_u64(), Some(ids[2] + 1), "batch ids continue: {body}");
+    let bob_id = body["id"].as_u64().unwrap();
+    gw.user = Some(bob.clone());
+    let done =
+        gw.wait_for(&format!("/batches/{bob_id}"), "state", &["success", "dead"], Duration::from_secs(120)).await;
+    assert_eq!(done["state"], "success", "{done}");
+    let (_, alices) =
+        gw.call(reqwest::Method::GET, &format!("/batches/{}/log?size=-1", ids[0]), Some(&alice), None).await;
+    let (_, bobs) = gw.call(reqwest::Method::GET, &format!("/batches/{bob_id}/log?size=-1"), Some(&bob), None).await;
+    let (alices, bobs) = (alices.to_string(), bobs.to_string());
+    assert!(
+        alices.contains("alice-output") && alices.contains("alice-done") && !alices.contains("bob-output"),
+        "{alices}"
+    );
+    assert!(bobs.contains("bob-output") && !bobs.contains("alice-output"), "{bobs}");
+    let (status, _) = gw.call(reqwest::Method::GET, &format!("/batches/{}/log", ids[0]), Some(&bob), None).await;
+    assert_eq!(status, 404, "bob does not see alice's batch after the restart either");
+    gw.kill9();
+    assert!(none_left(&gw.data()).await.is_empty());
+}
+
+#[tokio::test]
+async fn without_recovery_a_stop_stops_everything_and_a_start_forgets_it() {
+    let mut gw = Restartable::new(&["recovery.enabled=false"]);
+    gw.start();
+    let long = job(&gw, "long.py", "import time\nprint('started', flush=True)\ntime.sleep(600)\n");
+    let (status, body) = gw.post("/batches", json!({"file": long})).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_u64().unwrap();
+    gw.wait_log(id, "started", None).await;
+    gw.terminate();
+    assert!(none_left(&gw.data()).await.is_empty(), "a stop without recovery stops the batch");
+    gw.start();
+    let (status, _) = gw.get(&format!("/batches/{id}")).await;
+    assert_eq!(status, 404, "its record is forgotten");
+    let (status, body) = gw.post("/batches", json!({"file": long})).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["id"].as_u64(), Some(id + 1), "ids still never repeat: {body}");
+    gw.kill9();
+    // Killed, then started again without recovery: what the killed run left is stopped.
+    gw.start();
+    assert!(none_left(&gw.data().join("batches")).await.is_empty(), "an earlier run's batch is stopped at start-up");
+    gw.kill9();
+}
