@@ -26,9 +26,10 @@
 //! No `--die-with-parent`: drivers outlive a gateway crash so that a restarted gateway can
 //! reconnect them.
 //!
-//! Processes: `setsid bwrap ...` makes each sandbox a session and a process group of its own,
-//! without a controlling terminal (so code inside cannot read or inject keystrokes into the
-//! terminal the gateway was started from). The group holds `bwrap`, the init process of the
+//! Processes: each sandbox is a session and a process group of its own — its supervisor's (see
+//! `launch::supervisor`), which runs `bwrap` in it, or, without one, `setsid bwrap ...` — without
+//! a controlling terminal (so code inside cannot read or inject keystrokes into the terminal
+//! the gateway was started from). The group holds `bwrap`, the init process of the
 //! sandbox's PID namespace and, unless they leave it, everything inside; killing the group
 //! kills that init process, and with it the kernel kills every process in the namespace, also
 //! those that left the group (PySpark's daemon).
