@@ -21,10 +21,11 @@ def pct(values, p):
 class Gateway:
     """`sparkgate serve` in `work`, with `sets` (`section.key=value`) on top of the bench defaults."""
 
-    def __init__(self, work, sets=()):
+    def __init__(self, work, sets=(), data=None):
         self.port = free_port()
         self.work = work
-        data = os.path.join(work, f"data-{self.port}")
+        data = data or os.path.join(work, f"data-{self.port}")
+        self.data = data
         policies = os.path.join(work, "policies")
         os.makedirs(policies, exist_ok=True)
         with open(os.path.join(policies, "acl.toml"), "w") as f:
@@ -33,13 +34,17 @@ class Gateway:
         args = [os.path.join(REPO, "target", "release", "sparkgate"), "serve"]
         defaults = [f'server.bind="127.0.0.1:{self.port}"', f'server.data_dir="{data}"',
                     "auth.dangerous_allow_anonymous=true", "auth.methods=[]", f'spark.venv="{REPO}/.venv"',
-                    f'acl.policy_dir="{policies}"']
+                    f'acl.policy_dir="{policies}"',
+                    # Benchmarks stop their gateways with SIGTERM: nothing is to outlive them
+                    # unless a benchmark of recovery asks (later settings win).
+                    "recovery.enabled=false"]
         # The gateway refuses to run as root unless told (server.dangerous_run_as_root).
         if os.geteuid() == 0:
             defaults.append("server.dangerous_run_as_root=true")
         for s in defaults + list(sets):
             args += ["--set", s]
         self.log = os.path.join(work, f"gateway-{self.port}.log")
+        self.started = time.monotonic()
         self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
         ca = os.path.join(data, "tls", "dev-ca.pem")
         for _ in range(600):  # the gateway writes its dev CA on first start
@@ -81,6 +86,10 @@ class Gateway:
                 raise SystemExit(f"session {sid} ended {st}; see {self.log}")
             time.sleep(0.02)
         raise SystemExit(f"session {sid} not {want} in {limit}s")
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait(timeout=60)
 
     def stop(self):
         self.proc.terminate()

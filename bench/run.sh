@@ -4,6 +4,8 @@
 #   bench/run.sh batches    batches (submit -> running / success, local and standalone)
 #   bench/run.sh memory     the gateway's memory while clients list a large statement history
 #   bench/run.sh store      what the durable store costs a statement (sqlite vs memory)
+#   bench/run.sh recovery   20 rounds of SIGKILL -> restart with a running statement
+#   bench/run.sh restart    start-up with 10,000 finished and 100 live records
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -12,5 +14,7 @@ case "${1:-sessions}" in
   batches) exec .venv/bin/python bench/batches.py ;;
   memory) exec .venv/bin/python bench/memory.py ;;
   store) exec .venv/bin/python bench/store.py ;;
+  recovery) exec .venv/bin/python bench/recovery.py ;;
+  restart) exec .venv/bin/python bench/recovery.py restart ;;
   *) exec .venv/bin/python bench/sessions.py ;;
 esac

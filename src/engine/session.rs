@@ -822,13 +822,23 @@ impl Session {
                 // Always acknowledged, even a duplicate, so the driver can forget it.
                 ack = Some(PendingAck { link: driver.clone(), id });
                 let next = if state == "cancelled" { StatementState::Cancelled } else { StatementState::Available };
+                let mut ran_before_restart = false;
                 if let Some(s) = inner.statements.get_mut(&id) {
+                    if s.state == StatementState::Waiting {
+                        // Sent to the driver just before the gateway's restart, which stored it
+                        // as still waiting: it ran; its result counts, and it is not sent again.
+                        s.state = StatementState::Running;
+                        ran_before_restart = true;
+                    }
                     if s.state.can_become(next) {
                         s.state = next;
                         s.output = Some(self.bounded_output(id, &output));
                         s.progress = 1.0;
                         s.completed = now_ms();
                     }
+                }
+                if ran_before_restart {
+                    inner.queue.retain(|queued| *queued != id);
                 }
                 self.evict_locked(&mut inner);
                 if inner.running == Some(id) {

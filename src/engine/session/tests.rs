@@ -383,3 +383,44 @@ fn a_driver_that_floods_results_without_reading_loses_its_connection_not_the_gat
     // The session itself is unharmed: the statement it knows nothing of was not stored.
     assert!(s.statements().is_empty());
 }
+
+#[test]
+fn a_statement_stored_as_waiting_that_the_driver_ran_before_a_restart_keeps_its_result_and_runs_once() {
+    let original = session();
+    let record: SessionRecord =
+        crate::engine::record::decode(&super::super::registry::Entry::record(&original)).unwrap();
+    let waiting = |id: u32, code: &str| StatementRecord {
+        id,
+        code: code.into(),
+        state: StatementState::Waiting,
+        output: None,
+        progress: 0.0,
+        started: 0,
+        completed: 0,
+        kind: "pyspark".into(),
+    };
+    let record = SessionRecord { state: SessionState::Busy, next_statement_id: 2, ..record };
+    let s = Session::restore(
+        &record,
+        spec(SessionKind::PySpark),
+        vec![waiting(0, "1+1"), waiting(1, "2+2")],
+        original.limits,
+        SessionSecret::generate(),
+        LogBuffer::new(10, None),
+        PathBuf::new(),
+    );
+    assert_eq!(s.state(), SessionState::Recovering);
+    let mut rx = connect(&s, 1);
+    // The driver re-sends what it had not had acknowledged, then says it is ready.
+    s.on_driver_message(1, result(0, "available")).unwrap().send();
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    assert_eq!(s.statement(0).unwrap().state, StatementState::Available);
+    let sent: Vec<ToDriver> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    assert!(sent.contains(&ToDriver::Ack { id: 0 }), "{sent:?}");
+    assert!(
+        sent.iter().all(|m| !matches!(m, ToDriver::Execute { id: 0, .. })),
+        "statement 0 is not run a second time: {sent:?}"
+    );
+    assert!(sent.iter().any(|m| matches!(m, ToDriver::Execute { id: 1, .. })), "the next one runs: {sent:?}");
+    assert_eq!(s.submit("3".into(), CodeKind::PySpark).unwrap().id, 2, "ids continue");
+}
