@@ -12,7 +12,7 @@ const POLICY: &str = "[create]\nusers = [\"anonymous\", \"alice\", \"bob\"]\n[qu
                       users.alice = { max_concurrent_launches = 10 }\n";
 
 /// One data directory, and the gateway process running on it now.
-struct Restartable {
+pub struct Restartable {
     dir: tempfile::TempDir,
     overrides: Vec<String>,
     child: Option<std::process::Child>,
@@ -24,7 +24,7 @@ struct Restartable {
 }
 
 impl Restartable {
-    fn new(extra: &[&str]) -> Self {
+    pub fn new(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (data, policies, jobs) = (dir.path().join("data"), dir.path().join("policies"), dir.path().join("jobs"));
         std::fs::create_dir_all(&policies).unwrap();
@@ -41,12 +41,12 @@ impl Restartable {
         self.dir.path().join("data")
     }
 
-    fn jobs(&self) -> PathBuf {
+    pub fn jobs(&self) -> PathBuf {
         self.dir.path().join("jobs")
     }
 
     /// Starts the binary and waits until it listens.
-    fn start(&mut self) {
+    pub fn start(&mut self) {
         assert!(self.child.is_none());
         self.starts += 1;
         let log = std::fs::File::create(self.dir.path().join(format!("gateway-{}.log", self.starts))).unwrap();
@@ -79,7 +79,7 @@ impl Restartable {
         self.child = Some(child);
     }
 
-    fn kill9(&mut self) {
+    pub fn kill9(&mut self) {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -128,16 +128,16 @@ impl Restartable {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    async fn get(&self, path: &str) -> (u16, Value) {
+    pub async fn get(&self, path: &str) -> (u16, Value) {
         self.call(reqwest::Method::GET, path, self.user.as_deref(), None).await
     }
 
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.call(reqwest::Method::POST, path, self.user.as_deref(), Some(body)).await
     }
 
     /// Polls `path` until `field` is one of `states`.
-    async fn wait_for(&self, path: &str, field: &str, states: &[&str], limit: Duration) -> Value {
+    pub async fn wait_for(&self, path: &str, field: &str, states: &[&str], limit: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let (code, body) = self.get(path).await;

@@ -123,4 +123,42 @@ async fn batches_run_on_a_standalone_cluster_in_client_and_cluster_mode() {
             .as_array()
             .is_some_and(|d| d.iter().any(|x| x["id"] == driver.as_str() && x["state"] == "KILLED"))
     });
+
+    // Recovery on a standalone cluster (Livy refuses it there): the gateway binary is killed
+    // with SIGKILL while a cluster-mode driver runs; after the restart the batch is still
+    // running, and DELETE still kills the driver through the master.
+    let mut gw = crate::recovery::Restartable::new(&overrides);
+    gw.start();
+    let jar_path = gw.jobs().join("job.jar");
+    std::fs::copy(&jar, &jar_path).unwrap();
+    let (status, body) = gw
+        .post(
+            "/batches",
+            json!({"file": jar_path.display().to_string(), "className": "sparkgate.test.CountJob", "args": ["sleep"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_u64().unwrap();
+    gw.wait_for(&format!("/batches/{id}"), "state", &["running"], Duration::from_secs(240)).await;
+    let running = |s: &Value| -> Option<String> {
+        s["activedrivers"]
+            .as_array()?
+            .iter()
+            .find(|x| x["state"] == "RUNNING")
+            .and_then(|x| x["id"].as_str().map(str::to_string))
+    };
+    let status =
+        cluster.wait_status("the recovered batch's driver", Duration::from_secs(120), |s| running(s).is_some());
+    let driver = running(&status).unwrap();
+    gw.kill9();
+    gw.start();
+    let (_, batch) = gw.get(&format!("/batches/{id}")).await;
+    assert_eq!(batch["state"], "running", "{batch}");
+    let (status, _) = gw.call(reqwest::Method::DELETE, &format!("/batches/{id}"), None, None).await;
+    assert_eq!(status, 200);
+    cluster.wait_status("the recovered batch's driver killed", Duration::from_secs(60), |s| {
+        s["completeddrivers"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|x| x["id"] == driver.as_str() && x["state"] == "KILLED"))
+    });
 }

@@ -697,3 +697,56 @@ async fn a_live_session_whose_launch_ended_meanwhile_comes_back_dead_and_says_wh
     let err = m.restore(&damaged, &[]).await.unwrap_err();
     assert!(err.contains("cut short"), "{err}");
 }
+
+#[tokio::test]
+async fn a_recovered_session_whose_driver_does_not_dial_back_in_time_ends_dead_and_its_launch_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config::load(&Sources {
+        file: None,
+        env: vec![],
+        overrides: vec![
+            format!("server.data_dir=\"{}\"", dir.path().display()),
+            "rpc.reconnect_window=\"1s\"".into(),
+            "sessions.shutdown_grace=\"1s\"".into(),
+        ],
+    })
+    .unwrap();
+    let mut stand_in = std::process::Command::new("sleep");
+    std::os::unix::process::CommandExt::process_group(&mut stand_in, 0);
+    let mut stand_in = stand_in.arg("60").spawn().unwrap();
+    let record = SessionRecord {
+        id: 9,
+        kind: "pyspark".into(),
+        owner: "alice".into(),
+        effective_user: "alice".into(),
+        submit: crate::engine::SubmitSpec::default(),
+        heartbeat_timeout_secs: 0,
+        ttl: None,
+        idle_timeout: None,
+        secret_nonce: Some("11".repeat(16)),
+        state: SessionState::Idle,
+        app_id: None,
+        next_statement_id: 0,
+        process: Some(crate::engine::launch::ProcessIdentity::of(stand_in.id() as i32).unwrap()),
+        yarn_tag: None,
+        cluster_driver: None,
+        created_at: record::now_ms(),
+        finished_at: None,
+    };
+    std::fs::create_dir_all(dir.path().join("sessions/9")).unwrap();
+    let stored = Stored { id: 9, version: 1, meta: Default::default(), bytes: record::encode(&record) };
+    let m = build(cfg, None, "127.0.0.1");
+    let session = m.restore(&stored, &[]).await.unwrap();
+    assert_eq!(session.state(), SessionState::Recovering);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    m.check_timeouts().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while session.state() != SessionState::Dead {
+        assert!(tokio::time::Instant::now() < deadline, "{}", session.state());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = session.log.snapshot().join("\n");
+    assert!(log.contains("not re-established within 1s"), "{log}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(stand_in.wait().unwrap().signal(), Some(15), "its launch is stopped");
+}
