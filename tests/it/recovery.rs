@@ -103,7 +103,7 @@ impl Restartable {
         sparkgate::auth::jwt::mint_dev_token(&cfg, user, &[], Duration::from_secs(3600)).unwrap()
     }
 
-    async fn call(
+    pub async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
