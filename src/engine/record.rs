@@ -234,8 +234,10 @@ mod tests {
         for field in ["process", "driverId", "yarnTag", "finishedAt"] {
             old.as_object_mut().unwrap().remove(field);
         }
+        old["submit"] = serde_json::json!({"conf": {"spark.x": "1"}});
         let read = decode::<BatchRecord>(old.to_string().as_bytes()).unwrap();
         assert_eq!((read.process, read.finished_at), (None, None));
+        assert_eq!(read.submit.conf.len(), 1, "a submit spec without the later fields reads too");
     }
 
     #[test]

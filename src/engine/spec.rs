@@ -5,9 +5,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The fields of a Livy create request that say how the Spark application is submitted,
-/// checked (see `api::AppState::checked_submit`). Sessions and batches carry one each.
+/// checked (see `api::AppState::checked_submit`). Sessions and batches carry one each. Read
+/// back from a stored record, a field it does not have (written before the field existed) is
+/// empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct SubmitSpec {
     /// Unique name, if given.
     pub name: Option<String>,
