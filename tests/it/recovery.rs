@@ -2,7 +2,7 @@
 //! SIGTERM) and started again on the same data directory loses no session, statement or batch,
 //! and leaves no process behind.
 
-use crate::support::{base_overrides, repo_root};
+use crate::support::{base_overrides, https_client, repo_root, request};
 use serde_json::{json, Value};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -110,22 +110,9 @@ impl Restartable {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&self.ca_pem).unwrap())
-            .tls_built_in_root_certs(false)
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap();
-        let mut req = client.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let (status, _, body) =
+            request(&https_client(&self.ca_pem), method, &format!("{}{path}", self.base), token, body).await;
+        (status, body)
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {

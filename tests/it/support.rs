@@ -109,26 +109,11 @@ impl TestGateway {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, reqwest::header::HeaderMap, Value) {
-        let mut req = self.client().request(method, self.url(path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        (status, headers, r.json().await.unwrap_or(Value::Null))
+        request(&self.client(), method, &self.url(path), token, body).await
     }
 
     pub fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&self.ca_pem).unwrap())
-            .tls_built_in_root_certs(false)
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap()
+        https_client(&self.ca_pem)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -205,6 +190,37 @@ impl TestGateway {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// An HTTPS client that trusts only `ca_pem`.
+pub fn https_client(ca_pem: &[u8]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem).unwrap())
+        .tls_built_in_root_certs(false)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// A request to `url` with an optional bearer token; returns status, headers and JSON body.
+pub async fn request(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = client.request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.json().await.unwrap_or(Value::Null))
 }
 
 /// The configuration every test gateway starts from (section.key=value), over `data_dir`,

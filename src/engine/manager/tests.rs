@@ -18,11 +18,16 @@ fn build(cfg: config::ValidatedConfig, spark: Option<SparkEnv>, host: &str) -> A
     SessionManager::new(cfg, spark.map(Arc::new), sessions, Some(DriverChannel { endpoint, local: None }))
 }
 
+/// The configuration over data directory `dir`, with `overrides`.
+fn config_in(dir: &std::path::Path, overrides: &[&str]) -> config::ValidatedConfig {
+    let mut all = vec![format!("server.data_dir=\"{}\"", dir.display())];
+    all.extend(overrides.iter().map(|s| s.to_string()));
+    config::load(&Sources { file: None, env: vec![], overrides: all }).unwrap()
+}
+
 fn manager(overrides: &[&str]) -> (Arc<SessionManager>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut all = vec![format!("server.data_dir=\"{}\"", dir.path().display())];
-    all.extend(overrides.iter().map(|s| s.to_string()));
-    let cfg = config::load(&Sources { file: None, env: vec![], overrides: all }).unwrap();
+    let cfg = config_in(dir.path(), overrides);
     (build(cfg, None, "127.0.0.1"), dir)
 }
 
@@ -451,14 +456,7 @@ async fn a_sessions_uploads_go_when_its_driver_does() {
 async fn what_a_session_and_its_statements_show_is_stored_and_a_statement_is_on_disk_when_flushed() {
     use crate::store::Store;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Arc::new(
-        config::load(&Sources {
-            file: None,
-            env: vec![],
-            overrides: vec![format!("server.data_dir=\"{}\"", dir.path().display())],
-        })
-        .unwrap(),
-    );
+    let cfg = Arc::new(config_in(dir.path(), &[]));
     let db = dir.path().join("state").join("store.db");
     use crate::engine::ids::IdCounter;
     let counters = (IdCounter::in_memory("sessions"), IdCounter::in_memory("batches"));
@@ -534,14 +532,7 @@ async fn what_a_session_and_its_statements_show_is_stored_and_a_statement_is_on_
 async fn a_restarted_gateway_takes_back_a_live_session_with_its_statements_and_the_same_secret() {
     use crate::engine::launch::{ProcessHandle, ProcessIdentity};
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Arc::new(
-        config::load(&Sources {
-            file: None,
-            env: vec![],
-            overrides: vec![format!("server.data_dir=\"{}\"", dir.path().display())],
-        })
-        .unwrap(),
-    );
+    let cfg = Arc::new(config_in(dir.path(), &[]));
     let db = dir.path().join("state").join("store.db");
     let key_file = dir.path().join("keys").join("session-secrets.key");
     let open = || {
@@ -550,14 +541,14 @@ async fn a_restarted_gateway_takes_back_a_live_session_with_its_statements_and_t
         Arc::new(AnyStore::Sqlite(crate::store::sqlite::SqliteStore::open(&db, counters).unwrap()))
     };
     let audit = crate::audit::AuditLog::open(&dir.path().join("audit/audit.log"), 1 << 20).unwrap();
+    // A gateway over the store: its sessions' registry and manager, the key read from its file.
+    let gateway = |store: &Arc<AnyStore>| {
+        let key = crate::rpc::SecretKey::load_or_create(&key_file).unwrap();
+        let sessions = SessionRegistry::new(&cfg, store.clone(), audit.clone(), key);
+        (sessions.clone(), SessionManager::new(cfg.clone(), None, sessions, None))
+    };
     let store = open();
-    let sessions = SessionRegistry::new(
-        &cfg,
-        store.clone(),
-        audit.clone(),
-        crate::rpc::SecretKey::load_or_create(&key_file).unwrap(),
-    );
-    let m = SessionManager::new(cfg.clone(), None, sessions.clone(), None);
+    let (sessions, m) = gateway(&store);
 
     // A running launch (a process standing in for the supervisor) and a session as create makes it.
     let mut stand_in = std::process::Command::new("sleep");
@@ -605,13 +596,7 @@ async fn a_restarted_gateway_takes_back_a_live_session_with_its_statements_and_t
     let store = open();
     let found = crate::engine::recovery::read(&store).await.unwrap();
     assert!(found.spares(crate::acl::ResourceKind::Session, id), "its launch is spared at start-up");
-    let sessions = SessionRegistry::new(
-        &cfg,
-        store.clone(),
-        audit.clone(),
-        crate::rpc::SecretKey::load_or_create(&key_file).unwrap(),
-    );
-    let m2 = SessionManager::new(cfg.clone(), None, sessions.clone(), None);
+    let (_, m2) = gateway(&store);
     let batches = crate::engine::batch::BatchManager::new(cfg.clone(), None, store.clone(), audit.clone());
     let summary = crate::engine::recovery::restore(found, &m2, &batches, &audit).await;
     assert_eq!(summary, crate::engine::recovery::Summary { resumed: 1, finished: 0, unreadable: 0 });
@@ -654,14 +639,7 @@ async fn a_restarted_gateway_takes_back_a_live_session_with_its_statements_and_t
 #[tokio::test]
 async fn a_live_session_whose_launch_ended_meanwhile_comes_back_dead_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Arc::new(
-        config::load(&Sources {
-            file: None,
-            env: vec![],
-            overrides: vec![format!("server.data_dir=\"{}\"", dir.path().display())],
-        })
-        .unwrap(),
-    );
+    let cfg = Arc::new(config_in(dir.path(), &[]));
     let session_dir = dir.path().join("sessions/4");
     std::fs::create_dir_all(&session_dir).unwrap();
     std::fs::write(session_dir.join(SESSION_LOG), "earlier output\n").unwrap();
@@ -701,16 +679,7 @@ async fn a_live_session_whose_launch_ended_meanwhile_comes_back_dead_and_says_wh
 #[tokio::test]
 async fn a_recovered_session_whose_driver_does_not_dial_back_in_time_ends_dead_and_its_launch_is_stopped() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config::load(&Sources {
-        file: None,
-        env: vec![],
-        overrides: vec![
-            format!("server.data_dir=\"{}\"", dir.path().display()),
-            "rpc.reconnect_window=\"1s\"".into(),
-            "sessions.shutdown_grace=\"1s\"".into(),
-        ],
-    })
-    .unwrap();
+    let cfg = config_in(dir.path(), &["rpc.reconnect_window=\"1s\"", "sessions.shutdown_grace=\"1s\""]);
     let mut stand_in = std::process::Command::new("sleep");
     std::os::unix::process::CommandExt::process_group(&mut stand_in, 0);
     let mut stand_in = stand_in.arg("60").spawn().unwrap();
