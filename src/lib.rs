@@ -442,7 +442,6 @@ impl Gateway {
         if recovers {
             self.manager.store_changes().await;
             self.batches.store_changes().await;
-            tracing::info!("sessions and batches are left running for the next start (recovery.enabled)");
         } else {
             self.manager.shutdown_all().await;
             self.batches.shutdown_all().await;

@@ -137,6 +137,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve => {
             let scheme = if validated.config.server.dangerous_plain_http { "http" } else { "https" };
+            let validated_recovers = validated.config.recovers();
             let gateway = sparkgate::Gateway::start(validated, sparkgate::StartOptions::default()).await?;
             println!("sparkgate listening on {scheme}://{}", gateway.addr);
             if let Some(ca) = &gateway.dev_ca {
@@ -149,7 +150,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             wait_for_signal().await;
-            tracing::info!("shutting down: stopping every session");
+            if validated_recovers {
+                tracing::info!("shutting down: sessions and batches are left running for the next start");
+            } else {
+                tracing::info!("shutting down: stopping every session and batch");
+            }
             gateway.shutdown().await;
             Ok(())
         }

@@ -1521,7 +1521,7 @@ class Driver:
     def _finish(self, sid, state, body):
         """Store and send a statement result (self.lock held)."""
         msg = {"type": "statement_result", "id": sid, "state": state,
-               "output": livy_output(sid, body)}
+               "output": livy_output(sid, body), "completed": int(time.time() * 1000)}
         try:
             frame = encode_json(msg)
         except (TypeError, ValueError) as e:

@@ -435,13 +435,20 @@ impl SessionManager {
     /// ended while the gateway was down, the session ended with how it ended.
     fn take_back(self: &Arc<Self>, session: &Arc<Session>, record: &SessionRecord) {
         let log_path = session.dir.join(SESSION_LOG);
+        // Being stopped (a DELETE or a timeout) when the gateway stopped: it ends killed, as
+        // the stop would have ended it (a DELETE that was not answered can be made again).
+        let stopping = record.state == SessionState::ShuttingDown;
         let Some(handle) = record.process.clone().and_then(|p| launch::ProcessHandle::adopt(p, &log_path)) else {
             super::batch::stop_leftovers(&self.config, "sessions", session.id);
-            let reason = match launch::supervisor::recorded_status(&log_path) {
-                Some(code) => format!("its driver ended while the gateway was down (spark-submit exit status {code})"),
-                None => "its driver ended while the gateway was down (no exit status was recorded)".to_string(),
+            let status = match launch::supervisor::recorded_status(&log_path) {
+                Some(code) => format!("spark-submit exit status {code}"),
+                None => "no exit status was recorded".to_string(),
             };
-            session.finish(SessionState::Dead, &reason);
+            if stopping {
+                session.finish(SessionState::Killed, &format!("stopped while the gateway was down ({status})"));
+            } else {
+                session.finish(SessionState::Dead, &format!("its driver ended while the gateway was down ({status})"));
+            }
             return;
         };
         session.set_process(handle.clone());
@@ -465,7 +472,7 @@ impl SessionManager {
             self.config.durations.reconnect_window.as_secs()
         ));
         Self::watch(session, handle, socket);
-        if record.state == SessionState::ShuttingDown {
+        if stopping {
             let manager = self.clone();
             let session = session.clone();
             tokio::spawn(async move {

@@ -128,16 +128,20 @@ pub async fn restore(
         }
     }
     for (kind, id, why) in &unreadable {
+        // Nothing can manage its launch (no API reaches a record that is not taken back): it
+        // stops, and its record stays for an operator.
+        super::batch::stop_leftovers(sessions.config(), kind.plural(), *id);
         tracing::error!(
             kind = kind.as_str(),
             id,
             reason = %why,
-            "a stored record cannot be decoded: it is left in the store, untouched, and its id is never reused"
+            "a stored record cannot be decoded: what still ran of its launch was stopped; the record is left in the \
+             store, untouched, and its id is never reused"
         );
         audit.record(
             AuditEvent::security("record_unreadable", Decision::Error)
                 .resource(format!("{}:{id}", kind.as_str()))
-                .reason(format!("left in the store and skipped: {why}")),
+                .reason(format!("its launch stopped, its record left in the store and skipped: {why}")),
         );
     }
     summary.unreadable = unreadable.len();

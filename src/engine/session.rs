@@ -818,7 +818,7 @@ impl Session {
                     }
                 }
             }
-            FromDriver::StatementResult { id, state, output } => {
+            FromDriver::StatementResult { id, state, output, completed } => {
                 // Always acknowledged, even a duplicate, so the driver can forget it.
                 ack = Some(PendingAck { link: driver.clone(), id });
                 let next = if state == "cancelled" { StatementState::Cancelled } else { StatementState::Available };
@@ -834,7 +834,9 @@ impl Session {
                         s.state = next;
                         s.output = Some(self.bounded_output(id, &output));
                         s.progress = 1.0;
-                        s.completed = now_ms();
+                        // The driver's time when plausible (not before the start, not ahead).
+                        let now = now_ms();
+                        s.completed = completed.filter(|at| *at >= s.started && *at <= now).unwrap_or(now);
                     }
                 }
                 if ran_before_restart {

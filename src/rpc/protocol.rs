@@ -116,6 +116,10 @@ pub enum FromDriver {
         state: String,
         /// Livy's output object.
         output: Value,
+        /// When it finished (ms since the epoch), by the driver's clock: a result delivered
+        /// later (after a reconnect, a restart of the gateway) keeps its real completion time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        completed: Option<i64>,
     },
     /// Completion candidates.
     Completion {

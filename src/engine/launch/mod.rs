@@ -26,7 +26,7 @@ pub use log::{clip_text, LogBuffer, MAX_LOG_LINE_BYTES, MAX_LOG_TAIL_BYTES};
 pub use process::{
     descendants_of_group, group_alive, processes_of_group_tree, stop_orphans, ExitCode, ProcessHandle, ProcessIdentity,
 };
-pub use submit::{build_args, local_rpc_auth, properties_text, spark_properties, write_launch_files};
+pub use submit::{build_args, local_rpc_auth, properties_text, spark_properties, write_launch_files, PROPERTIES_FILE};
 
 use super::spec::SubmitSpec;
 use log::read_lines;

@@ -177,11 +177,18 @@ pub fn stop_orphans(data_dir: &Path, spare: &dyn Fn(&str, u32) -> bool) -> usize
             continue;
         }
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let named = cmdline.split(|b| *b == 0).any(|arg| {
-            let arg = String::from_utf8_lossy(arg);
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        // Only a launch's own processes: its supervisor, spark-submit (and bwrap) with the
+        // launch's properties file, the session driver's program. (An operator's `tail -f` of
+        // a log is none of them.) What they started goes with their group.
+        let supervisor = args.get(1).is_some_and(|a| a == "supervise");
+        let named = args.iter().any(|arg| {
             prefixes.iter().any(|(kind, p)| {
-                let id = arg.strip_prefix(p.as_str()).and_then(|rest| rest.split('/').next());
-                id.and_then(|id| id.parse::<u32>().ok()).is_some_and(|id| !spare(kind, id))
+                let Some((id, file)) = arg.strip_prefix(p.as_str()).and_then(|rest| rest.split_once('/')) else {
+                    return false;
+                };
+                let ours = supervisor || file == super::PROPERTIES_FILE || file == crate::driver::FILE_NAME;
+                ours && id.parse::<u32>().is_ok_and(|id| !spare(kind, id))
             })
         });
         if named {
@@ -263,7 +270,8 @@ mod tests {
         };
         let mut orphan = spawn(data.join("sessions/3/spark-launch.properties"), true);
         let mut recovered = spawn(data.join("sessions/4/spark-launch.properties"), true);
-        let mut batch = spawn(data.join("batches/12/batch.log"), true);
+        let mut batch = spawn(data.join("batches/12/spark-launch.properties"), true);
+        let mut reader = spawn(data.join("sessions/5/session.log"), true);
         let mut bystander = spawn(dir.path().join("elsewhere/sessions/3/x"), true);
         let mut other_files = spawn(data.join("state/next-session-id"), true);
         std::thread::sleep(Duration::from_millis(200));
@@ -274,7 +282,7 @@ mod tests {
             assert_eq!(status.signal(), Some(9));
         }
         assert!(!group_alive(orphan.id() as i32) && !group_alive(batch.id() as i32), "their children go too");
-        for child in [&mut bystander, &mut other_files, &mut recovered] {
+        for child in [&mut bystander, &mut other_files, &mut recovered, &mut reader] {
             assert!(child.try_wait().unwrap().is_none(), "unrelated processes live on");
             let _ = child.kill();
             let _ = child.wait();
@@ -283,7 +291,7 @@ mod tests {
             nix::unistd::Pid::from_raw(bystander.id() as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
-        for child in [&other_files, &recovered] {
+        for child in [&other_files, &recovered, &reader] {
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(child.id() as i32),
                 nix::sys::signal::Signal::SIGKILL,

@@ -127,9 +127,12 @@ pub fn properties_text(properties: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// The file in a launch's directory that holds its Spark properties.
+pub const PROPERTIES_FILE: &str = "spark-launch.properties";
+
 /// Writes a launch's Spark properties into `dir` (0600) and returns the spark-submit argv.
 pub fn write_launch_files(config: &SparkConfig, spec: &LaunchSpec, dir: &Path) -> Result<Vec<OsString>, String> {
-    let path = dir.join("spark-launch.properties");
+    let path = dir.join(PROPERTIES_FILE);
     crate::fs::write_file(&path, properties_text(&spark_properties(config, spec)).as_bytes(), 0o600)
         .map_err(|e| e.to_string())?;
     let path = path.canonicalize().unwrap_or(path);

@@ -498,6 +498,7 @@ async fn what_a_session_and_its_statements_show_is_stored_and_a_statement_is_on_
             id: statement.id,
             state: "available".into(),
             output: json!({"status": "ok", "execution_count": 0, "data": {"text/plain": "42"}}),
+            completed: None,
         },
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -576,6 +577,7 @@ async fn a_restarted_gateway_takes_back_a_live_session_with_its_statements_and_t
             id: done.id,
             state: "available".into(),
             output: json!({"status": "ok", "execution_count": 0, "data": {"text/plain": "2"}}),
+            completed: None,
         },
     );
     assert!(ack.is_some());
@@ -618,6 +620,7 @@ async fn a_restarted_gateway_takes_back_a_live_session_with_its_statements_and_t
             id: running.id,
             state: "available".into(),
             output: json!({"status": "ok", "execution_count": 1, "data": {"text/plain": "42"}}),
+            completed: None,
         },
     )
     .unwrap()
@@ -670,6 +673,12 @@ async fn a_live_session_whose_launch_ended_meanwhile_comes_back_dead_and_says_wh
     let log = session.log.snapshot().join("\n");
     assert!(log.starts_with("earlier output"), "{log}");
     assert!(log.contains("ended while the gateway was down (spark-submit exit status 137)"), "{log}");
+    // One that was being stopped (a DELETE, a timeout) ends killed, as the stop would have.
+    let stopping = SessionRecord { id: 5, state: SessionState::ShuttingDown, ..record.clone() };
+    std::fs::create_dir_all(dir.path().join("sessions/5")).unwrap();
+    let stored5 = Stored { id: 5, version: 3, meta: Default::default(), bytes: record::encode(&stopping) };
+    let session = m.restore(&stored5, &[]).await.unwrap();
+    assert_eq!(session.state(), SessionState::Killed, "{:?}", session.log.snapshot());
     // A damaged record is refused with a reason that quotes nothing of it.
     let damaged = Stored { bytes: b"{\"id\":4,\"owner\":\"x".to_vec(), ..stored };
     let err = m.restore(&damaged, &[]).await.unwrap_err();
@@ -718,4 +727,37 @@ async fn a_recovered_session_whose_driver_does_not_dial_back_in_time_ends_dead_a
     assert!(log.contains("not re-established within 1s"), "{log}");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(stand_in.wait().unwrap().signal(), Some(15), "its launch is stopped");
+}
+
+#[tokio::test]
+async fn an_unreadable_record_is_skipped_and_what_ran_of_its_launch_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Arc::new(config_in(dir.path(), &[]));
+    let batch_dir = dir.path().join("batches/1");
+    std::fs::create_dir_all(&batch_dir).unwrap();
+    // A launch of batch 1 (its command line names the launch's properties file).
+    let mut launch = std::process::Command::new("sh");
+    std::os::unix::process::CommandExt::process_group(&mut launch, 0);
+    let mut launch =
+        launch.args(["-c", "sleep 600 & wait"]).arg(batch_dir.join("spark-launch.properties")).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Its state reads, the rest does not (an owner that is not a string).
+    let damaged = br#"{"id":1,"owner":5,"state":"running"}"#.to_vec();
+    let found = crate::engine::recovery::Found {
+        sessions: Vec::new(),
+        batches: vec![Stored { id: 1, version: 2, meta: Default::default(), bytes: damaged }],
+    };
+    assert!(found.spares(crate::acl::ResourceKind::Batch, 1), "spared until it is found unreadable");
+    let audit = crate::audit::AuditLog::open(&dir.path().join("audit/audit.log"), 1 << 20).unwrap();
+    let m = build((*cfg).clone(), None, "127.0.0.1");
+    let store = Arc::new(AnyStore::Memory(Box::new(crate::store::memory::MemoryStore::ephemeral())));
+    let batches = crate::engine::batch::BatchManager::new(cfg.clone(), None, store, audit.clone());
+    let summary = crate::engine::recovery::restore(found, &m, &batches, &audit).await;
+    assert_eq!(summary.unreadable, 1);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(launch.wait().unwrap().signal(), Some(9), "nothing could manage it: it is stopped");
+    assert!(batches.get("1").is_err());
+    audit.flush().unwrap();
+    let trail = std::fs::read_to_string(dir.path().join("audit/audit.log")).unwrap();
+    assert!(trail.contains("record_unreadable") && trail.contains("batch:1"), "{trail}");
 }

@@ -46,6 +46,7 @@ fn result(id: u32, state: &str) -> FromDriver {
         id,
         state: state.into(),
         output: json!({"status":"ok","execution_count":id,"data":{"text/plain":"2"}}),
+        completed: None,
     }
 }
 
@@ -110,7 +111,10 @@ fn reconnect_resends_the_running_statement_and_ignores_the_old_connection() {
     s.on_driver_message(2, result(0, "available"));
     assert_eq!(s.statement(0).unwrap().state, StatementState::Available);
     // A duplicate result (re-sent after a reconnect) is acknowledged and changes nothing.
-    s.on_driver_message(2, FromDriver::StatementResult { id: 0, state: "available".into(), output: json!(null) });
+    s.on_driver_message(
+        2,
+        FromDriver::StatementResult { id: 0, state: "available".into(), output: json!(null), completed: None },
+    );
     assert_eq!(s.statement(0).unwrap().output.unwrap().value()["status"], "ok");
 }
 
@@ -185,6 +189,7 @@ fn what_a_session_keeps_is_bounded_in_bytes_not_only_in_statements() {
         state: "available".into(),
         // 0.9 MiB each, under the per-output limit (1 MiB here).
         output: json!({"status": "ok", "execution_count": id, "data": {"text/plain": "y".repeat(900 << 10)}}),
+        completed: None,
     };
     for id in 0..3 {
         s.submit(format!("{id}"), CodeKind::PySpark).unwrap();
@@ -309,6 +314,7 @@ fn an_output_larger_than_the_limit_is_replaced_by_a_clear_error() {
             id: 0,
             state: "available".into(),
             output: json!({"status":"ok","execution_count":0,"data":{"text/plain": huge}}),
+            completed: None,
         },
     );
     let big = s.statement(0).unwrap();
@@ -423,4 +429,28 @@ fn a_statement_stored_as_waiting_that_the_driver_ran_before_a_restart_keeps_its_
     );
     assert!(sent.iter().any(|m| matches!(m, ToDriver::Execute { id: 1, .. })), "the next one runs: {sent:?}");
     assert_eq!(s.submit("3".into(), CodeKind::PySpark).unwrap().id, 2, "ids continue");
+}
+
+#[test]
+fn a_result_keeps_the_time_the_driver_finished_it_when_that_is_plausible() {
+    let s = session();
+    let _rx = connect(&s, 1);
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    let a = s.submit("1".into(), CodeKind::PySpark).unwrap();
+    let started = s.statement(a.id).unwrap().started;
+    let done = |id, completed| FromDriver::StatementResult {
+        id,
+        state: "available".into(),
+        output: json!({"status": "ok", "execution_count": id, "data": {"text/plain": "1"}}),
+        completed: Some(completed),
+    };
+    // Delivered late (after a restart): the driver's time counts.
+    std::thread::sleep(Duration::from_millis(30));
+    s.on_driver_message(1, done(a.id, started + 1));
+    assert_eq!(s.statement(a.id).unwrap().completed, started + 1);
+    // A time before the start or in the future is not believed.
+    let b = s.submit("2".into(), CodeKind::PySpark).unwrap();
+    s.on_driver_message(1, done(b.id, i64::MAX));
+    let b = s.statement(b.id).unwrap();
+    assert!(b.completed >= b.started && b.completed < i64::MAX, "{}", b.completed);
 }
