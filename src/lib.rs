@@ -327,7 +327,7 @@ impl Gateway {
         })?;
         let key = rpc::SecretKey::load_or_create(&cfg.server.data_dir.join("keys").join("session-secrets.key"))
             .map_err(StartError::SecretKey)?;
-        let sessions = engine::manager::SessionRegistry::new(&config, store.clone(), audit_log.clone(), key);
+        let sessions = engine::manager::SessionRegistry::new(&config, store.clone(), audit_log.clone(), key.clone());
 
         // The RPC channel has its own private CA: drivers receive it in their 0600 configuration
         // file and trust nothing else. It is kept in the data directory, as is the port chosen
@@ -380,7 +380,7 @@ impl Gateway {
         let acl = acl::AccessManager::load(&cfg.acl.policy_dir, cfg.acl.groups_file.as_deref())
             .map_err(StartError::Policy)?;
         start_policy_reloader(acl.clone(), audit_log.clone(), config.durations.acl_reload_interval);
-        let batches = engine::batch::BatchManager::new(config.clone(), spark, store, audit_log.clone());
+        let batches = engine::batch::BatchManager::new(config.clone(), spark, store, audit_log.clone(), key);
         if recovers {
             let summary = engine::recovery::restore(found, &manager, &batches, &audit_log).await;
             tracing::info!(

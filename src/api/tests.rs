@@ -51,7 +51,13 @@ impl Harness {
             crate::rpc::SecretKey::load_or_create(&data_dir.join("keys").join("session-secrets.key")).unwrap(),
         );
         let manager = crate::engine::SessionManager::new(config.clone(), None, sessions, None);
-        let batches = crate::engine::batch::BatchManager::new(config.clone(), None, store, audit.clone());
+        let batches = crate::engine::batch::BatchManager::new(
+            config.clone(),
+            None,
+            store,
+            audit.clone(),
+            crate::rpc::SecretKey::generate(),
+        );
         let acl = crate::acl::AccessManager::load(&policy_dir, None).unwrap();
         let state = AppState {
             manager,

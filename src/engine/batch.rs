@@ -87,6 +87,8 @@ pub struct Batch {
     pub log_path: PathBuf,
     /// Its Spark UI: the key the driver's UI checks, and which port it really listens on.
     pub ui: AppUi,
+    /// The nonce its UI key is derived with (in the record; None: a random key, tests).
+    ui_nonce: Option<[u8; crate::rpc::secret_key::NONCE_LEN]>,
     dir: PathBuf,
     inner: Mutex<BatchInner>,
     /// Told when what its record shows changed (None in unit tests).
@@ -164,6 +166,7 @@ impl super::registry::Entry for Batch {
             driver_id: inner.driver_id.clone(),
             yarn_tag: inner.yarn_tag.clone(),
             finished_at: inner.finished_ms,
+            ui_nonce: self.ui_nonce.map(hex::encode),
         })
     }
 }
@@ -312,6 +315,8 @@ pub struct BatchManager {
     registry: Registry<Batch>,
     /// Where security events go.
     audit: Arc<AuditLog>,
+    /// What batches' Spark UI keys are derived from.
+    key: crate::rpc::SecretKey,
 }
 
 impl BatchManager {
@@ -322,12 +327,18 @@ impl BatchManager {
         spark: Option<Arc<SparkEnv>>,
         store: Arc<AnyStore>,
         audit: Arc<AuditLog>,
+        key: crate::rpc::SecretKey,
     ) -> Arc<Self> {
         let batches = &config.config.batches;
         let caps =
             limits::Caps { kind: "batches", live: batches.max_batches, launches: batches.max_concurrent_launches };
         let dirs = config.config.server.data_dir.join("batches");
-        Arc::new(Self { registry: Registry::new(store, caps, dirs), config, spark, audit })
+        Arc::new(Self { registry: Registry::new(store, caps, dirs), config, spark, audit, key })
+    }
+
+    /// Batch `id`'s Spark UI, its key derived with `nonce` (the same after a restart).
+    fn ui_of(&self, id: u32, nonce: &[u8; crate::rpc::secret_key::NONCE_LEN]) -> AppUi {
+        AppUi::with_key(format!("/batches/{id}/sparkui"), self.key.derive_ui_key("batch", id, nonce))
     }
 
     /// A batch by id (all digits) or name.
@@ -352,12 +363,14 @@ impl BatchManager {
         let log_path = dir.join(BATCH_LOG);
         let log = start::launch_log(self.spark.as_deref(), &self.config.config.sessions, &log_path)
             .map_err(|e| EngineError::Launch(format!("creating the log of batch {id}: {e}")))?;
+        let ui_nonce = crate::rpc::SecretKey::nonce();
         let batch = Arc::new(Batch {
             id,
             spec: Arc::new(spec),
             log,
             log_path,
-            ui: AppUi::new(format!("/batches/{id}/sparkui")),
+            ui: self.ui_of(id, &ui_nonce),
+            ui_nonce: Some(ui_nonce),
             dir,
             inner: Mutex::new(BatchInner::new(SessionState::Starting)),
             on_change: Some(Registry::on_change(self, |m: &Self| &m.registry, id)),
@@ -486,6 +499,15 @@ impl BatchManager {
         if record.id != stored.id {
             return Err(format!("it names id {}", record.id));
         }
+        let ui_nonce = match &record.ui_nonce {
+            Some(text) => Some(
+                hex::decode(text)
+                    .ok()
+                    .and_then(|bytes| <[u8; crate::rpc::secret_key::NONCE_LEN]>::try_from(bytes).ok())
+                    .ok_or("its UI nonce is malformed")?,
+            ),
+            None => None,
+        };
         let dir = self.config.config.server.data_dir.join("batches").join(record.id.to_string());
         let log_path = dir.join(BATCH_LOG);
         let log = super::manager::reopen_log(&self.config.config.sessions, &log_path);
@@ -507,7 +529,11 @@ impl BatchManager {
             }),
             log,
             log_path: log_path.clone(),
-            ui: AppUi::new(format!("/batches/{}/sparkui", record.id)),
+            ui: match ui_nonce {
+                Some(nonce) => self.ui_of(record.id, &nonce),
+                None => AppUi::new(format!("/batches/{}/sparkui", record.id)),
+            },
+            ui_nonce,
             dir,
             inner: Mutex::new(inner),
             on_change: Some(Registry::on_change(self, |m: &Self| &m.registry, record.id)),
@@ -538,6 +564,16 @@ impl BatchManager {
             return Ok(batch);
         };
         batch.lock().process = Some(handle.clone());
+        // Its UI as at its launch: proxied or not, and the ports its output named.
+        let _ = crate::sparkui::launch_settings(
+            &self.config.config.spark,
+            self.spark.as_deref(),
+            &batch.spec.submit.conf,
+            &batch.ui,
+        );
+        for line in batch.log.snapshot() {
+            batch.ui.offer_line(&line);
+        }
         launch::follow_output(&handle, batch.log.clone(), self.output_watcher(&batch));
         Self::watch(&batch, handle);
         if record.state == SessionState::ShuttingDown {
@@ -836,6 +872,7 @@ mod tests {
             log,
             log_path,
             ui: AppUi::new("/batches/7/sparkui"),
+            ui_nonce: None,
             dir: dir.path().to_path_buf(),
             inner: Mutex::new(BatchInner::new(SessionState::Running)),
             on_change: None,
@@ -1031,7 +1068,8 @@ mod tests {
             let audit =
                 crate::audit::AuditLog::open(&config.config.server.data_dir.join("audit/audit.log"), 1 << 20).unwrap();
             let store = Arc::new(AnyStore::Memory(Box::new(crate::store::memory::MemoryStore::ephemeral())));
-            let manager = BatchManager::new(config, Some(Arc::new(env)), store, audit);
+            let manager =
+                BatchManager::new(config, Some(Arc::new(env)), store, audit, crate::rpc::SecretKey::generate());
             Self { dir, manager }
         }
 

@@ -20,6 +20,7 @@ use crate::config::{parse_duration, ValidatedConfig};
 use crate::rpc::{
     DriverLink, DriverRegistry, FromDriver, LocalListenError, LocalListeners, Peer, SecretKey, SessionSecret,
 };
+use crate::sparkui::AppUi;
 use crate::store::{AnyStore, Stored, Version};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -124,6 +125,13 @@ impl SessionRegistry {
             key,
             rpc_auth_failures: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+}
+
+impl SessionRegistry {
+    /// Session `id`'s Spark UI, its key derived with `nonce` (the same after a restart).
+    fn ui_of(&self, id: u32, nonce: Option<&[u8; crate::rpc::secret_key::NONCE_LEN]>) -> AppUi {
+        AppUi::with_key(format!("/sessions/{id}/sparkui"), nonce.and_then(|n| self.key.derive_ui_key("session", id, n)))
     }
 }
 
@@ -247,6 +255,7 @@ impl SessionManager {
         let nonce = SecretKey::nonce();
         let secret = self.sessions.key.derive(id, &nonce);
         let mut session = Session::new(id, spec, limits, secret, log, dir);
+        session.ui = self.sessions.ui_of(id, Some(&nonce));
         session.secret_nonce = Some(nonce);
         session.on_change = Some(Registry::on_change(&self.sessions, |r: &SessionRegistry| &r.entries, id));
         let session = Arc::new(session);
@@ -418,6 +427,16 @@ impl SessionManager {
         let dir = self.config.config.server.data_dir.join("sessions").join(record.id.to_string());
         let log = reopen_log(&self.config.config.sessions, &dir.join(SESSION_LOG));
         let mut session = Session::restore(&record, spec, kept, limits, secret, log, dir);
+        session.ui = self.sessions.ui_of(record.id, nonce.as_ref());
+        if !record.state.is_terminal() {
+            // Whether the proxy serves it, decided as at its launch.
+            let _ = crate::sparkui::launch_settings(
+                &self.config.config.spark,
+                self.spark.as_deref(),
+                &session.spec.submit.conf,
+                &session.ui,
+            );
+        }
         session.secret_nonce = nonce;
         session.on_change = Some(Registry::on_change(&self.sessions, |r: &SessionRegistry| &r.entries, record.id));
         session.set_app_id_format(AppIdFormat::of_master(&self.config.config.spark.master));

@@ -140,6 +140,9 @@ pub struct BatchRecord {
     /// When it finished (ms since the epoch).
     #[serde(default)]
     pub finished_at: Option<i64>,
+    /// The nonce its Spark UI key is derived with (hex).
+    #[serde(default)]
+    pub ui_nonce: Option<String>,
 }
 
 /// `value` as a record's bytes.
@@ -227,11 +230,12 @@ mod tests {
             driver_id: None,
             yarn_tag: Some("sparkgate-launch-x".into()),
             finished_at: Some(1_700_000_000_500),
+            ui_nonce: Some("ab".repeat(16)),
         };
         assert_eq!(decode::<BatchRecord>(&encode(&batch)).unwrap(), batch);
         // A record of an older version (no recovery fields) still reads.
         let mut old: serde_json::Value = serde_json::from_slice(&encode(&batch)).unwrap();
-        for field in ["process", "driverId", "yarnTag", "finishedAt"] {
+        for field in ["process", "driverId", "yarnTag", "finishedAt", "uiNonce"] {
             old.as_object_mut().unwrap().remove(field);
         }
         old["submit"] = serde_json::json!({"conf": {"spark.x": "1"}});

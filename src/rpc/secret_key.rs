@@ -76,14 +76,26 @@ impl SecretKey {
 
     /// Session `session_id`'s secret for `nonce`.
     pub fn derive(&self, session_id: u32, nonce: &[u8; NONCE_LEN]) -> SessionSecret {
-        // new_from_slice only fails for key lengths HMAC cannot take; SHA-256 HMAC takes any
-        // (were it to fail, a random secret would let no driver in: safe, and visible).
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0) else { return SessionSecret::generate() };
-        mac.update(b"sparkgate-session-secret-v1|");
-        mac.update(&session_id.to_be_bytes());
+        // Were HMAC to refuse the key, a random secret would let no driver in: safe, and visible.
+        self.mac(b"sparkgate-session-secret-v1|", session_id, nonce)
+            .map_or_else(SessionSecret::generate, SessionSecret::from_bytes)
+    }
+
+    /// The Spark UI key of launch `id` of `kind` (`session` or `batch`) for `nonce`: derived,
+    /// like the RPC secret, so that a restarted gateway signs what the running UI accepts.
+    /// None only if HMAC refused the key (the caller then uses a random key).
+    pub fn derive_ui_key(&self, kind: &str, id: u32, nonce: &[u8; NONCE_LEN]) -> Option<[u8; 32]> {
+        self.mac(format!("sparkgate-ui-key-v1|{kind}|").as_bytes(), id, nonce)
+    }
+
+    fn mac(&self, label: &[u8], id: u32, nonce: &[u8; NONCE_LEN]) -> Option<[u8; 32]> {
+        // new_from_slice only fails for key lengths HMAC cannot take; SHA-256 HMAC takes any.
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).ok()?;
+        mac.update(label);
+        mac.update(&id.to_be_bytes());
         mac.update(b"|");
         mac.update(nonce);
-        SessionSecret::from_bytes(mac.finalize().into_bytes().into())
+        Some(mac.finalize().into_bytes().into())
     }
 }
 

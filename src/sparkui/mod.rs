@@ -2,7 +2,8 @@
 //! its driver's UI to the gateway, and which port really is that UI.
 //!
 //! A driver's UI would otherwise answer anyone who reaches its port: every page, the REST API,
-//! the environment. So every launch gets a UI key of its own (32 random bytes), and:
+//! the environment. So every launch gets a UI key of its own (32 bytes, derived from the gateway's key and a
+//! nonce of the launch, so that a restarted gateway has it again; see `rpc::SecretKey`), and:
 //! - Spark's `JWSFilter` guards every UI handler (static files and `/api` too): a request
 //!   without `Authorization: Bearer <JWS signed with that key>` is answered 403;
 //! - with a local master the UI binds to loopback (`SPARK_LOCAL_IP`);
@@ -119,6 +120,13 @@ impl AppUi {
     /// A new application's UI, served under `base` (`/sessions/3/sparkui`), with a fresh key.
     pub fn new(base: impl Into<String>) -> Self {
         Self { key: UiKey::generate(), base: base.into(), state: Mutex::new(UiState::default()) }
+    }
+
+    /// An application's UI served under `base` with `key` (derived, so that it is the same
+    /// after a restart of the gateway; a fresh one when there is none).
+    pub fn with_key(base: impl Into<String>, key: Option<[u8; 32]>) -> Self {
+        let key = key.map_or_else(UiKey::generate, UiKey);
+        Self { key, base: base.into(), state: Mutex::new(UiState::default()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, UiState> {

@@ -153,6 +153,21 @@ impl Restartable {
         }
     }
 
+    /// A page of the Spark UI proxy: status and text (polled until 200 or `limit`: the UI's
+    /// port is learned, and checked, a moment after the driver connects).
+    async fn ui_page(&self, path: &str, limit: Duration) -> (u16, String) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let r = https_client(&self.ca_pem).get(format!("{}{path}", self.base)).send().await.unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap_or_default();
+            if status == 200 || tokio::time::Instant::now() > deadline {
+                return (status, text);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     async fn session_log(&self, id: u64) -> String {
         let (_, log) = self.get(&format!("/sessions/{id}/log?size=-1")).await;
         log["log"]
@@ -236,6 +251,10 @@ async fn a_session_loses_nothing_when_the_gateway_is_killed_and_restarted() {
         .await;
     assert_eq!(text_of(&first), "6");
 
+    let ui = format!("{session}/sparkui/jobs/");
+    let (status, page) = gw.ui_page(&ui, Duration::from_secs(60)).await;
+    assert!(status == 200 && page.contains("Spark Jobs"), "{status} {page}");
+
     // Round 1: killed while a statement runs and another waits.
     let (_, slow) = gw.post(&format!("{session}/statements"), json!({"code": "import time; time.sleep(8); 6*7"})).await;
     let (status, queued) = gw.post(&format!("{session}/statements"), json!({"code": "x * 7"})).await;
@@ -256,6 +275,9 @@ async fn a_session_loses_nothing_when_the_gateway_is_killed_and_restarted() {
     assert_eq!(text_of(&queued), "42", "the statement queued before the kill ran after it: {queued}");
     let (_, again) = gw.get(&format!("{session}/statements/{}", first["id"])).await;
     assert_eq!(again, first, "earlier statements are kept as they were");
+    // The restarted gateway signs what the running UI accepts (its key is derived, not kept).
+    let (status, page) = gw.ui_page(&ui, Duration::from_secs(60)).await;
+    assert!(status == 200 && page.contains("Spark Jobs"), "the Spark UI after the restart: {status} {page}");
 
     // Rounds 2 and 3: killed mid-statement again, then while idle; ids go on.
     let (_, round2) =

@@ -599,7 +599,13 @@ async fn a_restarted_gateway_takes_back_a_live_session_with_its_statements_and_t
     let found = crate::engine::recovery::read(&store).await.unwrap();
     assert!(found.spares(crate::acl::ResourceKind::Session, id), "its launch is spared at start-up");
     let (_, m2) = gateway(&store);
-    let batches = crate::engine::batch::BatchManager::new(cfg.clone(), None, store.clone(), audit.clone());
+    let batches = crate::engine::batch::BatchManager::new(
+        cfg.clone(),
+        None,
+        store.clone(),
+        audit.clone(),
+        crate::rpc::SecretKey::generate(),
+    );
     let summary = crate::engine::recovery::restore(found, &m2, &batches, &audit).await;
     assert_eq!(summary, crate::engine::recovery::Summary { resumed: 1, finished: 0, unreadable: 0 });
     let back = m2.get(&id.to_string()).unwrap();
@@ -751,7 +757,13 @@ async fn an_unreadable_record_is_skipped_and_what_ran_of_its_launch_is_stopped()
     let audit = crate::audit::AuditLog::open(&dir.path().join("audit/audit.log"), 1 << 20).unwrap();
     let m = build((*cfg).clone(), None, "127.0.0.1");
     let store = Arc::new(AnyStore::Memory(Box::new(crate::store::memory::MemoryStore::ephemeral())));
-    let batches = crate::engine::batch::BatchManager::new(cfg.clone(), None, store, audit.clone());
+    let batches = crate::engine::batch::BatchManager::new(
+        cfg.clone(),
+        None,
+        store,
+        audit.clone(),
+        crate::rpc::SecretKey::generate(),
+    );
     let summary = crate::engine::recovery::restore(found, &m, &batches, &audit).await;
     assert_eq!(summary.unreadable, 1);
     use std::os::unix::process::ExitStatusExt;
