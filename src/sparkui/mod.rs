@@ -2,8 +2,9 @@
 //! its driver's UI to the gateway, and which port really is that UI.
 //!
 //! A driver's UI would otherwise answer anyone who reaches its port: every page, the REST API,
-//! the environment. So every launch gets a UI key of its own (32 bytes, derived from the gateway's key and a
-//! nonce of the launch, so that a restarted gateway has it again; see `rpc::SecretKey`), and:
+//! the environment. So every launch gets a UI key of its own (32 bytes, derived from the
+//! gateway's key and a nonce of the launch, so that a restarted gateway has it again; see
+//! `rpc::SecretKey`), and:
 //! - Spark's `JWSFilter` guards every UI handler (static files and `/api` too): a request
 //!   without `Authorization: Bearer <JWS signed with that key>` is answered 403;
 //! - with a local master the UI binds to loopback (`SPARK_LOCAL_IP`);
