@@ -34,6 +34,7 @@ use engine::{RpcEndpoint, SessionManager};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use store::Store;
 use tokio::sync::watch;
 
 /// Why the gateway could not start; each message says what to fix.
@@ -146,6 +147,36 @@ fn start_policy_reloader(acl: Arc<acl::AccessManager>, audit: Arc<audit::AuditLo
     });
 }
 
+/// Keeps the audit chain's synced head in the store (checked at every second), so the next
+/// start can tell whether the trail lost records (see [`audit::ChainHead::missing_from`]).
+fn start_audit_head_keeper(audit: Arc<audit::AuditLog>, store: Arc<store::AnyStore>, stored: Option<audit::ChainHead>) {
+    let weak = Arc::downgrade(&audit);
+    drop(audit);
+    tokio::spawn(async move {
+        let mut kept = stored;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(audit) = weak.upgrade() else { return };
+            keep_audit_head(&audit, &store, &mut kept).await;
+        }
+    });
+}
+
+/// Writes the audit chain's synced head to the store if it moved on from `kept`.
+async fn keep_audit_head(audit: &audit::AuditLog, store: &store::AnyStore, kept: &mut Option<audit::ChainHead>) {
+    let head = audit.synced_head();
+    let Some(current) = head.as_ref().filter(|h| Some(*h) != kept.as_ref()) else { return };
+    match serde_json::to_vec(current) {
+        Ok(bytes) => match store.put_value(store::AUDIT_HEAD, bytes).await {
+            Ok(()) => *kept = head,
+            Err(e) => tracing::warn!(error = %e, "could not keep the audit chain's head in the store"),
+        },
+        Err(e) => tracing::warn!(error = %e, "could not encode the audit chain's head"),
+    }
+}
+
 /// Options for tests and tools; production uses the defaults.
 #[derive(Debug, Clone)]
 pub struct StartOptions {
@@ -176,6 +207,7 @@ pub struct Gateway {
     pub rpc_ca_pem: String,
     /// The audit trail.
     pub audit: Arc<audit::AuditLog>,
+    store: Arc<store::AnyStore>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -291,6 +323,22 @@ impl Gateway {
             .map_err(|e| StartError::Store(format!("opening the store stopped: {e}")))?
             .map_err(StartError::Store)?;
         let store = Arc::new(store);
+        // The trail must not have lost records the store saw written (a truncated or replaced
+        // audit file): said in the trail itself, whose chain goes on from its last record.
+        let stored_head = store
+            .value(store::AUDIT_HEAD)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|bytes| serde_json::from_slice::<audit::ChainHead>(&bytes).ok());
+        if let Some(problem) = audit::ChainHead::missing_from(stored_head.as_ref(), audit_log.opened_head()) {
+            tracing::error!(trail = %audit_path.display(), problem, "the audit trail lost records since the last run");
+            audit_log.record(
+                audit::AuditEvent::security("audit_trail_truncated", audit_slots::Decision::Error)
+                    .reason(format!("{problem}; the chain goes on from the trail's last record")),
+            );
+        }
+        start_audit_head_keeper(audit_log.clone(), store.clone(), stored_head);
         // With recovery, what the earlier run's records say is taken back below; without, its
         // records were forgotten as the store opened.
         let recovers = cfg.recovers();
@@ -380,6 +428,7 @@ impl Gateway {
         let acl = acl::AccessManager::load(&cfg.acl.policy_dir, cfg.acl.groups_file.as_deref())
             .map_err(StartError::Policy)?;
         start_policy_reloader(acl.clone(), audit_log.clone(), config.durations.acl_reload_interval);
+        let store_handle = store.clone();
         let batches = engine::batch::BatchManager::new(config.clone(), spark, store, audit_log.clone(), key);
         if recovers {
             let summary = engine::recovery::restore(found, &manager, &batches, &audit_log).await;
@@ -429,6 +478,7 @@ impl Gateway {
             dev_ca,
             rpc_ca_pem: rpc_pki.ca_pem,
             audit: audit_log,
+            store: store_handle,
             shutdown,
         })
     }
@@ -455,6 +505,7 @@ impl Gateway {
         ));
         let audit = self.audit.clone();
         let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
+        keep_audit_head(&self.audit, &self.store, &mut None).await;
     }
 }
 

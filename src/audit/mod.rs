@@ -13,7 +13,7 @@ mod writer;
 
 pub use layer::{audit_requests, expose_matched_path};
 pub use verify::{verify_files, Problem, ProblemKind, VerifyReport};
-pub use writer::{chain_files, AuditLog, AuditOptions, Recorded};
+pub use writer::{chain_files, AuditLog, AuditOptions, ChainHead, Recorded};
 
 use crate::audit_slots::Decision;
 use crate::identity::{AuthMethod, Principal};

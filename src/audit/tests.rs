@@ -1005,3 +1005,33 @@ fn old_rotated_files_are_retired_by_age_at_start_up() {
     let retirement = files.iter().flat_map(|f| records_of(f, "audit_files_retired")).next().unwrap();
     assert!(retirement["reason"].as_str().unwrap().contains("older than audit.max_age"), "{retirement}");
 }
+
+#[test]
+fn a_trail_that_lost_records_the_store_saw_is_told_apart_from_one_that_went_on() {
+    use super::ChainHead;
+    let head = |seq: u64, hash: &str| ChainHead { seq, hash: hash.to_string() };
+    assert_eq!(ChainHead::missing_from(None, Some(&head(3, "c"))), None, "nothing kept yet");
+    assert_eq!(ChainHead::missing_from(Some(&head(3, "c")), Some(&head(3, "c"))), None);
+    assert_eq!(ChainHead::missing_from(Some(&head(3, "c")), Some(&head(9, "i"))), None, "it went on since");
+    let lost = ChainHead::missing_from(Some(&head(9, "i")), Some(&head(3, "c"))).unwrap();
+    assert!(lost.contains("ends at seq 3") && lost.contains("seq 9"), "{lost}");
+    let replaced = ChainHead::missing_from(Some(&head(3, "c")), Some(&head(3, "x"))).unwrap();
+    assert!(replaced.contains("seq 3 is not the one written"), "{replaced}");
+    assert!(ChainHead::missing_from(Some(&head(0, "a")), None).unwrap().contains("empty"));
+}
+
+#[test]
+fn the_synced_head_follows_what_is_on_disk_and_the_opened_head_what_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let log = AuditLog::open(&path, 1 << 20).unwrap();
+    assert!(log.opened_head().is_none() && log.synced_head().is_none());
+    log.record(AuditEvent::security("one", crate::audit_slots::Decision::Info));
+    log.record(AuditEvent::security("two", crate::audit_slots::Decision::Info));
+    log.flush().unwrap();
+    let head = log.synced_head().unwrap();
+    assert_eq!(head.seq, 1);
+    drop(log);
+    let again = AuditLog::open(&path, 1 << 20).unwrap();
+    assert_eq!(again.opened_head(), Some(&head));
+}

@@ -102,6 +102,38 @@ pub struct AuditLog {
     security_counts: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Windows of repeated events; shared with the writer thread, which writes the summaries.
     coalescer: Arc<Mutex<Coalescer>>,
+    /// The last record when the file was opened.
+    opened_head: Option<ChainHead>,
+    /// The last record synced to disk (the writer updates it).
+    synced_head: Arc<Mutex<Option<ChainHead>>>,
+}
+
+/// The last record of the chain: its seq and hash. Kept in the store too (see
+/// `crate::store`), so that a trail that lost its newest records is noticed at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChainHead {
+    /// Its seq.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: String,
+}
+
+impl ChainHead {
+    /// What `stored` (the head the store last kept) says of `trail` (the head the trail had
+    /// when it was opened): a message when the trail is missing records the store saw written.
+    pub fn missing_from(stored: Option<&ChainHead>, trail: Option<&ChainHead>) -> Option<String> {
+        let stored = stored?;
+        match trail {
+            None => Some(format!("the trail is empty, but it had reached seq {}", stored.seq)),
+            Some(trail) if trail.seq < stored.seq => {
+                Some(format!("the trail ends at seq {}, but it had reached seq {}", trail.seq, stored.seq))
+            }
+            Some(trail) if trail.seq == stored.seq && trail.hash != stored.hash => {
+                Some(format!("its record seq {} is not the one written", trail.seq))
+            }
+            Some(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -157,10 +189,12 @@ impl AuditLog {
         } else {
             (None, newest_rotated_last_record(&dir, &file_name)?)
         };
+        let opened_head = last.as_ref().map(|record| ChainHead { seq: record.seq, hash: record.hash.clone() });
         let (next_seq, prev) = match last {
             Some(record) => (record.seq.saturating_add(1), record.hash),
             None => (0, GENESIS_PREV.to_string()),
         };
+        let synced_head = Arc::new(Mutex::new(opened_head.clone()));
         tracing::info!(path = %path.display(), next_seq, "audit trail open");
 
         let writer = Writer {
@@ -180,6 +214,7 @@ impl AuditLog {
             write_failing: false,
             rotate_failing: false,
             sync_failing: false,
+            synced_head: synced_head.clone(),
         };
         let losses = Arc::new(Losses::default());
         let coalescer = Arc::new(Mutex::new(Coalescer::new(options.repeat_window)));
@@ -199,7 +234,19 @@ impl AuditLog {
             losses,
             security_counts: Mutex::default(),
             coalescer,
+            opened_head,
+            synced_head,
         }))
+    }
+
+    /// The last record of the trail when it was opened (None: it was empty).
+    pub fn opened_head(&self) -> Option<&ChainHead> {
+        self.opened_head.as_ref()
+    }
+
+    /// The last record known to be on disk.
+    pub fn synced_head(&self) -> Option<ChainHead> {
+        lock(&self.synced_head).clone()
     }
 
     /// Queues `event`; it gets its `time` now and its `seq` from the writer. Never blocks and
@@ -344,6 +391,8 @@ struct Writer {
     rotate_failing: bool,
     /// Whether the last background sync failed.
     sync_failing: bool,
+    /// Shared with the [`AuditLog`]: the last record synced.
+    synced_head: Arc<Mutex<Option<ChainHead>>>,
 }
 
 impl Writer {
@@ -608,9 +657,19 @@ impl Writer {
     }
 
     /// Syncs in the background of the queue: failures are logged once per outage.
+    /// Notes that every record written so far is on disk.
+    fn synced(&self) {
+        if let Some(seq) = self.next_seq.checked_sub(1) {
+            *lock(&self.synced_head) = Some(ChainHead { seq, hash: self.prev.clone() });
+        }
+    }
+
     fn sync_quietly(&mut self) {
         match self.file.sync_data() {
-            Ok(()) => self.sync_failing = false,
+            Ok(()) => {
+                self.sync_failing = false;
+                self.synced();
+            }
             Err(e) => {
                 if !self.sync_failing {
                     tracing::error!(path = %self.path.display(), error = %e, "syncing the audit trail failed");
@@ -622,6 +681,7 @@ impl Writer {
 
     fn sync(&self) -> Result<(), AuditError> {
         self.file.sync_data().map_err(io_at(&self.path))?;
+        self.synced();
         if self.write_failing {
             return Err(AuditError::Io {
                 path: self.path.clone(),

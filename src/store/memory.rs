@@ -20,12 +20,19 @@ pub struct MemoryStore {
     batches: IdCounter,
     tables: Mutex<[Table; 2]>,
     statements: Mutex<BTreeMap<(u32, u32), Stored>>,
+    values: Mutex<HashMap<String, Vec<u8>>>,
 }
 
 impl MemoryStore {
     /// A store whose ids come from these counters.
     pub fn new(sessions: IdCounter, batches: IdCounter) -> Self {
-        Self { sessions, batches, tables: Mutex::new(Default::default()), statements: Mutex::default() }
+        Self {
+            sessions,
+            batches,
+            tables: Mutex::new(Default::default()),
+            statements: Mutex::default(),
+            values: Mutex::default(),
+        }
     }
 
     /// A store with counters in memory too (tests).
@@ -153,6 +160,15 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn put_value(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.values.lock().unwrap_or_else(PoisonError::into_inner).insert(key.to_string(), bytes);
+        Ok(())
+    }
+
+    async fn value(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.values.lock().unwrap_or_else(PoisonError::into_inner).get(key).cloned())
+    }
+
     async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Version>, StoreError> {
         // All checked under both locks before any is made: all or none. (The writes of one
         // batch touch distinct items.)
@@ -224,6 +240,11 @@ mod tests {
     #[tokio::test]
     async fn listing_is_paged_by_id() {
         crate::store::tests::listing_is_paged_by_id(&MemoryStore::ephemeral()).await;
+    }
+
+    #[tokio::test]
+    async fn values_are_set_replaced_and_read() {
+        crate::store::tests::values_are_set_replaced_and_read(&MemoryStore::ephemeral()).await;
     }
 
     #[tokio::test]

@@ -194,7 +194,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Makes `writes` all or none (one transaction, one sync to disk); returns each write's
     /// new version (0 for a delete).
     fn apply(&self, writes: Vec<Write>) -> impl Future<Output = Result<Vec<Version>, StoreError>> + Send;
+
+    /// Sets the gateway's own value `key` (the audit chain's head), replacing what was there.
+    fn put_value(&self, key: &str, bytes: Vec<u8>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The gateway's own value `key`, if set.
+    fn value(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
 }
+
+/// The key under which the audit chain's head is kept (see [`crate::audit::ChainHead`]).
+pub const AUDIT_HEAD: &str = "audit_head";
 
 /// The store a gateway runs with, chosen by configuration: the one place a store kind is
 /// plugged in.
@@ -325,6 +334,20 @@ impl Store for AnyStore {
         match self {
             Self::Memory(s) => s.apply(writes).await,
             Self::Sqlite(s) => s.apply(writes).await,
+        }
+    }
+
+    async fn put_value(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(s) => s.put_value(key, bytes).await,
+            Self::Sqlite(s) => s.put_value(key, bytes).await,
+        }
+    }
+
+    async fn value(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Self::Memory(s) => s.value(key).await,
+            Self::Sqlite(s) => s.value(key).await,
         }
     }
 }

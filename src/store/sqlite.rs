@@ -40,6 +40,11 @@ const MIGRATIONS: &[&str] = &[
          bytes BLOB NOT NULL,
          PRIMARY KEY (session, id)
      );",
+    // 3: the gateway's own values (the audit chain's head).
+    "CREATE TABLE meta (
+         key TEXT PRIMARY KEY,
+         bytes BLOB NOT NULL
+     );",
 ];
 
 /// The schema version this build writes.
@@ -495,6 +500,27 @@ impl Store for SqliteStore {
 
     async fn delete_statement(&self, session: u32, statement: u32) -> Result<(), StoreError> {
         self.apply(vec![Write::DeleteStatement { session, statement }]).await.map(|_| ())
+    }
+
+    async fn put_value(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO meta (key, bytes) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET bytes = excluded.bytes",
+                params![key, bytes],
+            )
+            .map_err(failed)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn value(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_string();
+        self.with(move |conn| {
+            conn.query_row("SELECT bytes FROM meta WHERE key = ?1", [key], |row| row.get(0)).optional().map_err(failed)
+        })
+        .await
     }
 
     async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Version>, StoreError> {

@@ -91,3 +91,12 @@ pub(crate) async fn statements_are_written_by_version_listed_in_order_and_go_wit
     assert!(store.list_statements(4, None, 10).await.unwrap().is_empty(), "they go with their session");
     assert_eq!(store.list_statements(5, None, 10).await.unwrap().len(), 1, "another session's stay");
 }
+
+/// The gateway's own values: set, replaced, read back; absent until set.
+pub(crate) async fn values_are_set_replaced_and_read(store: &impl Store) {
+    assert_eq!(store.value(super::AUDIT_HEAD).await.unwrap(), None);
+    store.put_value(super::AUDIT_HEAD, b"one".to_vec()).await.unwrap();
+    store.put_value(super::AUDIT_HEAD, b"two".to_vec()).await.unwrap();
+    assert_eq!(store.value(super::AUDIT_HEAD).await.unwrap().as_deref(), Some(&b"two"[..]));
+    assert_eq!(store.value("other").await.unwrap(), None);
+}

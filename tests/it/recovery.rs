@@ -445,5 +445,25 @@ async fn without_recovery_a_stop_stops_everything_and_a_start_forgets_it() {
     // Killed, then started again without recovery: what the killed run left is stopped.
     gw.start();
     assert!(none_left(&gw.data().join("batches")).await.is_empty(), "an earlier run's batch is stopped at start-up");
+
+    // The store keeps the audit chain's head: a trail that lost its newest records says so.
+    tokio::time::sleep(Duration::from_millis(2500)).await; // the head is kept every second
+    gw.kill9();
+    let trail = gw.data().join("audit/audit.log");
+    let text = std::fs::read_to_string(&trail).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&trail, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
+    gw.start();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&trail).unwrap();
+        if let Some(line) = text.lines().find(|l| l.contains("audit_trail_truncated")) {
+            let expected = format!("the trail ends at seq {}", lines.len() - 3);
+            assert!(line.contains(&expected) && line.contains("error"), "{line}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no audit_trail_truncated in {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     gw.kill9();
 }

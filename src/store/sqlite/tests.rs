@@ -36,6 +36,16 @@ async fn listing_is_paged_by_id() {
 }
 
 #[tokio::test]
+async fn values_are_set_replaced_and_read() {
+    let (_dir, path) = fresh();
+    let store = SqliteStore::open(&path, floors(0, 0)).unwrap();
+    crate::store::tests::values_are_set_replaced_and_read(&store).await;
+    drop(store);
+    let store = SqliteStore::open(&path, floors(0, 0)).unwrap();
+    assert_eq!(store.value(crate::store::AUDIT_HEAD).await.unwrap().as_deref(), Some(&b"two"[..]), "durable");
+}
+
+#[tokio::test]
 async fn records_and_counters_survive_a_reopen_and_the_file_counters_keep_level() {
     let (dir, path) = fresh();
     let files = |s: u32, b: u32| {
@@ -113,7 +123,7 @@ fn migrations_run_in_order_from_any_earlier_version_and_only_once() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(tables, ["counters", "records", "statements"]);
+    assert_eq!(tables, ["counters", "meta", "records", "statements"]);
     drop(conn);
     // Opened again, nothing is applied twice (a second CREATE TABLE would fail).
     let store = SqliteStore::open(&path, floors(0, 0)).unwrap();
