@@ -556,6 +556,9 @@ impl BatchManager {
                     batch.log.push("sparkgate: spark-submit ended while the gateway was down".to_string());
                     batch.exited(code);
                 }
+                // Cluster mode: the driver runs in the cluster, whatever became of spark-submit
+                // here (a host restart takes the supervisor along).
+                None if self.config.config.spark.deploy_mode == "cluster" => self.take_back_from_cluster(&batch).await,
                 None => batch.move_to(
                     SessionState::Dead,
                     Some("spark-submit ended while the gateway was down, and no exit status was recorded"),
@@ -586,6 +589,104 @@ impl BatchManager {
         Ok(batch)
     }
 
+    /// A cluster-mode batch whose spark-submit is gone and left no exit status: watched
+    /// through the standalone master that runs its driver, when it is known; elsewhere (YARN,
+    /// Kubernetes, no master UI) it cannot be watched, so it is stopped in the cluster — nothing
+    /// runs unwatched — and ends `dead`, saying so.
+    async fn take_back_from_cluster(self: &Arc<Self>, batch: &Arc<Batch>) {
+        let cfg = &self.config.config.spark;
+        let driver = batch.lock().driver_id.clone();
+        if let (Some(ui), Some(driver), true) =
+            (cfg.standalone_master_ui.clone(), driver, cfg.master.starts_with("spark://"))
+        {
+            batch.log.push(format!("sparkgate: spark-submit is gone; watching {driver} through the master"));
+            self.watch_in_master(batch, ui, driver);
+            return;
+        }
+        self.kill_everywhere(batch).await;
+        batch.move_to(
+            SessionState::Dead,
+            Some(
+                "spark-submit was lost while the gateway was down and the application cannot be watched from here: it \
+                 was stopped in the cluster",
+            ),
+        );
+    }
+
+    /// Follows a standalone cluster-mode driver's state in the master's status until it ends.
+    fn watch_in_master(&self, batch: &Arc<Batch>, ui: String, driver: String) {
+        let weak = Arc::downgrade(batch);
+        let url = format!("{}/json/", ui.trim_end_matches('/'));
+        tokio::spawn(async move {
+            // The master may be restarting too: it is asked for a while before the driver
+            // counts as lost.
+            let mut unknown = 0;
+            loop {
+                let Some(batch) = weak.upgrade() else { return };
+                if batch.state().is_terminal() {
+                    return;
+                }
+                let state =
+                    launch::http_get_json(&url).await.and_then(|s| launch::driver_state_in_master_status(&s, &driver));
+                match state.as_deref() {
+                    Some("FINISHED") => {
+                        batch.move_to(SessionState::Success, Some(&format!("the master reports {driver} FINISHED")));
+                        return;
+                    }
+                    Some(end @ ("FAILED" | "ERROR" | "KILLED")) => {
+                        batch.move_to(SessionState::Dead, Some(&format!("the master reports {driver} {end}")));
+                        return;
+                    }
+                    Some(_) => unknown = 0,
+                    None => {
+                        unknown += 1;
+                        if unknown >= 30 {
+                            batch.move_to(
+                                SessionState::Dead,
+                                Some(&format!("the master did not report {driver} for a minute: it is lost")),
+                            );
+                            return;
+                        }
+                    }
+                }
+                drop(batch);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+    }
+
+    /// Stops a live batch's application in the cluster (standalone or Kubernetes: by the
+    /// driver reported or the pod named; YARN: by the launch's tag).
+    async fn kill_everywhere(&self, batch: &Batch) {
+        let (driver_id, yarn_tag) = {
+            let inner = batch.lock();
+            (inner.driver_id.clone(), inner.yarn_tag.clone())
+        };
+        let spark_cfg = &self.config.config.spark;
+        // Standalone and Kubernetes: the driver the cluster client reported, the pod the
+        // gateway named. Never an application id from the output (see app_id.rs).
+        if let Some(kill) = launch::cluster_kill(spark_cfg, driver_id.as_deref(), None) {
+            self.kill_in_cluster(batch, kill, driver_id.as_deref()).await;
+        }
+        if let Some(process) = batch.process() {
+            process.kill_group(self.config.durations.shutdown_grace).await;
+            process.wait().await;
+        }
+        // YARN: with our spark-submit gone nothing more is submitted, so whatever YARN has
+        // under this launch's tag is all there is to kill.
+        if let (Some(tag), Some(spark)) = (yarn_tag, self.spark.as_ref()) {
+            if let Some(id) =
+                launch::yarn_app_by_tag(spark, spark_cfg, &tag, batch.spec.submit.proxy_user.as_deref(), &batch.log)
+                    .await
+            {
+                let kill = launch::cluster_kill(spark_cfg, None, Some(&id));
+                if let Some(kill) = kill {
+                    self.kill_in_cluster(batch, kill, None).await;
+                }
+            }
+        }
+    }
+
     /// DELETE: kills the application's process group, then forgets the batch.
     pub async fn delete(&self, batch: &Arc<Batch>, by: &str) {
         let live = {
@@ -598,35 +699,10 @@ impl BatchManager {
         };
         if live {
             batch.log.push(format!("sparkgate: killed by {by}"));
-        }
-        let (driver_id, yarn_tag) = {
-            let inner = batch.lock();
-            (inner.driver_id.clone(), inner.yarn_tag.clone())
-        };
-        let spark_cfg = &self.config.config.spark;
-        if live {
-            // Standalone and Kubernetes: the driver the cluster client reported, the pod the
-            // gateway named. Never an application id from the output (see app_id.rs).
-            if let Some(kill) = launch::cluster_kill(spark_cfg, driver_id.as_deref(), None) {
-                self.kill_in_cluster(batch, kill, driver_id.as_deref()).await;
-            }
-        }
-        if let Some(process) = batch.process() {
+            self.kill_everywhere(batch).await;
+        } else if let Some(process) = batch.process() {
             process.kill_group(self.config.durations.shutdown_grace).await;
             process.wait().await;
-        }
-        // YARN: with our spark-submit gone nothing more is submitted, so whatever YARN has
-        // under this launch's tag is all there is to kill.
-        if let (true, Some(tag), Some(spark)) = (live, yarn_tag, self.spark.as_ref()) {
-            if let Some(id) =
-                launch::yarn_app_by_tag(spark, spark_cfg, &tag, batch.spec.submit.proxy_user.as_deref(), &batch.log)
-                    .await
-            {
-                let kill = launch::cluster_kill(spark_cfg, None, Some(&id));
-                if let Some(kill) = kill {
-                    self.kill_in_cluster(batch, kill, None).await;
-                }
-            }
         }
         batch.move_to(SessionState::Killed, None);
         self.registry.forget(batch.id).await;
@@ -1143,6 +1219,45 @@ mod tests {
             )
         );
         assert_eq!(batch.state(), SessionState::Killed);
+    }
+
+    #[tokio::test]
+    async fn a_yarn_batch_whose_spark_submit_was_lost_while_the_gateway_was_down_is_stopped_in_the_cluster() {
+        // (YARN cannot run here: a fake `yarn` records what it is asked.)
+        let cluster = FakeCluster::new("yarn");
+        let record = BatchRecord {
+            id: 5,
+            owner: "alice".into(),
+            effective_user: "alice".into(),
+            file: "hdfs:///jobs/etl.py".into(),
+            class_name: None,
+            args: Vec::new(),
+            submit: SubmitSpec::default(),
+            state: SessionState::Running,
+            app_id: Some("application_1700000000000_0077".into()),
+            // A supervisor of an earlier boot: gone, and it recorded no exit status.
+            process: Some(launch::ProcessIdentity { pid: 1, start_time: 0, boot_id: "an earlier boot".into() }),
+            driver_id: None,
+            yarn_tag: Some("sparkgate-launch-5".into()),
+            finished_at: None,
+            ui_nonce: None,
+        };
+        std::fs::create_dir_all(cluster.manager.config.config.server.data_dir.join("batches/5")).unwrap();
+        let stored =
+            Stored { id: 5, version: 4, meta: Default::default(), bytes: super::super::record::encode(&record) };
+        let batch = cluster.manager.restore(&stored).await.unwrap();
+        assert_eq!(batch.state(), SessionState::Dead, "{:?}", batch.log.snapshot());
+        assert!(
+            batch.log.snapshot().iter().any(|l| l.contains("stopped in the cluster")),
+            "{:?}",
+            batch.log.snapshot()
+        );
+        assert_eq!(
+            cluster.calls(),
+            "yarn application -list -appStates ALL -appTags sparkgate-launch-5\n\
+             yarn application -kill application_1700000000000_0077\n",
+            "nothing runs unwatched"
+        );
     }
 
     #[tokio::test]

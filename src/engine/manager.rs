@@ -465,6 +465,16 @@ impl SessionManager {
             };
             if stopping {
                 session.finish(SessionState::Killed, &format!("stopped while the gateway was down ({status})"));
+            } else if self.config.config.spark.deploy_mode == "cluster"
+                && launch::supervisor::recorded_status(&log_path).is_none()
+            {
+                // The driver runs in the cluster, whatever became of spark-submit here (a host
+                // restart takes the supervisor along): it may still dial back within the window.
+                session.log.push(format!(
+                    "sparkgate: the gateway restarted and this host's spark-submit is gone; waiting for the driver in \
+                     the cluster to dial back (up to {}s)",
+                    self.config.durations.reconnect_window.as_secs()
+                ));
             } else {
                 session.finish(SessionState::Dead, &format!("its driver ended while the gateway was down ({status})"));
             }
@@ -548,9 +558,34 @@ impl SessionManager {
             tracing::info!(session = session.id, reason, "stopping session");
             session.request_driver_shutdown();
         }
+        let spark_cfg = &self.config.config.spark;
+        let as_user = session.spec.submit.proxy_user.as_deref();
+        // Cluster mode without a spark-submit here: a driver taken back after a restart.
+        let only_in_cluster = spark_cfg.deploy_mode == "cluster" && session.process().is_none();
+        if only_in_cluster && session.driver_connected() {
+            // No spark-submit here to wait for (a cluster-mode driver taken back after a
+            // restart): the driver's own exit ends the connection.
+            let deadline = tokio::time::Instant::now() + grace;
+            while session.driver_connected() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        if only_in_cluster {
+            // Stopped in the cluster by what the gateway chose (the pod it named, the launch's
+            // YARN tag), whether or not the driver is still there.
+            let kill = launch::cluster_kill(spark_cfg, session.cluster_driver().as_deref(), None);
+            if let (Some(kill), Some(spark)) = (kill, self.spark.as_ref()) {
+                launch::run_cluster_kill(spark, spark_cfg, kill, as_user, &session.log).await;
+            }
+            if let (Some(tag), Some(spark)) = (session.yarn_tag(), self.spark.as_ref()) {
+                if let Some(id) = launch::yarn_app_by_tag(spark, spark_cfg, &tag, as_user, &session.log).await {
+                    if let Some(kill) = launch::cluster_kill(spark_cfg, None, Some(&id)) {
+                        launch::run_cluster_kill(spark, spark_cfg, kill, as_user, &session.log).await;
+                    }
+                }
+            }
+        }
         if let Some(process) = session.process() {
-            let spark_cfg = &self.config.config.spark;
-            let as_user = session.spec.submit.proxy_user.as_deref();
             let timed_out = tokio::time::timeout(grace, process.wait()).await.is_err();
             if timed_out {
                 session.log.push("sparkgate: the driver did not exit in time; killing its process group".to_string());

@@ -79,6 +79,20 @@ impl Restartable {
         self.child = Some(child);
     }
 
+    /// SIGKILLs every process of the launch in `relative` (`batches/3`) of the data directory.
+    /// The supervisor first: it records nothing, as when a host restart takes it.
+    pub fn kill_launch_processes(&self, relative: &str) {
+        let mut pids = processes_naming(&self.data().join(relative));
+        let supervises = |pid: &i32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("supervise"))
+        };
+        pids.sort_by_key(|pid| !supervises(pid));
+        for pid in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
     pub fn kill9(&mut self) {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap(); // SIGKILL

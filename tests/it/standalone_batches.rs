@@ -154,6 +154,14 @@ async fn batches_run_on_a_standalone_cluster_in_client_and_cluster_mode() {
     gw.start();
     let (_, batch) = gw.get(&format!("/batches/{id}")).await;
     assert_eq!(batch["state"], "running", "{batch}");
+    // Its spark-submit lost too while the gateway is down (as a host restart would): the
+    // driver runs on in a worker, and the restarted gateway watches it through the master.
+    gw.kill9();
+    gw.kill_launch_processes(&format!("batches/{id}"));
+    gw.start();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, batch) = gw.get(&format!("/batches/{id}")).await;
+    assert_eq!(batch["state"], "running", "the master still runs it: {batch}");
     let (status, _) = gw.call(reqwest::Method::DELETE, &format!("/batches/{id}"), None, None).await;
     assert_eq!(status, 200);
     cluster.wait_status("the recovered batch's driver killed", Duration::from_secs(60), |s| {

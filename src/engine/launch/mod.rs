@@ -17,8 +17,8 @@ mod submit;
 pub mod supervisor;
 
 pub use cluster::{
-    app_id_in_master_status, cluster_conf, cluster_kill, find_driver_id, http_get_json, http_post_form,
-    name_k8s_driver_pod, run_cluster_kill, tag_yarn_launch, yarn_app_by_tag, ClusterKill,
+    app_id_in_master_status, cluster_conf, cluster_kill, driver_state_in_master_status, find_driver_id, http_get_json,
+    http_post_form, name_k8s_driver_pod, run_cluster_kill, tag_yarn_launch, yarn_app_by_tag, ClusterKill,
 };
 pub use discovery::{spark_defaults_value, SparkCheckError, SparkEnv};
 pub use kerberos::{launch_keytab, launch_ticket_env, LaunchTicket};

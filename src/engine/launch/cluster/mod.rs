@@ -7,7 +7,9 @@ mod standalone;
 mod yarn;
 
 pub use k8s::name_k8s_driver_pod;
-pub use standalone::{app_id_in_master_status, find_driver_id, http_get_json, http_post_form};
+pub use standalone::{
+    app_id_in_master_status, driver_state_in_master_status, find_driver_id, http_get_json, http_post_form,
+};
 pub use yarn::{tag_yarn_launch, yarn_app_by_tag};
 
 use super::{AppKind, LogBuffer, SparkEnv};

@@ -64,6 +64,16 @@ pub fn app_id_in_master_status(status: &serde_json::Value, name: &str) -> Option
     })
 }
 
+/// The state of driver `driver_id` (`RUNNING`, `FINISHED`, `FAILED`, ...) in a standalone
+/// master's `/json/` document, if the master lists it.
+pub fn driver_state_in_master_status(status: &serde_json::Value, driver_id: &str) -> Option<String> {
+    ["activedrivers", "completeddrivers"].iter().find_map(|list| {
+        status.get(list)?.as_array()?.iter().find_map(|driver| {
+            (driver.get("id")?.as_str()? == driver_id).then(|| driver.get("state")?.as_str().map(str::to_string))?
+        })
+    })
+}
+
 /// Finds a standalone cluster-mode driver id (`driver-20240101120000-0001`) in the line that
 /// reports the submission: the master's "Driver successfully submitted as …" or the REST
 /// client's "Submission successfully created as …" (the last occurrence, so no text before it
@@ -83,6 +93,18 @@ pub fn find_driver_id(line: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drivers_state_is_read_from_the_masters_status() {
+        let status = serde_json::json!({
+            "activedrivers": [{"id": "driver-20260101000000-0001", "state": "RUNNING"}],
+            "completeddrivers": [{"id": "driver-20260101000000-0000", "state": "FAILED"}],
+        });
+        let state = |id| driver_state_in_master_status(&status, id);
+        assert_eq!(state("driver-20260101000000-0001").as_deref(), Some("RUNNING"));
+        assert_eq!(state("driver-20260101000000-0000").as_deref(), Some("FAILED"));
+        assert_eq!(state("driver-20260101000000-0009"), None);
+    }
 
     #[tokio::test]
     async fn plain_http_exchanges_with_the_standalone_master() {
