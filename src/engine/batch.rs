@@ -499,15 +499,7 @@ impl BatchManager {
         if record.id != stored.id {
             return Err(format!("it names id {}", record.id));
         }
-        let ui_nonce = match &record.ui_nonce {
-            Some(text) => Some(
-                hex::decode(text)
-                    .ok()
-                    .and_then(|bytes| <[u8; crate::rpc::secret_key::NONCE_LEN]>::try_from(bytes).ok())
-                    .ok_or("its UI nonce is malformed")?,
-            ),
-            None => None,
-        };
+        let ui_nonce = super::record::decode_nonce(record.ui_nonce.as_deref(), "UI nonce")?;
         let dir = self.config.config.server.data_dir.join("batches").join(record.id.to_string());
         let log_path = dir.join(BATCH_LOG);
         let log = super::manager::reopen_log(&self.config.config.sessions, &log_path);

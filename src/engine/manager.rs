@@ -399,15 +399,7 @@ impl SessionManager {
             idle_timeout: record.idle_timeout.clone(),
         };
         let limits = self.limits_for(&spec).map_err(|e| e.to_string())?;
-        let nonce = match &record.secret_nonce {
-            Some(text) => Some(
-                hex::decode(text)
-                    .ok()
-                    .and_then(|bytes| <[u8; crate::rpc::secret_key::NONCE_LEN]>::try_from(bytes).ok())
-                    .ok_or("its secret nonce is malformed")?,
-            ),
-            None => None,
-        };
+        let nonce = record::decode_nonce(record.secret_nonce.as_deref(), "secret nonce")?;
         let secret = match &nonce {
             Some(nonce) => self.sessions.key.derive(record.id, nonce),
             // Without a nonce no driver can ever prove itself: it will not come back.

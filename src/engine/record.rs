@@ -6,6 +6,7 @@
 use super::launch::ProcessIdentity;
 use super::spec::SubmitSpec;
 use super::state::{SessionState, StatementState};
+use crate::rpc::secret_key::NONCE_LEN;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -145,6 +146,16 @@ pub struct BatchRecord {
     pub ui_nonce: Option<String>,
 }
 
+/// A nonce as a record keeps it (hex), read back; `what` names it in the error.
+pub fn decode_nonce(text: Option<&str>, what: &str) -> Result<Option<[u8; NONCE_LEN]>, String> {
+    let Some(text) = text else { return Ok(None) };
+    hex::decode(text)
+        .ok()
+        .and_then(|bytes| <[u8; NONCE_LEN]>::try_from(bytes).ok())
+        .map(Some)
+        .ok_or_else(|| format!("its {what} is malformed"))
+}
+
 /// `value` as a record's bytes.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // These types hold strings, numbers and JSON only: serializing them cannot fail.
@@ -250,6 +261,14 @@ mod tests {
         assert!(err.contains("cut short") && !err.contains("s3cr3t"), "{err}");
         let err = decode::<BatchRecord>(b"{\"id\": \"x\"}").unwrap_err();
         assert!(err.contains("wrong type"), "{err}");
+    }
+
+    #[test]
+    fn a_nonce_reads_back_or_is_refused_without_quoting_it() {
+        assert_eq!(decode_nonce(Some(&"0a".repeat(16)), "UI nonce").unwrap(), Some([10; NONCE_LEN]));
+        assert_eq!(decode_nonce(None, "UI nonce").unwrap(), None);
+        let err = decode_nonce(Some("zz-s3cr3t"), "secret nonce").unwrap_err();
+        assert_eq!(err, "its secret nonce is malformed");
     }
 
     #[test]

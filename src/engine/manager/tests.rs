@@ -43,6 +43,29 @@ fn spec() -> SessionSpec {
     }
 }
 
+/// The record of session `id`, idle, as an earlier run left it (no launch recorded).
+fn live_record(id: u32) -> SessionRecord {
+    SessionRecord {
+        id,
+        kind: "pyspark".into(),
+        owner: "alice".into(),
+        effective_user: "alice".into(),
+        submit: crate::engine::SubmitSpec::default(),
+        heartbeat_timeout_secs: 0,
+        ttl: None,
+        idle_timeout: None,
+        secret_nonce: Some("00".repeat(16)),
+        state: SessionState::Idle,
+        app_id: None,
+        next_statement_id: 0,
+        process: None,
+        yarn_tag: None,
+        cluster_driver: None,
+        created_at: record::now_ms(),
+        finished_at: None,
+    }
+}
+
 /// A session registered with the manager, with a fake driver link, already idle.
 fn idle_session(
     m: &SessionManager,
@@ -654,23 +677,8 @@ async fn a_live_session_whose_launch_ended_meanwhile_comes_back_dead_and_says_wh
     std::fs::write(session_dir.join(SESSION_LOG), "earlier output\n").unwrap();
     std::fs::write(session_dir.join("exit-status"), "137\n").unwrap();
     let record = SessionRecord {
-        id: 4,
-        kind: "pyspark".into(),
-        owner: "alice".into(),
-        effective_user: "alice".into(),
-        submit: crate::engine::SubmitSpec::default(),
-        heartbeat_timeout_secs: 0,
-        ttl: None,
-        idle_timeout: None,
-        secret_nonce: Some("00".repeat(16)),
-        state: SessionState::Idle,
-        app_id: None,
-        next_statement_id: 0,
         process: Some(crate::engine::launch::ProcessIdentity { pid: 1, start_time: 0, boot_id: "gone".into() }),
-        yarn_tag: None,
-        cluster_driver: None,
-        created_at: record::now_ms(),
-        finished_at: None,
+        ..live_record(4)
     };
     let stored = Stored { id: 4, version: 3, meta: Default::default(), bytes: record::encode(&record) };
     let m = build((*cfg).clone(), None, "127.0.0.1");
@@ -699,23 +707,8 @@ async fn a_recovered_session_whose_driver_does_not_dial_back_in_time_ends_dead_a
     std::os::unix::process::CommandExt::process_group(&mut stand_in, 0);
     let mut stand_in = stand_in.arg("60").spawn().unwrap();
     let record = SessionRecord {
-        id: 9,
-        kind: "pyspark".into(),
-        owner: "alice".into(),
-        effective_user: "alice".into(),
-        submit: crate::engine::SubmitSpec::default(),
-        heartbeat_timeout_secs: 0,
-        ttl: None,
-        idle_timeout: None,
-        secret_nonce: Some("11".repeat(16)),
-        state: SessionState::Idle,
-        app_id: None,
-        next_statement_id: 0,
         process: Some(crate::engine::launch::ProcessIdentity::of(stand_in.id() as i32).unwrap()),
-        yarn_tag: None,
-        cluster_driver: None,
-        created_at: record::now_ms(),
-        finished_at: None,
+        ..live_record(9)
     };
     std::fs::create_dir_all(dir.path().join("sessions/9")).unwrap();
     let stored = Stored { id: 9, version: 1, meta: Default::default(), bytes: record::encode(&record) };
