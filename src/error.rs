@@ -52,9 +52,15 @@ pub enum ApiError {
     /// The header fields are larger than `server.max_header_bytes`.
     #[error("{0}")]
     HeadersTooLarge(String),
-    /// A configured limit (sessions, launches) is reached; try again later.
-    #[error("{0}")]
-    TooManyRequests(String),
+    /// A configured limit (sessions, launches) is reached; try again later — in about
+    /// `retry_after` seconds, which the answer says in `Retry-After`.
+    #[error("{msg}")]
+    TooManyRequests {
+        /// What limit was reached.
+        msg: String,
+        /// When trying again makes sense, in seconds.
+        retry_after: u64,
+    },
     /// The gateway is overloaded or a dependency is not available right now.
     #[error("{0}")]
     Unavailable(String),
@@ -78,7 +84,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,6 +94,11 @@ impl ApiError {
     /// A 400 naming the problem.
     pub fn bad_request(msg: impl Into<String>) -> Self {
         Self::BadRequest(msg.into())
+    }
+
+    /// A 429 naming the limit, to be tried again in about `retry_after` seconds.
+    pub fn too_many(msg: impl Into<String>, retry_after: u64) -> Self {
+        Self::TooManyRequests { msg: msg.into(), retry_after }
     }
 }
 
@@ -118,6 +129,15 @@ impl IntoResponse for ApiError {
                 response.extensions_mut().insert(Annotation { reason: Some(self.to_string()), ..Default::default() });
             }
         }
+        // Every 429 (and 503) says when to try again, so clients back off instead of hammering.
+        let retry_after = match &self {
+            Self::TooManyRequests { retry_after, .. } => Some(*retry_after),
+            Self::Unavailable(_) => Some(UNAVAILABLE_RETRY_SECS),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         if let Self::Unauthorized { challenges, .. } = &self {
             for challenge in challenges {
                 if let Ok(value) = HeaderValue::from_str(challenge) {
@@ -129,6 +149,9 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// `Retry-After` of a 503: the store, a driver or the gateway itself is busy for a moment.
+const UNAVAILABLE_RETRY_SECS: u64 = 5;
+
 impl From<crate::engine::EngineError> for ApiError {
     fn from(err: crate::engine::EngineError) -> Self {
         use crate::engine::EngineError as E;
@@ -137,11 +160,13 @@ impl From<crate::engine::EngineError> for ApiError {
                 Self::NotFound(err.to_string())
             }
             E::DuplicateName(_) | E::InvalidRequest(_) => Self::BadRequest(err.to_string()),
-            E::TooManyLive { .. }
-            | E::TooManyLaunches { .. }
-            | E::UserQuota { .. }
-            | E::StatementsQueued { .. }
-            | E::StatementsTooLarge { .. } => Self::TooManyRequests(err.to_string()),
+            // A launch takes seconds; a live session or batch, or an hour's name conflicts,
+            // longer; a statement queue drains as statements run.
+            E::TooManyLaunches { .. } => Self::too_many(err.to_string(), 5),
+            E::UserQuota { what, .. } if what.contains("starting") => Self::too_many(err.to_string(), 5),
+            E::UserQuota { what, .. } if what.contains("names") => Self::too_many(err.to_string(), 300),
+            E::TooManyLive { .. } | E::UserQuota { .. } => Self::too_many(err.to_string(), 30),
+            E::StatementsQueued { .. } | E::StatementsTooLarge { .. } => Self::too_many(err.to_string(), 2),
             E::NotAccepting { .. } | E::IllegalTransition { .. } => Self::Conflict(err.to_string()),
             E::DriverUnavailable(_) | E::StoreUnavailable(_) => Self::Unavailable(err.to_string()),
             E::DriverTimeout(_) => Self::Unavailable(err.to_string()),
@@ -167,10 +192,36 @@ mod tests {
         let (status, body) = body_of(ApiError::bad_request("field `code` is required")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body, json!({"msg": "field `code` is required"}));
-        let (status, _) = body_of(ApiError::TooManyRequests("x".into())).await;
+        let (status, _) = body_of(ApiError::too_many("x", 3)).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
         let (status, _) = body_of(ApiError::PayloadTooLarge("x".into())).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn every_429_and_503_says_when_to_try_again() {
+        use crate::engine::EngineError as E;
+        let retry = |err: ApiError| {
+            let response = err.into_response();
+            let value = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_string());
+            (response.status(), value)
+        };
+        let cases = [
+            (E::TooManyLaunches { kind: "sessions", limit: 4 }, "5"),
+            (E::TooManyLive { kind: "sessions", limit: 4 }, "30"),
+            (E::UserQuota { user: "bob".into(), limit: 2, what: "sessions starting" }, "5"),
+            (E::UserQuota { user: "bob".into(), limit: 2, what: "live batches" }, "30"),
+            (
+                E::UserQuota { user: "bob".into(), limit: 2, what: "names refused as duplicates within the last hour" },
+                "300",
+            ),
+            (E::StatementsQueued { id: 1, limit: 8 }, "2"),
+        ];
+        for (err, secs) in cases {
+            assert_eq!(retry(err.into()), (StatusCode::TOO_MANY_REQUESTS, Some(secs.to_string())));
+        }
+        assert_eq!(retry(ApiError::Unavailable("store".into())), (StatusCode::SERVICE_UNAVAILABLE, Some("5".into())));
+        assert_eq!(retry(ApiError::bad_request("x")).1, None, "only where trying again helps");
     }
 
     #[tokio::test]

@@ -91,11 +91,15 @@ pub(super) async fn log(
     let batch = state.batch_for(&caller, &id, Action::View)?;
     // Held until the whole answer is sent (it moves into the reading thread).
     let slot = state.log_streams.enter(&caller.real.name).ok_or_else(|| {
-        ApiError::TooManyRequests(format!(
-            "Rejected: too many batch logs are being read at once ({} per user, {} in all); try again when one is done",
-            super::streams::MAX_PER_USER,
-            super::streams::MAX_TOTAL
-        ))
+        ApiError::too_many(
+            format!(
+                "Rejected: too many batch logs are being read at once ({} per user, {} in all); try again when one is \
+                 done",
+                super::streams::MAX_PER_USER,
+                super::streams::MAX_TOTAL
+            ),
+            5,
+        )
     })?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     // File reads block: keep them off the async workers. A client that stops reading holds a

@@ -425,6 +425,7 @@ async fn one_user_cannot_hold_every_reader_of_whole_batch_logs() {
     }
     let refused = open("bob").await.unwrap();
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "5", "a 429 says when to try again");
     // Nobody else is affected...
     let (status, _) = h.call(Some("alice"), "GET", "/sessions", None).await;
     assert_eq!(status, 200);
