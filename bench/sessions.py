@@ -4,7 +4,8 @@
   * cold session start (POST /sessions -> state idle) against a bare spark-submit of an empty
     pyspark app (spark-submit start -> SparkSession ready), both measured in this run;
   * the round trip of `1+1` (POST statement -> result available) over N statements in one
-    session: median and p99, against the round trip of GET /version (the HTTP floor).
+    session, polling every 1 ms and with one waiting GET (`?wait=`): median and p99, against the
+    round trip of GET /version (the HTTP floor).
 
 Usage: bench/run.sh  (builds the release binary, then runs this with the repo's .venv)
 """
@@ -62,6 +63,14 @@ def main():
                 st = c.call("GET", f"/sessions/{sid}/statements/{st['id']}")
             rtts.append(time.monotonic() - t0)
             assert st["output"]["data"]["text/plain"] == "2", st
+        # The same with a waiting GET instead of polling: POST, then one `?wait=` request.
+        waited = []
+        for _ in range(STATEMENTS):
+            t0 = time.monotonic()
+            st = c.call("POST", f"/sessions/{sid}/statements", {"code": "1+1"})
+            st = c.call("GET", f"/sessions/{sid}/statements/{st['id']}?wait=30s")
+            waited.append(time.monotonic() - t0)
+            assert st["output"]["data"]["text/plain"] == "2", st
         for _ in range(STATEMENTS):
             t0 = time.monotonic()
             c.call("GET", "/version")
@@ -72,6 +81,8 @@ def main():
               f"sparkgate POST -> idle {mc:.2f} s; ratio {mc / mb:.2f}x")
         print(f"1+1 round trip over {STATEMENTS} statements: median {statistics.median(rtts) * 1000:.1f} ms, "
               f"p99 {pct(rtts, 99) * 1000:.1f} ms")
+        print(f"1+1 with one waiting GET (?wait=30s) instead of polling: median "
+              f"{statistics.median(waited) * 1000:.1f} ms, p99 {pct(waited, 99) * 1000:.1f} ms")
         print(f"GET /version round trip (HTTPS floor): median {statistics.median(floor) * 1000:.2f} ms, "
               f"p99 {pct(floor, 99) * 1000:.2f} ms; 1+1 median / floor = "
               f"{statistics.median(rtts) / statistics.median(floor):.1f}x")

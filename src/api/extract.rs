@@ -112,6 +112,27 @@ impl<S: Send + Sync> FromRequestParts<S> for Paging {
     }
 }
 
+/// The `wait` query parameter of a statement's `GET` (a long poll, an extension Livy clients
+/// never send): a time such as `30s` or `500ms`, or a number of seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wait(pub Option<std::time::Duration>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Wait {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let pairs = serde_urlencoded_pairs(parts.uri.query().unwrap_or(""));
+        let Some(raw) = pairs.get("wait").map(|w| w.trim()) else { return Ok(Self(None)) };
+        let wait = match raw.parse::<u64>() {
+            Ok(secs) => Ok(std::time::Duration::from_secs(secs)),
+            Err(_) => crate::config::parse_duration(raw),
+        };
+        wait.map(|w| Self(Some(w))).map_err(|_| {
+            ApiError::bad_request("query parameter `wait` must be a time such as 30s or 500ms, or seconds")
+        })
+    }
+}
+
 fn serde_urlencoded_pairs(query: &str) -> HashMap<String, String> {
     query
         .split('&')

@@ -9,7 +9,7 @@ mod sparkui;
 mod statements;
 pub mod streams;
 
-pub use extract::{LivyJson, Paging};
+pub use extract::{LivyJson, Paging, Wait};
 
 use crate::acl::{AccessManager, Action, Ownership, ResourceKind};
 use crate::config::ValidatedConfig;

@@ -1,7 +1,7 @@
 //! `/sessions/{id}/statements` and completion handlers.
 
 use super::dto::{self, CompletionRequest, CreateStatementRequest};
-use super::{AppState, LivyJson, Paging};
+use super::{AppState, LivyJson, Paging, Wait};
 use crate::acl::Action;
 use crate::error::ApiError;
 use crate::impersonation::Caller;
@@ -10,6 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 fn statement_id(raw: &str) -> Result<u32, ApiError> {
     raw.parse().map_err(|_| ApiError::bad_request("statement id must be a non-negative integer"))
@@ -54,14 +55,21 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(statement)).into_response())
 }
 
+/// `GET /sessions/{id}/statements/{sid}`; with `?wait=`, held until the statement finishes or
+/// the wait (at most `sessions.max_statement_wait`, and below the request timeout) ends.
 pub(super) async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, sid)): Path<(String, String)>,
+    Wait(wait): Wait,
 ) -> Result<Json<crate::engine::Statement>, ApiError> {
     let session = state.session_for(&caller, &id, Action::View)?;
     session.heartbeat();
-    Ok(Json(session.statement(statement_id(&sid)?)?))
+    let sid = statement_id(&sid)?;
+    let Some(wait) = wait else { return Ok(Json(session.statement(sid)?)) };
+    let durations = &state.config.durations;
+    let most = durations.max_statement_wait.min(durations.request_timeout.saturating_sub(Duration::from_secs(1)));
+    Ok(Json(session.wait_statement(sid, wait.min(most)).await?))
 }
 
 pub(super) async fn cancel(

@@ -363,6 +363,7 @@ async fn refusals_name_the_field_and_never_echo_what_was_sent() {
         ("GET", format!("/sessions/{id}/statements/{secret}"), None),
         ("GET", format!("/sessions?from={secret}"), None),
         ("GET", format!("/sessions?order={secret}"), None),
+        ("GET", format!("/sessions/{id}/statements/0?wait={secret}"), None),
         ("POST", format!("/sessions/{id}/statements"), Some(json!({"code": "1", "kind": secret}))),
         ("POST", format!("/sessions/{secret}x/statements"), Some(json!({"code": "1"}))),
     ] {

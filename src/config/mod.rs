@@ -517,6 +517,9 @@ pub struct SessionsConfig {
     pub shutdown_grace: String,
     /// How often timeouts are checked and finished sessions collected.
     pub check_interval: String,
+    /// How long a client may ask `GET .../statements/{sid}?wait=` to wait for the statement to
+    /// finish (a longer wait is cut to this; always below `server.request_timeout`).
+    pub max_statement_wait: String,
     /// How long a completion request waits for the driver.
     pub completion_timeout: String,
 }
@@ -542,6 +545,7 @@ impl Default for SessionsConfig {
             max_log_file_bytes: 256 * 1024 * 1024,
             shutdown_grace: "5s".into(),
             check_interval: "1s".into(),
+            max_statement_wait: "60s".into(),
             completion_timeout: "30s".into(),
         }
     }
@@ -630,6 +634,8 @@ pub struct Durations {
     pub check_interval: Duration,
     /// `sessions.completion_timeout`
     pub completion_timeout: Duration,
+    /// `sessions.max_statement_wait`, below `server.request_timeout`
+    pub max_statement_wait: Duration,
     /// `rpc.handshake_timeout`
     pub rpc_handshake_timeout: Duration,
     /// `rpc.reconnect_window`
@@ -809,6 +815,7 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
         shutdown_grace: dur("sessions.shutdown_grace", &s.shutdown_grace),
         check_interval: dur("sessions.check_interval", &s.check_interval),
         completion_timeout: dur("sessions.completion_timeout", &s.completion_timeout),
+        max_statement_wait: dur("sessions.max_statement_wait", &s.max_statement_wait),
         rpc_handshake_timeout: dur("rpc.handshake_timeout", &config.rpc.handshake_timeout),
         reconnect_window: dur("rpc.reconnect_window", &config.rpc.reconnect_window),
         ping_interval: dur("rpc.ping_interval", &config.rpc.ping_interval),

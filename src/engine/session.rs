@@ -223,7 +223,22 @@ pub struct Session {
     pub uploads: tokio::sync::Mutex<()>,
     /// Its Spark UI: the key the driver's UI checks, and which port it really listens on.
     pub ui: AppUi,
+    /// Woken whenever what it shows changed (a statement's progress or end): long polls wait
+    /// on it.
+    changed: tokio::sync::Notify,
     inner: Mutex<Inner>,
+}
+
+/// See [`Session::changing`].
+struct Changed<'a> {
+    _stored: super::registry::Changing<'a>,
+    notify: &'a tokio::sync::Notify,
+}
+
+impl Drop for Changed<'_> {
+    fn drop(&mut self) {
+        self.notify.notify_waiters();
+    }
 }
 
 #[derive(Debug)]
@@ -316,6 +331,7 @@ impl Session {
             created_ms: super::record::now_ms(),
             uploads: tokio::sync::Mutex::new(()),
             ui: AppUi::new(format!("/sessions/{id}/sparkui")),
+            changed: tokio::sync::Notify::new(),
             inner: Mutex::new(Inner {
                 state: SessionState::NotStarted,
                 app_id: None,
@@ -401,11 +417,27 @@ impl Session {
         session
     }
 
-    /// Tells the registry, when dropped, that its record or statements changed: the first
-    /// line of every method that changes what is stored, so it fires once the change is made
-    /// (and the lock is released), on every path out.
-    fn changing(&self) -> super::registry::Changing<'_> {
-        super::registry::Changing(self.on_change.as_ref())
+    /// Tells the registry, when dropped, that its record or statements changed, and wakes who
+    /// waits for a statement: the first line of every method that changes what is stored, so
+    /// it fires once the change is made (and the lock is released), on every path out.
+    fn changing(&self) -> Changed<'_> {
+        Changed { _stored: super::registry::Changing(self.on_change.as_ref()), notify: &self.changed }
+    }
+
+    /// Statement `sid` once it has finished, or as it is when `wait` has passed (a long poll).
+    pub async fn wait_statement(&self, sid: u32, wait: Duration) -> Result<Statement, EngineError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // Registered before the look, so a change between the two is not missed.
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let statement = self.statement(sid)?;
+            if statement.state.is_final() || Instant::now() >= deadline {
+                return Ok(statement);
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -91,6 +91,32 @@ async fn sql_statements_return_schema_and_rows() {
 }
 
 #[tokio::test]
+async fn a_waiting_get_answers_when_the_statement_ends_without_polling() {
+    let gw = gateway();
+    let id = shared_session().await;
+    let (status, st) = gw
+        .post(
+            &format!("/sessions/{id}/statements"),
+            json!({"kind": "pyspark", "code": "import time; time.sleep(2); 6 * 7"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{st}");
+    // One request, held until the result is there (the shared session may be busy with another
+    // test's statement first: the wait is long enough for both).
+    let (status, done) = gw.get(&format!("/sessions/{id}/statements/{}?wait=50s", st["id"])).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["state"], "available", "{done}");
+    assert_eq!(done["output"]["data"]["text/plain"], "42", "{done}");
+    // A short wait that runs out shows the statement as it is.
+    let (_, st) =
+        gw.post(&format!("/sessions/{id}/statements"), json!({"kind": "pyspark", "code": "time.sleep(3); 1"})).await;
+    let (status, running) = gw.get(&format!("/sessions/{id}/statements/{}?wait=500ms", st["id"])).await;
+    assert_eq!(status, 200, "{running}");
+    assert!(["waiting", "running"].contains(&running["state"].as_str().unwrap()), "{running}");
+    gw.wait_statement(id, st["id"].as_u64().unwrap(), Duration::from_secs(120)).await;
+}
+
+#[tokio::test]
 async fn sparkr_without_r_is_a_clear_error() {
     let gw = gateway();
     let id = shared_session().await;

@@ -454,3 +454,30 @@ fn a_result_keeps_the_time_the_driver_finished_it_when_that_is_plausible() {
     let b = s.statement(b.id).unwrap();
     assert!(b.completed >= b.started && b.completed < i64::MAX, "{}", b.completed);
 }
+
+#[tokio::test]
+async fn a_long_poll_returns_as_soon_as_the_statement_ends_or_when_its_wait_is_over() {
+    let s = Arc::new(session());
+    let _rx = connect(&s, 1);
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    let a = s.submit("1".into(), CodeKind::PySpark).unwrap();
+    // Nothing ends it: the wait runs out and the statement is shown as it is.
+    let started = Instant::now();
+    let st = s.wait_statement(a.id, Duration::from_millis(200)).await.unwrap();
+    assert_eq!(st.state, StatementState::Running);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    // Its result arrives during a long wait: answered at once.
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move { s.wait_statement(a.id, Duration::from_secs(60)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    s.on_driver_message(1, result(a.id, "available"));
+    let st = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap();
+    assert_eq!(st.state, StatementState::Available);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A finished one is answered without waiting; an unknown one is an error.
+    assert_eq!(s.wait_statement(a.id, Duration::from_secs(60)).await.unwrap().state, StatementState::Available);
+    assert!(s.wait_statement(99, Duration::from_secs(60)).await.is_err());
+}
