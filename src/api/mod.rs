@@ -295,6 +295,7 @@ pub fn router(upload_limit: usize) -> Router<AppState> {
         .route("/sessions/{id}/stop", post(sessions::stop))
         .route("/sessions/{id}/statements", get(statements::list).post(statements::create))
         .route("/sessions/{id}/statements/{sid}", get(statements::show))
+        .route("/sessions/{id}/statements/{sid}/events", get(statements::events))
         .route("/sessions/{id}/statements/{sid}/cancel", post(statements::cancel))
         .route("/sessions/{id}/completion", post(statements::complete))
         .route("/sessions/{id}/add-jar", post(files::add_jar))

@@ -10,6 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn statement_id(raw: &str) -> Result<u32, ApiError> {
@@ -70,6 +71,63 @@ pub(super) async fn show(
     let durations = &state.config.durations;
     let most = durations.max_statement_wait.min(durations.request_timeout.saturating_sub(Duration::from_secs(1)));
     Ok(Json(session.wait_statement(sid, wait.min(most)).await?))
+}
+
+/// `GET /sessions/{id}/statements/{sid}/events`: server-sent events — `progress` (id, state,
+/// progress) whenever they change, then `statement` (the whole statement, as `GET` shows it)
+/// when it ends, and the stream closes. A stream also closes after
+/// `sessions.max_statement_wait` with a `statement` event of how it is then (an `EventSource`
+/// reconnects). Each open stream holds one of the caller's long-reader slots.
+pub(super) async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, sid)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let session = state.session_for(&caller, &id, Action::View)?;
+    session.heartbeat();
+    let sid = statement_id(&sid)?;
+    session.statement(sid)?;
+    let slot = state.log_streams.enter(&caller.real.name).ok_or_else(|| {
+        ApiError::too_many(
+            format!(
+                "Rejected: too many event streams and batch logs are being read at once ({} per user, {} in all); try \
+                 again when one is done",
+                super::streams::MAX_PER_USER,
+                super::streams::MAX_TOTAL
+            ),
+            5,
+        )
+    })?;
+    let durations = &state.config.durations;
+    let deadline = tokio::time::Instant::now() + durations.max_statement_wait;
+    type Seen = Option<(crate::engine::StatementState, f64)>;
+    let start: Option<(Arc<crate::engine::Session>, Seen, super::streams::StreamSlot)> = Some((session, None, slot));
+    let stream = futures_util::stream::unfold(start, move |open| async move {
+        let (session, seen, slot) = open?;
+        let (event, next) = match session.next_statement_change(sid, seen, deadline).await {
+            Ok(Some(st)) if st.state.is_final() => (statement_event(&st), None),
+            Ok(Some(st)) => {
+                let progress = json!({"id": st.id, "state": st.state, "progress": st.progress});
+                (
+                    Event::default().event("progress").data(progress.to_string()),
+                    Some((session, Some((st.state, st.progress)), slot)),
+                )
+            }
+            // The wait is over: how it is now, and the client reconnects.
+            Ok(None) => match session.statement(sid) {
+                Ok(st) => (statement_event(&st), None),
+                Err(_) => return None,
+            },
+            Err(_) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), next))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+fn statement_event(statement: &crate::engine::Statement) -> axum::response::sse::Event {
+    axum::response::sse::Event::default().event("statement").data(serde_json::to_string(statement).unwrap_or_default())
 }
 
 pub(super) async fn cancel(

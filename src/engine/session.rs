@@ -424,6 +424,28 @@ impl Session {
         Changed { _stored: super::registry::Changing(self.on_change.as_ref()), notify: &self.changed }
     }
 
+    /// Statement `sid` once what a client sees of it (its state, its progress) differs from
+    /// `seen`, or None when `deadline` comes first (an event stream's next event).
+    pub async fn next_statement_change(
+        &self,
+        sid: u32,
+        seen: Option<(StatementState, f64)>,
+        deadline: Instant,
+    ) -> Result<Option<Statement>, EngineError> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let statement = self.statement(sid)?;
+            if seen != Some((statement.state, statement.progress)) {
+                return Ok(Some(statement));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Statement `sid` once it has finished, or as it is when `wait` has passed (a long poll).
     pub async fn wait_statement(&self, sid: u32, wait: Duration) -> Result<Statement, EngineError> {
         let deadline = Instant::now() + wait;

@@ -117,6 +117,36 @@ async fn a_waiting_get_answers_when_the_statement_ends_without_polling() {
 }
 
 #[tokio::test]
+async fn a_statements_events_stream_its_progress_then_its_result_and_end() {
+    let gw = gateway();
+    let id = shared_session().await;
+    let (status, st) = gw
+        .post(
+            &format!("/sessions/{id}/statements"),
+            json!({"kind": "pyspark", "code": "import time; time.sleep(2); 'ev' * 2"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{st}");
+    let r = gw.client().get(gw.url(&format!("/sessions/{id}/statements/{}/events", st["id"]))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    // The stream ends by itself once the statement has ended.
+    let text = tokio::time::timeout(Duration::from_secs(120), r.text()).await.unwrap().unwrap();
+    let first_progress = text.find("event: progress").expect(&text);
+    let result = text.find("event: statement").expect(&text);
+    assert!(first_progress < result, "{text}");
+    let data = text[result..].lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    let statement: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(
+        (statement["state"].as_str(), statement["output"]["data"]["text/plain"].as_str()),
+        (Some("available"), Some("'evev'"))
+    );
+    // An unknown statement is a 404 before any stream opens.
+    let (status, _) = gw.get(&format!("/sessions/{id}/statements/999999/events")).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
 async fn sparkr_without_r_is_a_clear_error() {
     let gw = gateway();
     let id = shared_session().await;

@@ -481,3 +481,19 @@ async fn a_long_poll_returns_as_soon_as_the_statement_ends_or_when_its_wait_is_o
     assert_eq!(s.wait_statement(a.id, Duration::from_secs(60)).await.unwrap().state, StatementState::Available);
     assert!(s.wait_statement(99, Duration::from_secs(60)).await.is_err());
 }
+
+#[tokio::test]
+async fn an_event_stream_sees_each_change_once_and_nothing_when_nothing_changes() {
+    let s = Arc::new(session());
+    let _rx = connect(&s, 1);
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    let a = s.submit("1".into(), CodeKind::PySpark).unwrap();
+    let soon = || Instant::now() + Duration::from_millis(150);
+    let first = s.next_statement_change(a.id, None, soon()).await.unwrap().unwrap();
+    assert_eq!((first.state, first.progress), (StatementState::Running, 0.0), "the first look is news");
+    let seen = Some((first.state, first.progress));
+    assert!(s.next_statement_change(a.id, seen, soon()).await.unwrap().is_none(), "no change: nothing");
+    s.on_driver_message(1, FromDriver::StatementUpdate { id: a.id, state: "running".into(), progress: 0.5 });
+    let next = s.next_statement_change(a.id, seen, soon()).await.unwrap().unwrap();
+    assert_eq!(next.progress, 0.5);
+}
