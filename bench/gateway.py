@@ -21,16 +21,18 @@ def pct(values, p):
 class Gateway:
     """`sparkgate serve` in `work`, with `sets` (`section.key=value`) on top of the bench defaults."""
 
-    def __init__(self, work, sets=(), data=None):
+    def __init__(self, work, sets=(), data=None, users=("anonymous",), headers=None):
         self.port = free_port()
+        self.headers = dict(headers or {})
         self.work = work
         data = data or os.path.join(work, f"data-{self.port}")
         self.data = data
         policies = os.path.join(work, "policies")
         os.makedirs(policies, exist_ok=True)
         with open(os.path.join(policies, "acl.toml"), "w") as f:
-            f.write('[create]\nusers = ["anonymous"]\n'
-                    '[quotas]\nusers.anonymous = { max_sessions = 100, max_concurrent_launches = 100 }\n')
+            f.write(f'[create]\nusers = {json.dumps(list(users))}\n[quotas]\n')
+            for user in users:
+                f.write(f'users.{user} = {{ max_sessions = 100, max_concurrent_launches = 100 }}\n')
         args = [os.path.join(REPO, "target", "release", "sparkgate"), "serve"]
         defaults = [f'server.bind="127.0.0.1:{self.port}"', f'server.data_dir="{data}"',
                     "auth.dangerous_allow_anonymous=true", "auth.methods=[]", f'spark.venv="{REPO}/.venv"',
@@ -69,7 +71,7 @@ class Gateway:
     def raw(self, method, path, body=None):
         req = urllib.request.Request(f"https://127.0.0.1:{self.port}{path}", method=method,
                                      data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **self.headers})
         with urllib.request.urlopen(req, context=self.ctx, timeout=600) as r:
             return r.read()
 

@@ -6,15 +6,18 @@
 #   bench/run.sh store      what the durable store costs a statement (sqlite vs memory)
 #   bench/run.sh recovery   20 rounds of SIGKILL -> restart with a running statement
 #   bench/run.sh restart    start-up with 10,000 finished and 100 live records
+#   bench/run.sh throughput authenticated requests/s against a bare axum + rustls floor
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 cargo build --locked --release
+cargo build --locked --release --example bench_floor --example bench_load
 case "${1:-sessions}" in
   batches) exec .venv/bin/python bench/batches.py ;;
   memory) exec .venv/bin/python bench/memory.py ;;
   store) exec .venv/bin/python bench/store.py ;;
   recovery) exec .venv/bin/python bench/recovery.py ;;
   restart) exec .venv/bin/python bench/recovery.py restart ;;
+  throughput) exec .venv/bin/python bench/throughput.py ;;
   *) exec .venv/bin/python bench/sessions.py ;;
 esac

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""sparkgate authenticated-throughput benchmark: prints figures, asserts nothing.
+
+Closed-loop load (bench_load: N keep-alive HTTP/1.1 connections over TLS, like `wrk -c N`)
+against, in the same run:
+
+  * the floor: examples/bench_floor.rs, a minimal axum + rustls server with the gateway's TLS
+    settings that answers every GET with a fixed body as large as the gateway's answer;
+  * the gateway with the whole stack on (TLS, authentication, ACL, audit, metrics):
+    `GET /sessions/{id}/state` with a JWT, with a client certificate, and with the SPNEGO
+    cookie when a KDC can be started (krb5-kdc); `GET /version` with a JWT and without
+    credentials (the 401 path).
+
+Each line gives requests/s and p99 next to the floor's, as ratios. The figures are those of one
+machine in one run: compare within a run, not across machines.
+
+Usage: bench/run.sh throughput  (BENCH_CONNECTIONS=64, BENCH_SECONDS=10, BENCH_WARMUP=2)
+"""
+import json, os, subprocess, sys, tempfile, time
+
+from gateway import REPO, Gateway, free_port
+
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
+WARMUP = float(os.environ.get("BENCH_WARMUP", "2"))
+RELEASE = os.path.join(REPO, "target", "release")
+SPARKGATE = os.path.join(RELEASE, "sparkgate")
+
+
+def load(url, ca, *extra, connections=CONNECTIONS):
+    out = subprocess.check_output(
+        [os.path.join(RELEASE, "examples", "bench_load"), url, "--ca", ca, "--connections", str(connections),
+         "--seconds", str(SECONDS), "--warmup", str(WARMUP), *extra], text=True)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def client_pki(work):
+    """A client CA and a certificate for alice (EC P-256, clientAuth), with openssl."""
+    ca_key, ca, key, csr, cert = (os.path.join(work, n) for n in
+                                  ("client-ca.key", "client-ca.pem", "alice.key", "alice.csr", "alice.pem"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    subprocess.run(["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2",
+                    "-subj", "/CN=bench client CA"], **quiet)
+    subprocess.run(["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=alice"], **quiet)
+    ext = os.path.join(work, "client.ext")
+    with open(ext, "w") as f:
+        f.write("extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                    "-out", cert, "-days", "2", "-extfile", ext], **quiet)
+    return ca, cert, key
+
+
+def line(name, fig, floor, expect="200"):
+    ratio = fig["rps"] / floor["rps"]
+    p99 = fig["p99_ms"] / floor["p99_ms"]
+    bad = fig["errors"] + sum(n for s, n in fig["statuses"].items() if s != expect)
+    print(f"{name:<44} {fig['rps']:>9.0f} req/s ({ratio:.2f}x floor)  p50 {fig['p50_ms']:.2f} ms  "
+          f"p99 {fig['p99_ms']:.2f} ms ({p99:.2f}x floor)  unexpected {bad}", flush=True)
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="sparkgate-bench-tp-")
+    data = os.path.join(work, "data")
+    os.makedirs(data, mode=0o700)
+    client_ca, client_cert, client_key = client_pki(work)
+    common = ['auth.methods=["client_cert","jwt"]', "auth.dangerous_allow_anonymous=false",
+              f'auth.client_cert.ca="{client_ca}"', "server.max_connections_per_ip=4096"]
+    sets = [f"--set={s}" for s in [f'server.data_dir="{data}"'] + common]
+    token = subprocess.check_output([SPARKGATE, *sets, "token", "--user", "alice", "--ttl", "2h"],
+                                    text=True, cwd=REPO).strip()
+    bearer = {"Authorization": f"Bearer {token}"}
+    extra_sets = os.environ.get("BENCH_SETS", "").split()
+    gw = Gateway(work, common + extra_sets, data=data, users=("alice",), headers=bearer)
+    floor = None
+    try:
+        sid = gw.call("POST", "/sessions", {"kind": "pyspark"})["id"]
+        gw.wait_state(sid, ("idle",))
+        state_path = f"/sessions/{sid}/state"
+        body = gw.raw("GET", state_path).decode()
+        ca = os.path.join(data, "tls", "dev-ca.pem")
+        port = free_port()
+        floor = subprocess.Popen([os.path.join(RELEASE, "examples", "bench_floor"),
+                                  os.path.join(data, "tls", "server.pem"), os.path.join(data, "tls", "server-key.pem"),
+                                  str(port), body], stdout=subprocess.DEVNULL)
+        time.sleep(0.5)
+        print(f"{CONNECTIONS} keep-alive connections, {WARMUP:.0f} s warm-up + {SECONDS:.0f} s measured each; "
+              f"answer body {len(body)} bytes", flush=True)
+        base = f"https://127.0.0.1:{gw.port}"
+        floor_fig = load(f"https://127.0.0.1:{port}/", ca)
+        line("floor: bare axum + rustls", floor_fig, floor_fig)
+        auth = ["--header", f"Authorization: Bearer {token}"]
+        line("GET /sessions/{id}/state, JWT", load(base + state_path, ca, *auth), floor_fig)
+        line("GET /sessions/{id}/state, client certificate",
+             load(base + state_path, ca, "--cert", client_cert, "--key", client_key), floor_fig)
+        line("GET /version, JWT", load(base + "/version", ca, *auth), floor_fig)
+        line("GET /version, no credentials (401)", load(base + "/version", ca), floor_fig, expect="401")
+        gw.call("DELETE", f"/sessions/{sid}")
+    finally:
+        if floor:
+            floor.kill()
+        gw.stop()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(__file__))
+    main()
