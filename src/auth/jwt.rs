@@ -52,6 +52,7 @@ pub fn mint_dev_token(
     groups: &[String],
     ttl: Duration,
 ) -> Result<String, AuthSetupError> {
+    ring_backend::install();
     let jwt = &config.config.auth.jwt;
     if jwt.public_key.is_some() || jwt.jwks.is_some() {
         return Err(AuthSetupError(
@@ -154,6 +155,7 @@ impl JwtAuthenticator {
     /// Builds it from the configuration (generating the development key pair when no key is
     /// configured).
     pub fn from_config(config: &ValidatedConfig) -> Result<Self, AuthSetupError> {
+        ring_backend::install();
         let jwt = &config.config.auth.jwt;
         let source = match (&jwt.public_key, &jwt.jwks) {
             (Some(pem), None) => KeySource::Pem(pem.clone()),
@@ -300,6 +302,8 @@ impl Authenticator for JwtAuthenticator {
         }
     }
 }
+
+mod ring_backend;
 
 #[cfg(test)]
 mod tests;
