@@ -98,7 +98,7 @@ pub(crate) static PROVIDER: CryptoProvider = CryptoProvider {
 /// Makes [`PROVIDER`] the process's JWT backend. Idempotent; if something in the process
 /// decoded a token before (so `jsonwebtoken` settled on its default), that backend stays and
 /// a warning says so — tokens are still verified, only slower.
-pub fn install() {
+pub(crate) fn install() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         if PROVIDER.install_default().is_err() {
