@@ -96,6 +96,8 @@ impl KeySource {
 struct KeySet {
     keys: Vec<(Option<String>, DecodingKey)>,
     stamp: Option<(SystemTime, u64)>,
+    /// Counts the loads: what the verified-token cache keys its entries to.
+    generation: u64,
 }
 
 impl std::fmt::Debug for KeySet {
@@ -133,7 +135,7 @@ fn load_keys(source: &KeySource) -> Result<KeySet, String> {
             keys
         }
     };
-    Ok(KeySet { keys, stamp })
+    Ok(KeySet { keys, stamp, generation: 0 })
 }
 
 /// Verifies `Authorization: Bearer <jwt>`.
@@ -149,6 +151,7 @@ pub struct JwtAuthenticator {
     leeway: Duration,
     user_claim: String,
     groups_claim: String,
+    verified: VerifiedTokens,
 }
 
 impl JwtAuthenticator {
@@ -185,6 +188,7 @@ impl JwtAuthenticator {
             leeway: config.durations.jwt_leeway,
             user_claim: jwt.user_claim.clone(),
             groups_claim: jwt.groups_claim.clone(),
+            verified: VerifiedTokens::new(jwt.verified_cache_size),
         })
     }
 
@@ -213,7 +217,8 @@ impl JwtAuthenticator {
             return current;
         }
         match load_keys(&self.source) {
-            Ok(fresh) => {
+            Ok(mut fresh) => {
+                fresh.generation = current.generation + 1;
                 let fresh = Arc::new(fresh);
                 tracing::info!(path = %self.source.path().display(), keys = fresh.keys.len(), "reloaded JWT verification keys");
                 if let Ok(mut slot) = self.keys.write() {
@@ -229,12 +234,27 @@ impl JwtAuthenticator {
     }
 
     /// Verifies a token and returns the principal, or why not (no token material in the reason).
+    /// A token verified before under the same keys and not yet at its `exp` is answered from
+    /// the cache ([`verified`]).
     pub fn verify(&self, token: &str) -> Result<Principal, String> {
+        let keys = self.current_keys();
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let digest = verified::digest(token);
+        if let Some(principal) = self.verified.get(&digest, keys.generation, now) {
+            return Ok(principal);
+        }
+        let (principal, expires) = self.verify_signed(token, &keys)?;
+        self.verified.put(digest, &principal, expires, keys.generation, now);
+        Ok(principal)
+    }
+
+    /// The full check: header, algorithm, key, signature, claims. Returns the principal and
+    /// the token's `exp` (0 if it is not a whole number of seconds: such a token is not cached).
+    fn verify_signed(&self, token: &str, keys: &KeySet) -> Result<(Principal, u64), String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
         if !self.algorithms.contains(&header.alg) {
             return Err(format!("token algorithm {:?} is not accepted", header.alg));
         }
-        let keys = self.current_keys();
         let key = match &header.kid {
             Some(kid) => keys
                 .keys
@@ -267,6 +287,7 @@ impl JwtAuthenticator {
             }
         })?;
         let claims = data.claims;
+        let expires = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
         let name = claims
             .get(&self.user_claim)
             .and_then(Value::as_str)
@@ -280,7 +301,7 @@ impl JwtAuthenticator {
             }
             _ => Vec::new(),
         };
-        Ok(Principal { name, groups, method: AuthMethod::Jwt })
+        Ok((Principal { name, groups, method: AuthMethod::Jwt }, expires))
     }
 }
 
@@ -304,6 +325,8 @@ impl Authenticator for JwtAuthenticator {
 }
 
 mod ring_backend;
+mod verified;
+use verified::VerifiedTokens;
 
 #[cfg(test)]
 mod tests;

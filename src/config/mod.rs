@@ -238,6 +238,9 @@ pub struct JwtConfig {
     pub groups_claim: String,
     /// How often the key files are checked for changes.
     pub reload_interval: String,
+    /// How many verified tokens are remembered (by their SHA-256), each until its `exp` and
+    /// only under the keys that verified it; 0 checks every request's signature.
+    pub verified_cache_size: usize,
 }
 
 impl Default for JwtConfig {
@@ -252,6 +255,7 @@ impl Default for JwtConfig {
             user_claim: "sub".into(),
             groups_claim: "groups".into(),
             reload_interval: "2s".into(),
+            verified_cache_size: 10_000,
         }
     }
 }

@@ -229,3 +229,42 @@ fn development_keys_and_tokens() {
     let p = auth.verify(&token).unwrap();
     assert_eq!((p.name.as_str(), p.groups.as_slice()), ("bob", ["ops".to_string()].as_slice()));
 }
+
+#[test]
+fn verified_tokens_are_remembered_until_exp_and_forgotten_when_the_keys_change() {
+    let f = pem_fixture();
+    let token = sign(&keys()[0], None, &claims(300));
+    assert_eq!(f.auth.verify(&token).unwrap().groups, vec!["analysts", "etl"]);
+    assert_eq!(f.auth.verified.len(), 1);
+    assert_eq!(f.auth.verify(&token).unwrap().name, "alice", "answered from the cache");
+    assert_eq!(f.auth.verified.len(), 1);
+    // Past exp but inside the leeway: accepted by the full check, never remembered.
+    assert!(f.auth.verify(&sign(&keys()[0], None, &claims(-10))).is_ok());
+    assert_eq!(f.auth.verified.len(), 1);
+    // A refused token is not remembered either.
+    assert!(f.auth.verify(&sign(&keys()[1], None, &claims(300))).is_err());
+    assert_eq!(f.auth.verified.len(), 1);
+    // The key is rotated: the remembered token of the old key is refused at once.
+    let path = f.dir.path().join("pub.pem");
+    std::fs::write(&path, &keys()[1].public_pem).unwrap();
+    bump_mtime(&path);
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(f.auth.verify(&token).unwrap_err().contains("signature"));
+    assert!(f.auth.verify(&sign(&keys()[1], None, &claims(300))).is_ok());
+}
+
+#[test]
+fn a_zero_sized_cache_checks_every_signature() {
+    let f = with_source(
+        |dir| {
+            let path = dir.join("pub.pem");
+            std::fs::write(&path, &keys()[0].public_pem).unwrap();
+            format!("auth.jwt.public_key=\"{}\"", path.display())
+        },
+        &["auth.jwt.verified_cache_size=0"],
+    );
+    let token = sign(&keys()[0], None, &claims(300));
+    assert!(f.auth.verify(&token).is_ok());
+    assert!(f.auth.verify(&token).is_ok());
+    assert_eq!(f.auth.verified.len(), 0);
+}
