@@ -27,11 +27,40 @@ RELEASE = os.path.join(REPO, "target", "release")
 SPARKGATE = os.path.join(RELEASE, "sparkgate")
 
 
+ANSWERED = [0]  # every request the load generators got an answer to, warm-up included
+
+
 def load(url, ca, *extra, connections=CONNECTIONS):
     out = subprocess.check_output(
         [os.path.join(RELEASE, "examples", "bench_load"), url, "--ca", ca, "--connections", str(connections),
          "--seconds", str(SECONDS), "--warmup", str(WARMUP), *extra], text=True)
-    return json.loads(out.strip().splitlines()[-1])
+    fig = json.loads(out.strip().splitlines()[-1])
+    ANSWERED[0] += fig["answered"]
+    return fig
+
+
+def audit_figures(data, gateway_requests):
+    """Whether the trail kept up (records, losses) and how long `audit verify` takes on it."""
+    audit = os.path.join(data, "audit")
+    files = sorted(f for f in os.listdir(audit) if f.startswith("audit.log."))
+    files = [os.path.join(audit, f) for f in files] + [os.path.join(audit, "audit.log")]
+    records = lost = repeats = 0
+    for path in files:
+        with open(path, "rb") as f:
+            for raw in f:
+                records += 1
+                if b'"repeated":' in raw:
+                    repeats += json.loads(raw)["repeated"]
+                if b'"audit_records_lost"' in raw:
+                    lost += int(json.loads(raw)["reason"].split()[0])
+    t0 = time.monotonic()
+    out = subprocess.run([SPARKGATE, "audit", "verify", *files], capture_output=True, text=True)
+    took = time.monotonic() - t0
+    print(f"audit trail: {records} records, {repeats} repeated refusals counted in summaries, for "
+          f"{gateway_requests} requests answered by the gateway; {lost} lost; {len(files)} files, {sum(os.path.getsize(f) for f in files) / 2**20:.0f} MiB", flush=True)
+    print(f"audit verify: {took:.2f} s for {records} records ({records / took / 1e6:.2f} M records/s, "
+          f"1M records in {1e6 / (records / took):.2f} s): {(out.stdout + out.stderr).strip().splitlines()[-1]}",
+          flush=True)
 
 
 def client_pki(work):
@@ -88,6 +117,7 @@ def main():
               f"answer body {len(body)} bytes", flush=True)
         base = f"https://127.0.0.1:{gw.port}"
         floor_fig = load(f"https://127.0.0.1:{port}/", ca)
+        ANSWERED[0] = 0
         line("floor: bare axum + rustls", floor_fig, floor_fig)
         auth = ["--header", f"Authorization: Bearer {token}"]
         line("GET /sessions/{id}/state, JWT", load(base + state_path, ca, *auth), floor_fig)
@@ -96,6 +126,8 @@ def main():
         line("GET /version, JWT", load(base + "/version", ca, *auth), floor_fig)
         line("GET /version, no credentials (401)", load(base + "/version", ca), floor_fig, expect="401")
         gw.call("DELETE", f"/sessions/{sid}")
+        gw.stop()
+        audit_figures(data, ANSWERED[0])
     finally:
         if floor:
             floor.kill()

@@ -8,7 +8,7 @@
 //! Every connection is opened first (at most 16 handshakes at once, as a polite client),
 //! then each sends request after request on its connection, HTTP/1.1, for the warm-up and the
 //! measured time; only requests started in the measured window count. Prints
-//! `{"requests", "rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors", "statuses"}`.
+//! `{"requests", "answered" (warm-up included), "rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors", "statuses"}`.
 
 use anyhow::Context;
 use http_body_util::{BodyExt, Empty};
@@ -93,6 +93,8 @@ async fn connect(url: &http::Uri, tls: &tokio_rustls::TlsConnector) -> anyhow::R
 
 #[derive(Default)]
 struct Tally {
+    /// Every answered request, warm-up included.
+    answered: u64,
     latencies_us: Vec<u64>,
     statuses: BTreeMap<u16, u64>,
     errors: u64,
@@ -142,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 .await;
                 let counted = sent >= measured_from;
+                tally.answered += u64::from(outcome.is_ok());
                 match outcome {
                     Ok(status) if counted => {
                         tally.latencies_us.push(sent.elapsed().as_micros() as u64);
@@ -169,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
             *all.statuses.entry(status).or_default() += n;
         }
         all.errors += done.errors;
+        all.answered += done.answered;
     }
     all.latencies_us.sort_unstable();
     let pct = |p: f64| -> f64 {
@@ -181,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let figures = serde_json::json!({
         "requests": all.latencies_us.len(),
+        "answered": all.answered,
         "rps": all.latencies_us.len() as f64 / args.seconds,
         "p50_ms": pct(50.0),
         "p90_ms": pct(90.0),
