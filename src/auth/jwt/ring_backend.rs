@@ -1,8 +1,9 @@
 //! JWT signatures checked with `ring`, the library rustls already links, instead of the
 //! RustCrypto backend `jsonwebtoken` ships with: an RS256 check takes a few dozen
 //! microseconds instead of hundreds, and RSA keys under 2048 bits are refused outright
-//! (`ring` verifies only 2048–8192-bit moduli). Signing — only the development tokens of
-//! `sparkgate token` — stays on RustCrypto, as do the JWK helpers.
+//! (`ring` verifies only 2048–8192-bit moduli). Signing (the development tokens of
+//! `sparkgate token`, the Spark UI's HS256 tokens), HMAC and the JWK helpers stay on
+//! RustCrypto.
 //!
 //! `jsonwebtoken` picks its backend once per process; [`install`] must run before the first
 //! token is decoded or signed, and the gateway calls it where JWT authentication is built.
@@ -56,12 +57,16 @@ fn rsa_params(algorithm: Algorithm) -> Option<&'static sig::RsaParameters> {
     })
 }
 
-/// The verifier for `algorithm` with `key`; HMAC is never verified here (the gateway accepts
-/// no HMAC algorithm), and a key of another family than the algorithm's is refused.
+/// The verifier for `algorithm` with `key`; a key of another family than the algorithm's is
+/// refused (a public key never becomes an HMAC secret). HMAC — which the JWT authenticator
+/// never accepts, but the process's other users of `jsonwebtoken` may — stays on RustCrypto.
 fn verifier(algorithm: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>, Error> {
     let algorithm = *algorithm;
-    if key.family() != algorithm.family() || algorithm.family() == AlgorithmFamily::Hmac {
+    if key.family() != algorithm.family() {
         return Err(ErrorKind::InvalidAlgorithm.into());
+    }
+    if algorithm.family() == AlgorithmFamily::Hmac {
+        return (RUST_CRYPTO.verifier_factory)(&algorithm, key);
     }
     let check = match (algorithm, key.kind()) {
         (_, DecodingKeyKind::RsaModulusExponent { n, e }) => {
@@ -179,10 +184,12 @@ mod tests {
     }
 
     #[test]
-    fn refuses_hmac_a_key_of_another_family_and_short_rsa_keys() {
+    fn refuses_a_key_of_another_family_and_short_rsa_keys() {
         let (encoding, decoding, _) = rsa_pair(2048);
-        let secret = DecodingKey::from_secret(b"a public key must never become an HMAC secret");
-        assert!(verifier(&Algorithm::HS256, &secret).is_err());
+        assert!(verifier(&Algorithm::HS256, &decoding).is_err(), "a public key must never become an HMAC secret");
+        // HMAC with a secret (the Spark UI's tokens) is RustCrypto's, and works.
+        let secret = b"the spark ui key";
+        round_trip(Algorithm::HS256, &EncodingKey::from_secret(secret), &DecodingKey::from_secret(secret));
         assert!(verifier(&Algorithm::ES256, &decoding).is_err(), "an RSA key for ES256");
         assert!(verifier(&Algorithm::EdDSA, &decoding).is_err(), "an RSA key for EdDSA");
         round_trip(Algorithm::RS256, &encoding, &decoding);
