@@ -330,8 +330,12 @@ impl BatchManager {
         key: crate::rpc::SecretKey,
     ) -> Arc<Self> {
         let batches = &config.config.batches;
-        let caps =
-            limits::Caps { kind: "batches", live: batches.max_batches, launches: batches.max_concurrent_launches };
+        let caps = limits::Caps {
+            kind: "batches",
+            live: batches.max_batches,
+            launches: batches.max_concurrent_launches,
+            queued: false,
+        };
         let dirs = config.config.server.data_dir.join("batches");
         Arc::new(Self { registry: Registry::new(store, caps, dirs), config, spark, audit, key })
     }

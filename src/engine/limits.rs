@@ -17,6 +17,10 @@ pub struct Caps {
     pub live: usize,
     /// Starting at once.
     pub launches: usize,
+    /// Whether a create beyond the launch caps is accepted and its launch queued (sessions:
+    /// `not_started` until a slot frees, see `SessionManager::pump_launches`) rather than
+    /// refused.
+    pub queued: bool,
 }
 
 /// What is live and starting now, in all and for the requesting user.
@@ -61,18 +65,22 @@ pub fn per_user(set: Option<usize>, explicit: bool, cap: usize) -> usize {
     }
 }
 
-/// Whether one more may be created now.
+/// Whether one more may be created now. With queued launches only the caps and quotas on live
+/// entries refuse; the launch caps decide when it starts.
 pub fn admit(counts: Counts, caps: Caps, quota: &Quota, user: &str) -> Result<(), EngineError> {
     if counts.live >= caps.live {
         return Err(EngineError::TooManyLive { kind: caps.kind, limit: caps.live });
-    }
-    if counts.launching >= caps.launches {
-        return Err(EngineError::TooManyLaunches { kind: caps.kind, limit: caps.launches });
     }
     let live = per_user(quota.max_sessions, quota.explicit, caps.live);
     if counts.mine_live >= live {
         let what = if caps.kind == "batches" { "live batches" } else { "live sessions" };
         return Err(EngineError::UserQuota { user: user.to_string(), limit: live, what });
+    }
+    if caps.queued {
+        return Ok(());
+    }
+    if counts.launching >= caps.launches {
+        return Err(EngineError::TooManyLaunches { kind: caps.kind, limit: caps.launches });
     }
     let launches = per_user(quota.max_concurrent_launches, quota.explicit, caps.launches);
     if counts.mine_launching >= launches {
@@ -129,7 +137,7 @@ mod tests {
 
     #[test]
     fn one_user_cannot_take_every_launch_slot() {
-        let caps = Caps { kind: "sessions", live: 32, launches: 4 };
+        let caps = Caps { kind: "batches", live: 32, launches: 4, queued: false };
         let quota = Quota { max_concurrent_launches: Some(4), ..Quota::default() };
         let mine = |n: usize| Counts { live: n, launching: n, mine_live: n, mine_launching: n };
         assert!(admit(mine(2), caps, &quota, "alice").is_ok());
@@ -142,5 +150,17 @@ mod tests {
         assert!(matches!(admit(full, caps, &quota, "bob"), Err(EngineError::TooManyLaunches { limit: 4, .. })));
         let counts = Counts::of([(true, true, true), (true, false, false), (false, false, true)]);
         assert_eq!((counts.live, counts.launching, counts.mine_live, counts.mine_launching), (2, 1, 1, 1));
+    }
+
+    #[test]
+    fn queued_launches_are_refused_only_by_the_live_caps() {
+        let caps = Caps { kind: "sessions", live: 8, launches: 2, queued: true };
+        let quota = Quota { max_sessions: Some(5), explicit: true, ..Quota::default() };
+        let starting = Counts { live: 4, launching: 4, mine_live: 4, mine_launching: 4 };
+        assert!(admit(starting, caps, &quota, "alice").is_ok(), "beyond the launch cap: queued");
+        let mine = Counts { live: 5, launching: 5, mine_live: 5, mine_launching: 5 };
+        assert!(matches!(admit(mine, caps, &quota, "alice"), Err(EngineError::UserQuota { limit: 5, .. })));
+        let full = Counts { live: 8, launching: 8, ..Counts::default() };
+        assert!(matches!(admit(full, caps, &quota, "bob"), Err(EngineError::TooManyLive { limit: 8, .. })));
     }
 }

@@ -24,6 +24,7 @@ use crate::sparkui::AppUi;
 use crate::store::{AnyStore, Stored, Version};
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -115,8 +116,12 @@ impl SessionRegistry {
     /// The sessions over `store`, under `config`'s caps, their secrets derived from `key`.
     pub fn new(config: &ValidatedConfig, store: Arc<AnyStore>, audit: Arc<AuditLog>, key: SecretKey) -> Arc<Self> {
         let sessions = &config.config.sessions;
-        let caps =
-            limits::Caps { kind: "sessions", live: sessions.max_sessions, launches: sessions.max_concurrent_launches };
+        let caps = limits::Caps {
+            kind: "sessions",
+            live: sessions.max_sessions,
+            launches: sessions.max_concurrent_launches,
+            queued: true,
+        };
         let dirs = config.config.server.data_dir.join("sessions");
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -154,6 +159,53 @@ pub struct SessionManager {
     /// None: no RPC server (tests): launches fail visibly.
     channel: Option<DriverChannel>,
     sessions: Arc<SessionRegistry>,
+    /// Sessions accepted beyond the launch caps, `not_started` until [`Self::pump_launches`]
+    /// starts them, in the order they were accepted.
+    launch_queue: std::sync::Mutex<LaunchQueue>,
+    /// Woken by every session change: a launch that ends frees a slot.
+    launch_wake: Arc<tokio::sync::Notify>,
+}
+
+fn lock_queue(queue: &std::sync::Mutex<LaunchQueue>) -> std::sync::MutexGuard<'_, LaunchQueue> {
+    queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Users whose last turn is remembered, beyond those waiting now.
+const MAX_TURNS_KEPT: usize = 4096;
+
+/// The sessions waiting for a launch slot, and whose turn it was last.
+#[derive(Debug, Default)]
+struct LaunchQueue {
+    /// In the order they were accepted.
+    waiting: Vec<Queued>,
+    /// Each user's last turn (a launch from the queue).
+    served: HashMap<String, u64>,
+    /// Turns handed out.
+    turn: u64,
+}
+
+/// Which waiting session starts next: among those whose user is under their own launch quota,
+/// the user with the fewest sessions starting now, then the user served longest ago (never
+/// first), then the earliest accepted. So each user's sessions start in the order they were
+/// accepted, and users take turns: a hundred sessions from one notebook server do not hold
+/// back a colleague's one.
+fn next_launch(waiting: &[Queued], starting: &HashMap<&str, usize>, served: &HashMap<String, u64>) -> Option<usize> {
+    let starting_of = |user: &str| starting.get(user).copied().unwrap_or(0);
+    waiting
+        .iter()
+        .enumerate()
+        .filter(|(_, q)| starting_of(&q.user) < q.user_launches)
+        .min_by_key(|(at, q)| (starting_of(&q.user), served.get(&q.user).copied().unwrap_or(0), *at))
+        .map(|(at, _)| at)
+}
+
+/// A session waiting for a launch slot.
+#[derive(Debug, Clone)]
+struct Queued {
+    id: u32,
+    user: String,
+    /// How many of this user's sessions may be starting at once.
+    user_launches: usize,
 }
 
 impl SessionManager {
@@ -166,7 +218,65 @@ impl SessionManager {
         sessions: Arc<SessionRegistry>,
         channel: Option<DriverChannel>,
     ) -> Arc<Self> {
-        Arc::new(Self { config, spark, channel, sessions })
+        Arc::new(Self {
+            config,
+            spark,
+            channel,
+            sessions,
+            launch_queue: std::sync::Mutex::new(LaunchQueue::default()),
+            launch_wake: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    /// The hook a session calls when it changes: its record is written, and the launch queue
+    /// looks whether a slot freed.
+    fn change_hook(&self, id: u32) -> super::registry::OnChange {
+        let wake = self.launch_wake.clone();
+        Registry::on_change(&self.sessions, |r: &SessionRegistry| &r.entries, id).then(move || wake.notify_one())
+    }
+
+    /// Queues session `id`'s launch (the user may have `user_launches` starting at once).
+    fn queue_launch(self: &Arc<Self>, id: u32, user: &str, user_launches: usize) {
+        lock_queue(&self.launch_queue).waiting.push(Queued { id, user: user.to_string(), user_launches });
+        self.pump_launches();
+    }
+
+    /// Starts queued sessions while the launch cap has room, in the order [`next_launch`]
+    /// picks. A queued session that was deleted meanwhile leaves the queue.
+    pub fn pump_launches(self: &Arc<Self>) {
+        let mut queue = lock_queue(&self.launch_queue);
+        let cap = self.config.config.sessions.max_concurrent_launches;
+        loop {
+            let sessions = self.list();
+            queue.waiting.retain(|q| sessions.iter().any(|s| s.id == q.id && s.state() == SessionState::NotStarted));
+            if queue.waiting.is_empty() {
+                return;
+            }
+            let mut starting: HashMap<&str, usize> = HashMap::new();
+            for s in &sessions {
+                if s.state() == SessionState::Starting {
+                    *starting.entry(s.spec.effective_user.as_str()).or_default() += 1;
+                }
+            }
+            if starting.values().sum::<usize>() >= cap {
+                return;
+            }
+            let Some(at) = next_launch(&queue.waiting, &starting, &queue.served) else { return };
+            let queued = queue.waiting.remove(at);
+            queue.turn += 1;
+            let turn = queue.turn;
+            queue.served.insert(queued.user.clone(), turn);
+            if queue.served.len() > MAX_TURNS_KEPT {
+                // Bounded: the turns of users who wait for nothing now are forgotten.
+                let LaunchQueue { waiting, served, .. } = &mut *queue;
+                served.retain(|user, _| waiting.iter().any(|q| &q.user == user));
+            }
+            let Some(session) = sessions.into_iter().find(|s| s.id == queued.id) else { continue };
+            if let Err(e) = self.launch(&session) {
+                session.log.push(format!("sparkgate: {e}"));
+                session.finish(SessionState::Dead, &format!("could not start: {e}"));
+            }
+        }
     }
 
     fn audit(&self, event: AuditEvent) {
@@ -257,13 +367,13 @@ impl SessionManager {
         let mut session = Session::new(id, spec, limits, secret, log, dir);
         session.ui = self.sessions.ui_of(id, Some(&nonce));
         session.secret_nonce = Some(nonce);
-        session.on_change = Some(Registry::on_change(&self.sessions, |r: &SessionRegistry| &r.entries, id));
+        session.on_change = Some(self.change_hook(id));
         let session = Arc::new(session);
         registry.register(session.clone(), &quota).await?;
-        if let Err(e) = self.launch(&session) {
-            session.log.push(format!("sparkgate: {e}"));
-            session.finish(SessionState::Dead, &format!("could not start: {e}"));
-        }
+        // Started now if the launch caps have room, else `not_started` in the queue.
+        let cap = cfg.config.sessions.max_concurrent_launches;
+        let user_launches = limits::per_user(quota.max_concurrent_launches, quota.explicit, cap);
+        self.queue_launch(id, &session.spec.effective_user, user_launches);
         Ok(session)
     }
 
@@ -430,7 +540,7 @@ impl SessionManager {
             );
         }
         session.secret_nonce = nonce;
-        session.on_change = Some(Registry::on_change(&self.sessions, |r: &SessionRegistry| &r.entries, record.id));
+        session.on_change = Some(self.change_hook(record.id));
         session.set_app_id_format(AppIdFormat::of_master(&self.config.config.spark.master));
         let session = Arc::new(session);
         let children: Vec<(u32, Version)> = statements.iter().map(|s| (s.id, s.version)).collect();
@@ -449,6 +559,14 @@ impl SessionManager {
         // Being stopped (a DELETE or a timeout) when the gateway stopped: it ends killed, as
         // the stop would have ended it (a DELETE that was not answered can be made again).
         let stopping = record.state == SessionState::ShuttingDown;
+        if record.state == SessionState::NotStarted && record.process.is_none() {
+            // Accepted and waiting for a launch slot: it waits again (restored in id order,
+            // which is the order they were accepted in), with the default launch quota.
+            let cap = self.config.config.sessions.max_concurrent_launches;
+            session.log.push("sparkgate: the gateway restarted; the session waits for a launch slot again");
+            self.queue_launch(session.id, &session.spec.effective_user, limits::per_user(None, false, cap));
+            return;
+        }
         let Some(handle) = record.process.clone().and_then(|p| launch::ProcessHandle::adopt(p, &log_path)) else {
             super::batch::stop_leftovers(&self.config, "sessions", session.id);
             let status = match launch::supervisor::recorded_status(&log_path) {
@@ -620,8 +738,19 @@ impl SessionManager {
         futures_util::future::join_all(stops).await;
     }
 
-    /// Runs the timeout checker and collector until the manager is dropped.
+    /// Runs the timeout checker and collector, and the launch queue, until the manager is
+    /// dropped.
     pub fn start_background(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let wake = self.launch_wake.clone();
+        tokio::spawn(async move {
+            loop {
+                // A session change, or at the latest every second.
+                let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+                let Some(manager) = weak.upgrade() else { return };
+                manager.pump_launches();
+            }
+        });
         let weak = Arc::downgrade(self);
         let interval = self.config.durations.check_interval;
         tokio::spawn(async move {
@@ -679,9 +808,12 @@ impl SessionManager {
                 ))
             } else if session.limits.ttl.is_some_and(|ttl| now.duration_since(session.created) >= ttl) {
                 Some((SessionState::Killed, "its time to live (ttl) expired".into(), false))
-            } else if matches!(t.state, SessionState::Starting | SessionState::NotStarted)
-                && now.duration_since(session.created) >= d.start_timeout
+            } else if t.state == SessionState::Starting
+                && now.duration_since(t.launched_at.unwrap_or(session.created)) >= d.start_timeout
             {
+                // Counted from its launch: the time it waited in the launch queue is not the
+                // driver's. A queued (`not_started`) session waits for a slot; ttl and DELETE
+                // still end it.
                 Some((
                     SessionState::Dead,
                     format!("the driver did not become ready within {}s", d.start_timeout.as_secs()),

@@ -25,6 +25,14 @@ impl OnChange {
     pub fn call(&self) {
         (self.0)();
     }
+
+    /// This hook, then `also`.
+    pub fn then(self, also: impl Fn() + Send + Sync + 'static) -> Self {
+        Self(Arc::new(move || {
+            (self.0)();
+            also();
+        }))
+    }
 }
 
 /// Calls its hook when dropped: the first line of a method that changes what is stored, so

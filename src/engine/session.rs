@@ -263,6 +263,8 @@ struct Inner {
     last_activity: Instant,
     last_heartbeat: Instant,
     finished_at: Option<Instant>,
+    /// When its launch began (it left the launch queue): what the start timeout counts from.
+    launched_at: Option<Instant>,
     /// `finished_at` as the record keeps it (ms since the epoch).
     finished_ms: Option<i64>,
     process: Option<ProcessHandle>,
@@ -348,6 +350,7 @@ impl Session {
                 last_activity: now,
                 last_heartbeat: now,
                 finished_at: None,
+                launched_at: None,
                 finished_ms: None,
                 process: None,
                 next_request_id: 1,
@@ -377,7 +380,9 @@ impl Session {
         {
             let inner = session.inner.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
             let live = !record.state.is_terminal();
-            inner.state = if live { SessionState::Recovering } else { record.state };
+            // Never launched (it waited for a launch slot): it waits again, as it was.
+            let queued = record.state == SessionState::NotStarted && record.process.is_none();
+            inner.state = if live && !queued { SessionState::Recovering } else { record.state };
             inner.app_id = record.app_id.clone();
             inner.yarn_tag = record.yarn_tag.clone();
             inner.cluster_driver = record.cluster_driver.clone();
@@ -499,6 +504,9 @@ impl Session {
         if next.is_terminal() && !inner.state.is_terminal() {
             inner.finished_at = Some(Instant::now());
             inner.finished_ms = Some(super::record::now_ms());
+        }
+        if next == SessionState::Starting && inner.state != SessionState::Starting {
+            inner.launched_at = Some(Instant::now());
         }
         inner.state = next;
         Ok(())
@@ -1056,6 +1064,7 @@ impl Session {
             last_heartbeat: inner.last_heartbeat,
             disconnected_since: inner.disconnected_since,
             finished_at: inner.finished_at,
+            launched_at: inner.launched_at,
             has_work: inner.running.is_some() || !inner.queue.is_empty(),
         }
     }
@@ -1149,6 +1158,7 @@ pub(crate) struct Timers {
     pub(crate) last_heartbeat: Instant,
     pub(crate) disconnected_since: Option<Instant>,
     pub(crate) finished_at: Option<Instant>,
+    pub(crate) launched_at: Option<Instant>,
     pub(crate) has_work: bool,
 }
 

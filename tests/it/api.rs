@@ -146,16 +146,36 @@ async fn statement_requests_are_validated() {
 #[tokio::test]
 async fn caps_answer_429_with_a_reason() {
     // A gateway of its own with tight caps; its sessions are deleted while still starting.
+    // Beyond the launch cap a session is accepted and waits `not_started`; beyond
+    // max_sessions it is refused.
     let gw = TestGateway::start(&["sessions.max_concurrent_launches=1", "sessions.max_sessions=2"]);
     let (s1, b1) = gw.post("/sessions", json!({"kind": "pyspark"})).await;
     assert_eq!(s1, 201, "{b1}");
     let (s2, b2) = gw.post("/sessions", json!({"kind": "pyspark"})).await;
-    assert_eq!(s2, 429, "{b2}");
-    assert!(b2["msg"].as_str().unwrap().contains("being started"), "{b2}");
-    // Deleting a session while it is still starting works and frees the slot.
+    assert_eq!(s2, 201, "{b2}");
+    assert_eq!(b2["state"], "not_started", "{b2}");
+    let (s3, b3) = gw.post("/sessions", json!({"kind": "pyspark"})).await;
+    assert_eq!(s3, 429, "{b3}");
+    assert!(b3["msg"].as_str().unwrap().contains("too many"), "{b3}");
+    // Deleting a session while it is still starting works and frees the slot: the queued one
+    // starts.
     let id = b1["id"].as_u64().unwrap();
     let pgid = gw.manager.get(&id.to_string()).unwrap().process().unwrap().pgid;
     assert_eq!(gw.delete(&format!("/sessions/{id}")).await.0, 200);
+    assert!(crate::support::processes_in_group(pgid).is_empty());
+    let queued = b2["id"].as_u64().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, state) = gw.get(&format!("/sessions/{queued}/state")).await;
+        if state["state"] != "not_started" {
+            assert!(["starting", "idle"].contains(&state["state"].as_str().unwrap()), "{state}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the queued session did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pgid = gw.manager.get(&queued.to_string()).unwrap().process().unwrap().pgid;
+    assert_eq!(gw.delete(&format!("/sessions/{queued}")).await.0, 200);
     assert!(crate::support::processes_in_group(pgid).is_empty());
     let (s3, b3) = gw.post("/sessions", json!({"kind": "pyspark", "name": "one"})).await;
     assert_eq!(s3, 201, "{b3}");

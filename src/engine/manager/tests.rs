@@ -766,3 +766,119 @@ async fn an_unreadable_record_is_skipped_and_what_ran_of_its_launch_is_stopped()
     let trail = std::fs::read_to_string(dir.path().join("audit/audit.log")).unwrap();
     assert!(trail.contains("record_unreadable") && trail.contains("batch:1"), "{trail}");
 }
+
+fn queued(id: u32, user: &str, user_launches: usize) -> Queued {
+    Queued { id, user: user.into(), user_launches }
+}
+
+/// Drains `waiting` as the launch queue would with one launch slot that frees at once.
+fn launch_order(mut waiting: Vec<Queued>) -> Vec<u32> {
+    let (mut served, mut turn, mut order) = (HashMap::new(), 0, Vec::new());
+    while let Some(at) = next_launch(&waiting, &HashMap::new(), &served) {
+        let q = waiting.remove(at);
+        turn += 1;
+        served.insert(q.user.clone(), turn);
+        order.push(q.id);
+    }
+    order
+}
+
+#[test]
+fn queued_launches_are_fifo_per_user_and_take_turns_across_users() {
+    // alice queued three before bob's and carol's one each: they do not wait behind all of hers.
+    let waiting = vec![
+        queued(1, "alice", 2),
+        queued(2, "alice", 2),
+        queued(3, "alice", 2),
+        queued(4, "bob", 2),
+        queued(5, "alice", 2),
+        queued(6, "carol", 2),
+    ];
+    assert_eq!(launch_order(waiting), vec![1, 4, 6, 2, 3, 5]);
+    assert_eq!(launch_order(vec![queued(7, "bob", 1), queued(8, "bob", 1)]), vec![7, 8], "one user: FIFO");
+}
+
+#[test]
+fn a_user_at_their_launch_quota_waits_and_others_go_first() {
+    let waiting = vec![queued(1, "alice", 1), queued(2, "bob", 3), queued(3, "bob", 3)];
+    let starting = HashMap::from([("alice", 1)]);
+    let served = HashMap::new();
+    assert_eq!(next_launch(&waiting, &starting, &served), Some(1), "alice has one starting: bob's first");
+    let starting = HashMap::from([("alice", 1), ("bob", 1)]);
+    assert_eq!(next_launch(&waiting, &starting, &served), Some(1), "bob is under his quota of 3");
+    let starting = HashMap::from([("alice", 1), ("bob", 3)]);
+    assert_eq!(next_launch(&waiting, &starting, &served), None, "both at their quota");
+    // Fewer starting wins over the turn order.
+    let starting = HashMap::from([("bob", 2)]);
+    let served = HashMap::from([("alice".to_string(), 9)]);
+    assert_eq!(next_launch(&[queued(1, "alice", 1), queued(2, "bob", 3)], &starting, &served), Some(0));
+}
+
+#[tokio::test]
+async fn sessions_beyond_the_launch_cap_wait_not_started_and_start_in_turn() {
+    // A FAKE spark-submit that never brings up a driver: its session stays `starting`.
+    let dir = tempfile::tempdir().unwrap();
+    let submit = dir.path().join("spark-submit");
+    std::fs::write(&submit, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&submit, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = config_in(dir.path(), &["sessions.max_concurrent_launches=1", "sessions.max_sessions=3"]);
+    let m = build(cfg, Some(SparkEnv::for_test(dir.path(), &submit)), "127.0.0.1");
+    m.start_background();
+    let quota = Quota { max_sessions: Some(3), max_concurrent_launches: Some(1), explicit: true, ..Quota::default() };
+    let as_user = |user: &str| SessionSpec { owner: user.into(), effective_user: user.into(), ..spec() };
+    let first = m.create(as_user("alice"), quota).await.unwrap();
+    let second = m.create(as_user("alice"), quota).await.unwrap();
+    let bobs = m.create(as_user("bob"), quota).await.unwrap();
+    assert_eq!(first.state(), SessionState::Starting);
+    assert_eq!((second.state(), bobs.state()), (SessionState::NotStarted, SessionState::NotStarted));
+    // Statements wait in a queued session as in a starting one.
+    second.submit("1+1".into(), CodeKind::PySpark).unwrap();
+    // Beyond max_sessions it is refused, not queued.
+    let refused = m.create(as_user("carol"), quota).await.unwrap_err();
+    assert!(matches!(refused, EngineError::TooManyLive { limit: 3, .. }), "{refused}");
+    // The launch ends: bob's turn comes before alice's second (she was served last).
+    m.delete(&first, "alice").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bobs.state() != SessionState::Starting {
+        assert!(
+            Instant::now() < deadline,
+            "bob's session did not start when the slot freed: {:?} {:?} {:?} {:?}",
+            first.state(),
+            second.state(),
+            bobs.state(),
+            bobs.log.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(second.state(), SessionState::NotStarted);
+    // A queued session can be deleted; the next launch then skips it.
+    m.delete(&second, "alice").await;
+    assert_eq!(second.state(), SessionState::Killed);
+    assert!(second.process().is_none(), "never launched");
+    m.delete(&bobs, "bob").await;
+    for s in [&first, &bobs] {
+        let pgid = s.process().unwrap().pgid;
+        assert!(!std::path::Path::new(&format!("/proc/{pgid}")).exists(), "the launch of {} is gone", s.id);
+    }
+}
+
+#[tokio::test]
+async fn a_session_queued_when_the_gateway_stopped_waits_again_and_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let submit = dir.path().join("spark-submit");
+    std::fs::write(&submit, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&submit, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = config_in(dir.path(), &[]);
+    std::fs::create_dir_all(dir.path().join("data/sessions/6")).unwrap();
+    let record = SessionRecord { id: 6, state: SessionState::NotStarted, process: None, ..live_record(6) };
+    let stored = Stored { id: 6, version: 1, meta: Default::default(), bytes: record::encode(&record) };
+    let m = build(cfg, Some(SparkEnv::for_test(dir.path(), &submit)), "127.0.0.1");
+    let session = m.restore(&stored, &[]).await.unwrap();
+    assert_eq!(session.state(), SessionState::Starting, "{:?}", session.log.snapshot());
+    assert!(session.log.snapshot().join("\n").contains("waits for a launch slot again"));
+    let pgid = session.process().unwrap().pgid;
+    m.delete(&session, "alice").await;
+    assert!(!std::path::Path::new(&format!("/proc/{pgid}")).exists());
+}
