@@ -152,6 +152,8 @@ pub struct JwtAuthenticator {
     user_claim: String,
     groups_claim: String,
     verified: VerifiedTokens,
+    /// Key set loads so far (the first is generation 0).
+    generations: std::sync::atomic::AtomicU64,
 }
 
 impl JwtAuthenticator {
@@ -189,6 +191,7 @@ impl JwtAuthenticator {
             user_claim: jwt.user_claim.clone(),
             groups_claim: jwt.groups_claim.clone(),
             verified: VerifiedTokens::new(jwt.verified_cache_size),
+            generations: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -218,7 +221,8 @@ impl JwtAuthenticator {
         }
         match load_keys(&self.source) {
             Ok(mut fresh) => {
-                fresh.generation = current.generation + 1;
+                // Unique per load, even when two reloads overlap.
+                fresh.generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 let fresh = Arc::new(fresh);
                 tracing::info!(path = %self.source.path().display(), keys = fresh.keys.len(), "reloaded JWT verification keys");
                 if let Ok(mut slot) = self.keys.write() {

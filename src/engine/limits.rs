@@ -77,6 +77,11 @@ pub fn admit(counts: Counts, caps: Caps, quota: &Quota, user: &str) -> Result<()
         return Err(EngineError::UserQuota { user: user.to_string(), limit: live, what });
     }
     if caps.queued {
+        // A user who may start none would wait for ever: refused now, as before.
+        if per_user(quota.max_concurrent_launches, quota.explicit, caps.launches) == 0 {
+            let what = if caps.kind == "batches" { "batches starting" } else { "sessions starting" };
+            return Err(EngineError::UserQuota { user: user.to_string(), limit: 0, what });
+        }
         return Ok(());
     }
     if counts.launching >= caps.launches {
@@ -162,5 +167,8 @@ mod tests {
         assert!(matches!(admit(mine, caps, &quota, "alice"), Err(EngineError::UserQuota { limit: 5, .. })));
         let full = Counts { live: 8, launching: 8, ..Counts::default() };
         assert!(matches!(admit(full, caps, &quota, "bob"), Err(EngineError::TooManyLive { limit: 8, .. })));
+        let none = Quota { max_concurrent_launches: Some(0), explicit: true, ..Quota::default() };
+        let idle = Counts::default();
+        assert!(matches!(admit(idle, caps, &none, "dave"), Err(EngineError::UserQuota { limit: 0, .. })));
     }
 }

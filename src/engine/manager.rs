@@ -254,7 +254,10 @@ impl SessionManager {
             }
             let mut starting: HashMap<&str, usize> = HashMap::new();
             for s in &sessions {
-                if s.state() == SessionState::Starting {
+                // A launch taken back after a restart whose driver is not back yet is a JVM
+                // starting too.
+                let state = s.state();
+                if state == SessionState::Starting || (state == SessionState::Recovering && !s.driver_connected()) {
                     *starting.entry(s.spec.effective_user.as_str()).or_default() += 1;
                 }
             }
@@ -458,7 +461,12 @@ impl SessionManager {
                 .reason(format!("spark-submit started (process group {})", handle.pgid)),
         );
         session.set_process(handle.clone());
-        Self::watch(session, handle, socket);
+        Self::watch(session, handle.clone(), socket);
+        if matches!(session.state(), SessionState::ShuttingDown) || session.state().is_terminal() {
+            // Deleted while it was being launched: the stop found no process yet. Stop this one.
+            let grace = self.config.durations.shutdown_grace;
+            tokio::spawn(async move { handle.kill_group(grace).await });
+        }
         Ok(())
     }
 
@@ -561,10 +569,14 @@ impl SessionManager {
         let stopping = record.state == SessionState::ShuttingDown;
         if record.state == SessionState::NotStarted && record.process.is_none() {
             // Accepted and waiting for a launch slot: it waits again (restored in id order,
-            // which is the order they were accepted in), with the default launch quota.
-            let cap = self.config.config.sessions.max_concurrent_launches;
+            // which is the order they were accepted in).
+            // A launch begun just before the gateway stopped, whose record had not caught up,
+            // is stopped first: a session never has two drivers.
+            super::batch::stop_leftovers(&self.config, "sessions", session.id);
             session.log.push("sparkgate: the gateway restarted; the session waits for a launch slot again");
-            self.queue_launch(session.id, &session.spec.effective_user, limits::per_user(None, false, cap));
+            // The user's launch quota was the policy's at create time and is not in the
+            // record: one launch at a time per user is within any quota that queued it.
+            self.queue_launch(session.id, &session.spec.effective_user, 1);
             return;
         }
         let Some(handle) = record.process.clone().and_then(|p| launch::ProcessHandle::adopt(p, &log_path)) else {

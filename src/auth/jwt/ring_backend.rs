@@ -71,7 +71,9 @@ fn verifier(algorithm: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerif
     let check = match (algorithm, key.kind()) {
         (_, DecodingKeyKind::RsaModulusExponent { n, e }) => {
             let params = rsa_params(algorithm).ok_or(ErrorKind::InvalidAlgorithm)?;
-            Check::RsaParts { n: n.clone(), e: e.clone(), params }
+            // Some issuers write `n` with a leading zero byte (a DER habit); ring wants none.
+            let minimal = |v: &[u8]| v[v.iter().position(|b| *b != 0).unwrap_or(v.len())..].to_vec();
+            Check::RsaParts { n: minimal(n), e: minimal(e), params }
         }
         (Algorithm::ES256, DecodingKeyKind::SecretOrDer(point)) => {
             Check::Encoded(point.clone(), &sig::ECDSA_P256_SHA256_FIXED)
@@ -150,9 +152,13 @@ mod tests {
         let (n, e) =
             (URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()), URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()));
         let components = DecodingKey::from_rsa_components(&n, &e).unwrap();
+        let mut padded = vec![0u8];
+        padded.extend(public.n().to_bytes_be());
+        let padded = DecodingKey::from_rsa_raw_components(&padded, &public.e().to_bytes_be());
         for algorithm in [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512, Algorithm::PS256, Algorithm::PS512] {
             round_trip(algorithm, &encoding, &decoding);
             round_trip(algorithm, &encoding, &components);
+            round_trip(algorithm, &encoding, &padded);
         }
     }
 
