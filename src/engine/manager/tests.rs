@@ -353,18 +353,21 @@ fn on_kubernetes_the_driver_configuration_is_never_uploaded_as_a_file() {
     assert!(!argv.iter().any(|a| a.contains("0123abcd") || a.contains("driver-conf.json")), "{argv:?}");
 }
 
+/// A FAKE command `name` in `dir`: a shell script running `body`.
+fn fake_command(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 /// A YARN cluster-mode gateway whose cluster cannot run here: a FAKE `spark-submit` prints
 /// what the real one prints and waits, a FAKE `yarn` records its calls and answers `-list`
 /// with the application that carries the asked tag.
 fn yarn_cluster_manager(dir: &std::path::Path) -> Arc<SessionManager> {
     let calls = dir.join("calls");
-    let script = |name: &str, body: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    };
+    let script = |name: &str, body: &str| fake_command(dir, name, body);
     let submit = script(
         "spark-submit",
         "echo 'INFO Client: Submitted application application_1700000000000_0042'\nexec sleep 600",
@@ -450,10 +453,7 @@ async fn finished_sessions_cannot_pile_up_before_their_retention_time() {
 async fn a_sessions_uploads_go_when_its_driver_does() {
     // A FAKE spark-submit that runs a moment and exits, standing in for a driver that ends.
     let dir = tempfile::tempdir().unwrap();
-    let submit = dir.path().join("spark-submit");
-    std::fs::write(&submit, "#!/bin/sh\nsleep 1\nexit 0\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&submit, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let submit = fake_command(dir.path(), "spark-submit", "sleep 1\nexit 0");
     let cfg = config::load(&Sources {
         file: None,
         env: vec![],
@@ -818,10 +818,7 @@ fn a_user_at_their_launch_quota_waits_and_others_go_first() {
 async fn sessions_beyond_the_launch_cap_wait_not_started_and_start_in_turn() {
     // A FAKE spark-submit that never brings up a driver: its session stays `starting`.
     let dir = tempfile::tempdir().unwrap();
-    let submit = dir.path().join("spark-submit");
-    std::fs::write(&submit, "#!/bin/sh\nexec sleep 60\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&submit, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let submit = fake_command(dir.path(), "spark-submit", "exec sleep 60");
     let cfg = config_in(dir.path(), &["sessions.max_concurrent_launches=1", "sessions.max_sessions=3"]);
     let m = build(cfg, Some(SparkEnv::for_test(dir.path(), &submit)), "127.0.0.1");
     m.start_background();
@@ -866,10 +863,7 @@ async fn sessions_beyond_the_launch_cap_wait_not_started_and_start_in_turn() {
 #[tokio::test]
 async fn a_session_queued_when_the_gateway_stopped_waits_again_and_starts() {
     let dir = tempfile::tempdir().unwrap();
-    let submit = dir.path().join("spark-submit");
-    std::fs::write(&submit, "#!/bin/sh\nexec sleep 60\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&submit, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let submit = fake_command(dir.path(), "spark-submit", "exec sleep 60");
     let cfg = config_in(dir.path(), &[]);
     std::fs::create_dir_all(dir.path().join("data/sessions/6")).unwrap();
     let record = SessionRecord { id: 6, state: SessionState::NotStarted, process: None, ..live_record(6) };
