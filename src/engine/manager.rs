@@ -182,6 +182,8 @@ struct LaunchQueue {
     served: HashMap<String, u64>,
     /// Turns handed out.
     turn: u64,
+    /// The users of launches chosen and not yet `starting` (being launched outside the lock).
+    choosing: Vec<String>,
 }
 
 /// Which waiting session starts next: among those whose user is under their own launch quota,
@@ -242,42 +244,63 @@ impl SessionManager {
     }
 
     /// Starts queued sessions while the launch cap has room, in the order [`next_launch`]
-    /// picks. A queued session that was deleted meanwhile leaves the queue.
+    /// picks. A queued session that was deleted meanwhile leaves the queue. The choice is made
+    /// under the queue's lock, the launch (files, a fork) outside it: a chosen launch counts
+    /// against the caps until it is `starting`, so concurrent pumps never start too many.
     pub fn pump_launches(self: &Arc<Self>) {
-        let mut queue = lock_queue(&self.launch_queue);
         let cap = self.config.config.sessions.max_concurrent_launches;
         loop {
-            let sessions = self.list();
-            queue.waiting.retain(|q| sessions.iter().any(|s| s.id == q.id && s.state() == SessionState::NotStarted));
-            if queue.waiting.is_empty() {
-                return;
-            }
-            let mut starting: HashMap<&str, usize> = HashMap::new();
-            for s in &sessions {
-                // A launch taken back after a restart whose driver is not back yet is a JVM
-                // starting too.
-                let state = s.state();
-                if state == SessionState::Starting || (state == SessionState::Recovering && !s.driver_connected()) {
-                    *starting.entry(s.spec.effective_user.as_str()).or_default() += 1;
+            let (session, user) = {
+                let mut queue = lock_queue(&self.launch_queue);
+                if queue.waiting.is_empty() {
+                    return;
+                }
+                let sessions = self.list();
+                queue
+                    .waiting
+                    .retain(|q| sessions.iter().any(|s| s.id == q.id && s.state() == SessionState::NotStarted));
+                let mut starting: HashMap<&str, usize> = HashMap::new();
+                for user in &queue.choosing {
+                    *starting.entry(user.as_str()).or_default() += 1;
+                }
+                for s in &sessions {
+                    // A launch taken back after a restart whose driver is not back yet is a JVM
+                    // starting too.
+                    let state = s.state();
+                    if state == SessionState::Starting || (state == SessionState::Recovering && !s.driver_connected()) {
+                        *starting.entry(s.spec.effective_user.as_str()).or_default() += 1;
+                    }
+                }
+                if starting.values().sum::<usize>() >= cap {
+                    return;
+                }
+                let Some(at) = next_launch(&queue.waiting, &starting, &queue.served) else { return };
+                let queued = queue.waiting.remove(at);
+                queue.turn += 1;
+                let turn = queue.turn;
+                queue.served.insert(queued.user.clone(), turn);
+                if queue.served.len() > MAX_TURNS_KEPT {
+                    // Bounded: the turns of users who wait for nothing now are forgotten.
+                    let LaunchQueue { waiting, served, .. } = &mut *queue;
+                    served.retain(|user, _| waiting.iter().any(|q| &q.user == user));
+                }
+                let Some(session) = sessions.into_iter().find(|s| s.id == queued.id) else { continue };
+                queue.choosing.push(queued.user.clone());
+                (session, queued.user)
+            };
+            let launched = self.launch(&session);
+            {
+                let mut queue = lock_queue(&self.launch_queue);
+                if let Some(at) = queue.choosing.iter().position(|u| *u == user) {
+                    queue.choosing.swap_remove(at);
                 }
             }
-            if starting.values().sum::<usize>() >= cap {
-                return;
-            }
-            let Some(at) = next_launch(&queue.waiting, &starting, &queue.served) else { return };
-            let queued = queue.waiting.remove(at);
-            queue.turn += 1;
-            let turn = queue.turn;
-            queue.served.insert(queued.user.clone(), turn);
-            if queue.served.len() > MAX_TURNS_KEPT {
-                // Bounded: the turns of users who wait for nothing now are forgotten.
-                let LaunchQueue { waiting, served, .. } = &mut *queue;
-                served.retain(|user, _| waiting.iter().any(|q| &q.user == user));
-            }
-            let Some(session) = sessions.into_iter().find(|s| s.id == queued.id) else { continue };
-            if let Err(e) = self.launch(&session) {
-                session.log.push(format!("sparkgate: {e}"));
-                session.finish(SessionState::Dead, &format!("could not start: {e}"));
+            // A session deleted between the choice and its launch is left as the DELETE ended it.
+            if let Err(e) = launched {
+                if matches!(session.state(), SessionState::NotStarted | SessionState::Starting) {
+                    session.log.push(format!("sparkgate: {e}"));
+                    session.finish(SessionState::Dead, &format!("could not start: {e}"));
+                }
             }
         }
     }
