@@ -53,6 +53,16 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The client certificate (DER), already verified by TLS against the client CA.
     pub client_cert: Option<Arc<Vec<u8>>>,
+    /// The user the client certificate maps to (or why none), worked out on the connection's
+    /// first request: neither the certificate nor the mapping rules change while it is open.
+    pub client_cert_user: Arc<std::sync::OnceLock<Result<String, String>>>,
+}
+
+impl ConnInfo {
+    /// A connection from `peer`, with the client certificate TLS verified, if any.
+    pub fn new(peer: SocketAddr, client_cert: Option<Arc<Vec<u8>>>) -> Self {
+        Self { peer, client_cert, client_cert_user: Arc::default() }
+    }
 }
 
 /// The longest user name the gateway hands on.

@@ -554,7 +554,7 @@ fn request(method: &str, uri: &str, token: Option<&str>) -> Request<Body> {
         .header("x-request-id", "req-1")
         .header("cookie", format!("livy-session={TOKEN}"))
         .header("x-api-key", TOKEN)
-        .extension(ConnInfo { peer: "127.0.0.1:5555".parse().unwrap(), client_cert: None });
+        .extension(ConnInfo::new("127.0.0.1:5555".parse().unwrap(), None));
     if let Some(token) = token {
         builder = builder.header("authorization", format!("Bearer {token}"));
     }

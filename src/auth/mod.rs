@@ -218,7 +218,7 @@ mod tests {
 
     fn parts_from(peer: &str) -> Parts {
         let (mut parts, _) = HttpRequest::new(()).into_parts();
-        parts.extensions.insert(ConnInfo { peer: peer.parse().unwrap(), client_cert: None });
+        parts.extensions.insert(ConnInfo::new(peer.parse().unwrap(), None));
         parts.headers.insert(axum::http::header::HOST, "127.0.0.1:8998".parse().unwrap());
         parts
     }
@@ -241,7 +241,7 @@ mod tests {
         assert!(chain.authenticate(&parts).is_err(), "no host at all");
         // HTTP/2: the authority in the URI.
         let (mut parts, _) = HttpRequest::get("https://localhost:8998/sessions").body(()).unwrap().into_parts();
-        parts.extensions.insert(ConnInfo { peer: "127.0.0.1:5000".parse().unwrap(), client_cert: None });
+        parts.extensions.insert(ConnInfo::new("127.0.0.1:5000".parse().unwrap(), None));
         assert!(chain.authenticate(&parts).is_ok());
     }
 

@@ -96,8 +96,10 @@ impl Authenticator for ClientCertAuthenticator {
     }
 
     fn authenticate(&self, _parts: &Parts, conn: Option<&ConnInfo>) -> AuthOutcome {
-        let Some(der) = conn.and_then(|c| c.client_cert.as_deref()) else { return AuthOutcome::NotApplicable };
-        match self.user_of(der) {
+        let Some(conn) = conn else { return AuthOutcome::NotApplicable };
+        let Some(der) = conn.client_cert.as_deref() else { return AuthOutcome::NotApplicable };
+        // Parsed once per connection, not on each of its requests.
+        match conn.client_cert_user.get_or_init(|| self.user_of(der)).clone() {
             Ok(name) => {
                 AuthOutcome::authenticated(Principal { name, groups: Vec::new(), method: AuthMethod::ClientCert })
             }
@@ -146,6 +148,26 @@ mod tests {
         .unwrap();
         assert!(dns.user_of(&der).is_err(), "no DNS SAN");
         assert!(cn.user_of(b"garbage").is_err());
+    }
+
+    #[test]
+    fn the_certificate_is_mapped_once_per_connection() {
+        let (_, certs) =
+            generate_client_pki("ca", &[ClientCertSpec { common_name: "dave".into(), email: None, expired: false }])
+                .unwrap();
+        let conn =
+            ConnInfo::new("127.0.0.1:4000".parse().unwrap(), Some(std::sync::Arc::new(der_of(&certs[0].cert_pem))));
+        let auth = ClientCertAuthenticator::from_config(&ClientCertConfig::default()).unwrap();
+        let parts = axum::http::Request::new(()).into_parts().0;
+        for _ in 0..2 {
+            match auth.authenticate(&parts, Some(&conn.clone())) {
+                AuthOutcome::Authenticated { principal, .. } => assert_eq!(principal.name, "dave"),
+                _ => panic!("not authenticated"),
+            }
+        }
+        assert_eq!(conn.client_cert_user.get(), Some(&Ok("dave".to_string())), "kept for the connection's clones");
+        let other = ConnInfo::new(conn.peer, None);
+        assert!(matches!(auth.authenticate(&parts, Some(&other)), AuthOutcome::NotApplicable));
     }
 
     #[test]

@@ -232,7 +232,7 @@ pub async fn serve(
                         };
                         let tally = h2_tally(io.is_h2());
                         let service =
-                            service_for(ConnInfo { peer, client_cert }, tally.as_ref().map(|t| t.served.clone()));
+                            service_for(ConnInfo::new(peer, client_cert), tally.as_ref().map(|t| t.served.clone()));
                         let io = refusals::StreamCounter::new(io, tally.as_ref().map(|t| t.opened.clone()));
                         (builder.serve_connection_with_upgrades(TokioIo::new(io), service).await, tally)
                     }
@@ -248,8 +248,7 @@ pub async fn serve(
                 None => {
                     let Some(io) = first_bytes(tcp, header_timeout).await else { return };
                     let tally = h2_tally(io.is_h2());
-                    let service =
-                        service_for(ConnInfo { peer, client_cert: None }, tally.as_ref().map(|t| t.served.clone()));
+                    let service = service_for(ConnInfo::new(peer, None), tally.as_ref().map(|t| t.served.clone()));
                     let io = refusals::StreamCounter::new(io, tally.as_ref().map(|t| t.opened.clone()));
                     (builder.serve_connection_with_upgrades(TokioIo::new(io), service).await, tally)
                 }
