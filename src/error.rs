@@ -160,6 +160,7 @@ impl From<crate::engine::EngineError> for ApiError {
                 Self::NotFound(err.to_string())
             }
             E::DuplicateName(_) | E::InvalidRequest(_) => Self::BadRequest(err.to_string()),
+            E::QuotaZero { .. } => Self::Forbidden(err.to_string()),
             // A launch takes seconds; a live session or batch, or an hour's name conflicts,
             // longer; a statement queue drains as statements run.
             E::TooManyLaunches { .. } => Self::too_many(err.to_string(), 5),
@@ -222,6 +223,8 @@ mod tests {
         }
         assert_eq!(retry(ApiError::Unavailable("store".into())), (StatusCode::SERVICE_UNAVAILABLE, Some("5".into())));
         assert_eq!(retry(ApiError::bad_request("x")).1, None, "only where trying again helps");
+        let never = E::QuotaZero { user: "carol".into(), what: "sessions starting" };
+        assert_eq!(retry(never.into()), (StatusCode::FORBIDDEN, None), "a quota of 0: waiting never helps");
     }
 
     #[tokio::test]

@@ -59,9 +59,19 @@ impl Counts {
 pub fn per_user(set: Option<usize>, explicit: bool, cap: usize) -> usize {
     match set {
         Some(n) if explicit => n,
+        Some(n) if cap <= 1 => n.min(cap),
         _ if cap <= 1 => cap,
         Some(n) => n.min(cap - 1),
         None => (cap / 2).max(1),
+    }
+}
+
+/// A per-user quota reached: for a quota of 0 a refusal that says waiting cannot help.
+fn over_quota(user: &str, limit: usize, what: &'static str) -> EngineError {
+    if limit == 0 {
+        EngineError::QuotaZero { user: user.to_string(), what }
+    } else {
+        EngineError::UserQuota { user: user.to_string(), limit, what }
     }
 }
 
@@ -74,13 +84,13 @@ pub fn admit(counts: Counts, caps: Caps, quota: &Quota, user: &str) -> Result<()
     let live = per_user(quota.max_sessions, quota.explicit, caps.live);
     if counts.mine_live >= live {
         let what = if caps.kind == "batches" { "live batches" } else { "live sessions" };
-        return Err(EngineError::UserQuota { user: user.to_string(), limit: live, what });
+        return Err(over_quota(user, live, what));
     }
     if caps.queued {
         // A user who may start none would wait for ever: refused now, as before.
         if per_user(quota.max_concurrent_launches, quota.explicit, caps.launches) == 0 {
             let what = if caps.kind == "batches" { "batches starting" } else { "sessions starting" };
-            return Err(EngineError::UserQuota { user: user.to_string(), limit: 0, what });
+            return Err(over_quota(user, 0, what));
         }
         return Ok(());
     }
@@ -90,7 +100,7 @@ pub fn admit(counts: Counts, caps: Caps, quota: &Quota, user: &str) -> Result<()
     let launches = per_user(quota.max_concurrent_launches, quota.explicit, caps.launches);
     if counts.mine_launching >= launches {
         let what = if caps.kind == "batches" { "batches starting" } else { "sessions starting" };
-        return Err(EngineError::UserQuota { user: user.to_string(), limit: launches, what });
+        return Err(over_quota(user, launches, what));
     }
     Ok(())
 }
@@ -138,6 +148,7 @@ mod tests {
         assert_eq!(per_user(Some(1), false, 4), 1);
         assert_eq!(per_user(Some(4), true, 4), 4, "a quota written for the user is the operator's choice");
         assert_eq!(per_user(None, false, 1), 1, "a cap of one is everyone's");
+        assert_eq!(per_user(Some(0), false, 1), 0, "a default quota of 0 holds under a cap of one");
     }
 
     #[test]
@@ -169,6 +180,10 @@ mod tests {
         assert!(matches!(admit(full, caps, &quota, "bob"), Err(EngineError::TooManyLive { limit: 8, .. })));
         let none = Quota { max_concurrent_launches: Some(0), explicit: true, ..Quota::default() };
         let idle = Counts::default();
-        assert!(matches!(admit(idle, caps, &none, "dave"), Err(EngineError::UserQuota { limit: 0, .. })));
+        assert!(matches!(admit(idle, caps, &none, "dave"), Err(EngineError::QuotaZero { .. })));
+        // A default (not per-user) launch quota of 0 under a launch cap of one holds too.
+        let one = Caps { launches: 1, ..caps };
+        let default_none = Quota { max_concurrent_launches: Some(0), ..Quota::default() };
+        assert!(matches!(admit(idle, one, &default_none, "erin"), Err(EngineError::QuotaZero { .. })));
     }
 }

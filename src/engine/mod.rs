@@ -90,6 +90,14 @@ pub enum EngineError {
         /// `live sessions` or `sessions starting`.
         what: &'static str,
     },
+    /// A per-user quota of 0: trying again cannot help.
+    #[error("Rejected: {user} may have no {what} (the per-user quota is 0)")]
+    QuotaZero {
+        /// The user.
+        user: String,
+        /// `live sessions`, `sessions starting` ...
+        what: &'static str,
+    },
     /// The session's state does not allow this.
     #[error("Session {id} is {state}: it does not accept statements")]
     NotAccepting {
