@@ -11,6 +11,7 @@ use axum::http::request::Parts;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -95,7 +96,9 @@ impl KeySource {
 /// The loaded keys: `(kid, key)`; a PEM key has no kid and matches any.
 struct KeySet {
     keys: Vec<(Option<String>, DecodingKey)>,
-    stamp: Option<(SystemTime, u64)>,
+    /// SHA-256 of the file the keys were read from: a change is seen even when the new file
+    /// has the old one's size and modification time.
+    stamp: [u8; 32],
     /// Counts the loads: what the verified-token cache keys its entries to.
     generation: u64,
 }
@@ -108,9 +111,8 @@ impl std::fmt::Debug for KeySet {
 
 fn load_keys(source: &KeySource) -> Result<KeySet, String> {
     let path = source.path();
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let stamp = meta.modified().ok().map(|m| (m, meta.len()));
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let stamp = Sha256::digest(&bytes).into();
     let keys = match source {
         KeySource::Pem(_) => {
             let key = DecodingKey::from_rsa_pem(&bytes)
@@ -211,11 +213,8 @@ impl JwtAuthenticator {
         if !due {
             return current;
         }
-        let stamp = std::fs::metadata(self.source.path()).ok().map(|m| (m.modified().ok(), m.len()));
-        let unchanged = match (stamp, current.stamp) {
-            (Some((Some(modified), len)), Some(old)) => (modified, len) == old,
-            _ => false,
-        };
+        let unchanged = std::fs::read(self.source.path())
+            .is_ok_and(|bytes| <[u8; 32]>::from(Sha256::digest(&bytes)) == current.stamp);
         if unchanged {
             return current;
         }

@@ -268,3 +268,20 @@ fn a_zero_sized_cache_checks_every_signature() {
     assert!(f.auth.verify(&token).is_ok());
     assert_eq!(f.auth.verified.len(), 0);
 }
+
+#[test]
+fn a_key_swapped_in_with_the_same_size_and_mtime_is_still_seen() {
+    let f = pem_fixture();
+    let path = f.dir.path().join("pub.pem");
+    let old = keys()[0].public_pem.clone();
+    let new = keys()[1].public_pem.clone();
+    assert_eq!(old.len(), new.len(), "two 2048-bit keys in PEM have the same size");
+    let token = sign(&keys()[0], None, &claims(300));
+    assert!(f.auth.verify(&token).is_ok());
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::fs::write(&path, &new).unwrap();
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(f.auth.verify(&token).unwrap_err().contains("signature"), "the old key's token, even cached");
+    assert!(f.auth.verify(&sign(&keys()[1], None, &claims(300))).is_ok());
+}
