@@ -211,10 +211,10 @@ async fn creation_is_refused_with_reasons() {
     let (status, _, body) = post("alice", json!({}), "?doAs=bob").await;
     assert_eq!(status, 403, "doAs is checked too: {body}");
     let (status, _, body) = post("bob", json!({"kind": "pyspark"}), "").await;
-    assert_eq!(status, 429, "bob's quota is zero live sessions: {body}");
+    assert_eq!(status, 403, "bob's quota is zero live sessions: waiting cannot help: {body}");
     assert!(body["msg"].as_str().unwrap().contains("quota"), "{body}");
     let (status, _, body) = post("hue", json!({"kind": "pyspark"}), "?doAs=bob").await;
-    assert_eq!(status, 429, "doAs wins: the quota that applies is bob's: {body}");
+    assert_eq!(status, 403, "doAs wins: the quota that applies is bob's: {body}");
 }
 
 #[tokio::test]
