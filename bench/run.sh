@@ -7,6 +7,7 @@
 #   bench/run.sh recovery   20 rounds of SIGKILL -> restart with a running statement
 #   bench/run.sh restart    start-up with 10,000 finished and 100 live records
 #   bench/run.sh throughput authenticated requests/s against a bare axum + rustls floor
+#   bench/run.sh crowd      120 simultaneous session creates from three users
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -19,5 +20,6 @@ case "${1:-sessions}" in
   recovery) exec .venv/bin/python bench/recovery.py ;;
   restart) exec .venv/bin/python bench/recovery.py restart ;;
   throughput) exec .venv/bin/python bench/throughput.py ;;
+  crowd) exec .venv/bin/python bench/crowd.py ;;
   *) exec .venv/bin/python bench/sessions.py ;;
 esac

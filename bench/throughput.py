@@ -30,12 +30,13 @@ SPARKGATE = os.path.join(RELEASE, "sparkgate")
 ANSWERED = [0]  # every request the load generators got an answer to, warm-up included
 
 
-def load(url, ca, *extra, connections=CONNECTIONS):
+def load(url, ca, *extra, connections=CONNECTIONS, gateway=True):
     out = subprocess.check_output(
         [os.path.join(RELEASE, "examples", "bench_load"), url, "--ca", ca, "--connections", str(connections),
          "--seconds", str(SECONDS), "--warmup", str(WARMUP), *extra], text=True)
     fig = json.loads(out.strip().splitlines()[-1])
-    ANSWERED[0] += fig["answered"]
+    if gateway:
+        ANSWERED[0] += fig["answered"]
     return fig
 
 
@@ -80,6 +81,14 @@ def client_pki(work):
     return ca, cert, key
 
 
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for row in f:
+            if row.startswith("VmRSS:"):
+                return int(row.split()[1]) / 1024
+    return float("nan")
+
+
 def line(name, fig, floor, expect="200"):
     ratio = fig["rps"] / floor["rps"]
     p99 = fig["p99_ms"] / floor["p99_ms"]
@@ -103,6 +112,7 @@ def main():
     gw = Gateway(work, common + extra_sets, data=data, users=("alice",), headers=bearer)
     floor = None
     try:
+        rss_start = rss_mib(gw.pid)
         sid = gw.call("POST", "/sessions", {"kind": "pyspark"})["id"]
         gw.wait_state(sid, ("idle",))
         state_path = f"/sessions/{sid}/state"
@@ -113,11 +123,17 @@ def main():
                                   os.path.join(data, "tls", "server.pem"), os.path.join(data, "tls", "server-key.pem"),
                                   str(port), body], stdout=subprocess.DEVNULL)
         time.sleep(0.5)
+        # What a burst of ~10k requests leaves behind, idle again after 2 s.
+        burst = json.loads(subprocess.check_output(
+            [os.path.join(RELEASE, "examples", "bench_load"), f"https://127.0.0.1:{gw.port}{state_path}", "--ca", ca,
+             "--connections", str(CONNECTIONS), "--seconds", "0.4", "--warmup", "0",
+             "--header", f"Authorization: Bearer {token}"], text=True).strip().splitlines()[-1])
+        time.sleep(2)
+        rss_burst = rss_mib(gw.pid)
         print(f"{CONNECTIONS} keep-alive connections, {WARMUP:.0f} s warm-up + {SECONDS:.0f} s measured each; "
               f"answer body {len(body)} bytes", flush=True)
         base = f"https://127.0.0.1:{gw.port}"
-        floor_fig = load(f"https://127.0.0.1:{port}/", ca)
-        ANSWERED[0] = 0
+        floor_fig = load(f"https://127.0.0.1:{port}/", ca, gateway=False)
         line("floor: bare axum + rustls", floor_fig, floor_fig)
         auth = ["--header", f"Authorization: Bearer {token}"]
         line("GET /sessions/{id}/state, JWT", load(base + state_path, ca, *auth), floor_fig)
@@ -125,6 +141,15 @@ def main():
              load(base + state_path, ca, "--cert", client_cert, "--key", client_key), floor_fig)
         line("GET /version, JWT", load(base + "/version", ca, *auth), floor_fig)
         line("GET /version, no credentials (401)", load(base + "/version", ca), floor_fig, expect="401")
+        many = int(os.environ.get("BENCH_MANY_CONNECTIONS", "1000"))
+        floor_many = load(f"https://127.0.0.1:{port}/", ca, connections=many, gateway=False)
+        line(f"floor, {many} connections", floor_many, floor_many)
+        line(f"GET /sessions/{{id}}/state, JWT, {many} connections",
+             load(base + state_path, ca, *auth, connections=many), floor_many)
+        time.sleep(2)
+        print(f"gateway RSS (one idle session): {rss_start:.1f} MiB at start, {rss_burst:.1f} MiB idle after "
+              f"{burst['answered']} requests, {rss_mib(gw.pid):.1f} MiB idle after {ANSWERED[0] + burst['answered']} "
+              f"requests and {many} connections", flush=True)
         gw.call("DELETE", f"/sessions/{sid}")
         gw.stop()
         audit_figures(data, ANSWERED[0])
