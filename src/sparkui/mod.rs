@@ -303,6 +303,12 @@ pub fn launch_settings(
         // Only where the gateway serves the UI: elsewhere (a cluster's own UI paths) links
         // under the gateway's path would lead nowhere.
         conf.insert("spark.ui.proxyBase".to_string(), ui.base.clone());
+        // The driver runs on this host, next to every other session's and batch's: Spark's
+        // default (4040, then 16 more tries) fails the 18th application here. A free port
+        // from the system instead; the gateway learns it from the driver's output.
+        if operator("spark.ui.port").is_none() && !request_conf.contains_key("spark.ui.port") {
+            conf.insert("spark.ui.port".to_string(), "0".to_string());
+        }
     }
     let master = config.master.as_str();
     let local_master = master == "local" || master.starts_with("local[") || master.starts_with("local-cluster[");

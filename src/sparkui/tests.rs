@@ -18,6 +18,10 @@ fn every_launch_locks_its_ui_to_the_gateway() {
     assert!(!launch.conf.contains_key("spark.ui.enabled"));
     assert_eq!(launch.env.get("SPARK_LOCAL_IP").map(String::as_str), Some("127.0.0.1"), "loopback in local mode");
     assert!(ui.proxied());
+    assert_eq!(launch.conf["spark.ui.port"], "0", "a free port: no 4040 + 16 tries limit on one host");
+    let asked = BTreeMap::from([("spark.ui.port".to_string(), "4999".to_string())]);
+    let chosen = launch_settings(&spark("local[*]", "client"), None, &asked, &AppUi::new("/sessions/4/sparkui"));
+    assert!(!chosen.conf.contains_key("spark.ui.port"), "a port the request chose is left to it");
     // Each application has its own key, and it never shows in a debug print.
     let other =
         launch_settings(&spark("local[*]", "client"), None, &BTreeMap::new(), &AppUi::new("/batches/3/sparkui"));
@@ -59,6 +63,7 @@ fn clusters_keep_the_ui_where_spark_puts_it_and_cluster_mode_is_not_proxied() {
     let cluster = launch_settings(&spark("yarn", "cluster"), None, &BTreeMap::new(), &ui);
     assert_eq!(cluster.conf["spark.ui.filters"], JWS_FILTER, "still guarded in the cluster");
     assert!(!cluster.conf.contains_key("spark.ui.proxyBase"), "its links stay the cluster's");
+    assert!(!cluster.conf.contains_key("spark.ui.port"), "the cluster's host, the cluster's ports");
     assert!(!ui.proxied(), "the driver's host is only its own word");
     ui.offer_port(4040);
     assert_eq!(ui.path(), None);
