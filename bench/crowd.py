@@ -39,11 +39,12 @@ def post(gw, user):
         return e.code, json.loads(e.read() or b"null"), e.headers.get("Retry-After")
 
 
-def launch_processes(data):
-    """Processes whose command line names this gateway's data directory (supervisors, JVMs)."""
+def launch_processes(data, gateway_pid):
+    """Processes other than the gateway whose command line names its data directory
+    (supervisors, spark-submit, drivers)."""
     found = 0
     for pid in os.listdir("/proc"):
-        if pid.isdigit():
+        if pid.isdigit() and int(pid) != gateway_pid:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     if data.encode() in f.read():
@@ -117,8 +118,10 @@ def main():
                 call_as(gw, owner[sid], "DELETE", f"/sessions/{sid}")
             except urllib.error.HTTPError:
                 pass
-        time.sleep(2)
-        print(f"after deleting them: {launch_processes(data)} launch processes left", flush=True)
+        end = time.monotonic() + 30
+        while launch_processes(data, gw.pid) and time.monotonic() < end:
+            time.sleep(0.5)
+        print(f"after deleting them: {launch_processes(data, gw.pid)} launch processes left", flush=True)
     finally:
         gw.stop()
 
