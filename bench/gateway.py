@@ -1,7 +1,7 @@
 """What the benchmarks share: a release-build gateway started on a free loopback port in the
 development-only anonymous mode, with a temporary data directory and a policy that lets
 `anonymous` create sessions and batches, and a small HTTPS client for it."""
-import json, os, socket, ssl, subprocess, time, urllib.request
+import http.client, json, os, socket, ssl, subprocess, time, urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,6 +78,10 @@ class Gateway:
     def call(self, method, path, body=None):
         return json.loads(self.raw(method, path, body) or b"null")
 
+    def keep_alive(self):
+        """A client that keeps one HTTPS connection open, as notebooks and SDKs do."""
+        return KeepAlive(self)
+
     def wait_state(self, sid, want, limit=300):
         end = time.monotonic() + limit
         while time.monotonic() < end:
@@ -96,3 +100,23 @@ class Gateway:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=60)
+
+
+class KeepAlive:
+    """One kept-alive HTTPS/1.1 connection to a gateway: `call` as `Gateway.call`."""
+
+    def __init__(self, gw):
+        self.gw = gw
+        self.conn = http.client.HTTPSConnection("127.0.0.1", gw.port, context=gw.ctx, timeout=600)
+
+    def call(self, method, path, body=None):
+        headers = {"Content-Type": "application/json", **self.gw.headers}
+        self.conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        r = self.conn.getresponse()
+        data = r.read()
+        if r.status >= 400:
+            raise RuntimeError(f"{method} {path}: {r.status} {data[:200]!r}")
+        return json.loads(data or b"null")
+
+    def close(self):
+        self.conn.close()

@@ -75,6 +75,30 @@ def main():
             t0 = time.monotonic()
             c.call("GET", "/version")
             floor.append(time.monotonic() - t0)
+        # The same on one kept-alive connection (what a notebook's client does): POST, then one
+        # waiting GET; its floor is GET /version on a kept-alive connection.
+        k = c.keep_alive()
+        kept, kept_floor = [], []
+        for _ in range(STATEMENTS):
+            t0 = time.monotonic()
+            st = k.call("POST", f"/sessions/{sid}/statements", {"code": "1+1"})
+            st = k.call("GET", f"/sessions/{sid}/statements/{st['id']}?wait=30s")
+            kept.append(time.monotonic() - t0)
+            assert st["output"]["data"]["text/plain"] == "2", st
+        for _ in range(STATEMENTS):
+            t0 = time.monotonic()
+            k.call("GET", "/version")
+            kept_floor.append(time.monotonic() - t0)
+        # Statements per second through the session: batches of as many as its queue takes
+        # (sessions.max_queued_statements, 20), each batch posted then its last one awaited.
+        batch, total = 20, max(STATEMENTS, 300)
+        t0 = time.monotonic()
+        for _ in range(total // batch):
+            ids = [k.call("POST", f"/sessions/{sid}/statements", {"code": "1+1"})["id"] for _ in range(batch)]
+            last = k.call("GET", f"/sessions/{sid}/statements/{ids[-1]}?wait=30s")
+            assert last["state"] == "available", last
+        rate = (total // batch * batch) / (time.monotonic() - t0)
+        k.close()
         c.call("DELETE", f"/sessions/{sid}")
         mb, mc = statistics.median(bare), statistics.median(cold)
         print(f"cold start, median of {RUNS}: bare spark-submit to SparkSession {mb:.2f} s; "
@@ -86,6 +110,10 @@ def main():
         print(f"GET /version round trip (HTTPS floor): median {statistics.median(floor) * 1000:.2f} ms, "
               f"p99 {pct(floor, 99) * 1000:.2f} ms; 1+1 median / floor = "
               f"{statistics.median(rtts) / statistics.median(floor):.1f}x")
+        print(f"on one kept-alive connection: 1+1 POST + waiting GET median {statistics.median(kept) * 1000:.2f} ms, "
+              f"p99 {pct(kept, 99) * 1000:.2f} ms; GET /version floor median {statistics.median(kept_floor) * 1000:.2f} ms "
+              f"(round trip / floor {statistics.median(kept) / statistics.median(kept_floor):.1f}x)")
+        print(f"statements through one session, {batch} queued at a time: {rate:.0f} statements/s")
     finally:
         c.stop()
 
