@@ -146,6 +146,11 @@ def main():
         line(f"floor, {many} connections", floor_many, floor_many)
         line(f"GET /sessions/{{id}}/state, JWT, {many} connections",
              load(base + state_path, ca, *auth, connections=many), floor_many)
+        # Polling, not flooding: every connection asks again 100 ms after each answer.
+        floor_poll = load(f"https://127.0.0.1:{port}/", ca, "--pause-ms", "100", connections=many, gateway=False)
+        line(f"floor, {many} connections polling every 100 ms", floor_poll, floor_poll)
+        line(f"GET /sessions/{{id}}/state, JWT, {many} connections polling every 100 ms",
+             load(base + state_path, ca, *auth, "--pause-ms", "100", connections=many), floor_poll)
         time.sleep(2)
         print(f"gateway RSS (one idle session): {rss_start:.1f} MiB at start, {rss_burst:.1f} MiB idle after "
               f"{burst['answered']} requests, {rss_mib(gw.pid):.1f} MiB idle after {ANSWERED[0] + burst['answered']} "

@@ -3,11 +3,12 @@
 //! line of figures for the bench scripts to read.
 //!
 //! `bench_load URL --ca PEM [--connections N] [--seconds S] [--warmup S] [--header 'K: V']...
-//! [--cert PEM --key PEM]`
+//! [--cert PEM --key PEM] [--pause-ms MS]`
 //!
 //! Every connection is opened first (at most 16 handshakes at once, as a polite client),
 //! then each sends request after request on its connection, HTTP/1.1, for the warm-up and the
-//! measured time; only requests started in the measured window count. Prints
+//! measured time (with `--pause-ms`, waiting that long after each answer, as polling clients
+//! do); only requests started in the measured window count. Prints
 //! `{"requests", "answered" (warm-up included), "rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors", "statuses"}`.
 
 use anyhow::Context;
@@ -26,6 +27,8 @@ struct Args {
     seconds: f64,
     warmup: f64,
     headers: Vec<(String, String)>,
+    /// Each connection waits this long after an answer (polling clients); zero: closed loop.
+    pause: Duration,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -33,6 +36,7 @@ fn args() -> anyhow::Result<Args> {
     let url: http::Uri = it.next().context("usage: bench_load URL --ca PEM ...")?.parse()?;
     let (mut ca, mut cert, mut key) = (None, None, None);
     let (mut connections, mut seconds, mut warmup, mut headers) = (64, 10.0, 2.0, Vec::new());
+    let mut pause = Duration::ZERO;
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
@@ -42,6 +46,7 @@ fn args() -> anyhow::Result<Args> {
             "--connections" => connections = value.parse()?,
             "--seconds" => seconds = value.parse()?,
             "--warmup" => warmup = value.parse()?,
+            "--pause-ms" => pause = Duration::from_millis(value.parse()?),
             "--header" => {
                 let (k, v) = value.split_once(':').context("--header wants 'Name: value'")?;
                 headers.push((k.trim().to_string(), v.trim().to_string()));
@@ -54,7 +59,7 @@ fn args() -> anyhow::Result<Args> {
         (None, None) => None,
         _ => anyhow::bail!("--cert and --key go together"),
     };
-    Ok(Args { url, ca: ca.context("--ca is required")?, client, connections, seconds, warmup, headers })
+    Ok(Args { url, ca: ca.context("--ca is required")?, client, connections, seconds, warmup, headers, pause })
 }
 
 fn tls_config(args: &Args) -> anyhow::Result<Arc<rustls::ClientConfig>> {
@@ -144,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 .await;
                 let counted = sent >= measured_from;
+                let answered = outcome.is_ok();
                 tally.answered += u64::from(outcome.is_ok());
                 match outcome {
                     Ok(status) if counted => {
@@ -160,6 +166,9 @@ async fn main() -> anyhow::Result<()> {
                             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                         }
                     }
+                }
+                if answered && !args.pause.is_zero() {
+                    tokio::time::sleep(args.pause).await;
                 }
             }
         });
