@@ -81,9 +81,28 @@ pub async fn audit_requests(State(log): State<Arc<AuditLog>>, mut request: Reque
             };
             log.record_coalesced(event, peer.map(|p| p.ip()), class);
         }
+        // A request that changes something is answered once its record (and every record
+        // before it: the launch, the impersonation decision) is on disk; reads are not held.
+        None if changes_state(&method) => {
+            let durable = log.record_durable(event);
+            if !matches!(tokio::time::timeout(DURABLE_WAIT, durable).await, Ok(Ok(true))) {
+                // Answered all the same: the loss is counted and recorded in the chain, and
+                // a failing disk must not stop every client.
+                tracing::warn!("a request's audit record was not confirmed on disk before its answer");
+            }
+        }
         None => log.record(event),
     }
     response
+}
+
+/// How long an answer waits for its audit record to be on disk (an fsync of the group).
+const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether a request can change state (anything but GET, HEAD, OPTIONS).
+fn changes_state(method: &axum::http::Method) -> bool {
+    use axum::http::Method;
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 /// The class of a refusal an unauthenticated client can provoke at will, by status; `None` for

@@ -1035,3 +1035,34 @@ fn the_synced_head_follows_what_is_on_disk_and_the_opened_head_what_was() {
     let again = AuditLog::open(&path, 1 << 20).unwrap();
     assert_eq!(again.opened_head(), Some(&head));
 }
+
+#[tokio::test]
+async fn a_request_that_changes_state_is_answered_once_its_record_is_on_disk() {
+    let dir = TempDir::new().unwrap();
+    let path = audit_path(&dir);
+    let log = AuditLog::open(&path, 1 << 20).unwrap();
+    // Something recorded before it (a launch, say) is on disk with it.
+    log.record(event(0));
+    let status = app_inside(&log).oneshot(request("POST", "/sessions/3", Some(TOKEN))).await.unwrap().status();
+    assert_eq!(status, StatusCode::CREATED);
+    // No flush: the answer itself waited for the sync that covers its record.
+    let head = log.synced_head().expect("synced before the answer");
+    assert_eq!(head.seq, 1, "the earlier record and the request's");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(json(text.lines().nth(1).unwrap())["action"], "POST /sessions/{id}");
+}
+
+#[test]
+fn durable_records_are_told_when_they_are_on_disk_in_groups() {
+    let dir = TempDir::new().unwrap();
+    let path = audit_path(&dir);
+    let log = AuditLog::open(&path, 1 << 20).unwrap();
+    let told: Vec<_> = (0..200).map(|i| log.record_durable(event(i))).collect();
+    for tell in told {
+        assert_eq!(tell.blocking_recv(), Ok(true));
+    }
+    assert_eq!(log.synced_head().unwrap().seq, 199);
+    assert_eq!(lines(&path).len(), 200);
+    let report = verify_files(&[path]).unwrap();
+    assert!(report.is_intact() && report.records == 200, "{report}");
+}

@@ -39,6 +39,10 @@ use std::time::{Duration, SystemTime};
 /// [`AuditLog::record`]). About 2 MB of events at most.
 const QUEUE_CAPACITY: usize = 4096;
 
+/// The longest a record whose sender waits for it to be on disk
+/// ([`AuditLog::record_durable`]) waits for the writer's sync while records keep coming.
+const GROUP_COMMIT: Duration = Duration::from_millis(2);
+
 /// How much of a file's end is read first when looking for its last record; records are
 /// bounded by field clipping to well under this.
 const TAIL_WINDOW: u64 = 64 * 1024;
@@ -159,7 +163,12 @@ impl Losses {
 }
 
 enum Command {
-    Record { time: String, event: Box<AuditEvent> },
+    /// `durable`: told once the record is on disk (true), or could not be (false).
+    Record {
+        time: String,
+        event: Box<AuditEvent>,
+        durable: Option<tokio::sync::oneshot::Sender<bool>>,
+    },
     Flush(mpsc::Sender<Result<(), AuditError>>),
 }
 
@@ -283,16 +292,36 @@ impl AuditLog {
         }
     }
 
+    /// Queues `event` like [`AuditLog::record`], and answers once it — and every record before
+    /// it — is written and synced to disk: `true`, or `false` when it could not be (a write or
+    /// sync error, or the queue was full and the event is counted as lost). Records waiting
+    /// for this share their sync: the writer syncs when its queue runs dry, or at the latest
+    /// [`GROUP_COMMIT`] after the oldest such record (group commit).
+    pub fn record_durable(&self, event: AuditEvent) -> tokio::sync::oneshot::Receiver<bool> {
+        self.count(&event);
+        let (tell, told) = tokio::sync::oneshot::channel();
+        self.enqueue_command(event, Some(tell));
+        told
+    }
+
     fn enqueue(&self, event: AuditEvent) {
-        let command = Command::Record { time: now_rfc3339_ms(), event: Box::new(event) };
-        let queued = match &self.queue {
+        self.enqueue_command(event, None);
+    }
+
+    fn enqueue_command(&self, event: AuditEvent, durable: Option<tokio::sync::oneshot::Sender<bool>>) {
+        let command = Command::Record { time: now_rfc3339_ms(), event: Box::new(event), durable };
+        let refused = match &self.queue {
             Some(queue) => match queue.try_send(command) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+                Ok(()) => None,
+                Err(TrySendError::Full(command) | TrySendError::Disconnected(command)) => Some(command),
             },
-            None => false,
+            None => Some(command),
         };
-        if !queued && self.losses.lose() == 0 {
+        let Some(Command::Record { durable, .. }) = refused else { return };
+        if let Some(tell) = durable {
+            let _ = tell.send(false);
+        }
+        if self.losses.lose() == 0 {
             // Logged once per burst; the total is in `lost_events` and the trail itself.
             tracing::error!(path = %self.path.display(), "audit events are being lost: the audit writer is not keeping up");
         }
@@ -401,14 +430,18 @@ impl Writer {
         // durable as soon as it ends, without an fsync per record while busy (the records that
         // queue up during one sync are written together and covered by the next).
         let mut unsynced = self.retire(losses);
+        // Senders waiting for their record to be on disk: when it was queued, whether it was
+        // written, who to tell.
+        let mut waiting: Vec<(Instant, bool, tokio::sync::oneshot::Sender<bool>)> = Vec::new();
         loop {
             let command = match commands.try_recv() {
                 Ok(command) => Some(command),
                 Err(TryRecvError::Empty) => {
-                    if unsynced {
+                    if unsynced || !waiting.is_empty() {
                         self.sync_quietly();
                         unsynced = false;
                     }
+                    self.tell(&mut waiting);
                     // Idle: wait for the next command, or until a window with counted repeats
                     // ends and its summary is due.
                     let due = lock(coalescer).next_due();
@@ -432,18 +465,30 @@ impl Writer {
             unsynced |= self.write_summaries(coalescer, losses, false);
             match command {
                 None => {}
-                Some(Command::Record { time, event }) => {
-                    if self.append(&time, &event, losses) {
+                Some(Command::Record { time, event, durable }) => {
+                    let written = self.append(&time, &event, losses);
+                    if written {
                         unsynced = true;
                     } else {
                         losses.lose();
+                    }
+                    if let Some(tell) = durable {
+                        waiting.push((Instant::now(), written, tell));
                     }
                 }
                 Some(Command::Flush(reply)) => {
                     self.write_summaries(coalescer, losses, true);
                     let _ = reply.send(self.sync());
                     unsynced = false;
+                    self.tell(&mut waiting);
                 }
+            }
+            // Busy: the queue may not run dry for a while; waiting senders get their sync
+            // within the group-commit window all the same.
+            if waiting.first().is_some_and(|(since, _, _)| since.elapsed() >= GROUP_COMMIT) {
+                self.sync_quietly();
+                unsynced = false;
+                self.tell(&mut waiting);
             }
         }
         // Every `AuditLog` handle is gone: record what is still counted and any last losses,
@@ -451,6 +496,15 @@ impl Writer {
         self.write_summaries(coalescer, losses, true);
         self.report_losses(losses);
         self.sync_quietly();
+        self.tell(&mut waiting);
+    }
+
+    /// Answers every waiting sender after a sync: on disk if its record was written and the
+    /// sync worked.
+    fn tell(&self, waiting: &mut Vec<(Instant, bool, tokio::sync::oneshot::Sender<bool>)>) {
+        for (_, written, tell) in waiting.drain(..) {
+            let _ = tell.send(written && !self.sync_failing);
+        }
     }
 
     /// Writes the summaries of repeat windows that ended (or, with `all`, of every window that
