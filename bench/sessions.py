@@ -33,6 +33,28 @@ def bare_spark_submit(spark_submit, env, workdir):
     return ready
 
 
+def waited_round_trips(client, sid):
+    """`1+1` as POST, then one waiting GET, STATEMENTS times: the round trips in seconds."""
+    times = []
+    for _ in range(STATEMENTS):
+        t0 = time.monotonic()
+        st = client.call("POST", f"/sessions/{sid}/statements", {"code": "1+1"})
+        st = client.call("GET", f"/sessions/{sid}/statements/{st['id']}?wait=30s")
+        times.append(time.monotonic() - t0)
+        assert st["output"]["data"]["text/plain"] == "2", st
+    return times
+
+
+def version_round_trips(client):
+    """GET /version STATEMENTS times: the HTTPS floor of the same client, in seconds."""
+    times = []
+    for _ in range(STATEMENTS):
+        t0 = time.monotonic()
+        client.call("GET", "/version")
+        times.append(time.monotonic() - t0)
+    return times
+
+
 def main():
     venv_py = os.path.join(REPO, ".venv", "bin", "python")
     spark_home = subprocess.check_output(
@@ -54,7 +76,7 @@ def main():
         c.wait_state(sid, ("idle",))
         for _ in range(10):  # warm-up
             st = c.call("POST", f"/sessions/{sid}/statements", {"code": "1+1"})
-        rtts, floor = [], []
+        rtts = []
         for _ in range(STATEMENTS):
             t0 = time.monotonic()
             st = c.call("POST", f"/sessions/{sid}/statements", {"code": "1+1"})
@@ -64,31 +86,12 @@ def main():
             rtts.append(time.monotonic() - t0)
             assert st["output"]["data"]["text/plain"] == "2", st
         # The same with a waiting GET instead of polling: POST, then one `?wait=` request.
-        waited = []
-        for _ in range(STATEMENTS):
-            t0 = time.monotonic()
-            st = c.call("POST", f"/sessions/{sid}/statements", {"code": "1+1"})
-            st = c.call("GET", f"/sessions/{sid}/statements/{st['id']}?wait=30s")
-            waited.append(time.monotonic() - t0)
-            assert st["output"]["data"]["text/plain"] == "2", st
-        for _ in range(STATEMENTS):
-            t0 = time.monotonic()
-            c.call("GET", "/version")
-            floor.append(time.monotonic() - t0)
-        # The same on one kept-alive connection (what a notebook's client does): POST, then one
-        # waiting GET; its floor is GET /version on a kept-alive connection.
+        waited = waited_round_trips(c, sid)
+        floor = version_round_trips(c)
+        # The same on one kept-alive connection (what a notebook's client does); its floor is
+        # GET /version on a kept-alive connection.
         k = c.keep_alive()
-        kept, kept_floor = [], []
-        for _ in range(STATEMENTS):
-            t0 = time.monotonic()
-            st = k.call("POST", f"/sessions/{sid}/statements", {"code": "1+1"})
-            st = k.call("GET", f"/sessions/{sid}/statements/{st['id']}?wait=30s")
-            kept.append(time.monotonic() - t0)
-            assert st["output"]["data"]["text/plain"] == "2", st
-        for _ in range(STATEMENTS):
-            t0 = time.monotonic()
-            k.call("GET", "/version")
-            kept_floor.append(time.monotonic() - t0)
+        kept, kept_floor = waited_round_trips(k, sid), version_round_trips(k)
         # Statements per second through the session: batches of as many as its queue takes
         # (sessions.max_queued_statements, 20), each batch posted then its last one awaited.
         batch, total = 20, max(STATEMENTS, 300)
