@@ -281,6 +281,14 @@ mod tests {
             use std::os::unix::process::ExitStatusExt;
             assert_eq!(status.signal(), Some(9));
         }
+        // SIGKILL is delivered at once but a loaded machine may take a moment to schedule the
+        // dying grandchildren; wait for them rather than read /proc in the same instant.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while (group_alive(orphan.id() as i32) || group_alive(batch.id() as i32))
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(!group_alive(orphan.id() as i32) && !group_alive(batch.id() as i32), "their children go too");
         for child in [&mut bystander, &mut other_files, &mut recovered, &mut reader] {
             assert!(child.try_wait().unwrap().is_none(), "unrelated processes live on");
