@@ -52,8 +52,8 @@ impl Owned for Session {
     fn ownership(&self) -> Ownership<'_> {
         Ownership {
             kind: ResourceKind::Session,
-            owner: &self.spec.owner,
-            effective_user: &self.spec.effective_user,
+            owner: &self.spec().owner,
+            effective_user: &self.spec().effective_user,
             id: self.id,
         }
     }

@@ -46,7 +46,7 @@ pub(super) async fn create(
     let session = state.session_for(&caller, &id, Action::Modify)?;
     session.heartbeat();
     let code = req.code.ok_or_else(|| ApiError::bad_request("field `code` is required"))?;
-    let kind = session.spec.kind.resolve_statement(req.kind.as_deref()).map_err(ApiError::BadRequest)?;
+    let kind = session.spec().kind.resolve_statement(req.kind.as_deref()).map_err(ApiError::BadRequest)?;
     let statement = session.submit(code, kind)?;
     // A 201 means the statement is on disk: written before the answer (in a task of its own, so
     // a client that goes away does not leave it half-written).
@@ -150,7 +150,7 @@ pub(super) async fn complete(
     let session = state.session_for(&caller, &id, Action::Modify)?;
     session.heartbeat();
     let code = req.code.ok_or_else(|| ApiError::bad_request("field `code` is required"))?;
-    let kind = session.spec.kind.resolve_statement(req.kind.as_deref()).map_err(ApiError::BadRequest)?;
+    let kind = session.spec().kind.resolve_statement(req.kind.as_deref()).map_err(ApiError::BadRequest)?;
     let length = code.chars().count();
     let cursor = req.cursor.unwrap_or(length);
     if cursor > length {

@@ -268,7 +268,7 @@ impl SessionManager {
                     // starting too.
                     let state = s.state();
                     if state == SessionState::Starting || (state == SessionState::Recovering && !s.driver_connected()) {
-                        *starting.entry(s.spec.effective_user.as_str()).or_default() += 1;
+                        *starting.entry(s.spec().effective_user.as_str()).or_default() += 1;
                     }
                 }
                 if starting.values().sum::<usize>() >= cap {
@@ -399,7 +399,7 @@ impl SessionManager {
         // Started now if the launch caps have room, else `not_started` in the queue.
         let cap = cfg.config.sessions.max_concurrent_launches;
         let user_launches = limits::per_user(quota.max_concurrent_launches, quota.explicit, cap);
-        self.queue_launch(id, &session.spec.effective_user, user_launches);
+        self.queue_launch(id, &session.spec().effective_user, user_launches);
         Ok(session)
     }
 
@@ -410,7 +410,7 @@ impl SessionManager {
             self.channel.as_ref().ok_or_else(|| EngineError::Launch("the driver RPC server is not running".into()))?;
         let rpc = &channel.endpoint;
         let cfg = &self.config.config;
-        let spec = &session.spec;
+        let spec = session.spec();
         let repl_dir = session.dir.join("repl-classes");
         crate::fs::create_private_dir(&repl_dir).map_err(|e| EngineError::Launch(e.to_string()))?;
         // What a sandboxed driver may write: work/ (with the driver configuration, which the
@@ -566,7 +566,7 @@ impl SessionManager {
             let _ = crate::sparkui::launch_settings(
                 &self.config.config.spark,
                 self.spark.as_deref(),
-                &session.spec.submit.conf,
+                &session.spec().submit.conf,
                 &session.ui,
             );
         }
@@ -599,7 +599,7 @@ impl SessionManager {
             session.log.push("sparkgate: the gateway restarted; the session waits for a launch slot again");
             // The user's launch quota was the policy's at create time and is not in the
             // record: one launch at a time per user is within any quota that queued it.
-            self.queue_launch(session.id, &session.spec.effective_user, 1);
+            self.queue_launch(session.id, &session.spec().effective_user, 1);
             return;
         }
         let Some(handle) = record.process.clone().and_then(|p| launch::ProcessHandle::adopt(p, &log_path)) else {
@@ -704,7 +704,7 @@ impl SessionManager {
             session.request_driver_shutdown();
         }
         let spark_cfg = &self.config.config.spark;
-        let as_user = session.spec.submit.proxy_user.as_deref();
+        let as_user = session.spec().submit.proxy_user.as_deref();
         // Cluster mode without a spark-submit here: a driver taken back after a restart.
         let only_in_cluster = spark_cfg.deploy_mode == "cluster" && session.process().is_none();
         if only_in_cluster && session.driver_connected() {
@@ -834,17 +834,17 @@ impl SessionManager {
                 // run here, so free its processes and slot at once, as Livy does.
                 Some((SessionState::Dead, "its driver failed (see the log for why)".into(), false))
             } else if let Some(hb) =
-                session.limits.heartbeat_timeout.filter(|hb| now.duration_since(t.last_heartbeat) >= *hb)
+                session.limits().heartbeat_timeout.filter(|hb| now.duration_since(t.last_heartbeat) >= *hb)
             {
                 Some((
                     SessionState::Killed,
                     format!("no client heartbeat for {}s (heartbeatTimeoutInSecond)", hb.as_secs()),
                     true,
                 ))
-            } else if session.limits.ttl.is_some_and(|ttl| now.duration_since(session.created) >= ttl) {
+            } else if session.limits().ttl.is_some_and(|ttl| now.duration_since(session.created()) >= ttl) {
                 Some((SessionState::Killed, "its time to live (ttl) expired".into(), false))
             } else if t.state == SessionState::Starting
-                && now.duration_since(t.launched_at.unwrap_or(session.created)) >= d.start_timeout
+                && now.duration_since(t.launched_at.unwrap_or(session.created())) >= d.start_timeout
             {
                 // Counted from its launch: the time it waited in the launch queue is not the
                 // driver's. A queued (`not_started`) session waits for a slot; ttl and DELETE
@@ -865,7 +865,7 @@ impl SessionManager {
                 ))
             } else if t.state == SessionState::Idle
                 && !t.has_work
-                && session.limits.idle_timeout.is_some_and(|idle| now.duration_since(t.last_activity) >= idle)
+                && session.limits().idle_timeout.is_some_and(|idle| now.duration_since(t.last_activity) >= idle)
             {
                 Some((SessionState::Killed, "it was idle longer than its idle timeout".into(), false))
             } else {
@@ -876,8 +876,8 @@ impl SessionManager {
                     if final_state == SessionState::Dead { "session_dead" } else { "session_killed_by_timeout" };
                 self.audit(
                     AuditEvent::security(action, Decision::Info)
-                        .principal_name(session.spec.owner.clone())
-                        .effective_user(session.spec.effective_user.clone())
+                        .principal_name(session.spec().owner.clone())
+                        .effective_user(session.spec().effective_user.clone())
                         .resource(format!("session:{}", session.id))
                         .reason(reason.clone()),
                 );
@@ -912,7 +912,7 @@ impl DriverRegistry for SessionRegistry {
         if let Some(session) = self.entries.by_id(session_id) {
             self.audit.record(
                 AuditEvent::security("driver_authenticated", Decision::Allow)
-                    .effective_user(session.spec.effective_user.clone())
+                    .effective_user(session.spec().effective_user.clone())
                     .resource(format!("session:{session_id}")),
             );
             session.attach(link);

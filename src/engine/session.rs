@@ -199,9 +199,9 @@ pub struct Session {
     /// Id.
     pub id: u32,
     /// What it was created with.
-    pub spec: Arc<SessionSpec>,
+    spec: Arc<SessionSpec>,
     /// Its timeouts.
-    pub limits: SessionLimits,
+    limits: SessionLimits,
     /// The driver's secret (for the RPC handshake).
     pub(crate) secret: SessionSecret,
     /// The nonce `secret` was derived with from the gateway's key (see
@@ -215,9 +215,9 @@ pub struct Session {
     /// Where its files live.
     pub dir: PathBuf,
     /// When it was created.
-    pub created: Instant,
+    created: Instant,
     /// When it was created, as the record keeps it (ms since the epoch).
-    pub created_ms: i64,
+    created_ms: i64,
     /// Held while an upload is stored, so concurrent uploads cannot overrun the session's
     /// upload budget together.
     pub uploads: tokio::sync::Mutex<()>,
@@ -294,7 +294,7 @@ impl Session {
     /// `output`, or an error in its place when it is larger than the session keeps.
     fn bounded_output(&self, id: u32, output: &Value) -> Output {
         let kept = Output::new(output);
-        if kept.len() <= self.limits.max_output_bytes {
+        if kept.len() <= self.limits().max_output_bytes {
             return kept;
         }
         self.log.push(format!("sparkgate: the output of statement {id} ({} bytes) was too large to keep", kept.len()));
@@ -305,9 +305,29 @@ impl Session {
                 "the statement's output is {} bytes, more than this gateway keeps (sessions.max_output_bytes = {}); \
                  write large results to storage, or bring back a sample (take(), limit())",
                 kept.len(),
-                self.limits.max_output_bytes
+                self.limits().max_output_bytes
             ),
         ))
+    }
+
+    /// What it was created with.
+    pub fn spec(&self) -> &Arc<SessionSpec> {
+        &self.spec
+    }
+
+    /// Its timeouts.
+    pub fn limits(&self) -> SessionLimits {
+        self.limits
+    }
+
+    /// When it was created.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// When it was created, as the record keeps it (ms since the epoch).
+    pub fn created_ms(&self) -> i64 {
+        self.created_ms
     }
 
     /// A new session in `not_started`.
@@ -483,7 +503,7 @@ impl Session {
         let inner = self.lock();
         SessionSnapshot {
             id: self.id,
-            spec: self.spec.clone(),
+            spec: self.spec().clone(),
             state: inner.state,
             app_id: inner.app_id.clone(),
             spark_ui_url: if inner.state.is_terminal() { None } else { self.ui.path() },
@@ -573,13 +593,13 @@ impl Session {
             return Err(EngineError::NotAccepting { id: self.id, state: inner.state });
         }
         let waiting = inner.queue.len();
-        if waiting >= self.limits.max_queued_statements {
-            return Err(EngineError::StatementsQueued { id: self.id, limit: self.limits.max_queued_statements });
+        if waiting >= self.limits().max_queued_statements {
+            return Err(EngineError::StatementsQueued { id: self.id, limit: self.limits().max_queued_statements });
         }
         let pending: usize =
             inner.statements.values().filter(|s| !s.state.is_final()).map(|s| s.code.len()).sum::<usize>();
-        if pending.saturating_add(code.len()) > self.limits.max_retained_bytes {
-            return Err(EngineError::StatementsTooLarge { id: self.id, limit: self.limits.max_retained_bytes });
+        if pending.saturating_add(code.len()) > self.limits().max_retained_bytes {
+            return Err(EngineError::StatementsTooLarge { id: self.id, limit: self.limits().max_retained_bytes });
         }
         let id = inner.next_statement_id;
         inner.next_statement_id += 1;
@@ -607,7 +627,7 @@ impl Session {
     fn evict_locked(&self, inner: &mut Inner) {
         let size = |s: &Statement| s.code.len() + s.output.as_ref().map_or(0, Output::len);
         let mut held: usize = inner.statements.values().map(size).sum();
-        while inner.statements.len() > self.limits.statement_retention || held > self.limits.max_retained_bytes {
+        while inner.statements.len() > self.limits().statement_retention || held > self.limits().max_retained_bytes {
             let oldest_final = inner.statements.iter().find(|(_, s)| s.state.is_final()).map(|(id, _)| *id);
             match oldest_final.and_then(|id| inner.statements.remove(&id)) {
                 Some(gone) => held = held.saturating_sub(size(&gone)),
@@ -1078,11 +1098,11 @@ impl super::registry::Entry for Session {
     }
 
     fn name(&self) -> Option<&str> {
-        self.spec.submit.name.as_deref()
+        self.spec().submit.name.as_deref()
     }
 
     fn effective_user(&self) -> &str {
-        &self.spec.effective_user
+        &self.spec().effective_user
     }
 
     fn state(&self) -> SessionState {
@@ -1126,7 +1146,7 @@ impl super::registry::Entry for Session {
     }
 
     fn record(&self) -> Vec<u8> {
-        let spec = &self.spec;
+        let spec = self.spec();
         let inner = self.lock();
         super::record::encode(&SessionRecord {
             id: self.id,
@@ -1144,7 +1164,7 @@ impl super::registry::Entry for Session {
             process: inner.process.as_ref().and_then(|p| p.identity.clone()),
             yarn_tag: inner.yarn_tag.clone(),
             cluster_driver: inner.cluster_driver.clone(),
-            created_at: self.created_ms,
+            created_at: self.created_ms(),
             finished_at: inner.finished_ms,
         })
     }
