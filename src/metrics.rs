@@ -133,6 +133,9 @@ fn register_engine(registry: &mut Registry, state: &AppState) {
     connected.set(gauge_value(sessions.iter().filter(|s| s.driver_connected()).count()));
     registry.register("drivers_connected", "Sessions whose driver is connected and authenticated", connected);
 
+    let warm = by_state(state.manager.warm_drivers().iter().map(|s| s.state()));
+    registry.register("warm_drivers", "Warm drivers started ahead and not claimed yet, by state", warm);
+
     let batches = by_state(state.batches.list().iter().map(|b| b.state()));
     registry.register("batches", "Batches the gateway holds, by state", batches);
 

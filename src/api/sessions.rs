@@ -72,7 +72,9 @@ pub(super) async fn create(
         idle_timeout: req.idle_timeout,
     };
     let (manager, quota) = (state.manager.clone(), state.acl.quota(&effective_user));
-    let session = super::detached(async move { manager.create(spec, quota).await }).await?;
+    let warm =
+        crate::engine::warm::size_for(&state.config.config.sessions.warm, &caller.real.name, &caller.real.groups);
+    let session = super::detached(async move { manager.create(spec, quota, warm).await }).await?;
     let body = info(&base, &session);
     let location = format!("/sessions/{}", session.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())

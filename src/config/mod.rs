@@ -526,6 +526,36 @@ pub struct SessionsConfig {
     pub max_statement_wait: String,
     /// How long a completion request waits for the driver.
     pub completion_timeout: String,
+    /// Warm drivers: started ahead for the requests users keep making (see
+    /// [`crate::engine::warm`]).
+    pub warm: WarmConfig,
+}
+
+/// `[sessions.warm]`: drivers started ahead of time, per (user, conf class), so that a
+/// `POST /sessions` like one the user made recently gets a driver that is already up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WarmConfig {
+    /// Warm drivers kept at once, for everyone together (each is a JVM); 0 turns warm drivers
+    /// off.
+    pub max_drivers: usize,
+    /// Warm drivers kept ready per conf class a named user uses.
+    pub users: BTreeMap<String, usize>,
+    /// Warm drivers kept ready per conf class a member of a named group uses (the largest of
+    /// the user's groups and the user's own entry counts).
+    pub groups: BTreeMap<String, usize>,
+    /// Warm drivers kept ready per conf class for everyone else who creates sessions (0: only
+    /// the users and groups named).
+    pub others: usize,
+    /// A conf class nobody asked for this long has its warm drivers stopped (and none started
+    /// again until it is asked for).
+    pub idle_evict: String,
+}
+
+impl Default for WarmConfig {
+    fn default() -> Self {
+        Self { max_drivers: 0, users: BTreeMap::new(), groups: BTreeMap::new(), others: 0, idle_evict: "30m".into() }
+    }
 }
 
 impl Default for SessionsConfig {
@@ -551,6 +581,7 @@ impl Default for SessionsConfig {
             check_interval: "1s".into(),
             max_statement_wait: "60s".into(),
             completion_timeout: "30s".into(),
+            warm: WarmConfig::default(),
         }
     }
 }
@@ -640,6 +671,8 @@ pub struct Durations {
     pub completion_timeout: Duration,
     /// `sessions.max_statement_wait`, below `server.request_timeout`
     pub max_statement_wait: Duration,
+    /// `sessions.warm.idle_evict`
+    pub warm_idle_evict: Duration,
     /// `rpc.handshake_timeout`
     pub rpc_handshake_timeout: Duration,
     /// `rpc.reconnect_window`
@@ -820,6 +853,7 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
         check_interval: dur("sessions.check_interval", &s.check_interval),
         completion_timeout: dur("sessions.completion_timeout", &s.completion_timeout),
         max_statement_wait: dur("sessions.max_statement_wait", &s.max_statement_wait),
+        warm_idle_evict: dur("sessions.warm.idle_evict", &s.warm.idle_evict),
         rpc_handshake_timeout: dur("rpc.handshake_timeout", &config.rpc.handshake_timeout),
         reconnect_window: dur("rpc.reconnect_window", &config.rpc.reconnect_window),
         ping_interval: dur("rpc.ping_interval", &config.rpc.ping_interval),
@@ -911,6 +945,9 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
     }
     if s.max_concurrent_launches == 0 {
         problems.push("sessions.max_concurrent_launches must be at least 1".into());
+    }
+    if s.warm.max_drivers > 0 && parse_duration(&s.warm.idle_evict).is_ok_and(|d| d.is_zero()) {
+        problems.push("sessions.warm.idle_evict must be more than 0 while warm drivers are on".into());
     }
     if config.batches.max_batches == 0 || config.batches.max_concurrent_launches == 0 {
         problems.push("batches.max_batches and batches.max_concurrent_launches must be at least 1".into());

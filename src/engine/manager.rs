@@ -9,9 +9,10 @@ use super::names;
 use super::record::{self, SessionRecord, StatementRecord};
 use super::registry::Registry;
 use super::sandbox::Confinement;
-use super::session::{Session, SessionLimits, SessionSpec};
+use super::session::{Session, SessionLimits, SessionSpec, Warm};
 use super::start;
 use super::state::SessionState;
+use super::warm::{self, WarmDriver};
 use super::EngineError;
 use crate::acl::policy::Quota;
 use crate::audit::{AuditEvent, AuditLog};
@@ -164,6 +165,10 @@ pub struct SessionManager {
     launch_queue: std::sync::Mutex<LaunchQueue>,
     /// Woken by every session change: a launch that ends frees a slot.
     launch_wake: Arc<tokio::sync::Notify>,
+    /// The conf classes users asked for, kept warm (see [`warm`]).
+    warm: warm::Pools,
+    /// A warm driver is being registered and launched (one at a time).
+    warm_starting: std::sync::atomic::AtomicBool,
 }
 
 fn lock_queue(queue: &std::sync::Mutex<LaunchQueue>) -> std::sync::MutexGuard<'_, LaunchQueue> {
@@ -227,6 +232,8 @@ impl SessionManager {
             sessions,
             launch_queue: std::sync::Mutex::new(LaunchQueue::default()),
             launch_wake: Arc::new(tokio::sync::Notify::new()),
+            warm: warm::Pools::default(),
+            warm_starting: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -255,7 +262,7 @@ impl SessionManager {
                 if queue.waiting.is_empty() {
                     return;
                 }
-                let sessions = self.list();
+                let sessions = self.all();
                 queue
                     .waiting
                     .retain(|q| sessions.iter().any(|s| s.id == q.id && s.state() == SessionState::NotStarted));
@@ -264,6 +271,10 @@ impl SessionManager {
                     *starting.entry(user.as_str()).or_default() += 1;
                 }
                 for s in &sessions {
+                    // Warm drivers never take a launch slot from a request.
+                    if s.warm() != Warm::No {
+                        continue;
+                    }
                     // A launch taken back after a restart whose driver is not back yet is a JVM
                     // starting too.
                     let state = s.state();
@@ -329,14 +340,28 @@ impl SessionManager {
         self.sessions.rpc_auth_failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// A session by id (all digits) or by name.
+    /// A session by id (all digits) or by name; never a warm driver nobody claimed.
     pub fn get(&self, key: &str) -> Result<Arc<Session>, EngineError> {
-        self.sessions.entries.get(key)
+        let session = self.sessions.entries.get(key)?;
+        if session.warm() != Warm::No {
+            return Err(EngineError::SessionNotFound(key.to_string()));
+        }
+        Ok(session)
     }
 
-    /// Every session, by id.
+    /// Every session, by id; not the warm drivers nobody claimed.
     pub fn list(&self) -> Vec<Arc<Session>> {
+        self.all().into_iter().filter(|s| s.warm() == Warm::No).collect()
+    }
+
+    /// Every session and warm driver, by id.
+    fn all(&self) -> Vec<Arc<Session>> {
         self.sessions.entries.list()
+    }
+
+    /// The warm drivers nobody claimed yet.
+    pub fn warm_drivers(&self) -> Vec<Arc<Session>> {
+        self.all().into_iter().filter(|s| s.warm() != Warm::No).collect()
     }
 
     /// Writes what changed in `session` (its record, its statements) to the store and says
@@ -372,35 +397,211 @@ impl SessionManager {
         })
     }
 
-    /// Creates a session and starts its driver. Caps are checked before anything is launched.
-    pub async fn create(self: &Arc<Self>, spec: SessionSpec, quota: Quota) -> Result<Arc<Session>, EngineError> {
+    /// Creates a session and starts its driver — or hands it a warm driver of its conf class
+    /// that is already up. Caps are checked before anything is launched; a warm driver that
+    /// stands in the way of a cap yields its place. `warm_size`: how many warm drivers of this
+    /// class its user gets (see [`warm::size_for`]).
+    pub async fn create(
+        self: &Arc<Self>,
+        spec: SessionSpec,
+        quota: Quota,
+        warm_size: usize,
+    ) -> Result<Arc<Session>, EngineError> {
         let cfg = &self.config;
         if let Some(name) = &spec.submit.name {
             names::validate(name)?;
         }
         let limits = self.limits_for(&spec)?;
+        if self.warm.note(&cfg.config.sessions.warm, &spec, quota, warm_size) {
+            // Asked for now: the pool refills (in the background, after this launch).
+            self.launch_wake.notify_one();
+        }
+        if let Some(session) = self.claim_warm(&spec, limits).await? {
+            return Ok(session);
+        }
         // Refused early (no disk touched) when the name is taken or a cap is reached; checked
         // again when the session is registered, since another create may have come in between.
         let registry = &self.sessions.entries;
-        registry.admit(spec.submit.name.as_deref(), &spec.effective_user, &quota)?;
+        let user = spec.effective_user.clone();
+        let admit = || registry.admit(spec.submit.name.as_deref(), &user, &quota);
+        if let Err(refused) = admit() {
+            if !self.yield_warm(&refused, &user) {
+                return Err(refused);
+            }
+            admit()?;
+        }
         let (id, dir) = registry.reserve().await?;
-        let sessions = &cfg.config.sessions;
-        let log = start::launch_log(self.spark.as_deref(), sessions, &dir.join(SESSION_LOG))
-            .map_err(|e| EngineError::Launch(format!("creating the log of session {id}: {e}")))?;
-        // Derived, not stored: the record keeps the nonce, the key stays in its own file.
-        let nonce = SecretKey::nonce();
-        let secret = self.sessions.key.derive(id, &nonce);
-        let mut session = Session::new(id, spec, limits, secret, log, dir);
-        session.ui = self.sessions.ui_of(id, Some(&nonce));
-        session.secret_nonce = Some(nonce);
-        session.on_change = Some(self.change_hook(id));
-        let session = Arc::new(session);
+        let session = self.new_session(id, dir, spec, limits)?;
         registry.register(session.clone(), &quota).await?;
         // Started now if the launch caps have room, else `not_started` in the queue.
         let cap = cfg.config.sessions.max_concurrent_launches;
         let user_launches = limits::per_user(quota.max_concurrent_launches, quota.explicit, cap);
         self.queue_launch(id, &session.spec().effective_user, user_launches);
         Ok(session)
+    }
+
+    /// Session `id` in `dir`, with its log, its secret (derived, not stored: the record keeps
+    /// the nonce, the key stays in its own file) and its Spark UI; not registered yet.
+    fn new_session(
+        &self,
+        id: u32,
+        dir: std::path::PathBuf,
+        spec: SessionSpec,
+        limits: SessionLimits,
+    ) -> Result<Arc<Session>, EngineError> {
+        let log = start::launch_log(self.spark.as_deref(), &self.config.config.sessions, &dir.join(SESSION_LOG))
+            .map_err(|e| EngineError::Launch(format!("creating the log of session {id}: {e}")))?;
+        let nonce = SecretKey::nonce();
+        let secret = self.sessions.key.derive(id, &nonce);
+        let mut session = Session::new(id, spec, limits, secret, log, dir);
+        session.ui = self.sessions.ui_of(id, Some(&nonce));
+        session.secret_nonce = Some(nonce);
+        session.on_change = Some(self.change_hook(id));
+        Ok(Arc::new(session))
+    }
+
+    /// A warm driver of `spec`'s class, claimed for it (one whose driver is up first, then one
+    /// still coming up), its claim stored before it is answered; None when there is none.
+    async fn claim_warm(&self, spec: &SessionSpec, limits: SessionLimits) -> Result<Option<Arc<Session>>, EngineError> {
+        let Some(class) = warm::class_of(spec) else { return Ok(None) };
+        let mut candidates: Vec<Arc<Session>> = self
+            .all()
+            .into_iter()
+            .filter(|s| s.warm() == Warm::Ready && warm::class_of(s.spec()).as_deref() == Some(class.as_str()))
+            .collect();
+        candidates.sort_by_key(|s| (s.state() != SessionState::Idle, s.id));
+        for session in candidates {
+            if !session.claim(spec.clone(), limits) {
+                continue;
+            }
+            session.log.push("sparkgate: this warm driver was handed to the session's request");
+            tracing::info!(session = session.id, owner = %spec.owner, "warm driver claimed");
+            self.audit(
+                AuditEvent::security("warm_driver_claimed", Decision::Info)
+                    .principal_name(spec.owner.clone())
+                    .effective_user(spec.effective_user.clone())
+                    .resource(format!("session:{}", session.id)),
+            );
+            self.flush(&session).await?;
+            return Ok(Some(session));
+        }
+        Ok(None)
+    }
+
+    /// A create refused by `refused` (a cap on live sessions): one warm driver in the way —
+    /// of `user` for their own quota, of anyone's for the global cap, the one whose class was
+    /// asked for longest ago first — is stopped at once so the request can be admitted.
+    /// Returns whether one was.
+    fn yield_warm(self: &Arc<Self>, refused: &EngineError, user: &str) -> bool {
+        let anyone = match refused {
+            EngineError::TooManyLive { .. } => true,
+            EngineError::UserQuota { what, .. } if what.starts_with("live") => false,
+            _ => return false,
+        };
+        let mut warm: Vec<Arc<Session>> = self
+            .warm_drivers()
+            .into_iter()
+            .filter(|s| s.state().is_live() && (anyone || s.spec().effective_user == user))
+            .collect();
+        let asked = |s: &Arc<Session>| warm::class_of(s.spec()).and_then(|c| self.warm.demand(&c)).map(|d| d.last);
+        warm.sort_by_key(|s| (asked(s), s.id));
+        warm.into_iter().any(|s| self.retire_warm(&s, "it yielded its place to a request"))
+    }
+
+    /// Stops warm driver `session` for good: out of the pool and finished at once (it no
+    /// longer counts against any cap), its processes stopped and its record forgotten in the
+    /// background. False when it was claimed first.
+    fn retire_warm(self: &Arc<Self>, session: &Arc<Session>, why: &str) -> bool {
+        if !session.evict() {
+            return false;
+        }
+        tracing::info!(session = session.id, reason = why, "stopping a warm driver");
+        session.request_driver_shutdown();
+        session.finish(SessionState::Killed, &format!("warm driver stopped: {why}"));
+        let (manager, session) = (self.clone(), session.clone());
+        tokio::spawn(async move {
+            manager.stop(&session, SessionState::Killed, "warm driver stopped").await;
+            manager.forget(session.id).await;
+        });
+        true
+    }
+
+    /// One step of the warm pools (see [`warm::plan`]): evicts the warm drivers of classes
+    /// nobody asked for within `sessions.warm.idle_evict`, and starts one more where a class
+    /// is short — only while no request waits for a launch slot and the slots have room, so a
+    /// warm launch never delays a request's.
+    pub fn pump_warm(self: &Arc<Self>) {
+        let cfg = &self.config.config.sessions;
+        let all = self.all();
+        let warm: Vec<WarmDriver> = all
+            .iter()
+            .filter(|s| s.warm() == Warm::Ready && s.state().is_live())
+            .filter_map(|s| {
+                Some(WarmDriver {
+                    id: s.id,
+                    class: warm::class_of(s.spec())?,
+                    state: s.state(),
+                    connected: s.driver_connected(),
+                })
+            })
+            .collect();
+        if warm.is_empty() && cfg.warm.max_drivers == 0 {
+            return;
+        }
+        let plan = self.warm.plan(&cfg.warm, self.config.durations.warm_idle_evict, &warm);
+        for id in plan.evict {
+            if let Some(s) = all.iter().find(|s| s.id == id) {
+                self.retire_warm(s, "nobody asked for its conf class lately");
+            }
+        }
+        let Some(class) = plan.launch else { return };
+        {
+            let queue = lock_queue(&self.launch_queue);
+            if !queue.waiting.is_empty() || !queue.choosing.is_empty() {
+                return;
+            }
+        }
+        let starting = all
+            .iter()
+            .filter(|s| {
+                let state = s.state();
+                state == SessionState::Starting || (state == SessionState::Recovering && !s.driver_connected())
+            })
+            .count();
+        if starting >= cfg.max_concurrent_launches {
+            return;
+        }
+        let Some(demand) = self.warm.demand(&class) else { return };
+        if self.warm_starting.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let manager = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = manager.start_warm(demand.template, demand.quota).await {
+                tracing::warn!(error = %e, "a warm driver could not be started");
+                manager.warm.failed(&class);
+            }
+            manager.warm_starting.store(false, std::sync::atomic::Ordering::Release);
+        });
+    }
+
+    /// Registers and launches one warm driver of `template`'s class under its user's `quota`
+    /// (never beyond it, never making room: a warm driver only takes what is free).
+    async fn start_warm(self: &Arc<Self>, template: SessionSpec, quota: Quota) -> Result<(), EngineError> {
+        let limits = self.limits_for(&template)?;
+        let registry = &self.sessions.entries;
+        registry.admit(None, &template.effective_user, &quota)?;
+        let (id, dir) = registry.reserve().await?;
+        let session = self.new_session(id, dir, template, limits)?;
+        session.make_warm();
+        registry.register(session.clone(), &quota).await?;
+        session.log.push("sparkgate: a warm driver, started ahead for requests of this conf class");
+        if let Err(e) = self.launch(&session) {
+            session.log.push(format!("sparkgate: {e}"));
+            session.finish(SessionState::Dead, &format!("could not start: {e}"));
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn launch(&self, session: &Arc<Session>) -> Result<(), EngineError> {
@@ -577,6 +778,9 @@ impl SessionManager {
         let children: Vec<(u32, Version)> = statements.iter().map(|s| (s.id, s.version)).collect();
         self.sessions.entries.restore(session.clone(), stored.version, &stored.bytes, &children).await;
         if !record.state.is_terminal() {
+            if record.warm {
+                self.warm.keep(session.spec());
+            }
             self.take_back(&session, &record);
         }
         Ok(session)
@@ -590,6 +794,12 @@ impl SessionManager {
         // Being stopped (a DELETE or a timeout) when the gateway stopped: it ends killed, as
         // the stop would have ended it (a DELETE that was not answered can be made again).
         let stopping = record.state == SessionState::ShuttingDown;
+        if record.warm && record.state == SessionState::NotStarted && record.process.is_none() {
+            // A warm driver whose launch never began: nobody waits for it.
+            super::batch::stop_leftovers(&self.config, "sessions", session.id);
+            session.finish(SessionState::Killed, "a warm driver the gateway had not started when it stopped");
+            return;
+        }
         if record.state == SessionState::NotStarted && record.process.is_none() {
             // Accepted and waiting for a launch slot: it waits again (restored in id order,
             // which is the order they were accepted in).
@@ -768,7 +978,7 @@ impl SessionManager {
 
     /// Stops every session (gateway shutdown).
     pub async fn shutdown_all(&self) {
-        let sessions = self.list();
+        let sessions = self.all();
         let stops = sessions.iter().map(|s| self.stop(s, SessionState::Killed, "the gateway is shutting down"));
         futures_util::future::join_all(stops).await;
     }
@@ -784,6 +994,7 @@ impl SessionManager {
                 let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
                 let Some(manager) = weak.upgrade() else { return };
                 manager.pump_launches();
+                manager.pump_warm();
             }
         });
         let weak = Arc::downgrade(self);
@@ -818,8 +1029,22 @@ impl SessionManager {
     pub async fn check_timeouts(self: &Arc<Self>) {
         let now = Instant::now();
         let d = self.config.durations;
-        for session in self.list() {
+        for session in self.all() {
             let t = session.timers();
+            let warm = session.warm();
+            if warm != Warm::No && t.state.is_terminal() {
+                // Nobody sees a warm driver that ended: it goes at once, and a class whose warm
+                // driver failed is not started again until it is asked for.
+                // (An evicted one is forgotten by its stop, once its processes are gone.)
+                if warm == Warm::Ready {
+                    tracing::warn!(session = session.id, "a warm driver ended before it was claimed (see its log)");
+                    if let Some(class) = warm::class_of(session.spec()) {
+                        self.warm.failed(&class);
+                    }
+                    self.forget(session.id).await;
+                }
+                continue;
+            }
             if t.state.is_terminal() {
                 if t.finished_at.is_some_and(|f| now.duration_since(f) >= d.retain_finished) {
                     self.forget(session.id).await;
@@ -864,6 +1089,7 @@ impl SessionManager {
                     false,
                 ))
             } else if t.state == SessionState::Idle
+                && warm == Warm::No
                 && !t.has_work
                 && session.limits().idle_timeout.is_some_and(|idle| now.duration_since(t.last_activity) >= idle)
             {

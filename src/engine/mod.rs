@@ -17,6 +17,7 @@ pub mod session;
 pub mod spec;
 pub mod start;
 pub mod state;
+pub mod warm;
 
 pub use kind::{CodeKind, SessionKind};
 pub use manager::{RpcEndpoint, SessionManager};

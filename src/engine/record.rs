@@ -72,6 +72,9 @@ pub struct SessionRecord {
     /// When it finished (ms since the epoch).
     #[serde(default)]
     pub finished_at: Option<i64>,
+    /// A warm driver nobody has claimed yet (see [`super::warm`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
 }
 
 /// A statement as stored (Livy's statement, and the interpreter it runs in).
@@ -214,6 +217,7 @@ mod tests {
             cluster_driver: Some("ns:pod".into()),
             created_at: 1_700_000_000_000,
             finished_at: None,
+            warm: true,
         };
         assert_eq!(decode::<SessionRecord>(&encode(&session)).unwrap(), session);
         let statement = StatementRecord {

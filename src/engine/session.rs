@@ -226,7 +226,31 @@ pub struct Session {
     /// Woken whenever what it shows changed (a statement's progress or end): long polls wait
     /// on it.
     changed: tokio::sync::Notify,
+    /// A warm driver's terms once a request claimed it: they replace those it was started
+    /// with (set once; see [`Session::claim`]).
+    claimed: std::sync::OnceLock<Claimed>,
     inner: Mutex<Inner>,
+}
+
+/// What a claimed warm driver's session was created with instead (see [`Session::claim`]).
+#[derive(Debug)]
+struct Claimed {
+    spec: Arc<SessionSpec>,
+    limits: SessionLimits,
+    created: Instant,
+    created_ms: i64,
+}
+
+/// Whether a session is a warm driver (see [`super::warm`]): started ahead for a conf class
+/// and shown to nobody until a request of its user claims it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warm {
+    /// An ordinary session (or a warm driver claimed).
+    No,
+    /// Waiting to be claimed.
+    Ready,
+    /// Being stopped by the pool: nobody may claim it any more.
+    Evicted,
 }
 
 /// See [`Session::changing`].
@@ -271,6 +295,7 @@ struct Inner {
     next_request_id: u64,
     completions: HashMap<u64, oneshot::Sender<Vec<String>>>,
     file_adds: HashMap<u64, oneshot::Sender<Result<(), String>>>,
+    warm: Warm,
 }
 
 /// Longest error text taken from a driver (a reason, an add-file failure): it is shown to
@@ -310,24 +335,66 @@ impl Session {
         ))
     }
 
-    /// What it was created with.
+    /// What it was created with (a claimed warm driver: what the claiming request asked).
     pub fn spec(&self) -> &Arc<SessionSpec> {
-        &self.spec
+        self.claimed.get().map_or(&self.spec, |c| &c.spec)
     }
 
     /// Its timeouts.
     pub fn limits(&self) -> SessionLimits {
-        self.limits
+        self.claimed.get().map_or(self.limits, |c| c.limits)
     }
 
-    /// When it was created.
+    /// When it was created (a claimed warm driver: when it was claimed).
     pub fn created(&self) -> Instant {
-        self.created
+        self.claimed.get().map_or(self.created, |c| c.created)
     }
 
     /// When it was created, as the record keeps it (ms since the epoch).
     pub fn created_ms(&self) -> i64 {
-        self.created_ms
+        self.claimed.get().map_or(self.created_ms, |c| c.created_ms)
+    }
+
+    /// Whether it is a warm driver and what of.
+    pub fn warm(&self) -> Warm {
+        self.lock().warm
+    }
+
+    /// Makes a new session a warm driver, hidden until claimed (before it is registered).
+    pub fn make_warm(&self) {
+        self.lock().warm = Warm::Ready;
+    }
+
+    /// Hands a warm driver to the request that asked for its conf class: from now on it is that
+    /// request's session, with its `spec`'s terms (timeouts, time to live, counted from now)
+    /// and `limits`. False, and nothing changed, when it is no longer there to claim (claimed
+    /// by another request, evicted, ended); the caller checked that `spec` is of its class.
+    pub fn claim(&self, spec: SessionSpec, limits: SessionLimits) -> bool {
+        let _changed = self.changing();
+        let mut inner = self.lock();
+        if inner.warm != Warm::Ready || inner.state.is_terminal() || inner.state == SessionState::ShuttingDown {
+            return false;
+        }
+        let now = Instant::now();
+        let claimed = Claimed { spec: Arc::new(spec), limits, created: now, created_ms: super::record::now_ms() };
+        if self.claimed.set(claimed).is_err() {
+            return false;
+        }
+        inner.warm = Warm::No;
+        inner.last_activity = now;
+        inner.last_heartbeat = now;
+        true
+    }
+
+    /// Takes a warm driver out of the pool for good (it is to be stopped); false when it was
+    /// claimed (or evicted) first.
+    pub fn evict(&self) -> bool {
+        let mut inner = self.lock();
+        if inner.warm != Warm::Ready {
+            return false;
+        }
+        inner.warm = Warm::Evicted;
+        true
     }
 
     /// A new session in `not_started`.
@@ -354,6 +421,7 @@ impl Session {
             uploads: tokio::sync::Mutex::new(()),
             ui: AppUi::new(format!("/sessions/{id}/sparkui")),
             changed: tokio::sync::Notify::new(),
+            claimed: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
                 state: SessionState::NotStarted,
                 app_id: None,
@@ -376,6 +444,7 @@ impl Session {
                 next_request_id: 1,
                 completions: HashMap::new(),
                 file_adds: HashMap::new(),
+                warm: Warm::No,
             }),
         }
     }
@@ -408,6 +477,9 @@ impl Session {
             inner.cluster_driver = record.cluster_driver.clone();
             inner.finished_ms = record.finished_at;
             inner.finished_at = record.finished_at.map(super::record::instant_of);
+            if record.warm {
+                inner.warm = Warm::Ready;
+            }
             if live {
                 inner.disconnected_since = Some(Instant::now());
             }
@@ -1166,6 +1238,7 @@ impl super::registry::Entry for Session {
             cluster_driver: inner.cluster_driver.clone(),
             created_at: self.created_ms(),
             finished_at: inner.finished_ms,
+            warm: inner.warm != Warm::No,
         })
     }
 }

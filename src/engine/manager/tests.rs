@@ -63,6 +63,7 @@ fn live_record(id: u32) -> SessionRecord {
         cluster_driver: None,
         created_at: record::now_ms(),
         finished_at: None,
+        warm: false,
     }
 }
 
@@ -240,7 +241,7 @@ async fn sessions_are_found_by_id_or_name_and_caps_are_enforced() {
     assert!(m.get("nobody").is_err());
     // alice may use every slot here: a quota written for her by name.
     let roomy = Quota { max_sessions: Some(10), explicit: true, ..Quota::default() };
-    let err = m.create(spec(), roomy).await.unwrap_err();
+    let err = m.create(spec(), roomy, 0).await.unwrap_err();
     assert!(matches!(err, EngineError::TooManyLive { limit: 2, .. }), "{err}");
     // Finished sessions do not count.
     a.finish(SessionState::Killed, "test");
@@ -251,6 +252,7 @@ async fn sessions_are_found_by_id_or_name_and_caps_are_enforced() {
                 ..spec()
             },
             roomy,
+            0,
         )
         .await
         .unwrap();
@@ -265,14 +267,15 @@ async fn sessions_are_found_by_id_or_name_and_caps_are_enforced() {
                 ..spec()
             },
             roomy,
+            0,
         )
         .await
         .unwrap_err();
     assert!(matches!(dup, EngineError::DuplicateName(_)));
-    let bad = m.create(SessionSpec { ttl: Some("soon".into()), ..spec() }, roomy).await.unwrap_err();
+    let bad = m.create(SessionSpec { ttl: Some("soon".into()), ..spec() }, roomy, 0).await.unwrap_err();
     assert!(bad.to_string().contains("ttl"));
     // With the default quota, alice alone may not take both slots.
-    let err = m.create(spec(), Quota::default()).await.unwrap_err();
+    let err = m.create(spec(), Quota::default(), 0).await.unwrap_err();
     assert!(matches!(err, EngineError::UserQuota { limit: 1, .. }), "{err}");
 }
 
@@ -281,11 +284,11 @@ async fn per_user_quotas() {
     let (m, _dir) = manager(&[]);
     let (_a, _rx) = idle_session(&m, 0, limits()); // alice's live session
     let quota = Quota { max_sessions: Some(1), ..Quota::default() };
-    let err = m.create(spec(), quota).await.unwrap_err();
+    let err = m.create(spec(), quota, 0).await.unwrap_err();
     assert!(matches!(&err, EngineError::UserQuota { user, limit: 1, .. } if user == "alice"), "{err}");
     // Another user is not affected by alice's quota.
     let bob = SessionSpec { owner: "bob".into(), effective_user: "bob".into(), ..spec() };
-    assert!(m.create(bob, quota).await.is_ok());
+    assert!(m.create(bob, quota, 0).await.is_ok());
 }
 
 #[test]
@@ -402,7 +405,7 @@ fn yarn_cluster_manager(dir: &std::path::Path) -> Arc<SessionManager> {
 async fn a_yarn_cluster_session_is_killed_by_its_launch_tag_not_by_what_its_driver_reports() {
     let dir = tempfile::tempdir().unwrap();
     let m = yarn_cluster_manager(dir.path());
-    let s = m.create(spec(), Quota::default()).await.unwrap();
+    let s = m.create(spec(), Quota::default(), 0).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !s.log.snapshot().iter().any(|l| l.contains("Submitted application")) {
         assert!(Instant::now() < deadline, "{:?}", s.log.snapshot());
@@ -438,7 +441,7 @@ async fn finished_sessions_cannot_pile_up_before_their_retention_time() {
     let mut ids = Vec::new();
     for user in ["alice", "alice", "alice", "alice", "bob", "bob", "carol"] {
         let spec = SessionSpec { owner: user.into(), effective_user: user.into(), ..spec() };
-        ids.push(m.create(spec, roomy).await.unwrap().id);
+        ids.push(m.create(spec, roomy, 0).await.unwrap().id);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     m.forget_excess_finished().await;
@@ -462,7 +465,7 @@ async fn a_sessions_uploads_go_when_its_driver_does() {
     .unwrap();
     let env = SparkEnv::for_test(dir.path(), &submit);
     let m = build(cfg, Some(env), "127.0.0.1");
-    let s = m.create(spec(), Quota::default()).await.unwrap();
+    let s = m.create(spec(), Quota::default(), 0).await.unwrap();
     let uploads = s.dir.join("uploads");
     std::fs::create_dir_all(&uploads).unwrap();
     std::fs::write(uploads.join("big.bin"), vec![0u8; 1 << 20]).unwrap();
@@ -824,15 +827,15 @@ async fn sessions_beyond_the_launch_cap_wait_not_started_and_start_in_turn() {
     m.start_background();
     let quota = Quota { max_sessions: Some(3), max_concurrent_launches: Some(1), explicit: true, ..Quota::default() };
     let as_user = |user: &str| SessionSpec { owner: user.into(), effective_user: user.into(), ..spec() };
-    let first = m.create(as_user("alice"), quota).await.unwrap();
-    let second = m.create(as_user("alice"), quota).await.unwrap();
-    let bobs = m.create(as_user("bob"), quota).await.unwrap();
+    let first = m.create(as_user("alice"), quota, 0).await.unwrap();
+    let second = m.create(as_user("alice"), quota, 0).await.unwrap();
+    let bobs = m.create(as_user("bob"), quota, 0).await.unwrap();
     assert_eq!(first.state(), SessionState::Starting);
     assert_eq!((second.state(), bobs.state()), (SessionState::NotStarted, SessionState::NotStarted));
     // Statements wait in a queued session as in a starting one.
     second.submit("1+1".into(), CodeKind::PySpark).unwrap();
     // Beyond max_sessions it is refused, not queued.
-    let refused = m.create(as_user("carol"), quota).await.unwrap_err();
+    let refused = m.create(as_user("carol"), quota, 0).await.unwrap_err();
     assert!(matches!(refused, EngineError::TooManyLive { limit: 3, .. }), "{refused}");
     // The launch ends: bob's turn comes before alice's second (she was served last).
     m.delete(&first, "alice").await;
@@ -875,4 +878,179 @@ async fn a_session_queued_when_the_gateway_stopped_waits_again_and_starts() {
     let pgid = session.process().unwrap().pgid;
     m.delete(&session, "alice").await;
     assert!(!std::path::Path::new(&format!("/proc/{pgid}")).exists());
+}
+
+/// Brings session `s` up as if its driver connected and reported idle (the receiver keeps
+/// the fake link open).
+fn bring_up(s: &Session, conn: u64) -> mpsc::UnboundedReceiver<ToDriver> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    s.attach(DriverLink::for_test(conn, tx));
+    s.on_driver_message(conn, FromDriver::State { state: "idle".into(), message: None });
+    rx
+}
+
+/// Waits (bounded) until `check` holds.
+async fn until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A manager whose FAKE spark-submit never brings up a driver (tests bring drivers up by
+/// hand), with warm drivers on, its background tasks running.
+fn warm_manager(dir: &std::path::Path, overrides: &[&str]) -> Arc<SessionManager> {
+    let submit = fake_command(dir, "spark-submit", "exec sleep 60");
+    let mut all = vec!["sessions.shutdown_grace=\"1s\"", "sessions.check_interval=\"100ms\""];
+    all.extend(overrides);
+    let m = build(config_in(dir, &all), Some(SparkEnv::for_test(dir, &submit)), "127.0.0.1");
+    m.start_background();
+    m
+}
+
+#[tokio::test]
+async fn warm_drivers_are_started_for_the_class_asked_for_hidden_and_handed_only_to_that_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = warm_manager(
+        dir.path(),
+        &["sessions.warm.max_drivers=1", "sessions.max_concurrent_launches=1", "sessions.max_sessions=8"],
+    );
+    let quota = Quota::default();
+    let as_user = |user: &str| SessionSpec { owner: user.into(), effective_user: user.into(), ..spec() };
+    let first = m.create(as_user("alice"), quota, 1).await.unwrap();
+    assert_eq!(first.state(), SessionState::Starting);
+    // While a request's launch is coming up no warm one starts (the cap is 1).
+    settle().await;
+    assert!(m.warm_drivers().is_empty());
+    let _first_link = bring_up(&first, 1);
+    until("a warm driver of alice's class starts", || m.warm_drivers().len() == 1).await;
+    let warm = m.warm_drivers().remove(0);
+    assert_eq!(warm.state(), SessionState::Starting);
+    assert_eq!(warm.spec().submit, first.spec().submit, "launched exactly as her session");
+    // Nobody sees it: not listed, not found by id.
+    assert!(m.list().iter().all(|s| s.id != warm.id));
+    assert!(matches!(m.get(&warm.id.to_string()), Err(EngineError::SessionNotFound(_))));
+    // A warm launch never takes a request's slot: bob's session starts at once.
+    let bobs = m.create(as_user("bob"), quota, 0).await.unwrap();
+    assert_eq!(bobs.state(), SessionState::Starting);
+    let _warm_link = bring_up(&warm, 2);
+    // Another user with the same body, and alice with a name, are not of its class.
+    let bobs_again = m.create(as_user("bob"), quota, 0).await.unwrap();
+    assert_ne!(bobs_again.id, warm.id);
+    let named = SessionSpec {
+        submit: crate::engine::SubmitSpec { name: Some("report".into()), ..Default::default() },
+        ..as_user("alice")
+    };
+    assert_ne!(m.create(named, quota, 1).await.unwrap().id, warm.id);
+    assert_eq!(warm.warm(), Warm::Ready);
+    // Alice's next request of the class gets it, idle, with its own terms from now on.
+    let asked = SessionSpec { ttl: Some("2h".into()), heartbeat_timeout_secs: 30, ..as_user("alice") };
+    let claimed = m.create(asked, quota, 1).await.unwrap();
+    assert_eq!(claimed.id, warm.id);
+    assert_eq!(claimed.state(), SessionState::Idle);
+    assert_eq!(claimed.spec().ttl.as_deref(), Some("2h"));
+    assert_eq!(claimed.limits().ttl, Some(Duration::from_secs(7200)));
+    assert_eq!(claimed.limits().heartbeat_timeout, Some(Duration::from_secs(30)));
+    assert!(claimed.created() > first.created());
+    assert_eq!(m.get(&claimed.id.to_string()).unwrap().id, claimed.id);
+    assert!(m.list().iter().any(|s| s.id == claimed.id));
+    use crate::engine::registry::Entry;
+    let stored: SessionRecord = record::decode(&claimed.record()).unwrap();
+    assert!(!stored.warm && stored.ttl.as_deref() == Some("2h"), "the claim is what is stored");
+    // It cannot be claimed twice.
+    assert!(!claimed.claim(as_user("alice"), limits()));
+    // The pool refills in the background, once no request waits for a launch slot.
+    assert!(m.warm_drivers().is_empty());
+    for s in m.list().into_iter().filter(|s| s.spec().owner == "bob" || s.spec().submit.name.is_some()) {
+        m.delete(&s, "test").await;
+    }
+    until("the pool refills", || m.warm_drivers().iter().any(|s| s.id != warm.id)).await;
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_warm_driver_yields_its_place_to_a_request_and_a_class_nobody_asks_for_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = warm_manager(
+        dir.path(),
+        &["sessions.warm.max_drivers=1", "sessions.max_sessions=2", "sessions.warm.idle_evict=\"3s\""],
+    );
+    let quota = Quota { max_sessions: Some(2), explicit: true, ..Quota::default() };
+    let as_user = |user: &str| SessionSpec { owner: user.into(), effective_user: user.into(), ..spec() };
+    let first = m.create(as_user("alice"), quota, 1).await.unwrap();
+    let _link = bring_up(&first, 1);
+    until("a warm driver starts", || m.warm_drivers().len() == 1).await;
+    let warm = m.warm_drivers().remove(0);
+    let pgid = warm.process().unwrap().pgid;
+    // The two places are taken (alice's session and the warm driver): carol still gets one.
+    let carols = m.create(as_user("carol"), quota, 0).await.unwrap();
+    assert_eq!(carols.state(), SessionState::Starting);
+    assert_eq!(warm.state(), SessionState::Killed);
+    until("the warm driver's processes are gone and it is forgotten", || {
+        !std::path::Path::new(&format!("/proc/{pgid}")).exists() && m.sessions.entries.by_id(warm.id).is_none()
+    })
+    .await;
+    // A full gateway has no room for a warm driver: none starts (none would be evicted).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(m.warm_drivers().is_empty());
+    // With room again and alice asking again it refills; three seconds after her last request
+    // it is stopped, and not started again.
+    m.delete(&carols, "carol").await;
+    m.delete(&first, "alice").await;
+    let again = m.create(as_user("alice"), quota, 1).await.unwrap();
+    let _again_link = bring_up(&again, 2);
+    until("the pool refills", || m.warm_drivers().iter().any(|s| s.state() == SessionState::Starting)).await;
+    let refilled = m.warm_drivers().remove(0);
+    until("the idle class is evicted", || m.sessions.entries.by_id(refilled.id).is_none()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(m.warm_drivers().is_empty(), "not asked for: not refilled");
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_warm_driver_counts_against_its_users_quota_and_yields_to_their_own_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = warm_manager(dir.path(), &["sessions.warm.max_drivers=4"]);
+    let quota = Quota { max_sessions: Some(2), explicit: true, ..Quota::default() };
+    let alice = SessionSpec { owner: "alice".into(), effective_user: "alice".into(), ..spec() };
+    let first = m.create(alice.clone(), quota, 2).await.unwrap();
+    let _link = bring_up(&first, 1);
+    until("one warm driver starts", || m.warm_drivers().len() == 1).await;
+    let warm = m.warm_drivers().remove(0);
+    let _warm_link = bring_up(&warm, 2);
+    // Her quota of 2 is taken (her session and her warm driver): no second warm one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(m.warm_drivers().len(), 1);
+    // A request of another class of hers is admitted: the warm driver yields.
+    let other = SessionSpec { kind: SessionKind::Sql, ..alice.clone() };
+    let sql = m.create(other, quota, 0).await.unwrap();
+    assert_ne!(sql.id, warm.id);
+    assert_eq!(warm.state(), SessionState::Killed);
+    // Beyond her quota without a warm driver in the way: refused as before.
+    let refused = m.create(alice, quota, 0).await.unwrap_err();
+    assert!(matches!(refused, EngineError::UserQuota { .. }), "{refused}");
+    m.shutdown_all().await;
+}
+
+#[tokio::test]
+async fn a_warm_driver_taken_back_after_a_restart_stays_hidden_and_one_never_launched_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = warm_manager(dir.path(), &["sessions.warm.max_drivers=2"]);
+    for id in [6, 7] {
+        std::fs::create_dir_all(dir.path().join(format!("data/sessions/{id}"))).unwrap();
+    }
+    let queued = SessionRecord { state: SessionState::NotStarted, warm: true, ..live_record(6) };
+    let stored = Stored { id: 6, version: 1, meta: Default::default(), bytes: record::encode(&queued) };
+    let never = m.restore(&stored, &[]).await.unwrap();
+    assert_eq!(never.state(), SessionState::Killed, "not queued as a request would be");
+    assert!(never.process().is_none());
+    let live = SessionRecord { warm: true, ..live_record(7) };
+    let stored = Stored { id: 7, version: 1, meta: Default::default(), bytes: record::encode(&live) };
+    let back = m.restore(&stored, &[]).await.unwrap();
+    assert_eq!(back.warm(), Warm::Ready);
+    assert!(m.list().is_empty(), "neither is anyone's session");
+    assert!(matches!(m.get("7"), Err(EngineError::SessionNotFound(_))));
+    until("the warm drivers that cannot come back are forgotten", || m.all().is_empty()).await;
+    m.shutdown_all().await;
 }
