@@ -169,6 +169,8 @@ pub struct SessionManager {
     warm: warm::Pools,
     /// A warm driver is being registered and launched (one at a time).
     warm_starting: std::sync::atomic::AtomicBool,
+    /// The gateway is stopping every session: nothing is launched any more.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 fn lock_queue(queue: &std::sync::Mutex<LaunchQueue>) -> std::sync::MutexGuard<'_, LaunchQueue> {
@@ -234,6 +236,7 @@ impl SessionManager {
             launch_wake: Arc::new(tokio::sync::Notify::new()),
             warm: warm::Pools::default(),
             warm_starting: std::sync::atomic::AtomicBool::new(false),
+            closing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -257,6 +260,9 @@ impl SessionManager {
     pub fn pump_launches(self: &Arc<Self>) {
         let cap = self.config.config.sessions.max_concurrent_launches;
         loop {
+            if self.closing.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
             let (session, user) = {
                 let mut queue = lock_queue(&self.launch_queue);
                 if queue.waiting.is_empty() {
@@ -532,6 +538,9 @@ impl SessionManager {
     /// warm launch never delays a request's.
     pub fn pump_warm(self: &Arc<Self>) {
         let cfg = &self.config.config.sessions;
+        if self.closing.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let all = self.all();
         let warm: Vec<WarmDriver> = all
             .iter()
@@ -978,6 +987,11 @@ impl SessionManager {
 
     /// Stops every session (gateway shutdown).
     pub async fn shutdown_all(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::Release);
+        // A warm driver being registered now is stopped with the rest once it is.
+        while self.warm_starting.load(std::sync::atomic::Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let sessions = self.all();
         let stops = sessions.iter().map(|s| self.stop(s, SessionState::Killed, "the gateway is shutting down"));
         futures_util::future::join_all(stops).await;

@@ -22,3 +22,4 @@ mod standalone;
 mod standalone_batches;
 mod tls;
 mod uploads;
+mod warm;
