@@ -21,7 +21,7 @@ def pct(values, p):
 class Gateway:
     """`sparkgate serve` in `work`, with `sets` (`section.key=value`) on top of the bench defaults."""
 
-    def __init__(self, work, sets=(), data=None, users=("anonymous",), headers=None):
+    def __init__(self, work, sets=(), data=None, users=("anonymous",), headers=None, admins=()):
         self.port = free_port()
         self.headers = dict(headers or {})
         self.work = work
@@ -30,7 +30,10 @@ class Gateway:
         policies = os.path.join(work, "policies")
         os.makedirs(policies, exist_ok=True)
         with open(os.path.join(policies, "acl.toml"), "w") as f:
-            f.write(f'[create]\nusers = {json.dumps(list(users))}\n[quotas]\n')
+            f.write(f'[create]\nusers = {json.dumps(list(users))}\n')
+            if admins:
+                f.write(f'[admin]\nusers = {json.dumps(list(admins))}\n')
+            f.write('[quotas]\n')
             for user in users:
                 f.write(f'users.{user} = {{ max_sessions = 100, max_concurrent_launches = 100 }}\n')
         args = [os.path.join(REPO, "target", "release", "sparkgate"), "serve"]

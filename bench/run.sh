@@ -8,6 +8,7 @@
 #   bench/run.sh restart    start-up with 10,000 finished and 100 live records
 #   bench/run.sh throughput authenticated requests/s against a bare axum + rustls floor
 #   bench/run.sh crowd      120 simultaneous session creates from three users
+#   bench/run.sh warm       session ready with a warm driver vs a cold start
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -21,5 +22,6 @@ case "${1:-sessions}" in
   restart) exec .venv/bin/python bench/recovery.py restart ;;
   throughput) exec .venv/bin/python bench/throughput.py ;;
   crowd) exec .venv/bin/python bench/crowd.py ;;
+  warm) exec .venv/bin/python bench/warm.py ;;
   *) exec .venv/bin/python bench/sessions.py ;;
 esac
