@@ -171,6 +171,23 @@ pub struct SessionManager {
     warm_starting: std::sync::atomic::AtomicBool,
     /// The gateway is stopping every session: nothing is launched any more.
     closing: std::sync::atomic::AtomicBool,
+    /// Warm drivers coming up, paused (SIGSTOP) while a request's driver starts: by id,
+    /// since when and for how long before (see [`SessionManager::pace_warm`]).
+    paused: std::sync::Mutex<HashMap<u32, Paused>>,
+}
+
+/// How long a warm driver's start has been paused.
+#[derive(Debug, Default, Clone, Copy)]
+struct Paused {
+    since: Option<Instant>,
+    before: Duration,
+}
+
+impl Paused {
+    /// Paused in all, until `now`.
+    fn total(&self, now: Instant) -> Duration {
+        self.before + self.since.map_or(Duration::ZERO, |since| now.duration_since(since))
+    }
 }
 
 fn lock_queue(queue: &std::sync::Mutex<LaunchQueue>) -> std::sync::MutexGuard<'_, LaunchQueue> {
@@ -237,6 +254,7 @@ impl SessionManager {
             warm: warm::Pools::default(),
             warm_starting: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
+            paused: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -480,6 +498,8 @@ impl SessionManager {
             if !session.claim(spec.clone(), limits) {
                 continue;
             }
+            // Paused while requests' drivers started: it is a request's driver now.
+            self.pace_warm(&self.all());
             session.log.push("sparkgate: this warm driver was handed to the session's request");
             tracing::info!(session = session.id, owner = %spec.owner, "warm driver claimed");
             self.audit(
@@ -542,6 +562,7 @@ impl SessionManager {
             return;
         }
         let all = self.all();
+        self.pace_warm(&all);
         let warm: Vec<WarmDriver> = all
             .iter()
             .filter(|s| s.warm() == Warm::Ready && s.state().is_live())
@@ -592,6 +613,54 @@ impl SessionManager {
             }
             manager.warm_starting.store(false, std::sync::atomic::Ordering::Release);
         });
+    }
+
+    /// Keeps warm launches out of requests' way: while a request's driver is starting, every
+    /// warm driver still coming up is paused (SIGSTOP to its process group), so the JVM a user
+    /// waits for has the machine's cores; once none is starting they go on (SIGCONT). A claimed
+    /// one goes on at once. A paused warm driver's start timeout does not count the pause.
+    fn pace_warm(&self, all: &[Arc<Session>]) {
+        use nix::sys::signal::Signal;
+        let starting = |s: &Session| {
+            let state = s.state();
+            state == SessionState::Starting || (state == SessionState::Recovering && !s.driver_connected())
+        };
+        let request_starting = all.iter().any(|s| s.warm() == Warm::No && starting(s));
+        let now = Instant::now();
+        let mut paused = self.paused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for s in all {
+            let warm = s.warm() == Warm::Ready;
+            let pause =
+                warm && request_starting && starting(s) && !self.closing.load(std::sync::atomic::Ordering::Acquire);
+            let Some(process) = s.process() else { continue };
+            let entry = paused.get(&s.id).copied().unwrap_or_default();
+            match (pause, entry.since) {
+                (true, None) => {
+                    process.signal_group(Signal::SIGSTOP);
+                    paused.insert(s.id, Paused { since: Some(now), ..entry });
+                }
+                (false, Some(since)) => {
+                    process.signal_group(Signal::SIGCONT);
+                    paused.insert(s.id, Paused { since: None, before: entry.before + now.duration_since(since) });
+                }
+                _ => {}
+            }
+        }
+        paused.retain(|id, p| {
+            let kept = all.iter().any(|s| s.id == *id && s.warm() == Warm::Ready && s.state().is_live());
+            if !kept && p.since.is_some() {
+                if let Some(process) = all.iter().find(|s| s.id == *id).and_then(|s| s.process()) {
+                    process.signal_group(Signal::SIGCONT);
+                }
+            }
+            kept
+        });
+    }
+
+    /// How long warm driver `id`'s start has been paused so far.
+    fn paused_for(&self, id: u32, now: Instant) -> Duration {
+        let paused = self.paused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        paused.get(&id).map_or(Duration::ZERO, |p| p.total(now))
     }
 
     /// Registers and launches one warm driver of `template`'s class under its user's `quota`
@@ -787,10 +856,14 @@ impl SessionManager {
         let children: Vec<(u32, Version)> = statements.iter().map(|s| (s.id, s.version)).collect();
         self.sessions.entries.restore(session.clone(), stored.version, &stored.bytes, &children).await;
         if !record.state.is_terminal() {
+            self.take_back(&session, &record);
             if record.warm {
                 self.warm.keep(session.spec());
+                // It may have been paused when the gateway stopped (see `pace_warm`).
+                if let Some(process) = session.process() {
+                    process.signal_group(nix::sys::signal::Signal::SIGCONT);
+                }
             }
-            self.take_back(&session, &record);
         }
         Ok(session)
     }
@@ -1083,7 +1156,10 @@ impl SessionManager {
             } else if session.limits().ttl.is_some_and(|ttl| now.duration_since(session.created()) >= ttl) {
                 Some((SessionState::Killed, "its time to live (ttl) expired".into(), false))
             } else if t.state == SessionState::Starting
-                && now.duration_since(t.launched_at.unwrap_or(session.created())) >= d.start_timeout
+                && now
+                    .duration_since(t.launched_at.unwrap_or(session.created()))
+                    .saturating_sub(self.paused_for(session.id, now))
+                    >= d.start_timeout
             {
                 // Counted from its launch: the time it waited in the launch queue is not the
                 // driver's. A queued (`not_started`) session waits for a slot; ttl and DELETE

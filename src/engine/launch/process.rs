@@ -122,6 +122,8 @@ impl ProcessHandle {
         };
         let alive = || self.group_alive() || escaped.iter().any(|p| pid_alive(*p));
         signal_all(Signal::SIGTERM);
+        // A stopped (paused) process only acts on its SIGTERM once it runs again.
+        signal_all(Signal::SIGCONT);
         let deadline = tokio::time::Instant::now() + grace;
         while tokio::time::Instant::now() < deadline && alive() {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1054,3 +1054,37 @@ async fn a_warm_driver_taken_back_after_a_restart_stays_hidden_and_one_never_lau
     until("the warm drivers that cannot come back are forgotten", || m.all().is_empty()).await;
     m.shutdown_all().await;
 }
+
+/// Whether process `pid` is stopped (SIGSTOP).
+fn stopped(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+}
+
+#[tokio::test]
+async fn a_warm_driver_coming_up_pauses_while_a_requests_driver_starts_and_goes_on_when_claimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = warm_manager(dir.path(), &["sessions.warm.max_drivers=1", "sessions.max_concurrent_launches=4"]);
+    let quota = Quota::default();
+    let as_user = |user: &str| SessionSpec { owner: user.into(), effective_user: user.into(), ..spec() };
+    let first = m.create(as_user("alice"), quota, 1).await.unwrap();
+    let _link = bring_up(&first, 1);
+    until("a warm driver starts", || m.warm_drivers().len() == 1).await;
+    let warm = m.warm_drivers().remove(0);
+    let pgid = warm.process().unwrap().pgid;
+    assert!(!stopped(pgid));
+    // Bob's driver starts: the warm one waits.
+    let bobs = m.create(as_user("bob"), quota, 0).await.unwrap();
+    until("the warm driver is paused", || stopped(pgid)).await;
+    // Bob's is up: the warm one goes on.
+    let _bobs_link = bring_up(&bobs, 2);
+    until("the warm driver goes on", || !stopped(pgid)).await;
+    // Paused again for carol's, then claimed by alice while paused: hers goes on at once.
+    let _carols = m.create(as_user("carol"), quota, 0).await.unwrap();
+    until("the warm driver is paused again", || stopped(pgid)).await;
+    let claimed = m.create(as_user("alice"), quota, 1).await.unwrap();
+    assert_eq!(claimed.id, warm.id);
+    assert!(!stopped(pgid), "a claimed driver is a request's: it runs");
+    m.shutdown_all().await;
+    assert!(!std::path::Path::new(&format!("/proc/{pgid}")).exists());
+}
