@@ -8,8 +8,8 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const POLICY: &str = "[create]\nusers = [\"anonymous\", \"alice\", \"bob\"]\n[quotas]\n\
-                      users.alice = { max_concurrent_launches = 10 }\n";
+const POLICY: &str = "[create]\nusers = [\"anonymous\", \"alice\", \"bob\"]\n[admin]\nusers = [\"ops\"]\n\
+                      [quotas]\nusers.alice = { max_concurrent_launches = 10 }\n";
 
 /// One data directory, and the gateway process running on it now.
 pub struct Restartable {
@@ -480,4 +480,51 @@ async fn without_recovery_a_stop_stops_everything_and_a_start_forgets_it() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     gw.kill9();
+}
+
+/// The warm drivers `/metrics` counts in `state`.
+async fn warm_drivers(gw: &Restartable, state: &str) -> usize {
+    let url = format!("{}/metrics", gw.base);
+    let r = https_client(&gw.ca_pem).get(url).bearer_auth(gw.token("ops")).send().await.unwrap();
+    let text = r.text().await.unwrap();
+    let prefix = format!("sparkgate_warm_drivers{{state=\"{state}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+async fn wait_warm(gw: &Restartable, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while warm_drivers(gw, "idle").await != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no warm driver came up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_warm_driver_outlives_a_kill_of_the_gateway_and_is_handed_out_after_the_restart() {
+    let mut gw = Restartable::new(&["sessions.warm.max_drivers=1", "sessions.warm.others=1"]);
+    gw.start();
+    let (status, body) = gw.post("/sessions", json!({"kind": "pyspark"})).await;
+    assert_eq!(status, 201, "{body}");
+    let cold = format!("/sessions/{}", body["id"]);
+    gw.wait_for(&cold, "state", &["idle"], Duration::from_secs(240)).await;
+    let (status, _) = gw.call(reqwest::Method::DELETE, &cold, None, None).await;
+    assert_eq!(status, 200);
+    wait_warm(&gw, Duration::from_secs(240)).await;
+    gw.kill9();
+    gw.start();
+    // Taken back, hidden as before, and up again once its driver dialled back.
+    wait_warm(&gw, Duration::from_secs(120)).await;
+    let (_, listed) = gw.get("/sessions").await;
+    assert_eq!(listed["total"], 0, "{listed}");
+    let (status, claimed) = gw.post("/sessions", json!({"kind": "pyspark"})).await;
+    assert_eq!(status, 201, "{claimed}");
+    assert_eq!(claimed["state"], "idle", "{claimed}");
+    let session = format!("/sessions/{}", claimed["id"]);
+    let (_, st) = gw.post(&format!("{session}/statements"), json!({"code": "1 + 1"})).await;
+    let st = gw
+        .wait_for(&format!("{session}/statements/{}", st["id"]), "state", &["available"], Duration::from_secs(60))
+        .await;
+    assert_eq!(text_of(&st), "2");
+    let (status, _) = gw.call(reqwest::Method::DELETE, &session, None, None).await;
+    assert_eq!(status, 200);
 }
