@@ -826,7 +826,6 @@ async fn sessions_beyond_the_launch_cap_wait_not_started_and_start_in_turn() {
     let m = build(cfg, Some(SparkEnv::for_test(dir.path(), &submit)), "127.0.0.1");
     m.start_background();
     let quota = Quota { max_sessions: Some(3), max_concurrent_launches: Some(1), explicit: true, ..Quota::default() };
-    let as_user = |user: &str| SessionSpec { owner: user.into(), effective_user: user.into(), ..spec() };
     let first = m.create(as_user("alice"), quota, 0).await.unwrap();
     let second = m.create(as_user("alice"), quota, 0).await.unwrap();
     let bobs = m.create(as_user("bob"), quota, 0).await.unwrap();
@@ -880,6 +879,11 @@ async fn a_session_queued_when_the_gateway_stopped_waits_again_and_starts() {
     assert!(!std::path::Path::new(&format!("/proc/{pgid}")).exists());
 }
 
+/// The test spec, created by and acting as `user`.
+fn as_user(user: &str) -> SessionSpec {
+    SessionSpec { owner: user.into(), effective_user: user.into(), ..spec() }
+}
+
 /// Brings session `s` up as if its driver connected and reported idle (the receiver keeps
 /// the fake link open).
 fn bring_up(s: &Session, conn: u64) -> mpsc::UnboundedReceiver<ToDriver> {
@@ -917,7 +921,6 @@ async fn warm_drivers_are_started_for_the_class_asked_for_hidden_and_handed_only
         &["sessions.warm.max_drivers=1", "sessions.max_concurrent_launches=1", "sessions.max_sessions=8"],
     );
     let quota = Quota::default();
-    let as_user = |user: &str| SessionSpec { owner: user.into(), effective_user: user.into(), ..spec() };
     let first = m.create(as_user("alice"), quota, 1).await.unwrap();
     assert_eq!(first.state(), SessionState::Starting);
     // While a request's launch is coming up no warm one starts (the cap is 1).
@@ -977,7 +980,6 @@ async fn a_warm_driver_yields_its_place_to_a_request_and_a_class_nobody_asks_for
         &["sessions.warm.max_drivers=1", "sessions.max_sessions=2", "sessions.warm.idle_evict=\"3s\""],
     );
     let quota = Quota { max_sessions: Some(2), explicit: true, ..Quota::default() };
-    let as_user = |user: &str| SessionSpec { owner: user.into(), effective_user: user.into(), ..spec() };
     let first = m.create(as_user("alice"), quota, 1).await.unwrap();
     let _link = bring_up(&first, 1);
     until("a warm driver starts", || m.warm_drivers().len() == 1).await;
@@ -1066,7 +1068,6 @@ async fn a_warm_driver_coming_up_pauses_while_a_requests_driver_starts_and_goes_
     let dir = tempfile::tempdir().unwrap();
     let m = warm_manager(dir.path(), &["sessions.warm.max_drivers=1", "sessions.max_concurrent_launches=4"]);
     let quota = Quota::default();
-    let as_user = |user: &str| SessionSpec { owner: user.into(), effective_user: user.into(), ..spec() };
     let first = m.create(as_user("alice"), quota, 1).await.unwrap();
     let _link = bring_up(&first, 1);
     until("a warm driver starts", || m.warm_drivers().len() == 1).await;
