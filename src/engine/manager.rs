@@ -181,7 +181,14 @@ pub struct SessionManager {
 struct Paused {
     since: Option<Instant>,
     before: Duration,
+    /// When it last went on.
+    resumed: Option<Instant>,
 }
+
+/// The longest a warm driver is paused at a time, and then at least left to run: well within
+/// the driver channel's ping timeout and reconnect window, so a pause never costs a driver.
+/// (Unit tests use a shorter one, to see it end.)
+const MAX_PAUSE: Duration = Duration::from_secs(if cfg!(test) { 3 } else { 20 });
 
 impl Paused {
     /// Paused in all, until `now`.
@@ -617,8 +624,10 @@ impl SessionManager {
 
     /// Keeps warm launches out of requests' way: while a request's driver is starting, every
     /// warm driver still coming up is paused (SIGSTOP to its process group), so the JVM a user
-    /// waits for has the machine's cores; once none is starting they go on (SIGCONT). A claimed
-    /// one goes on at once. A paused warm driver's start timeout does not count the pause.
+    /// waits for has the machine's cores; once none is starting they go on (SIGCONT), and after
+    /// [`MAX_PAUSE`] they go on for as long again whatever starts. A claimed one goes on at once.
+    /// A paused warm driver's start timeout does not count the pause. What left the group
+    /// (see [`launch::descendants_of_group`]) is paused and continued with it.
     fn pace_warm(&self, all: &[Arc<Session>]) {
         use nix::sys::signal::Signal;
         let starting = |s: &Session| {
@@ -630,18 +639,24 @@ impl SessionManager {
         let mut paused = self.paused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for s in all {
             let warm = s.warm() == Warm::Ready;
-            let pause =
-                warm && request_starting && starting(s) && !self.closing.load(std::sync::atomic::Ordering::Acquire);
             let Some(process) = s.process() else { continue };
             let entry = paused.get(&s.id).copied().unwrap_or_default();
+            let within = |at: Option<Instant>| at.is_some_and(|at| now.duration_since(at) < MAX_PAUSE);
+            let pause = warm
+                && request_starting
+                && starting(s)
+                && !self.closing.load(std::sync::atomic::Ordering::Acquire)
+                && entry.since.is_none_or(|since| now.duration_since(since) < MAX_PAUSE)
+                && !within(entry.resumed);
             match (pause, entry.since) {
                 (true, None) => {
-                    process.signal_group(Signal::SIGSTOP);
+                    Self::signal_launch(&process, Signal::SIGSTOP);
                     paused.insert(s.id, Paused { since: Some(now), ..entry });
                 }
                 (false, Some(since)) => {
-                    process.signal_group(Signal::SIGCONT);
-                    paused.insert(s.id, Paused { since: None, before: entry.before + now.duration_since(since) });
+                    Self::signal_launch(&process, Signal::SIGCONT);
+                    let before = entry.before + now.duration_since(since);
+                    paused.insert(s.id, Paused { since: None, before, resumed: Some(now) });
                 }
                 _ => {}
             }
@@ -650,11 +665,19 @@ impl SessionManager {
             let kept = all.iter().any(|s| s.id == *id && s.warm() == Warm::Ready && s.state().is_live());
             if !kept && p.since.is_some() {
                 if let Some(process) = all.iter().find(|s| s.id == *id).and_then(|s| s.process()) {
-                    process.signal_group(Signal::SIGCONT);
+                    Self::signal_launch(&process, Signal::SIGCONT);
                 }
             }
             kept
         });
+    }
+
+    /// Sends `signal` to a launch's process group and to what left it.
+    fn signal_launch(process: &launch::ProcessHandle, signal: nix::sys::signal::Signal) {
+        process.signal_group(signal);
+        for pid in launch::descendants_of_group(process.pgid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
     }
 
     /// How long warm driver `id`'s start has been paused so far.
@@ -861,7 +884,7 @@ impl SessionManager {
                 self.warm.keep(session.spec());
                 // It may have been paused when the gateway stopped (see `pace_warm`).
                 if let Some(process) = session.process() {
-                    process.signal_group(nix::sys::signal::Signal::SIGCONT);
+                    Self::signal_launch(&process, nix::sys::signal::Signal::SIGCONT);
                 }
             }
         }

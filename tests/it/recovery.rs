@@ -494,7 +494,15 @@ async fn warm_drivers(gw: &Restartable, state: &str) -> usize {
 async fn wait_warm(gw: &Restartable, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     while warm_drivers(gw, "idle").await != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "no warm driver came up");
+        if tokio::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(gw.dir.path().join(format!("gateway-{}.log", gw.starts)));
+            let logs: Vec<String> = walk(&gw.data().join("sessions"))
+                .into_iter()
+                .filter(|p| p.ends_with("session.log"))
+                .map(|p| format!("{}:\n{}", p.display(), std::fs::read_to_string(&p).unwrap_or_default()))
+                .collect();
+            panic!("no warm driver came up\ngateway log: {log:?}\n{}", logs.join("\n"));
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -905,7 +905,7 @@ async fn until(what: &str, check: impl Fn() -> bool) {
 /// A manager whose FAKE spark-submit never brings up a driver (tests bring drivers up by
 /// hand), with warm drivers on, its background tasks running.
 fn warm_manager(dir: &std::path::Path, overrides: &[&str]) -> Arc<SessionManager> {
-    let submit = fake_command(dir, "spark-submit", "exec sleep 60");
+    let submit = fake_command(dir, "spark-submit", "exec sleep 600");
     let mut all = vec!["sessions.shutdown_grace=\"1s\"", "sessions.check_interval=\"100ms\""];
     all.extend(overrides);
     let m = build(config_in(dir, &all), Some(SparkEnv::for_test(dir, &submit)), "127.0.0.1");
@@ -1080,9 +1080,23 @@ async fn a_warm_driver_coming_up_pauses_while_a_requests_driver_starts_and_goes_
     // Bob's is up: the warm one goes on.
     let _bobs_link = bring_up(&bobs, 2);
     until("the warm driver goes on", || !stopped(pgid)).await;
-    // Paused again for carol's, then claimed by alice while paused: hers goes on at once.
-    let _carols = m.create(as_user("carol"), quota, 0).await.unwrap();
+    // Paused again for carol's, but never longer than MAX_PAUSE at a time: it goes on while
+    // hers is still starting, and is left to run as long again.
+    let carols = m.create(as_user("carol"), quota, 0).await.unwrap();
     until("the warm driver is paused again", || stopped(pgid)).await;
+    let paused_at = Instant::now();
+    until("the warm driver goes on after the longest pause", || !stopped(pgid)).await;
+    assert!(paused_at.elapsed() >= MAX_PAUSE - Duration::from_millis(500));
+    assert_eq!(carols.state(), SessionState::Starting);
+    tokio::time::sleep(MAX_PAUSE / 2).await;
+    assert!(!stopped(pgid), "not paused again at once");
+    // Dave's starts after that: paused again, then claimed by alice while paused: hers goes
+    // on at once.
+    let _carols_link = bring_up(&carols, 3);
+    until("the warm driver runs", || !stopped(pgid)).await;
+    tokio::time::sleep(MAX_PAUSE).await;
+    let _daves = m.create(as_user("dave"), quota, 0).await.unwrap();
+    until("the warm driver is paused for dave's", || stopped(pgid)).await;
     let claimed = m.create(as_user("alice"), quota, 1).await.unwrap();
     assert_eq!(claimed.id, warm.id);
     assert!(!stopped(pgid), "a claimed driver is a request's: it runs");
