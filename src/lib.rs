@@ -448,7 +448,7 @@ impl Gateway {
             }
         }
         batches.start_background();
-        let state = api::AppState {
+        let state = api::AppState::new(api::Handles {
             manager: manager.clone(),
             batches: batches.clone(),
             config: config.clone(),
@@ -456,7 +456,7 @@ impl Gateway {
             audit: audit_log.clone(),
             metrics: Arc::new(metrics::Metrics::new()),
             log_streams: Default::default(),
-        };
+        });
         let app = http::stack::build(state, auth_chain);
         let (shutdown, rx) = watch::channel(false);
         let (h1_max_buf, h2_max_header_list) = http::limits::hyper_ceilings(http::stack::head_limits(&config));

@@ -23,9 +23,29 @@ use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
 
-/// What every handler can reach.
+/// What every handler can reach: one shared [`Handles`], so the clone every request makes
+/// of it (axum hands each handler and layer its own) is a single reference count.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Handles>);
+
+impl AppState {
+    /// The state over `handles`.
+    pub fn new(handles: Handles) -> Self {
+        Self(Arc::new(handles))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        &self.0
+    }
+}
+
+/// The engine, configuration, access control, audit trail and metrics of a gateway.
+#[derive(Debug)]
+pub struct Handles {
     /// The session engine.
     pub manager: Arc<SessionManager>,
     /// The batches.

@@ -59,7 +59,7 @@ impl Harness {
             crate::rpc::SecretKey::generate(),
         );
         let acl = crate::acl::AccessManager::load(&policy_dir, None).unwrap();
-        let state = AppState {
+        let state = AppState::new(super::Handles {
             manager,
             batches,
             config: config.clone(),
@@ -67,7 +67,7 @@ impl Harness {
             audit,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             log_streams: Default::default(),
-        };
+        });
         let chain = crate::auth::build_chain(&config).unwrap();
         let app = crate::http::stack::build(state.clone(), chain);
         Self { app, state, config, dir }

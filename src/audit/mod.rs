@@ -99,6 +99,16 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// Whether this record may wait up to [`writer::READ_SYNC`] for its sync: a request that
+    /// was allowed and changed nothing (GET, HEAD, OPTIONS; changes are synced before they are
+    /// answered anyway). Every refusal, error and security event is synced as soon as the
+    /// writer's queue runs dry.
+    pub(crate) fn may_sync_later(&self) -> bool {
+        self.kind == EventKind::Request
+            && self.decision == Decision::Allow
+            && ["GET ", "HEAD ", "OPTIONS "].iter().any(|m| self.action.starts_with(m))
+    }
+
     fn new(kind: EventKind, action: String, decision: Decision) -> Self {
         Self {
             kind,

@@ -1066,3 +1066,39 @@ fn durable_records_are_told_when_they_are_on_disk_in_groups() {
     let report = verify_files(&[path]).unwrap();
     assert!(report.is_intact() && report.records == 200, "{report}");
 }
+
+/// Waits (bounded) until the synced head reaches `seq`.
+fn synced_up_to(log: &AuditLog, seq: u64) -> bool {
+    for _ in 0..200 {
+        if log.synced_head().is_some_and(|h| h.seq >= seq) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    false
+}
+
+#[test]
+fn an_allowed_reads_record_is_synced_within_a_second_and_everything_else_as_the_queue_runs_dry() {
+    let allowed_read = || AuditEvent::request("GET /sessions/{id}", Decision::Allow).status(200);
+    assert!(allowed_read().may_sync_later());
+    for other in [
+        AuditEvent::request("GET /sessions/{id}", Decision::Deny).status(403),
+        AuditEvent::request("GET /sessions/{id}", Decision::Error).status(500),
+        AuditEvent::request("DELETE /sessions/{id}", Decision::Allow).status(200),
+        AuditEvent::request("POST /sessions", Decision::Allow).status(201),
+        AuditEvent::security("driver_authenticated", Decision::Allow),
+    ] {
+        assert!(!other.may_sync_later(), "{other:?}");
+    }
+    let dir = TempDir::new().unwrap();
+    let log = AuditLog::open(&audit_path(&dir), 1 << 20).unwrap();
+    // Reads alone are synced all the same, within READ_SYNC (plus the machine's slowness).
+    log.record(allowed_read());
+    log.record(allowed_read());
+    assert!(synced_up_to(&log, 1), "the reads were synced");
+    // A refusal after reads is synced at once, and the reads before it with it.
+    log.record(allowed_read());
+    log.record(AuditEvent::request("GET /sessions/{id}", Decision::Deny).status(403));
+    assert!(synced_up_to(&log, 3));
+}

@@ -43,6 +43,10 @@ const QUEUE_CAPACITY: usize = 4096;
 /// ([`AuditLog::record_durable`]) waits for the writer's sync while records keep coming.
 const GROUP_COMMIT: Duration = Duration::from_millis(2);
 
+/// The longest a record of an allowed read (see [`AuditEvent::may_sync_later`]) waits for its
+/// sync: a flood of reads costs one sync a second, not one per lull.
+pub(crate) const READ_SYNC: Duration = Duration::from_secs(1);
+
 /// How much of a file's end is read first when looking for its last record; records are
 /// bounded by field clipping to well under this.
 const TAIL_WINDOW: u64 = 64 * 1024;
@@ -433,18 +437,26 @@ impl Writer {
         // Senders waiting for their record to be on disk: when it was queued, whether it was
         // written, who to tell.
         let mut waiting: Vec<(Instant, bool, tokio::sync::oneshot::Sender<bool>)> = Vec::new();
+        // The oldest record written and not synced yet that may wait (an allowed read's).
+        let mut reads_since: Option<Instant> = None;
         loop {
             let command = match commands.try_recv() {
                 Ok(command) => Some(command),
                 Err(TryRecvError::Empty) => {
-                    if unsynced || !waiting.is_empty() {
+                    let reads_due = reads_since.is_some_and(|since| since.elapsed() >= READ_SYNC);
+                    if unsynced || !waiting.is_empty() || reads_due {
                         self.sync_quietly();
                         unsynced = false;
+                        reads_since = None;
                     }
                     self.tell(&mut waiting);
                     // Idle: wait for the next command, or until a window with counted repeats
-                    // ends and its summary is due.
+                    // ends and its summary is due, or the reads' sync is.
                     let due = lock(coalescer).next_due();
+                    let due = match (due, reads_since.map(|since| since + READ_SYNC)) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                     match due {
                         None => match commands.recv() {
                             Ok(command) => Some(command),
@@ -467,7 +479,9 @@ impl Writer {
                 None => {}
                 Some(Command::Record { time, event, durable }) => {
                     let written = self.append(&time, &event, losses);
-                    if written {
+                    if written && durable.is_none() && event.may_sync_later() {
+                        reads_since.get_or_insert_with(Instant::now);
+                    } else if written {
                         unsynced = true;
                     } else {
                         losses.lose();
@@ -480,14 +494,17 @@ impl Writer {
                     self.write_summaries(coalescer, losses, true);
                     let _ = reply.send(self.sync());
                     unsynced = false;
+                    reads_since = None;
                     self.tell(&mut waiting);
                 }
             }
             // Busy: the queue may not run dry for a while; waiting senders get their sync
-            // within the group-commit window all the same.
-            if waiting.first().is_some_and(|(since, _, _)| since.elapsed() >= GROUP_COMMIT) {
+            // within the group-commit window all the same, reads' records within READ_SYNC.
+            let reads_due = reads_since.is_some_and(|since| since.elapsed() >= READ_SYNC);
+            if reads_due || waiting.first().is_some_and(|(since, _, _)| since.elapsed() >= GROUP_COMMIT) {
                 self.sync_quietly();
                 unsynced = false;
+                reads_since = None;
                 self.tell(&mut waiting);
             }
         }
