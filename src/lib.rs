@@ -448,6 +448,8 @@ impl Gateway {
             }
         }
         batches.start_background();
+        let policy = acl.clone();
+        manager.set_quota_source(engine::manager::QuotaSource(Box::new(move |user| policy.quota(user))));
         let state = api::AppState::new(api::Handles {
             manager: manager.clone(),
             batches: batches.clone(),

@@ -171,9 +171,20 @@ pub struct SessionManager {
     warm_starting: std::sync::atomic::AtomicBool,
     /// The gateway is stopping every session: nothing is launched any more.
     closing: std::sync::atomic::AtomicBool,
+    /// Each user's quota as the access policy says now (set once the policy is loaded).
+    quotas: std::sync::OnceLock<QuotaSource>,
     /// Warm drivers coming up, paused (SIGSTOP) while a request's driver starts: by id,
     /// since when and for how long before (see [`SessionManager::pace_warm`]).
     paused: std::sync::Mutex<HashMap<u32, Paused>>,
+}
+
+/// A user's quota as the access policy says now.
+pub struct QuotaSource(pub Box<dyn Fn(&str) -> Quota + Send + Sync>);
+
+impl std::fmt::Debug for QuotaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QuotaSource")
+    }
 }
 
 /// How long a warm driver's start has been paused.
@@ -262,7 +273,19 @@ impl SessionManager {
             warm_starting: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
             paused: std::sync::Mutex::new(HashMap::new()),
+            quotas: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Where warm launches read their user's quota (the live policy; without one, the quota of
+    /// the user's last request).
+    pub fn set_quota_source(&self, quotas: QuotaSource) {
+        let _ = self.quotas.set(quotas);
+    }
+
+    /// `user`'s quota as the live policy says (None before a policy is set).
+    fn quota_now(&self, user: &str) -> Option<Quota> {
+        self.quotas.get().map(|quotas| (quotas.0)(user))
     }
 
     /// The hook a session calls when it changes: its record is written, and the launch queue
@@ -447,23 +470,33 @@ impl SessionManager {
             // Asked for now: the pool refills (in the background, after this launch).
             self.launch_wake.notify_one();
         }
-        if let Some(session) = self.claim_warm(&spec, limits).await? {
+        if let Some(session) = self.claim_warm(&spec, limits, &quota).await? {
             return Ok(session);
         }
         // Refused early (no disk touched) when the name is taken or a cap is reached; checked
-        // again when the session is registered, since another create may have come in between.
+        // again when the session is registered, since another create (or a warm launch) may
+        // have come in between. A warm driver in the way yields its place, at either check.
         let registry = &self.sessions.entries;
         let user = spec.effective_user.clone();
         let admit = || registry.admit(spec.submit.name.as_deref(), &user, &quota);
-        if let Err(refused) = admit() {
-            if !self.yield_warm(&refused, &user) {
-                return Err(refused);
+        let mut attempts = 0;
+        let session = loop {
+            attempts += 1;
+            if let Err(refused) = admit() {
+                if !self.yield_warm(&refused, &user, &quota) {
+                    return Err(refused);
+                }
+                admit()?;
             }
-            admit()?;
-        }
-        let (id, dir) = registry.reserve().await?;
-        let session = self.new_session(id, dir, spec, limits)?;
-        registry.register(session.clone(), &quota).await?;
+            let (id, dir) = registry.reserve().await?;
+            let session = self.new_session(id, dir, spec.clone(), limits)?;
+            match registry.register(session.clone(), &quota).await {
+                Ok(()) => break session,
+                Err(refused) if attempts < 2 && self.yield_warm(&refused, &user, &quota) => continue,
+                Err(refused) => return Err(refused),
+            }
+        };
+        let id = session.id;
         // Started now if the launch caps have room, else `not_started` in the queue.
         let cap = cfg.config.sessions.max_concurrent_launches;
         let user_launches = limits::per_user(quota.max_concurrent_launches, quota.explicit, cap);
@@ -492,8 +525,16 @@ impl SessionManager {
     }
 
     /// A warm driver of `spec`'s class, claimed for it (one whose driver is up first, then one
-    /// still coming up), its claim stored before it is answered; None when there is none.
-    async fn claim_warm(&self, spec: &SessionSpec, limits: SessionLimits) -> Result<Option<Arc<Session>>, EngineError> {
+    /// still coming up), its claim stored before it is answered; None when there is none, or
+    /// when the request would not be admitted under its user's `quota` now (the policy may have
+    /// changed since the warm driver started: the request then takes the ordinary path, which
+    /// refuses it).
+    async fn claim_warm(
+        &self,
+        spec: &SessionSpec,
+        limits: SessionLimits,
+        quota: &Quota,
+    ) -> Result<Option<Arc<Session>>, EngineError> {
         let Some(class) = warm::class_of(spec) else { return Ok(None) };
         let mut candidates: Vec<Arc<Session>> = self
             .all()
@@ -502,6 +543,9 @@ impl SessionManager {
             .collect();
         candidates.sort_by_key(|s| (s.state() != SessionState::Idle, s.id));
         for session in candidates {
+            if self.sessions.entries.admit_instead_of(session.id, &spec.effective_user, quota).is_err() {
+                return Ok(None);
+            }
             if !session.claim(spec.clone(), limits) {
                 continue;
             }
@@ -523,9 +567,10 @@ impl SessionManager {
 
     /// A create refused by `refused` (a cap on live sessions): one warm driver in the way —
     /// of `user` for their own quota, of anyone's for the global cap, the one whose class was
-    /// asked for longest ago first — is stopped at once so the request can be admitted.
-    /// Returns whether one was.
-    fn yield_warm(self: &Arc<Self>, refused: &EngineError, user: &str) -> bool {
+    /// asked for longest ago first, and only one without which the request is admitted under
+    /// `quota` — is taken out of the pool at once (see [`Self::retire_warm`]) so the request
+    /// can be admitted. Returns whether one was.
+    fn yield_warm(self: &Arc<Self>, refused: &EngineError, user: &str, quota: &Quota) -> bool {
         let anyone = match refused {
             EngineError::TooManyLive { .. } => true,
             EngineError::UserQuota { what, .. } if what.starts_with("live") => false,
@@ -538,22 +583,38 @@ impl SessionManager {
             .collect();
         let asked = |s: &Arc<Session>| warm::class_of(s.spec()).and_then(|c| self.warm.demand(&c)).map(|d| d.last);
         warm.sort_by_key(|s| (asked(s), s.id));
-        warm.into_iter().any(|s| self.retire_warm(&s, "it yielded its place to a request"))
+        // Only one whose place would admit the request: none is stopped for a refusal anyway.
+        warm.into_iter().any(|s| {
+            self.sessions.entries.admit_instead_of(s.id, user, quota).is_ok()
+                && self.retire_warm(&s, "it yielded its place to a request")
+        })
     }
 
-    /// Stops warm driver `session` for good: out of the pool and finished at once (it no
-    /// longer counts against any cap), its processes stopped and its record forgotten in the
-    /// background. False when it was claimed first.
+    /// Stops warm driver `session` for good: out of the pool at once (it no longer counts
+    /// against any cap), stopped like any session in the background (a driver that is up is
+    /// asked to shut down, so it does not dial back; one still coming up is killed at once)
+    /// and forgotten. False when it was claimed first.
     fn retire_warm(self: &Arc<Self>, session: &Arc<Session>, why: &str) -> bool {
         if !session.evict() {
             return false;
         }
         tracing::info!(session = session.id, reason = why, "stopping a warm driver");
-        session.request_driver_shutdown();
-        session.finish(SessionState::Killed, &format!("warm driver stopped: {why}"));
-        let (manager, session) = (self.clone(), session.clone());
+        let spec = session.spec();
+        self.audit(
+            AuditEvent::security("warm_driver_stopped", Decision::Info)
+                .principal_name(spec.owner.clone())
+                .effective_user(spec.effective_user.clone())
+                .resource(format!("session:{}", session.id))
+                .reason(why.to_string()),
+        );
+        let (manager, session, reason) = (self.clone(), session.clone(), format!("warm driver stopped: {why}"));
         tokio::spawn(async move {
-            manager.stop(&session, SessionState::Killed, "warm driver stopped").await;
+            if !session.driver_connected() {
+                if let Some(process) = session.process() {
+                    process.kill_group(Duration::from_secs(1)).await;
+                }
+            }
+            manager.stop(&session, SessionState::Killed, &reason).await;
             manager.forget(session.id).await;
         });
         true
@@ -585,7 +646,12 @@ impl SessionManager {
         if warm.is_empty() && cfg.warm.max_drivers == 0 {
             return;
         }
-        let plan = self.warm.plan(&cfg.warm, self.config.durations.warm_idle_evict, &warm);
+        let has_room = |d: &warm::Demand| {
+            let user = &d.template.effective_user;
+            let quota = self.quota_now(user).unwrap_or(d.quota);
+            self.sessions.entries.admit(None, user, &quota).is_ok()
+        };
+        let plan = self.warm.plan(&cfg.warm, self.config.durations.warm_idle_evict, &warm, &has_room);
         for id in plan.evict {
             if let Some(s) = all.iter().find(|s| s.id == id) {
                 self.retire_warm(s, "nobody asked for its conf class lately");
@@ -613,10 +679,22 @@ impl SessionManager {
             return;
         }
         let manager = self.clone();
+        let quota = self.quota_now(&demand.template.effective_user).unwrap_or(demand.quota);
         tokio::spawn(async move {
-            if let Err(e) = manager.start_warm(demand.template, demand.quota).await {
-                tracing::warn!(error = %e, "a warm driver could not be started");
-                manager.warm.failed(&class);
+            match manager.start_warm(demand.template, quota).await {
+                Ok(()) => {}
+                // No room after all (another request came first): tried again when there is.
+                Err(
+                    e @ (EngineError::UserQuota { .. }
+                    | EngineError::TooManyLive { .. }
+                    | EngineError::QuotaZero { .. }),
+                ) => {
+                    tracing::debug!(error = %e, "no room for a warm driver");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a warm driver could not be started");
+                    manager.warm.failed(&class);
+                }
             }
             manager.warm_starting.store(false, std::sync::atomic::Ordering::Release);
         });
@@ -842,6 +920,10 @@ impl SessionManager {
             idle_timeout: record.idle_timeout.clone(),
         };
         let limits = self.limits_for(&spec).map_err(|e| e.to_string())?;
+        if record.warm && !record.state.is_terminal() {
+            // Known before the pool can see it: it is kept, not evicted as a class nobody asked for.
+            self.warm.keep(&spec);
+        }
         let nonce = record::decode_nonce(record.secret_nonce.as_deref(), "secret nonce")?;
         let secret = match &nonce {
             Some(nonce) => self.sessions.key.derive(record.id, nonce),
@@ -881,7 +963,6 @@ impl SessionManager {
         if !record.state.is_terminal() {
             self.take_back(&session, &record);
             if record.warm {
-                self.warm.keep(session.spec());
                 // It may have been paused when the gateway stopped (see `pace_warm`).
                 if let Some(process) = session.process() {
                     Self::signal_launch(&process, nix::sys::signal::Signal::SIGCONT);

@@ -66,6 +66,11 @@ pub trait Entry: Send + Sync + 'static {
     fn effective_user(&self) -> &str;
     /// Its state now.
     fn state(&self) -> SessionState;
+    /// Whether it counts against the caps and quotas now (live, unless it is on its way out
+    /// without anyone's work in it: an evicted warm driver).
+    fn counted(&self) -> bool {
+        self.state().is_live()
+    }
     /// When it finished, if it has.
     fn finished_at(&self) -> Option<Instant>;
     /// Its own directory (removed when it is forgotten).
@@ -185,10 +190,23 @@ impl<R: Entry> Registry<R> {
     /// count against the user's quota), the caps and quotas not reached. Checked before
     /// anything is written, and again when the entry is registered.
     pub fn admit(&self, name: Option<&str>, user: &str, quota: &Quota) -> Result<(), EngineError> {
-        self.admit_in(&self.lock(), name, user, quota)
+        self.admit_in(&self.lock(), name, user, quota, None)
     }
 
-    fn admit_in(&self, live: &Live<R>, name: Option<&str>, user: &str, quota: &Quota) -> Result<(), EngineError> {
+    /// Whether `user` would be admitted under `quota` now were entry `except` not there (a
+    /// warm driver about to become the request's own session).
+    pub fn admit_instead_of(&self, except: u32, user: &str, quota: &Quota) -> Result<(), EngineError> {
+        self.admit_in(&self.lock(), None, user, quota, Some(except))
+    }
+
+    fn admit_in(
+        &self,
+        live: &Live<R>,
+        name: Option<&str>,
+        user: &str,
+        quota: &Quota,
+        except: Option<u32>,
+    ) -> Result<(), EngineError> {
         if let Some(name) = name {
             let limit = quota.max_name_conflicts.unwrap_or(names::DEFAULT_MAX_NAME_CONFLICTS);
             self.name_conflicts.check(user, limit)?;
@@ -197,9 +215,9 @@ impl<R: Entry> Registry<R> {
                 return Err(EngineError::DuplicateName(R::KIND.as_str()));
             }
         }
-        let counts = limits::Counts::of(live.by_id.values().map(|entry| {
+        let counts = limits::Counts::of(live.by_id.values().filter(|entry| Some(entry.id()) != except).map(|entry| {
             let state = entry.state();
-            (state.is_live(), state.is_launching(), entry.effective_user() == user)
+            (entry.counted(), state.is_launching(), entry.effective_user() == user)
         }));
         limits::admit(counts, self.caps, quota, user)
     }
@@ -244,7 +262,7 @@ impl<R: Entry> Registry<R> {
         };
         let admitted = {
             let mut live = self.lock();
-            let admitted = self.admit_in(&live, entry.name(), entry.effective_user(), quota);
+            let admitted = self.admit_in(&live, entry.name(), entry.effective_user(), quota, None);
             if admitted.is_ok() {
                 if let Some(name) = entry.name() {
                     live.by_name.insert(name.to_string(), id);

@@ -1181,6 +1181,11 @@ impl super::registry::Entry for Session {
         Session::state(self)
     }
 
+    fn counted(&self) -> bool {
+        let inner = self.lock();
+        inner.state.is_live() && inner.warm != Warm::Evicted
+    }
+
     fn finished_at(&self) -> Option<Instant> {
         self.lock().finished_at
     }

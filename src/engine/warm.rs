@@ -66,7 +66,8 @@ pub struct Demand {
     pub size: usize,
     /// When it was last asked for.
     pub last: Instant,
-    /// A warm launch of it failed since it was last asked for: none is tried again until then.
+    /// A warm launch of it failed (its driver did not come up) since it was last asked for:
+    /// none is tried again until then.
     pub failed: bool,
 }
 
@@ -160,20 +161,29 @@ impl Pools {
         self.lock().get(class).cloned()
     }
 
-    /// What to do given the warm drivers now (`warm`: those not yet claimed, live).
-    pub fn plan(&self, config: &WarmConfig, idle_evict: Duration, warm: &[WarmDriver]) -> Plan {
-        plan(&self.lock(), config, idle_evict, warm, Instant::now())
+    /// What to do given the warm drivers now (`warm`: those not yet claimed, live);
+    /// `has_room`: whether a class's user has room for one more under their quota and the caps.
+    pub fn plan(
+        &self,
+        config: &WarmConfig,
+        idle_evict: Duration,
+        warm: &[WarmDriver],
+        has_room: &dyn Fn(&Demand) -> bool,
+    ) -> Plan {
+        plan(&self.lock(), config, idle_evict, warm, has_room, Instant::now())
     }
 }
 
 /// See [`Pools::plan`]. Evicts the warm drivers of classes not asked for within `idle_evict`.
 /// Starts one driver at a time (never a second while one is coming up), within
-/// `max_drivers`: of the class furthest below its size, the one asked for most recently first.
+/// `max_drivers`: of the classes whose user has room, the one furthest below its size, the one
+/// asked for most recently first.
 pub fn plan(
     demand: &HashMap<String, Demand>,
     config: &WarmConfig,
     idle_evict: Duration,
     warm: &[WarmDriver],
+    has_room: &dyn Fn(&Demand) -> bool,
     now: Instant,
 ) -> Plan {
     let fresh = |class: &str| demand.get(class).filter(|d| now.duration_since(d.last) < idle_evict);
@@ -185,7 +195,7 @@ pub fn plan(
     } else {
         demand
             .iter()
-            .filter(|(class, d)| !d.failed && fresh(class).is_some())
+            .filter(|(class, d)| !d.failed && fresh(class).is_some() && has_room(d))
             .filter_map(|(class, d)| {
                 let have = warm.iter().filter(|w| &w.class == class).count();
                 (have < d.size).then_some((have, d.last, class))

@@ -988,7 +988,7 @@ async fn a_warm_driver_yields_its_place_to_a_request_and_a_class_nobody_asks_for
     // The two places are taken (alice's session and the warm driver): carol still gets one.
     let carols = m.create(as_user("carol"), quota, 0).await.unwrap();
     assert_eq!(carols.state(), SessionState::Starting);
-    assert_eq!(warm.state(), SessionState::Killed);
+    assert_eq!(warm.warm(), Warm::Evicted, "out of the pool at once, stopped in the background");
     until("the warm driver's processes are gone and it is forgotten", || {
         !std::path::Path::new(&format!("/proc/{pgid}")).exists() && m.sessions.entries.by_id(warm.id).is_none()
     })
@@ -1028,10 +1028,21 @@ async fn a_warm_driver_counts_against_its_users_quota_and_yields_to_their_own_re
     let other = SessionSpec { kind: SessionKind::Sql, ..alice.clone() };
     let sql = m.create(other, quota, 0).await.unwrap();
     assert_ne!(sql.id, warm.id);
-    assert_eq!(warm.state(), SessionState::Killed);
+    assert_eq!(warm.warm(), Warm::Evicted);
+    until("the yielded warm driver is stopped and forgotten", || m.sessions.entries.by_id(warm.id).is_none()).await;
     // Beyond her quota without a warm driver in the way: refused as before.
-    let refused = m.create(alice, quota, 0).await.unwrap_err();
+    let refused = m.create(alice.clone(), quota, 0).await.unwrap_err();
     assert!(matches!(refused, EngineError::UserQuota { .. }), "{refused}");
+    // Her quota lowered while a warm driver of hers is up: a request of its class does not
+    // get it (it would be over the new quota), and the driver is not stopped for nothing.
+    m.delete(&sql, "alice").await;
+    let _first_link = bring_up(&first, 3);
+    until("a warm driver starts again", || m.warm_drivers().iter().any(|s| s.warm() == Warm::Ready)).await;
+    let again = m.warm_drivers().into_iter().find(|s| s.warm() == Warm::Ready).unwrap();
+    let lowered = Quota { max_sessions: Some(1), explicit: true, ..Quota::default() };
+    let refused = m.create(alice, lowered, 0).await.unwrap_err();
+    assert!(matches!(refused, EngineError::UserQuota { .. }), "{refused}");
+    assert_eq!(again.warm(), Warm::Ready, "not claimed, not stopped");
     m.shutdown_all().await;
 }
 

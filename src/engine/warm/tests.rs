@@ -100,24 +100,27 @@ fn the_plan_refills_one_at_a_time_within_the_cap_and_evicts_what_nobody_asks_for
     d.insert("old".to_string(), demand(1, Duration::from_secs(601), now));
     let c = config(3);
     // Nothing warm: the most recently asked-for class of those with fewest warm first.
-    assert_eq!(plan(&d, &c, evict_after, &[], now), Plan { evict: vec![], launch: Some("b".into()) });
+    assert_eq!(plan(&d, &c, evict_after, &[], &|_| true, now), Plan { evict: vec![], launch: Some("b".into()) });
     // One of b ready: a has none, so a.
     let ready_b = warm(1, "b", SessionState::Idle);
-    assert_eq!(plan(&d, &c, evict_after, std::slice::from_ref(&ready_b), now).launch.as_deref(), Some("a"));
+    assert_eq!(plan(&d, &c, evict_after, std::slice::from_ref(&ready_b), &|_| true, now).launch.as_deref(), Some("a"));
     // Never two coming up at once.
     let starting_a = warm(2, "a", SessionState::Starting);
-    assert_eq!(plan(&d, &c, evict_after, &[ready_b.clone(), starting_a], now).launch, None);
+    assert_eq!(plan(&d, &c, evict_after, &[ready_b.clone(), starting_a], &|_| true, now).launch, None);
     // b is full, a is one short.
     let ready_a = warm(2, "a", SessionState::Idle);
-    assert_eq!(plan(&d, &c, evict_after, &[ready_b.clone(), ready_a.clone()], now).launch.as_deref(), Some("a"));
+    assert_eq!(
+        plan(&d, &c, evict_after, &[ready_b.clone(), ready_a.clone()], &|_| true, now).launch.as_deref(),
+        Some("a")
+    );
     // The cap, for everyone together.
     let ready_a2 = warm(3, "a", SessionState::Idle);
     let full = [ready_b.clone(), ready_a.clone(), ready_a2];
-    assert_eq!(plan(&d, &c, evict_after, &full, now), Plan::default());
+    assert_eq!(plan(&d, &c, evict_after, &full, &|_| true, now), Plan::default());
     // A class not asked for within idle_evict (or forgotten) loses its warm drivers, and is
     // not refilled.
     let stale = [warm(7, "old", SessionState::Idle), warm(8, "gone", SessionState::Starting), ready_b];
-    let p = plan(&d, &c, evict_after, &stale, now);
+    let p = plan(&d, &c, evict_after, &stale, &|_| true, now);
     assert_eq!(p.evict, vec![7, 8]);
     assert_eq!(p.launch, None, "one is still coming up (the evicted one until it is stopped)");
 }
@@ -127,7 +130,7 @@ fn a_class_whose_warm_launch_failed_waits_for_its_next_request() {
     let now = Instant::now() + Duration::from_secs(60);
     let mut d = HashMap::new();
     d.insert("a".to_string(), Demand { failed: true, ..demand(1, Duration::from_secs(1), now) });
-    assert_eq!(plan(&d, &config(4), Duration::from_secs(600), &[], now).launch, None);
+    assert_eq!(plan(&d, &config(4), Duration::from_secs(600), &[], &|_| true, now).launch, None);
     let pools = Pools::default();
     let c = config(4);
     assert!(pools.note(&c, &spec("alice"), Quota::default(), 1));
@@ -150,4 +153,18 @@ fn what_cannot_be_warm_is_not_noted_and_the_classes_remembered_are_bounded() {
     }
     assert_eq!(pools.lock().len(), 64);
     assert!(pools.demand(&class_of(&spec("user99")).unwrap()).is_some(), "the most recent are kept");
+}
+
+#[test]
+fn a_class_whose_user_has_no_room_waits_and_does_not_hold_back_the_others() {
+    let now = Instant::now() + Duration::from_secs(60);
+    let mut d = HashMap::new();
+    d.insert("full".to_string(), Demand { template: spec("alice"), ..demand(1, Duration::from_secs(1), now) });
+    d.insert("roomy".to_string(), Demand { template: spec("bob"), ..demand(1, Duration::from_secs(9), now) });
+    let room = |d: &Demand| d.template.owner != "alice";
+    let p = plan(&d, &config(4), Duration::from_secs(600), &[], &room, now);
+    assert_eq!(p.launch.as_deref(), Some("roomy"), "alice's is asked for more recently, but she is full");
+    d.remove("roomy");
+    assert_eq!(plan(&d, &config(4), Duration::from_secs(600), &[], &room, now).launch, None);
+    assert!(!d["full"].failed, "no room is not a failure: tried again when there is");
 }
