@@ -630,6 +630,11 @@ impl SessionManager {
             return;
         }
         let all = self.all();
+        // Warm drivers off and none left from before: nothing to pace, plan or evict (this runs
+        // at every session change).
+        if cfg.warm.max_drivers == 0 && all.iter().all(|s| s.warm() == Warm::No) {
+            return;
+        }
         self.pace_warm(&all);
         let warm: Vec<WarmDriver> = all
             .iter()
@@ -643,9 +648,6 @@ impl SessionManager {
                 })
             })
             .collect();
-        if warm.is_empty() && cfg.warm.max_drivers == 0 {
-            return;
-        }
         let has_room = |d: &warm::Demand| {
             let user = &d.template.effective_user;
             let quota = self.quota_now(user).unwrap_or(d.quota);
