@@ -6,6 +6,12 @@ use clap::{Parser, Subcommand};
 use sparkgate::config::{self, Sources};
 use std::path::PathBuf;
 
+/// mimalloc instead of glibc's malloc: the request path allocates and frees many small
+/// objects across two worker threads, where glibc's arenas spent a fifth of the CPU
+/// (bench/README.md, "Throughput").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "sparkgate", version, about = "A security-first, Livy-compatible REST gateway for Apache Spark")]
 struct Cli {
