@@ -28,10 +28,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 use std::time::Instant;
 use std::time::{Duration, SystemTime};
 
@@ -46,6 +46,12 @@ const GROUP_COMMIT: Duration = Duration::from_millis(2);
 /// The longest a record of an allowed read (see [`AuditEvent::may_sync_later`]) waits for its
 /// sync: a flood of reads costs one sync a second, not one per lull.
 pub(crate) const READ_SYNC: Duration = Duration::from_secs(1);
+
+/// How long the writer, having just drained its queue, naps before it looks again. During a
+/// nap only records that someone waits for (or that are synced as the queue runs dry) wake it:
+/// under a flood of allowed reads the writer takes them in batches every few milliseconds
+/// instead of being woken — a futex call and a context switch — once per request.
+const NAP: Duration = Duration::from_millis(2);
 
 /// How much of a file's end is read first when looking for its last record; records are
 /// bounded by field clipping to well under this.
@@ -104,6 +110,8 @@ pub struct AuditLog {
     queue: Option<SyncSender<Command>>,
     /// `None` only while dropping.
     thread: Option<JoinHandle<()>>,
+    /// Wakes the writer from a nap for a record that must not wait.
+    doorbell: Arc<Doorbell>,
     losses: Arc<Losses>,
     /// Security events recorded since the log was opened, by (event, decision), for metrics.
     /// The event names are the gateway's own constants, so the map stays small.
@@ -163,6 +171,39 @@ impl Losses {
     fn lose(&self) -> u64 {
         self.total.fetch_add(1, Ordering::Relaxed);
         self.unreported.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Whether the writer is napping (see [`NAP`]), and how to wake it.
+#[derive(Debug, Default)]
+struct Doorbell {
+    napping: AtomicBool,
+    writer: std::sync::OnceLock<Thread>,
+}
+
+impl Doorbell {
+    /// Called after a command was queued. The fences pair with [`Doorbell::nap`]'s: either the
+    /// writer's last look at the queue saw the command, or this sees it napping and wakes it.
+    fn ring(&self) {
+        fence(Ordering::SeqCst);
+        if self.napping.load(Ordering::Relaxed) {
+            if let Some(writer) = self.writer.get() {
+                writer.unpark();
+            }
+        }
+    }
+
+    /// The writer's nap: `look` at the queue once more after announcing the nap, and sleep
+    /// only if it had nothing.
+    fn nap<T>(&self, look: impl FnOnce() -> Option<T>) -> Option<T> {
+        self.napping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let found = look();
+        if found.is_none() {
+            std::thread::park_timeout(NAP);
+        }
+        self.napping.store(false, Ordering::Relaxed);
+        found
     }
 }
 
@@ -232,18 +273,22 @@ impl AuditLog {
         let losses = Arc::new(Losses::default());
         let coalescer = Arc::new(Mutex::new(Coalescer::new(options.repeat_window)));
         let (queue, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let doorbell = Arc::new(Doorbell::default());
         let thread = std::thread::Builder::new()
             .name("sparkgate-audit".into())
             .spawn({
                 let losses = losses.clone();
                 let coalescer = coalescer.clone();
-                move || writer.run(&receiver, &losses, &coalescer)
+                let doorbell = doorbell.clone();
+                move || writer.run(&receiver, &doorbell, &losses, &coalescer)
             })
             .map_err(io_at(path))?;
+        let _ = doorbell.writer.set(thread.thread().clone());
         Ok(Arc::new(Self {
             path: path.to_path_buf(),
             queue: Some(queue),
             thread: Some(thread),
+            doorbell,
             losses,
             security_counts: Mutex::default(),
             coalescer,
@@ -313,10 +358,17 @@ impl AuditLog {
     }
 
     fn enqueue_command(&self, event: AuditEvent, durable: Option<tokio::sync::oneshot::Sender<bool>>) {
+        // A record nobody waits for whose sync may wait does not wake a napping writer.
+        let urgent = durable.is_some() || !event.may_sync_later();
         let command = Command::Record { time: now_rfc3339_ms(), event: Box::new(event), durable };
         let refused = match &self.queue {
             Some(queue) => match queue.try_send(command) {
-                Ok(()) => None,
+                Ok(()) => {
+                    if urgent {
+                        self.doorbell.ring();
+                    }
+                    None
+                }
                 Err(TrySendError::Full(command) | TrySendError::Disconnected(command)) => Some(command),
             },
             None => Some(command),
@@ -338,6 +390,7 @@ impl AuditLog {
         let queue = self.queue.as_ref().ok_or(AuditError::WriterStopped)?;
         let (reply, answer) = mpsc::channel();
         queue.send(Command::Flush(reply)).map_err(|_| AuditError::WriterStopped)?;
+        self.doorbell.ring();
         answer.recv().map_err(|_| AuditError::WriterStopped)?
     }
 
@@ -373,6 +426,7 @@ impl Drop for AuditLog {
         // joining guarantees that every record is on disk and nobody else writes to the file
         // once the log is gone, so the same file can be opened again (a restart, a test).
         drop(self.queue.take());
+        self.doorbell.ring();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -429,7 +483,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, commands: &Receiver<Command>, losses: &Losses, coalescer: &Mutex<Coalescer>) {
+    fn run(mut self, commands: &Receiver<Command>, doorbell: &Doorbell, losses: &Losses, coalescer: &Mutex<Coalescer>) {
         // Written but not yet synced. Syncing whenever the queue runs dry makes every burst
         // durable as soon as it ends, without an fsync per record while busy (the records that
         // queue up during one sync are written together and covered by the next).
@@ -439,9 +493,30 @@ impl Writer {
         let mut waiting: Vec<(Instant, bool, tokio::sync::oneshot::Sender<bool>)> = Vec::new();
         // The oldest record written and not synced yet that may wait (an allowed read's).
         let mut reads_since: Option<Instant> = None;
+        // Whether a command came since the last nap: a writer that is kept busy naps when its
+        // queue runs dry, one that napped in vain waits to be woken.
+        let mut busy = false;
         loop {
             let command = match commands.try_recv() {
                 Ok(command) => Some(command),
+                Err(TryRecvError::Empty) if busy => {
+                    busy = false;
+                    let reads_due = reads_since.is_some_and(|since| since.elapsed() >= READ_SYNC);
+                    if unsynced || !waiting.is_empty() || reads_due {
+                        self.sync_quietly();
+                        unsynced = false;
+                        reads_since = None;
+                    }
+                    self.tell(&mut waiting);
+                    match doorbell.nap(|| match commands.try_recv() {
+                        Err(TryRecvError::Empty) => None,
+                        other => Some(other),
+                    }) {
+                        None => None,
+                        Some(Ok(command)) => Some(command),
+                        Some(Err(_)) => break,
+                    }
+                }
                 Err(TryRecvError::Empty) => {
                     let reads_due = reads_since.is_some_and(|since| since.elapsed() >= READ_SYNC);
                     if unsynced || !waiting.is_empty() || reads_due {
@@ -471,6 +546,7 @@ impl Writer {
                 }
                 Err(TryRecvError::Disconnected) => break,
             };
+            busy |= command.is_some();
             unsynced |= self.report_losses(losses);
             // Summaries go before the command: they count events older than it, and one that
             // a new occurrence closed must precede that occurrence's full record.
