@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 /// mimalloc instead of glibc's malloc: the request path allocates and frees many small
 /// objects across two worker threads, where glibc's arenas spent a fifth of the CPU
-/// (bench/README.md, "Throughput").
+/// (bench/README.md, "Throughput"). Built without transparent huge pages (`no_thp`): with
+/// them an idle gateway's RSS grew from 17 to 27 MiB for no speed.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
