@@ -11,7 +11,8 @@ VENV="${SPARKGATE_VENV:-$here/.venv}"
 need_pkgs=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for p in pkg-config libclang-dev libkrb5-dev krb5-kdc krb5-admin-server krb5-user \
-         python3-venv procps ca-certificates curl bubblewrap acl gcc; do
+         python3-venv procps ca-certificates curl bubblewrap acl gcc \
+         slapd ldap-utils; do
   have "$p" || need_pkgs+=("$p")
 done
 if ! command -v java >/dev/null 2>&1 || ! java -version 2>&1 | grep -q '"17\|"2[0-9]'; then

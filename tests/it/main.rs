@@ -5,6 +5,7 @@
 
 mod cluster;
 mod kdc;
+mod ldap_dir;
 mod support;
 
 mod api;
