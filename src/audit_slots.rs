@@ -70,6 +70,14 @@ pub enum AuthRecord {
     Principal(Principal),
     /// Refused, with the reason.
     Refused(String),
+    /// A password login as `user` failed: recorded in full under that name (never coalesced
+    /// like other unauthenticated refusals; the login throttle bounds how many there are).
+    LoginFailed {
+        /// The user name tried.
+        user: String,
+        /// Why, without any secret.
+        reason: String,
+    },
 }
 
 /// A value that a layer inside the router writes for layers outside it (audit, metrics): a

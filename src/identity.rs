@@ -18,6 +18,10 @@ pub enum AuthMethod {
     SpnegoCookie,
     /// A client certificate.
     ClientCert,
+    /// A user name and password checked against the LDAP directory.
+    Ldap,
+    /// The signed cookie issued after an LDAP login.
+    LdapCookie,
     /// `auth.dangerous_allow_anonymous`: nobody proved anything.
     DangerousAnonymous,
 }
@@ -30,6 +34,8 @@ impl AuthMethod {
             Self::Spnego => "spnego",
             Self::SpnegoCookie => "spnego-cookie",
             Self::ClientCert => "client-cert",
+            Self::Ldap => "ldap",
+            Self::LdapCookie => "ldap-cookie",
             Self::DangerousAnonymous => "dangerous-anonymous",
         }
     }

@@ -57,7 +57,8 @@ pub async fn audit_requests(State(log): State<Arc<AuditLog>>, mut request: Reque
     // The response's record, else the slot's: a 408 or a panic's 500 is made outside the auth
     // layer and carries none, though authentication did happen.
     let record = response.extensions().get::<AuthRecord>().or_else(|| auth.get());
-    let anonymous = !matches!(record, Some(AuthRecord::Principal(_)));
+    // A failed password login names the user it tried: recorded in full, one by one.
+    let anonymous = !matches!(record, Some(AuthRecord::Principal(_) | AuthRecord::LoginFailed { .. }));
     if let Some(record) = record {
         event = authenticated(event, record);
     }
@@ -137,6 +138,9 @@ fn authenticated(event: AuditEvent, record: &AuthRecord) -> AuditEvent {
     match record {
         AuthRecord::Principal(principal) => event.principal(principal),
         AuthRecord::Refused(reason) => event.decision(Decision::Deny).reason(reason.as_str()),
+        AuthRecord::LoginFailed { user, reason } => {
+            event.principal_name(user.as_str()).decision(Decision::Deny).reason(reason.as_str())
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! The signed authentication cookie issued after a successful SPNEGO handshake (like Hadoop's
-//! `hadoop.auth`), so a client does not redo Kerberos on every request.
+//! `hadoop.auth`) or LDAP login, so a client does not redo Kerberos, or the directory bind, on
+//! every request.
 //!
 //! `sparkgate_auth=<payload>.<mac>`: `payload` is base64url (no padding) of a small JSON object
-//! (user, groups, expiry in Unix seconds) and `mac` is base64url of HMAC-SHA256 over
+//! (user, groups, how the user logged in, expiry in Unix seconds) and `mac` is base64url of HMAC-SHA256 over
 //! `"sparkgate_auth.v1." + payload`, keyed with 32 random bytes drawn from the OS when the
 //! gateway process starts. The key lives only in memory, so cookies do not survive a restart
 //! and are not accepted by another gateway instance: such clients simply redo SPNEGO (the 401
@@ -62,6 +63,8 @@ struct Payload {
     u: String,
     /// Groups.
     g: Vec<String>,
+    /// How the user logged in: `spnego` or `ldap`.
+    m: String,
     /// Expiry, Unix seconds.
     e: u64,
 }
@@ -91,6 +94,12 @@ impl CookieSigner {
         Self { key, ttl }
     }
 
+    /// A signer with the same key and another lifetime (one key per process, one lifetime per
+    /// method that issues cookies).
+    pub fn with_ttl(&self, ttl: Duration) -> Self {
+        Self { key: self.key, ttl }
+    }
+
     /// The cookie lifetime.
     pub fn ttl(&self) -> Duration {
         self.ttl
@@ -108,8 +117,13 @@ impl CookieSigner {
     pub fn sign(&self, principal: &Principal, now: SystemTime) -> Result<String, CookieError> {
         let expiry = now.checked_add(self.ttl).ok_or(CookieError::Encode)?;
         let e = expiry.duration_since(UNIX_EPOCH).map_err(|_| CookieError::Encode)?.as_secs();
-        let json = serde_json::to_vec(&Payload { u: principal.name.clone(), g: principal.groups.clone(), e })
-            .map_err(|_| CookieError::Encode)?;
+        let m = match principal.method {
+            AuthMethod::Ldap | AuthMethod::LdapCookie => "ldap",
+            _ => "spnego",
+        };
+        let json =
+            serde_json::to_vec(&Payload { u: principal.name.clone(), g: principal.groups.clone(), m: m.into(), e })
+                .map_err(|_| CookieError::Encode)?;
         let payload = URL_SAFE_NO_PAD.encode(json);
         let mut mac = self.mac(CookieError::Encode)?;
         mac.update(payload.as_bytes());
@@ -128,7 +142,7 @@ impl CookieSigner {
         .map_err(|_| CookieError::Encode)
     }
 
-    /// Checks a cookie value and returns its principal (method `SpnegoCookie`).
+    /// Checks a cookie value and returns its principal (method `SpnegoCookie` or `LdapCookie`).
     pub fn verify(&self, value: &str, now: SystemTime) -> Result<Principal, CookieError> {
         if value.len() > MAX_COOKIE_LEN {
             return Err(CookieError::Malformed);
@@ -145,7 +159,12 @@ impl CookieSigner {
         if now_secs >= payload.e {
             return Err(CookieError::Expired);
         }
-        Ok(Principal { name: payload.u, groups: payload.g, method: AuthMethod::SpnegoCookie })
+        let method = match payload.m.as_str() {
+            "spnego" => AuthMethod::SpnegoCookie,
+            "ldap" => AuthMethod::LdapCookie,
+            _ => return Err(CookieError::Malformed),
+        };
+        Ok(Principal { name: payload.u, groups: payload.g, method })
     }
 }
 
@@ -163,18 +182,20 @@ fn cookie_values(parts: &Parts) -> Vec<&str> {
         .collect()
 }
 
-/// Whether the request carries an `Authorization: Negotiate …` header.
-fn has_negotiate(parts: &Parts) -> bool {
+/// Whether the request carries fresh credentials that log in again: `Authorization: Negotiate …`
+/// or `Authorization: Basic …`.
+fn has_fresh_credentials(parts: &Parts) -> bool {
     parts.headers.get_all(AUTHORIZATION).iter().any(|v| {
         v.to_str()
             .ok()
             .and_then(|v| v.split_whitespace().next())
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("negotiate"))
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("negotiate") || scheme.eq_ignore_ascii_case("basic"))
     })
 }
 
-/// Accepts the cookie on later requests ([`AuthMethod::SpnegoCookie`]). It sits right before
-/// the SPNEGO authenticator in the chain.
+/// Accepts the cookie on later requests ([`AuthMethod::SpnegoCookie`],
+/// [`AuthMethod::LdapCookie`]). It sits right before the first method that issues cookies in
+/// the chain.
 #[derive(Debug)]
 pub struct CookieAuthenticator {
     signer: Arc<CookieSigner>,
@@ -192,9 +213,10 @@ impl CookieAuthenticator {
         if values.is_empty() {
             return AuthOutcome::NotApplicable;
         }
-        // A fresh Negotiate handshake is the stronger proof and replaces the cookie (as
-        // Hadoop's filter does): an expired or foreign cookie must not block re-authentication.
-        if has_negotiate(parts) {
+        // A fresh Negotiate handshake or Basic login is the stronger proof and replaces the
+        // cookie (as Hadoop's filter does): an expired or foreign cookie must not block
+        // re-authentication, and a cookie never overrides the user the credentials name.
+        if has_fresh_credentials(parts) {
             return AuthOutcome::NotApplicable;
         }
         let mut last_error = CookieError::Malformed;
@@ -210,7 +232,8 @@ impl CookieAuthenticator {
 
 impl Authenticator for CookieAuthenticator {
     fn challenge(&self) -> Option<String> {
-        // The cookie is obtained through SPNEGO, whose authenticator sends the challenge.
+        // The cookie is obtained through SPNEGO or an LDAP login, whose authenticators send
+        // the challenges.
         None
     }
 

@@ -4,6 +4,7 @@
 
 pub mod cookie;
 pub mod jwt;
+pub mod ldap;
 pub mod mtls;
 pub mod spnego;
 
@@ -16,7 +17,25 @@ use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+
+/// An outcome that needs a round trip to someone else (the LDAP directory) first.
+pub struct Pending(Pin<Box<dyn Future<Output = AuthOutcome> + Send>>);
+
+impl Pending {
+    /// The outcome `future` will give.
+    pub fn new(future: impl Future<Output = AuthOutcome> + Send + 'static) -> Self {
+        Self(Box::pin(future))
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pending")
+    }
+}
 
 /// What one authenticator says about a request.
 #[derive(Debug)]
@@ -35,6 +54,19 @@ pub enum AuthOutcome {
     Rejected(String),
     /// The scheme needs another round trip: answer 401 with exactly this challenge.
     Continue(String),
+    /// Decided once the future is done (it never gives `Pending` again).
+    Pending(Pending),
+    /// A password login as `user` failed: refused like `Rejected` (the same answer whether or
+    /// not the user exists), and recorded in the audit trail under the name tried.
+    LoginFailed {
+        /// The user name presented (valid by [`crate::identity::valid_user_name`]).
+        user: String,
+        /// Why, without any secret.
+        reason: String,
+    },
+    /// The scheme cannot decide now, and this is the answer: too many failed logins (429), the
+    /// directory is down (503).
+    Failed(ApiError),
 }
 
 impl AuthOutcome {
@@ -103,6 +135,22 @@ fn is_loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Why the chain refused a request: the answer, and what the audit trail records.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The answer.
+    pub error: ApiError,
+    /// The record for the audit layer.
+    pub record: AuthRecord,
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        let record = AuthRecord::Refused(error.to_string());
+        Self { error, record }
+    }
+}
+
 /// The configured authenticators, tried in order.
 #[derive(Debug, Clone, Default)]
 pub struct AuthChain {
@@ -123,25 +171,35 @@ impl AuthChain {
     /// Runs the chain: the first success wins. Credentials that are presented and wrong end
     /// it at once (a bad token is never rescued by a weaker scheme); no credentials at all is
     /// a 401 carrying every configured challenge.
-    pub fn authenticate(&self, parts: &Parts) -> Result<(Principal, Vec<(HeaderName, HeaderValue)>), ApiError> {
+    pub async fn authenticate(&self, parts: &Parts) -> Result<(Principal, Vec<(HeaderName, HeaderValue)>), Refusal> {
         let conn = parts.extensions.get::<ConnInfo>();
         let challenges = || self.authenticators.iter().filter_map(|a| a.challenge()).collect::<Vec<_>>();
         for authenticator in self.authenticators.iter() {
-            match authenticator.authenticate(parts, conn) {
+            let mut outcome = authenticator.authenticate(parts, conn);
+            if let AuthOutcome::Pending(pending) = outcome {
+                outcome = pending.0.await;
+            }
+            match outcome {
                 AuthOutcome::Authenticated { principal, response_headers } => return Ok((principal, response_headers)),
                 AuthOutcome::Rejected(reason) => {
-                    return Err(ApiError::Unauthorized { msg: reason, challenges: challenges() });
+                    return Err(ApiError::Unauthorized { msg: reason, challenges: challenges() }.into());
+                }
+                AuthOutcome::LoginFailed { user, reason } => {
+                    let error = ApiError::Unauthorized { msg: reason.clone(), challenges: challenges() };
+                    return Err(Refusal { error, record: AuthRecord::LoginFailed { user, reason } });
                 }
                 AuthOutcome::Continue(challenge) => {
                     return Err(ApiError::Unauthorized {
                         msg: "authentication continues".into(),
                         challenges: vec![challenge],
-                    });
+                    }
+                    .into());
                 }
-                AuthOutcome::NotApplicable => {}
+                AuthOutcome::Failed(error) => return Err(error.into()),
+                AuthOutcome::NotApplicable | AuthOutcome::Pending(_) => {}
             }
         }
-        Err(ApiError::Unauthorized { msg: "authentication required".into(), challenges: challenges() })
+        Err(ApiError::Unauthorized { msg: "authentication required".into(), challenges: challenges() }.into())
     }
 }
 
@@ -150,10 +208,41 @@ impl AuthChain {
 #[error("authentication setup: {0}")]
 pub struct AuthSetupError(pub String);
 
+/// The signed cookie shared by the methods that issue one (SPNEGO, LDAP): one key per process,
+/// one lifetime per method, and one cookie authenticator, placed before the first of them.
+#[derive(Default)]
+struct Cookies {
+    key: Option<cookie::CookieSigner>,
+}
+
+impl Cookies {
+    /// The signer for a method whose cookies live `ttl` (None: it issues none); the first one
+    /// also puts the cookie authenticator into `list`.
+    fn issuer(
+        &mut self,
+        ttl: Option<std::time::Duration>,
+        list: &mut Vec<Box<dyn Authenticator>>,
+    ) -> Result<Option<Arc<cookie::CookieSigner>>, AuthSetupError> {
+        let Some(ttl) = ttl else { return Ok(None) };
+        let signer = match &self.key {
+            Some(key) => Arc::new(key.with_ttl(ttl)),
+            None => {
+                let key = cookie::CookieSigner::generate(ttl).map_err(|e| AuthSetupError(e.to_string()))?;
+                let signer = Arc::new(key.with_ttl(ttl));
+                self.key = Some(key);
+                list.push(Box::new(cookie::CookieAuthenticator::new(signer.clone())));
+                signer
+            }
+        };
+        Ok(Some(signer))
+    }
+}
+
 /// Builds the configured chain, in `auth.methods` order; the dangerous anonymous mode, when on,
 /// comes last so that presented credentials are still checked.
 pub fn build_chain(config: &ValidatedConfig) -> Result<AuthChain, AuthSetupError> {
     let mut list: Vec<Box<dyn Authenticator>> = Vec::new();
+    let mut cookies = Cookies::default();
     for method in &config.config.auth.methods {
         match method.as_str() {
             "jwt" => list.push(Box::new(jwt::JwtAuthenticator::from_config(config)?)),
@@ -161,7 +250,15 @@ pub fn build_chain(config: &ValidatedConfig) -> Result<AuthChain, AuthSetupError
                 list.push(Box::new(mtls::ClientCertAuthenticator::from_config(&config.config.auth.client_cert)?));
             }
             // The signed cookie (when auth.spnego.cookie_ttl is not "0"), then the SPNEGO acceptor.
-            "spnego" => list.extend(spnego::authenticators(config)?),
+            "spnego" => {
+                let signer = cookies.issuer(config.durations.spnego_cookie_ttl, &mut list)?;
+                list.push(Box::new(spnego::authenticator(config, signer)?));
+            }
+            // The signed cookie (when auth.ldap.cookie_ttl is not "0"), then HTTP Basic.
+            "ldap" => {
+                let signer = cookies.issuer(config.durations.ldap_cookie_ttl, &mut list)?;
+                list.push(Box::new(ldap::LdapAuthenticator::from_config(config, signer)?));
+            }
             other => return Err(AuthSetupError(format!("authentication method `{other}` is not available"))),
         }
     }
@@ -176,7 +273,7 @@ pub async fn authenticate(State(chain): State<AuthChain>, request: Request, next
     let (mut parts, body) = request.into_parts();
     // The record goes into the audit layer's slot in the request as well as into the
     // response: a timeout, a panic or a client gone leaves no response of ours to carry it.
-    match chain.authenticate(&parts) {
+    match chain.authenticate(&parts).await {
         Ok((principal, headers)) => {
             let record = AuthRecord::Principal(principal.clone());
             AuthSlot::fill(&parts.extensions, &record);
@@ -188,10 +285,9 @@ pub async fn authenticate(State(chain): State<AuthChain>, request: Request, next
             response.extensions_mut().insert(record);
             response
         }
-        Err(err) => {
-            let record = AuthRecord::Refused(err.to_string());
+        Err(Refusal { error, record }) => {
             AuthSlot::fill(&parts.extensions, &record);
-            let mut response = err.into_response();
+            let mut response = error.into_response();
             response.extensions_mut().insert(record);
             response
         }
@@ -216,6 +312,12 @@ mod tests {
     use super::*;
     use axum::http::Request as HttpRequest;
 
+    /// The chain's answer; these authenticators never wait.
+    fn auth(chain: &AuthChain, parts: &Parts) -> Result<(Principal, Vec<(HeaderName, HeaderValue)>), ApiError> {
+        use futures_util::FutureExt;
+        chain.authenticate(parts).now_or_never().expect("no authenticator here waits").map_err(|r| r.error)
+    }
+
     fn parts_from(peer: &str) -> Parts {
         let (mut parts, _) = HttpRequest::new(()).into_parts();
         parts.extensions.insert(ConnInfo::new(peer.parse().unwrap(), None));
@@ -229,34 +331,34 @@ mod tests {
         for host in ["localhost:8998", "LOCALHOST", "127.0.0.1", "[::1]:8998", "127.1.2.3:1"] {
             let mut parts = parts_from("127.0.0.1:5000");
             parts.headers.insert(axum::http::header::HOST, host.parse().unwrap());
-            assert!(chain.authenticate(&parts).is_ok(), "{host}");
+            assert!(auth(&chain, &parts).is_ok(), "{host}");
         }
         for host in ["evil.example:8998", "127.0.0.1.evil.example", "localhost.evil.example"] {
             let mut parts = parts_from("127.0.0.1:5000");
             parts.headers.insert(axum::http::header::HOST, host.parse().unwrap());
-            assert!(matches!(chain.authenticate(&parts), Err(ApiError::Unauthorized { .. })), "{host}");
+            assert!(matches!(auth(&chain, &parts), Err(ApiError::Unauthorized { .. })), "{host}");
         }
         let mut parts = parts_from("127.0.0.1:5000");
         parts.headers.remove(axum::http::header::HOST);
-        assert!(chain.authenticate(&parts).is_err(), "no host at all");
+        assert!(auth(&chain, &parts).is_err(), "no host at all");
         // HTTP/2: the authority in the URI.
         let (mut parts, _) = HttpRequest::get("https://localhost:8998/sessions").body(()).unwrap().into_parts();
         parts.extensions.insert(ConnInfo::new("127.0.0.1:5000".parse().unwrap(), None));
-        assert!(chain.authenticate(&parts).is_ok());
+        assert!(auth(&chain, &parts).is_ok());
     }
 
     #[test]
     fn anonymous_allows_loopback_only() {
         let chain = AuthChain::new(vec![Box::new(DangerousAnonymous)]);
-        let (p, _) = chain.authenticate(&parts_from("127.0.0.1:5000")).unwrap();
+        let (p, _) = auth(&chain, &parts_from("127.0.0.1:5000")).unwrap();
         assert_eq!(p.name, "anonymous");
-        assert!(matches!(chain.authenticate(&parts_from("10.1.2.3:5000")), Err(ApiError::Unauthorized { .. })));
+        assert!(matches!(auth(&chain, &parts_from("10.1.2.3:5000")), Err(ApiError::Unauthorized { .. })));
     }
 
     #[test]
     fn empty_chain_refuses_everyone() {
         let chain = AuthChain::default();
-        assert!(matches!(chain.authenticate(&parts_from("127.0.0.1:1")), Err(ApiError::Unauthorized { .. })));
+        assert!(matches!(auth(&chain, &parts_from("127.0.0.1:1")), Err(ApiError::Unauthorized { .. })));
     }
 
     #[test]
@@ -265,6 +367,6 @@ mod tests {
         let mut parts = parts_from("127.0.0.1:5000");
         parts.headers.insert("x-remote-user", "root".parse().unwrap());
         parts.headers.insert("remote-user", "root".parse().unwrap());
-        assert_eq!(chain.authenticate(&parts).unwrap().0.name, "anonymous");
+        assert_eq!(auth(&chain, &parts).unwrap().0.name, "anonymous");
     }
 }

@@ -33,7 +33,7 @@
 //! cookie's key is random per process: cookies do not survive a restart and are not accepted
 //! by another gateway instance (clients then simply redo SPNEGO).
 
-use super::cookie::{CookieAuthenticator, CookieSigner};
+use super::cookie::CookieSigner;
 use super::{AuthOutcome, AuthSetupError, Authenticator};
 use crate::config::{NameRule, SpnegoConfig, ValidatedConfig};
 use crate::identity::{AuthMethod, ConnInfo, Principal};
@@ -423,29 +423,14 @@ impl Authenticator for SpnegoAuthenticator {
     }
 }
 
-/// The `spnego` entry of `auth.methods`: the cookie authenticator (when
-/// `auth.spnego.cookie_ttl` is not "0") followed by the SPNEGO authenticator, sharing one
-/// per-process cookie key. Reads the Kerberos variables of this process's environment.
-pub fn authenticators(config: &ValidatedConfig) -> Result<Vec<Box<dyn Authenticator>>, SpnegoError> {
-    authenticators_with_env(config, &KrbEnv::from_process())
-}
-
-/// [`authenticators`] with an explicit environment.
-pub fn authenticators_with_env(
+/// The `spnego` entry of `auth.methods`, issuing cookies with `cookies` (when
+/// `auth.spnego.cookie_ttl` is not "0"). Reads the Kerberos variables of this process's
+/// environment.
+pub fn authenticator(
     config: &ValidatedConfig,
-    env: &KrbEnv,
-) -> Result<Vec<Box<dyn Authenticator>>, SpnegoError> {
-    let signer = match config.durations.spnego_cookie_ttl {
-        Some(ttl) => Some(Arc::new(CookieSigner::generate(ttl)?)),
-        None => None,
-    };
-    let spnego = SpnegoAuthenticator::new(&config.config.auth.spnego, env, signer.clone())?;
-    let mut list: Vec<Box<dyn Authenticator>> = Vec::new();
-    if let Some(signer) = signer {
-        list.push(Box::new(CookieAuthenticator::new(signer)));
-    }
-    list.push(Box::new(spnego));
-    Ok(list)
+    cookies: Option<Arc<CookieSigner>>,
+) -> Result<SpnegoAuthenticator, SpnegoError> {
+    SpnegoAuthenticator::new(&config.config.auth.spnego, &KrbEnv::from_process(), cookies)
 }
 
 #[cfg(test)]

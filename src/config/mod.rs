@@ -188,7 +188,7 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AuthConfig {
-    /// The schemes tried, in order: any of `client_cert`, `spnego`, `jwt`.
+    /// The schemes tried, in order: any of `client_cert`, `spnego`, `jwt`, `ldap`.
     pub methods: Vec<String>,
     /// Accept every request from a loopback address as the user `anonymous`. Development only:
     /// an unauthenticated Spark gateway is a remote-code-execution endpoint.
@@ -199,6 +199,8 @@ pub struct AuthConfig {
     pub spnego: SpnegoConfig,
     /// Client certificates (mTLS).
     pub client_cert: ClientCertConfig,
+    /// LDAP login (HTTP Basic and the web UI's form).
+    pub ldap: LdapConfig,
 }
 
 impl Default for AuthConfig {
@@ -209,6 +211,7 @@ impl Default for AuthConfig {
             jwt: JwtConfig::default(),
             spnego: SpnegoConfig::default(),
             client_cert: ClientCertConfig::default(),
+            ldap: LdapConfig::default(),
         }
     }
 }
@@ -311,6 +314,84 @@ pub struct ClientCertConfig {
 impl Default for ClientCertConfig {
     fn default() -> Self {
         Self { ca: None, required: false, user_from: "subject_cn".into(), user_pattern: None }
+    }
+}
+
+/// LDAP login: a user name and password (HTTP Basic, or the web UI's login form) are checked
+/// by binding to the directory as that user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LdapConfig {
+    /// `ldaps://host:636`, or `ldap://host:389` with `start_tls = true`.
+    pub url: String,
+    /// Upgrade an `ldap://` connection with StartTLS before anything is sent.
+    pub start_tls: bool,
+    /// Allow `ldap://` without StartTLS: passwords cross the network in clear text.
+    pub dangerous_plain: bool,
+    /// PEM CA(s) that issue the directory's certificate; unset: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Bind DN of a user, with `{user}` for the (escaped) user name, e.g.
+    /// `uid={user},ou=people,dc=example,dc=com`. Exclusive with `user_search_base`.
+    pub user_dn_pattern: String,
+    /// Search-then-bind: where users are searched (with the service account).
+    pub user_search_base: String,
+    /// Search-then-bind: the filter, with `{user}` for the (escaped) user name.
+    pub user_search_filter: String,
+    /// The service account's DN, for search-then-bind and group searches.
+    pub bind_dn: String,
+    /// A file (mode 0600) holding only the service account's password.
+    pub bind_password_file: Option<PathBuf>,
+    /// Where groups are searched; unset: groups come from the user entry's `member_of_attribute`.
+    pub group_search_base: String,
+    /// The group search's filter, with `{dn}` (the user's DN) and `{user}` (the user name).
+    pub group_search_filter: String,
+    /// The attribute of a group entry that is its name.
+    pub group_name_attribute: String,
+    /// The attribute of a user entry that lists the DNs of its groups.
+    pub member_of_attribute: String,
+    /// Connecting (TCP and TLS) gives up after this long.
+    pub connect_timeout: String,
+    /// Each directory operation (bind, search) gives up after this long.
+    pub timeout: String,
+    /// Connections kept open to the directory, and logins checked at once.
+    pub pool_size: usize,
+    /// Lifetime of the signed cookie issued after a successful login ("0" = no cookie).
+    pub cookie_ttl: String,
+    /// How long a user name and password that bound successfully are remembered (as a keyed
+    /// hash, in memory), so HTTP Basic clients that keep no cookie do not bind on every
+    /// request ("0" = bind every time).
+    pub remember: String,
+    /// Failed logins within `failure_window`, per user name and per client address, after
+    /// which further attempts are refused with 429 until the window ends.
+    pub max_failures: u32,
+    /// See `max_failures`.
+    pub failure_window: String,
+}
+
+impl Default for LdapConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            start_tls: false,
+            dangerous_plain: false,
+            ca: None,
+            user_dn_pattern: String::new(),
+            user_search_base: String::new(),
+            user_search_filter: "(uid={user})".into(),
+            bind_dn: String::new(),
+            bind_password_file: None,
+            group_search_base: String::new(),
+            group_search_filter: "(member={dn})".into(),
+            group_name_attribute: "cn".into(),
+            member_of_attribute: "memberOf".into(),
+            connect_timeout: "5s".into(),
+            timeout: "5s".into(),
+            pool_size: 4,
+            cookie_ttl: "10m".into(),
+            remember: "2m".into(),
+            max_failures: 5,
+            failure_window: "5m".into(),
+        }
     }
 }
 
@@ -687,6 +768,16 @@ pub struct Durations {
     pub jwt_reload_interval: Duration,
     /// `auth.spnego.cookie_ttl` (None = no cookie)
     pub spnego_cookie_ttl: Option<Duration>,
+    /// `auth.ldap.connect_timeout`
+    pub ldap_connect_timeout: Duration,
+    /// `auth.ldap.timeout`
+    pub ldap_timeout: Duration,
+    /// `auth.ldap.cookie_ttl` (None = no cookie)
+    pub ldap_cookie_ttl: Option<Duration>,
+    /// `auth.ldap.remember` (None = bind every time)
+    pub ldap_remember: Option<Duration>,
+    /// `auth.ldap.failure_window`
+    pub ldap_failure_window: Duration,
     /// `acl.reload_interval`
     pub acl_reload_interval: Duration,
     /// `tls.reload_interval`
@@ -724,6 +815,9 @@ impl ValidatedConfig {
         if self.config.auth.dangerous_allow_anonymous {
             on.push("auth.dangerous_allow_anonymous");
         }
+        if self.config.auth.ldap.dangerous_plain && self.config.auth.methods.iter().any(|m| m == "ldap") {
+            on.push("auth.ldap.dangerous_plain");
+        }
         if self.config.server.dangerous_run_as_root {
             on.push("server.dangerous_run_as_root");
         }
@@ -735,6 +829,64 @@ impl ValidatedConfig {
         }
         on
     }
+}
+
+/// What is wrong with `[auth.ldap]` when `ldap` is in `auth.methods`.
+fn ldap_problems(ldap: &LdapConfig, durations: &Durations) -> Vec<String> {
+    let mut problems = Vec::new();
+    let url = ldap.url.to_ascii_lowercase();
+    if url.starts_with("ldaps://") {
+        if ldap.start_tls {
+            problems.push("auth.ldap.start_tls: an ldaps:// connection is already TLS".into());
+        }
+    } else if url.starts_with("ldap://") {
+        if !ldap.start_tls && !ldap.dangerous_plain {
+            problems.push(
+                "auth.ldap.url: ldap:// sends passwords in clear text; use ldaps://, set start_tls = true, or (never \
+                 in production) dangerous_plain = true"
+                    .into(),
+            );
+        }
+    } else {
+        problems.push("auth.ldap.url must start with ldaps:// or ldap://".into());
+    }
+    let search = !ldap.user_search_base.is_empty();
+    match (ldap.user_dn_pattern.is_empty(), search) {
+        (true, false) => problems.push("auth.ldap: set user_dn_pattern or user_search_base".into()),
+        (false, true) => problems.push("auth.ldap.user_dn_pattern and user_search_base are exclusive: set one".into()),
+        (false, false) if !ldap.user_dn_pattern.contains("{user}") => {
+            problems.push("auth.ldap.user_dn_pattern must contain {user}".into());
+        }
+        _ => {}
+    }
+    if search && !ldap.user_search_filter.contains("{user}") {
+        problems.push("auth.ldap.user_search_filter must contain {user}".into());
+    }
+    if search && ldap.bind_dn.is_empty() {
+        problems.push("auth.ldap.bind_dn is required to search users (user_search_base)".into());
+    }
+    if ldap.bind_dn.is_empty() != ldap.bind_password_file.is_none() {
+        problems.push("auth.ldap.bind_dn and bind_password_file go together".into());
+    }
+    if !ldap.group_search_base.is_empty() && ldap.group_name_attribute.is_empty() {
+        problems.push("auth.ldap.group_name_attribute is required with group_search_base".into());
+    }
+    if ldap.pool_size == 0 {
+        problems.push("auth.ldap.pool_size must be at least 1".into());
+    }
+    if ldap.max_failures == 0 {
+        problems.push("auth.ldap.max_failures must be at least 1".into());
+    }
+    for (key, d) in [
+        ("auth.ldap.connect_timeout", durations.ldap_connect_timeout),
+        ("auth.ldap.timeout", durations.ldap_timeout),
+        ("auth.ldap.failure_window", durations.ldap_failure_window),
+    ] {
+        if d.is_zero() {
+            problems.push(format!("{key} must be greater than zero"));
+        }
+    }
+    problems
 }
 
 /// Where the configuration comes from. The environment is passed in (not read globally) so
@@ -861,6 +1013,11 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
         jwt_leeway: dur("auth.jwt.leeway", &config.auth.jwt.leeway),
         jwt_reload_interval: dur("auth.jwt.reload_interval", &config.auth.jwt.reload_interval),
         spnego_cookie_ttl: optional(dur("auth.spnego.cookie_ttl", &config.auth.spnego.cookie_ttl)),
+        ldap_connect_timeout: dur("auth.ldap.connect_timeout", &config.auth.ldap.connect_timeout),
+        ldap_timeout: dur("auth.ldap.timeout", &config.auth.ldap.timeout),
+        ldap_cookie_ttl: optional(dur("auth.ldap.cookie_ttl", &config.auth.ldap.cookie_ttl)),
+        ldap_remember: optional(dur("auth.ldap.remember", &config.auth.ldap.remember)),
+        ldap_failure_window: dur("auth.ldap.failure_window", &config.auth.ldap.failure_window),
         acl_reload_interval: dur("acl.reload_interval", &config.acl.reload_interval),
         tls_reload_interval: dur("tls.reload_interval", &config.tls.reload_interval),
         audit_max_age: optional(dur("audit.max_age", &config.audit.max_age)),
@@ -890,16 +1047,17 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
     let auth = &config.auth;
     let mut seen = Vec::new();
     for method in &auth.methods {
-        if !matches!(method.as_str(), "client_cert" | "spnego" | "jwt") {
-            problems.push(format!("auth.methods: unknown method `{method}` (use client_cert, spnego or jwt)"));
+        if !matches!(method.as_str(), "client_cert" | "spnego" | "jwt" | "ldap") {
+            problems.push(format!("auth.methods: unknown method `{method}` (use client_cert, spnego, jwt or ldap)"));
         } else if seen.contains(method) {
             problems.push(format!("auth.methods: `{method}` is listed twice"));
         }
         seen.push(method.clone());
     }
     if auth.methods.is_empty() && !auth.dangerous_allow_anonymous {
-        problems
-            .push("auth.methods is empty: nobody could use the gateway (list client_cert, spnego and/or jwt)".into());
+        problems.push(
+            "auth.methods is empty: nobody could use the gateway (list client_cert, spnego, jwt and/or ldap)".into(),
+        );
     }
     if auth.jwt.public_key.is_some() && auth.jwt.jwks.is_some() {
         problems.push("auth.jwt.public_key and auth.jwt.jwks are exclusive: set one".into());
@@ -924,6 +1082,9 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
         if auth.spnego.rules.is_empty() {
             problems.push("auth.spnego.rules is empty: no principal could be mapped to a user".into());
         }
+    }
+    if auth.methods.iter().any(|m| m == "ldap") {
+        problems.extend(ldap_problems(&auth.ldap, &durations));
     }
     if auth.methods.iter().any(|m| m == "client_cert") && auth.client_cert.ca.is_none() {
         problems.push("auth.client_cert.ca is required when client_cert is in auth.methods".into());

@@ -178,3 +178,31 @@ fn the_sandbox_is_on_by_default_and_off_only_by_its_dangerous_name() {
             .unwrap();
     assert_eq!(off.dangerous_options(), vec!["server.dangerous_run_as_root", "spark.local_sandbox"]);
 }
+
+#[test]
+fn ldap_needs_tls_unless_dangerously_plain_and_one_way_to_find_users() {
+    let ldap = |rest: &str| format!("[auth]\nmethods = [\"ldap\"]\n[auth.ldap]\n{rest}");
+    let pattern = "user_dn_pattern = \"uid={user},ou=people,dc=x\"\n";
+    let err = load_str(&ldap(&format!("url = \"ldap://dir:389\"\n{pattern}")), &[], &[]).unwrap_err().to_string();
+    assert!(err.contains("auth.ldap.url") && err.contains("clear text"), "{err}");
+    for ok in ["url = \"ldaps://dir:636\"\n", "url = \"ldap://dir:389\"\nstart_tls = true\n"] {
+        let c = load_str(&ldap(&format!("{ok}{pattern}")), &[], &[]).unwrap();
+        assert!(c.dangerous_options().is_empty(), "{ok}");
+        assert_eq!(c.durations.ldap_cookie_ttl, Some(Duration::from_secs(600)));
+    }
+    let plain = load_str(&ldap(&format!("url = \"ldap://dir\"\ndangerous_plain = true\n{pattern}")), &[], &[]).unwrap();
+    assert_eq!(plain.dangerous_options(), vec!["auth.ldap.dangerous_plain"]);
+    let err = load_str(&ldap("url = \"ldaps://dir\"\n"), &[], &[]).unwrap_err().to_string();
+    assert!(err.contains("set user_dn_pattern or user_search_base"), "{err}");
+    let err = load_str(&ldap("url = \"ldaps://dir\"\nuser_dn_pattern = \"uid=x,dc=x\"\n"), &[], &[]).unwrap_err();
+    assert!(err.to_string().contains("must contain {user}"), "{err}");
+    let both = format!("url = \"ldaps://dir\"\n{pattern}user_search_base = \"dc=x\"\n");
+    let err = load_str(&ldap(&both), &[], &[]).unwrap_err().to_string();
+    assert!(err.contains("exclusive") && err.contains("bind_dn is required"), "{err}");
+    let err = load_str(&ldap(&format!("url = \"ldaps://dir\"\n{pattern}bind_dn = \"cn=gw\"\n")), &[], &[]).unwrap_err();
+    assert!(err.to_string().contains("bind_dn and bind_password_file go together"), "{err}");
+    let err = load_str(&ldap(&format!("url = \"ldaps://dir\"\n{pattern}pasword = \"x\"\n")), &[], &[]).unwrap_err();
+    assert!(err.to_string().contains("pasword"), "{err}");
+    // Not checked while ldap is not in auth.methods.
+    assert!(load_str("[auth.ldap]\nurl = \"ldap://dir\"\n", &[], &[]).unwrap().dangerous_options().is_empty());
+}

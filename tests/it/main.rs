@@ -11,6 +11,7 @@ mod support;
 mod api;
 mod batches;
 mod clients;
+mod ldap;
 mod local_rpc;
 mod recovery;
 mod rpc;
