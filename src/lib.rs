@@ -27,6 +27,7 @@ pub mod sparkui;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod ui;
 
 use config::ValidatedConfig;
 use engine::launch::SparkEnv;

@@ -155,12 +155,19 @@ impl From<ApiError> for Refusal {
 #[derive(Debug, Clone, Default)]
 pub struct AuthChain {
     authenticators: Arc<Vec<Box<dyn Authenticator>>>,
+    /// The LDAP login, also used by the web UI's login form.
+    ldap: Option<ldap::LdapAuthenticator>,
 }
 
 impl AuthChain {
     /// A chain of the given authenticators.
     pub fn new(authenticators: Vec<Box<dyn Authenticator>>) -> Self {
-        Self { authenticators: Arc::new(authenticators) }
+        Self { authenticators: Arc::new(authenticators), ldap: None }
+    }
+
+    /// The LDAP login of the chain, when `ldap` is in `auth.methods`.
+    pub fn ldap(&self) -> Option<&ldap::LdapAuthenticator> {
+        self.ldap.as_ref()
     }
 
     /// Whether any authenticator is configured.
@@ -243,6 +250,7 @@ impl Cookies {
 pub fn build_chain(config: &ValidatedConfig) -> Result<AuthChain, AuthSetupError> {
     let mut list: Vec<Box<dyn Authenticator>> = Vec::new();
     let mut cookies = Cookies::default();
+    let mut password_login = None;
     for method in &config.config.auth.methods {
         match method.as_str() {
             "jwt" => list.push(Box::new(jwt::JwtAuthenticator::from_config(config)?)),
@@ -257,7 +265,9 @@ pub fn build_chain(config: &ValidatedConfig) -> Result<AuthChain, AuthSetupError
             // The signed cookie (when auth.ldap.cookie_ttl is not "0"), then HTTP Basic.
             "ldap" => {
                 let signer = cookies.issuer(config.durations.ldap_cookie_ttl, &mut list)?;
-                list.push(Box::new(ldap::LdapAuthenticator::from_config(config, signer)?));
+                let login = ldap::LdapAuthenticator::from_config(config, signer)?;
+                password_login = Some(login.clone());
+                list.push(Box::new(login));
             }
             other => return Err(AuthSetupError(format!("authentication method `{other}` is not available"))),
         }
@@ -265,7 +275,7 @@ pub fn build_chain(config: &ValidatedConfig) -> Result<AuthChain, AuthSetupError
     if config.config.auth.dangerous_allow_anonymous {
         list.push(Box::new(DangerousAnonymous));
     }
-    Ok(AuthChain::new(list))
+    Ok(AuthChain { ldap: password_login, ..AuthChain::new(list) })
 }
 
 /// The middleware: authenticates once and inserts the `Principal`.

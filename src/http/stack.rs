@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use crate::http::limits::{self, HeadLimits};
 use crate::http::middleware::gate::gate;
 use crate::metrics::{self, Metrics};
-use crate::{audit, impersonation};
+use crate::{audit, impersonation, ui};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
@@ -34,9 +34,11 @@ pub fn build(state: AppState, auth: AuthChain) -> Router {
     let audit_log = state.audit.clone();
     let metrics = state.metrics.clone();
     let csrf_mode = CsrfMode::parse(&config.config.csrf.mode);
+    let login = ui::LoginState { ldap: auth.ldap().cloned() };
     // route_layer: the last one added runs first. These apply to known routes only, so an
     // unknown path stays a 404 instead of becoming a 401.
     let protected = api::router(config.config.server.max_upload_bytes)
+        .merge(ui::routes())
         // 4. May this caller (as impersonated) use the gateway at all? Finer checks need the
         //    session and happen in the handlers.
         .route_layer(middleware::from_fn_with_state(acl.clone(), gate))
@@ -49,11 +51,15 @@ pub fn build(state: AppState, auth: AuthChain) -> Router {
         .route_layer(middleware::from_fn_with_state(csrf_mode, csrf::protect))
         // 1. Authenticate once: the Principal every later step relies on.
         .route_layer(middleware::from_fn_with_state(auth, auth::authenticate))
+        // A browser not logged in is sent from a page of the UI to its login form.
+        .layer(middleware::from_fn(ui::login_redirect))
         // Lets the audit layer (outside the router) record `/sessions/{id}`, not raw paths.
         .layer(middleware::from_fn(audit::expose_matched_path))
         .with_state(state);
 
-    with_middleware(Router::new().merge(protected), &config, Some(audit_log), Some(metrics))
+    // The login form and the UI's assets need no login.
+    let public = ui::public_routes(login);
+    with_middleware(Router::new().merge(protected).merge(public), &config, Some(audit_log), Some(metrics))
 }
 
 /// Wraps any router in the cross-cutting layers (tests use it with their own routes).

@@ -23,5 +23,6 @@ mod spnego;
 mod standalone;
 mod standalone_batches;
 mod tls;
+mod ui;
 mod uploads;
 mod warm;

@@ -1,0 +1,340 @@
+//! The web UI at `/ui`: server-rendered HTML (askama templates, compile-time checked, every
+//! value escaped), one stylesheet and one small script embedded in the binary, nothing from
+//! elsewhere. Pages sit behind the same authentication, ACL and audit as the API and show a
+//! user only what the API would; the few actions (run, cancel, delete) go through the REST API
+//! with the CSRF header, from `ui.js`.
+//!
+//! Browser security: a strict Content-Security-Policy (`'self'` scripts and styles only, no
+//! inline ones, `data:` images for `%matplot` output), framing denied, the login cookie
+//! `Secure; HttpOnly; SameSite=Strict` (never readable by script, never in a URL), and the
+//! login and logout forms refused when posted from another origin.
+
+mod view;
+
+use self::view::{OutputView, SessionRow, StatementView};
+use crate::acl::Action;
+use crate::api::AppState;
+use crate::audit_slots::AuthRecord;
+use crate::auth::cookie::COOKIE_NAME;
+use crate::auth::ldap::LdapAuthenticator;
+use crate::auth::AuthOutcome;
+use crate::config::Secret;
+use crate::engine::{CodeKind, SessionState};
+use crate::error::ApiError;
+use crate::identity::ConnInfo;
+use crate::impersonation::Caller;
+use crate::net::AddrKey;
+use askama::Template;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HOST, LOCATION, ORIGIN, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use serde::Deserialize;
+
+/// The pages' policy: nothing inline, nothing from elsewhere.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Sessions per page of the list.
+const PAGE: usize = 50;
+
+/// The kinds a statement can be run in, in the run form's order.
+const CODE_KINDS: [CodeKind; 4] = [CodeKind::PySpark, CodeKind::Scala, CodeKind::Sql, CodeKind::SparkR];
+
+/// Log lines on a session page.
+const LOG_LINES: usize = 200;
+
+/// The pages that need a logged-in user; the stack puts them behind authentication.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/ui", get(|| async { see_other("/ui/sessions") }))
+        .route("/ui/", get(|| async { see_other("/ui/sessions") }))
+        .route("/ui/sessions", get(sessions))
+        .route("/ui/sessions/{id}", get(session))
+}
+
+/// What the login page needs.
+#[derive(Debug, Clone)]
+pub struct LoginState {
+    /// The LDAP login, when `ldap` is in `auth.methods`.
+    pub ldap: Option<LdapAuthenticator>,
+}
+
+/// The pages anyone may reach: the login form, logout and the assets.
+pub fn public_routes(state: LoginState) -> Router {
+    Router::new()
+        .route("/ui/login", get(login_form).post(login))
+        .route("/ui/logout", post(logout))
+        .route("/ui/static/{file}", get(asset))
+        .with_state(state)
+}
+
+/// A page, with the UI's headers.
+fn page(status: StatusCode, template: &impl Template) -> Response {
+    match template.render() {
+        Ok(html) => {
+            let mut response = (status, html).into_response();
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+            response
+        }
+        Err(e) => ApiError::Internal(format!("rendering a page failed: {e}")).into_response(),
+    }
+}
+
+fn see_other(location: &str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(LOCATION, value);
+    }
+    response
+}
+
+/// The layer around [`routes`]: a browser that is not logged in is sent to the login form
+/// instead of getting the API's 401 (the refusal is audited all the same: the response keeps
+/// its extensions).
+pub async fn login_redirect(request: Request, next: Next) -> Response {
+    let page_get = request.method() == Method::GET && request.uri().path().starts_with("/ui");
+    let target = request.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let response = next.run(request).await;
+    if !page_get || response.status() != StatusCode::UNAUTHORIZED {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    parts.status = StatusCode::SEE_OTHER;
+    let location = format!("/ui/login?next={}", form_urlencoded::byte_serialize(target.as_bytes()).collect::<String>());
+    parts.headers.remove(axum::http::header::WWW_AUTHENTICATE);
+    parts.headers.remove(CONTENT_TYPE);
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        parts.headers.insert(LOCATION, value);
+    }
+    Response::from_parts(parts, axum::body::Body::empty())
+}
+
+#[derive(Template)]
+#[template(path = "ui/login.html")]
+struct LoginPage<'a> {
+    user: &'a str,
+    message: &'a str,
+    password_login: bool,
+    next: &'a str,
+    user_tried: &'a str,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+/// Where to go after logging in: a page of the UI, never another site.
+fn safe_next(next: Option<&str>) -> &str {
+    match next {
+        Some(n) if n.starts_with("/ui/") && !n.starts_with("/ui//") && !n.contains(['\\', '\r', '\n']) => n,
+        _ => "/ui/sessions",
+    }
+}
+
+async fn login_form(State(state): State<LoginState>, Query(query): Query<NextQuery>) -> Response {
+    let next = safe_next(query.next.as_deref());
+    let login = LoginPage { user: "", message: "", password_login: state.ldap.is_some(), next, user_tried: "" };
+    page(StatusCode::OK, &login)
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    user: String,
+    password: Secret<String>,
+    next: Option<String>,
+}
+
+/// Whether a form post comes from the UI's own pages (login CSRF: another site must not log a
+/// browser in as someone else, or out). Browsers send `Sec-Fetch-Site` or `Origin` on posts.
+/// The host is the `Host` header (HTTP/1.1) or the request's authority (HTTP/2).
+fn same_origin(headers: &HeaderMap, uri: &Uri) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return matches!(site, "same-origin" | "none");
+    }
+    let host = headers.get(HOST).and_then(|v| v.to_str().ok()).or_else(|| uri.authority().map(|a| a.as_str()));
+    match (headers.get(ORIGIN).and_then(|v| v.to_str().ok()), host) {
+        (Some(origin), Some(host)) => origin == format!("https://{host}"),
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
+async fn login(State(state): State<LoginState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    if !same_origin(&parts.headers, &parts.uri) {
+        return ApiError::Forbidden("a login must be posted from this gateway's own login page".into()).into_response();
+    }
+    let Ok(Form(form)) = Form::<LoginForm>::from_request(Request::from_parts(parts.clone(), body), &()).await else {
+        return ApiError::bad_request("the login form needs the fields `user` and `password`").into_response();
+    };
+    let next = safe_next(form.next.as_deref()).to_string();
+    let render = |status: StatusCode, message: &str, user_tried: &str| {
+        let login = LoginPage { user: "", message, password_login: state.ldap.is_some(), next: &next, user_tried };
+        page(status, &login)
+    };
+    let Some(ldap) = &state.ldap else {
+        return render(StatusCode::NOT_FOUND, "Password login is not configured on this gateway.", "");
+    };
+    let peer = parts.extensions.get::<ConnInfo>().map(|c| AddrKey::of(c.peer.ip()));
+    // The same outcomes as HTTP Basic, recorded by the audit layer the same way.
+    let (mut response, record) = match ldap.login(form.user.clone(), form.password, peer).await {
+        AuthOutcome::Authenticated { principal, response_headers } => {
+            let mut response = see_other(&next);
+            for (name, value) in response_headers {
+                response.headers_mut().append(name, value);
+            }
+            (response, AuthRecord::Principal(principal))
+        }
+        AuthOutcome::LoginFailed { user, reason } => (
+            render(StatusCode::UNAUTHORIZED, "Wrong user name or password.", &user),
+            AuthRecord::LoginFailed { user, reason },
+        ),
+        AuthOutcome::Failed(ApiError::TooManyRequests { msg, retry_after }) => {
+            let mut response = render(StatusCode::TOO_MANY_REQUESTS, "Too many failed logins; try again later.", "");
+            if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
+                response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+            }
+            (response, AuthRecord::Refused(msg))
+        }
+        AuthOutcome::Failed(error) => {
+            let message = error.to_string();
+            (render(error.status(), &message, ""), AuthRecord::Refused(message.clone()))
+        }
+        AuthOutcome::Rejected(reason) => {
+            (render(StatusCode::UNAUTHORIZED, "Wrong user name or password.", ""), AuthRecord::Refused(reason))
+        }
+        AuthOutcome::NotApplicable | AuthOutcome::Continue(_) | AuthOutcome::Pending(_) => {
+            let error = ApiError::Internal("the LDAP login gave no answer".into());
+            (error.into_response(), AuthRecord::Refused("no answer".into()))
+        }
+    };
+    response.extensions_mut().insert(record);
+    response
+}
+
+async fn logout(headers: HeaderMap, uri: Uri) -> Response {
+    if !same_origin(&headers, &uri) {
+        return ApiError::Forbidden("a logout must be posted from this gateway's own pages".into()).into_response();
+    }
+    let mut response = see_other("/ui/login");
+    let expired = format!("{COOKIE_NAME}=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0");
+    if let Ok(value) = HeaderValue::from_str(&expired) {
+        response.headers_mut().insert(SET_COOKIE, value);
+    }
+    response
+}
+
+async fn asset(Path(file): Path<String>) -> Response {
+    let (body, content_type) = match file.as_str() {
+        "ui.css" => (include_str!("assets/ui.css"), "text/css; charset=utf-8"),
+        "ui.js" => (include_str!("assets/ui.js"), "text/javascript; charset=utf-8"),
+        _ => return ApiError::NotFound("no such file".into()).into_response(),
+    };
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, max-age=300"));
+    response
+}
+
+#[derive(Template)]
+#[template(path = "ui/sessions.html")]
+struct SessionsPage {
+    user: String,
+    states: Vec<&'static str>,
+    state: String,
+    owner: String,
+    rows: Vec<SessionRow>,
+    total: usize,
+    from: usize,
+    prev: Option<String>,
+    next: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SessionsQuery {
+    state: Option<String>,
+    owner: Option<String>,
+    from: Option<usize>,
+}
+
+async fn sessions(State(state): State<AppState>, caller: Caller, Query(query): Query<SessionsQuery>) -> Response {
+    let wanted_state = query.state.filter(|s| SessionState::ALL.iter().any(|k| k.as_str() == s)).unwrap_or_default();
+    let owner = query.owner.unwrap_or_default();
+    let mut visible: Vec<_> = state
+        .manager
+        .list()
+        .into_iter()
+        .filter(|s| state.allowed(&caller, Action::View, s.as_ref()))
+        .filter(|s| wanted_state.is_empty() || s.state().as_str() == wanted_state)
+        .filter(|s| owner.is_empty() || s.spec().owner == owner)
+        .collect();
+    // Newest first: what a user just started is at the top.
+    visible.sort_by_key(|s| std::cmp::Reverse(s.id));
+    let total = visible.len();
+    let from = query.from.unwrap_or(0).min(total);
+    let rows = visible[from..(from + PAGE).min(total)].iter().map(|s| SessionRow::of(s)).collect();
+    let link = |from: usize| {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        if !wanted_state.is_empty() {
+            q.append_pair("state", &wanted_state);
+        }
+        if !owner.is_empty() {
+            q.append_pair("owner", &owner);
+        }
+        q.append_pair("from", &from.to_string());
+        format!("/ui/sessions?{}", q.finish())
+    };
+    let prev = (from > 0).then(|| link(from.saturating_sub(PAGE)));
+    let next = (from + PAGE < total).then(|| link(from + PAGE));
+    let list = SessionsPage {
+        user: caller.real.name.clone(),
+        states: SessionState::ALL.iter().map(|s| s.as_str()).collect(),
+        state: wanted_state,
+        owner,
+        rows,
+        total,
+        from,
+        prev,
+        next,
+    };
+    page(StatusCode::OK, &list)
+}
+
+#[derive(Template)]
+#[template(path = "ui/session.html")]
+struct SessionPage {
+    user: String,
+    s: SessionRow,
+    may_modify: bool,
+    code_kinds: Vec<&'static str>,
+    default_kind: &'static str,
+    statements: Vec<StatementView>,
+    log: Vec<String>,
+}
+
+async fn session(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    // The API's rule: a session the caller may not view is a 404 like a missing one.
+    let session = state.session_for(&caller, &id, Action::View)?;
+    let kind = session.spec().kind;
+    let detail = SessionPage {
+        user: caller.real.name.clone(),
+        s: SessionRow::of(&session),
+        may_modify: state.allowed(&caller, Action::Modify, session.as_ref()),
+        code_kinds: CODE_KINDS.iter().map(|k| k.as_str()).collect(),
+        default_kind: kind.resolve_statement(None).unwrap_or(CodeKind::PySpark).as_str(),
+        statements: session.statements().iter().map(StatementView::of).collect(),
+        log: session.log.tail(LOG_LINES),
+    };
+    Ok(page(StatusCode::OK, &detail))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+//! The web UI over real HTTPS with a real directory (`ldap_dir.rs`) and real Spark: the login
+//! form, the browser headers, what each user sees, and user-controlled text (a session name,
+//! code, outputs, a SQL column) served only as escaped text. (The same pages in a real browser
+//! are the next step; this checks the HTML the browser would get.)
+
+use crate::ldap_dir::{Directory, USERS};
+use crate::support::TestGateway;
+use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, LOCATION, ORIGIN, SET_COOKIE};
+use reqwest::redirect::Policy;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const POLICY: &str = "[create]\nusers = [\"alice\", \"bob\"]\n";
+
+/// Payloads that would run if a page put them into HTML as markup.
+const NAME: &str = "<img src=x onerror=alert(1)>";
+const CODE_MARK: &str = "<script>alert(2)</script>";
+
+/// `text` as the pages escape it (askama: numeric character references).
+fn escaped(text: &str) -> String {
+    text.replace('&', "&#38;").replace('<', "&#60;").replace('>', "&#62;").replace('"', "&#34;").replace('\'', "&#39;")
+}
+
+fn password(user: &str) -> &'static str {
+    USERS.iter().find(|(u, _)| *u == user).map(|(_, p)| *p).unwrap()
+}
+
+struct Browser {
+    client: reqwest::Client,
+    base: String,
+    cookie: Option<String>,
+}
+
+impl Browser {
+    fn new(gw: &TestGateway) -> Self {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&gw.ca_pem).unwrap())
+            .tls_built_in_root_certs(false)
+            .redirect(Policy::none())
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        Self { client, base: gw.base.clone(), cookie: None }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(cookie) = &self.cookie {
+            r = r.header(COOKIE, cookie);
+        }
+        r
+    }
+
+    async fn page(&self, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
+        let r = self.request(reqwest::Method::GET, path).send().await.unwrap();
+        (r.status().as_u16(), r.headers().clone(), r.text().await.unwrap())
+    }
+
+    /// Posts the login form as the page would (same origin).
+    async fn log_in(&mut self, user: &str, password: &str) -> reqwest::Response {
+        let r = self
+            .request(reqwest::Method::POST, "/ui/login")
+            .header(ORIGIN, &self.base)
+            .form(&[("user", user), ("password", password), ("next", "/ui/sessions")])
+            .send()
+            .await
+            .unwrap();
+        if let Some(set) = r.headers().get(SET_COOKIE) {
+            self.cookie = Some(set.to_str().unwrap().split(';').next().unwrap().to_string());
+        }
+        r
+    }
+
+    /// A call of the REST API as the UI's script makes it (cookie and CSRF header).
+    async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self.request(method, path).header("X-Requested-By", "sparkgate-ui");
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        let r = r.send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn until(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let end = Instant::now() + Duration::from_secs(300);
+        loop {
+            let (status, body) = self.api(reqwest::Method::GET, path, None).await;
+            assert_eq!(status, 200, "{body}");
+            if done(&body) {
+                return body;
+            }
+            assert!(Instant::now() < end, "timed out waiting on {path}: {body}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// No markup the page did not write itself: no inline script or style, no event handler
+/// attribute, and none of the payloads unescaped.
+fn assert_inert(html: &str) {
+    for needle in [NAME, CODE_MARK, "<b>bold</b>", "<i>col</i>", " style=", "onerror=alert"] {
+        // The escaped payload reads `onerror=alert` inside text, never in a tag.
+        if needle == "onerror=alert" {
+            assert!(!html.contains("<img src=x onerror"), "raw payload in the page");
+            continue;
+        }
+        assert!(!html.contains(needle), "`{needle}` reached the page as markup");
+    }
+    for tag in html.split("<script").skip(1) {
+        assert!(
+            tag.trim_start().starts_with("src=\"/ui/static/"),
+            "an inline script: <script{}",
+            &tag[..tag.len().min(80)]
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_ui_logs_in_by_form_and_shows_each_user_only_their_sessions_as_text() {
+    let directory = Directory::start();
+    let overrides = [
+        "auth.methods=[\"ldap\"]".to_string(),
+        format!("auth.ldap.url=\"{}\"", directory.ldaps_url),
+        format!("auth.ldap.ca=\"{}\"", directory.ca_pem.display()),
+        format!("auth.ldap.user_dn_pattern=\"uid={{user}},{}\"", directory.people_dn),
+        "auth.ldap.max_failures=100".into(),
+    ];
+    let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
+    let gw = TestGateway::start_with_policy(&overrides, POLICY);
+    let mut alice = Browser::new(&gw);
+
+    // Not logged in: pages lead to the login form, which is served with the UI's headers.
+    let (status, headers, _) = alice.page("/ui/sessions?state=idle").await;
+    assert_eq!(status, 303);
+    assert_eq!(headers[LOCATION], "/ui/login?next=%2Fui%2Fsessions%3Fstate%3Didle");
+    let (status, headers, html) = alice.page("/ui/login").await;
+    assert_eq!(status, 200);
+    let csp = headers[CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert!(html.contains("type=\"password\""), "{html}");
+    assert_inert(&html);
+    let (status, _, css) = alice.page("/ui/static/ui.css").await;
+    assert!(status == 200 && css.contains("font"), "{status}");
+
+    // Another site cannot post the form (login CSRF); a wrong password is refused.
+    let r = alice
+        .request(reqwest::Method::POST, "/ui/login")
+        .header(ORIGIN, "https://evil.example")
+        .form(&[("user", "alice"), ("password", password("alice"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get(SET_COOKIE).is_none());
+    let r = alice.log_in("alice", "not-her-password").await;
+    assert_eq!(r.status(), 401);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("Wrong user name or password.") && !page.contains("not-her-password"), "{page}");
+    assert!(alice.cookie.is_none());
+
+    let r = alice.log_in("alice", password("alice")).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], "/ui/sessions");
+    let set = r.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(set.contains("HttpOnly") && set.contains("Secure") && set.contains("SameSite=Strict"), "{set}");
+
+    // A session whose name, code and outputs are markup.
+    let (status, created) =
+        alice.api(reqwest::Method::POST, "/sessions", Some(json!({"kind": "shared", "name": NAME}))).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_u64().unwrap();
+    alice.until(&format!("/sessions/{id}/state"), |b| b["state"] == "idle").await;
+    for (kind, code) in [
+        ("pyspark", format!("print(\"{CODE_MARK}\")\nprint(\"{NAME}\")")),
+        ("sql", "SELECT '<b>bold</b>' AS `<i>col</i>`".to_string()),
+        ("pyspark", format!("raise ValueError(\"{CODE_MARK}\")")),
+    ] {
+        let (status, st) = alice
+            .api(
+                reqwest::Method::POST,
+                &format!("/sessions/{id}/statements"),
+                Some(json!({"kind": kind, "code": code})),
+            )
+            .await;
+        assert_eq!(status, 201, "{st}");
+        let sid = st["id"].as_u64().unwrap();
+        alice.until(&format!("/sessions/{id}/statements/{sid}"), |b| b["state"] == "available").await;
+    }
+
+    let (status, _, list) = alice.page("/ui/sessions").await;
+    assert_eq!(status, 200);
+    assert!(list.contains(&format!("href=\"/ui/sessions/{id}\"")), "{list}");
+    assert!(list.contains(&escaped(NAME)), "{list}");
+    assert_inert(&list);
+    let (status, headers, detail) = alice.page(&format!("/ui/sessions/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(headers[CONTENT_SECURITY_POLICY].to_str().unwrap().contains("img-src 'self' data:"));
+    for shown in [CODE_MARK, NAME, "<b>bold</b>", "<i>col</i>", "ValueError"] {
+        assert!(detail.contains(&escaped(shown)), "`{shown}` missing:\n{detail}");
+    }
+    assert!(detail.contains("<table class=\"output\">"), "the SQL result is a table:\n{detail}");
+    assert!(detail.contains("id=\"run\""), "alice may run statements");
+    assert_inert(&detail);
+    // Filters: by state and by owner.
+    let (_, _, dead) = alice.page("/ui/sessions?state=dead").await;
+    assert!(!dead.contains(&format!("href=\"/ui/sessions/{id}\"")));
+    let (_, _, by_owner) = alice.page("/ui/sessions?owner=alice").await;
+    assert!(by_owner.contains(&format!("href=\"/ui/sessions/{id}\"")));
+
+    // bob sees neither it in the list nor its page.
+    let mut bob = Browser::new(&gw);
+    assert_eq!(bob.log_in("bob", password("bob")).await.status(), 303);
+    let (status, _, bobs) = bob.page("/ui/sessions").await;
+    assert_eq!(status, 200);
+    assert!(!bobs.contains(&format!("/ui/sessions/{id}\"")) && !bobs.contains("onerror"), "{bobs}");
+    let (status, _, _) = bob.page(&format!("/ui/sessions/{id}")).await;
+    assert_eq!(status, 404);
+
+    // Logging out clears the cookie (from the page's own origin only).
+    let r =
+        alice.request(reqwest::Method::POST, "/ui/logout").header(ORIGIN, "https://evil.example").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = alice.request(reqwest::Method::POST, "/ui/logout").header(ORIGIN, &alice.base).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(r.headers()[SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
+
+    let (status, _) = alice.api(reqwest::Method::DELETE, &format!("/sessions/{id}"), None).await;
+    assert_eq!(status, 200);
+}
