@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything sparkgate needs on a fresh Debian machine (run as root), idempotently:
 # Debian packages (Java 17, Kerberos tools and headers, build tools, bubblewrap for the drivers'
-# sandbox, acl for scripts/run.sh), and a Python virtual environment with a pinned pyspark from
-# PyPI. Nothing is fetched outside the package registries.
+# sandbox, acl for scripts/run.sh; slapd, ldap-utils, chromium and chromium-driver for the
+# tests), and a Python virtual environment with a pinned pyspark from PyPI. Nothing is fetched
+# outside the package registries.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYSPARK_VERSION="${PYSPARK_VERSION:-4.0.1}"
@@ -12,7 +13,7 @@ need_pkgs=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for p in pkg-config libclang-dev libkrb5-dev krb5-kdc krb5-admin-server krb5-user \
          python3-venv procps ca-certificates curl bubblewrap acl gcc \
-         slapd ldap-utils; do
+         slapd ldap-utils chromium chromium-driver; do
   have "$p" || need_pkgs+=("$p")
 done
 if ! command -v java >/dev/null 2>&1 || ! java -version 2>&1 | grep -q '"17\|"2[0-9]'; then

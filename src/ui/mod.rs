@@ -320,14 +320,45 @@ struct SessionPage {
     log: Vec<String>,
 }
 
-async fn session(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+#[derive(Template)]
+#[template(path = "ui/error.html")]
+struct ErrorPage<'a> {
+    user: &'a str,
+    title: &'a str,
+    message: &'a str,
+}
+
+/// An error as a page, with the status and message the API would give (an internal error's
+/// cause stays in the log), and what the API's answer tells the audit layer (a hidden
+/// session's real reason).
+fn error_page(user: &str, error: ApiError) -> Response {
+    let status = error.status();
+    let title = status.canonical_reason().unwrap_or("Error");
+    let message = match &error {
+        ApiError::Internal(_) => "internal error; see the gateway log".to_string(),
+        other => other.to_string(),
+    };
+    let mut api = error.into_response();
+    let mut response = page(status, &ErrorPage { user, title, message: &message });
+    *response.extensions_mut() = std::mem::take(api.extensions_mut());
+    response
+}
+
+async fn session(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
+    match session_page(&state, &caller, &id) {
+        Ok(response) => response,
+        Err(error) => error_page(&caller.real.name, error),
+    }
+}
+
+fn session_page(state: &AppState, caller: &Caller, id: &str) -> Result<Response, ApiError> {
     // The API's rule: a session the caller may not view is a 404 like a missing one.
-    let session = state.session_for(&caller, &id, Action::View)?;
+    let session = state.session_for(caller, id, Action::View)?;
     let kind = session.spec().kind;
     let detail = SessionPage {
         user: caller.real.name.clone(),
         s: SessionRow::of(&session),
-        may_modify: state.allowed(&caller, Action::Modify, session.as_ref()),
+        may_modify: state.allowed(caller, Action::Modify, session.as_ref()),
         code_kinds: CODE_KINDS.iter().map(|k| k.as_str()).collect(),
         default_kind: kind.resolve_statement(None).unwrap_or(CodeKind::PySpark).as_str(),
         statements: session.statements().iter().map(StatementView::of).collect(),

@@ -7,6 +7,7 @@ mod cluster;
 mod kdc;
 mod ldap_dir;
 mod support;
+mod webdriver;
 
 mod api;
 mod batches;

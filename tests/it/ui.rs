@@ -5,6 +5,7 @@
 
 use crate::ldap_dir::{Directory, USERS};
 use crate::support::TestGateway;
+use crate::webdriver::Browser;
 use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, LOCATION, ORIGIN, SET_COOKIE};
 use reqwest::redirect::Policy;
 use serde_json::{json, Value};
@@ -26,13 +27,13 @@ fn password(user: &str) -> &'static str {
     USERS.iter().find(|(u, _)| *u == user).map(|(_, p)| *p).unwrap()
 }
 
-struct Browser {
+struct Client {
     client: reqwest::Client,
     base: String,
     cookie: Option<String>,
 }
 
-impl Browser {
+impl Client {
     fn new(gw: &TestGateway) -> Self {
         let client = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(&gw.ca_pem).unwrap())
@@ -128,7 +129,7 @@ async fn the_ui_logs_in_by_form_and_shows_each_user_only_their_sessions_as_text(
     ];
     let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
     let gw = TestGateway::start_with_policy(&overrides, POLICY);
-    let mut alice = Browser::new(&gw);
+    let mut alice = Client::new(&gw);
 
     // Not logged in: pages lead to the login form, which is served with the UI's headers.
     let (status, headers, _) = alice.page("/ui/sessions?state=idle").await;
@@ -211,7 +212,7 @@ async fn the_ui_logs_in_by_form_and_shows_each_user_only_their_sessions_as_text(
     assert!(by_owner.contains(&format!("href=\"/ui/sessions/{id}\"")));
 
     // bob sees neither it in the list nor its page.
-    let mut bob = Browser::new(&gw);
+    let mut bob = Client::new(&gw);
     assert_eq!(bob.log_in("bob", password("bob")).await.status(), 303);
     let (status, _, bobs) = bob.page("/ui/sessions").await;
     assert_eq!(status, 200);
@@ -228,5 +229,106 @@ async fn the_ui_logs_in_by_form_and_shows_each_user_only_their_sessions_as_text(
     assert!(r.headers()[SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
 
     let (status, _) = alice.api(reqwest::Method::DELETE, &format!("/sessions/{id}"), None).await;
+    assert_eq!(status, 200);
+}
+
+/// The UI in real headless Chromium: log in through the form, run statements from a session's
+/// page and see their results, cancel one, and check that none of the markup in a name, code
+/// or output ran and that the page's own assets caused no CSP violation; then bob neither sees
+/// nor opens alice's session. Screenshots are saved (SPARKGATE_SCREENSHOTS=dir keeps them).
+#[tokio::test]
+async fn the_ui_works_in_a_real_browser_and_runs_no_user_markup() {
+    let directory = Directory::start();
+    let overrides = [
+        "auth.methods=[\"ldap\"]".to_string(),
+        format!("auth.ldap.url=\"{}\"", directory.ldaps_url),
+        format!("auth.ldap.ca=\"{}\"", directory.ca_pem.display()),
+        format!("auth.ldap.user_dn_pattern=\"uid={{user}},{}\"", directory.people_dn),
+        "auth.ldap.max_failures=100".into(),
+    ];
+    let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
+    let gw = TestGateway::start_with_policy(&overrides, POLICY);
+    let browser = Browser::start(&sparkgate::tls::DevCertPaths::in_dir(&gw.data_dir).cert).await;
+    let wait = Duration::from_secs(120);
+
+    // A page without a login leads to the form; logging in leads back.
+    browser.open(&format!("{}/ui/sessions", gw.base)).await;
+    assert!(browser.url().await.contains("/ui/login?next="), "{}", browser.url().await);
+    browser.screenshot("login").await;
+    let user = browser.wait_for("#user", wait).await;
+    browser.type_into(&user, "alice").await;
+    let password_field = browser.find("#password").await.unwrap();
+    browser.type_into(&password_field, password("alice")).await;
+    browser.click(&browser.find("form button[type=submit]").await.unwrap()).await;
+    browser.wait_for("table", wait).await;
+    assert!(browser.url().await.ends_with("/ui/sessions"), "{}", browser.url().await);
+
+    // A session with markup in its name (created through the API, as a notebook would).
+    let mut api = Client::new(&gw);
+    assert_eq!(api.log_in("alice", password("alice")).await.status(), 303);
+    let (status, created) =
+        api.api(reqwest::Method::POST, "/sessions", Some(json!({"kind": "shared", "name": NAME}))).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_u64().unwrap();
+    api.until(&format!("/sessions/{id}/state"), |b| b["state"] == "idle").await;
+
+    browser.open(&format!("{}/ui/sessions", gw.base)).await;
+    let link = browser.wait_for(&format!("a[href='/ui/sessions/{id}']"), wait).await;
+    browser.screenshot("sessions").await;
+    browser.click(&link).await;
+    browser.wait_for("#run", wait).await;
+
+    // Statements from the page: Python, SQL (a table), markup in code and output.
+    let run = |code: &'static str, kind: &'static str| {
+        let browser = &browser;
+        async move {
+            let before = browser.source().await.matches("class=\"statement\"").count();
+            let code_box = browser.wait_for("#code", wait).await;
+            browser.type_into(&code_box, code).await;
+            browser.click(&browser.find(&format!("#kind option[value='{kind}']")).await.unwrap()).await;
+            browser.click(&browser.find("#run button[type=submit]").await.unwrap()).await;
+            // The page reloads with the new statement, then refreshes until it is done.
+            browser.wait_for(&format!("#statement-{before}"), wait).await;
+            before
+        }
+    };
+    let count = run("spark.range(5).count()", "pyspark").await;
+    let done = browser.wait_for(&format!("#statement-{count}[data-state='available'] pre.output"), wait).await;
+    assert_eq!(browser.text(&done).await.trim(), "5");
+    let sql = run("SELECT 1 AS one, '<b>bold</b>' AS `<i>col</i>`", "sql").await;
+    let table = browser.wait_for(&format!("#statement-{sql}[data-state='available'] table.output"), wait).await;
+    let shown = browser.text(&table).await;
+    assert!(shown.contains("<i>col</i>") && shown.contains("<b>bold</b>"), "markup shown as text: {shown}");
+    let marked = run("print(\"<img src=x onerror=alert(3)><script>alert(4)</script>\")", "pyspark").await;
+    browser.wait_for(&format!("#statement-{marked}[data-state='available']"), wait).await;
+    browser.screenshot("session").await;
+
+    // A long statement is cancelled from the page.
+    let long = run("import time\ntime.sleep(120)", "pyspark").await;
+    let cancel = browser.wait_for(&format!("#statement-{long} button.cancel"), wait).await;
+    browser.click(&cancel).await;
+    browser.wait_for(&format!("#statement-{long}[data-state='cancelled']"), wait).await;
+
+    assert_eq!(browser.alert().await, None, "a user's markup ran a script");
+    let console = browser.console().await;
+    let violations: Vec<&String> =
+        console.iter().filter(|m| m.contains("Content Security Policy") || m.contains("Refused to")).collect();
+    assert!(violations.is_empty(), "CSP violations: {violations:?}");
+
+    // bob: the list does not show alice's session, and its page is refused as unknown.
+    browser.click(&browser.find(".who button").await.unwrap()).await;
+    let user = browser.wait_for("#user", wait).await;
+    browser.type_into(&user, "bob").await;
+    browser.type_into(&browser.find("#password").await.unwrap(), password("bob")).await;
+    browser.click(&browser.find("form button[type=submit]").await.unwrap()).await;
+    browser.wait_for("table", wait).await;
+    assert!(browser.find(&format!("a[href='/ui/sessions/{id}']")).await.is_none());
+    browser.open(&format!("{}/ui/sessions/{id}", gw.base)).await;
+    let refused = browser.wait_for("[role=alert]", wait).await;
+    assert!(browser.text(&refused).await.contains("not found"), "{}", browser.source().await);
+    assert_eq!(browser.alert().await, None);
+
+    browser.close().await;
+    let (status, _) = api.api(reqwest::Method::DELETE, &format!("/sessions/{id}"), None).await;
     assert_eq!(status, 200);
 }
