@@ -105,6 +105,8 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 validated.durations.spark_check_timeout,
             )
             .await?;
+            // Key files, the LDAP service password and CA are read as `serve` reads them.
+            sparkgate::auth::build_chain(&validated)?;
             println!("configuration ok; Spark {} at {}", spark.version, spark.home.display());
             let sandbox = sparkgate::engine::sandbox::Sandbox::discover(
                 &validated.config,
@@ -145,16 +147,18 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => {
             let scheme = if validated.config.server.dangerous_plain_http { "http" } else { "https" };
             let validated_recovers = validated.config.recovers();
+            let how = if validated.config.auth.methods.iter().any(|m| m == "jwt") {
+                "-H \"Authorization: Bearer $TOKEN\" https://{addr}/sessions; TOKEN from `sparkgate token --user NAME`"
+            } else if validated.config.auth.methods.iter().any(|m| m == "ldap") {
+                "-u NAME https://{addr}/sessions, or a browser at https://{addr}/ui"
+            } else {
+                "https://{addr}/sessions"
+            };
             let gateway = sparkgate::Gateway::start(validated, sparkgate::StartOptions::default()).await?;
             println!("sparkgate listening on {scheme}://{}", gateway.addr);
             if let Some(ca) = &gateway.dev_ca {
-                println!(
-                    "development CA: {} (curl --cacert {} -H \"Authorization: Bearer $TOKEN\" https://{}/sessions; \
-                     TOKEN from `sparkgate token --user NAME`)",
-                    ca.display(),
-                    ca.display(),
-                    gateway.addr
-                );
+                let how = how.replace("{addr}", &gateway.addr.to_string());
+                println!("development CA: {} (curl --cacert {} {how})", ca.display(), ca.display());
             }
             wait_for_signal().await;
             if validated_recovers {

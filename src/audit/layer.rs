@@ -120,6 +120,8 @@ fn unauthenticated_refusal(status: u16) -> Option<&'static str> {
         414 => "unauthenticated_414",
         429 => "unauthenticated_429",
         431 => "unauthenticated_431",
+        // A login the directory could not judge: a flood during an outage is counted.
+        503 => "unauthenticated_503",
         _ => return None,
     })
 }

@@ -53,6 +53,9 @@ pub enum CookieError {
     /// The principal cannot be encoded (never happens for a `Principal` the gateway built).
     #[error("cannot encode the {COOKIE_NAME} cookie")]
     Encode,
+    /// The cookie would be longer than a browser keeps (a user in very many groups).
+    #[error("the {COOKIE_NAME} cookie would be longer than {MAX_COOKIE_LEN} bytes")]
+    TooLarge,
 }
 
 /// What the cookie carries.
@@ -128,7 +131,11 @@ impl CookieSigner {
         let mut mac = self.mac(CookieError::Encode)?;
         mac.update(payload.as_bytes());
         let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        Ok(format!("{payload}.{tag}"))
+        let value = format!("{payload}.{tag}");
+        if value.len() > MAX_COOKIE_LEN {
+            return Err(CookieError::TooLarge);
+        }
+        Ok(value)
     }
 
     /// The complete `Set-Cookie` header value for `principal`.

@@ -52,6 +52,16 @@ const MAX_CREDENTIALS_LEN: usize = 4096;
 /// Logins remembered at most (see the module documentation).
 const REMEMBERED: usize = 10_000;
 
+/// 429 with `Retry-After` in whole seconds, rounded up (a client that waits that long is not
+/// refused again).
+fn throttled(retry_after: Duration) -> AuthOutcome {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    AuthOutcome::Failed(ApiError::TooManyRequests {
+        msg: "too many failed logins; try again later".into(),
+        retry_after: secs.max(1),
+    })
+}
+
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct LdapAuthenticator {
@@ -87,7 +97,11 @@ impl LdapAuthenticator {
             shared: Arc::new(Shared {
                 directory,
                 cookies,
-                throttle: Mutex::new(Throttle::new(ldap.max_failures, config.durations.ldap_failure_window)),
+                throttle: Mutex::new(Throttle::new(
+                    ldap.max_failures,
+                    ldap.max_address_failures,
+                    config.durations.ldap_failure_window,
+                )),
                 remember: config.durations.ldap_remember,
                 remembered: quick_cache::sync::Cache::new(REMEMBERED),
                 remember_key,
@@ -95,51 +109,80 @@ impl LdapAuthenticator {
         })
     }
 
-    /// Checks `user` and `password` (from a Basic header or the web UI's form) coming from
-    /// `peer`: the principal and the cookie to set, or how to refuse.
+    /// Checks `user` and `password` from the web UI's login form, coming from `peer`: the
+    /// principal and the cookie to set, or how to refuse. Always asks the directory (a form
+    /// login is a person logging in, and gets a cookie from a real bind).
     pub async fn login(&self, user: String, password: Secret<String>, peer: Option<AddrKey>) -> AuthOutcome {
-        self.shared.login(user, password, peer).await
+        self.shared.login(user, password, peer, Remembered::Ignore).await
     }
 }
 
+/// Whether a login may be answered from the remembered ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Remembered {
+    /// HTTP Basic, sent with every request.
+    Use,
+    /// The login form.
+    Ignore,
+}
+
 impl Shared {
-    async fn login(&self, user: String, password: Secret<String>, peer: Option<AddrKey>) -> AuthOutcome {
+    async fn login(
+        &self,
+        user: String,
+        password: Secret<String>,
+        peer: Option<AddrKey>,
+        remembered: Remembered,
+    ) -> AuthOutcome {
         if !valid_user_name(&user) {
             // Not a name the gateway could hand on (nor record as given): refused as wrong
             // credentials, counted against the address only.
-            self.lock().fail(None, peer, Instant::now());
+            if let Err(retry_after) = self.lock().attempt(None, peer, Instant::now()) {
+                return throttled(retry_after);
+            }
             return AuthOutcome::Rejected(WRONG.into());
         }
-        if let Err(retry_after) = self.lock().check(&user, peer, Instant::now()) {
-            return AuthOutcome::Failed(ApiError::TooManyRequests {
-                msg: "too many failed logins; try again later".into(),
-                retry_after: retry_after.as_secs().max(1),
-            });
-        }
-        let digest = self.digest(&user, &password);
-        if let Some(digest) = &digest {
-            if let Some((principal, until)) = self.remembered.get(digest) {
-                if Instant::now() < until {
-                    return self.authenticated(principal);
-                }
-                self.remembered.remove(digest);
+        // Directories match user names without regard to case: so do the throttle and the
+        // remembered logins (the principal is named as the directory spells it).
+        let key = user.to_lowercase();
+        let digest = self.digest(&key, &password);
+        // Credentials that bound a moment ago are right: no lock applies to them, and no new
+        // cookie is issued (the one from the bind stays the longest a login lasts).
+        if remembered == Remembered::Use {
+            if let Some(principal) = digest.as_ref().and_then(|d| self.remembered(d)) {
+                return AuthOutcome::authenticated(principal);
             }
         }
+        let attempt = match self.lock().attempt(Some(&key), peer, Instant::now()) {
+            Ok(attempt) => attempt,
+            Err(retry_after) => return throttled(retry_after),
+        };
         match self.directory.login(&user, &password).await {
-            Ok(Login::Valid(groups)) => {
-                self.lock().succeed(&user);
-                let principal = Principal { name: user, groups, method: AuthMethod::Ldap };
+            Ok(Login::Valid { name, groups }) => {
+                self.lock().succeed(attempt);
+                let principal = Principal { name, groups, method: AuthMethod::Ldap };
                 if let (Some(remember), Some(digest)) = (self.remember, digest) {
                     self.remembered.insert(digest, (principal.clone(), Instant::now() + remember));
                 }
                 self.authenticated(principal)
             }
-            Ok(Login::Invalid) => {
-                self.lock().fail(Some(&user), peer, Instant::now());
-                AuthOutcome::LoginFailed { user, reason: WRONG.into() }
+            // The attempt stays counted.
+            Ok(Login::Invalid) => AuthOutcome::LoginFailed { user: key, reason: WRONG.into() },
+            Err(unavailable) => {
+                // Not judged: not a failure of the user's.
+                self.lock().give_back(attempt);
+                AuthOutcome::Failed(ApiError::Unavailable(unavailable.0))
             }
-            Err(unavailable) => AuthOutcome::Failed(ApiError::Unavailable(unavailable.0)),
         }
+    }
+
+    fn remembered(&self, digest: &[u8; 32]) -> Option<Principal> {
+        let (principal, until) = self.remembered.get(digest)?;
+        if Instant::now() < until {
+            return Some(principal);
+        }
+        self.remembered.remove(digest);
+        None
     }
 
     fn authenticated(&self, principal: Principal) -> AuthOutcome {
@@ -203,7 +246,7 @@ impl Authenticator for LdapAuthenticator {
         };
         let peer = conn.map(|c| AddrKey::of(c.peer.ip()));
         let shared = self.shared.clone();
-        AuthOutcome::Pending(Pending::new(async move { shared.login(user, password, peer).await }))
+        AuthOutcome::Pending(Pending::new(async move { shared.login(user, password, peer, Remembered::Use).await }))
     }
 }
 

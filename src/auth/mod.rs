@@ -181,6 +181,10 @@ impl AuthChain {
     pub async fn authenticate(&self, parts: &Parts) -> Result<(Principal, Vec<(HeaderName, HeaderValue)>), Refusal> {
         let conn = parts.extensions.get::<ConnInfo>();
         let challenges = || self.authenticators.iter().filter_map(|a| a.challenge()).collect::<Vec<_>>();
+        // Two sets of credentials: which one a proxy in front judged or logged is unknowable.
+        if parts.headers.get_all(axum::http::header::AUTHORIZATION).iter().nth(1).is_some() {
+            return Err(ApiError::bad_request("more than one Authorization header").into());
+        }
         for authenticator in self.authenticators.iter() {
             let mut outcome = authenticator.authenticate(parts, conn);
             if let AuthOutcome::Pending(pending) = outcome {

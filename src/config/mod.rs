@@ -349,6 +349,9 @@ pub struct LdapConfig {
     pub group_name_attribute: String,
     /// The attribute of a user entry that lists the DNs of its groups.
     pub member_of_attribute: String,
+    /// The attribute of a user entry that is its user name: the principal is named by the
+    /// entry, whatever case the login was typed in.
+    pub user_name_attribute: String,
     /// Connecting (TCP and TLS) gives up after this long.
     pub connect_timeout: String,
     /// Each directory operation (bind, search) gives up after this long.
@@ -361,9 +364,12 @@ pub struct LdapConfig {
     /// hash, in memory), so HTTP Basic clients that keep no cookie do not bind on every
     /// request ("0" = bind every time).
     pub remember: String,
-    /// Failed logins within `failure_window`, per user name and per client address, after
-    /// which further attempts are refused with 429 until the window ends.
+    /// Failed logins within `failure_window` per user name (in any case), after which further
+    /// attempts with that name are refused with 429 until the window ends.
     pub max_failures: u32,
+    /// The same per client address (an IPv6 client by its /64): higher, since many users may
+    /// share one address (a notebook server, a NAT).
+    pub max_address_failures: u32,
     /// See `max_failures`.
     pub failure_window: String,
 }
@@ -384,12 +390,14 @@ impl Default for LdapConfig {
             group_search_filter: "(member={dn})".into(),
             group_name_attribute: "cn".into(),
             member_of_attribute: "memberOf".into(),
+            user_name_attribute: "uid".into(),
             connect_timeout: "5s".into(),
             timeout: "5s".into(),
             pool_size: 4,
             cookie_ttl: "10m".into(),
             remember: "2m".into(),
             max_failures: 5,
+            max_address_failures: 20,
             failure_window: "5m".into(),
         }
     }
@@ -874,8 +882,11 @@ fn ldap_problems(ldap: &LdapConfig, durations: &Durations) -> Vec<String> {
     if ldap.pool_size == 0 {
         problems.push("auth.ldap.pool_size must be at least 1".into());
     }
-    if ldap.max_failures == 0 {
-        problems.push("auth.ldap.max_failures must be at least 1".into());
+    if ldap.max_failures == 0 || ldap.max_address_failures == 0 {
+        problems.push("auth.ldap.max_failures and max_address_failures must be at least 1".into());
+    }
+    if ldap.user_name_attribute.is_empty() {
+        problems.push("auth.ldap.user_name_attribute must name an attribute (uid, sAMAccountName, ...)".into());
     }
     for (key, d) in [
         ("auth.ldap.connect_timeout", durations.ldap_connect_timeout),

@@ -42,11 +42,20 @@ enum Groups {
     Search { base: String, filter: String, name: String },
 }
 
+/// How long logins are answered 503 at once after the directory could not be reached, so
+/// an outage costs one connection attempt per this long, not one per login.
+const DOWN_FOR: Duration = Duration::from_secs(2);
+
 /// The answer to a login.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Login {
-    /// The password is right: the user's groups.
-    Valid(Vec<String>),
+    /// The password is right: the user's name as the directory spells it, and groups.
+    Valid {
+        /// From the entry's `user_name_attribute`.
+        name: String,
+        /// Group names.
+        groups: Vec<String>,
+    },
     /// Wrong password, unknown user, or a name that matches several entries.
     Invalid,
 }
@@ -67,6 +76,9 @@ pub(crate) struct Directory {
     service: Option<(String, Secret<String>)>,
     users: Users,
     groups: Groups,
+    name_attribute: String,
+    /// Until when the directory counts as unreachable (see [`DOWN_FOR`]).
+    down_until: Mutex<Option<tokio::time::Instant>>,
     /// Idle connections.
     idle: Mutex<Vec<Ldap>>,
     /// One permit per connection in use: at most `pool_size` logins talk to the directory at once.
@@ -116,6 +128,8 @@ impl Directory {
             service,
             users,
             groups,
+            name_attribute: ldap.user_name_attribute.clone(),
+            down_until: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
             slots: Semaphore::new(ldap.pool_size.max(1)),
             pool_size: ldap.pool_size.max(1),
@@ -129,7 +143,17 @@ impl Directory {
         if password.expose().is_empty() {
             return Ok(Login::Invalid);
         }
-        let _slot = self.slots.acquire().await.map_err(|_| Unavailable("the directory pool is closed".into()))?;
+        let now = tokio::time::Instant::now();
+        if self.down_until.lock().unwrap_or_else(PoisonError::into_inner).is_some_and(|until| now < until) {
+            return Err(Unavailable("the login directory is not available; try again later".into()));
+        }
+        // Waiting for a connection counts against the operation timeout: logins queued behind a
+        // directory that hangs fail in bounded time instead of holding request slots.
+        let _slot = match tokio::time::timeout(self.timeout, self.slots.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => return Err(Unavailable("the directory pool is closed".into())),
+            Err(_) => return Err(Unavailable("the login directory is busy; try again later".into())),
+        };
         if let Some(ldap) = self.take_idle() {
             // A pooled connection may have died with a directory restart since its last use:
             // a failure on it is tried once more on a fresh one.
@@ -137,7 +161,14 @@ impl Directory {
                 return Ok(login);
             }
         }
-        let ldap = self.connect().await?;
+        let ldap = match self.connect().await {
+            Ok(ldap) => ldap,
+            Err(unavailable) => {
+                *self.down_until.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(tokio::time::Instant::now() + DOWN_FOR);
+                return Err(unavailable);
+            }
+        };
         self.login_with(ldap, user, password).await
     }
 
@@ -184,7 +215,27 @@ impl Directory {
         if bound.rc != 0 {
             return Err(Unavailable(format!("the directory refused the bind with result code {}", bound.rc)));
         }
-        Ok(Login::Valid(self.groups_of(ldap, user, &dn).await?))
+        // The entry's facts: as the service account if there is one, else as the user.
+        if self.service.is_some() {
+            self.bind_service(ldap).await?;
+        }
+        let mut wanted = vec![self.name_attribute.as_str()];
+        if let Groups::MemberOf(attribute) = &self.groups {
+            wanted.push(attribute.as_str());
+        }
+        let found = ldap.with_timeout(self.timeout).search(&dn, Scope::Base, "(objectClass=*)", wanted).await;
+        let entry = entries(found, "reading the user's entry")?.0.into_iter().next().map(SearchEntry::construct);
+        let Some(entry) = entry else {
+            return Err(Unavailable("the user's entry cannot be read after the bind".into()));
+        };
+        let name =
+            attribute_values(&entry, &self.name_attribute).into_iter().find(|n| crate::identity::valid_user_name(n));
+        let Some(name) = name else {
+            tracing::error!(attribute = %self.name_attribute, "a user entry has no usable auth.ldap.user_name_attribute");
+            return Err(Unavailable("the user's entry has no user name the gateway can use".into()));
+        };
+        let groups = self.groups_of(ldap, &entry, &name, &dn).await?;
+        Ok(Login::Valid { name, groups })
     }
 
     /// Binds as the service account (an error: the configuration or the directory is wrong,
@@ -205,28 +256,20 @@ impl Directory {
         Ok(())
     }
 
-    /// The user's group names: the first RDN value of each group DN (`memberOf`), or the name
-    /// attribute of each group found by the group search. Searched as the service account if
-    /// there is one, else as the user just bound.
-    async fn groups_of(&self, ldap: &mut Ldap, user: &str, dn: &str) -> Result<Vec<String>, Unavailable> {
-        if self.service.is_some() {
-            self.bind_service(ldap).await?;
-        }
+    /// The user's group names: the first RDN value of each group DN in the entry's
+    /// `memberOf`, or the name attribute of each group found by the group search (bound as
+    /// the service account if there is one, else as the user).
+    async fn groups_of(
+        &self,
+        ldap: &mut Ldap,
+        entry: &SearchEntry,
+        user: &str,
+        dn: &str,
+    ) -> Result<Vec<String>, Unavailable> {
         let options = SearchOptions::new().sizelimit(MAX_GROUPS);
         let mut names: Vec<String> = match &self.groups {
             Groups::MemberOf(attribute) => {
-                let found = ldap
-                    .with_search_options(options)
-                    .with_timeout(self.timeout)
-                    .search(dn, Scope::Base, "(objectClass=*)", vec![attribute.as_str()])
-                    .await;
-                entries(found, "reading the user's groups")?
-                    .0
-                    .into_iter()
-                    .map(SearchEntry::construct)
-                    .flat_map(|entry| attribute_values(entry, attribute))
-                    .filter_map(|group_dn| first_rdn_value(&group_dn))
-                    .collect()
+                attribute_values(entry, attribute).iter().filter_map(|group_dn| first_rdn_value(group_dn)).collect()
             }
             Groups::Search { base, filter, name } => {
                 let filter = filter.replace("{dn}", &ldap_escape(dn)).replace("{user}", &ldap_escape(user));
@@ -242,7 +285,7 @@ impl Directory {
                 entries
                     .into_iter()
                     .map(SearchEntry::construct)
-                    .flat_map(|entry| attribute_values(entry, name))
+                    .flat_map(|entry| attribute_values(&entry, name))
                     .collect()
             }
         };
@@ -305,8 +348,8 @@ fn unavailable(doing: &str, error: &ldap3::LdapError) -> Unavailable {
 }
 
 /// Every value of `attribute` (matched without regard to case, as LDAP does).
-fn attribute_values(entry: SearchEntry, attribute: &str) -> Vec<String> {
-    entry.attrs.into_iter().filter(|(name, _)| name.eq_ignore_ascii_case(attribute)).flat_map(|(_, v)| v).collect()
+fn attribute_values(entry: &SearchEntry, attribute: &str) -> Vec<String> {
+    entry.attrs.iter().filter(|(name, _)| name.eq_ignore_ascii_case(attribute)).flat_map(|(_, v)| v.clone()).collect()
 }
 
 /// `cn=analysts,ou=groups,dc=example` → `analysts`. None for a value with escapes or an

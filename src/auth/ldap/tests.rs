@@ -44,51 +44,69 @@ fn addr(ip: &str) -> Option<AddrKey> {
 #[test]
 fn a_name_is_locked_after_max_failures_until_its_window_ends() {
     let window = Duration::from_secs(300);
-    let mut t = Throttle::new(3, window);
+    let mut t = Throttle::new(3, 100, window);
     let start = Instant::now();
     for i in 0..3 {
-        assert!(t.check("alice", addr("192.0.2.1"), start).is_ok(), "attempt {i}");
         // Each failure from another address: the name alone locks.
-        t.fail(Some("alice"), addr(&format!("192.0.2.{}", 10 + i)), start);
+        let _failed = t.attempt(Some("alice"), addr(&format!("192.0.2.{}", 10 + i)), start).unwrap();
     }
-    let retry = t.check("alice", addr("198.51.100.7"), start + Duration::from_secs(60)).unwrap_err();
+    let retry = t.attempt(Some("alice"), addr("198.51.100.7"), start + Duration::from_secs(60)).unwrap_err();
     assert_eq!(retry, Duration::from_secs(240));
     // Other names are not affected.
-    assert!(t.check("bob", addr("198.51.100.7"), start).is_ok());
+    assert!(t.attempt(Some("bob"), addr("198.51.100.7"), start).is_ok());
     // The window ends: free again, and counting starts afresh.
-    assert!(t.check("alice", None, start + window).is_ok());
-    t.fail(Some("alice"), None, start + window);
-    assert!(t.check("alice", None, start + window).is_ok());
+    let _failed = t.attempt(Some("alice"), None, start + window).unwrap();
+    assert!(t.attempt(Some("alice"), None, start + window).is_ok());
+}
+
+#[test]
+fn attempts_under_way_count_so_parallel_guesses_cannot_pass_the_limit() {
+    // Before the fix, failures were counted when the directory answered: 100 guesses sent at
+    // once all reached it.
+    let mut t = Throttle::new(5, 100, Duration::from_secs(300));
+    let now = Instant::now();
+    let in_flight: Vec<_> = (0..100).filter_map(|_| t.attempt(Some("bob"), addr("192.0.2.1"), now).ok()).collect();
+    assert_eq!(in_flight.len(), 5);
+    // Attempts the directory could not judge are given back; a success clears the name.
+    let mut in_flight = in_flight.into_iter();
+    t.give_back(in_flight.next().unwrap());
+    assert!(t.attempt(Some("bob"), None, now).is_ok(), "one given back, one more allowed");
+    assert!(t.attempt(Some("bob"), None, now).is_err());
+    t.succeed(in_flight.next().unwrap());
+    assert!(t.attempt(Some("bob"), None, now).is_ok());
 }
 
 #[test]
 fn an_address_is_locked_whatever_names_it_tries_and_success_does_not_unlock_it() {
-    let mut t = Throttle::new(3, Duration::from_secs(60));
+    let mut t = Throttle::new(100, 3, Duration::from_secs(60));
     let now = Instant::now();
-    t.fail(Some("a"), addr("192.0.2.1"), now);
-    t.fail(Some("b"), addr("192.0.2.1"), now);
+    let _a = t.attempt(Some("a"), addr("192.0.2.1"), now).unwrap();
+    let good = t.attempt(Some("carol"), addr("192.0.2.1"), now).unwrap();
     // Names that are not user names count against the address too.
-    t.fail(None, addr("192.0.2.1"), now);
-    assert!(t.check("carol", addr("192.0.2.1"), now).is_err());
-    t.succeed("carol");
-    assert!(t.check("carol", addr("192.0.2.1"), now).is_err());
-    // Another address may still log in as carol; an IPv6 client counts by its /64.
-    assert!(t.check("carol", addr("192.0.2.2"), now).is_ok());
+    let _c = t.attempt(None, addr("192.0.2.1"), now).unwrap();
+    assert!(t.attempt(Some("dave"), addr("192.0.2.1"), now).is_err());
+    // carol's success gives back only her own attempt.
+    t.succeed(good);
+    let _d = t.attempt(Some("dave"), addr("192.0.2.1"), now).unwrap();
+    assert!(t.attempt(Some("erin"), addr("192.0.2.1"), now).is_err());
+    // Another address may still log in; an IPv6 client counts by its /64.
+    assert!(t.attempt(Some("carol"), addr("192.0.2.2"), now).is_ok());
     for host in 1..=3 {
-        t.fail(Some(&format!("u{host}")), addr(&format!("2001:db8:1:2::{host}")), now);
+        let _f = t.attempt(Some(&format!("u{host}")), addr(&format!("2001:db8:1:2::{host}")), now).unwrap();
     }
-    assert!(t.check("dave", addr("2001:db8:1:2::99"), now).is_err());
-    assert!(t.check("dave", addr("2001:db8:1:3::1"), now).is_ok());
+    assert!(t.attempt(Some("dave"), addr("2001:db8:1:2::99"), now).is_err());
+    assert!(t.attempt(Some("dave"), addr("2001:db8:1:3::1"), now).is_ok());
 }
 
 #[test]
-fn success_clears_the_names_failures() {
-    let mut t = Throttle::new(2, Duration::from_secs(60));
-    let now = Instant::now();
-    t.fail(Some("alice"), None, now);
-    t.succeed("alice");
-    t.fail(Some("alice"), None, now);
-    assert!(t.check("alice", None, now).is_ok());
+fn retry_after_is_rounded_up() {
+    let secs = |d: Duration| match throttled(d) {
+        AuthOutcome::Failed(ApiError::TooManyRequests { retry_after, .. }) => retry_after,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(secs(Duration::from_millis(3700)), 4);
+    assert_eq!(secs(Duration::from_secs(3)), 3);
+    assert_eq!(secs(Duration::from_millis(10)), 1);
 }
 
 #[test]
@@ -107,6 +125,9 @@ fn ldap_cookies_say_how_the_user_logged_in() {
     let now = SystemTime::now();
     let ldap = Principal { name: "alice".into(), groups: vec!["analysts".into()], method: AuthMethod::Ldap };
     let back = signer.verify(&signer.sign(&ldap, now).unwrap(), now).unwrap();
+    // A cookie the gateway itself would refuse (very many groups) is not issued.
+    let crowd = Principal { groups: (0..400).map(|i| format!("group-number-{i}")).collect(), ..ldap.clone() };
+    assert!(matches!(signer.sign(&crowd, now), Err(crate::auth::cookie::CookieError::TooLarge)));
     assert_eq!(back.method, AuthMethod::LdapCookie);
     assert_eq!((back.name.as_str(), back.groups.clone()), ("alice", vec!["analysts".to_string()]));
     let spnego = Principal { method: AuthMethod::Spnego, ..ldap };
