@@ -11,7 +11,7 @@
 
 mod view;
 
-use self::view::{OutputView, SessionRow, StatementView};
+use self::view::{BatchRow, OutputView, SessionRow, StatementView};
 use crate::acl::Action;
 use crate::api::AppState;
 use crate::audit_slots::AuthRecord;
@@ -44,7 +44,7 @@ const PAGE: usize = 50;
 /// The kinds a statement can be run in, in the run form's order.
 const CODE_KINDS: [CodeKind; 4] = [CodeKind::PySpark, CodeKind::Scala, CodeKind::Sql, CodeKind::SparkR];
 
-/// Log lines on a session page.
+/// Log lines on a session page, and per page of a batch's log.
 const LOG_LINES: usize = 200;
 
 /// The pages that need a logged-in user; the stack puts them behind authentication.
@@ -54,6 +54,8 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/", get(|| async { see_other("/ui/sessions") }))
         .route("/ui/sessions", get(sessions))
         .route("/ui/sessions/{id}", get(session))
+        .route("/ui/batches", get(batches))
+        .route("/ui/batches/{id}", get(batch))
 }
 
 /// What the login page needs.
@@ -281,17 +283,7 @@ async fn sessions(State(state): State<AppState>, caller: Caller, Query(query): Q
     let total = visible.len();
     let from = query.from.unwrap_or(0).min(total);
     let rows = visible[from..(from + PAGE).min(total)].iter().map(|s| SessionRow::of(s)).collect();
-    let link = |from: usize| {
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        if !wanted_state.is_empty() {
-            q.append_pair("state", &wanted_state);
-        }
-        if !owner.is_empty() {
-            q.append_pair("owner", &owner);
-        }
-        q.append_pair("from", &from.to_string());
-        format!("/ui/sessions?{}", q.finish())
-    };
+    let link = |from: usize| list_link("/ui/sessions", &wanted_state, &owner, from);
     let prev = (from > 0).then(|| link(from.saturating_sub(PAGE)));
     let next = (from + PAGE < total).then(|| link(from + PAGE));
     let list = SessionsPage {
@@ -369,3 +361,126 @@ fn session_page(state: &AppState, caller: &Caller, id: &str) -> Result<Response,
 
 #[cfg(test)]
 mod tests;
+
+#[derive(Template)]
+#[template(path = "ui/batches.html")]
+struct BatchesPage {
+    user: String,
+    states: Vec<&'static str>,
+    state: String,
+    owner: String,
+    rows: Vec<BatchRow>,
+    total: usize,
+    from: usize,
+    prev: Option<String>,
+    next: Option<String>,
+}
+
+async fn batches(State(state): State<AppState>, caller: Caller, Query(query): Query<SessionsQuery>) -> Response {
+    let wanted_state = query.state.filter(|s| SessionState::ALL.iter().any(|k| k.as_str() == s)).unwrap_or_default();
+    let owner = query.owner.unwrap_or_default();
+    let mut visible: Vec<_> = state
+        .batches
+        .list()
+        .into_iter()
+        .filter(|b| state.allowed(&caller, Action::View, b.as_ref()))
+        .filter(|b| wanted_state.is_empty() || b.state().as_str() == wanted_state)
+        .filter(|b| owner.is_empty() || b.spec.owner == owner)
+        .collect();
+    visible.sort_by_key(|b| std::cmp::Reverse(b.id));
+    let total = visible.len();
+    let from = query.from.unwrap_or(0).min(total);
+    let rows = visible[from..(from + PAGE).min(total)].iter().map(|b| BatchRow::of(b)).collect();
+    let link = |from: usize| list_link("/ui/batches", &wanted_state, &owner, from);
+    let list = BatchesPage {
+        user: caller.real.name.clone(),
+        states: SessionState::ALL.iter().map(|s| s.as_str()).collect(),
+        prev: (from > 0).then(|| link(from.saturating_sub(PAGE))),
+        next: (from + PAGE < total).then(|| link(from + PAGE)),
+        state: wanted_state,
+        owner,
+        rows,
+        total,
+        from,
+    };
+    page(StatusCode::OK, &list)
+}
+
+/// A list page's link with its filters.
+fn list_link(path: &str, state: &str, owner: &str, from: usize) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    if !state.is_empty() {
+        q.append_pair("state", state);
+    }
+    if !owner.is_empty() {
+        q.append_pair("owner", owner);
+    }
+    q.append_pair("from", &from.to_string());
+    format!("{path}?{}", q.finish())
+}
+
+#[derive(Template)]
+#[template(path = "ui/batch.html")]
+struct BatchPage {
+    user: String,
+    b: BatchRow,
+    command: String,
+    may_modify: bool,
+    /// Still starting or running (the button kills it; afterwards it deletes the record).
+    active: bool,
+    lines: Vec<String>,
+    from: usize,
+    total: usize,
+    /// Whether the page shows the end of the log (the script then follows it).
+    tail: bool,
+    prev: Option<String>,
+    next: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LogQuery {
+    from: Option<usize>,
+}
+
+async fn batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> Response {
+    let batch = match state.batch_for(&caller, &id, Action::View) {
+        Ok(batch) => batch,
+        Err(error) => return error_page(&caller.real.name, error),
+    };
+    // The log's lines `from..from + LOG_LINES`, the last ones by default; read off the async
+    // workers (the whole file is counted).
+    let reader = batch.clone();
+    let window = tokio::task::spawn_blocking(move || {
+        reader.log_window(|total| {
+            let from = query.from.unwrap_or(total.saturating_sub(LOG_LINES)).min(total);
+            from..(from + LOG_LINES).min(total)
+        })
+    })
+    .await;
+    let window = match window {
+        Ok(window) => window,
+        Err(e) => return error_page(&caller.real.name, ApiError::Internal(format!("reading a batch log failed: {e}"))),
+    };
+    let spark = &state.config.config.spark;
+    let end = window.from + window.lines.len();
+    let link = |from: usize| format!("/ui/batches/{}?from={from}", batch.id);
+    let detail = BatchPage {
+        user: caller.real.name.clone(),
+        b: BatchRow::of(&batch),
+        command: view::submit_command(&batch.spec, &spark.master, &spark.deploy_mode),
+        may_modify: state.allowed(&caller, Action::Modify, batch.as_ref()),
+        active: !batch.state().is_terminal(),
+        prev: (window.from > 0).then(|| link(window.from.saturating_sub(LOG_LINES))),
+        next: (end < window.total).then(|| link(end)),
+        tail: end >= window.total,
+        from: window.from,
+        total: window.total,
+        lines: window.lines,
+    };
+    page(StatusCode::OK, &detail)
+}

@@ -71,3 +71,38 @@ fn times_are_utc() {
     assert_eq!(utc_time(0), "1970-01-01 00:00:00 UTC");
     assert_eq!(utc_time(1_764_569_760_000), "2025-12-01 06:16:00 UTC");
 }
+
+#[test]
+fn the_equivalent_command_line_shows_the_request_without_secrets() {
+    use crate::engine::batch::BatchSpec;
+    use crate::engine::SubmitSpec;
+    let spec = BatchSpec {
+        owner: "alice".into(),
+        effective_user: "alice".into(),
+        file: "s3a://bucket/app.py?X-Amz-Signature=abc".into(),
+        class_name: None,
+        args: vec!["--password".into(), "hunter2".into(), "api.token=t0k3n".into(), "it's".into(), "plain".into()],
+        submit: SubmitSpec {
+            name: Some("nightly job".into()),
+            proxy_user: Some("alice".into()),
+            jars: vec!["https://user:pw@repo.example/lib.jar?sig=1".into()],
+            driver_memory: Some("1g".into()),
+            conf: [("spark.hadoop.fs.s3a.secret.key", "AKIA"), ("spark.app.color", "blue")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..SubmitSpec::default()
+        },
+    };
+    let line = view::submit_command(&spec, "local[2]", "client");
+    assert_eq!(
+        line,
+        "spark-submit --master 'local[2]' --deploy-mode client --name 'nightly job' --proxy-user alice \
+         --driver-memory 1g --jars https://repo.example/lib.jar --conf spark.app.color=blue \
+         --conf 'spark.hadoop.fs.s3a.secret.key=<redacted>' s3a://bucket/app.py --password '<redacted>' \
+         'api.token=<redacted>' 'it'\\''s' plain"
+    );
+    for secret in ["hunter2", "t0k3n", "AKIA", "abc", "pw@", "sig=1"] {
+        assert!(!line.contains(secret), "{secret} in {line}");
+    }
+}

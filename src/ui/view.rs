@@ -125,3 +125,109 @@ pub(crate) fn utc_time(ms: i64) -> String {
         .and_then(|t| t.format(&format).ok())
         .unwrap_or_default()
 }
+
+/// One row of the batches list.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchRow {
+    pub id: u32,
+    pub name: String,
+    pub state: String,
+    pub owner: String,
+    pub effective_user: String,
+    pub app_id: String,
+    pub file: String,
+}
+
+impl BatchRow {
+    pub(crate) fn of(batch: &crate::engine::batch::Batch) -> Self {
+        let snapshot = batch.snapshot();
+        let spec = &snapshot.spec;
+        Self {
+            id: snapshot.id,
+            name: spec.submit.name.clone().unwrap_or_default(),
+            state: snapshot.state.as_str().to_string(),
+            owner: spec.owner.clone(),
+            effective_user: spec.effective_user.clone(),
+            app_id: snapshot.app_id.clone().unwrap_or_default(),
+            file: without_query(&spec.file),
+        }
+    }
+}
+
+/// Spark property names whose values are never shown (Spark's own redaction rule, and more).
+fn secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["secret", "password", "token", "credential", "access.key", "accesskey", "private"].iter().any(|s| key.contains(s))
+}
+
+/// A URL without its query string or user info (a presigned URL's signature, a password).
+fn without_query(location: &str) -> String {
+    let cut = location.split(['?', '#']).next().unwrap_or_default();
+    match cut.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/') {
+            Some((authority, path)) => {
+                let host = authority.rsplit('@').next().unwrap_or(authority);
+                format!("{scheme}://{host}/{path}")
+            }
+            None => format!("{scheme}://{}", rest.rsplit('@').next().unwrap_or(rest)),
+        },
+        None => cut.to_string(),
+    }
+}
+
+/// `word` quoted for a POSIX shell when it needs to be.
+fn shell_word(word: &str) -> String {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c)) {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+/// The spark-submit command line a batch is equivalent to, as a user could run it: the
+/// request's own settings (never the operator's `spark.conf`, which may hold credentials),
+/// values of secret-looking properties as `<redacted>`, URLs without query strings or user
+/// info. (The gateway itself passes properties in an owner-only file, never on a command line.)
+pub(crate) fn submit_command(spec: &crate::engine::batch::BatchSpec, master: &str, deploy_mode: &str) -> String {
+    let submit = &spec.submit;
+    let mut words: Vec<String> = vec!["spark-submit".into(), "--master".into(), master.into()];
+    words.extend(["--deploy-mode".into(), deploy_mode.into()]);
+    let flag = |words: &mut Vec<String>, name: &str, value: Option<String>| {
+        if let Some(value) = value {
+            words.extend([name.to_string(), value]);
+        }
+    };
+    flag(&mut words, "--name", submit.name.clone());
+    flag(&mut words, "--class", spec.class_name.clone());
+    flag(&mut words, "--proxy-user", submit.proxy_user.clone());
+    flag(&mut words, "--queue", submit.queue.clone());
+    flag(&mut words, "--driver-memory", submit.driver_memory.clone());
+    flag(&mut words, "--driver-cores", submit.driver_cores.map(|n| n.to_string()));
+    flag(&mut words, "--executor-memory", submit.executor_memory.clone());
+    flag(&mut words, "--executor-cores", submit.executor_cores.map(|n| n.to_string()));
+    flag(&mut words, "--num-executors", submit.num_executors.map(|n| n.to_string()));
+    let list = |items: &[String]| {
+        (!items.is_empty()).then(|| items.iter().map(|i| without_query(i)).collect::<Vec<_>>().join(","))
+    };
+    flag(&mut words, "--jars", list(&submit.jars));
+    flag(&mut words, "--py-files", list(&submit.py_files));
+    flag(&mut words, "--files", list(&submit.files));
+    flag(&mut words, "--archives", list(&submit.archives));
+    for (key, value) in &submit.conf {
+        let value = if secret_key(key) { "<redacted>".to_string() } else { value.clone() };
+        words.extend(["--conf".to_string(), format!("{key}={value}")]);
+    }
+    words.push(without_query(&spec.file));
+    // Application arguments: `key=value` with a secret-looking key, and the word after a
+    // secret-looking flag (`--password x`), are redacted.
+    let mut hide_next = false;
+    for arg in &spec.args {
+        let shown = match arg.split_once('=') {
+            _ if hide_next => "<redacted>".to_string(),
+            Some((key, _)) if secret_key(key) => format!("{key}=<redacted>"),
+            _ => without_query(arg),
+        };
+        hide_next = arg.starts_with('-') && !arg.contains('=') && secret_key(arg);
+        words.push(shown);
+    }
+    words.iter().map(|w| shell_word(w)).collect::<Vec<_>>().join(" ")
+}

@@ -313,6 +313,28 @@ async fn the_ui_works_in_a_real_browser_and_runs_no_user_markup() {
     browser.click(&cancel).await;
     browser.wait_for(&format!("#statement-{long}[data-state='cancelled']"), wait).await;
 
+    // A batch: its page shows the equivalent spark-submit without the secret, and its log.
+    let job = gw.jobs_dir.join("ui-batch.py");
+    std::fs::write(&job, "print('BATCH-LINE <script>alert(5)</script>', flush=True)\n").unwrap();
+    let (status, created) = api
+        .api(
+            reqwest::Method::POST,
+            "/batches",
+            Some(json!({"file": job, "args": ["--password", "hunter2"], "name": "ui-batch"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let batch = created["id"].as_u64().unwrap();
+    api.until(&format!("/batches/{batch}/state"), |b| b["state"] == "success" || b["state"] == "dead").await;
+    browser.open(&format!("{}/ui/batches", gw.base)).await;
+    browser.click(&browser.wait_for(&format!("a[href='/ui/batches/{batch}']"), wait).await).await;
+    let log = browser.wait_for("#log", wait).await;
+    assert!(browser.text(&log).await.contains("BATCH-LINE <script>alert(5)</script>"), "{}", browser.source().await);
+    let command = browser.text(&browser.find("#command").await.unwrap()).await;
+    assert!(command.starts_with("spark-submit ") && command.contains("--password '<redacted>'"), "{command}");
+    assert!(!command.contains("hunter2"), "{command}");
+    browser.screenshot("batch").await;
+
     assert_eq!(browser.alert().await, None, "a user's markup ran a script");
     let console = browser.console().await;
     let violations: Vec<&String> =

@@ -71,6 +71,43 @@ function enhanceButtons() {
   }
 }
 
+function enhanceBatch() {
+  const kill = document.getElementById("kill");
+  if (kill) {
+    kill.addEventListener("click", async () => {
+      if (!confirm(`${kill.textContent.trim()}? A running Spark application stops.`)) return;
+      try {
+        await api("DELETE", `/batches/${encodeURIComponent(kill.dataset.batch)}`);
+        location.assign("/ui/batches");
+      } catch (error) {
+        showError("run-error", error);
+      }
+    });
+  }
+  // Following the end of a running batch's log: new lines are appended as text.
+  const log = document.getElementById("log");
+  const state = document.getElementById("batch-state");
+  if (!log || !state || !log.dataset.batch || log.dataset.tail !== "true") return;
+  const id = encodeURIComponent(log.dataset.batch);
+  const running = () => ["not_started", "starting", "running"].includes(state.textContent.trim());
+  const follow = async () => {
+    try {
+      const page = await api("GET", `/batches/${id}/log?from=${log.dataset.next}&size=1000`);
+      if (page && Array.isArray(page.log) && page.log.length > 0) {
+        log.append(document.createTextNode(page.log.join("\n") + "\n"));
+        log.dataset.next = String(page.from + page.log.length);
+        log.scrollTop = log.scrollHeight;
+      }
+      const total = document.getElementById("log-total");
+      if (total && page) total.textContent = String(page.total);
+      const now = await api("GET", `/batches/${id}/state`);
+      if (now && now.state) state.textContent = now.state;
+    } catch (_) { /* the next round tries again */ }
+    if (running()) setTimeout(follow, 2000);
+  };
+  if (running()) setTimeout(follow, 2000);
+}
+
 // While the session starts or a statement runs, the page refreshes itself every two seconds
 // (not while the user is typing code).
 function refreshWhileActive() {
@@ -89,5 +126,6 @@ function refreshWhileActive() {
 document.addEventListener("DOMContentLoaded", () => {
   enhanceRunForm();
   enhanceButtons();
+  enhanceBatch();
   refreshWhileActive();
 });
