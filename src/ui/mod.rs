@@ -9,6 +9,7 @@
 //! `Secure; HttpOnly; SameSite=Strict` (never readable by script, never in a URL), and the
 //! login and logout forms refused when posted from another origin.
 
+mod admin;
 mod view;
 
 use self::view::{BatchRow, OutputView, SessionRow, StatementView};
@@ -56,6 +57,10 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/sessions/{id}", get(session))
         .route("/ui/batches", get(batches))
         .route("/ui/batches/{id}", get(batch))
+        .route("/ui/admin", get(admin::index))
+        .route("/ui/admin/audit", get(admin::audit))
+        .route("/ui/admin/policy", get(admin::policy))
+        .route("/ui/admin/figures", get(admin::figures))
 }
 
 /// What the login page needs.
@@ -117,10 +122,23 @@ pub async fn login_redirect(request: Request, next: Next) -> Response {
     Response::from_parts(parts, axum::body::Body::empty())
 }
 
+/// What the header of every page shows: who is logged in, and whether they administer.
+#[derive(Debug, Default)]
+struct Nav {
+    user: String,
+    admin: bool,
+}
+
+impl Nav {
+    fn of(state: &AppState, caller: &Caller) -> Self {
+        Self { user: caller.real.name.clone(), admin: state.acl.check(&caller.acting, Action::Admin, None).allowed }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "ui/login.html")]
 struct LoginPage<'a> {
-    user: &'a str,
+    nav: Nav,
     message: &'a str,
     password_login: bool,
     next: &'a str,
@@ -142,7 +160,8 @@ fn safe_next(next: Option<&str>) -> &str {
 
 async fn login_form(State(state): State<LoginState>, Query(query): Query<NextQuery>) -> Response {
     let next = safe_next(query.next.as_deref());
-    let login = LoginPage { user: "", message: "", password_login: state.ldap.is_some(), next, user_tried: "" };
+    let login =
+        LoginPage { nav: Nav::default(), message: "", password_login: state.ldap.is_some(), next, user_tried: "" };
     page(StatusCode::OK, &login)
 }
 
@@ -178,7 +197,8 @@ async fn login(State(state): State<LoginState>, request: Request) -> Response {
     };
     let next = safe_next(form.next.as_deref()).to_string();
     let render = |status: StatusCode, message: &str, user_tried: &str| {
-        let login = LoginPage { user: "", message, password_login: state.ldap.is_some(), next: &next, user_tried };
+        let login =
+            LoginPage { nav: Nav::default(), message, password_login: state.ldap.is_some(), next: &next, user_tried };
         page(status, &login)
     };
     let Some(ldap) = &state.ldap else {
@@ -249,7 +269,7 @@ async fn asset(Path(file): Path<String>) -> Response {
 #[derive(Template)]
 #[template(path = "ui/sessions.html")]
 struct SessionsPage {
-    user: String,
+    nav: Nav,
     states: Vec<&'static str>,
     state: String,
     owner: String,
@@ -287,7 +307,7 @@ async fn sessions(State(state): State<AppState>, caller: Caller, Query(query): Q
     let prev = (from > 0).then(|| link(from.saturating_sub(PAGE)));
     let next = (from + PAGE < total).then(|| link(from + PAGE));
     let list = SessionsPage {
-        user: caller.real.name.clone(),
+        nav: Nav::of(&state, &caller),
         states: SessionState::ALL.iter().map(|s| s.as_str()).collect(),
         state: wanted_state,
         owner,
@@ -303,7 +323,7 @@ async fn sessions(State(state): State<AppState>, caller: Caller, Query(query): Q
 #[derive(Template)]
 #[template(path = "ui/session.html")]
 struct SessionPage {
-    user: String,
+    nav: Nav,
     s: SessionRow,
     may_modify: bool,
     code_kinds: Vec<&'static str>,
@@ -315,7 +335,7 @@ struct SessionPage {
 #[derive(Template)]
 #[template(path = "ui/error.html")]
 struct ErrorPage<'a> {
-    user: &'a str,
+    nav: Nav,
     title: &'a str,
     message: &'a str,
 }
@@ -323,7 +343,7 @@ struct ErrorPage<'a> {
 /// An error as a page, with the status and message the API would give (an internal error's
 /// cause stays in the log), and what the API's answer tells the audit layer (a hidden
 /// session's real reason).
-fn error_page(user: &str, error: ApiError) -> Response {
+fn error_page(nav: Nav, error: ApiError) -> Response {
     let status = error.status();
     let title = status.canonical_reason().unwrap_or("Error");
     let message = match &error {
@@ -331,7 +351,7 @@ fn error_page(user: &str, error: ApiError) -> Response {
         other => other.to_string(),
     };
     let mut api = error.into_response();
-    let mut response = page(status, &ErrorPage { user, title, message: &message });
+    let mut response = page(status, &ErrorPage { nav, title, message: &message });
     *response.extensions_mut() = std::mem::take(api.extensions_mut());
     response
 }
@@ -339,7 +359,7 @@ fn error_page(user: &str, error: ApiError) -> Response {
 async fn session(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
     match session_page(&state, &caller, &id) {
         Ok(response) => response,
-        Err(error) => error_page(&caller.real.name, error),
+        Err(error) => error_page(Nav::of(&state, &caller), error),
     }
 }
 
@@ -348,7 +368,7 @@ fn session_page(state: &AppState, caller: &Caller, id: &str) -> Result<Response,
     let session = state.session_for(caller, id, Action::View)?;
     let kind = session.spec().kind;
     let detail = SessionPage {
-        user: caller.real.name.clone(),
+        nav: Nav::of(state, caller),
         s: SessionRow::of(&session),
         may_modify: state.allowed(caller, Action::Modify, session.as_ref()),
         code_kinds: CODE_KINDS.iter().map(|k| k.as_str()).collect(),
@@ -365,7 +385,7 @@ mod tests;
 #[derive(Template)]
 #[template(path = "ui/batches.html")]
 struct BatchesPage {
-    user: String,
+    nav: Nav,
     states: Vec<&'static str>,
     state: String,
     owner: String,
@@ -393,7 +413,7 @@ async fn batches(State(state): State<AppState>, caller: Caller, Query(query): Qu
     let rows = visible[from..(from + PAGE).min(total)].iter().map(|b| BatchRow::of(b)).collect();
     let link = |from: usize| list_link("/ui/batches", &wanted_state, &owner, from);
     let list = BatchesPage {
-        user: caller.real.name.clone(),
+        nav: Nav::of(&state, &caller),
         states: SessionState::ALL.iter().map(|s| s.as_str()).collect(),
         prev: (from > 0).then(|| link(from.saturating_sub(PAGE))),
         next: (from + PAGE < total).then(|| link(from + PAGE)),
@@ -422,7 +442,7 @@ fn list_link(path: &str, state: &str, owner: &str, from: usize) -> String {
 #[derive(Template)]
 #[template(path = "ui/batch.html")]
 struct BatchPage {
-    user: String,
+    nav: Nav,
     b: BatchRow,
     command: String,
     may_modify: bool,
@@ -450,7 +470,7 @@ async fn batch(
 ) -> Response {
     let batch = match state.batch_for(&caller, &id, Action::View) {
         Ok(batch) => batch,
-        Err(error) => return error_page(&caller.real.name, error),
+        Err(error) => return error_page(Nav::of(&state, &caller), error),
     };
     // The log's lines `from..from + LOG_LINES`, the last ones by default; read off the async
     // workers (the whole file is counted).
@@ -464,13 +484,15 @@ async fn batch(
     .await;
     let window = match window {
         Ok(window) => window,
-        Err(e) => return error_page(&caller.real.name, ApiError::Internal(format!("reading a batch log failed: {e}"))),
+        Err(e) => {
+            return error_page(Nav::of(&state, &caller), ApiError::Internal(format!("reading a batch log failed: {e}")))
+        }
     };
     let spark = &state.config.config.spark;
     let end = window.from + window.lines.len();
     let link = |from: usize| format!("/ui/batches/{}?from={from}", batch.id);
     let detail = BatchPage {
-        user: caller.real.name.clone(),
+        nav: Nav::of(&state, &caller),
         b: BatchRow::of(&batch),
         command: view::submit_command(&batch.spec, &spark.master, &spark.deploy_mode),
         may_modify: state.allowed(&caller, Action::Modify, batch.as_ref()),

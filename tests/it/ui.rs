@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::time::Instant;
 
-const POLICY: &str = "[create]\nusers = [\"alice\", \"bob\"]\n";
+const POLICY: &str = "[create]\nusers = [\"alice\", \"bob\"]\n[admin]\nusers = [\"carol\"]\n";
 
 /// Payloads that would run if a page put them into HTML as markup.
 const NAME: &str = "<img src=x onerror=alert(1)>";
@@ -223,6 +223,25 @@ async fn the_ui_logs_in_by_form_and_shows_each_user_only_their_sessions_as_text(
     assert!(!bobs.contains(&format!("/ui/sessions/{id}\"")) && !bobs.contains("onerror"), "{bobs}");
     let (status, _, _) = bob.page(&format!("/ui/sessions/{id}")).await;
     assert_eq!(status, 404);
+
+    // The administrators' pages: only for carol ([admin]).
+    let (status, _, refused) = alice.page("/ui/admin/audit").await;
+    assert_eq!(status, 403, "{refused}");
+    assert!(!list.contains("/ui/admin"), "no Admin link for alice");
+    let mut carol = Client::new(&gw);
+    assert_eq!(carol.log_in("carol", password("carol")).await.status(), 303);
+    let (status, _, trail) = carol.page("/ui/admin/audit?user=alice&decision=deny").await;
+    assert_eq!(status, 200);
+    assert!(trail.contains("wrong user name or password"), "alice's failed login:\n{trail}");
+    assert_inert(&trail);
+    let (_, _, verified) = carol.page("/ui/admin/audit?verify=1").await;
+    assert!(verified.contains("OK: audit chain intact"), "{verified}");
+    let (_, _, why) = carol.page(&format!("/ui/admin/policy?user=bob&right=view&resource=session+{id}")).await;
+    assert!(why.contains("Denied: "), "{why}");
+    let (_, _, why) = carol.page(&format!("/ui/admin/policy?user=alice&right=modify&resource=session+{id}")).await;
+    assert!(why.contains("Allowed: "), "{why}");
+    let (_, _, figures) = carol.page("/ui/admin/figures").await;
+    assert!(figures.contains("sparkgate_sessions"), "{figures}");
 
     // Logging out clears the cookie (from the page's own origin only).
     let r =
