@@ -39,4 +39,10 @@ if ! "$VENV/bin/python" -c "import pyspark,sys; sys.exit(0 if pyspark.__version_
   echo "setup: installing pyspark==$PYSPARK_VERSION into $VENV (this takes a few minutes the first time)"
   "$VENV/bin/pip" install -q --disable-pip-version-check "pyspark==$PYSPARK_VERSION"
 fi
+# The drivers' %matplot magic renders with matplotlib (the web UI's test shows its image).
+MATPLOTLIB_VERSION="${MATPLOTLIB_VERSION:-3.10.7}"
+if ! "$VENV/bin/python" -c "import matplotlib,sys; sys.exit(0 if matplotlib.__version__=='$MATPLOTLIB_VERSION' else 1)" 2>/dev/null; then
+  echo "setup: installing matplotlib==$MATPLOTLIB_VERSION into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "matplotlib==$MATPLOTLIB_VERSION"
+fi
 echo "setup: ok (pyspark $("$VENV/bin/python" -c 'import pyspark; print(pyspark.__version__)') in $VENV)"

@@ -322,11 +322,24 @@ async fn the_ui_works_in_a_real_browser_and_runs_no_user_markup() {
     let table = browser.wait_for(&format!("#statement-{sql}[data-state='available'] table.output"), wait).await;
     let shown = browser.text(&table).await;
     assert!(shown.contains("<i>col</i>") && shown.contains("<b>bold</b>"), "markup shown as text: {shown}");
+    let plot = run("import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\n%matplot plt", "pyspark").await;
+    let image = browser.wait_for(&format!("#statement-{plot}[data-state='available'] img.output"), wait).await;
+    assert!(browser.property(&image, "naturalWidth").await.as_u64().unwrap_or(0) > 100, "the plot was not drawn");
     let marked = run("print(\"<img src=x onerror=alert(3)><script>alert(4)</script>\")", "pyspark").await;
     browser.wait_for(&format!("#statement-{marked}[data-state='available']"), wait).await;
     browser.screenshot("session").await;
 
-    // A long statement is cancelled from the page.
+    // On a phone-sized screen nothing runs off the side of the page.
+    browser.resize(390, 844).await;
+    browser.open(&format!("{}/ui/sessions/{id}", gw.base)).await;
+    browser.wait_for("#run", wait).await;
+    let fits =
+        browser.script("return document.documentElement.scrollWidth <= document.documentElement.clientWidth;").await;
+    assert_eq!(fits, Value::Bool(true), "the session page is wider than a phone");
+    browser.screenshot("phone").await;
+    browser.resize(1280, 900).await;
+
+    // A long statement is cancelled from the page; its progress meanwhile comes live.
     let long = run("import time\ntime.sleep(120)", "pyspark").await;
     let cancel = browser.wait_for(&format!("#statement-{long} button.cancel"), wait).await;
     browser.click(&cancel).await;

@@ -200,6 +200,21 @@ impl Browser {
             .to_string()
     }
 
+    /// The element's DOM property `name` (e.g. an image's `naturalWidth`).
+    pub async fn property(&self, element: &str, name: &str) -> Value {
+        self.call(reqwest::Method::GET, &format!("/element/{element}/property/{name}"), None).await
+    }
+
+    /// Resizes the window (a phone: 390 × 844).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.call(reqwest::Method::POST, "/window/rect", Some(json!({"width": width, "height": height}))).await;
+    }
+
+    /// Runs `script` (a function body) in the page through the driver and returns its value.
+    pub async fn script(&self, script: &str) -> Value {
+        self.call(reqwest::Method::POST, "/execute/sync", Some(json!({"script": script, "args": []}))).await
+    }
+
     /// The text of an open `alert()`, if a script opened one.
     pub async fn alert(&self) -> Option<String> {
         let v = self.call(reqwest::Method::GET, "/alert/text", None).await;

@@ -108,24 +108,65 @@ function enhanceBatch() {
   if (running()) setTimeout(follow, 2000);
 }
 
-// While the session starts or a statement runs, the page refreshes itself every two seconds
-// (not while the user is typing code).
-function refreshWhileActive() {
-  const state = document.getElementById("session-state");
-  if (!state) return;
-  const active = ["not_started", "starting", "busy"].includes(state.textContent.trim()) ||
-    document.querySelector('.statement[data-state="running"], .statement[data-state="waiting"], .statement[data-state="cancelling"]');
-  if (!active) return;
+// While the session starts, the page refreshes itself every two seconds (not while the user
+// is typing code). A running statement's progress comes live from its event stream
+// (server-sent events); when it ends, the page is loaded again to show its output.
+function reloadSoon() {
   setTimeout(() => {
     const code = document.getElementById("code");
     const typing = code && (code.value !== "" || document.activeElement === code);
-    if (typing) { refreshWhileActive(); } else { location.reload(); }
+    if (typing) { reloadSoon(); } else { location.reload(); }
   }, 2000);
+}
+
+function followStatements() {
+  const state = document.getElementById("session-state");
+  if (!state) return;
+  if (["not_started", "starting"].includes(state.textContent.trim())) { reloadSoon(); return; }
+  const running = document.querySelectorAll(
+    '.statement[data-state="running"], .statement[data-state="waiting"], .statement[data-state="cancelling"]');
+  if (running.length === 0) return;
+  if (typeof EventSource === "undefined") { reloadSoon(); return; }
+  const session = encodeURIComponent(document.getElementById("log").dataset.session);
+  for (const article of running) {
+    const id = article.id.replace("statement-", "");
+    const events = new EventSource(`/sessions/${session}/statements/${encodeURIComponent(id)}/events`);
+    events.addEventListener("progress", (event) => {
+      try {
+        const p = JSON.parse(event.data);
+        const bar = article.querySelector("progress");
+        if (bar) { bar.value = Math.round(p.progress * 100); bar.textContent = `${bar.value}%`; }
+        const shown = article.querySelector(".state");
+        if (shown) { shown.textContent = p.state; }
+        article.dataset.state = p.state;
+      } catch (_) { /* a malformed event changes nothing */ }
+    });
+    events.addEventListener("statement", () => { events.close(); reloadSoon(); });
+    events.onerror = () => { events.close(); reloadSoon(); };
+  }
+}
+
+// The session log's tail, read again every three seconds while the page is in view.
+function followSessionLog() {
+  const log = document.getElementById("log");
+  if (!log || !log.dataset.session) return;
+  const id = encodeURIComponent(log.dataset.session);
+  setInterval(async () => {
+    if (document.visibilityState !== "visible") return;
+    try {
+      const page = await api("GET", `/sessions/${id}/log?size=200`);
+      if (page && Array.isArray(page.log)) {
+        const text = page.log.length ? page.log.join("\n") + "\n" : "";
+        if (log.textContent !== text) { log.textContent = text; }
+      }
+    } catch (_) { /* the next round tries again */ }
+  }, 3000);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   enhanceRunForm();
   enhanceButtons();
   enhanceBatch();
-  refreshWhileActive();
+  followStatements();
+  followSessionLog();
 });
