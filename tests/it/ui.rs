@@ -373,12 +373,16 @@ async fn the_ui_works_in_a_real_browser_and_runs_no_user_markup() {
         console.iter().filter(|m| m.contains("Content Security Policy") || m.contains("Refused to")).collect();
     assert!(violations.is_empty(), "CSP violations: {violations:?}");
 
-    // bob: the list does not show alice's session, and its page is refused as unknown.
+    // Nothing is kept in the browser's storage (the login is an HttpOnly cookie only).
+    let stored = browser.script("return localStorage.length + sessionStorage.length + document.cookie.length;").await;
+    assert_eq!(stored, json!(0), "a token in storage or a script-readable cookie");
+
+    // bob, by keyboard: the list does not show alice's session, its page is refused as unknown.
     browser.click(&browser.find(".who button").await.unwrap()).await;
     let user = browser.wait_for("#user", wait).await;
     browser.type_into(&user, "bob").await;
-    browser.type_into(&browser.find("#password").await.unwrap(), password("bob")).await;
-    browser.click(&browser.find("form button[type=submit]").await.unwrap()).await;
+    // The password, then Enter (WebDriver's key code) submits the form.
+    browser.type_into(&browser.find("#password").await.unwrap(), &format!("{}\u{E007}", password("bob"))).await;
     browser.wait_for("table", wait).await;
     assert!(browser.find(&format!("a[href='/ui/sessions/{id}']")).await.is_none());
     browser.open(&format!("{}/ui/sessions/{id}", gw.base)).await;
