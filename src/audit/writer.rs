@@ -501,13 +501,7 @@ impl Writer {
                 Ok(command) => Some(command),
                 Err(TryRecvError::Empty) if busy => {
                     busy = false;
-                    let reads_due = reads_since.is_some_and(|since| since.elapsed() >= READ_SYNC);
-                    if unsynced || !waiting.is_empty() || reads_due {
-                        self.sync_quietly();
-                        unsynced = false;
-                        reads_since = None;
-                    }
-                    self.tell(&mut waiting);
+                    self.sync_at_lull(&mut unsynced, &mut reads_since, &mut waiting);
                     match doorbell.nap(|| match commands.try_recv() {
                         Err(TryRecvError::Empty) => None,
                         other => Some(other),
@@ -518,13 +512,7 @@ impl Writer {
                     }
                 }
                 Err(TryRecvError::Empty) => {
-                    let reads_due = reads_since.is_some_and(|since| since.elapsed() >= READ_SYNC);
-                    if unsynced || !waiting.is_empty() || reads_due {
-                        self.sync_quietly();
-                        unsynced = false;
-                        reads_since = None;
-                    }
-                    self.tell(&mut waiting);
+                    self.sync_at_lull(&mut unsynced, &mut reads_since, &mut waiting);
                     // Idle: wait for the next command, or until a window with counted repeats
                     // ends and its summary is due, or the reads' sync is.
                     let due = lock(coalescer).next_due();
@@ -590,6 +578,24 @@ impl Writer {
         self.report_losses(losses);
         self.sync_quietly();
         self.tell(&mut waiting);
+    }
+
+    /// The queue ran dry: syncs what must be on disk now (anything written that is not an
+    /// allowed read's, records someone waits for, reads older than [`READ_SYNC`]) and answers
+    /// the waiting senders.
+    fn sync_at_lull(
+        &mut self,
+        unsynced: &mut bool,
+        reads_since: &mut Option<Instant>,
+        waiting: &mut Vec<(Instant, bool, tokio::sync::oneshot::Sender<bool>)>,
+    ) {
+        let reads_due = reads_since.is_some_and(|since| since.elapsed() >= READ_SYNC);
+        if *unsynced || !waiting.is_empty() || reads_due {
+            self.sync_quietly();
+            *unsynced = false;
+            *reads_since = None;
+        }
+        self.tell(waiting);
     }
 
     /// Answers every waiting sender after a sync: on disk if its record was written and the

@@ -270,54 +270,85 @@ async fn asset(Path(file): Path<String>) -> Response {
 #[template(path = "ui/sessions.html")]
 struct SessionsPage {
     nav: Nav,
+    path: &'static str,
     states: Vec<&'static str>,
+    list: Listing<SessionRow>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    owner: Option<String>,
+    from: Option<usize>,
+}
+
+/// One page of a list: filtered by state and owner, only what the caller may view, newest
+/// first, with links to the pages around it.
+struct Listing<R> {
     state: String,
     owner: String,
-    rows: Vec<SessionRow>,
+    rows: Vec<R>,
     total: usize,
     from: usize,
     prev: Option<String>,
     next: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct SessionsQuery {
-    state: Option<String>,
-    owner: Option<String>,
-    from: Option<usize>,
+/// What a list filters and sorts on.
+trait Listed: crate::api::Owned {
+    fn id(&self) -> u32;
+    fn current_state(&self) -> SessionState;
 }
 
-async fn sessions(State(state): State<AppState>, caller: Caller, Query(query): Query<SessionsQuery>) -> Response {
-    let wanted_state = query.state.filter(|s| SessionState::ALL.iter().any(|k| k.as_str() == s)).unwrap_or_default();
+impl Listed for crate::engine::Session {
+    fn id(&self) -> u32 {
+        self.id
+    }
+    fn current_state(&self) -> SessionState {
+        self.state()
+    }
+}
+
+impl Listed for crate::engine::batch::Batch {
+    fn id(&self) -> u32 {
+        self.id
+    }
+    fn current_state(&self) -> SessionState {
+        self.state()
+    }
+}
+
+fn listing<T: Listed, R>(
+    state: &AppState,
+    caller: &Caller,
+    query: ListQuery,
+    path: &str,
+    all: Vec<std::sync::Arc<T>>,
+    row: impl Fn(&T) -> R,
+) -> Listing<R> {
+    let wanted = query.state.filter(|s| SessionState::ALL.iter().any(|k| k.as_str() == s)).unwrap_or_default();
     let owner = query.owner.unwrap_or_default();
-    let mut visible: Vec<_> = state
-        .manager
-        .list()
+    let mut visible: Vec<_> = all
         .into_iter()
-        .filter(|s| state.allowed(&caller, Action::View, s.as_ref()))
-        .filter(|s| wanted_state.is_empty() || s.state().as_str() == wanted_state)
-        .filter(|s| owner.is_empty() || s.spec().owner == owner)
+        .filter(|x| state.allowed(caller, Action::View, x.as_ref()))
+        .filter(|x| wanted.is_empty() || x.current_state().as_str() == wanted)
+        .filter(|x| owner.is_empty() || x.ownership().owner == owner)
         .collect();
     // Newest first: what a user just started is at the top.
-    visible.sort_by_key(|s| std::cmp::Reverse(s.id));
+    visible.sort_by_key(|x| std::cmp::Reverse(x.id()));
     let total = visible.len();
     let from = query.from.unwrap_or(0).min(total);
-    let rows = visible[from..(from + PAGE).min(total)].iter().map(|s| SessionRow::of(s)).collect();
-    let link = |from: usize| list_link("/ui/sessions", &wanted_state, &owner, from);
+    let rows = visible[from..(from + PAGE).min(total)].iter().map(|x| row(x)).collect();
+    let link = |from: usize| list_link(path, &wanted, &owner, from);
     let prev = (from > 0).then(|| link(from.saturating_sub(PAGE)));
     let next = (from + PAGE < total).then(|| link(from + PAGE));
-    let list = SessionsPage {
-        nav: Nav::of(&state, &caller),
-        states: SessionState::ALL.iter().map(|s| s.as_str()).collect(),
-        state: wanted_state,
-        owner,
-        rows,
-        total,
-        from,
-        prev,
-        next,
-    };
-    page(StatusCode::OK, &list)
+    Listing { state: wanted, owner, rows, total, from, prev, next }
+}
+
+async fn sessions(State(state): State<AppState>, caller: Caller, Query(query): Query<ListQuery>) -> Response {
+    let list = listing(&state, &caller, query, "/ui/sessions", state.manager.list(), SessionRow::of);
+    let states = SessionState::ALL.iter().map(|s| s.as_str()).collect();
+    page(StatusCode::OK, &SessionsPage { nav: Nav::of(&state, &caller), path: "/ui/sessions", states, list })
 }
 
 #[derive(Template)]
@@ -386,44 +417,15 @@ mod tests;
 #[template(path = "ui/batches.html")]
 struct BatchesPage {
     nav: Nav,
+    path: &'static str,
     states: Vec<&'static str>,
-    state: String,
-    owner: String,
-    rows: Vec<BatchRow>,
-    total: usize,
-    from: usize,
-    prev: Option<String>,
-    next: Option<String>,
+    list: Listing<BatchRow>,
 }
 
-async fn batches(State(state): State<AppState>, caller: Caller, Query(query): Query<SessionsQuery>) -> Response {
-    let wanted_state = query.state.filter(|s| SessionState::ALL.iter().any(|k| k.as_str() == s)).unwrap_or_default();
-    let owner = query.owner.unwrap_or_default();
-    let mut visible: Vec<_> = state
-        .batches
-        .list()
-        .into_iter()
-        .filter(|b| state.allowed(&caller, Action::View, b.as_ref()))
-        .filter(|b| wanted_state.is_empty() || b.state().as_str() == wanted_state)
-        .filter(|b| owner.is_empty() || b.spec.owner == owner)
-        .collect();
-    visible.sort_by_key(|b| std::cmp::Reverse(b.id));
-    let total = visible.len();
-    let from = query.from.unwrap_or(0).min(total);
-    let rows = visible[from..(from + PAGE).min(total)].iter().map(|b| BatchRow::of(b)).collect();
-    let link = |from: usize| list_link("/ui/batches", &wanted_state, &owner, from);
-    let list = BatchesPage {
-        nav: Nav::of(&state, &caller),
-        states: SessionState::ALL.iter().map(|s| s.as_str()).collect(),
-        prev: (from > 0).then(|| link(from.saturating_sub(PAGE))),
-        next: (from + PAGE < total).then(|| link(from + PAGE)),
-        state: wanted_state,
-        owner,
-        rows,
-        total,
-        from,
-    };
-    page(StatusCode::OK, &list)
+async fn batches(State(state): State<AppState>, caller: Caller, Query(query): Query<ListQuery>) -> Response {
+    let list = listing(&state, &caller, query, "/ui/batches", state.batches.list(), BatchRow::of);
+    let states = SessionState::ALL.iter().map(|s| s.as_str()).collect();
+    page(StatusCode::OK, &BatchesPage { nav: Nav::of(&state, &caller), path: "/ui/batches", states, list })
 }
 
 /// A list page's link with its filters.

@@ -117,8 +117,8 @@ fn assert_inert(html: &str) {
     }
 }
 
-#[tokio::test]
-async fn the_ui_logs_in_by_form_and_shows_each_user_only_their_sessions_as_text() {
+/// A directory of its own, and a gateway logging users in against it (LDAPS, DN pattern).
+fn ldap_gateway() -> (Directory, TestGateway) {
     let directory = Directory::start();
     let overrides = [
         "auth.methods=[\"ldap\"]".to_string(),
@@ -129,6 +129,12 @@ async fn the_ui_logs_in_by_form_and_shows_each_user_only_their_sessions_as_text(
     ];
     let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
     let gw = TestGateway::start_with_policy(&overrides, POLICY);
+    (directory, gw)
+}
+
+#[tokio::test]
+async fn the_ui_logs_in_by_form_and_shows_each_user_only_their_sessions_as_text() {
+    let (_directory, gw) = ldap_gateway();
     let mut alice = Client::new(&gw);
 
     // Not logged in: pages lead to the login form, which is served with the UI's headers.
@@ -261,16 +267,7 @@ async fn the_ui_logs_in_by_form_and_shows_each_user_only_their_sessions_as_text(
 /// nor opens alice's session. Screenshots are saved (SPARKGATE_SCREENSHOTS=dir keeps them).
 #[tokio::test]
 async fn the_ui_works_in_a_real_browser_and_runs_no_user_markup() {
-    let directory = Directory::start();
-    let overrides = [
-        "auth.methods=[\"ldap\"]".to_string(),
-        format!("auth.ldap.url=\"{}\"", directory.ldaps_url),
-        format!("auth.ldap.ca=\"{}\"", directory.ca_pem.display()),
-        format!("auth.ldap.user_dn_pattern=\"uid={{user}},{}\"", directory.people_dn),
-        "auth.ldap.max_failures=100".into(),
-    ];
-    let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
-    let gw = TestGateway::start_with_policy(&overrides, POLICY);
+    let (_directory, gw) = ldap_gateway();
     let browser = Browser::start(&sparkgate::tls::DevCertPaths::in_dir(&gw.data_dir).cert).await;
     let wait = Duration::from_secs(120);
 
