@@ -58,6 +58,25 @@ type DurationFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     durations: DurationFamily,
+    /// Handles to the series already created, by route pattern: a request finds its counter
+    /// and histogram with one read lock and no allocation (the families' own lookups need
+    /// owned label strings).
+    seen: std::sync::RwLock<std::collections::HashMap<String, RouteSeries>>,
+}
+
+/// One route's series: a counter per (method, status) and a histogram per method.
+#[derive(Debug, Default)]
+struct RouteSeries {
+    counts: Vec<(&'static str, u16, Counter)>,
+    durations: Vec<(&'static str, Histogram)>,
+}
+
+impl RouteSeries {
+    fn find(&self, method: &'static str, status: u16) -> Option<(&Counter, &Histogram)> {
+        let count = self.counts.iter().find(|(m, s, _)| *m == method && *s == status).map(|(_, _, c)| c)?;
+        let duration = self.durations.iter().find(|(m, _)| *m == method).map(|(_, h)| h)?;
+        Some((count, duration))
+    }
 }
 
 impl Default for Metrics {
@@ -74,19 +93,43 @@ fn latency_histogram() -> Histogram {
 impl Metrics {
     /// Empty counters.
     pub fn new() -> Self {
-        Self { requests: Family::default(), durations: Family::new_with_constructor(latency_histogram) }
+        Self {
+            requests: Family::default(),
+            durations: Family::new_with_constructor(latency_histogram),
+            seen: std::sync::RwLock::default(),
+        }
     }
 
     /// Counts one answered request. `route` is the route's pattern (`/sessions/{id}`), never a
     /// raw path, and unknown methods are folded into `other`, so clients cannot make the
     /// label sets grow without bound.
     pub fn observe(&self, method: &Method, route: &str, status: u16, seconds: f64) {
-        let method = method_label(method).to_string();
-        let route = route.to_string();
-        self.requests
-            .get_or_create(&RequestLabels { method: method.clone(), route: route.clone(), status: status.to_string() })
-            .inc();
-        self.durations.get_or_create(&RouteLabels { method, route }).observe(seconds);
+        let method = method_label(method);
+        {
+            let seen = self.seen.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((count, duration)) = seen.get(route).and_then(|series| series.find(method, status)) {
+                count.inc();
+                duration.observe(seconds);
+                return;
+            }
+        }
+        // A series seen for the first time: created in the families, its handles kept.
+        let count = self
+            .requests
+            .get_or_create(&RequestLabels { method: method.into(), route: route.into(), status: status.to_string() })
+            .clone();
+        let duration =
+            self.durations.get_or_create(&RouteLabels { method: method.into(), route: route.into() }).clone();
+        count.inc();
+        duration.observe(seconds);
+        let mut seen = self.seen.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let series = seen.entry(route.to_string()).or_default();
+        if !series.counts.iter().any(|(m, s, _)| *m == method && *s == status) {
+            series.counts.push((method, status, count));
+        }
+        if !series.durations.iter().any(|(m, _)| *m == method) {
+            series.durations.push((method, duration));
+        }
     }
 
     /// The whole exposition, as of now.
@@ -204,11 +247,14 @@ pub(crate) fn method_label(method: &Method) -> &'static str {
 pub async fn record_requests(State(metrics): State<Arc<Metrics>>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let matched = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let matched = request.extensions().get::<MatchedPath>().cloned();
     let slot = RouteSlot::attach(&mut request);
     let response = next.run(request).await;
-    let route = slot.route(matched.as_deref()).unwrap_or_else(|| "unmatched".into());
-    metrics.observe(&method, &route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    let route = match &matched {
+        Some(path) => path.as_str(),
+        None => slot.get().map_or("unmatched", |r| r.0.as_str()),
+    };
+    metrics.observe(&method, route, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
 
