@@ -227,13 +227,25 @@ impl CookieAuthenticator {
             return AuthOutcome::NotApplicable;
         }
         let mut last_error = CookieError::Malformed;
+        let mut valid: Option<Principal> = None;
         for value in values {
             match self.signer.verify(value, now) {
-                Ok(principal) => return AuthOutcome::authenticated(principal),
+                // Two valid cookies naming different users: one was planted (a page on another
+                // port of this host, or a sibling domain, can set a cookie with a longer path
+                // that the browser sends first). Neither is trusted.
+                Ok(principal) if valid.as_ref().is_some_and(|v| v.name != principal.name) => {
+                    return AuthOutcome::Rejected(format!(
+                        "conflicting {COOKIE_NAME} cookies for different users; log in again"
+                    ));
+                }
+                Ok(principal) => valid = Some(valid.unwrap_or(principal)),
                 Err(e) => last_error = e,
             }
         }
-        AuthOutcome::Rejected(last_error.to_string())
+        match valid {
+            Some(principal) => AuthOutcome::authenticated(principal),
+            None => AuthOutcome::Rejected(last_error.to_string()),
+        }
     }
 }
 
@@ -363,6 +375,28 @@ mod tests {
         assert!(matches!(
             a.authenticate_at(&parts_with(&[("cookie", &bad), ("authorization", "Negotiate YII=")]), t(1_001)),
             AuthOutcome::NotApplicable
+        ));
+    }
+
+    #[test]
+    fn a_planted_cookie_for_another_user_is_refused_not_obeyed() {
+        // A review planted bob's cookie with a longer path from another port of the host: the
+        // browser sent it first and alice's pages became bob's.
+        let s = Arc::new(signer());
+        let a = CookieAuthenticator::new(s.clone());
+        let bob = Principal { name: "bob".into(), ..alice() };
+        let (planted, own) = (s.sign(&bob, t(1_000)).unwrap(), s.sign(&alice(), t(1_000)).unwrap());
+        let both = format!("{COOKIE_NAME}={planted}; {COOKIE_NAME}={own}");
+        assert!(matches!(
+            a.authenticate_at(&parts_with(&[("cookie", &both)]), t(1_001)),
+            AuthOutcome::Rejected(r) if r.contains("conflicting")
+        ));
+        // Two valid cookies of the same user (a renewed one beside the old) are fine.
+        let again = s.sign(&alice(), t(1_001)).unwrap();
+        let same = format!("{COOKIE_NAME}={own}; {COOKIE_NAME}={again}");
+        assert!(matches!(
+            a.authenticate_at(&parts_with(&[("cookie", &same)]), t(1_002)),
+            AuthOutcome::Authenticated { .. }
         ));
     }
 }

@@ -58,7 +58,7 @@ pub fn build(state: AppState, auth: AuthChain) -> Router {
         .with_state(state);
 
     // The login form and the UI's assets need no login.
-    let public = ui::public_routes(login);
+    let public = ui::public_routes(login).layer(middleware::from_fn(audit::expose_matched_path));
     with_middleware(Router::new().merge(protected).merge(public), &config, Some(audit_log), Some(metrics))
 }
 

@@ -131,7 +131,7 @@ pub(super) async fn audit(State(state): State<AppState>, caller: Caller, Query(q
         return error_page(nav, e);
     }
     let path = state.audit.path().to_path_buf();
-    let verify = q.verify.is_some();
+    let verify = q.verify.as_deref() == Some("1");
     let read = tokio::task::spawn_blocking(move || {
         let records = tail_records(&path);
         let verdict = verify.then(|| verify_chain(&path));

@@ -61,6 +61,11 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/admin/audit", get(admin::audit))
         .route("/ui/admin/policy", get(admin::policy))
         .route("/ui/admin/figures", get(admin::figures))
+        .route("/ui/{*rest}", get(unknown_page))
+}
+
+async fn unknown_page(State(state): State<AppState>, caller: Caller) -> Response {
+    error_page(Nav::of(&state, &caller), ApiError::NotFound("no such page".into()))
 }
 
 /// What the login page needs.
@@ -105,14 +110,18 @@ fn see_other(location: &str) -> Response {
 /// instead of getting the API's 401 (the refusal is audited all the same: the response keeps
 /// its extensions).
 pub async fn login_redirect(request: Request, next: Next) -> Response {
-    let page_get = request.method() == Method::GET && request.uri().path().starts_with("/ui");
+    let ui = request.uri().path().starts_with("/ui");
+    let page_get = ui && request.method() == Method::GET;
     let target = request.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
     let response = next.run(request).await;
     if !page_get || response.status() != StatusCode::UNAUTHORIZED {
-        return response;
+        // Any other refusal of a page (403 by the gate, a bad query string...) is a page too.
+        return if ui { as_page(response).await } else { response };
     }
     let (mut parts, _) = response.into_parts();
     parts.status = StatusCode::SEE_OTHER;
+    // A link too long to come back to leads to the sessions instead.
+    let target = if target.len() > 2048 { "/ui/sessions".to_string() } else { target };
     let location = format!("/ui/login?next={}", form_urlencoded::byte_serialize(target.as_bytes()).collect::<String>());
     parts.headers.remove(axum::http::header::WWW_AUTHENTICATE);
     parts.headers.remove(CONTENT_TYPE);
@@ -120,6 +129,38 @@ pub async fn login_redirect(request: Request, next: Next) -> Response {
         parts.headers.insert(LOCATION, value);
     }
     Response::from_parts(parts, axum::body::Body::empty())
+}
+
+/// An error answer that is not a page (the API's JSON, an extractor's plain text) as an error
+/// page with the same status and message, keeping its headers and extensions (the audit
+/// layer's facts).
+async fn as_page(response: Response) -> Response {
+    let html =
+        response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("text/html"));
+    if response.status().as_u16() < 400 || html {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["msg"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(500).collect());
+    let user = match parts.extensions.get::<AuthRecord>() {
+        Some(AuthRecord::Principal(p)) => p.name.clone(),
+        _ => String::new(),
+    };
+    let title = parts.status.canonical_reason().unwrap_or("Error");
+    let rendered = page(parts.status, &ErrorPage { nav: Nav { user, admin: false }, title, message: &message });
+    let (rendered, body) = rendered.into_parts();
+    let mut parts = parts;
+    for name in [CONTENT_TYPE, CONTENT_SECURITY_POLICY] {
+        if let Some(value) = rendered.headers.get(&name) {
+            parts.headers.insert(name, value.clone());
+        }
+    }
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, body)
 }
 
 /// What the header of every page shows: who is logged in, and whether they administer.
@@ -190,10 +231,14 @@ fn same_origin(headers: &HeaderMap, uri: &Uri) -> bool {
 async fn login(State(state): State<LoginState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     if !same_origin(&parts.headers, &parts.uri) {
-        return ApiError::Forbidden("a login must be posted from this gateway's own login page".into()).into_response();
+        let refused = ApiError::Forbidden("a login must be posted from this gateway's own login page".into());
+        return error_page(Nav::default(), refused);
     }
     let Ok(Form(form)) = Form::<LoginForm>::from_request(Request::from_parts(parts.clone(), body), &()).await else {
-        return ApiError::bad_request("the login form needs the fields `user` and `password`").into_response();
+        return error_page(
+            Nav::default(),
+            ApiError::bad_request("the login form needs the fields `user` and `password`"),
+        );
     };
     let next = safe_next(form.next.as_deref()).to_string();
     let render = |status: StatusCode, message: &str, user_tried: &str| {
@@ -243,7 +288,10 @@ async fn login(State(state): State<LoginState>, request: Request) -> Response {
 
 async fn logout(headers: HeaderMap, uri: Uri) -> Response {
     if !same_origin(&headers, &uri) {
-        return ApiError::Forbidden("a logout must be posted from this gateway's own pages".into()).into_response();
+        return error_page(
+            Nav::default(),
+            ApiError::Forbidden("a logout must be posted from this gateway's own pages".into()),
+        );
     }
     let mut response = see_other("/ui/login");
     let expired = format!("{COOKIE_NAME}=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0");
@@ -405,7 +453,7 @@ fn session_page(state: &AppState, caller: &Caller, id: &str) -> Result<Response,
         code_kinds: CODE_KINDS.iter().map(|k| k.as_str()).collect(),
         default_kind: kind.resolve_statement(None).unwrap_or(CodeKind::PySpark).as_str(),
         statements: session.statements().iter().map(StatementView::of).collect(),
-        log: session.log.tail(LOG_LINES),
+        log: session.log.tail(LOG_LINES).iter().map(|l| view::shown(l)).collect(),
     };
     Ok(page(StatusCode::OK, &detail))
 }
@@ -504,7 +552,7 @@ async fn batch(
         tail: end >= window.total,
         from: window.from,
         total: window.total,
-        lines: window.lines,
+        lines: window.lines.iter().map(|l| view::shown(l)).collect(),
     };
     page(StatusCode::OK, &detail)
 }

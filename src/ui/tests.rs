@@ -105,4 +105,27 @@ fn the_equivalent_command_line_shows_the_request_without_secrets() {
     for secret in ["hunter2", "t0k3n", "AKIA", "abc", "pw@", "sig=1"] {
         assert!(!line.contains(secret), "{secret} in {line}");
     }
+    // What a review found shown: account keys, API keys, URLs in conf values, short flags.
+    let more = BatchSpec {
+        args: vec!["--api-key".into(), "APIKEY123".into(), "-p".into(), "PW123".into()],
+        submit: SubmitSpec {
+            conf: [
+                ("spark.hadoop.fs.azure.account.key.acct.blob.core.windows.net", "AZUREKEY=="),
+                ("spark.myapp.apikey", "APIKEY2"),
+                ("spark.myapp.access_key", "AK"),
+                ("spark.myapp.url", "https://u:pass@h/x?sig=SIG"),
+                ("spark.myapp.pattern", "a#b?c"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            ..SubmitSpec::default()
+        },
+        ..spec
+    };
+    let line = view::submit_command(&more, "yarn", "cluster");
+    for secret in ["AZUREKEY", "APIKEY2", "AK'", "pass@", "SIG", "APIKEY123", "PW123"] {
+        assert!(!line.contains(secret), "{secret} in {line}");
+    }
+    assert!(line.contains("spark.myapp.url=https://h/x") && line.contains("'spark.myapp.pattern=a#b?c'"), "{line}");
 }

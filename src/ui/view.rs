@@ -23,7 +23,7 @@ impl SessionRow {
         let spec = &snapshot.spec;
         Self {
             id: snapshot.id,
-            name: spec.submit.name.clone().unwrap_or_default(),
+            name: shown(spec.submit.name.as_deref().unwrap_or_default()),
             state: snapshot.state.as_str().to_string(),
             kind: spec.kind.as_str().to_string(),
             owner: spec.owner.clone(),
@@ -62,11 +62,27 @@ pub(crate) struct StatementView {
     pub output: OutputView,
 }
 
+/// The most of one text (code, an output, a cell, a log line) a page shows; the rest is cut
+/// with a note, and the API serves it whole. Bounds a page's size: markup escapes to ~5 times
+/// its length.
+pub(crate) const MAX_SHOWN: usize = 16 * 1024;
+
+/// `text` for a page: at most [`MAX_SHOWN`] characters, and bidirectional-override controls
+/// shown as U+FFFD (they could make a name or code read as something else).
+pub(crate) fn shown(text: &str) -> String {
+    let bidi = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}');
+    let mut out: String = text.chars().take(MAX_SHOWN).map(|c| if bidi(c) { '\u{FFFD}' } else { c }).collect();
+    if out.len() < text.len() && text.chars().nth(MAX_SHOWN).is_some() {
+        out.push_str(&format!("\n… (cut at {MAX_SHOWN} characters; the API has all of it)"));
+    }
+    out
+}
+
 impl StatementView {
     pub(crate) fn of(statement: &Statement) -> Self {
         Self {
             id: statement.id,
-            code: statement.code.to_string(),
+            code: shown(&statement.code),
             kind: statement.kind.as_str().to_string(),
             state: statement.state.as_str().to_string(),
             progress: (statement.progress.clamp(0.0, 1.0) * 100.0).round() as u32,
@@ -77,12 +93,24 @@ impl StatementView {
 
 /// Livy's output object as something to show.
 pub(crate) fn output_view(output: &Value) -> OutputView {
-    let text = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let text = |v: &Value| shown(&v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
     if output["status"] == "error" {
+        // Every line on its own line (JVM tracebacks come without newlines), at most 200.
+        let line = |v: &Value| {
+            let t = text(v);
+            if t.ends_with('\n') {
+                t
+            } else {
+                t + "\n"
+            }
+        };
         return OutputView::Error {
             ename: text(&output["ename"]),
             evalue: text(&output["evalue"]),
-            traceback: output["traceback"].as_array().map(|t| t.iter().map(text).collect()).unwrap_or_default(),
+            traceback: output["traceback"]
+                .as_array()
+                .map(|t| t.iter().take(200).map(line).collect())
+                .unwrap_or_default(),
         };
     }
     let data = &output["data"];
@@ -92,16 +120,17 @@ pub(crate) fn output_view(output: &Value) -> OutputView {
             return OutputView::Image(png.replace('\n', ""));
         }
     }
+    // `%table`: headers with names, and rows.
+    if let Some(table) = data.get("application/vnd.livy.table.v1+json") {
+        if let (Some(headers), Some(rows)) = (table["headers"].as_array(), table["data"].as_array()) {
+            return table_view(headers.iter().map(|h| text(&h["name"])).collect(), rows);
+        }
+    }
     if let Some(json) = data.get("application/json") {
         if let (Some(fields), Some(rows)) = (json["schema"]["fields"].as_array(), json["data"].as_array()) {
-            let columns = fields.iter().map(|f| text(&f["name"])).collect();
-            let rows = rows
-                .iter()
-                .map(|row| row.as_array().map(|cells| cells.iter().map(cell).collect()).unwrap_or_default())
-                .collect();
-            return OutputView::Table { columns, rows };
+            return table_view(fields.iter().map(|f| text(&f["name"])).collect(), rows);
         }
-        return OutputView::Json(serde_json::to_string_pretty(json).unwrap_or_default());
+        return OutputView::Json(shown(&serde_json::to_string_pretty(json).unwrap_or_default()));
     }
     match data.get("text/plain") {
         Some(v) => OutputView::Text(text(v)),
@@ -109,11 +138,23 @@ pub(crate) fn output_view(output: &Value) -> OutputView {
     }
 }
 
+/// Rows shown of a table at most.
+const MAX_ROWS: usize = 1000;
+
+fn table_view(columns: Vec<String>, rows: &[Value]) -> OutputView {
+    let rows = rows
+        .iter()
+        .take(MAX_ROWS)
+        .map(|row| row.as_array().map(|cells| cells.iter().map(cell).collect()).unwrap_or_default())
+        .collect();
+    OutputView::Table { columns, rows }
+}
+
 fn cell(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => shown(s),
+        other => shown(&other.to_string()),
     }
 }
 
@@ -144,7 +185,7 @@ impl BatchRow {
         let spec = &snapshot.spec;
         Self {
             id: snapshot.id,
-            name: spec.submit.name.clone().unwrap_or_default(),
+            name: shown(spec.submit.name.as_deref().unwrap_or_default()),
             state: snapshot.state.as_str().to_string(),
             owner: spec.owner.clone(),
             effective_user: spec.effective_user.clone(),
@@ -154,10 +195,14 @@ impl BatchRow {
     }
 }
 
-/// Spark property names whose values are never shown (Spark's own redaction rule, and more).
+/// Property names and flags whose values are never shown (Spark's own redaction rule, and
+/// more): anything naming a secret, password, token, credential, private or signing key, and
+/// any `key` as a name part (`account.key`, `access_key`, `apikey`, `--api-key`).
 fn secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["secret", "password", "token", "credential", "access.key", "accesskey", "private"].iter().any(|s| key.contains(s))
+    let words = ["secret", "password", "passwd", "pwd", "token", "credential", "private", "signature", "apikey"];
+    words.iter().any(|w| key.contains(w))
+        || key.split(|c: char| !c.is_ascii_alphanumeric()).any(|part| part == "key" || part == "sig" || part == "p")
 }
 
 /// A URL without its query string or user info (a presigned URL's signature, a password).
@@ -213,7 +258,11 @@ pub(crate) fn submit_command(spec: &crate::engine::batch::BatchSpec, master: &st
     flag(&mut words, "--files", list(&submit.files));
     flag(&mut words, "--archives", list(&submit.archives));
     for (key, value) in &submit.conf {
-        let value = if secret_key(key) { "<redacted>".to_string() } else { value.clone() };
+        let value = match value {
+            _ if secret_key(key) => "<redacted>".to_string(),
+            url if url.contains("://") => without_query(url),
+            plain => plain.clone(),
+        };
         words.extend(["--conf".to_string(), format!("{key}={value}")]);
     }
     words.push(without_query(&spec.file));
@@ -229,5 +278,5 @@ pub(crate) fn submit_command(spec: &crate::engine::batch::BatchSpec, master: &st
         hide_next = arg.starts_with('-') && !arg.contains('=') && secret_key(arg);
         words.push(shown);
     }
-    words.iter().map(|w| shell_word(w)).collect::<Vec<_>>().join(" ")
+    shown(&words.iter().map(|w| shell_word(w)).collect::<Vec<_>>().join(" "))
 }

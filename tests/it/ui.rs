@@ -215,6 +215,14 @@ async fn the_ui_logs_in_by_form_and_shows_each_user_only_their_sessions_as_text(
     assert!(detail.contains("<table class=\"output\">"), "the SQL result is a table:\n{detail}");
     assert!(detail.contains("id=\"run\""), "alice may run statements");
     assert_inert(&detail);
+    // Errors are pages too: an unknown page, a bad query string.
+    for (path, status) in [("/ui/nope", 404), ("/ui/sessions?from=abc", 400)] {
+        let (got, headers, html) = alice.page(path).await;
+        assert_eq!(got, status, "{path}: {html}");
+        assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"), "{path}");
+        assert!(headers[CONTENT_SECURITY_POLICY].to_str().unwrap().contains("default-src 'none'"));
+        assert_inert(&html);
+    }
     // Filters: by state and by owner.
     let (_, _, dead) = alice.page("/ui/sessions?state=dead").await;
     assert!(!dead.contains(&format!("href=\"/ui/sessions/{id}\"")));

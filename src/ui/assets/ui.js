@@ -75,7 +75,7 @@ function enhanceBatch() {
   const kill = document.getElementById("kill");
   if (kill) {
     kill.addEventListener("click", async () => {
-      if (!confirm(`${kill.textContent.trim()}? A running Spark application stops.`)) return;
+      if (!confirm("Delete this batch? A running Spark application is killed, and the batch and its log are removed.")) return;
       try {
         await api("DELETE", `/batches/${encodeURIComponent(kill.dataset.batch)}`);
         location.assign("/ui/batches");
@@ -128,7 +128,9 @@ function followStatements() {
   if (running.length === 0) return;
   if (typeof EventSource === "undefined") { reloadSoon(); return; }
   const session = encodeURIComponent(document.getElementById("log").dataset.session);
-  for (const article of running) {
+  // One stream at a time (each holds one of the user's few stream slots): the first
+  // unfinished statement's; the page is loaded again when it ends, and follows the next.
+  for (const article of [running[0]]) {
     const id = article.id.replace("statement-", "");
     const events = new EventSource(`/sessions/${session}/statements/${encodeURIComponent(id)}/events`);
     events.addEventListener("progress", (event) => {
@@ -146,18 +148,24 @@ function followStatements() {
   }
 }
 
-// The session log's tail, read again every three seconds while the page is in view.
+// The session log's tail, read again every three seconds while the page is in view and the
+// session is starting or busy (an idle session's page does not poll: each read is a request
+// in the audit trail).
 function followSessionLog() {
   const log = document.getElementById("log");
-  if (!log || !log.dataset.session) return;
+  if (!log) return;
+  log.scrollTop = log.scrollHeight;
+  if (!log.dataset.session) return;
   const id = encodeURIComponent(log.dataset.session);
+  const state = document.getElementById("session-state");
+  const active = () => state && ["not_started", "starting", "busy"].includes(state.textContent.trim());
   setInterval(async () => {
-    if (document.visibilityState !== "visible") return;
+    if (document.visibilityState !== "visible" || !active()) return;
     try {
       const page = await api("GET", `/sessions/${id}/log?size=200`);
       if (page && Array.isArray(page.log)) {
         const text = page.log.length ? page.log.join("\n") + "\n" : "";
-        if (log.textContent !== text) { log.textContent = text; }
+        if (log.textContent !== text) { log.textContent = text; log.scrollTop = log.scrollHeight; }
       }
     } catch (_) { /* the next round tries again */ }
   }, 3000);
