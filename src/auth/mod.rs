@@ -180,7 +180,17 @@ impl AuthChain {
     /// a 401 carrying every configured challenge.
     pub async fn authenticate(&self, parts: &Parts) -> Result<(Principal, Vec<(HeaderName, HeaderValue)>), Refusal> {
         let conn = parts.extensions.get::<ConnInfo>();
-        let challenges = || self.authenticators.iter().filter_map(|a| a.challenge()).collect::<Vec<_>>();
+        // A page's script (fetch) gets no Basic challenge: the browser would answer it with
+        // its own password dialog instead of letting the script send the user to the login form.
+        let script = parts
+            .headers
+            .get("sec-fetch-mode")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|mode| matches!(mode, "cors" | "same-origin" | "no-cors"));
+        let challenges = || {
+            let all = self.authenticators.iter().filter_map(|a| a.challenge());
+            all.filter(|c| !(script && c.starts_with("Basic "))).collect::<Vec<_>>()
+        };
         // Two sets of credentials: which one a proxy in front judged or logged is unknowable.
         if parts.headers.get_all(axum::http::header::AUTHORIZATION).iter().nth(1).is_some() {
             return Err(ApiError::bad_request("more than one Authorization header").into());

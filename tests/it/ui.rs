@@ -382,17 +382,26 @@ async fn the_ui_works_in_a_real_browser_and_runs_no_user_markup() {
     let stored = browser.script("return localStorage.length + sessionStorage.length + document.cookie.length;").await;
     assert_eq!(stored, json!(0), "a token in storage or a script-readable cookie");
 
-    // bob, by keyboard: the list does not show alice's session, its page is refused as unknown.
-    browser.click(&browser.find(".who button").await.unwrap()).await;
+    // alice's login ends (its cookie gone) while her page is open: Run leads to the login form,
+    // which leads back to the page.
+    browser.open(&format!("{}/ui/sessions/{id}", gw.base)).await;
+    let code_box = browser.wait_for("#code", wait).await;
+    browser.delete_cookie("sparkgate_auth").await;
+    browser.type_into(&code_box, "1 + 1").await;
+    browser.click(&browser.find("#run button[type=submit]").await.unwrap()).await;
     let user = browser.wait_for("#user", wait).await;
+    assert!(browser.url().await.contains(&format!("next=%2Fui%2Fsessions%2F{id}")), "{}", browser.url().await);
+
+    // bob, by keyboard, from that form: he lands on alice's page, refused as unknown, and his
+    // list does not show her session.
     browser.type_into(&user, "bob").await;
     // The password, then Enter (WebDriver's key code) submits the form.
     browser.type_into(&browser.find("#password").await.unwrap(), &format!("{}\u{E007}", password("bob"))).await;
-    browser.wait_for("table", wait).await;
-    assert!(browser.find(&format!("a[href='/ui/sessions/{id}']")).await.is_none());
-    browser.open(&format!("{}/ui/sessions/{id}", gw.base)).await;
     let refused = browser.wait_for("[role=alert]", wait).await;
     assert!(browser.text(&refused).await.contains("not found"), "{}", browser.source().await);
+    browser.open(&format!("{}/ui/sessions", gw.base)).await;
+    browser.wait_for("table", wait).await;
+    assert!(browser.find(&format!("a[href='/ui/sessions/{id}']")).await.is_none());
     assert_eq!(browser.alert().await, None);
 
     browser.close().await;

@@ -215,6 +215,11 @@ impl Browser {
         self.call(reqwest::Method::POST, "/execute/sync", Some(json!({"script": script, "args": []}))).await
     }
 
+    /// Deletes the cookie `name` of the current page's site (a login that ended).
+    pub async fn delete_cookie(&self, name: &str) {
+        self.call(reqwest::Method::DELETE, &format!("/cookie/{name}"), None).await;
+    }
+
     /// The text of an open `alert()`, if a script opened one.
     pub async fn alert(&self) -> Option<String> {
         let v = self.call(reqwest::Method::GET, "/alert/text", None).await;

@@ -13,6 +13,11 @@ async function api(method, path, body) {
     init.body = JSON.stringify(body);
   }
   const response = await fetch(path, init);
+  if (response.status === 401) {
+    // The login (its cookie) ended: log in again, then come back to this page.
+    location.assign(`/ui/login?next=${encodeURIComponent(location.pathname)}`);
+    throw new Error("the login ended; log in again");
+  }
   let answer = null;
   try { answer = await response.json(); } catch (_) { /* an empty body */ }
   if (!response.ok) {
