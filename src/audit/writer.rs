@@ -229,47 +229,8 @@ impl AuditLog {
     /// [`AuditLog::open`] with retention and the repeat window: rotated files beyond
     /// `max_files` or older than `max_age` are retired at start-up and after each rotation.
     pub fn open_with(path: &Path, options: &AuditOptions) -> Result<Arc<Self>, AuditError> {
-        let file_name =
-            path.file_name().ok_or_else(|| AuditError::InvalidPath { path: path.to_path_buf() })?.to_os_string();
-        let dir = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        crate::fs::create_private_dir(&dir).map_err(|e| AuditError::Io { path: e.path, source: e.source })?;
-        let file = open_private_append(path)?;
-        let len = file.metadata().map_err(io_at(path))?.len();
-        let (first_seq, last) = if len > 0 {
-            (Some(read_first_record(path)?.seq), Some(read_last_record(path, len)?))
-        } else {
-            (None, newest_rotated_last_record(&dir, &file_name)?)
-        };
-        let opened_head = last.as_ref().map(|record| ChainHead { seq: record.seq, hash: record.hash.clone() });
-        let (next_seq, prev) = match last {
-            Some(record) => (record.seq.saturating_add(1), record.hash),
-            None => (0, GENESIS_PREV.to_string()),
-        };
-        let synced_head = Arc::new(Mutex::new(opened_head.clone()));
-        tracing::info!(path = %path.display(), next_seq, "audit trail open");
-
-        let writer = Writer {
-            path: path.to_path_buf(),
-            dir,
-            file_name,
-            file,
-            len,
-            first_seq,
-            next_seq,
-            prev,
-            max_file_bytes: options.max_file_bytes,
-            max_files: options.max_files,
-            max_age: options.max_age,
-            // Start-up is a retirement point too: the limits may have been lowered.
-            retire_due: true,
-            write_failing: false,
-            rotate_failing: false,
-            sync_failing: false,
-            synced_head: synced_head.clone(),
-        };
+        let (writer, opened_head) = Writer::open(path, options)?;
+        let synced_head = writer.synced_head.clone();
         let losses = Arc::new(Losses::default());
         let coalescer = Arc::new(Mutex::new(Coalescer::new(options.repeat_window)));
         let (queue, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
@@ -458,8 +419,11 @@ struct Writer {
     dir: PathBuf,
     file_name: OsString,
     file: File,
-    /// Bytes in `file`; everything up to here is whole records.
+    /// Bytes in `file` and in `unwritten`; everything up to here is whole records.
     len: u64,
+    /// Records rendered (and chained) but not yet written: one `write` for all the records a
+    /// drain of the queue produced, instead of one per record.
+    unwritten: Unwritten,
     /// Seq of the first record in the current file (names it when it is rotated).
     first_seq: Option<u64>,
     next_seq: u64,
@@ -482,7 +446,94 @@ struct Writer {
     synced_head: Arc<Mutex<Option<ChainHead>>>,
 }
 
+/// The most bytes of records kept unwritten before they are written anyway.
+const MAX_UNWRITTEN_BYTES: usize = 64 * 1024;
+
+/// Records rendered but not written yet (see [`Writer::write_out`]).
+#[derive(Default)]
+struct Unwritten {
+    bytes: Vec<u8>,
+    records: u64,
+    /// Where the file and the chain stood before the first of them.
+    start: Option<ChainStart>,
+    /// Records lost to failed writes, not yet counted in [`Losses`].
+    lost: u64,
+    /// A write failed since the waiting senders were last told.
+    failed: bool,
+}
+
+/// Where the file and the chain stood before some records (see [`Unwritten`]).
+struct ChainStart {
+    len: u64,
+    first_seq: Option<u64>,
+    next_seq: u64,
+    prev: String,
+}
+
+impl Unwritten {
+    fn push(&mut self, line: &[u8], len: u64, first_seq: Option<u64>, next_seq: u64, prev: &str) {
+        self.start.get_or_insert_with(|| ChainStart { len, first_seq, next_seq, prev: prev.to_owned() });
+        self.bytes.extend_from_slice(line);
+        self.records += 1;
+    }
+}
+
+impl Losses {
+    /// Counts `n` lost events.
+    fn lose_many(&self, n: u64) {
+        self.total.fetch_add(n, Ordering::Relaxed);
+        self.unreported.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 impl Writer {
+    /// Opens the trail's current file where its chain stands; also returns that head.
+    fn open(path: &Path, options: &AuditOptions) -> Result<(Self, Option<ChainHead>), AuditError> {
+        let file_name =
+            path.file_name().ok_or_else(|| AuditError::InvalidPath { path: path.to_path_buf() })?.to_os_string();
+        let dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        crate::fs::create_private_dir(&dir).map_err(|e| AuditError::Io { path: e.path, source: e.source })?;
+        let file = open_private_append(path)?;
+        let len = file.metadata().map_err(io_at(path))?.len();
+        let (first_seq, last) = if len > 0 {
+            (Some(read_first_record(path)?.seq), Some(read_last_record(path, len)?))
+        } else {
+            (None, newest_rotated_last_record(&dir, &file_name)?)
+        };
+        let opened_head = last.as_ref().map(|record| ChainHead { seq: record.seq, hash: record.hash.clone() });
+        let (next_seq, prev) = match last {
+            Some(record) => (record.seq.saturating_add(1), record.hash),
+            None => (0, GENESIS_PREV.to_string()),
+        };
+        let synced_head = Arc::new(Mutex::new(opened_head.clone()));
+        tracing::info!(path = %path.display(), next_seq, "audit trail open");
+
+        let writer = Writer {
+            path: path.to_path_buf(),
+            dir,
+            file_name,
+            file,
+            len,
+            unwritten: Unwritten::default(),
+            first_seq,
+            next_seq,
+            prev,
+            max_file_bytes: options.max_file_bytes,
+            max_files: options.max_files,
+            max_age: options.max_age,
+            // Start-up is a retirement point too: the limits may have been lowered.
+            retire_due: true,
+            write_failing: false,
+            rotate_failing: false,
+            sync_failing: false,
+            synced_head,
+        };
+        Ok((writer, opened_head))
+    }
+
     fn run(mut self, commands: &Receiver<Command>, doorbell: &Doorbell, losses: &Losses, coalescer: &Mutex<Coalescer>) {
         // Written but not yet synced. Syncing whenever the queue runs dry makes every burst
         // durable as soon as it ends, without an fsync per record while busy (the records that
@@ -535,6 +586,7 @@ impl Writer {
                 Err(TryRecvError::Disconnected) => break,
             };
             busy |= command.is_some();
+            self.count_write_losses(losses);
             unsynced |= self.report_losses(losses);
             // Summaries go before the command: they count events older than it, and one that
             // a new occurrence closed must precede that occurrence's full record.
@@ -575,9 +627,19 @@ impl Writer {
         // Every `AuditLog` handle is gone: record what is still counted and any last losses,
         // and make it all durable.
         self.write_summaries(coalescer, losses, true);
+        self.count_write_losses(losses);
         self.report_losses(losses);
         self.sync_quietly();
+        self.count_write_losses(losses);
         self.tell(&mut waiting);
+    }
+
+    /// Counts the records that failed writes lost in [`Losses`] (to be reported in the chain).
+    fn count_write_losses(&mut self, losses: &Losses) {
+        let lost = std::mem::take(&mut self.unwritten.lost);
+        if lost > 0 {
+            losses.lose_many(lost);
+        }
     }
 
     /// The queue ran dry: syncs what must be on disk now (anything written that is not an
@@ -589,6 +651,8 @@ impl Writer {
         reads_since: &mut Option<Instant>,
         waiting: &mut Vec<(Instant, bool, tokio::sync::oneshot::Sender<bool>)>,
     ) {
+        // What is rendered reaches the file now, synced or not, so readers of the trail see it.
+        self.write_out();
         let reads_due = reads_since.is_some_and(|since| since.elapsed() >= READ_SYNC);
         if *unsynced || !waiting.is_empty() || reads_due {
             self.sync_quietly();
@@ -600,9 +664,10 @@ impl Writer {
 
     /// Answers every waiting sender after a sync: on disk if its record was written and the
     /// sync worked.
-    fn tell(&self, waiting: &mut Vec<(Instant, bool, tokio::sync::oneshot::Sender<bool>)>) {
+    fn tell(&mut self, waiting: &mut Vec<(Instant, bool, tokio::sync::oneshot::Sender<bool>)>) {
+        let failed = std::mem::take(&mut self.unwritten.failed);
         for (_, written, tell) in waiting.drain(..) {
-            let _ = tell.send(written && !self.sync_failing);
+            let _ = tell.send(written && !failed && !self.sync_failing);
         }
     }
 
@@ -641,8 +706,14 @@ impl Writer {
         let event = AuditEvent::security("audit_records_lost", Decision::Error).reason(format!(
             "{lost} audit event(s) could not be written (queue full or write error); the gateway log has details"
         ));
-        let written = self.append_record(&now_rfc3339_ms(), &event);
+        // Written at once: if that fails, the count must stay unreported, not be lost with it.
+        let appended = self.append_record(&now_rfc3339_ms(), &event);
+        let written = appended && self.write_out();
         if !written {
+            if appended {
+                // The loss record itself is no event that went missing.
+                self.unwritten.lost = self.unwritten.lost.saturating_sub(1);
+            }
             losses.unreported.fetch_add(lost, Ordering::Relaxed);
         }
         written
@@ -663,17 +734,20 @@ impl Writer {
         written
     }
 
-    /// Appends one record, rotating first if it would overflow the file. Returns whether the
-    /// record was written; a failed record does not advance the chain.
+    /// Appends one record to those to write (see [`Writer::write_out`]), rotating first if it
+    /// would overflow the file. Returns false when it could not even be rendered; a record
+    /// that is not written does not advance the chain.
     fn append_record(&mut self, time: &str, event: &AuditEvent) -> bool {
-        let (line, hash) = match render(self.next_seq, time, &self.prev, event) {
-            Ok(rendered) => rendered,
+        let render_here = |writer: &Self| match render(writer.next_seq, time, &writer.prev, event) {
+            Ok(rendered) => Some(rendered),
             Err(e) => {
                 tracing::error!(error = %e, action = %event.action, "an audit event could not be encoded");
-                return false;
+                None
             }
         };
+        let Some((mut line, mut hash)) = render_here(self) else { return false };
         let line_len = line.len() as u64;
+        let seq = self.next_seq;
         if self.len > 0 && self.len.saturating_add(line_len) > self.max_file_bytes {
             match self.rotate() {
                 Ok(()) => {
@@ -689,13 +763,36 @@ impl Writer {
                     self.rotate_failing = true;
                 }
             }
+            // A failed write of the records before this one took the chain back: chain it anew.
+            if self.next_seq != seq {
+                let Some(rendered) = render_here(self) else { return false };
+                (line, hash) = rendered;
+            }
         }
-        match self.file.write_all(line.as_bytes()) {
+        let line_len = line.len() as u64;
+        self.unwritten.push(line.as_bytes(), self.len, self.first_seq, self.next_seq, &self.prev);
+        self.len += line_len;
+        self.first_seq.get_or_insert(self.next_seq);
+        self.next_seq = self.next_seq.saturating_add(1);
+        self.prev = hash;
+        if self.unwritten.bytes.len() >= MAX_UNWRITTEN_BYTES {
+            // A failed write counts its records (this one too) as lost itself.
+            self.write_out();
+        }
+        true
+    }
+
+    /// Writes the records rendered so far in one `write`. On failure none of them counts: the
+    /// file is cut back to its last whole record, the chain goes back to where it stood before
+    /// them (so the next record continues the chain on disk), they are counted as lost, and the
+    /// senders waiting for any record are told it is not on disk. Returns whether it worked.
+    fn write_out(&mut self) -> bool {
+        let Some(start) = self.unwritten.start.take() else { return true };
+        let records = std::mem::take(&mut self.unwritten.records);
+        let result = self.file.write_all(&self.unwritten.bytes);
+        self.unwritten.bytes.clear();
+        match result {
             Ok(()) => {
-                self.len += line_len;
-                self.first_seq.get_or_insert(self.next_seq);
-                self.next_seq = self.next_seq.saturating_add(1);
-                self.prev = hash;
                 if self.write_failing {
                     tracing::warn!(path = %self.path.display(), "audit writes succeed again");
                 }
@@ -703,16 +800,28 @@ impl Writer {
                 true
             }
             Err(e) => {
-                // Cut off whatever part of the line reached the file so that the file still
-                // ends with a whole record and the next one starts on its own line.
-                let _ = self.file.set_len(self.len);
+                // Cut off whatever part reached the file so that the file still ends with a
+                // whole record and the next one starts on its own line.
+                let _ = self.file.set_len(start.len);
+                (self.len, self.first_seq, self.next_seq, self.prev) =
+                    (start.len, start.first_seq, start.next_seq, start.prev);
                 if !self.write_failing {
                     tracing::error!(path = %self.path.display(), error = %e, "writing the audit trail failed");
                 }
                 self.write_failing = true;
+                self.unwritten.lost += records;
+                self.unwritten.failed = true;
                 false
             }
         }
+    }
+
+    /// Writes what is rendered, then syncs the file.
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        if !self.write_out() {
+            return Err(std::io::Error::other("the last audit write failed"));
+        }
+        self.file.sync_data()
     }
 
     /// Moves the current file to `<name>.<seq of its first record>` and starts a fresh one.
@@ -720,7 +829,7 @@ impl Writer {
         let first = self.first_seq.unwrap_or(self.next_seq);
         let rotated = rotated_path(&self.dir, &self.file_name, first);
         // What the old file holds must be durable before it gets its final name.
-        self.file.sync_data().map_err(io_at(&self.path))?;
+        self.sync_data().map_err(io_at(&self.path))?;
         // A hard link rather than a rename: it never replaces an existing file, and the current
         // name keeps existing throughout, so a crash at any step leaves a state `open` resumes.
         match std::fs::hard_link(&self.path, &rotated) {
@@ -794,7 +903,7 @@ impl Writer {
             return false;
         }
         // The record that explains the gap must be durable before the gap exists.
-        if let Err(e) = self.file.sync_data() {
+        if let Err(e) = self.sync_data() {
             tracing::error!(error = %e, "syncing the audit trail before retiring files failed; keeping them");
             self.retire_due = true;
             return true;
@@ -818,7 +927,7 @@ impl Writer {
     }
 
     fn sync_quietly(&mut self) {
-        match self.file.sync_data() {
+        match self.sync_data() {
             Ok(()) => {
                 self.sync_failing = false;
                 self.synced();
@@ -832,8 +941,8 @@ impl Writer {
         }
     }
 
-    fn sync(&self) -> Result<(), AuditError> {
-        self.file.sync_data().map_err(io_at(&self.path))?;
+    fn sync(&mut self) -> Result<(), AuditError> {
+        self.sync_data().map_err(io_at(&self.path))?;
         self.synced();
         if self.write_failing {
             return Err(AuditError::Io {
@@ -972,4 +1081,47 @@ fn newest_rotated_last_record(dir: &Path, file_name: &OsStr) -> Result<Option<Li
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod write_failures {
+    use super::*;
+
+    fn event(n: u32) -> AuditEvent {
+        AuditEvent::request(format!("GET /probe/{n}"), Decision::Allow)
+    }
+
+    /// A write that fails loses the records it held, and only them: the file keeps whole
+    /// records, the chain goes on from the last record on disk, and the losses are counted.
+    #[test]
+    fn a_failed_write_takes_the_chain_back_to_what_is_on_disk_and_counts_its_records_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (mut writer, _) = Writer::open(&path, &AuditOptions::keep_all(1 << 20)).unwrap();
+        let losses = Losses::default();
+        for n in 0..3 {
+            assert!(writer.append(&now_rfc3339_ms(), &event(n), &losses));
+        }
+        assert!(writer.write_out());
+        // The same file, opened for reading only: every write to it fails.
+        let writable = std::mem::replace(&mut writer.file, File::open(&path).unwrap());
+        for n in 3..5 {
+            writer.append(&now_rfc3339_ms(), &event(n), &losses);
+        }
+        assert!(!writer.write_out());
+        assert_eq!(writer.next_seq, 3, "the chain goes on from the last record on disk");
+        writer.count_write_losses(&losses);
+        assert_eq!(losses.total.load(Ordering::Relaxed), 2);
+        writer.file = writable;
+        assert!(writer.report_losses(&losses));
+        writer.append(&now_rfc3339_ms(), &event(5), &losses);
+        writer.sync_quietly();
+
+        let report = super::super::verify::verify_files(&[path.clone()]).unwrap();
+        assert!(report.problem.is_none(), "{:?}", report.problem);
+        assert_eq!((report.records, report.last_seq), (5, Some(4)));
+        let trail = std::fs::read_to_string(&path).unwrap();
+        assert!(trail.contains("/probe/2") && trail.contains("/probe/5") && !trail.contains("/probe/3"));
+        assert!(trail.contains("2 audit event(s) could not be written"));
+    }
 }
