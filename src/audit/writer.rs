@@ -1117,7 +1117,7 @@ mod write_failures {
         writer.append(&now_rfc3339_ms(), &event(5), &losses);
         writer.sync_quietly();
 
-        let report = super::super::verify::verify_files(&[path.clone()]).unwrap();
+        let report = super::super::verify::verify_files(std::slice::from_ref(&path)).unwrap();
         assert!(report.problem.is_none(), "{:?}", report.problem);
         assert_eq!((report.records, report.last_seq), (5, Some(4)));
         let trail = std::fs::read_to_string(&path).unwrap();
