@@ -45,4 +45,11 @@ if ! "$VENV/bin/python" -c "import matplotlib,sys; sys.exit(0 if matplotlib.__ve
   echo "setup: installing matplotlib==$MATPLOTLIB_VERSION into $VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "matplotlib==$MATPLOTLIB_VERSION"
 fi
+# Python jobs of Livy's programmatic API are unpickled, and their results pickled, with
+# cloudpickle, as Livy's Python client pickles them (the version pyspark itself bundles).
+CLOUDPICKLE_VERSION="${CLOUDPICKLE_VERSION:-3.1.1}"
+if ! "$VENV/bin/python" -c "import cloudpickle,sys; sys.exit(0 if cloudpickle.__version__=='$CLOUDPICKLE_VERSION' else 1)" 2>/dev/null; then
+  echo "setup: installing cloudpickle==$CLOUDPICKLE_VERSION into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "cloudpickle==$CLOUDPICKLE_VERSION"
+fi
 echo "setup: ok (pyspark $("$VENV/bin/python" -c 'import pyspark; print(pyspark.__version__)') in $VENV)"

@@ -6,12 +6,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 # Real Livy client libraries the compatibility tests drive (tests/clients/), kept apart from the
 # venv the Spark drivers use.
+# cloudpickle is what Livy's own Python client pickles jobs with (the version pyspark vendors).
 CLIENTS_VENV=.venv-clients
 PYLIVY_VERSION=0.8.0
-if ! "$CLIENTS_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('livy') != '$PYLIVY_VERSION')" 2>/dev/null; then
-  echo "test: installing livy==$PYLIVY_VERSION (pylivy) into $CLIENTS_VENV"
+CLOUDPICKLE_VERSION=3.1.1
+if ! "$CLIENTS_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('livy') != '$PYLIVY_VERSION' or m.version('cloudpickle') != '$CLOUDPICKLE_VERSION')" 2>/dev/null; then
+  echo "test: installing livy==$PYLIVY_VERSION (pylivy) and cloudpickle==$CLOUDPICKLE_VERSION into $CLIENTS_VENV"
   python3 -m venv "$CLIENTS_VENV"
-  "$CLIENTS_VENV/bin/pip" install -q --disable-pip-version-check "livy==$PYLIVY_VERSION"
+  "$CLIENTS_VENV/bin/pip" install -q --disable-pip-version-check "livy==$PYLIVY_VERSION" "cloudpickle==$CLOUDPICKLE_VERSION"
 fi
 # The KDC tools (krb5kdc, kdb5_util, kadmin.local) live in /usr/sbin.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"

@@ -156,7 +156,7 @@ impl From<crate::engine::EngineError> for ApiError {
     fn from(err: crate::engine::EngineError) -> Self {
         use crate::engine::EngineError as E;
         match err {
-            E::SessionNotFound(_) | E::BatchNotFound(_) | E::StatementNotFound { .. } => {
+            E::SessionNotFound(_) | E::BatchNotFound(_) | E::StatementNotFound { .. } | E::JobNotFound { .. } => {
                 Self::NotFound(err.to_string())
             }
             E::DuplicateName(_) | E::InvalidRequest(_) => Self::BadRequest(err.to_string()),

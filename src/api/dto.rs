@@ -229,6 +229,17 @@ pub struct CreateStatementRequest {
     pub kind: Option<String>,
 }
 
+/// `POST /sessions/{id}/submit-job` and `run-job` body (Livy's `SerializedJob`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerializedJob {
+    /// The job's bytes in base64 (required).
+    pub job: Option<String>,
+    /// `pyspark` or `spark` (required).
+    #[serde(rename = "jobType")]
+    pub job_type: Option<String>,
+}
+
 /// `POST /sessions/{id}/completion` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -4,6 +4,7 @@ mod batches;
 pub mod dto;
 mod extract;
 mod files;
+mod jobs;
 mod sessions;
 mod sparkui;
 mod statements;
@@ -318,6 +319,10 @@ pub fn router(upload_limit: usize) -> Router<AppState> {
         .route("/sessions/{id}/statements/{sid}/events", get(statements::events))
         .route("/sessions/{id}/statements/{sid}/cancel", post(statements::cancel))
         .route("/sessions/{id}/completion", post(statements::complete))
+        .route("/sessions/{id}/submit-job", post(jobs::submit))
+        .route("/sessions/{id}/run-job", post(jobs::run))
+        .route("/sessions/{id}/jobs/{jid}", get(jobs::show))
+        .route("/sessions/{id}/jobs/{jid}/cancel", post(jobs::cancel))
         .route("/sessions/{id}/add-jar", post(files::add_jar))
         .route("/sessions/{id}/add-pyfile", post(files::add_pyfile))
         .route("/sessions/{id}/add-file", post(files::add_file))

@@ -150,6 +150,10 @@ async fn a_session_or_batch_the_caller_may_not_view_answers_like_one_that_does_n
                 ("POST", format!("{prefix}/{{}}/connect"), None),
                 ("POST", format!("{prefix}/{{}}/stop"), None),
                 ("POST", format!("{prefix}/{{}}/add-file"), Some(json!({"uri": "hdfs:///x"}))),
+                ("POST", format!("{prefix}/{{}}/submit-job"), Some(json!({"job": "AAAA", "jobType": "pyspark"}))),
+                ("POST", format!("{prefix}/{{}}/run-job"), Some(json!({"job": "AAAA", "jobType": "pyspark"}))),
+                ("GET", format!("{prefix}/{{}}/jobs/0"), None),
+                ("POST", format!("{prefix}/{{}}/jobs/0/cancel"), None),
             ]);
         }
         for (method, pattern, body) in routes {
@@ -328,6 +332,73 @@ async fn users_set_only_allow_listed_conf_and_never_what_the_operator_fixed() {
         .call(Some("alice"), "POST", "/batches", Some(json!({"file": "hdfs:///a.py", "conf": {"spark.x.y": "1"}})))
         .await;
     assert_eq!(status, 403, "batches are checked the same way: {body}");
+}
+
+#[tokio::test]
+async fn jobs_are_refused_with_the_field_named_and_the_job_never_echoed_nor_recorded() {
+    let h = Harness::new(POLICY, &[]);
+    let (_, sql) = h.call(Some("alice"), "POST", "/sessions", Some(json!({"kind": "sql"}))).await;
+    let (_, spark) = h.call(Some("alice"), "POST", "/sessions", Some(json!({"kind": "spark"}))).await;
+    let (_, python) = h.call(Some("alice"), "POST", "/sessions", Some(json!({"kind": "pyspark"}))).await;
+    let (sql, spark, python) =
+        (sql["id"].as_u64().unwrap(), spark["id"].as_u64().unwrap(), python["id"].as_u64().unwrap());
+    // Valid base64 of bytes that are nobody's business (and must not reach the trail).
+    let secret_job = "c2VjcmV0LWpvYi1ieXRlcw==";
+    let cases = [
+        (python, json!({"jobType": "pyspark"}), "field `job` is required"),
+        (python, json!({"job": "", "jobType": "pyspark"}), "field `job` is required"),
+        (python, json!({"job": secret_job}), "field `jobType` is required"),
+        (python, json!({"job": secret_job, "jobType": "cobol"}), "field `jobType`: unknown job type"),
+        (python, json!({"job": "not base64 at all!", "jobType": "pyspark"}), "field `job` is not valid base64"),
+        (python, json!({"job": secret_job, "jobType": "spark"}), "session of kind pyspark cannot run spark jobs"),
+        (spark, json!({"job": secret_job, "jobType": "pyspark"}), "session of kind spark cannot run pyspark jobs"),
+        (sql, json!({"job": secret_job, "jobType": "pyspark"}), "session of kind sql cannot run pyspark jobs"),
+        (sql, json!({"job": secret_job, "jobType": "spark"}), "session of kind sql cannot run spark jobs"),
+        (python, json!({"job": secret_job, "jobType": "pyspark", "extra": 1}), "unknown field `extra`"),
+    ];
+    for (id, body, why) in cases {
+        for route in ["submit-job", "run-job"] {
+            let (status, reply) =
+                h.call(Some("alice"), "POST", &format!("/sessions/{id}/{route}"), Some(body.clone())).await;
+            assert_eq!(status, 400, "{route} {body}: {reply}");
+            let msg = reply["msg"].as_str().unwrap();
+            assert!(msg.contains(why), "{route} {body}: {msg}");
+            assert!(!msg.contains(secret_job), "{msg}");
+        }
+    }
+    // A job for a session that cannot take work any more (these never launch: they are dead).
+    let (status, reply) = h
+        .call(
+            Some("alice"),
+            "POST",
+            &format!("/sessions/{python}/submit-job"),
+            Some(json!({"job": secret_job, "jobType": "pyspark"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{reply}");
+    // Unknown jobs, and ids that are not ids.
+    let (status, reply) = h.call(Some("alice"), "GET", &format!("/sessions/{python}/jobs/7"), None).await;
+    assert_eq!((status, reply), (404, json!({"msg": format!("Job 7 not found in session {python}.")})));
+    let (status, _) = h.call(Some("alice"), "GET", &format!("/sessions/{python}/jobs/x"), None).await;
+    assert_eq!(status, 400);
+    let (status, _) = h.call(Some("alice"), "POST", &format!("/sessions/{python}/jobs/7/cancel"), None).await;
+    assert_eq!(status, 404);
+    // A viewer may not submit or cancel; the refusals are audited without the bytes.
+    let (status, reply) = h
+        .call(
+            Some("auditor"),
+            "POST",
+            &format!("/sessions/{python}/submit-job"),
+            Some(json!({"job": secret_job, "jobType": "pyspark"})),
+        )
+        .await;
+    assert_eq!(status, 403, "{reply}");
+    let records = h.audit_records().await;
+    assert!(records.iter().any(|r| r["action"] == "POST /sessions/{id}/submit-job"
+        && r["principal"] == "auditor"
+        && r["decision"] == "deny"));
+    let leaks: Vec<&Value> = records.iter().filter(|r| r.to_string().contains(secret_job)).collect();
+    assert!(leaks.is_empty(), "the audit trail holds a job's bytes: {leaks:#?}");
 }
 
 #[tokio::test]

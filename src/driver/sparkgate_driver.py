@@ -1066,6 +1066,117 @@ class SparkRInterpreter:
 # The connection to the gateway
 # ---------------------------------------------------------------------------
 
+# -- jobs of Livy's programmatic API ---------------------------------------------
+
+# Where a job's result goes in its output's data (the gateway's engine/job.rs reads it).
+JOB_RESULT_KEY = "application/vnd.sparkgate.job-result+base64"
+
+
+def _cloudpickle():
+    """cloudpickle as Livy's Python client pickles with it (scripts/setup.sh installs it into
+    the drivers' venv). Without that package, pyspark's own copy stands in under its name, so
+    jobs still unpickle; but results that pickle code or classes by value then name
+    `pyspark.cloudpickle`, which a client without pyspark cannot unpickle."""
+    try:
+        import cloudpickle
+        return cloudpickle
+    except ImportError:
+        from pyspark import cloudpickle
+        sys.modules.setdefault("cloudpickle", cloudpickle)
+        inner = getattr(cloudpickle, "cloudpickle", None)
+        if inner is not None:
+            sys.modules.setdefault("cloudpickle.cloudpickle", inner)
+        return cloudpickle
+
+
+class JobContext:
+    """What a Python job is called with: the session's contexts, as Livy's JobContext has them."""
+
+    def __init__(self, spark, sc):
+        self._spark = spark
+        self._sc = sc
+        self._streaming = None
+        self._tmp = None
+
+    @property
+    def sc(self):
+        return self._sc
+
+    @property
+    def spark(self):
+        return self._spark
+
+    @property
+    def spark_session(self):
+        return self._spark
+
+    @property
+    def sql_ctx(self):
+        from pyspark.sql import SQLContext
+        return SQLContext(self._sc, self._spark)
+
+    @property
+    def hive_ctx(self):
+        return self.sql_ctx
+
+    @property
+    def streaming_ctx(self):
+        if self._streaming is None:
+            raise ValueError("create the streaming context first: create_streaming_ctx(batch_duration)")
+        return self._streaming
+
+    def create_streaming_ctx(self, batch_duration):
+        if self._streaming is not None:
+            raise ValueError("the streaming context exists already")
+        from pyspark.streaming import StreamingContext
+        self._streaming = StreamingContext(self._sc, batch_duration)
+
+    def stop_streaming_ctx(self):
+        if self._streaming is None:
+            raise ValueError("there is no streaming context to stop")
+        self._streaming.stop(stopSparkContext=False)
+        self._streaming = None
+
+    @property
+    def local_tmp_dir_path(self):
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="sparkgate-job-")
+        return self._tmp
+
+
+class PythonJobRunner:
+    """Runs `pyspark` jobs: base64 of a cloudpickled callable taking a JobContext. The result
+    is pickled with cloudpickle, and its bytes are the pickle's base64 text, as Livy's Python
+    client expects them (it decodes base64 twice)."""
+
+    def __init__(self, spark, sc):
+        self.context = JobContext(spark, sc)
+
+    def execute(self, code):
+        cloudpickle = _cloudpickle()
+        try:
+            job = cloudpickle.loads(base64.b64decode(code))
+        except Exception as e:
+            return error_body("JobDeserializationError", "the job could not be unpickled: %s" % short(e, 500), [])
+        if not callable(job):
+            return error_body("JobDeserializationError",
+                              "the job is a %s, not a callable taking a JobContext" % type(job).__name__, [])
+        try:
+            value = job(self.context)
+        except StatementCancelled:
+            raise
+        except Exception as e:
+            # The traceback from the job's own frame on (this runner's is left out).
+            lines = traceback.format_exception(type(e), e, e.__traceback__.tb_next, chain=False)
+            return error_body(type(e).__name__, short(e), lines)
+        try:
+            pickled = cloudpickle.dumps(value)
+        except Exception as e:
+            return error_body("JobResultError", "the job's result could not be pickled: %s" % short(e, 500), [])
+        inner = base64.b64encode(pickled)
+        return ok_body({JOB_RESULT_KEY: base64.b64encode(inner).decode("ascii")})
+
+
 class HandshakeError(Exception):
     pass
 
@@ -1438,6 +1549,7 @@ class Driver:
                                           self.conf.completion_wait_secs),
                 "sql": SqlInterpreter(self.spark, self.conf.sql_max_rows),
                 "sparkr": SparkRInterpreter(),
+                "pyspark_job": PythonJobRunner(self.spark, self.sc),
             }
             log("Spark started in %.1f s (application %s)"
                 % (time.monotonic() - started, self.sc.applicationId))

@@ -79,6 +79,10 @@ pub enum CodeKind {
     SparkR,
     /// Spark SQL.
     Sql,
+    /// A job of Livy's programmatic API: a cloudpickled Python callable (base64).
+    PySparkJob,
+    /// A job of Livy's programmatic API: a Kryo-serialized `org.apache.livy.Job` (base64).
+    SparkJob,
 }
 
 impl CodeKind {
@@ -100,7 +104,45 @@ impl CodeKind {
             Self::PySpark => "pyspark",
             Self::SparkR => "sparkr",
             Self::Sql => "sql",
+            Self::PySparkJob => "pyspark_job",
+            Self::SparkJob => "spark_job",
         }
+    }
+
+    /// A kind as the store keeps it ([`CodeKind::as_str`]): statements' and jobs'. Only
+    /// [`CodeKind::parse`] reads what a client sends, so no statement can pose as a job.
+    pub fn from_stored(name: &str) -> Option<Self> {
+        match name {
+            "pyspark_job" => Some(Self::PySparkJob),
+            "spark_job" => Some(Self::SparkJob),
+            other => Self::parse(other),
+        }
+    }
+
+    /// Whether it is a job of the programmatic API rather than a statement.
+    pub fn is_job(self) -> bool {
+        matches!(self, Self::PySparkJob | Self::SparkJob)
+    }
+
+    /// The job kind of Livy's `jobType` (`pyspark` or `spark`) for a session of `session`
+    /// kind: Python jobs in pyspark and shared sessions, JVM jobs in spark and shared ones.
+    pub fn job(job_type: &str, session: SessionKind) -> Result<Self, String> {
+        let kind = match job_type {
+            "pyspark" => Self::PySparkJob,
+            "spark" => Self::SparkJob,
+            _ => return Err("field `jobType`: unknown job type; use pyspark or spark".into()),
+        };
+        let runs = match kind {
+            Self::PySparkJob => matches!(session, SessionKind::PySpark | SessionKind::Shared),
+            _ => matches!(session, SessionKind::Spark | SessionKind::Shared),
+        };
+        if !runs {
+            return Err(format!(
+                "field `jobType`: a session of kind {session} cannot run {job_type} jobs (pyspark jobs run in pyspark \
+                 and shared sessions, spark jobs in spark and shared sessions)"
+            ));
+        }
+        Ok(kind)
     }
 }
 

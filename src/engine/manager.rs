@@ -1343,7 +1343,18 @@ impl DriverRegistry for SessionRegistry {
 
     fn deliver(&self, session_id: u32, conn_id: u64, msg: FromDriver) {
         let Some(session) = self.entries.by_id(session_id) else { return };
-        let Some(ack) = session.on_driver_message(conn_id, msg) else { return };
+        let Some(mut ack) = session.on_driver_message(conn_id, msg) else { return };
+        if let Some(job) = ack.finished_job.take() {
+            // A job's outcome is in the trail (its type, its end; never its bytes or result).
+            let status = super::job::JobStatus::of(&job);
+            self.audit.record(
+                AuditEvent::security("job_finished", Decision::Info)
+                    .principal_name(session.spec().owner.clone())
+                    .effective_user(session.spec().effective_user.clone())
+                    .resource(format!("session:{session_id}/job:{}", job.id))
+                    .reason(format!("{} job {}", super::job::job_type(job.kind), status.state)),
+            );
+        }
         // A result is acknowledged (and forgotten by the driver) only once it is stored: a
         // gateway that dies before has it sent again by the driver after the restart.
         let Some(registry) = self.me.upgrade() else { return };

@@ -3,6 +3,7 @@
 pub mod app_id;
 pub mod batch;
 pub mod ids;
+pub mod job;
 pub mod kind;
 pub mod launch;
 pub mod limits;
@@ -57,6 +58,14 @@ pub enum EngineError {
         session: u32,
         /// Statement id.
         statement: u32,
+    },
+    /// No such job (of the programmatic API) in the session.
+    #[error("Job {job} not found in session {session}.")]
+    JobNotFound {
+        /// Session id.
+        session: u32,
+        /// Job id.
+        job: u32,
     },
     /// The name is taken (by a session or batch the caller may not even see: which one is not
     /// said).

@@ -148,6 +148,8 @@ pub struct PendingAck {
     link: DriverLink,
     /// The statement.
     pub id: u32,
+    /// A job that this result finished (not a statement, nor a result seen before).
+    pub finished_job: Option<Statement>,
 }
 
 impl PendingAck {
@@ -313,6 +315,33 @@ fn now_ms() -> i64 {
 /// The error output Livy clients understand, for statements the gateway itself ends.
 pub fn error_output(execution_count: u32, ename: &str, evalue: &str) -> Value {
     json!({"status": "error", "execution_count": execution_count, "ename": ename, "evalue": evalue, "traceback": []})
+}
+
+/// A statement or a job, by id: they share one queue and one id sequence, and each is found
+/// only as what it is.
+#[derive(Debug, Clone, Copy)]
+enum Entry {
+    Statement(u32),
+    Job(u32),
+}
+
+impl Entry {
+    fn id(self) -> u32 {
+        match self {
+            Self::Statement(id) | Self::Job(id) => id,
+        }
+    }
+
+    fn matches(self, statement: &Statement) -> bool {
+        statement.kind.is_job() == matches!(self, Self::Job(_))
+    }
+
+    fn not_found(self, session: u32) -> EngineError {
+        match self {
+            Self::Statement(statement) => EngineError::StatementNotFound { session, statement },
+            Self::Job(job) => EngineError::JobNotFound { session, job },
+        }
+    }
 }
 
 impl Session {
@@ -485,7 +514,7 @@ impl Session {
             }
             let mut next_id = record.next_statement_id;
             for s in statements {
-                let kind = CodeKind::parse(&s.kind).unwrap_or(CodeKind::PySpark);
+                let kind = CodeKind::from_stored(&s.kind).unwrap_or(CodeKind::PySpark);
                 next_id = next_id.max(s.id.saturating_add(1));
                 match s.state {
                     StatementState::Waiting => inner.queue.push_back(s.id),
@@ -533,7 +562,7 @@ impl Session {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let statement = self.statement(sid)?;
+            let statement = self.entry(Entry::Statement(sid))?;
             if seen != Some((statement.state, statement.progress)) {
                 return Ok(Some(statement));
             }
@@ -545,13 +574,22 @@ impl Session {
 
     /// Statement `sid` once it has finished, or as it is when `wait` has passed (a long poll).
     pub async fn wait_statement(&self, sid: u32, wait: Duration) -> Result<Statement, EngineError> {
+        self.wait_entry(Entry::Statement(sid), wait).await
+    }
+
+    /// Job `id` once it has finished, or as it is when `wait` has passed (a long poll).
+    pub async fn wait_job(&self, id: u32, wait: Duration) -> Result<Statement, EngineError> {
+        self.wait_entry(Entry::Job(id), wait).await
+    }
+
+    async fn wait_entry(&self, entry: Entry, wait: Duration) -> Result<Statement, EngineError> {
         let deadline = Instant::now() + wait;
         loop {
             // Registered before the look, so a change between the two is not missed.
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let statement = self.statement(sid)?;
+            let statement = self.entry(entry)?;
             if statement.state.is_final() || Instant::now() >= deadline {
                 return Ok(statement);
             }
@@ -708,18 +746,28 @@ impl Session {
         }
     }
 
-    /// One statement.
+    /// One statement (jobs are not statements: see [`Session::job`]).
     pub fn statement(&self, sid: u32) -> Result<Statement, EngineError> {
-        self.lock()
-            .statements
-            .get(&sid)
-            .cloned()
-            .ok_or(EngineError::StatementNotFound { session: self.id, statement: sid })
+        self.entry(Entry::Statement(sid))
     }
 
-    /// All retained statements, oldest first.
+    /// One job of the programmatic API: it shares the statements' queue and ids.
+    pub fn job(&self, id: u32) -> Result<Statement, EngineError> {
+        self.entry(Entry::Job(id))
+    }
+
+    fn entry(&self, entry: Entry) -> Result<Statement, EngineError> {
+        self.lock()
+            .statements
+            .get(&entry.id())
+            .filter(|s| entry.matches(s))
+            .cloned()
+            .ok_or_else(|| entry.not_found(self.id))
+    }
+
+    /// All retained statements (not jobs), oldest first.
     pub fn statements(&self) -> Vec<Statement> {
-        self.lock().statements.values().cloned().collect()
+        self.lock().statements.values().filter(|s| !s.kind.is_job()).cloned().collect()
     }
 
     /// Records where a cluster-mode driver runs (Kubernetes `<namespace>:<pod>`).
@@ -748,13 +796,24 @@ impl Session {
 
     /// Cancels a statement: a waiting one at once; a running one by asking the driver.
     pub fn cancel(&self, sid: u32) -> Result<(), EngineError> {
+        self.cancel_entry(Entry::Statement(sid))
+    }
+
+    /// Cancels a job, as [`Session::cancel`] a statement.
+    pub fn cancel_job(&self, id: u32) -> Result<(), EngineError> {
+        self.cancel_entry(Entry::Job(id))
+    }
+
+    fn cancel_entry(&self, entry: Entry) -> Result<(), EngineError> {
+        let sid = entry.id();
         let _changed = self.changing();
         let mut inner = self.lock();
         let state = inner
             .statements
             .get(&sid)
+            .filter(|s| entry.matches(s))
             .map(|s| s.state)
-            .ok_or(EngineError::StatementNotFound { session: self.id, statement: sid })?;
+            .ok_or_else(|| entry.not_found(self.id))?;
         inner.last_activity = Instant::now();
         match state {
             StatementState::Waiting => {
@@ -974,7 +1033,7 @@ impl Session {
             }
             FromDriver::StatementResult { id, state, output, completed } => {
                 // Always acknowledged, even a duplicate, so the driver can forget it.
-                ack = Some(PendingAck { link: driver.clone(), id });
+                ack = Some(PendingAck { link: driver.clone(), id, finished_job: None });
                 let next = if state == "cancelled" { StatementState::Cancelled } else { StatementState::Available };
                 let mut ran_before_restart = false;
                 if let Some(s) = inner.statements.get_mut(&id) {
@@ -991,6 +1050,9 @@ impl Session {
                         // The driver's time when plausible (not before the start, not ahead).
                         let now = now_ms();
                         s.completed = completed.filter(|at| *at >= s.started && *at <= now).unwrap_or(now);
+                        if let Some(ack) = ack.as_mut().filter(|_| s.kind.is_job()) {
+                            ack.finished_job = Some(s.clone());
+                        }
                     }
                 }
                 if ran_before_restart {

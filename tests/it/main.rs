@@ -12,6 +12,7 @@ mod webdriver;
 mod api;
 mod batches;
 mod clients;
+mod jobs;
 mod ldap;
 mod local_rpc;
 mod recovery;

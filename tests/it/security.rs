@@ -103,6 +103,16 @@ async fn auth_matrix_over_every_route() {
     ];
     // Expected status per caller, in the order above.
     let s = format!("/sessions/{id}");
+    let hue = gw.token("hue", &[]);
+    // Statements and jobs share one id sequence: a statement's id is asked, not assumed.
+    let (status, _, statement) =
+        gw.call(Method::POST, &format!("{s}/statements"), Some(&hue), Some(json!({"code": "1+1"}))).await;
+    assert_eq!(status, 201, "{statement}");
+    let sid = statement["id"].as_u64().unwrap();
+    let job = json!({"job": "bm90IGEgcGlja2xl", "jobType": "pyspark"});
+    let (status, _, submitted) = gw.call(Method::POST, &format!("{s}/submit-job"), Some(&hue), Some(job.clone())).await;
+    assert_eq!(status, 201, "{submitted}");
+    let job_id = submitted["id"].as_u64().unwrap();
     let routes: Vec<(Method, String, Option<Value>, [u16; 8])> = vec![
         (Method::GET, "/version".into(), None, [401, 401, 401, 200, 200, 200, 200, 200]),
         (Method::GET, "/sessions".into(), None, [401, 401, 401, 200, 200, 200, 200, 200]),
@@ -117,8 +127,13 @@ async fn auth_matrix_over_every_route() {
             Some(json!({"code": "1+1"})),
             [401, 401, 401, 404, 201, 201, 403, 201],
         ),
-        (Method::GET, format!("{s}/statements/0"), None, [401, 401, 401, 404, 200, 200, 200, 200]),
-        (Method::POST, format!("{s}/statements/0/cancel"), Some(json!({})), [401, 401, 401, 404, 200, 200, 403, 200]),
+        (Method::GET, format!("{s}/statements/{sid}"), None, [401, 401, 401, 404, 200, 200, 200, 200]),
+        (
+            Method::POST,
+            format!("{s}/statements/{sid}/cancel"),
+            Some(json!({})),
+            [401, 401, 401, 404, 200, 200, 403, 200],
+        ),
         (
             Method::POST,
             format!("{s}/completion"),
@@ -126,6 +141,12 @@ async fn auth_matrix_over_every_route() {
             [401, 401, 401, 404, 200, 200, 403, 200],
         ),
         (Method::POST, format!("{s}/connect"), Some(json!({})), [401, 401, 401, 404, 200, 200, 403, 200]),
+        // Jobs need the modify right like statements (these bytes are no pickle: the job fails
+        // in the driver, which is not what this matrix is about).
+        (Method::POST, format!("{s}/submit-job"), Some(job.clone()), [401, 401, 401, 404, 201, 201, 403, 201]),
+        (Method::POST, format!("{s}/run-job"), Some(job.clone()), [401, 401, 401, 404, 201, 201, 403, 201]),
+        (Method::GET, format!("{s}/jobs/{job_id}"), None, [401, 401, 401, 404, 200, 200, 200, 200]),
+        (Method::POST, format!("{s}/jobs/{job_id}/cancel"), Some(json!({})), [401, 401, 401, 404, 200, 200, 403, 200]),
         (
             Method::POST,
             "/sessions".into(),
