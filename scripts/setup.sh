@@ -52,4 +52,6 @@ if ! "$VENV/bin/python" -c "import cloudpickle,sys; sys.exit(0 if cloudpickle.__
   echo "setup: installing cloudpickle==$CLOUDPICKLE_VERSION into $VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "cloudpickle==$CLOUDPICKLE_VERSION"
 fi
+# The JVM side of Livy's job API, for sessions' drivers (spark.job_api_jar).
+bash "$here/scripts/build-livy-api.sh"
 echo "setup: ok (pyspark $("$VENV/bin/python" -c 'import pyspark; print(pyspark.__version__)') in $VENV)"

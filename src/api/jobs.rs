@@ -50,6 +50,11 @@ async fn queue(state: AppState, caller: Caller, id: String, req: SerializedJob) 
     session.heartbeat();
     let job_type = req.job_type.ok_or_else(|| ApiError::bad_request("field `jobType` is required"))?;
     let kind = CodeKind::job(&job_type, session.spec().kind).map_err(ApiError::BadRequest)?;
+    if kind == CodeKind::SparkJob && state.config.config.spark.job_api_jar.is_none() {
+        return Err(ApiError::bad_request(
+            "field `jobType`: this gateway runs no spark jobs (its spark.job_api_jar is not set); pyspark jobs run",
+        ));
+    }
     let bytes = match req.job.as_deref() {
         None | Some("") => {
             return Err(ApiError::bad_request("field `job` is required (the serialized job, in base64)"))

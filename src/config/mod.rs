@@ -523,6 +523,9 @@ pub struct SparkConfig {
     /// More absolute paths the sandbox shows read-only (a Hadoop installation, its
     /// configuration, an NSS socket directory, ...).
     pub sandbox_read_only_paths: Vec<PathBuf>,
+    /// The jar of the JVM side of Livy's job API (`scripts/build-livy-api.sh` builds it), copied
+    /// into each session's directory for its driver. Empty: sessions run no `spark` jobs.
+    pub job_api_jar: Option<PathBuf>,
     /// The `sparkgate` binary every spark-submit runs under (`sparkgate supervise`: it keeps
     /// the launch running and its output and exit status recorded while the gateway is down).
     /// Empty: the running `sparkgate` program itself.
@@ -559,6 +562,7 @@ impl Default for SparkConfig {
             supervisor: None,
             dangerous_share_launch_credentials: false,
             sandbox_read_only_paths: Vec::new(),
+            job_api_jar: None,
         }
     }
 }
@@ -1216,6 +1220,14 @@ fn validate(config: Config) -> Result<ValidatedConfig, ConfigError> {
     }
     if let Some(path) = config.spark.sandbox_read_only_paths.iter().find(|p| !p.is_absolute()) {
         problems.push(format!("spark.sandbox_read_only_paths: `{}` is not an absolute path", path.display()));
+    }
+    if let Some(jar) = &config.spark.job_api_jar {
+        if !jar.is_absolute() || !jar.is_file() {
+            problems.push(format!(
+                "spark.job_api_jar: `{}` is not an absolute path to a file (scripts/build-livy-api.sh builds it)",
+                jar.display()
+            ));
+        }
     }
     if config.spark.master.trim().is_empty() {
         problems.push("spark.master must not be empty".into());

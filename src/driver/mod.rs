@@ -24,6 +24,18 @@ pub fn write_for_session(dir: &Path) -> std::io::Result<PathBuf> {
     path.canonicalize()
 }
 
+/// The name of the job API jar in a session's directory.
+pub const JOB_API_JAR: &str = "sparkgate-livy-api.jar";
+
+/// Copies the job API jar (`spark.job_api_jar`) into a session's directory, read-only, where
+/// its driver (sandboxed or not) reads it; returns the copy's path.
+pub fn copy_job_api_jar(dir: &Path, jar: &Path) -> std::io::Result<PathBuf> {
+    let bytes = std::fs::read(jar)?;
+    let path = dir.join(JOB_API_JAR);
+    crate::fs::write_file(&path, &bytes, 0o400).map_err(std::io::Error::other)?;
+    path.canonicalize()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,6 +152,11 @@ class DriverConf:
         if unix_path is not None and (not isinstance(unix_path, str) or not unix_path):
             raise ConfError("field 'rpc_unix_path' must be a non-empty string when present")
         self.rpc_unix_path = unix_path
+        # Optional: the jar of the JVM side of Livy's job API (a copy in the session's dir).
+        job_api_jar = raw.get("job_api_jar")
+        if job_api_jar is not None and (not isinstance(job_api_jar, str) or not job_api_jar):
+            raise ConfError("field 'job_api_jar' must be a non-empty string when present")
+        self.job_api_jar = job_api_jar
 
     def rpc_target(self):
         """Where the driver dials, for log lines."""
@@ -1177,6 +1182,108 @@ class PythonJobRunner:
         return ok_body({JOB_RESULT_KEY: base64.b64encode(inner).decode("ascii")})
 
 
+class JvmJobRunner:
+    """Runs `spark` jobs: base64 of a Kryo-serialized org.apache.livy.Job, run by the job API
+    jar's sparkgate.jobs.JobRunner with the session's contexts; the result's bytes are its
+    Kryo serialization. The runner comes from the driver's class path, else from the jar the
+    gateway put into the session's directory (loaded here, and shipped to executors)."""
+
+    RUNNER = "sparkgate.jobs.JobRunner"
+
+    def __init__(self, spark, sc, api_jar):
+        self.spark, self.sc, self.api_jar = spark, sc, api_jar
+        self.runner = None
+        self.lock = threading.Lock()
+        # Jars the session has: given at launch, and added later (upload-jar, add-jar).
+        self.jars = [j for j in sc.getConf().get("spark.jars", "").split(",") if j]
+
+    def add_jar(self, uri):
+        with self.lock:
+            self.jars.append(uri)
+            runner = self.runner
+        if runner is not None:
+            self._add(runner, uri)
+
+    @staticmethod
+    def _add(runner, uri):
+        if uri.startswith("file:") or ("://" not in uri and not re.match(r"^[a-zA-Z][\w+.-]*:", uri)):
+            runner.addJar(uri)
+        else:
+            log("jar %s is not local; it reaches executors but not the jobs' class loader" % uri)
+
+    def _runner(self):
+        with self.lock:
+            if self.runner is not None:
+                return self.runner
+            jvm = self.sc._jvm
+            loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+            try:
+                runner_class = jvm.java.lang.Class.forName(self.RUNNER, True, loader)
+            except Exception:
+                if not self.api_jar:
+                    raise JobApiMissing()
+                url = jvm.java.io.File(self.api_jar).toURI().toURL()
+                urls = self.sc._gateway.new_array(jvm.java.net.URL, 1)
+                urls[0] = url
+                loader = jvm.java.net.URLClassLoader(urls, loader)
+                runner_class = jvm.java.lang.Class.forName(self.RUNNER, True, loader)
+                # Executors need the API's interfaces too (a job's closures may name them).
+                self.sc._jsc.addJar(self.api_jar)
+            args = self.sc._gateway.new_array(jvm.java.lang.Object, 2)
+            args[0] = self.spark._jsparkSession
+            args[1] = tempfile.mkdtemp(prefix="sparkgate-jobs-")
+            self.runner = runner_class.getConstructors()[0].newInstance(args)
+            jars = list(self.jars)
+        for uri in jars:
+            try:
+                self._add(self.runner, uri)
+            except Exception as e:
+                log("could not add %s to the jobs' class loader: %s" % (uri, describe_error(e)))
+        return self.runner
+
+    def execute(self, code):
+        try:
+            runner = self._runner()
+        except JobApiMissing:
+            return error_body("JobApiMissing", "this session's driver has no job API jar (the gateway's "
+                              "spark.job_api_jar); spark jobs cannot run here", [])
+        try:
+            job = base64.b64decode(code)
+        except Exception as e:
+            return error_body("JobDeserializationError", "the job is not base64: %s" % short(e, 200), [])
+        try:
+            result = runner.run(bytearray(job))
+        except StatementCancelled:
+            raise
+        except Exception as e:
+            jexc = getattr(e, "java_exception", None)
+            if jexc is None:
+                return error_body(type(e).__name__, short(e), [])
+            message, frames = _java_error_parts(e)
+            try:
+                ename = jexc.getClass().getName()
+            except Exception:
+                ename = "JobFailed"
+            return error_body(ename, short(message), frames)
+        return ok_body({JOB_RESULT_KEY: base64.b64encode(bytes(result or b"")).decode("ascii")})
+
+    def interrupt(self):
+        """Interrupts the running job's JVM thread (a cancel); True if there was a runner."""
+        runner = self.runner
+        if runner is None:
+            return False
+        try:
+            runner.interrupt()
+            return True
+        except Exception as e:
+            log("could not interrupt the JVM job: %s" % short(e, 200))
+            return False
+
+
+class JobApiMissing(Exception):
+    """The job API jar is neither on the class path nor given."""
+
+
 class HandshakeError(Exception):
     pass
 
@@ -1550,6 +1657,7 @@ class Driver:
                 "sql": SqlInterpreter(self.spark, self.conf.sql_max_rows),
                 "sparkr": SparkRInterpreter(),
                 "pyspark_job": PythonJobRunner(self.spark, self.sc),
+                "spark_job": JvmJobRunner(self.spark, self.sc, self.conf.job_api_jar),
             }
             log("Spark started in %.1f s (application %s)"
                 % (time.monotonic() - started, self.sc.applicationId))
@@ -1707,7 +1815,9 @@ class Driver:
         scala = self.interpreters.get("scala")
         # Scala runs inside the JVM: interrupt its thread and let IMain unwind normally;
         # abandoning the call from Python is only the fallback.
-        jvm_interrupted = kind == "scala" and scala is not None and scala.interrupt()
+        jobs = self.interpreters.get("spark_job")
+        jvm_interrupted = ((kind == "scala" and scala is not None and scala.interrupt())
+                           or (kind == "spark_job" and jobs is not None and jobs.interrupt()))
         signal_after = SCALA_SIGNAL_AFTER_SECS if jvm_interrupted else 0.0
         started = time.monotonic()
         last_signal = None
@@ -1820,6 +1930,7 @@ class Driver:
             if what == "jar":
                 self.sc._jsc.addJar(uri)
                 self.interpreters["scala"].add_jar(uri)
+                self.interpreters["spark_job"].add_jar(uri)
             elif what == "pyfile":
                 self.sc.addPyFile(uri)
             elif what == "file":

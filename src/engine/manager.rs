@@ -821,6 +821,11 @@ impl SessionManager {
         if let Some(socket) = &socket {
             driver_conf["rpc_unix_path"] = json!(socket.path().to_str());
         }
+        if let Some(jar) = &cfg.spark.job_api_jar {
+            let copy = crate::driver::copy_job_api_jar(&session.dir, jar)
+                .map_err(|e| EngineError::Launch(format!("copying spark.job_api_jar ({}): {e}", jar.display())))?;
+            driver_conf["job_api_jar"] = json!(copy.to_str());
+        }
         let conf_path = confinement.work.join("driver-conf.json");
         crate::fs::write_file(&conf_path, driver_conf.to_string().as_bytes(), 0o600)
             .map_err(|e| EngineError::Launch(e.to_string()))?;

@@ -416,25 +416,38 @@ public final class CountJob {
 /// Writes `sparkgate.test.CountJob` (see [`COUNT_JOB`]) into `dir`, compiles it with `javac`
 /// against Spark's jars and packages it with `jar`; returns `dir/sparkgate-test-job.jar`.
 pub fn build_test_jar(dir: &Path) -> PathBuf {
-    let src = dir.join("src").join("sparkgate").join("test");
-    let classes = dir.join("classes");
-    std::fs::create_dir_all(&src).unwrap();
+    javac_jar(dir, "sparkgate-test-job.jar", &[("sparkgate/test/CountJob.java", COUNT_JOB)], &[])
+}
+
+/// Writes `sources` (path under the source root, code) into `dir`, compiles them with `javac`
+/// against Spark's jars and `classpath`, and packages them as `dir/<name>`.
+pub fn javac_jar(dir: &Path, name: &str, sources: &[(&str, &str)], classpath: &[PathBuf]) -> PathBuf {
+    let src = dir.join("src");
+    let classes = dir.join(format!("classes-{name}"));
     std::fs::create_dir_all(&classes).unwrap();
-    let source = src.join("CountJob.java");
-    std::fs::write(&source, COUNT_JOB).unwrap();
+    let mut files = Vec::new();
+    for (path, code) in sources {
+        let file = src.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, code).unwrap();
+        files.push(file);
+    }
     // javac expands the `dir/*` classpath wildcard itself; no shell is involved.
-    let classpath = format!("{}/*", spark_home().join("jars").display());
+    let mut entries = vec![format!("{}/*", spark_home().join("jars").display())];
+    entries.extend(classpath.iter().map(|p| p.display().to_string()));
     let mut javac = Command::new("javac");
-    javac.args(["--release", "17", "-nowarn", "-cp", &classpath, "-d"]).arg(&classes).arg(&source);
+    javac.args(["--release", "17", "-nowarn", "-cp", &entries.join(":"), "-d"]).arg(&classes).args(&files);
     run_tool(javac);
-    let jar_path = dir.join("sparkgate-test-job.jar");
+    let jar_path = dir.join(name);
     let mut jar = Command::new("jar");
     jar.arg("cf").arg(&jar_path).arg("-C").arg(&classes).arg(".");
     run_tool(jar);
     jar_path
 }
 
-fn run_tool(mut cmd: Command) {
+/// Runs a JDK tool (or `java`) and returns its standard output; panics with its output when it
+/// fails.
+pub fn run_tool(mut cmd: Command) -> String {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -446,4 +459,5 @@ fn run_tool(mut cmd: Command) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

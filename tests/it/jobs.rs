@@ -77,3 +77,182 @@ async fn python_jobs_run_as_livys_python_client_sends_them() {
     assert!(submitted["reason"].as_str().unwrap().starts_with("pyspark job of "), "{submitted}");
     assert!(!text.contains("gAWV") && !text.contains("gASV"), "a pickle's base64 is in the audit trail");
 }
+
+/// Jobs written against the Livy API jar: a sum through the session's SparkContext, a failure,
+/// and one that sleeps until it is interrupted.
+const JVM_JOBS: [(&str, &str); 4] = [
+    (
+        "sparkgate/test/SumJob.java",
+        r#"package sparkgate.test;
+
+import java.util.ArrayList;
+import java.util.List;
+import org.apache.livy.Job;
+import org.apache.livy.JobContext;
+
+/** Sums 0..n-1 on the executors. No no-argument constructor: Kryo's fallback makes it. */
+public class SumJob implements Job<Long> {
+  private final int n;
+
+  public SumJob(int n) {
+    this.n = n;
+  }
+
+  @Override
+  public Long call(JobContext jc) {
+    List<Integer> items = new ArrayList<>();
+    for (int i = 0; i < n; i++) {
+      items.add(i);
+    }
+    return jc.sc().parallelize(items, 2).map(x -> (long) x).reduce(Long::sum);
+  }
+}
+"#,
+    ),
+    (
+        "sparkgate/test/FailJob.java",
+        r#"package sparkgate.test;
+
+import org.apache.livy.Job;
+import org.apache.livy.JobContext;
+
+public class FailJob implements Job<String> {
+  @Override
+  public String call(JobContext jc) {
+    throw new IllegalStateException("no such table: sales_2031");
+  }
+}
+"#,
+    ),
+    (
+        "sparkgate/test/SleepJob.java",
+        r#"package sparkgate.test;
+
+import org.apache.livy.Job;
+import org.apache.livy.JobContext;
+
+public class SleepJob implements Job<String> {
+  @Override
+  public String call(JobContext jc) throws Exception {
+    Thread.sleep(600_000);
+    return "woke up";
+  }
+}
+"#,
+    ),
+    (
+        "sparkgate/test/KryoClient.java",
+        r#"package sparkgate.test;
+
+import com.esotericsoftware.kryo.Kryo;
+import com.esotericsoftware.kryo.io.Input;
+import com.esotericsoftware.kryo.io.Output;
+import java.io.ByteArrayOutputStream;
+import java.util.Base64;
+import org.objenesis.strategy.StdInstantiatorStrategy;
+
+/** Serializes jobs and reads results as Livy's Java client does (its Kryo set-up). */
+public class KryoClient {
+  static Kryo kryo() {
+    Kryo kryo = new Kryo();
+    kryo.setInstantiatorStrategy(new Kryo.DefaultInstantiatorStrategy(new StdInstantiatorStrategy()));
+    kryo.setClassLoader(Thread.currentThread().getContextClassLoader());
+    return kryo;
+  }
+
+  public static void main(String[] args) {
+    if (args[0].equals("encode")) {
+      Object job = switch (args[1]) {
+        case "sum" -> new SumJob(Integer.parseInt(args[2]));
+        case "fail" -> new FailJob();
+        default -> new SleepJob();
+      };
+      ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+      Output out = new Output(bytes);
+      kryo().writeClassAndObject(out, job);
+      out.flush();
+      System.out.println(Base64.getEncoder().encodeToString(bytes.toByteArray()));
+    } else {
+      Object value = kryo().readClassAndObject(new Input(Base64.getDecoder().decode(args[1])));
+      System.out.println(value.getClass().getName() + " " + value);
+    }
+  }
+}
+"#,
+    ),
+];
+
+#[tokio::test]
+async fn jvm_jobs_serialized_with_kryo_run_in_a_spark_session() {
+    use crate::cluster::{javac_jar, run_tool, spark_home};
+    let gw = gateway();
+    let (status, body) = gw.post("/sessions", serde_json::json!({"kind": "spark", "name": "jvm-jobs"})).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_u64().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let api_jar = repo_root().join("java/build/sparkgate-livy-api.jar");
+    assert!(api_jar.exists(), "{} is missing: scripts/setup.sh builds it", api_jar.display());
+    let jar = javac_jar(dir.path(), "livy-jobs.jar", &JVM_JOBS, std::slice::from_ref(&api_jar));
+    let classpath = format!("{}:{}:{}/*", jar.display(), api_jar.display(), spark_home().join("jars").display());
+    let kryo = |args: &[&str]| {
+        let mut java = std::process::Command::new("java");
+        java.args(["-cp", &classpath, "sparkgate.test.KryoClient"]).args(args);
+        run_tool(java).trim().to_string()
+    };
+    gw.wait_state(id, &["idle"], Duration::from_secs(240)).await;
+    let form = reqwest::multipart::Form::new()
+        .part("jar", reqwest::multipart::Part::bytes(std::fs::read(&jar).unwrap()).file_name("livy-jobs.jar"));
+    let r = gw.client().post(gw.url(&format!("/sessions/{id}/upload-jar"))).multipart(form).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+
+    let submit = |job: String| async move {
+        let (status, body) =
+            gw.post(&format!("/sessions/{id}/submit-job"), serde_json::json!({"job": job, "jobType": "spark"})).await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_u64().unwrap()
+    };
+    let finished = |jid: u64| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+        loop {
+            let (status, job) = gw.get(&format!("/sessions/{id}/jobs/{jid}?wait=20s")).await;
+            assert_eq!(status, 200, "{job}");
+            if !matches!(job["state"].as_str(), Some("QUEUED" | "STARTED")) {
+                return job;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "job {jid} did not end: {job}");
+        }
+    };
+
+    let sum = finished(submit(kryo(&["encode", "sum", "100"])).await).await;
+    assert_eq!(sum["state"], "SUCCEEDED", "{sum}");
+    assert_eq!(kryo(&["decode", sum["result"].as_str().unwrap()]), "java.lang.Long 4950");
+
+    let failed = finished(submit(kryo(&["encode", "fail"])).await).await;
+    assert_eq!((failed["state"].as_str(), failed["result"].as_str()), (Some("FAILED"), None), "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.starts_with("java.lang.IllegalStateException: no such table: sales_2031"), "{error}");
+    assert!(error.contains("sparkgate.test.FailJob.call"), "the stack names the job: {error}");
+
+    // A job that sleeps is interrupted by a cancel.
+    let sleeper = submit(kryo(&["encode", "sleep"])).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while gw.get(&format!("/sessions/{id}/jobs/{sleeper}")).await.1["state"] != "STARTED" {
+        assert!(tokio::time::Instant::now() < deadline, "the sleeping job did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = tokio::time::Instant::now();
+    let (status, body) = gw.post(&format!("/sessions/{id}/jobs/{sleeper}/cancel"), serde_json::json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(finished(sleeper).await["state"], "CANCELLED");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // The session still runs jobs after the cancel.
+    let again = finished(submit(kryo(&["encode", "sum", "10"])).await).await;
+    assert_eq!(kryo(&["decode", again["result"].as_str().unwrap()]), "java.lang.Long 45");
+
+    // A Python job has no place in a spark session.
+    let (status, body) =
+        gw.post(&format!("/sessions/{id}/submit-job"), serde_json::json!({"job": "AAAA", "jobType": "pyspark"})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = gw.delete(&format!("/sessions/{id}")).await;
+    assert_eq!(status, 200);
+}

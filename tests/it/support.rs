@@ -238,6 +238,8 @@ pub fn base_overrides(
         "acl.reload_interval=\"200ms\"".into(),
         format!("spark.allowed_local_dirs=[\"{}\"]", jobs_dir.display()),
         format!("spark.venv=\"{}\"", venv.display()),
+        // Built by scripts/setup.sh (scripts/build-livy-api.sh).
+        format!("spark.job_api_jar=\"{}\"", repo_root().join("java/build/sparkgate-livy-api.jar").display()),
         "spark.conf.\"spark.driver.memory\"=\"768m\"".into(),
         "spark.conf.\"spark.sql.shuffle.partitions\"=\"2\"".into(),
         "spark.conf.\"spark.ui.showConsoleProgress\"=\"false\"".into(),
