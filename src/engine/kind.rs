@@ -151,6 +151,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn job_kinds_are_no_statement_kinds_and_run_only_in_fitting_sessions() {
+        // A client cannot send a statement of a job kind; only the store names them.
+        assert_eq!(CodeKind::parse("pyspark_job"), None);
+        assert_eq!(CodeKind::from_stored("pyspark_job"), Some(CodeKind::PySparkJob));
+        assert_eq!(CodeKind::from_stored("spark_job"), Some(CodeKind::SparkJob));
+        assert_eq!(CodeKind::from_stored("scala"), Some(CodeKind::Scala));
+        for kind in [CodeKind::PySparkJob, CodeKind::SparkJob] {
+            assert_eq!(CodeKind::from_stored(kind.as_str()), Some(kind));
+            assert!(kind.is_job());
+        }
+        use SessionKind::*;
+        let runs = |job: &str, session| CodeKind::job(job, session).is_ok();
+        assert!(runs("pyspark", PySpark) && runs("pyspark", Shared));
+        assert!(!runs("pyspark", Spark) && !runs("pyspark", Sql) && !runs("pyspark", SparkR));
+        assert!(runs("spark", Spark) && runs("spark", Shared));
+        assert!(!runs("spark", PySpark) && !runs("spark", Sql) && !runs("spark", SparkR));
+        assert!(CodeKind::job("scala", Shared).unwrap_err().contains("unknown job type"));
+    }
+
+    #[test]
     fn aliases() {
         assert_eq!(SessionKind::parse("python"), Some(SessionKind::PySpark));
         assert_eq!(SessionKind::parse("scala"), Some(SessionKind::Spark));

@@ -432,6 +432,77 @@ fn a_statement_stored_as_waiting_that_the_driver_ran_before_a_restart_keeps_its_
 }
 
 #[test]
+fn jobs_come_back_as_jobs_after_a_restart_and_are_run_with_their_kind() {
+    let original = session();
+    let record: SessionRecord =
+        crate::engine::record::decode(&super::super::registry::Entry::record(&original)).unwrap();
+    let stored = |id: u32, kind: &str, state: StatementState| StatementRecord {
+        id,
+        code: "gAWVAAAA".into(),
+        state,
+        output: None,
+        progress: 0.0,
+        started: 0,
+        completed: 0,
+        kind: kind.into(),
+    };
+    let record = SessionRecord { state: SessionState::Idle, next_statement_id: 3, ..record };
+    let s = Session::restore(
+        &record,
+        spec(SessionKind::Shared),
+        vec![
+            stored(0, "pyspark", StatementState::Available),
+            stored(1, "pyspark_job", StatementState::Waiting),
+            stored(2, "spark_job", StatementState::Waiting),
+        ],
+        original.limits,
+        SessionSecret::generate(),
+        LogBuffer::new(10, None),
+        PathBuf::new(),
+    );
+    // Each is found only as what it is, and jobs are not listed as statements.
+    assert_eq!(s.job(1).unwrap().kind, CodeKind::PySparkJob);
+    assert_eq!(s.job(2).unwrap().kind, CodeKind::SparkJob);
+    assert!(matches!(s.statement(1), Err(EngineError::StatementNotFound { .. })));
+    assert!(matches!(s.job(0), Err(EngineError::JobNotFound { .. })));
+    assert_eq!(s.statements().iter().map(|st| st.id).collect::<Vec<_>>(), [0]);
+    assert!(matches!(s.cancel(1), Err(EngineError::StatementNotFound { .. })));
+    // The driver comes back and runs them in order, each with its job kind.
+    let mut rx = connect(&s, 1);
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    let sent: Vec<ToDriver> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    assert!(
+        sent.iter().any(|m| matches!(m, ToDriver::Execute { id: 1, kind, .. } if kind == "pyspark_job")),
+        "{sent:?}"
+    );
+    // Its result finishes the job and says so for the audit trail; a repeat does not again.
+    let done = json!({"status": "ok", "execution_count": 1, "data": {crate::engine::job::RESULT_KEY: "NDk1MA=="}});
+    let finished = |s: &Session| {
+        s.on_driver_message(
+            1,
+            FromDriver::StatementResult { id: 1, state: "available".into(), output: done.clone(), completed: None },
+        )
+        .unwrap()
+        .finished_job
+    };
+    let job = finished(&s).expect("the job's end is reported");
+    assert_eq!(crate::engine::job::JobStatus::of(&job).state, "SUCCEEDED");
+    assert!(finished(&s).is_none(), "a result sent again is no second end");
+    // The next job runs; cancelling it asks the driver, whose answer ends it.
+    s.cancel_job(2).unwrap();
+    assert_eq!(crate::engine::job::JobStatus::of(&s.job(2).unwrap()).state, "STARTED");
+    let sent: Vec<ToDriver> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    assert!(sent.contains(&ToDriver::Cancel { id: 2 }), "{sent:?}");
+    let cancelled =
+        json!({"status": "error", "execution_count": 2, "ename": "Cancelled", "evalue": "", "traceback": []});
+    let ack = s.on_driver_message(
+        1,
+        FromDriver::StatementResult { id: 2, state: "cancelled".into(), output: cancelled, completed: None },
+    );
+    assert_eq!(crate::engine::job::JobStatus::of(&ack.unwrap().finished_job.unwrap()).state, "CANCELLED");
+}
+
+#[test]
 fn a_result_keeps_the_time_the_driver_finished_it_when_that_is_plausible() {
     let s = session();
     let _rx = connect(&s, 1);
