@@ -67,12 +67,13 @@ async fn queue(state: AppState, caller: Caller, id: String, req: SerializedJob) 
     let (manager, stored) = (state.manager.clone(), session.clone());
     super::detached(async move { manager.flush(&stored).await }).await?;
     let location = format!("/sessions/{}/jobs/{}", session.id, job.id);
-    let status = JobStatus::of(&job);
+    // Livy answers `SENT` here, whatever the driver does next; its clients then poll.
+    let status = JobStatus { state: "SENT", ..JobStatus::of(&job) };
     let mut response = (StatusCode::CREATED, [(header::LOCATION, location)], Json(&status)).into_response();
     // The audit record names the job, its type and size; never its bytes.
     response.extensions_mut().insert(Annotation {
         resource: Some(format!("session:{}/job:{}", session.id, job.id)),
-        reason: Some(format!("{} job of {} bytes, {}", job::job_type(kind), bytes.len(), status.state)),
+        reason: Some(format!("{} job of {} bytes queued", job::job_type(kind), bytes.len())),
         ..Annotation::default()
     });
     Ok(response)

@@ -72,6 +72,7 @@ def main():
     # The job, through submit-job.
     sent = submit(lambda ctx: ctx.sc.parallelize(range(100)).sum())
     summary["submitted"] = sorted(sent)
+    summary["submitted_state"] = sent["state"]
     done = poll(sent["id"])
     summary["sum"] = {"state": done["state"], "value": result_of(done), "error": done["error"]}
 

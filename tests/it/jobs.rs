@@ -30,6 +30,7 @@ async fn python_jobs_run_as_livys_python_client_sends_them() {
 
     // Livy's JobStatus, exactly its four fields (its Java client refuses others).
     assert_eq!(s["submitted"], serde_json::json!(["error", "id", "result", "state"]), "{s}");
+    assert_eq!(s["submitted_state"], "SENT", "as Livy answers a submission: {s}");
     assert_eq!(s["sum"]["state"], "SUCCEEDED", "{s}");
     assert_eq!(s["sum"]["value"], 4950, "{s}");
     assert_eq!(s["sum"]["error"], Value::Null, "{s}");
