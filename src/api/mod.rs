@@ -24,6 +24,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
 
+/// The conf key Livy's Python `HttpClient` sends with the gateway's URL (see `checked_conf`).
+const LIVY_CLIENT_URI: &str = "livy.uri";
+
 /// What every handler can reach: one shared [`Handles`], so the clone every request makes
 /// of it (axum hands each handler and layer its own) is a single reference count.
 #[derive(Debug, Clone)]
@@ -162,7 +165,12 @@ impl AppState {
         resources: &[&str],
     ) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
         use crate::acl::conf::Refusal;
-        let conf = dto::conf_to_strings(raw.unwrap_or_default()).map_err(ApiError::BadRequest)?;
+        let mut raw = raw.unwrap_or_default();
+        // Livy's Python HttpClient puts the URL it was given into every session it creates
+        // (`livy.uri`): its own address book, meaningless to a driver this gateway launches.
+        // Dropped, so that client works unchanged (it is never passed to spark-submit).
+        raw.remove(LIVY_CLIENT_URI);
+        let conf = dto::conf_to_strings(raw).map_err(ApiError::BadRequest)?;
         let refused = self.acl.refused_conf_keys(&caller.acting, conf.keys().map(String::as_str));
         // Keys are the request's field names, named so the user can fix them; a long one is cut
         // (a value pasted into a key by mistake is not repeated whole).

@@ -1159,9 +1159,13 @@ class PythonJobRunner:
 
     def execute(self, code):
         cloudpickle = _cloudpickle()
+        # BaseException: a job (or what unpickling it runs) that raises SystemExit or
+        # KeyboardInterrupt fails, as a statement does; it does not end the session.
         try:
             job = cloudpickle.loads(base64.b64decode(code))
-        except Exception as e:
+        except StatementCancelled:
+            raise
+        except BaseException as e:
             return error_body("JobDeserializationError", "the job could not be unpickled: %s" % short(e, 500), [])
         if not callable(job):
             return error_body("JobDeserializationError",
@@ -1170,13 +1174,15 @@ class PythonJobRunner:
             value = job(self.context)
         except StatementCancelled:
             raise
-        except Exception as e:
+        except BaseException as e:
             # The traceback from the job's own frame on (this runner's is left out).
             lines = traceback.format_exception(type(e), e, e.__traceback__.tb_next, chain=False)
             return error_body(type(e).__name__, short(e), lines)
         try:
             pickled = cloudpickle.dumps(value)
-        except Exception as e:
+        except StatementCancelled:
+            raise
+        except BaseException as e:
             return error_body("JobResultError", "the job's result could not be pickled: %s" % short(e, 500), [])
         inner = base64.b64encode(pickled)
         return ok_body({JOB_RESULT_KEY: base64.b64encode(inner).decode("ascii")})

@@ -31,7 +31,11 @@ impl JobStatus {
         let (state, result, error) = match job.state {
             StatementState::Waiting => ("QUEUED", None, None),
             StatementState::Running | StatementState::Cancelling => ("STARTED", None, None),
-            StatementState::Cancelled => ("CANCELLED", None, None),
+            // Cancelled by its user: no error, as in Livy. Ended with its session: why.
+            StatementState::Cancelled => match output["ename"].as_str() {
+                Some(ename) if ename != "Cancelled" => ("CANCELLED", None, Some(error_text(&output))),
+                _ => ("CANCELLED", None, None),
+            },
             StatementState::Available => match output["data"][RESULT_KEY].as_str() {
                 Some(result) if output["status"] == "ok" => ("SUCCEEDED", Some(result.to_owned()), None),
                 _ => ("FAILED", None, Some(error_text(&output))),
@@ -41,14 +45,21 @@ impl JobStatus {
     }
 }
 
-/// A failed job's error as one text: `ename: evalue`, then the traceback.
+/// A failed job's error as one text: `ename: evalue`, then the traceback; only the traceback
+/// when it ends with that line already (as Python's do).
 fn error_text(output: &Value) -> String {
     let ename = output["ename"].as_str().unwrap_or("Error");
     let evalue = output["evalue"].as_str().unwrap_or("the job failed without saying why");
-    let mut text = format!("{ename}: {evalue}");
-    if let Some(lines) = output["traceback"].as_array().filter(|lines| !lines.is_empty()) {
-        text.push('\n');
-        for line in lines.iter().filter_map(Value::as_str) {
+    let headline = format!("{ename}: {evalue}");
+    let lines: Vec<&str> =
+        output["traceback"].as_array().map_or_else(Vec::new, |l| l.iter().filter_map(Value::as_str).collect());
+    let ends_with_headline = lines.last().is_some_and(|last| last.starts_with(&format!("{ename}:")));
+    let mut text = if ends_with_headline { String::new() } else { headline };
+    if !lines.is_empty() {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        for line in lines {
             text.push_str(line);
             if !line.ends_with('\n') {
                 text.push('\n');
@@ -92,6 +103,13 @@ mod tests {
         assert_eq!(JobStatus::of(&job(StatementState::Running, None)).state, "STARTED");
         assert_eq!(JobStatus::of(&job(StatementState::Cancelling, None)).state, "STARTED");
         assert_eq!(JobStatus::of(&job(StatementState::Cancelled, None)).state, "CANCELLED");
+        // A cancel asked for has no error; a job ended with its session says why.
+        let asked = json!({"status": "error", "ename": "Cancelled", "evalue": "Statement cancelled", "traceback": []});
+        assert_eq!(JobStatus::of(&job(StatementState::Cancelled, Some(asked))).error, None);
+        let ended =
+            json!({"status": "error", "ename": "SessionStopped", "evalue": "the session ended", "traceback": []});
+        let shown = JobStatus::of(&job(StatementState::Cancelled, Some(ended)));
+        assert_eq!((shown.state, shown.error.as_deref()), ("CANCELLED", Some("SessionStopped: the session ended")));
     }
 
     #[test]
@@ -104,6 +122,13 @@ mod tests {
         let shown = JobStatus::of(&job(StatementState::Available, Some(failed)));
         assert_eq!(shown.state, "FAILED");
         assert_eq!(shown.error.as_deref(), Some("ValueError: bad\nTraceback (most recent call last):\n  line 1\n"));
+        // A Python traceback that ends with the error's own line says it once.
+        let python = json!({"status": "error", "ename": "TypeError", "evalue": "no",
+                            "traceback": ["Traceback (most recent call last):\n", "  line 1\n", "TypeError: no\n"]});
+        assert_eq!(
+            JobStatus::of(&job(StatementState::Available, Some(python))).error.as_deref(),
+            Some("Traceback (most recent call last):\n  line 1\nTypeError: no\n")
+        );
         // An "ok" output without a result (an output the gateway replaced) is a failure.
         let odd = json!({"status": "ok", "execution_count": 4, "data": {"text/plain": "4950"}});
         assert_eq!(JobStatus::of(&job(StatementState::Available, Some(odd))).state, "FAILED");

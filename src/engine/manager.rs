@@ -9,7 +9,7 @@ use super::names;
 use super::record::{self, SessionRecord, StatementRecord};
 use super::registry::Registry;
 use super::sandbox::Confinement;
-use super::session::{Session, SessionLimits, SessionSpec, Warm};
+use super::session::{JobEnded, Session, SessionLimits, SessionSpec, Warm};
 use super::start;
 use super::state::SessionState;
 use super::warm::{self, WarmDriver};
@@ -114,6 +114,22 @@ pub struct SessionRegistry {
 }
 
 impl SessionRegistry {
+    /// Records each job's end in the trail: its id, type and outcome, never its bytes or its
+    /// result.
+    fn job_end_hook(&self) -> JobEnded {
+        let audit = self.audit.clone();
+        JobEnded(Arc::new(move |session: &Session, job: &super::session::Statement| {
+            let status = super::job::JobStatus::of(job);
+            audit.record(
+                AuditEvent::security("job_finished", Decision::Info)
+                    .principal_name(session.spec().owner.clone())
+                    .effective_user(session.spec().effective_user.clone())
+                    .resource(format!("session:{}/job:{}", session.id, job.id))
+                    .reason(format!("{} job {}", super::job::job_type(job.kind), status.state)),
+            );
+        }))
+    }
+
     /// The sessions over `store`, under `config`'s caps, their secrets derived from `key`.
     pub fn new(config: &ValidatedConfig, store: Arc<AnyStore>, audit: Arc<AuditLog>, key: SecretKey) -> Arc<Self> {
         let sessions = &config.config.sessions;
@@ -521,6 +537,7 @@ impl SessionManager {
         session.ui = self.sessions.ui_of(id, Some(&nonce));
         session.secret_nonce = Some(nonce);
         session.on_change = Some(self.change_hook(id));
+        session.on_job_end = Some(self.sessions.job_end_hook());
         Ok(Arc::new(session))
     }
 
@@ -963,6 +980,7 @@ impl SessionManager {
         }
         session.secret_nonce = nonce;
         session.on_change = Some(self.change_hook(record.id));
+        session.on_job_end = Some(self.sessions.job_end_hook());
         session.set_app_id_format(AppIdFormat::of_master(&self.config.config.spark.master));
         let session = Arc::new(session);
         let children: Vec<(u32, Version)> = statements.iter().map(|s| (s.id, s.version)).collect();
@@ -1348,18 +1366,7 @@ impl DriverRegistry for SessionRegistry {
 
     fn deliver(&self, session_id: u32, conn_id: u64, msg: FromDriver) {
         let Some(session) = self.entries.by_id(session_id) else { return };
-        let Some(mut ack) = session.on_driver_message(conn_id, msg) else { return };
-        if let Some(job) = ack.finished_job.take() {
-            // A job's outcome is in the trail (its type, its end; never its bytes or result).
-            let status = super::job::JobStatus::of(&job);
-            self.audit.record(
-                AuditEvent::security("job_finished", Decision::Info)
-                    .principal_name(session.spec().owner.clone())
-                    .effective_user(session.spec().effective_user.clone())
-                    .resource(format!("session:{session_id}/job:{}", job.id))
-                    .reason(format!("{} job {}", super::job::job_type(job.kind), status.state)),
-            );
-        }
+        let Some(ack) = session.on_driver_message(conn_id, msg) else { return };
         // A result is acknowledged (and forgotten by the driver) only once it is stored: a
         // gateway that dies before has it sent again by the driver after the restart.
         let Some(registry) = self.me.upgrade() else { return };

@@ -142,14 +142,23 @@ pub struct Statement {
     pub completed: i64,
 }
 
+/// Told when one of a session's jobs ends, however it ends (a result, a cancel before it
+/// started, the session's end): the job's outcome goes into the audit trail.
+#[derive(Clone)]
+pub(crate) struct JobEnded(pub(crate) Arc<dyn Fn(&Session, &Statement) + Send + Sync>);
+
+impl std::fmt::Debug for JobEnded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobEnded")
+    }
+}
+
 /// The acknowledgement of a statement's result, to send once the result is stored.
 #[derive(Debug)]
 pub struct PendingAck {
     link: DriverLink,
     /// The statement.
     pub id: u32,
-    /// A job that this result finished (not a statement, nor a result seen before).
-    pub finished_job: Option<Statement>,
 }
 
 impl PendingAck {
@@ -212,6 +221,8 @@ pub struct Session {
     pub(crate) secret_nonce: Option<[u8; crate::rpc::secret_key::NONCE_LEN]>,
     /// Told when what its record or its statements show changed (None in unit tests).
     pub(crate) on_change: Option<super::registry::OnChange>,
+    /// Told when one of its jobs ends (None in unit tests).
+    pub(crate) on_job_end: Option<JobEnded>,
     /// spark-submit output and gateway notes about this session.
     pub log: Arc<LogBuffer>,
     /// Where its files live.
@@ -346,22 +357,28 @@ impl Entry {
 
 impl Session {
     /// `output`, or an error in its place when it is larger than the session keeps.
-    fn bounded_output(&self, id: u32, output: &Value) -> Output {
+    fn bounded_output(&self, id: u32, kind: CodeKind, output: &Value) -> Output {
         let kept = Output::new(output);
-        if kept.len() <= self.limits().max_output_bytes {
+        let max = self.limits().max_output_bytes;
+        if kept.len() <= max {
             return kept;
         }
-        self.log.push(format!("sparkgate: the output of statement {id} ({} bytes) was too large to keep", kept.len()));
-        Output::new(&error_output(
-            id,
-            "OutputTooLarge",
-            &format!(
-                "the statement's output is {} bytes, more than this gateway keeps (sessions.max_output_bytes = {}); \
+        let what = if kind.is_job() { "job" } else { "statement" };
+        self.log.push(format!("sparkgate: the output of {what} {id} ({} bytes) was too large to keep", kept.len()));
+        let why = if kind.is_job() {
+            format!(
+                "the job's result is {} bytes as sent (base64), more than this gateway keeps \
+                 (sessions.max_output_bytes = {max}); return less, or write large results to storage",
+                kept.len()
+            )
+        } else {
+            format!(
+                "the statement's output is {} bytes, more than this gateway keeps (sessions.max_output_bytes = {max}); \
                  write large results to storage, or bring back a sample (take(), limit())",
-                kept.len(),
-                self.limits().max_output_bytes
-            ),
-        ))
+                kept.len()
+            )
+        };
+        Output::new(&error_output(id, "OutputTooLarge", &why))
     }
 
     /// What it was created with (a claimed warm driver: what the claiming request asked).
@@ -443,6 +460,7 @@ impl Session {
             secret,
             secret_nonce: None,
             on_change: None,
+            on_job_end: None,
             log,
             dir,
             created: now,
@@ -537,7 +555,9 @@ impl Session {
             }
             inner.next_statement_id = next_id;
             if !live {
-                Self::fail_pending_locked(inner, "the session had ended");
+                // The gateway before the restart ended them (and recorded their ends) when the
+                // session ended; its store had not caught up.
+                let _ = Self::fail_pending_locked(inner, "the session had ended");
             }
         }
         session
@@ -823,9 +843,14 @@ impl Session {
                     s.output = Some(Output::new(&error_output(
                         sid,
                         "Cancelled",
-                        "the statement was cancelled before it started",
+                        if s.kind.is_job() {
+                            "the job was cancelled before it started"
+                        } else {
+                            "the statement was cancelled before it started"
+                        },
                     )));
                     s.completed = now_ms();
+                    self.jobs_ended(std::slice::from_ref(s));
                 }
             }
             StatementState::Running | StatementState::Cancelling => {
@@ -867,12 +892,16 @@ impl Session {
         }
     }
 
-    /// Ends every pending statement because the session can no longer run them.
-    fn fail_pending_locked(inner: &mut Inner, reason: &str) {
+    /// Ends every pending statement because the session can no longer run them; returns the
+    /// jobs among them, for [`Session::jobs_ended`].
+    #[must_use]
+    fn fail_pending_locked(inner: &mut Inner, reason: &str) -> Vec<Statement> {
         let now = now_ms();
         inner.queue.clear();
         inner.running = None;
+        let mut jobs = Vec::new();
         for s in inner.statements.values_mut() {
+            let pending = !matches!(s.state, StatementState::Available | StatementState::Cancelled);
             match s.state {
                 StatementState::Waiting => {
                     s.state = StatementState::Cancelled;
@@ -891,12 +920,25 @@ impl Session {
                 }
                 StatementState::Available | StatementState::Cancelled => {}
             }
+            if pending && s.kind.is_job() {
+                jobs.push(s.clone());
+            }
         }
         for (_, tx) in inner.completions.drain() {
             let _ = tx.send(Vec::new());
         }
         for (_, tx) in inner.file_adds.drain() {
             let _ = tx.send(Err(reason.to_string()));
+        }
+        jobs
+    }
+
+    /// Tells the hook that these jobs ended (their outcomes are in them).
+    fn jobs_ended(&self, jobs: &[Statement]) {
+        if let Some(hook) = &self.on_job_end {
+            for job in jobs.iter().filter(|j| j.kind.is_job()) {
+                (hook.0)(self, job);
+            }
         }
     }
 
@@ -1009,7 +1051,8 @@ impl Session {
                     );
                     self.log.push(format!("sparkgate: driver error: {why}"));
                     if Self::transition_locked(&mut inner, self.id, SessionState::Error).is_ok() {
-                        Self::fail_pending_locked(&mut inner, &format!("the session failed: {why}"));
+                        let ended = Self::fail_pending_locked(&mut inner, &format!("the session failed: {why}"));
+                        self.jobs_ended(&ended);
                     }
                 }
                 _ => {}
@@ -1033,7 +1076,7 @@ impl Session {
             }
             FromDriver::StatementResult { id, state, output, completed } => {
                 // Always acknowledged, even a duplicate, so the driver can forget it.
-                ack = Some(PendingAck { link: driver.clone(), id, finished_job: None });
+                ack = Some(PendingAck { link: driver.clone(), id });
                 let next = if state == "cancelled" { StatementState::Cancelled } else { StatementState::Available };
                 let mut ran_before_restart = false;
                 if let Some(s) = inner.statements.get_mut(&id) {
@@ -1045,14 +1088,13 @@ impl Session {
                     }
                     if s.state.can_become(next) {
                         s.state = next;
-                        s.output = Some(self.bounded_output(id, &output));
+                        s.output = Some(self.bounded_output(id, s.kind, &output));
                         s.progress = 1.0;
                         // The driver's time when plausible (not before the start, not ahead).
                         let now = now_ms();
                         s.completed = completed.filter(|at| *at >= s.started && *at <= now).unwrap_or(now);
-                        if let Some(ack) = ack.as_mut().filter(|_| s.kind.is_job()) {
-                            ack.finished_job = Some(s.clone());
-                        }
+                        // (A result seen before changes nothing and is not a second end.)
+                        self.jobs_ended(std::slice::from_ref(s));
                     }
                 }
                 if ran_before_restart {
@@ -1178,7 +1220,8 @@ impl Session {
         };
         self.log.push(format!("sparkgate: {reason}"));
         let _ = Self::transition_locked(&mut inner, self.id, next);
-        Self::fail_pending_locked(&mut inner, &format!("the session ended: {reason}"));
+        let ended = Self::fail_pending_locked(&mut inner, &format!("the session ended: {reason}"));
+        self.jobs_ended(&ended);
     }
 
     /// Ends the session in a terminal state with a reason (after its process was stopped).
@@ -1191,7 +1234,8 @@ impl Session {
         }
         self.log.push(format!("sparkgate: {reason}"));
         let _ = Self::transition_locked(&mut inner, self.id, next);
-        Self::fail_pending_locked(&mut inner, &format!("the session ended: {reason}"));
+        let ended = Self::fail_pending_locked(&mut inner, &format!("the session ended: {reason}"));
+        self.jobs_ended(&ended);
     }
 
     /// Begins a stop that ends in `final_state`: moves to `shutting_down` unless already

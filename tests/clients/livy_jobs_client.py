@@ -14,6 +14,7 @@ The last line of stdout is a JSON summary that the Rust test checks.
 import base64
 import json
 import os
+import sys
 import time
 
 import cloudpickle
@@ -98,12 +99,19 @@ def main():
                            "same_session": value.get("same_session"), "tmp": value.get("tmp"),
                            "point_x": getattr(value.get("point"), "x", None)}
 
+    def interrupted(ctx):
+        raise KeyboardInterrupt()
+
     # A job that raises: FAILED, the error text names it, no result.
     def fails(ctx):
         raise ValueError("no such table: sales_2031")
 
     failed = poll(submit(fails)["id"])
     summary["failed"] = {"state": failed["state"], "error": failed["error"], "result": failed["result"]}
+
+    # Jobs that raise SystemExit or KeyboardInterrupt fail like any other; the session lives on.
+    summary["exits"] = [poll(submit(job)["id"])["state"] for job in (lambda ctx: sys.exit(3), interrupted)]
+    summary["after_exits"] = poll(submit(lambda ctx: 7)["id"])["state"]
 
     # A long job (a Spark job that would run ten minutes), cancelled as JobHandle.cancel does.
     def slow(ctx):

@@ -43,8 +43,13 @@ async fn python_jobs_run_as_livys_python_client_sends_them() {
     let f = &s["failed"];
     assert_eq!((f["state"].as_str(), f["result"].as_str()), (Some("FAILED"), None), "{s}");
     let error = f["error"].as_str().unwrap();
-    assert!(error.starts_with("ValueError: no such table: sales_2031"), "{error}");
+    // Python's own shape, as Livy's Python job driver sends it: the traceback, then the error.
+    assert!(error.starts_with("Traceback (most recent call last):"), "{error}");
+    assert_eq!(error.matches("ValueError: no such table: sales_2031").count(), 1, "said once: {error}");
     assert!(error.contains("in fails"), "the traceback names the job's frame: {error}");
+
+    assert_eq!(s["exits"], serde_json::json!(["FAILED", "FAILED"]), "{s}");
+    assert_eq!(s["after_exits"], "SUCCEEDED", "SystemExit in a job ends the job, not the session: {s}");
 
     assert_eq!(s["cancelled"]["state"], "CANCELLED", "{s}");
     assert!(s["cancelled"]["seconds"].as_f64().unwrap() < 60.0, "{s}");

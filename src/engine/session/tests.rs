@@ -447,7 +447,7 @@ fn jobs_come_back_as_jobs_after_a_restart_and_are_run_with_their_kind() {
         kind: kind.into(),
     };
     let record = SessionRecord { state: SessionState::Idle, next_statement_id: 3, ..record };
-    let s = Session::restore(
+    let mut s = Session::restore(
         &record,
         spec(SessionKind::Shared),
         vec![
@@ -460,6 +460,7 @@ fn jobs_come_back_as_jobs_after_a_restart_and_are_run_with_their_kind() {
         LogBuffer::new(10, None),
         PathBuf::new(),
     );
+    let ends = record_job_ends(&mut s);
     // Each is found only as what it is, and jobs are not listed as statements.
     assert_eq!(s.job(1).unwrap().kind, CodeKind::PySparkJob);
     assert_eq!(s.job(2).unwrap().kind, CodeKind::SparkJob);
@@ -477,17 +478,17 @@ fn jobs_come_back_as_jobs_after_a_restart_and_are_run_with_their_kind() {
     );
     // Its result finishes the job and says so for the audit trail; a repeat does not again.
     let done = json!({"status": "ok", "execution_count": 1, "data": {crate::engine::job::RESULT_KEY: "NDk1MA=="}});
-    let finished = |s: &Session| {
+    let finish = |s: &Session| {
         s.on_driver_message(
             1,
             FromDriver::StatementResult { id: 1, state: "available".into(), output: done.clone(), completed: None },
         )
-        .unwrap()
-        .finished_job
+        .expect("a result is acknowledged")
     };
-    let job = finished(&s).expect("the job's end is reported");
-    assert_eq!(crate::engine::job::JobStatus::of(&job).state, "SUCCEEDED");
-    assert!(finished(&s).is_none(), "a result sent again is no second end");
+    finish(&s);
+    assert_eq!(*ends.lock().unwrap(), [(1, "SUCCEEDED")], "the job's end is reported");
+    finish(&s);
+    assert_eq!(ends.lock().unwrap().len(), 1, "a result sent again is no second end");
     // The next job runs; cancelling it asks the driver, whose answer ends it.
     s.cancel_job(2).unwrap();
     assert_eq!(crate::engine::job::JobStatus::of(&s.job(2).unwrap()).state, "STARTED");
@@ -495,11 +496,45 @@ fn jobs_come_back_as_jobs_after_a_restart_and_are_run_with_their_kind() {
     assert!(sent.contains(&ToDriver::Cancel { id: 2 }), "{sent:?}");
     let cancelled =
         json!({"status": "error", "execution_count": 2, "ename": "Cancelled", "evalue": "", "traceback": []});
-    let ack = s.on_driver_message(
+    s.on_driver_message(
         1,
         FromDriver::StatementResult { id: 2, state: "cancelled".into(), output: cancelled, completed: None },
     );
-    assert_eq!(crate::engine::job::JobStatus::of(&ack.unwrap().finished_job.unwrap()).state, "CANCELLED");
+    assert_eq!(*ends.lock().unwrap(), [(1, "SUCCEEDED"), (2, "CANCELLED")]);
+}
+
+/// Every job end the session reports, as (id, Livy state).
+type JobEnds = Arc<std::sync::Mutex<Vec<(u32, &'static str)>>>;
+
+fn record_job_ends(s: &mut Session) -> JobEnds {
+    let ends = JobEnds::default();
+    let seen = ends.clone();
+    s.on_job_end = Some(super::JobEnded(Arc::new(move |_, job| {
+        seen.lock().unwrap().push((job.id, crate::engine::job::JobStatus::of(job).state));
+    })));
+    ends
+}
+
+#[test]
+fn a_job_ended_by_the_gateway_is_reported_too() {
+    // Cancelled before it started: reported once, with the job's own words; statements never.
+    let mut s = session();
+    let ends = record_job_ends(&mut s);
+    let _rx = connect(&s, 1);
+    s.on_driver_message(1, FromDriver::State { state: "idle".into(), message: None });
+    let statement = s.submit("1".into(), CodeKind::PySpark).unwrap().id;
+    let queued = s.submit("gAWVAAAA".into(), CodeKind::PySparkJob).unwrap().id;
+    let behind = s.submit("gAWVAAAA".into(), CodeKind::PySparkJob).unwrap().id;
+    s.cancel_job(queued).unwrap();
+    s.cancel_job(queued).unwrap();
+    assert_eq!(*ends.lock().unwrap(), [(queued, "CANCELLED")]);
+    assert_eq!(s.job(queued).unwrap().output.unwrap().value()["evalue"], "the job was cancelled before it started");
+    // The driver dies: the job still queued ends with the session, and says why.
+    s.process_exited(1);
+    assert_eq!(*ends.lock().unwrap(), [(queued, "CANCELLED"), (behind, "CANCELLED")]);
+    let shown = crate::engine::job::JobStatus::of(&s.job(behind).unwrap());
+    assert!(shown.error.as_deref().is_some_and(|e| e.starts_with("SessionStopped: ")), "{shown:?}");
+    assert!(s.statement(statement).is_ok());
 }
 
 #[test]
