@@ -1260,6 +1260,7 @@ class JvmJobRunner:
         try:
             result = runner.run(bytearray(job))
         except StatementCancelled:
+            self._wait_stopped(runner)
             raise
         except Exception as e:
             jexc = getattr(e, "java_exception", None)
@@ -1272,6 +1273,26 @@ class JvmJobRunner:
                 ename = "JobFailed"
             return error_body(ename, short(message), frames)
         return ok_body({JOB_RESULT_KEY: base64.b64encode(bytes(result or b"")).decode("ascii")})
+
+    @staticmethod
+    def _wait_stopped(runner):
+        """A cancel stops waiting for the JVM call at once, but the job runs on its JVM thread
+        until it honours the interrupt: it is cancelled, and the next one may start, only when
+        that thread is done. Interrupted again every second, for jobs that clear the flag."""
+        waited = 0
+        while True:
+            try:
+                if not runner.isRunning():
+                    return
+                time.sleep(0.05)
+                waited += 1
+                if waited % 20 == 0:
+                    runner.interrupt()
+            except StatementCancelled:
+                continue  # the same job cancelled again
+            except Exception as e:
+                log("could not tell whether the cancelled JVM job ended: %s" % short(e, 200))
+                return
 
     def interrupt(self):
         """Interrupts the running job's JVM thread (a cancel); True if there was a runner."""

@@ -85,8 +85,8 @@ async fn python_jobs_run_as_livys_python_client_sends_them() {
 }
 
 /// Jobs written against the Livy API jar: a sum through the session's SparkContext, a failure,
-/// and one that sleeps until it is interrupted.
-const JVM_JOBS: [(&str, &str); 4] = [
+/// one that sleeps until it is interrupted and one that ignores its first two interrupts.
+const JVM_JOBS: [(&str, &str); 5] = [
     (
         "sparkgate/test/SumJob.java",
         r#"package sparkgate.test;
@@ -147,6 +147,30 @@ public class SleepJob implements Job<String> {
 "#,
     ),
     (
+        "sparkgate/test/StubbornJob.java",
+        r#"package sparkgate.test;
+
+import org.apache.livy.Job;
+import org.apache.livy.JobContext;
+
+/** Swallows interrupts: only the third one stops it. */
+public class StubbornJob implements Job<String> {
+  @Override
+  public String call(JobContext jc) {
+    int interrupts = 0;
+    while (interrupts < 3) {
+      try {
+        Thread.sleep(600_000);
+      } catch (InterruptedException e) {
+        interrupts++;
+      }
+    }
+    return "gave in";
+  }
+}
+"#,
+    ),
+    (
         "sparkgate/test/KryoClient.java",
         r#"package sparkgate.test;
 
@@ -171,6 +195,7 @@ public class KryoClient {
       Object job = switch (args[1]) {
         case "sum" -> new SumJob(Integer.parseInt(args[2]));
         case "fail" -> new FailJob();
+        case "stubborn" -> new StubbornJob();
         default -> new SleepJob();
       };
       ByteArrayOutputStream bytes = new ByteArrayOutputStream();
@@ -254,6 +279,24 @@ async fn jvm_jobs_serialized_with_kryo_run_in_a_spark_session() {
     // The session still runs jobs after the cancel.
     let again = finished(submit(kryo(&["encode", "sum", "10"])).await).await;
     assert_eq!(kryo(&["decode", again["result"].as_str().unwrap()]), "java.lang.Long 45");
+
+    // A job that ignores the cancel's interrupt runs on: it is not CANCELLED, and the job
+    // behind it does not start, until it really stops (interrupted again each second).
+    let stubborn = submit(kryo(&["encode", "stubborn"])).await;
+    let behind = submit(kryo(&["encode", "sum", "10"])).await;
+    while gw.get(&format!("/sessions/{id}/jobs/{stubborn}")).await.1["state"] != "STARTED" {
+        assert!(tokio::time::Instant::now() < deadline + Duration::from_secs(240), "the stubborn job did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = gw.post(&format!("/sessions/{id}/jobs/{stubborn}/cancel"), serde_json::json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    // Its third interrupt comes two seconds after the cancel at the earliest: a wait of 1.5 s
+    // (which would end at once with the job's end) sees it still running.
+    let (status, still) = gw.get(&format!("/sessions/{id}/jobs/{stubborn}?wait=1500ms")).await;
+    assert_eq!((status, still["state"].as_str()), (200, Some("STARTED")), "{still}");
+    assert_eq!(gw.get(&format!("/sessions/{id}/jobs/{behind}")).await.1["state"], "QUEUED");
+    assert_eq!(finished(stubborn).await["state"], "CANCELLED");
+    assert_eq!(finished(behind).await["state"], "SUCCEEDED");
 
     // A Python job has no place in a spark session.
     let (status, body) =

@@ -88,6 +88,14 @@ public final class JobRunner {
     }
   }
 
+  /**
+   * Whether a job runs now: a cancelled job that ignores its interrupt still does, and the
+   * session runs nothing else until it ends.
+   */
+  public boolean isRunning() {
+    return running != null;
+  }
+
   /** Interrupts the job that runs now, if any (a cancel). */
   public void interrupt() {
     Thread thread = running;
