@@ -26,7 +26,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for LivyJson<T> {
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
         let de = &mut serde_json::Deserializer::from_slice(text);
         serde_path_to_error::deserialize(de).map(LivyJson).map_err(|err| {
-            let path = err.path().to_string();
+            // The path holds the request's own keys (a map's, an unknown field's): cut, so a
+            // value pasted into a key by mistake is not sent back whole.
+            let path = crate::engine::launch::clip_text(&err.path().to_string(), MAX_QUOTED_NAME);
             let problem = problem_of(err.inner());
             if path == "." || path.is_empty() {
                 ApiError::bad_request(format!("invalid JSON body: {problem}"))
@@ -36,6 +38,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for LivyJson<T> {
         })
     }
 }
+
+/// How much of a request's own key names an error quotes.
+const MAX_QUOTED_NAME: usize = 128;
 
 /// What is wrong with a JSON body, without the submitted value: serde's own messages quote it
 /// (`invalid type: string "s3cr3t", expected u32`), and a value can hold a credential. The
@@ -49,7 +54,12 @@ fn problem_of(err: &serde_json::Error) -> String {
         Some(at) => (&text[..at], &text[at..]),
         None => (text.as_str(), ""),
     };
-    let expected = message.rsplit_once(", expected ").map(|(_, e)| e);
+    // What was expected, in JSON's words: serde names our own types (`struct SerializedJob`).
+    let expected = message.rsplit_once(", expected ").map(|(_, e)| match e {
+        e if e.starts_with("struct ") => "a JSON object",
+        e if e.starts_with("a sequence") || e.starts_with("tuple") => "a JSON array",
+        e => e,
+    });
     let problem = match err.classify() {
         Category::Data if message.starts_with("invalid type:") => {
             format!("wrong type, expected {}", expected.unwrap_or("another type"))
@@ -60,13 +70,15 @@ fn problem_of(err: &serde_json::Error) -> String {
         Category::Data if message.starts_with("unknown variant") => {
             format!("unknown value, expected {}", expected.unwrap_or("another value"))
         }
+        Category::Data if message.starts_with("invalid length") => {
+            format!("wrong length, expected {}", expected.unwrap_or("another length"))
+        }
         Category::Data
             if message.starts_with("unknown field")
                 || message.starts_with("missing field")
-                || message.starts_with("duplicate field")
-                || message.starts_with("invalid length") =>
+                || message.starts_with("duplicate field") =>
         {
-            crate::engine::launch::clip_text(message, 256)
+            crate::engine::launch::clip_text(message, 2 * MAX_QUOTED_NAME)
         }
         Category::Data => "invalid value".to_string(),
         // Syntax errors name the kind of token expected, never the input.
@@ -193,6 +205,25 @@ mod tests {
         }
         let msg = paging("/s?from=x").await.unwrap_err().to_string();
         assert!(msg.contains("from"), "{msg}");
+    }
+
+    async fn job_body(body: &str) -> String {
+        let request =
+            HttpRequest::post("/sessions/0/submit-job").body(axum::body::Body::from(body.to_owned())).unwrap();
+        LivyJson::<super::super::dto::SerializedJob>::from_request(request, &()).await.unwrap_err().to_string()
+    }
+
+    #[tokio::test]
+    async fn errors_quote_the_requests_keys_cut_short_and_never_our_type_names() {
+        let key = "k".repeat(10_000);
+        let msg = job_body(&format!(r#"{{"job": "AAAA", "jobType": "spark", "{key}": 1}}"#)).await;
+        assert!(msg.contains("unknown field") && msg.len() < 1024, "{} bytes: {}", msg.len(), &msg[..200]);
+        for body in ["[]", r#"["AAAA"]"#, "7"] {
+            let msg = job_body(body).await;
+            assert!(!msg.contains("SerializedJob") && msg.contains("a JSON object"), "{body}: {msg}");
+        }
+        let msg = job_body(r#"{"job": "AAAA", "jobType": "spark", "conf": {}}"#).await;
+        assert!(msg.contains("unknown field `conf`"), "{msg}");
     }
 
     #[test]
