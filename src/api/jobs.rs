@@ -23,20 +23,11 @@ fn job_id(raw: &str) -> Result<u32, ApiError> {
     raw.parse().map_err(|_| ApiError::bad_request("job id must be a non-negative integer"))
 }
 
-/// `POST /sessions/{id}/submit-job`: queues the job, answers 201 with its status.
+/// `POST /sessions/{id}/submit-job`, and `run-job` the same way: queues the job, answers 201
+/// with its status. Livy's client polls a `run-job` job as well, and it runs in the session's
+/// queue too: a driver runs one thing at a time, and order is what a client of both
+/// statements and jobs can rely on.
 pub(super) async fn submit(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    LivyJson(req): LivyJson<SerializedJob>,
-) -> Result<Response, ApiError> {
-    queue(state, caller, id, req).await
-}
-
-/// `POST /sessions/{id}/run-job`: the same as `submit-job` (Livy's client then polls the job
-/// as well). It runs in the session's queue too: a driver runs one thing at a time, and order
-/// is what a client of both statements and jobs can rely on.
-pub(super) async fn run(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

@@ -328,7 +328,7 @@ pub fn router(upload_limit: usize) -> Router<AppState> {
         .route("/sessions/{id}/statements/{sid}/cancel", post(statements::cancel))
         .route("/sessions/{id}/completion", post(statements::complete))
         .route("/sessions/{id}/submit-job", post(jobs::submit))
-        .route("/sessions/{id}/run-job", post(jobs::run))
+        .route("/sessions/{id}/run-job", post(jobs::submit))
         .route("/sessions/{id}/jobs/{jid}", get(jobs::show))
         .route("/sessions/{id}/jobs/{jid}/cancel", post(jobs::cancel))
         .route("/sessions/{id}/add-jar", post(files::add_jar))

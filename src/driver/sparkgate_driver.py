@@ -218,6 +218,19 @@ def livy_output(sid, body):
     return out
 
 
+def interrupt_jvm(target, what):
+    """Interrupts a JVM thread (or a job runner) through py4j; True if there was one to
+    interrupt."""
+    if target is None:
+        return False
+    try:
+        target.interrupt()
+        return True
+    except Exception as e:
+        log("could not interrupt %s: %s" % (what, short(e, 200)))
+        return False
+
+
 def cancelled_body():
     return error_body("Cancelled", "Statement cancelled", [])
 
@@ -981,15 +994,7 @@ class ScalaInterpreter:
 
     def interrupt(self):
         """Interrupt the JVM thread running the statement; True if there was one."""
-        thread = self.exec_thread
-        if thread is None:
-            return False
-        try:
-            thread.interrupt()
-            return True
-        except Exception as e:
-            log("could not interrupt the Scala statement thread: %s" % short(e, 200))
-            return False
+        return interrupt_jvm(self.exec_thread, "the Scala statement thread")
 
     def complete(self, code, cursor):
         # The first completion may have to start the REPL (several seconds); the gateway
@@ -1296,15 +1301,7 @@ class JvmJobRunner:
 
     def interrupt(self):
         """Interrupts the running job's JVM thread (a cancel); True if there was a runner."""
-        runner = self.runner
-        if runner is None:
-            return False
-        try:
-            runner.interrupt()
-            return True
-        except Exception as e:
-            log("could not interrupt the JVM job: %s" % short(e, 200))
-            return False
+        return interrupt_jvm(self.runner, "the JVM job")
 
 
 class JobApiMissing(Exception):
