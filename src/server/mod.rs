@@ -2,6 +2,7 @@
 //! connection's facts in request extensions and serves HTTP/1.1 and h2 with hyper; requests
 //! hyper refuses by itself are audited here ([`refusals`]).
 
+mod linger;
 mod refusals;
 
 use crate::audit::AuditLog;
@@ -221,7 +222,7 @@ pub async fn serve(
                 .keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .max_header_list_size(limits.h2_max_header_list);
-            let (result, tally) = match acceptor {
+            let (result, tally, lingering) = match acceptor {
                 Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let client_cert =
@@ -234,7 +235,9 @@ pub async fn serve(
                         let service =
                             service_for(ConnInfo::new(peer, client_cert), tally.as_ref().map(|t| t.served.clone()));
                         let io = refusals::StreamCounter::new(io, tally.as_ref().map(|t| t.opened.clone()));
-                        (builder.serve_connection_with_upgrades(TokioIo::new(io), service).await, tally)
+                        let (io, back) = linger::HandBack::new(io);
+                        let result = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await;
+                        (result, tally, linger::after(back))
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -250,7 +253,9 @@ pub async fn serve(
                     let tally = h2_tally(io.is_h2());
                     let service = service_for(ConnInfo::new(peer, None), tally.as_ref().map(|t| t.served.clone()));
                     let io = refusals::StreamCounter::new(io, tally.as_ref().map(|t| t.opened.clone()));
-                    (builder.serve_connection_with_upgrades(TokioIo::new(io), service).await, tally)
+                    let (io, back) = linger::HandBack::new(io);
+                    let result = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await;
+                    (result, tally, linger::after(back))
                 }
             };
             if let Err(e) = result {
@@ -261,6 +266,10 @@ pub async fn serve(
             }
             // Records the h2 streams that never became requests, if any.
             drop(tally);
+            // What the client still sends is read before the connection is closed.
+            if let Some(lingering) = lingering {
+                lingering.await;
+            }
         });
     }
 }

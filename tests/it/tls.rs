@@ -86,7 +86,7 @@ async fn a_required_client_certificate_refuses_connections_without_one() {
 }
 
 /// A TLS connection to `addr` trusting `ca_pems`.
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     addr: std::net::SocketAddr,
     ca_pems: &[&str],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
