@@ -317,6 +317,9 @@ pub fn router(upload_limit: usize) -> Router<AppState> {
         .route("/version", get(sessions::version))
         .route("/metrics", get(metrics))
         .route("/sessions", get(sessions::list).post(sessions::create))
+        // Livy's Python HttpClient creates its session with `POST /sessions/` (Livy's servlet
+        // takes both spellings of the collections).
+        .route("/sessions/", get(sessions::list).post(sessions::create))
         .route("/sessions/{id}", get(sessions::show).delete(sessions::delete))
         .route("/sessions/{id}/state", get(sessions::state))
         .route("/sessions/{id}/log", get(sessions::log))
@@ -343,6 +346,7 @@ pub fn router(upload_limit: usize) -> Router<AppState> {
                 .layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
         )
         .route("/batches", get(batches::list).post(batches::create))
+        .route("/batches/", get(batches::list).post(batches::create))
         .route("/batches/{id}", get(batches::show).delete(batches::delete))
         .route("/batches/{id}/state", get(batches::state))
         .route("/batches/{id}/log", get(batches::log))

@@ -324,8 +324,10 @@ async fn users_set_only_allow_listed_conf_and_never_what_the_operator_fixed() {
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    // Livy's Python HttpClient names the gateway's URL in every session it creates: ignored.
-    let (status, body) = create("alice", json!({"kind": "pyspark", "conf": {"livy.uri": "https://gw:8998"}})).await;
+    // Livy's Python HttpClient names the gateway's URL in every session it creates (ignored),
+    // and posts it to `/sessions/`.
+    let livy_client = json!({"kind": "pyspark", "conf": {"livy.uri": "https://gw:8998"}});
+    let (status, body) = h.call(Some("alice"), "POST", "/sessions/", Some(livy_client)).await;
     assert_eq!(status, 201, "{body}");
     assert!(!body.to_string().contains("livy.uri"), "{body}");
     // A superuser may set anything.
